@@ -1,0 +1,1 @@
+//! delivery-worker (being built).

@@ -1,0 +1,1 @@
+//! eventctl (being built).

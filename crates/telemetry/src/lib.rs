@@ -1,0 +1,1 @@
+//! Logging, metrics and shutdown plumbing shared by the bedolaga services.

@@ -1,0 +1,27 @@
+//! webhook-client: signs and POSTs webhooks.
+//!
+//! Shared by the delivery-worker and the webhook-registry's test endpoint.
+//! Every POST carries the seed's headers (`X-Webhook-Event`, `X-Webhook-Id`,
+//! `X-Webhook-Signature: sha256=<hex>`) and the Standard Webhooks headers
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`).
+//! Destinations are checked against an SSRF guard ([`ssrf`]).
+
+mod sender;
+mod signing;
+pub mod ssrf;
+
+pub use sender::{AttemptOutcome, BuildError, Outbound, SenderConfig, WebhookSender};
+pub use signing::{
+    message_id, seed_signature, standard_signature, verify_seed_signature,
+    verify_standard_signature,
+};
+
+/// `User-Agent` of every webhook POST.
+pub const USER_AGENT: &str = concat!(
+    "bedolaga-events/",
+    env!("CARGO_PKG_VERSION"),
+    " (+webhook delivery)"
+);
+
+/// Stored response bodies are cut to this many characters (not bytes).
+pub const MAX_STORED_BODY_CHARS: usize = 1000;

@@ -1,0 +1,354 @@
+#!/usr/bin/env bash
+# Shared helpers for deploy/up.sh, deploy/down.sh, deploy/test.sh and .ci/run.
+#
+# Source it:   . "$(dirname "$0")/lib.sh"
+# Or run one function directly (handy for checks):  deploy/lib.sh ensure_nats
+#
+# Every ensure_* function is idempotent: it does nothing when the thing is
+# already there and answering. Messages go to stderr; stdout stays clean for
+# whatever the calling script prints.
+set -euo pipefail
+
+BEDOLAGA_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Where the local services are expected. The services' own defaults (SPEC §6)
+# point here, and so do the tests.
+PG_HOST="${PG_HOST:-127.0.0.1}"
+PG_PORT="${PG_PORT:-5432}"
+PG_USER="${PG_USER:-postgres}"
+NATS_HOST="${NATS_HOST:-127.0.0.1}"
+NATS_PORT="${NATS_PORT:-4222}"
+# Bounded waits, in seconds.
+SERVICE_WAIT_SECS="${SERVICE_WAIT_SECS:-30}"
+
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[bedolaga] %s\n' "$*" >&2; }
+warn() { printf '[bedolaga] WARNING: %s\n' "$*" >&2; }
+die() {
+    printf '[bedolaga] ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Run a command as root: directly when we are root, through passwordless sudo
+# otherwise, or fail with the command the user should run.
+as_root() {
+    if is_root; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        die "this step needs root: $*  (run it as root, or run this script as root)"
+    fi
+}
+
+apt_updated=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 ||
+        die "apt-get not found: install these packages by hand: $*"
+    if [ "$apt_updated" -eq 0 ]; then
+        log "apt-get update"
+        as_root apt-get update -qq >&2 || die "apt-get update failed"
+        apt_updated=1
+    fi
+    log "apt-get install -y $*"
+    as_root apt-get install -y -qq "$@" >&2 || die "apt-get install $* failed"
+}
+
+# wait_until DESCRIPTION SECONDS COMMAND...: poll COMMAND once a second.
+wait_until() {
+    local secs="$2" i # $1 only labels the call site
+    shift 2
+    for ((i = 0; i < secs; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 1
+    done
+    "$@" >/dev/null 2>&1
+}
+
+# --------------------------------------------------------------------------
+# Rust toolchain
+# --------------------------------------------------------------------------
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 ||
+        die "cargo not found. Install the Rust toolchain (https://rustup.rs), then run this again."
+    command -v rustc >/dev/null 2>&1 ||
+        die "rustc not found next to cargo; repair the Rust toolchain (rustup)."
+}
+
+# --------------------------------------------------------------------------
+# PostgreSQL
+# --------------------------------------------------------------------------
+pg_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 2; }
+
+# Can we connect as $PG_USER over TCP without a password?
+pg_login_ok() {
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -q -tAc 'SELECT 1' \
+        >/dev/null 2>&1
+}
+
+ensure_postgres_installed() {
+    if command -v pg_ctlcluster >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 &&
+        command -v pg_isready >/dev/null 2>&1; then
+        return 0
+    fi
+    log "PostgreSQL is not installed; installing it from Debian's packages"
+    apt_install postgresql
+}
+
+# Prints "VERSION NAME" of the cluster to use: the one configured on
+# $PG_PORT, or nothing when there is none.
+pg_cluster_for_port() {
+    pg_lsclusters -h 2>/dev/null | awk -v port="$PG_PORT" '$3 == port { print $1, $2; exit }'
+}
+
+# Make the cluster accept TCP logins of $PG_USER from 127.0.0.1 without a
+# password (Debian's default is scram-sha-256 there). Edits pg_hba.conf only
+# when a login actually fails.
+pg_ensure_trust() {
+    local ver="$1" name="$2" hba line tmp
+    pg_login_ok && return 0
+    hba="/etc/postgresql/$ver/$name/pg_hba.conf"
+    [ -f "$hba" ] || die "cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER and $hba does not exist"
+    line="host    all             $PG_USER             127.0.0.1/32            trust"
+    if grep -Eq "^[[:space:]]*host[[:space:]]+all[[:space:]]+${PG_USER}[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust" "$hba"; then
+        die "cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER although $hba trusts it; check the server log"
+    fi
+    log "allowing passwordless TCP logins of '$PG_USER' from 127.0.0.1 (local dev setup): editing $hba"
+    tmp="$(mktemp)"
+    # The first matching line wins in pg_hba.conf, so ours goes first.
+    { printf '# added by bedolaga-events deploy/lib.sh for local development\n%s\n' "$line"; cat "$hba"; } >"$tmp"
+    as_root cp "$tmp" "$hba"
+    rm -f "$tmp"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload >&2 ||
+        die "reloading PostgreSQL $ver/$name failed"
+    wait_until "postgres login" 10 pg_login_ok ||
+        die "still cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER after editing $hba"
+}
+
+ensure_postgres() {
+    ensure_postgres_installed
+    local cluster ver name
+    if pg_ready; then
+        if pg_login_ok; then
+            log "PostgreSQL is running on $PG_HOST:$PG_PORT"
+            return 0
+        fi
+        cluster="$(pg_cluster_for_port)"
+        [ -n "$cluster" ] ||
+            die "PostgreSQL answers on $PG_HOST:$PG_PORT but refuses '$PG_USER' without a password, and it is not a local Debian cluster this script can configure"
+        read -r ver name <<<"$cluster"
+        pg_ensure_trust "$ver" "$name"
+        log "PostgreSQL is running on $PG_HOST:$PG_PORT"
+        return 0
+    fi
+
+    cluster="$(pg_cluster_for_port)"
+    if [ -z "$cluster" ]; then
+        if [ -n "$(pg_lsclusters -h 2>/dev/null)" ]; then
+            die "no PostgreSQL cluster is configured on port $PG_PORT (pg_lsclusters lists others); start one on $PG_HOST:$PG_PORT"
+        fi
+        # Debian's package normally creates "main"; a package installed with
+        # create_main_cluster=false leaves none.
+        ver="$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)"
+        [ -n "$ver" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+        log "creating PostgreSQL cluster $ver/main on port $PG_PORT"
+        as_root pg_createcluster -p "$PG_PORT" "$ver" main >&2 || die "pg_createcluster $ver main failed"
+        cluster="$ver main"
+    fi
+    read -r ver name <<<"$cluster"
+    log "starting PostgreSQL cluster $ver/$name"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start >&2 ||
+        die "could not start PostgreSQL $ver/$name; see /var/log/postgresql/postgresql-$ver-$name.log"
+    wait_until "postgres" "$SERVICE_WAIT_SECS" pg_ready ||
+        die "PostgreSQL $ver/$name started but does not answer on $PG_HOST:$PG_PORT after ${SERVICE_WAIT_SECS}s (check listen_addresses in /etc/postgresql/$ver/$name/postgresql.conf)"
+    pg_ensure_trust "$ver" "$name"
+    log "PostgreSQL is running on $PG_HOST:$PG_PORT"
+}
+
+# ensure_database NAME: create the database when it does not exist yet.
+ensure_database() {
+    local db="$1" exists
+    [[ "$db" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "refusing unusual database name '$db'"
+    exists="$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -tAc \
+        "SELECT 1 FROM pg_database WHERE datname='$db'")" ||
+        die "cannot query PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER"
+    if [ "$exists" = "1" ]; then
+        log "database '$db' exists"
+        return 0
+    fi
+    log "creating database '$db'"
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -q -c "CREATE DATABASE \"$db\"" >&2 ||
+        die "CREATE DATABASE $db failed"
+}
+
+# --------------------------------------------------------------------------
+# NATS with JetStream
+# --------------------------------------------------------------------------
+nats_bin() {
+    if [ -x /usr/sbin/nats-server ]; then
+        echo /usr/sbin/nats-server
+    else
+        command -v nats-server 2>/dev/null || true
+    fi
+}
+
+# The INFO line a NATS server sends first on every connection, or failure.
+nats_info() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 3 bash -c '
+        exec 3<>"/dev/tcp/$1/$2" || exit 1
+        IFS= read -r -t 2 line <&3 || exit 1
+        printf "%s\n" "$line"' _ "$NATS_HOST" "$NATS_PORT" 2>/dev/null
+}
+
+nats_up() { nats_info | grep -q '^INFO '; }
+nats_js_up() { nats_info | grep -q '"jetstream":true'; }
+
+ensure_nats() {
+    local bin store logfile pidfile
+    bin="$(nats_bin)"
+    if [ -z "$bin" ]; then
+        log "nats-server is not installed; installing it from Debian's packages"
+        apt_install nats-server
+        bin="$(nats_bin)"
+        [ -n "$bin" ] || die "nats-server still not found after installing it"
+    fi
+    if nats_up; then
+        nats_js_up ||
+            die "a NATS server answers on $NATS_HOST:$NATS_PORT but JetStream is off; restart it with -js"
+        log "NATS with JetStream is running on $NATS_HOST:$NATS_PORT"
+        return 0
+    fi
+
+    if is_root; then
+        store="${NATS_STORE_DIR:-/var/lib/nats-server}"
+        logfile="${NATS_LOG_FILE:-/var/log/nats-server.log}"
+        pidfile="${NATS_PID_FILE:-/run/bedolaga-nats-server.pid}"
+    else
+        store="${NATS_STORE_DIR:-$BEDOLAGA_REPO_ROOT/.local/nats/store}"
+        logfile="${NATS_LOG_FILE:-$BEDOLAGA_REPO_ROOT/.local/nats/nats-server.log}"
+        pidfile="${NATS_PID_FILE:-$BEDOLAGA_REPO_ROOT/.local/nats/nats-server.pid}"
+    fi
+    mkdir -p "$store" "$(dirname "$logfile")" "$(dirname "$pidfile")"
+    log "starting nats-server with JetStream on $NATS_HOST:$NATS_PORT (store $store, log $logfile)"
+    start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$pidfile" \
+        --exec "$bin" -- -a "$NATS_HOST" -p "$NATS_PORT" -js -sd "$store" -l "$logfile" >&2 ||
+        die "start-stop-daemon could not start $bin"
+    wait_until "nats" "$SERVICE_WAIT_SECS" nats_up ||
+        die "nats-server does not answer on $NATS_HOST:$NATS_PORT after ${SERVICE_WAIT_SECS}s; see $logfile"
+    nats_js_up || die "nats-server on $NATS_HOST:$NATS_PORT started without JetStream; see $logfile"
+    log "NATS with JetStream is running on $NATS_HOST:$NATS_PORT"
+}
+
+# Everything the tests and the local run need.
+ensure_backing_services() {
+    ensure_postgres
+    ensure_nats
+}
+
+# --------------------------------------------------------------------------
+# Cargo helpers
+# --------------------------------------------------------------------------
+# The directory cargo builds into (honours CARGO_TARGET_DIR and
+# .cargo/config.toml), as an absolute path.
+cargo_target_dir() {
+    local meta dir
+    meta="$(cd "$BEDOLAGA_REPO_ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null)" || meta=""
+    dir="$(printf '%s' "$meta" | grep -o '"target_directory":"[^"]*"' | head -n 1 | cut -d'"' -f4)"
+    if [ -z "$dir" ]; then
+        dir="${CARGO_TARGET_DIR:-target}"
+        case "$dir" in /*) ;; *) dir="$BEDOLAGA_REPO_ROOT/$dir" ;; esac
+    fi
+    printf '%s\n' "$dir"
+}
+
+# --------------------------------------------------------------------------
+# Local service processes (deploy/up.sh, deploy/down.sh)
+# --------------------------------------------------------------------------
+LOCAL_DIR="$BEDOLAGA_REPO_ROOT/.local"
+RUN_DIR="$LOCAL_DIR/run"
+LOG_DIR="$LOCAL_DIR/logs"
+
+# pid_alive NAME: prints the pid recorded for NAME when that process still
+# runs the NAME binary.
+pid_alive() {
+    local name="$1" pidfile="$RUN_DIR/$1.pid" pid exe
+    [ -f "$pidfile" ] || return 1
+    pid="$(tr -dc '0-9' <"$pidfile")"
+    [ -n "$pid" ] || return 1
+    kill -0 "$pid" 2>/dev/null || return 1
+    # Guard against a recycled pid: the process must run our binary.
+    exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
+    case "$exe" in
+        */"$name" | */"$name"" (deleted)") ;;
+        *) return 1 ;;
+    esac
+    printf '%s\n' "$pid"
+}
+
+# stop_service NAME: SIGTERM the recorded process, wait up to 20 s, then SIGKILL.
+stop_service() {
+    local name="$1" pid i
+    if ! pid="$(pid_alive "$name")"; then
+        rm -f "$RUN_DIR/$name.pid"
+        return 0
+    fi
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 40; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        warn "$name (pid $pid) did not stop within 20s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 0.5
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+}
+
+# start_service NAME BINARY [ARGS...]: run in the background with nohup.
+start_service() {
+    local name="$1" bin="$2"
+    shift 2
+    mkdir -p "$RUN_DIR" "$LOG_DIR"
+    [ -x "$bin" ] || die "$bin not found or not executable (did the build succeed?)"
+    log "starting $name (log $LOG_DIR/$name.log)"
+    nohup "$bin" "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+    printf '%s\n' "$!" >"$RUN_DIR/$name.pid"
+}
+
+# http_ok URL: true when URL answers 2xx.
+http_ok() { curl -fs -o /dev/null --max-time 2 "$1" 2>/dev/null; }
+
+# tcp_open HOST:PORT: true when something accepts TCP connections there.
+tcp_open() {
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    timeout 2 bash -c 'exec 3<>"/dev/tcp/${1%:*}/${1##*:}"' _ "$1" 2>/dev/null
+}
+
+# "0.0.0.0:8080" or "[::]:8080" -> "127.0.0.1:8080", for URLs the user can open.
+bind_to_local() {
+    local port="${1##*:}" host="${1%:*}"
+    case "$host" in
+        0.0.0.0 | "[::]" | "" | "*") host=127.0.0.1 ;;
+    esac
+    printf '%s:%s\n' "$host" "$port"
+}
+
+# Allow `deploy/lib.sh FUNCTION [ARGS]` for one-off use.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    if [ "$#" -eq 0 ]; then
+        echo "usage: $0 FUNCTION [ARGS...]   e.g. $0 ensure_backing_services" >&2
+        exit 2
+    fi
+    "$@"
+fi

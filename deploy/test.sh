@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run the test suite: makes sure PostgreSQL (127.0.0.1:5432, user postgres)
+# and NATS with JetStream (127.0.0.1:4222) are installed and running, then
+# runs `cargo test --workspace` with any extra arguments passed through, e.g.
+#   deploy/test.sh -p webhook-registry
+#   deploy/test.sh -- --nocapture
+# CARGO_TARGET_DIR is honoured when set.
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$BEDOLAGA_REPO_ROOT"
+
+ensure_rust
+ensure_backing_services
+
+log "cargo test --workspace $*"
+exec cargo test --workspace "$@"

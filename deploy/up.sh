@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Run the whole system locally:
+#   PostgreSQL + NATS JetStream (installed and started when missing),
+#   database bedolaga_events, release build, migrations, then
+#   webhook-registry, gateway and delivery-worker in the background.
+# Logs and pid files go to .local/ in the repository. Run it again to rebuild
+# and restart; deploy/down.sh stops the three services.
+set -euo pipefail
+# shellcheck source=deploy/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$BEDOLAGA_REPO_ROOT"
+
+SERVICES=(webhook-registry gateway delivery-worker)
+HEALTH_WAIT_SECS="${HEALTH_WAIT_SECS:-60}"
+
+# ---- configuration (SPEC §6 defaults) --------------------------------------
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bedolaga_events}"
+export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
+export REGISTRY_BIND="${REGISTRY_BIND:-127.0.0.1:8080}"
+export GATEWAY_BIND="${GATEWAY_BIND:-127.0.0.1:8081}"
+export WORKER_BIND="${WORKER_BIND:-127.0.0.1:8082}"
+export RUST_LOG="${RUST_LOG:-info}"
+if [ -z "${DELIVERY_ALLOW_PRIVATE_TARGETS:-}" ]; then
+    export DELIVERY_ALLOW_PRIVATE_TARGETS=true
+    private_note="DELIVERY_ALLOW_PRIVATE_TARGETS=true (local dev default set by up.sh: webhooks may target localhost/private addresses; export DELIVERY_ALLOW_PRIVATE_TARGETS=false to refuse them)"
+else
+    export DELIVERY_ALLOW_PRIVATE_TARGETS
+    private_note="DELIVERY_ALLOW_PRIVATE_TARGETS=$DELIVERY_ALLOW_PRIVATE_TARGETS (from your environment)"
+fi
+
+registry_addr="$(bind_to_local "$REGISTRY_BIND")"
+gateway_addr="$(bind_to_local "$GATEWAY_BIND")"
+worker_addr="$(bind_to_local "$WORKER_BIND")"
+declare -A HEALTH_URL=(
+    [webhook-registry]="http://$registry_addr/healthz"
+    [gateway]="http://$gateway_addr/healthz"
+    [delivery-worker]="http://$worker_addr/healthz"
+)
+
+# ---- backing services ------------------------------------------------------
+ensure_rust
+command -v curl >/dev/null 2>&1 || apt_install curl
+
+# Manage the local PostgreSQL / NATS only when the URLs point at them.
+db_re='^postgres(ql)?://([^@/]*@)?(127\.0\.0\.1|localhost)(:5432)?/([A-Za-z0-9_]+)([?].*)?$'
+if [[ "$DATABASE_URL" =~ $db_re ]]; then
+    db_name="${BASH_REMATCH[5]}"
+    ensure_postgres
+    ensure_database "$db_name"
+else
+    log "DATABASE_URL points elsewhere; not managing a local PostgreSQL (the database must exist)"
+fi
+nats_re='^nats://(127\.0\.0\.1|localhost)(:4222)?/?$'
+if [[ "$NATS_URL" =~ $nats_re ]]; then
+    ensure_nats
+else
+    log "NATS_URL points elsewhere; not managing a local nats-server"
+fi
+
+# ---- build -----------------------------------------------------------------
+log "cargo build --release --workspace"
+cargo build --release --workspace >&2 || die "cargo build failed"
+BIN_DIR="$(cargo_target_dir)/release"
+for b in "${SERVICES[@]}" eventctl; do
+    [ -x "$BIN_DIR/$b" ] || die "binary $BIN_DIR/$b missing after the build"
+done
+
+# ---- (re)start -------------------------------------------------------------
+for s in "${SERVICES[@]}"; do
+    stop_service "$s"
+done
+# Something else (a `cargo run` in another terminal, an old container) may
+# still hold a port; the health checks below would then talk to it.
+declare -A ADDR=([webhook-registry]="$registry_addr" [gateway]="$gateway_addr" [delivery-worker]="$worker_addr")
+for s in "${SERVICES[@]}"; do
+    if tcp_open "${ADDR[$s]}"; then
+        die "${ADDR[$s]} (for $s) is already in use by a process up.sh did not start; stop it first"
+    fi
+done
+
+log "webhook-registry migrate"
+"$BIN_DIR/webhook-registry" migrate >&2 || die "webhook-registry migrate failed"
+
+mkdir -p "$LOG_DIR"
+for s in "${SERVICES[@]}"; do
+    printf '\n==== %s started by up.sh at %s ====\n' "$s" "$(date -u +%FT%TZ)" >>"$LOG_DIR/$s.log"
+done
+# Migrations ran just above; the registry's own start-up migration is a no-op.
+start_service webhook-registry "$BIN_DIR/webhook-registry"
+start_service gateway "$BIN_DIR/gateway"
+start_service delivery-worker "$BIN_DIR/delivery-worker"
+
+service_healthy() {
+    local s="$1"
+    pid_alive "$s" >/dev/null || return 2
+    http_ok "${HEALTH_URL[$s]}"
+}
+for s in "${SERVICES[@]}"; do
+    ok=0
+    for ((i = 0; i < HEALTH_WAIT_SECS * 2; i++)); do
+        if service_healthy "$s"; then
+            ok=1
+            break
+        fi
+        if ! pid_alive "$s" >/dev/null; then
+            warn "$s exited during start-up; last lines of $LOG_DIR/$s.log:"
+            tail -n 30 "$LOG_DIR/$s.log" >&2 || true
+            die "$s did not start"
+        fi
+        sleep 0.5
+    done
+    if [ "$ok" -ne 1 ]; then
+        warn "last lines of $LOG_DIR/$s.log:"
+        tail -n 30 "$LOG_DIR/$s.log" >&2 || true
+        die "$s does not answer ${HEALTH_URL[$s]} after ${HEALTH_WAIT_SECS}s (it is still running; deploy/down.sh stops it)"
+    fi
+    log "$s is up (${HEALTH_URL[$s]})"
+done
+
+# ---- API token -------------------------------------------------------------
+token_file="$LOCAL_DIR/token"
+token_works() {
+    local code
+    code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 \
+        -H "X-API-Key: $1" "http://$registry_addr/webhooks?limit=1" 2>/dev/null)" || return 1
+    [ "$code" = "200" ]
+}
+token=""
+if [ -s "$token_file" ]; then
+    token="$(head -n 1 "$token_file" | tr -d '[:space:]')"
+    if [ -n "$token" ] && token_works "$token"; then
+        log "reusing the API token saved in $token_file"
+    else
+        log "the token saved in $token_file no longer works; creating a new one"
+        token=""
+    fi
+fi
+if [ -z "$token" ]; then
+    token="$("$BIN_DIR/webhook-registry" token create --name local-dev \
+        --description "created by deploy/up.sh" | head -n 1 | tr -d '[:space:]')" ||
+        die "webhook-registry token create failed"
+    [ -n "$token" ] || die "webhook-registry token create printed no token"
+    (umask 077 && printf '%s\n' "$token" >"$token_file")
+    token_works "$token" || die "the new token is rejected by GET http://$registry_addr/webhooks"
+    log "created API token 'local-dev' (saved in $token_file)"
+fi
+
+# ---- summary (stdout) ------------------------------------------------------
+cat <<EOF
+
+bedolaga-events is running.
+
+  REST API (webhook-registry)  http://$registry_addr/webhooks
+  WebSocket (gateway)          ws://$gateway_addr/ws?token=$token
+  Live console (gateway)       http://$gateway_addr/
+  Worker metrics               http://$worker_addr/metrics
+
+  API token                    $token   (saved in .local/token)
+  $private_note
+
+  Logs: .local/logs/<service>.log    Stop: deploy/down.sh
+
+Try it:
+  curl -sS -H "X-API-Key: $token" -H 'Content-Type: application/json' \\
+       -d '{"name":"demo","url":"http://127.0.0.1:9000/hook","event_type":"user.created"}' \\
+       http://$registry_addr/webhooks
+  $BIN_DIR/eventctl publish --type user.created --payload '{"user_id":1}'
+EOF
