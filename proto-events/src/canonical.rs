@@ -9,10 +9,11 @@
 //! - object keys sorted at every depth by Unicode code point order (for Rust
 //!   `str` that is plain byte order of the UTF-8 encoding);
 //! - `ensure_ascii=True`: `"` `\\` `\n` `\r` `\t` `\b` `\f` get their short
-//!   escapes, the other control characters below U+0020 become `\u00XX`,
-//!   DEL (U+007F) is written raw, every non-ASCII character becomes `\uXXXX`
-//!   (lowercase hex) and characters beyond the BMP become a UTF-16 surrogate
-//!   pair (`\ud83d\ude00`);
+//!   escapes, the other control characters below U+0020 and DEL (U+007F)
+//!   become `\u00XX` (CPython passes only `' '..='~'` through unescaped),
+//!   every non-ASCII character becomes `\uXXXX` (lowercase hex) and
+//!   characters beyond the BMP become a UTF-16 surrogate pair
+//!   (`\ud83d\ude00`);
 //! - integers in decimal;
 //! - floats as Python's `repr(float)`: the shortest digits that round-trip,
 //!   positional when the decimal exponent is in `-4..16` (`0.0001`, `100.0`,
@@ -36,8 +37,6 @@
 //!   to 128 levels; Python's own encoder stops near its recursion limit
 //!   (about 1000 levels), so payloads deeper than that have no Python
 //!   counterpart anyway.
-
-use std::io::Write as _;
 
 use serde_json::{Map, Number, Value};
 
@@ -92,21 +91,31 @@ pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
 
 fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
     out.push(b'{');
-    if keys_sorted(map) {
-        write_entries(out, map.iter());
-    } else {
-        let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-        // Byte order of UTF-8 equals code point order, which is what
-        // Python's `sorted()` uses for `str` keys.
-        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        write_entries(out, entries.into_iter());
-    }
+    write_sorted_entries(out, map.iter());
     out.push(b'}');
 }
 
-fn keys_sorted(map: &Map<String, Value>) -> bool {
+/// Write `key: value` pairs in code point order of the keys. Entries that
+/// already come sorted (serde_json's default `BTreeMap`) are written
+/// directly; otherwise (`preserve_order`) they are sorted first.
+fn write_sorted_entries<'a, I>(out: &mut Vec<u8>, entries: I)
+where
+    I: Iterator<Item = (&'a String, &'a Value)> + Clone,
+{
+    if keys_sorted(entries.clone().map(|(k, _)| k.as_str())) {
+        write_entries(out, entries);
+    } else {
+        let mut sorted: Vec<(&String, &Value)> = entries.collect();
+        // Byte order of UTF-8 equals code point order, which is what
+        // Python's `sorted()` uses for `str` keys.
+        sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        write_entries(out, sorted.into_iter());
+    }
+}
+
+fn keys_sorted<'a>(keys: impl Iterator<Item = &'a str>) -> bool {
     let mut prev: Option<&str> = None;
-    for key in map.keys() {
+    for key in keys {
         if let Some(p) = prev
             && p.as_bytes() > key.as_bytes()
         {
@@ -145,6 +154,7 @@ const ESCAPE: [u8; 128] = {
     table[b'\t' as usize] = b't';
     table[0x08] = b'b';
     table[0x0c] = b'f';
+    table[0x7f] = b'u';
     table[b'"' as usize] = b'"';
     table[b'\\' as usize] = b'\\';
     table
@@ -253,36 +263,62 @@ fn write_f64(out: &mut Vec<u8>, f: f64) {
         });
         return;
     }
-    // Rust's `{:e}` gives the shortest round-trip digits as
-    // `[-]d[.ddd]e[-]N`; the longest f64 text is 24 bytes.
-    let mut buf = [0u8; 40];
-    let len = {
-        let mut cursor = &mut buf[..];
-        if write!(cursor, "{f:e}").is_err() {
-            out.extend_from_slice(format!("{f:e}").as_bytes());
-            return;
-        }
-        40 - cursor.len()
-    };
-    let text = &buf[..len];
+    // Shortest round-trip digits from ryu, which (like CPython's dtoa and
+    // unlike Rust's own `{}`/`{:e}`) breaks exact ties to the even digit:
+    // 1658206780088562.25 is `...562.2` in Python, `...562.3` in Rust's std.
+    // ryu lays the digits out its own way (`1e16`, `0.0001`, `1.5e300`,
+    // `100.0`), so only the digits and the exponent are taken from it.
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(f).as_bytes();
     let (negative, text) = match text.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, text),
     };
-    let e_pos = text.iter().position(|&b| b == b'e').unwrap_or(text.len());
+    let e_pos = text
+        .iter()
+        .position(|&b| b == b'e' || b == b'E')
+        .unwrap_or(text.len());
+    let exp = parse_exp(text.get(e_pos + 1..).unwrap_or_default());
     let mantissa = &text[..e_pos];
-    let exp10 = parse_exp(text.get(e_pos + 1..).unwrap_or_default());
 
-    // Collect the significant digits without the point.
-    let mut digits = [0u8; 24];
+    // Significant digits without the point, and where the point goes:
+    // value = 0.DIGITS × 10^point.
+    let mut digits = [0u8; 40];
     let mut n_digits = 0;
+    let mut point: i32 = 0;
+    let mut seen_point = false;
     for &b in mantissa {
-        if b.is_ascii_digit() && n_digits < digits.len() {
-            digits[n_digits] = b;
-            n_digits += 1;
+        if b == b'.' {
+            seen_point = true;
+        } else if b.is_ascii_digit() {
+            if n_digits == 0 && b == b'0' {
+                // Leading zero: before the point it carries no position,
+                // after it it shifts the point left.
+                if seen_point {
+                    point -= 1;
+                }
+                continue;
+            }
+            if n_digits < digits.len() {
+                digits[n_digits] = b;
+                n_digits += 1;
+            }
+            if !seen_point {
+                point += 1;
+            }
         }
     }
-    let digits = &digits[..n_digits.max(1)];
+    while n_digits > 0 && digits[n_digits - 1] == b'0' {
+        n_digits -= 1;
+    }
+    let (digits, exp10) = if n_digits == 0 {
+        (&b"0"[..], 0)
+    } else {
+        (
+            &digits[..n_digits],
+            point.saturating_add(exp).saturating_sub(1),
+        )
+    };
 
     if negative {
         out.push(b'-');
@@ -367,6 +403,36 @@ mod tests {
         assert_eq!(float(f64::MAX), "1.7976931348623157e+308");
         assert_eq!(float(123_456_789.123), "123456789.123");
         assert_eq!(float(1.0 / 3.0), "0.3333333333333333");
+        assert_eq!(float(1e-7), "1e-07");
+        assert_eq!(float(1e22), "1e+22");
+        assert_eq!(float(1e100), "1e+100");
+        assert_eq!(float(0.000_100_5), "0.0001005");
+        assert_eq!(float(1_000_000.5), "1000000.5");
+        // Exact tie between two shortest candidates: Python keeps the even
+        // digit, Rust's `{}` would print ...562.3.
+        assert_eq!(float(1_658_206_780_088_562.2), "1658206780088562.2");
+    }
+
+    #[test]
+    fn unsorted_entries_get_sorted() {
+        // Only reachable through a `Map` with serde_json's `preserve_order`,
+        // which this build does not enable; exercise the path directly.
+        let keys: Vec<String> = ["b", "\u{1F600}", "a", "\u{FFFF}", ""]
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        let values: Vec<Value> = (0..keys.len()).map(|i| Value::from(i as u64)).collect();
+        let entries: Vec<(&String, &Value)> = keys.iter().zip(&values).collect();
+        let mut out = Vec::new();
+        write_sorted_entries(&mut out, entries.iter().copied());
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            r#""": 4, "a": 2, "b": 0, "\uffff": 3, "\ud83d\ude00": 1"#
+        );
+        assert!(!keys_sorted(keys.iter().map(String::as_str)));
+        assert!(keys_sorted(
+            ["", "a", "ab", "\u{FFFF}", "\u{1F600}"].into_iter()
+        ));
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl Envelope {
         }
         let type_name = take_string(&mut obj, "type")?;
         let timestamp = take_string(&mut obj, "timestamp")?;
-        parse_timestamp(&timestamp).ok_or_else(|| EnvelopeError::BadTimestamp(timestamp.clone()))?;
+        parse_timestamp(&timestamp)
+            .ok_or_else(|| EnvelopeError::BadTimestamp(timestamp.clone()))?;
         let payload = match obj.remove("payload") {
             None => return Err(EnvelopeError::Missing("payload")),
             Some(Value::Object(p)) => p,

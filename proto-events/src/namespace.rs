@@ -172,7 +172,10 @@ mod tests {
         assert_eq!(ns.stream(), "EVENTS");
         assert_eq!(ns.event_subject("ticket.created"), "events.ticket.created");
         assert_eq!(ns.events_filter(), "events.>");
-        assert_eq!(ns.event_type_of("events.ticket.created"), Some("ticket.created"));
+        assert_eq!(
+            ns.event_type_of("events.ticket.created"),
+            Some("ticket.created")
+        );
         assert_eq!(ns.event_type_of("other.ticket.created"), None);
         assert_eq!(
             ns.deadletter_subject("events.user.created"),
@@ -186,8 +189,14 @@ mod tests {
         let ns = Namespace::new("staging").unwrap();
         assert_eq!(ns.prefix(), "staging");
         assert_eq!(ns.stream(), "EVENTS_staging");
-        assert_eq!(ns.event_subject("user.created"), "staging.events.user.created");
-        assert_eq!(ns.event_type_of("staging.events.user.created"), Some("user.created"));
+        assert_eq!(
+            ns.event_subject("user.created"),
+            "staging.events.user.created"
+        );
+        assert_eq!(
+            ns.event_type_of("staging.events.user.created"),
+            Some("user.created")
+        );
         assert_eq!(
             ns.deadletter_subject("staging.events.user.created"),
             "staging.deadletter.events.user.created"

@@ -34,7 +34,9 @@ impl Pattern {
         if let Some(family) = s.strip_suffix('*') {
             let known = family.ends_with('.')
                 && !family[..family.len() - 1].contains(['.', '*'])
-                && EventType::ALL.iter().any(|t| t.as_str().starts_with(family));
+                && EventType::ALL
+                    .iter()
+                    .any(|t| t.as_str().starts_with(family));
             return if known {
                 Ok(Pattern::Family(family.to_owned()))
             } else {
@@ -142,7 +144,16 @@ mod tests {
 
     #[test]
     fn rejects_what_matches_nothing() {
-        for bad in ["", "user", "user.deleted", "foo.*", "ticket*", "ticket.c*", "*.*", "ticket.*.*"] {
+        for bad in [
+            "",
+            "user",
+            "user.deleted",
+            "foo.*",
+            "ticket*",
+            "ticket.c*",
+            "*.*",
+            "ticket.*.*",
+        ] {
             let err = Pattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains("user.created"), "{bad}: {err}");
         }

@@ -81,9 +81,7 @@ impl Publisher {
     /// Creates the streams if missing; done once per publisher.
     pub async fn ensure_stream(&self) -> Result<(), PublishError> {
         self.stream_ready
-            .get_or_try_init(|| async {
-                self.ns.ensure_streams(&self.js).await.map(|_| ())
-            })
+            .get_or_try_init(|| async { self.ns.ensure_streams(&self.js).await.map(|_| ()) })
             .await?;
         Ok(())
     }

@@ -80,9 +80,15 @@ fn scalars_and_containers() {
 fn integers() {
     assert_eq!(to_canonical_string(&json!(0)), "0");
     assert_eq!(to_canonical_string(&json!(-1)), "-1");
-    assert_eq!(to_canonical_string(&json!(i64::MIN)), "-9223372036854775808");
+    assert_eq!(
+        to_canonical_string(&json!(i64::MIN)),
+        "-9223372036854775808"
+    );
     assert_eq!(to_canonical_string(&json!(i64::MAX)), "9223372036854775807");
-    assert_eq!(to_canonical_string(&json!(u64::MAX)), "18446744073709551615");
+    assert_eq!(
+        to_canonical_string(&json!(u64::MAX)),
+        "18446744073709551615"
+    );
 }
 
 #[test]
@@ -104,6 +110,8 @@ fn floats_like_python_repr() {
         (1.0 / 3.0, "0.3333333333333333"),
         (-2.5e-7, "-2.5e-07"),
         (6.022_140_76e23, "6.02214076e+23"),
+        // Exact tie (…562.25): Python keeps the even digit.
+        (1_658_206_780_088_562.2, "1658206780088562.2"),
     ];
     for &(f, want) in cases {
         let v = Value::Number(Number::from_f64(f).unwrap());
@@ -120,15 +128,31 @@ fn string_escapes() {
         to_canonical_string(&json!("a\"b\\c\nd\re\tf\u{8}g\u{c}h")),
         r#""a\"b\\c\nd\re\tf\bg\fh""#
     );
-    assert_eq!(to_canonical_string(&json!("\u{0}\u{1f}")), r#""\u0000\u001f""#);
+    assert_eq!(
+        to_canonical_string(&json!("\u{0}\u{1f}")),
+        r#""\u0000\u001f""#
+    );
     assert_eq!(to_canonical_string(&json!("\u{1b}[0m")), r#""\u001b[0m""#);
-    // DEL is printed raw; `/` is not escaped.
-    assert_eq!(to_canonical_string(&json!("\u{7f}/")), "\"\u{7f}/\"");
-    assert_eq!(to_canonical_string(&json!("Привет")), r#""\u041f\u0440\u0438\u0432\u0435\u0442""#);
+    // DEL is escaped too (Python passes only ' '..='~' through with
+    // ensure_ascii); `/` and `~` are not escaped.
+    assert_eq!(to_canonical_string(&json!("\u{7f}/~")), r#""\u007f/~""#);
+    assert_eq!(
+        to_canonical_string(&json!("Привет")),
+        r#""\u041f\u0440\u0438\u0432\u0435\u0442""#
+    );
     assert_eq!(to_canonical_string(&json!("😀")), r#""\ud83d\ude00""#);
-    assert_eq!(to_canonical_string(&json!("\u{10FFFF}")), r#""\udbff\udfff""#);
-    assert_eq!(to_canonical_string(&json!("\u{2028}\u{2029}")), r#""\u2028\u2029""#);
-    assert_eq!(to_canonical_string(&json!("é\u{FFFF}")), r#""\u00e9\uffff""#);
+    assert_eq!(
+        to_canonical_string(&json!("\u{10FFFF}")),
+        r#""\udbff\udfff""#
+    );
+    assert_eq!(
+        to_canonical_string(&json!("\u{2028}\u{2029}")),
+        r#""\u2028\u2029""#
+    );
+    assert_eq!(
+        to_canonical_string(&json!("é\u{FFFF}")),
+        r#""\u00e9\uffff""#
+    );
 }
 
 #[test]
@@ -155,7 +179,10 @@ fn keys_sort_by_code_point_not_utf16() {
         r#"{"\u0401": 5, "\u042f": 4, "\u0430": 3, "\u044f": 2, "\u0451": 1}"#
     );
     // Prefixes sort first.
-    assert_eq!(canon(r#"{"ab": 1, "a": 2, "": 3}"#), r#"{"": 3, "a": 2, "ab": 1}"#);
+    assert_eq!(
+        canon(r#"{"ab": 1, "a": 2, "": 3}"#),
+        r#"{"": 3, "a": 2, "ab": 1}"#
+    );
 }
 
 #[test]
@@ -210,7 +237,11 @@ fn random_char(rng: &mut StdRng) -> char {
         _ => rng.random_range(0..0x11_0000),
     };
     // Surrogates are not chars: map them to the nearest neighbours.
-    char::from_u32(code).unwrap_or(if code < 0xdc00 { '\u{d7ff}' } else { '\u{e000}' })
+    char::from_u32(code).unwrap_or(if code < 0xdc00 {
+        '\u{d7ff}'
+    } else {
+        '\u{e000}'
+    })
 }
 
 fn random_string(rng: &mut StdRng) -> String {
@@ -223,7 +254,7 @@ fn random_string(rng: &mut StdRng) -> String {
 }
 
 fn random_f64(rng: &mut StdRng) -> f64 {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..5) {
         0 | 1 => loop {
             let f = f64::from_bits(rng.random::<u64>());
             if f.is_finite() {
@@ -232,15 +263,28 @@ fn random_f64(rng: &mut StdRng) -> f64 {
         },
         2 => {
             // Short decimals such as 12.5, 0.07, 3e-5, 1e17.
-            let mantissa = rng.random_range(0..100_000_i64) * if rng.random_bool(0.2) { -1 } else { 1 };
+            let mantissa =
+                rng.random_range(0..100_000_i64) * if rng.random_bool(0.2) { -1 } else { 1 };
             let exp = rng.random_range(-12..22);
             format!("{mantissa}e{exp}").parse().unwrap()
         }
+        3 => {
+            // Between 2^49 and 2^53 the spacing is 1/16..1, so many values sit
+            // exactly halfway between two shortest decimal candidates.
+            let ulp = [0.0625, 0.125, 0.25, 0.5, 1.0][rng.random_range(0..5)];
+            let steps = rng.random_range(0..1_u64 << 52);
+            // `steps` < 2^52 fits an f64 exactly.
+            #[allow(clippy::cast_precision_loss)]
+            let f = 562_949_953_421_312.0 + steps as f64 * ulp;
+            if rng.random_bool(0.5) { f } else { -f }
+        }
         _ => {
             // Around the positional/scientific switch and the denormals.
-            let base: f64 = [1e-5, 1e-4, 1e15, 1e16, 5e-324, 2.2e-308, 1.7e308][rng.random_range(0..7)];
+            let base: f64 =
+                [1e-5, 1e-4, 1e15, 1e16, 5e-324, 2.2e-308, 1.7e308][rng.random_range(0..7)];
             let scale = 1.0 + f64::from(rng.random_range(-1000..1000)) * 1e-4;
-            base * scale
+            let f = base * scale;
+            if f.is_finite() { f } else { f64::MAX }
         }
     }
 }
@@ -250,9 +294,14 @@ fn random_number(rng: &mut StdRng) -> Value {
         0 => json!(rng.random::<i64>()),
         1 => json!(rng.random::<u64>()),
         2 => json!(rng.random_range(-1000..1000)),
-        3 => [json!(i64::MIN), json!(i64::MAX), json!(u64::MAX), json!(0), json!(-1)]
-            [rng.random_range(0..5)]
-            .clone(),
+        3 => [
+            json!(i64::MIN),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!(0),
+            json!(-1),
+        ][rng.random_range(0..5)]
+        .clone(),
         _ => Value::Number(Number::from_f64(random_f64(rng)).unwrap()),
     }
 }
@@ -319,7 +368,11 @@ fn live_comparison_with_python() {
     let stdout = output.stdout;
     let lines: Vec<&[u8]> = stdout.split(|&b| b == b'\n').collect();
     // Trailing "\n" leaves one empty piece at the end.
-    assert_eq!(lines.len(), values.len() + 1, "python3 printed a wrong number of lines");
+    assert_eq!(
+        lines.len(),
+        values.len() + 1,
+        "python3 printed a wrong number of lines"
+    );
     assert_eq!(lines.last(), Some(&&b""[..]));
 
     let mut out = Vec::new();

@@ -40,7 +40,10 @@ fn every_type_has_a_valid_schema_that_accepts_its_samples_and_the_rust_type_roun
         assert_eq!(schema["title"], t.as_str());
         let validator = jsonschema::validator_for(&schema).expect("schema compiles");
         for sample in samples(t) {
-            let errors: Vec<String> = validator.iter_errors(&sample).map(|e| e.to_string()).collect();
+            let errors: Vec<String> = validator
+                .iter_errors(&sample)
+                .map(|e| e.to_string())
+                .collect();
             assert!(errors.is_empty(), "{t}: {errors:?}");
             let typed = Payload::from_value(t, sample.clone()).expect("typed payload parses");
             assert_eq!(typed.event_type(), t);
@@ -55,16 +58,31 @@ fn schemas_and_types_reject_the_same_broken_payloads() {
     let broken = [
         (EventType::UserCreated, json!({"telegram_id": 1})),
         (EventType::UserCreated, json!({"user_id": "12"})),
-        (EventType::TicketCreated, json!({"ticket_id": 1, "user_id": 2, "title": "t", "status": "open", "priority": "low"})),
-        (EventType::PaymentCompleted, json!({"transaction_id": 1, "user_id": 2, "type": "deposit", "amount_kopeks": 1.5,
-            "amount_rubles": 0.01, "is_completed": true})),
-        (EventType::TicketStatusChanged, json!({"ticket_id": 1, "user_id": 2, "new_status": null})),
+        (
+            EventType::TicketCreated,
+            json!({"ticket_id": 1, "user_id": 2, "title": "t", "status": "open", "priority": "low"}),
+        ),
+        (
+            EventType::PaymentCompleted,
+            json!({"transaction_id": 1, "user_id": 2, "type": "deposit", "amount_kopeks": 1.5,
+            "amount_rubles": 0.01, "is_completed": true}),
+        ),
+        (
+            EventType::TicketStatusChanged,
+            json!({"ticket_id": 1, "user_id": 2, "new_status": null}),
+        ),
     ];
     for (t, payload) in broken {
         let schema: Value = serde_json::from_str(t.schema_json()).unwrap();
         let validator = jsonschema::validator_for(&schema).unwrap();
-        assert!(!validator.is_valid(&payload), "schema of {t} accepted {payload}");
-        assert!(Payload::from_value(t, payload.clone()).is_err(), "type {t} accepted {payload}");
+        assert!(
+            !validator.is_valid(&payload),
+            "schema of {t} accepted {payload}"
+        );
+        assert!(
+            Payload::from_value(t, payload.clone()).is_err(),
+            "type {t} accepted {payload}"
+        );
     }
 }
 
@@ -82,6 +100,17 @@ fn message_text_is_capped_by_the_schema() {
 
 #[test]
 fn patterns_select_catalogue_families() {
-    let names: Vec<_> = Pattern::parse("ticket.*").unwrap().types().map(|t| t.as_str()).collect();
-    assert_eq!(names, ["ticket.created", "ticket.status_changed", "ticket.message_added"]);
+    let names: Vec<_> = Pattern::parse("ticket.*")
+        .unwrap()
+        .types()
+        .map(|t| t.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ticket.created",
+            "ticket.status_changed",
+            "ticket.message_added"
+        ]
+    );
 }

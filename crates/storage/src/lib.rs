@@ -1,1 +1,19 @@
-//! Storage.
+//! Postgres storage shared by the bedolaga services: the diesel schema of
+//! the migrations in `migrations/`, row types, the pool, and API tokens.
+
+mod error;
+mod migrate;
+pub mod models;
+mod pool;
+pub mod schema;
+pub mod tokens;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::StorageError;
+pub use migrate::{MIGRATIONS, run_migrations};
+pub use pool::{DbConn, DbPool, PoolConfig, build_pool, ping, redact_url};
+
+/// The database of an unconfigured deployment (SPEC §6).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bedolaga_events";

@@ -89,7 +89,10 @@ impl fmt::Debug for Outbound<'_> {
             .field("message_id", &self.message_id)
             .field("timestamp", &self.timestamp)
             .field("body_len", &self.body.len())
-            .field("secrets", &format_args!("<{} redacted>", self.secrets.len()))
+            .field(
+                "secrets",
+                &format_args!("<{} redacted>", self.secrets.len()),
+            )
             .field("traceparent", &self.traceparent)
             .finish()
     }
@@ -179,24 +182,22 @@ impl WebhookSender {
         if !matches!(url.scheme(), "http" | "https") {
             return failed(format!("unsupported URL scheme {:?}", url.scheme()));
         }
-        if !self.cfg.allow_private_targets {
-            let ip = match url.host() {
-                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-                Some(url::Host::Domain(_)) => None,
-                None => return failed("URL has no host".to_owned()),
+        // reqwest never hands an IP-literal host to the resolver: check it here.
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => None,
+            None => return failed("URL has no host".to_owned()),
+        };
+        if !self.cfg.allow_private_targets
+            && let Some(ip) = literal
+            && let Some(reason) = is_forbidden(ip)
+        {
+            return AttemptOutcome {
+                error: Some(Refusal::Literal { ip, reason }.to_string()),
+                refused: true,
+                ..AttemptOutcome::default()
             };
-            if let Some(reason) = ip.and_then(|ip| is_forbidden(ip).map(|r| (ip, r))) {
-                let refusal = Refusal::Literal {
-                    ip: reason.0,
-                    reason: reason.1,
-                };
-                return AttemptOutcome {
-                    error: Some(refusal.to_string()),
-                    refused: true,
-                    ..AttemptOutcome::default()
-                };
-            }
         }
         let headers = match build_headers(req) {
             Ok(h) => h,
@@ -264,9 +265,8 @@ impl WebhookSender {
     }
 
     fn describe_error(&self, err: &reqwest::Error) -> AttemptOutcome {
-        let chain = || {
-            std::iter::successors(Some(err as &(dyn StdError + 'static)), |&e| e.source())
-        };
+        let chain =
+            || std::iter::successors(Some(err as &(dyn StdError + 'static)), |&e| e.source());
         if let Some(refusal) = chain().find_map(|e| e.downcast_ref::<Refusal>()) {
             return AttemptOutcome {
                 error: Some(refusal.to_string()),
@@ -337,7 +337,13 @@ fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
 
     // Empty strings mean "no secret"; the common case has none and borrows.
     let secrets: Cow<'_, [&str]> = if req.secrets.iter().any(|s| s.is_empty()) {
-        Cow::Owned(req.secrets.iter().copied().filter(|s| !s.is_empty()).collect())
+        Cow::Owned(
+            req.secrets
+                .iter()
+                .copied()
+                .filter(|s| !s.is_empty())
+                .collect(),
+        )
     } else {
         Cow::Borrowed(req.secrets)
     };
@@ -353,7 +359,10 @@ fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
             h.insert(WEBHOOK_SIGNATURE.clone(), v);
         }
     }
-    if let Some(tp) = req.traceparent.and_then(|tp| HeaderValue::from_str(tp).ok()) {
+    if let Some(tp) = req
+        .traceparent
+        .and_then(|tp| HeaderValue::from_str(tp).ok())
+    {
         h.insert(TRACEPARENT.clone(), tp);
     }
     Ok(h)

@@ -168,7 +168,9 @@ pub enum UrlProblem {
 impl fmt::Display for UrlProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NotAbsolute => f.write_str("URL must be a valid absolute URL, e.g. https://example.com/webhook"),
+            Self::NotAbsolute => {
+                f.write_str("URL must be a valid absolute URL, e.g. https://example.com/webhook")
+            }
             Self::Scheme => f.write_str("URL scheme must be http or https"),
             Self::NoHost => f.write_str("URL must have a valid host"),
             Self::Credentials => f.write_str("URL must not contain a username or password"),
@@ -205,10 +207,8 @@ pub fn validate_url(url: &str, allow_private: bool) -> Result<url::Url, UrlProbl
         return Err(UrlProblem::Credentials);
     }
     let host = parsed.host().ok_or(UrlProblem::NoHost)?;
-    if !allow_private {
-        if let Some(reason) = host_reason(&host) {
-            return Err(UrlProblem::ForbiddenHost(reason));
-        }
+    if !allow_private && let Some(reason) = host_reason(&host) {
+        return Err(UrlProblem::ForbiddenHost(reason));
     }
     Ok(parsed)
 }

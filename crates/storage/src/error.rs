@@ -1,0 +1,47 @@
+//! The storage error and how callers classify it.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::pooled_connection::deadpool::PoolError;
+
+/// A failure talking to Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database query failed: {0}")]
+    Query(#[from] DieselError),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] PoolError),
+    #[error("migration failed: {0}")]
+    Migration(String),
+    #[error("invalid database configuration: {0}")]
+    Config(String),
+}
+
+impl StorageError {
+    /// The database is down, slow or out of connections: a 503.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Pool(_) => true,
+            StorageError::Query(DieselError::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+            ),
+            _ => false,
+        }
+    }
+
+    /// A unique or foreign-key constraint refused the write: a 409.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Query(DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::ForeignKeyViolation,
+                _
+            ))
+        )
+    }
+
+    /// No row matched.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::Query(DieselError::NotFound))
+    }
+}

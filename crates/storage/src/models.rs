@@ -1,0 +1,144 @@
+//! Row types of the three tables.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde_json::Value;
+
+use crate::schema::{web_api_tokens, webhook_deliveries, webhooks};
+
+/// A `webhooks` row. `secret` and `previous_secret` must never leave the
+/// process except as a signature.
+#[derive(Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = webhooks, check_for_backend(diesel::pg::Pg))]
+pub struct Webhook {
+    pub id: i32,
+    pub name: String,
+    pub url: String,
+    pub secret: Option<String>,
+    pub event_type: String,
+    pub is_active: bool,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_triggered_at: Option<DateTime<Utc>>,
+    pub failure_count: i32,
+    pub success_count: i32,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+}
+
+impl Webhook {
+    /// The secrets a delivery is signed with now: the current one first,
+    /// then the previous one while its grace period lasts.
+    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(s) = self.secret.as_deref().filter(|s| !s.is_empty()) {
+            out.push(s);
+        }
+        if let (Some(prev), Some(until)) = (
+            self.previous_secret.as_deref().filter(|s| !s.is_empty()),
+            self.previous_secret_expires_at,
+        ) && until > now
+        {
+            out.push(prev);
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("event_type", &self.event_type)
+            .field("is_active", &self.is_active)
+            .field("has_secret", &self.secret.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `webhook_deliveries` row: one attempt, or one queued attempt when its
+/// status is `pending`.
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = webhook_deliveries, check_for_backend(diesel::pg::Pg))]
+pub struct Delivery {
+    pub id: i32,
+    pub webhook_id: i32,
+    pub event_type: String,
+    pub payload: Value,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub attempt_number: i32,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub event_id: Option<String>,
+}
+
+/// A new `webhook_deliveries` row.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = webhook_deliveries, check_for_backend(diesel::pg::Pg))]
+pub struct NewDelivery {
+    pub webhook_id: i32,
+    pub event_type: String,
+    pub payload: Value,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub attempt_number: i32,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub event_id: Option<String>,
+}
+
+/// Delivery statuses, as the bot stores them.
+pub mod delivery_status {
+    pub const PENDING: &str = "pending";
+    pub const SUCCESS: &str = "success";
+    pub const FAILED: &str = "failed";
+    pub const ALL: [&str; 3] = [PENDING, SUCCESS, FAILED];
+}
+
+/// A `web_api_tokens` row. Only the hash of a token is ever stored.
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = web_api_tokens, check_for_backend(diesel::pg::Pg))]
+pub struct ApiToken {
+    pub id: i32,
+    pub name: String,
+    pub token_hash: String,
+    pub token_prefix: String,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+    pub is_active: bool,
+    pub created_by: Option<String>,
+}
+
+impl ApiToken {
+    /// Active and not expired at `now`.
+    pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        self.is_active && self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+/// A new `web_api_tokens` row.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = web_api_tokens, check_for_backend(diesel::pg::Pg))]
+pub struct NewApiToken {
+    pub name: String,
+    pub token_hash: String,
+    pub token_prefix: String,
+    pub description: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub is_active: bool,
+    pub created_by: Option<String>,
+}

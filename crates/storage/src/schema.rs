@@ -1,0 +1,75 @@
+// The diesel table definitions for the migrations in the top-level
+// `migrations/` folder. Written to match them column for column; a test
+// (`tests/schema.rs`) checks every column against the migrated database.
+
+diesel::table! {
+    web_api_tokens (id) {
+        id -> Int4,
+        #[max_length = 255]
+        name -> Varchar,
+        #[max_length = 128]
+        token_hash -> Varchar,
+        #[max_length = 32]
+        token_prefix -> Varchar,
+        description -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        expires_at -> Nullable<Timestamptz>,
+        last_used_at -> Nullable<Timestamptz>,
+        #[max_length = 64]
+        last_used_ip -> Nullable<Varchar>,
+        is_active -> Bool,
+        #[max_length = 255]
+        created_by -> Nullable<Varchar>,
+    }
+}
+
+diesel::table! {
+    webhooks (id) {
+        id -> Int4,
+        #[max_length = 255]
+        name -> Varchar,
+        url -> Text,
+        #[max_length = 128]
+        secret -> Nullable<Varchar>,
+        #[max_length = 50]
+        event_type -> Varchar,
+        is_active -> Bool,
+        description -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        last_triggered_at -> Nullable<Timestamptz>,
+        failure_count -> Int4,
+        success_count -> Int4,
+        #[max_length = 128]
+        previous_secret -> Nullable<Varchar>,
+        previous_secret_expires_at -> Nullable<Timestamptz>,
+        failing_since -> Nullable<Timestamptz>,
+        disabled_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Int4,
+        webhook_id -> Int4,
+        #[max_length = 50]
+        event_type -> Varchar,
+        payload -> Jsonb,
+        response_status -> Nullable<Int4>,
+        response_body -> Nullable<Text>,
+        #[max_length = 20]
+        status -> Varchar,
+        error_message -> Nullable<Text>,
+        attempt_number -> Int4,
+        created_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        next_retry_at -> Nullable<Timestamptz>,
+        #[max_length = 64]
+        event_id -> Nullable<Varchar>,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+
+diesel::allow_tables_to_appear_in_same_query!(web_api_tokens, webhooks, webhook_deliveries);
