@@ -219,6 +219,9 @@ impl Default for AuthCacheConfig {
     }
 }
 
+/// When a token was last used, and from where.
+type Usage = (DateTime<Utc>, Option<String>);
+
 #[derive(Clone)]
 struct CacheEntry {
     principal: Option<Principal>,
@@ -239,7 +242,7 @@ struct AuthInner {
     hasher: TokenHasher,
     cfg: AuthCacheConfig,
     cache: Mutex<HashMap<String, CacheEntry>>,
-    last_used: Mutex<HashMap<i32, (DateTime<Utc>, Option<String>)>>,
+    last_used: Mutex<HashMap<i32, Usage>>,
 }
 
 impl TokenAuth {
@@ -354,7 +357,7 @@ impl TokenAuth {
         Ok(n)
     }
 
-    fn requeue(&self, pending: Vec<(i32, (DateTime<Utc>, Option<String>))>) {
+    fn requeue(&self, pending: Vec<(i32, Usage)>) {
         let mut map = self.inner.last_used.lock();
         for (id, v) in pending {
             map.entry(id).or_insert(v);
