@@ -18,6 +18,6 @@ mod publisher;
 
 pub use catalogue::{EventType, UnknownEventType};
 pub use envelope::{Envelope, EnvelopeError, new_event_id};
-pub use namespace::{DEFAULT_STREAM, Namespace};
+pub use namespace::{DEFAULT_STREAM, InvalidPrefix, Namespace};
 pub use pattern::{InvalidPattern, Pattern, PatternSet};
 pub use publisher::{PublishError, Published, Publisher};
