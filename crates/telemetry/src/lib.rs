@@ -3,6 +3,7 @@
 
 pub mod metrics;
 pub mod ops;
+pub mod trace;
 
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -28,12 +29,38 @@ pub struct LogArgs {
     /// Log filter directives, e.g. `info,gateway=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
+    /// OTLP/HTTP collector base URL (`/v1/traces` is appended); traces are
+    /// exported only when this is set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_endpoint: Option<String>,
+    /// The service name traces are reported under.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
 }
 
-/// Installs the global subscriber. Later calls (tests) are ignored.
+/// Installs the global subscriber, and the OpenTelemetry exporter when an
+/// endpoint is configured. Later calls (tests) are ignored. Call
+/// [`flush`] before the process exits so the last spans are sent.
 pub fn init_logging(args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let otel = args
+        .otel_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty())
+        .and_then(|endpoint| {
+            let name = args
+                .otel_service_name
+                .clone()
+                .unwrap_or_else(default_service_name);
+            match trace::otel_layer(endpoint, &name) {
+                Ok(layer) => Some(layer),
+                Err(e) => {
+                    eprintln!("OpenTelemetry export disabled: {e}");
+                    None
+                }
+            }
+        });
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = match args.log_format {
         LogFormat::Json => registry
             .with(
@@ -49,12 +76,30 @@ pub fn init_logging(args: &LogArgs) {
     let _ = result;
 }
 
+/// Sends the spans still buffered by the OpenTelemetry exporter.
+pub fn flush() {
+    trace::shutdown();
+}
+
+fn default_service_name() -> String {
+    std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "bedolaga-events".to_owned())
+}
+
 /// Logging for tests: on only when `TEST_LOG` is set.
 pub fn init_test_logging() {
     if std::env::var_os("TEST_LOG").is_some() {
         init_logging(&LogArgs {
             log_format: LogFormat::Text,
             log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+            otel_endpoint: None,
+            otel_service_name: None,
         });
     }
 }
