@@ -254,6 +254,19 @@ ensure_backing_services() {
     ensure_nats
 }
 
+# Optional tools some tests use when present: nats-py (the Python publisher
+# example's test). Failing to install them is a warning, not an error; those
+# tests then say they were skipped.
+ensure_test_tools() {
+    if command -v python3 >/dev/null 2>&1; then
+        if ! python3 -c 'import nats' >/dev/null 2>&1; then
+            log "installing nats-py for the Python publisher example test"
+            python3 -m pip install -q --disable-pip-version-check nats-py >/dev/null 2>&1 ||
+                warn "could not install nats-py; its test will be skipped"
+        fi
+    fi
+}
+
 # --------------------------------------------------------------------------
 # Cargo helpers
 # --------------------------------------------------------------------------

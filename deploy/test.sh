@@ -12,6 +12,7 @@ cd "$BEDOLAGA_REPO_ROOT"
 
 ensure_rust
 ensure_backing_services
+ensure_test_tools
 
 log "cargo test --workspace $*"
 exec cargo test --workspace "$@"
