@@ -1,1 +1,343 @@
-//! delivery-worker (being built).
+//! delivery-worker: consumes `events.>` through one durable pull consumer
+//! shared by every replica, signs and POSTs each event's payload to the
+//! matching webhooks, records every attempt, retries on a schedule, and
+//! disables webhooks that are gone or have failed for too long.
+//!
+//! Pieces: [`cache`] (active webhooks by type, reloaded on registry change
+//! notices), [`consumer`] (JetStream, dead letters, acks), [`deliver`] (one
+//! attempt through `webhook-client`), [`recorder`] (batched row writes),
+//! [`retries`] (the durable retry queue), [`policy`] (the schedule).
+
+pub mod cache;
+pub mod config;
+pub mod consumer;
+pub mod deliver;
+pub mod metrics;
+pub mod policy;
+pub mod recorder;
+pub mod retries;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use async_nats::connection::State;
+use futures::FutureExt;
+use proto_events::Namespace;
+use storage::{DbPool, PoolConfig};
+use telemetry::ops::{Ops, Readiness};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use webhook_client::{SenderConfig, WebhookSender};
+
+pub use config::Config;
+
+use crate::cache::{Gates, WebhookCache};
+use crate::consumer::ConsumerCtx;
+use crate::deliver::Deliverer;
+use crate::metrics::Metrics;
+use crate::policy::RetryPolicy;
+use crate::recorder::{Recorder, RecorderConfig};
+use crate::retries::PollerConfig;
+
+/// The route table: only the ops endpoints.
+pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
+    telemetry::ops::configure(cfg, ops);
+}
+
+/// A built worker: listener bound, connections opening in the background.
+pub struct Application {
+    config: Config,
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    ns: Namespace,
+    pool: DbPool,
+    client: async_nats::Client,
+    cache: WebhookCache,
+    deliverer: Arc<Deliverer>,
+    recorder_task: tokio::task::JoinHandle<()>,
+    consumer_ready: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl Application {
+    /// Validates the config, binds the ops listener and prepares every part.
+    /// NATS and Postgres may be down: both are retried in the background.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let ns = Namespace::new(&config.nats_prefix)?;
+        let schedule = config.parsed_schedule()?;
+        let metrics = Metrics::new();
+        let pool = storage::build_pool(
+            &config.database_url,
+            &PoolConfig {
+                max_size: config.database_pool_size,
+                ..PoolConfig::default()
+            },
+        )?;
+        let client = async_nats::ConnectOptions::new()
+            .name("delivery-worker")
+            .retry_on_initial_connect()
+            .connect(config.nats_url.as_str())
+            .await
+            .with_context(|| format!("cannot use NATS at {}", config.nats_url))?;
+
+        let sender = WebhookSender::new(SenderConfig {
+            connect_timeout: config.connect_timeout,
+            total_timeout: config.total_timeout,
+            allow_private_targets: config.allow_private_targets,
+            pool_idle_per_host: config.max_per_webhook.max(8),
+            ..SenderConfig::default()
+        })?;
+        let cache = WebhookCache::new();
+        let on_disabled: recorder::DisabledHook = {
+            let client = client.clone();
+            let subject = ns.webhooks_changed_subject();
+            let cache = cache.clone();
+            Arc::new(move |disabled: &[(i32, String)]| {
+                cache.request_reload();
+                for (id, _) in disabled {
+                    let body = serde_json::json!({"webhook_id": id, "op": "updated"}).to_string();
+                    let (client, subject) = (client.clone(), subject.clone());
+                    tokio::spawn(async move {
+                        let _ = client.publish(subject, body.into()).await;
+                    });
+                }
+            })
+        };
+        let (recorder, recorder_task) = Recorder::start(
+            pool.clone(),
+            RecorderConfig {
+                max_rows: config.record_batch,
+                linger: config.record_linger,
+                disable_after: config.disable_after,
+                concurrency: 3,
+            },
+            metrics.clone(),
+            on_disabled,
+        );
+        let deliverer = Arc::new(Deliverer {
+            sender,
+            gates: Gates::new(config.max_per_webhook),
+            global: Arc::new(Semaphore::new(config.max_in_flight)),
+            policy: RetryPolicy::new(schedule),
+            queue_wait: config.queue_wait,
+            metrics: metrics.clone(),
+            recorder,
+        });
+
+        let consumer_ready = Arc::new(AtomicBool::new(false));
+        let readiness = readiness(&client, &pool, &consumer_ready, &cache);
+        let ops = Ops {
+            readiness,
+            metrics: metrics.registry.clone(),
+        };
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let server = HttpServer::new(move || {
+            let ops = ops.clone();
+            App::new().configure(move |cfg| routes(cfg, ops))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            config,
+            addr,
+            server,
+            ns,
+            pool,
+            client,
+            cache,
+            deliverer,
+            recorder_task,
+            consumer_ready,
+            metrics,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Runs until `shutdown`; then stops pulling, lets in-flight work finish
+    /// for up to the shutdown grace, hands the rest back, flushes the
+    /// recorder, and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            addr,
+            server,
+            ns,
+            pool,
+            client,
+            cache,
+            deliverer,
+            recorder_task,
+            consumer_ready,
+            metrics,
+        } = self;
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        let background = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
+        let js = async_nats::jetstream::new(client.clone());
+
+        let refresher = tokio::spawn(cache.clone().run_refresher(
+            pool.clone(),
+            client.clone(),
+            ns.clone(),
+            config.cache_refresh,
+            metrics.clone(),
+            background.clone(),
+        ));
+        let stats = tokio::spawn(retries::run_stats(
+            pool.clone(),
+            Some((js.clone(), ns.stream().to_owned(), config.consumer.clone())),
+            metrics.clone(),
+            Duration::from_secs(5),
+            background.clone(),
+        ));
+
+        let ctx = Arc::new(ConsumerCtx {
+            js,
+            ns,
+            pool: pool.clone(),
+            cache: cache.clone(),
+            deliverer: deliverer.clone(),
+            name: config.consumer.clone(),
+            batch_size: config.batch_size,
+            ack_wait: config.ack_wait,
+            max_ack_pending: config.max_ack_pending,
+            messages: Arc::new(Semaphore::new(config.max_messages)),
+            ready: consumer_ready,
+            tracker: tracker.clone(),
+            hard_stop: hard_stop.clone(),
+        });
+        let intake = {
+            let (ctx, shutdown, pool, deliverer, tracker) = (
+                ctx.clone(),
+                shutdown.clone(),
+                pool.clone(),
+                deliverer.clone(),
+                tracker.clone(),
+            );
+            let lease = config.total_timeout + config.queue_wait + Duration::from_secs(60);
+            let poller_cfg = PollerConfig {
+                every: config.retry_poll,
+                batch: config.retry_batch,
+                lease,
+            };
+            tokio::spawn(async move {
+                // Nothing is consumed before the webhooks are known.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = cache.wait_loaded() => {}
+                }
+                tracing::info!(active_webhooks = cache.len(), "webhook cache ready");
+                let poller = retries::run_poller(pool, deliverer, poller_cfg, tracker, shutdown.clone());
+                tokio::join!(consumer::run(ctx, shutdown), poller);
+            })
+        };
+
+        tracing::info!(addr = %addr, "delivery-worker started");
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: no new work is taken");
+        let _ = intake.await;
+        drop(ctx);
+        tracker.close();
+        if tokio::time::timeout(config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace over; handing unfinished events back to JetStream");
+            hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        }
+        drop(deliverer);
+        if tokio::time::timeout(Duration::from_secs(10), recorder_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the recorder did not finish in time");
+        }
+        background.cancel();
+        let _ = refresher.await;
+        let _ = stats.await;
+        let _ = client.flush().await;
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+        tracing::info!("delivery-worker stopped");
+        Ok(())
+    }
+}
+
+fn readiness(
+    client: &async_nats::Client,
+    pool: &DbPool,
+    consumer_ready: &Arc<AtomicBool>,
+    cache: &WebhookCache,
+) -> Readiness {
+    let (client, pool, consumer_ready, cache) = (
+        client.clone(),
+        pool.clone(),
+        consumer_ready.clone(),
+        cache.clone(),
+    );
+    Readiness::new()
+        .with("nats", move || {
+            let state = client.connection_state();
+            async move {
+                match state {
+                    State::Connected => Ok(()),
+                    other => Err(format!("NATS is {other}")),
+                }
+            }
+            .boxed()
+        })
+        .with("database", move || {
+            let pool = pool.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("database ping timed out".to_owned()),
+                }
+            }
+            .boxed()
+        })
+        .with("consumer", move || {
+            let ok = consumer_ready.load(Ordering::Relaxed);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not consuming yet".to_owned())
+                }
+            }
+            .boxed()
+        })
+        .with("webhooks", move || {
+            let ok = cache.is_loaded();
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("webhooks not loaded yet".to_owned())
+                }
+            }
+            .boxed()
+        })
+}

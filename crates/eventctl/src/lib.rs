@@ -1,1 +1,57 @@
-//! eventctl (being built).
+//! The `eventctl` command line: publish one event, simulate the bot's
+//! traffic, and benchmark the delivery worker and the gateway.
+
+pub mod bench;
+mod publish;
+
+use clap::{Parser, Subcommand};
+
+/// Publish, simulate and benchmark bedolaga events.
+#[derive(Debug, Parser)]
+#[command(name = "eventctl", version, about)]
+pub struct Cli {
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    pub nats_url: String,
+    /// Prefix for every subject and stream name (empty: the production names).
+    #[arg(long, env = "NATS_PREFIX", default_value = "", global = true)]
+    pub nats_prefix: String,
+    #[command(flatten)]
+    pub log: telemetry::LogArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish one event and print its id and stream sequence.
+    Publish(publish::PublishArgs),
+    /// Publish a stream of realistic events of every type.
+    Simulate(publish::SimulateArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Webhook delivery throughput and latency through the delivery worker.
+    Delivery(bench::delivery::Args),
+    /// WebSocket fan-out through the gateway.
+    Fanout(bench::fanout::Args),
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ns = proto_events::Namespace::new(&cli.nats_prefix)?;
+    match cli.command {
+        Command::Publish(args) => publish::publish(&cli.nats_url, ns, args).await,
+        Command::Simulate(args) => publish::simulate(&cli.nats_url, ns, args).await,
+        Command::Bench(BenchCommand::Delivery(args)) => {
+            bench::delivery::run(&cli.nats_url, ns, args).await
+        }
+        Command::Bench(BenchCommand::Fanout(args)) => {
+            bench::fanout::run(&cli.nats_url, ns, args).await
+        }
+    }
+}

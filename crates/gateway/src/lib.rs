@@ -1,1 +1,19 @@
-//! gateway (being built).
+//! The bedolaga WebSocket gateway: fans events from the JetStream stream
+//! out to admin UIs over `GET /ws` (SPEC §2), with per-client filters,
+//! resume after a reconnect, bounded per-client queues, heartbeats, token
+//! re-checks and a live console page at `/`.
+
+pub mod config;
+mod fanout;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+mod replay;
+pub mod startup;
+mod ws;
+
+pub use config::Config;
+pub use startup::Application;
+
+/// The live console page served at `/` (plain HTML and JavaScript).
+pub const CONSOLE_HTML: &str = include_str!("../static/index.html");

@@ -1,1 +1,23 @@
-//! webhook-registry (being built).
+//! webhook-registry: the token-protected REST API for webhooks and their
+//! deliveries (SPEC §2, §5), the owner of the migrations, and the token
+//! management CLI.
+//!
+//! [`Application::build`] binds the listener (port 0 in tests) and
+//! [`Application::run_until_stopped`] serves until a cancellation token
+//! fires. The route table is [`routes::configure`].
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod model;
+pub mod notify;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use config::{Cli, Command, Config, TokenCommand};
+pub use startup::Application;

@@ -1,0 +1,206 @@
+//! The worker's configuration: every SPEC §6 setting as a flag and an
+//! environment variable, validated once at start.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `delivery-worker` settings.
+#[derive(Clone, clap::Parser)]
+#[command(name = "delivery-worker", version, about = "Delivers bedolaga events to webhooks")]
+pub struct Config {
+    /// Postgres URL (the password is never logged).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = storage::DEFAULT_DATABASE_URL,
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Database connections kept by this replica.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 12)]
+    pub database_pool_size: usize,
+    /// NATS server URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Prefix of every subject and stream name (empty: the production names).
+    #[arg(long, env = "NATS_PREFIX", default_value = "")]
+    pub nats_prefix: String,
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    #[arg(long, env = "WORKER_BIND", default_value = "127.0.0.1:8082")]
+    pub bind: SocketAddr,
+    /// Allow deliveries to loopback, private, link-local and metadata addresses.
+    #[arg(long, env = "DELIVERY_ALLOW_PRIVATE_TARGETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_targets: bool,
+    /// Delays before each retry after the first attempt, comma-separated
+    /// (humantime, e.g. `5s,5m,30m`); empty: no retries.
+    #[arg(long, env = "DELIVERY_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    pub retry_schedule: String,
+    /// Disable a webhook that has failed without a single success this long.
+    #[arg(long, env = "DELIVERY_DISABLE_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
+    pub disable_after: Duration,
+    /// Durable consumer name shared by every replica.
+    #[arg(long, env = "DELIVERY_CONSUMER", default_value = "delivery-worker")]
+    pub consumer: String,
+    /// Webhook requests in flight in this replica.
+    #[arg(long, env = "DELIVERY_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Webhook requests in flight per webhook in this replica.
+    #[arg(long, env = "DELIVERY_MAX_PER_WEBHOOK", default_value_t = 16)]
+    pub max_per_webhook: usize,
+    /// How long a delivery waits for a busy webhook before it is queued in
+    /// the database for later (keeps the consumer moving past slow receivers).
+    #[arg(long, env = "DELIVERY_QUEUE_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub queue_wait: Duration,
+    /// Events processed concurrently by this replica (messages not yet acked).
+    #[arg(long, env = "DELIVERY_MAX_MESSAGES", default_value_t = 2048)]
+    pub max_messages: usize,
+    /// Messages pulled from JetStream per request.
+    #[arg(long, env = "DELIVERY_BATCH_SIZE", default_value_t = 256)]
+    pub batch_size: usize,
+    /// JetStream ack wait of the durable consumer (extended with progress acks).
+    #[arg(long, env = "DELIVERY_ACK_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ack_wait: Duration,
+    /// Unacknowledged messages the consumer allows across all replicas.
+    #[arg(long, env = "DELIVERY_MAX_ACK_PENDING", default_value_t = 20000)]
+    pub max_ack_pending: i64,
+    /// Reload the active webhooks at least this often (change notices reload at once).
+    #[arg(long, env = "DELIVERY_CACHE_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cache_refresh: Duration,
+    /// How often due retries are looked for (sooner while there are more).
+    #[arg(long, env = "DELIVERY_RETRY_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_poll: Duration,
+    /// Due retries claimed per poll.
+    #[arg(long, env = "DELIVERY_RETRY_BATCH", default_value_t = 200)]
+    pub retry_batch: usize,
+    /// Attempt rows written per database statement at most.
+    #[arg(long, env = "DELIVERY_RECORD_BATCH", default_value_t = 2000)]
+    pub record_batch: usize,
+    /// How long the recorder gathers rows before writing them.
+    #[arg(long, env = "DELIVERY_RECORD_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub record_linger: Duration,
+    /// TCP connect timeout of a webhook POST.
+    #[arg(long, env = "DELIVERY_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+    /// Total timeout of a webhook POST (connect, send, response).
+    #[arg(long, env = "DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub total_timeout: Duration,
+    /// How long shutdown waits for in-flight work before handing it back.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub log: telemetry::LogArgs,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &storage::redact_url(&self.database_url))
+            .field("nats_url", &self.nats_url)
+            .field("nats_prefix", &self.nats_prefix)
+            .field("bind", &self.bind)
+            .field("allow_private_targets", &self.allow_private_targets)
+            .field("retry_schedule", &self.retry_schedule)
+            .field("disable_after", &self.disable_after)
+            .field("consumer", &self.consumer)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_per_webhook", &self.max_per_webhook)
+            .field("batch_size", &self.batch_size)
+            .field("ack_wait", &self.ack_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A setting that does not make sense.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DELIVERY_RETRY_SCHEDULE: '{item}' is not a duration: {reason}")]
+    Schedule { item: String, reason: String },
+    #[error("NATS_PREFIX: {0}")]
+    Prefix(#[from] proto_events::InvalidPrefix),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+impl Config {
+    /// Defaults for everything, as `--help` lists them (for tests).
+    pub fn defaults() -> Self {
+        <Self as clap::Parser>::parse_from(["delivery-worker"])
+    }
+
+    /// Parses `DELIVERY_RETRY_SCHEDULE`.
+    pub fn parsed_schedule(&self) -> Result<Vec<Duration>, ConfigError> {
+        parse_schedule(&self.retry_schedule)
+    }
+
+    /// Checks every setting once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.parsed_schedule()?;
+        proto_events::Namespace::new(&self.nats_prefix)?;
+        for (name, v) in [
+            ("DELIVERY_MAX_IN_FLIGHT", self.max_in_flight),
+            ("DELIVERY_MAX_PER_WEBHOOK", self.max_per_webhook),
+            ("DELIVERY_MAX_MESSAGES", self.max_messages),
+            ("DELIVERY_BATCH_SIZE", self.batch_size),
+            ("DELIVERY_RETRY_BATCH", self.retry_batch),
+            ("DELIVERY_RECORD_BATCH", self.record_batch),
+            ("DATABASE_POOL_SIZE", self.database_pool_size),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `5s,5m,30m` → durations; empty (or only spaces) → no retries.
+pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            humantime::parse_duration(item).map_err(|e| ConfigError::Schedule {
+                item: item.to_owned(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert_eq!(
+            parse_schedule("5s,5m,30m,2h").unwrap(),
+            vec![
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(1800),
+                Duration::from_secs(7200)
+            ]
+        );
+        assert!(parse_schedule("").unwrap().is_empty());
+        assert!(parse_schedule(" ").unwrap().is_empty());
+        assert_eq!(
+            parse_schedule("500ms, 1s").unwrap(),
+            vec![Duration::from_millis(500), Duration::from_secs(1)]
+        );
+        assert!(parse_schedule("5x").is_err());
+    }
+
+    #[test]
+    fn defaults_are_valid_and_debug_hides_the_password() {
+        let mut c = Config::defaults();
+        c.validate().unwrap();
+        assert_eq!(c.parsed_schedule().unwrap().len(), 7);
+        assert_eq!(c.disable_after, Duration::from_secs(5 * 86400));
+        c.database_url = "postgres://u:hunter2@h/db".into();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

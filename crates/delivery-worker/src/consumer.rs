@@ -1,0 +1,296 @@
+//! The durable pull consumer on `EVENTS`: every replica opens it by the same
+//! name, so the server splits the messages between them.
+//!
+//! Each message becomes a task: parse (or dead-letter), match, deliver to
+//! every matching webhook concurrently, wait until the attempt rows are
+//! committed, then ack. While that runs, progress acks keep JetStream from
+//! redelivering it. A message whose rows cannot be written is nak'ed and
+//! comes back later: at-least-once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull};
+use bytes::Bytes;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use futures::StreamExt;
+use proto_events::{Envelope, Namespace};
+use storage::DbPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::WebhookCache;
+use crate::deliver::{Deliverer, Job};
+
+/// Header naming why a message was dead-lettered.
+pub const DEADLETTER_REASON: &str = "Bedolaga-Deadletter-Reason";
+
+/// What the consumer needs.
+pub struct ConsumerCtx {
+    pub js: jetstream::Context,
+    pub ns: Namespace,
+    pub pool: DbPool,
+    pub cache: WebhookCache,
+    pub deliverer: Arc<Deliverer>,
+    pub name: String,
+    pub batch_size: usize,
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    pub messages: Arc<Semaphore>,
+    pub ready: Arc<AtomicBool>,
+    pub tracker: TaskTracker,
+    /// Cancelled when in-flight work must be handed back now.
+    pub hard_stop: CancellationToken,
+}
+
+impl ConsumerCtx {
+    async fn open(&self) -> Result<pull::Stream, String> {
+        let stream = self
+            .ns
+            .ensure_streams(&self.js)
+            .await
+            .map_err(|e| format!("cannot create the streams: {e}"))?;
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &self.name,
+                pull::Config {
+                    durable_name: Some(self.name.clone()),
+                    description: Some("bedolaga delivery-worker (shared by every replica)".into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: self.max_ack_pending,
+                    filter_subject: self.ns.events_filter(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("cannot open consumer '{}': {e}", self.name))?;
+        consumer
+            .stream()
+            .max_messages_per_batch(self.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| format!("cannot pull from consumer '{}': {e}", self.name))
+    }
+}
+
+/// Pulls until `stop`; every message runs as a task on `ctx.tracker`.
+pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
+    let mut failures = 0u32;
+    'outer: loop {
+        let mut messages = tokio::select! {
+            _ = stop.cancelled() => break,
+            opened = ctx.open() => match opened {
+                Ok(m) => {
+                    if failures > 0 {
+                        tracing::info!(consumer = %ctx.name, "consuming events again");
+                    } else {
+                        tracing::info!(consumer = %ctx.name, stream = ctx.ns.stream(), "consuming events");
+                    }
+                    failures = 0;
+                    ctx.ready.store(true, Ordering::Relaxed);
+                    m
+                }
+                Err(e) => {
+                    failures += 1;
+                    ctx.ready.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "consumer not ready; retrying");
+                    let wait = Duration::from_millis(250 * u64::from(failures.min(20)));
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            },
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break 'outer,
+                p = ctx.messages.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break 'outer,
+                },
+            };
+            let next = tokio::select! {
+                _ = stop.cancelled() => break 'outer,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let ctx2 = ctx.clone();
+                    ctx.tracker.spawn(async move {
+                        ctx2.deliverer.metrics.messages_in_flight.inc();
+                        handle(&ctx2, msg).await;
+                        ctx2.deliverer.metrics.messages_in_flight.dec();
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "error while pulling messages");
+                    if matches!(
+                        e.kind(),
+                        pull::MessagesErrorKind::ConsumerDeleted
+                            | pull::MessagesErrorKind::NoResponders
+                    ) {
+                        ctx.ready.store(false, Ordering::Relaxed);
+                        continue 'outer;
+                    }
+                }
+                None => {
+                    tracing::warn!("message stream ended; reopening");
+                    continue 'outer;
+                }
+            }
+        }
+    }
+    ctx.ready.store(false, Ordering::Relaxed);
+    tracing::info!("stopped pulling events");
+}
+
+/// What to do with a message once processing ended.
+enum Verdict {
+    Ack,
+    /// Give it back to JetStream, redelivered after this delay.
+    Retry(Duration),
+}
+
+async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
+    let work = process(ctx, &msg);
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(ctx.ack_wait / 3);
+    progress.tick().await;
+    let verdict = loop {
+        tokio::select! {
+            v = &mut work => break Some(v),
+            _ = ctx.hard_stop.cancelled() => break None,
+            _ = progress.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "progress ack failed");
+                }
+            }
+        }
+    };
+    let result = match verdict {
+        Some(Verdict::Ack) => msg.ack().await,
+        Some(Verdict::Retry(delay)) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+        // Shutting down: hand the message back for another replica.
+        None => msg.ack_with(AckKind::Nak(None)).await,
+    };
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot acknowledge a message; it will be redelivered");
+    }
+}
+
+async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
+    let event = match Envelope::parse(&msg.payload) {
+        Ok(e) => e,
+        Err(e) => return dead_letter(ctx, msg, &e.to_string()).await,
+    };
+    ctx.deliverer.metrics.events.inc();
+    let mut targets = ctx.cache.matching(event.event_type);
+    if targets.is_empty() {
+        return Verdict::Ack;
+    }
+    // A redelivered message (a replica died or a write failed) skips the
+    // webhooks that already have a row for this event.
+    let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+    if redelivered {
+        match recorded_webhooks(&ctx.pool, &event.id).await {
+            Ok(done) => targets.retain(|t| !done.contains(&t.id)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check earlier deliveries; retrying the event later");
+                return Verdict::Retry(Duration::from_secs(5));
+            }
+        }
+        if targets.is_empty() {
+            return Verdict::Ack;
+        }
+    }
+    let body = proto_events::canonical::to_canonical_vec(&serde_json::Value::Object(event.payload));
+    // Canonical JSON is ASCII, so this never replaces anything.
+    let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
+    let body = Bytes::from(body);
+    let traceparent = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned());
+    let event_type = event.event_type.as_str();
+    let deliveries = targets.iter().map(|target| {
+        ctx.deliverer.deliver(Job {
+            target,
+            row: None,
+            event_id: Some(&event.id),
+            event_type,
+            body: body.clone(),
+            payload: payload.clone(),
+            attempt_number: 1,
+            traceparent: traceparent.as_deref(),
+        })
+    });
+    let records = futures::future::join_all(deliveries).await;
+    match ctx.deliverer.recorder.submit(records).await {
+        Ok(()) => Verdict::Ack,
+        Err(e) => {
+            tracing::warn!(error = %e, event_id = %event.id, "event will be redelivered");
+            Verdict::Retry(Duration::from_secs(5))
+        }
+    }
+}
+
+async fn recorded_webhooks(pool: &DbPool, event_id: &str) -> Result<Vec<i32>, storage::StorageError> {
+    use storage::schema::webhook_deliveries::dsl as d;
+    let mut conn = pool.get().await?;
+    Ok(d::webhook_deliveries
+        .filter(d::event_id.eq(event_id))
+        .select(d::webhook_id)
+        .distinct()
+        .load(&mut conn)
+        .await?)
+}
+
+async fn dead_letter(ctx: &ConsumerCtx, msg: &jetstream::Message, reason: &str) -> Verdict {
+    let subject = ctx.ns.deadletter_subject(msg.subject.as_str());
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(orig) = &msg.headers {
+        for (name, values) in orig.iter() {
+            // Expectation headers would make the dead-letter publish fail.
+            if AsRef::<str>::as_ref(name).to_ascii_lowercase().starts_with("nats-expected") {
+                continue;
+            }
+            for v in values {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+    }
+    let clean: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(DEADLETTER_REASON, clean.as_str());
+    let published = match ctx
+        .js
+        .publish_with_headers(subject.clone(), headers, msg.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match published {
+        Ok(()) => {
+            ctx.deliverer.metrics.dead_letters.inc();
+            tracing::warn!(subject = %msg.subject, deadletter = %subject, reason = %clean, "message dead-lettered");
+            Verdict::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, subject = %msg.subject, "cannot dead-letter a bad message; retrying later");
+            Verdict::Retry(Duration::from_secs(5))
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One delivery attempt: limits, signing and POSTing (via `webhook-client`),
+//! and the row that records it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use webhook_client::{AttemptOutcome, Outbound, WebhookSender};
+
+use crate::cache::{Gates, Target};
+use crate::metrics::Metrics;
+use crate::policy::RetryPolicy;
+use crate::recorder::{Attempted, Record, Recorder};
+
+/// What is delivered: one event (or one stored payload) to one webhook.
+pub struct Job<'a> {
+    pub target: &'a Target,
+    /// The claimed pending row, for retries.
+    pub row: Option<i32>,
+    pub event_id: Option<&'a str>,
+    pub event_type: &'a str,
+    /// Canonical JSON of the payload: the body POSTed and signed.
+    pub body: Bytes,
+    /// The same bytes as text, stored as the row's payload.
+    pub payload: Arc<str>,
+    pub attempt_number: i32,
+    pub traceparent: Option<&'a str>,
+}
+
+/// Everything a delivery needs; shared by the consumer and the retry poller.
+pub struct Deliverer {
+    pub sender: WebhookSender,
+    pub gates: Gates,
+    pub global: Arc<Semaphore>,
+    pub policy: RetryPolicy,
+    pub queue_wait: Duration,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+}
+
+impl Deliverer {
+    /// Attempts the delivery (or parks it when the webhook is busy) and
+    /// returns the row change to record.
+    pub async fn deliver(&self, job: Job<'_>) -> Record {
+        let webhook_id = job.target.id;
+        let gate = match self.gates.acquire(webhook_id, self.queue_wait).await {
+            Ok(p) => p,
+            Err(busy) => {
+                tracing::debug!(webhook_id, ?busy, "webhook busy; delivery queued for later");
+                self.metrics.queued.inc();
+                let due = Utc::now() + crate::policy::jitter(Duration::from_secs(1));
+                return match job.row {
+                    Some(row) => Record::Deferred { row, due },
+                    None => Record::Queued {
+                        webhook_id,
+                        event_id: job.event_id.map(str::to_owned),
+                        event_type: job.event_type.to_owned(),
+                        payload: job.payload,
+                        attempt_number: job.attempt_number,
+                        due,
+                    },
+                };
+            }
+        };
+        let global = self.global.clone().acquire_owned().await;
+        self.metrics.in_flight.inc();
+        let outcome = self.attempt(&job).await;
+        self.metrics.in_flight.dec();
+        drop(global);
+        drop(gate);
+        self.to_record(job, outcome)
+    }
+
+    async fn attempt(&self, job: &Job<'_>) -> AttemptOutcome {
+        let now = Utc::now();
+        let fallback;
+        let event_key = match job.event_id {
+            Some(id) => id,
+            None => {
+                fallback = format!("delivery-{}", job.row.unwrap_or_default());
+                &fallback
+            }
+        };
+        let message_id = webhook_client::message_id(event_key, job.target.id);
+        let secrets = job.target.signing_secrets(now);
+        let outcome = self
+            .sender
+            .send(&Outbound {
+                url: &job.target.url,
+                webhook_id: job.target.id,
+                event_type: job.event_type,
+                message_id: &message_id,
+                timestamp: now.timestamp(),
+                body: job.body.clone(),
+                secrets: &secrets,
+                traceparent: job.traceparent,
+            })
+            .await;
+        let label = if outcome.success {
+            "success"
+        } else if outcome.refused {
+            "refused"
+        } else {
+            "failed"
+        };
+        self.metrics.attempt(label, outcome.latency);
+        if !outcome.success {
+            tracing::debug!(
+                webhook_id = job.target.id,
+                attempt = job.attempt_number,
+                error = outcome.error.as_deref().unwrap_or(""),
+                "delivery attempt failed"
+            );
+        }
+        if outcome.refused {
+            tracing::warn!(
+                webhook_id = job.target.id,
+                error = outcome.error.as_deref().unwrap_or(""),
+                "delivery refused by the SSRF guard"
+            );
+        }
+        outcome
+    }
+
+    fn to_record(&self, job: Job<'_>, outcome: AttemptOutcome) -> Record {
+        let at = Utc::now();
+        let next_retry_at = self
+            .policy
+            .next_delay(job.attempt_number, &outcome)
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| at + d);
+        let error_message = match (&outcome.error, outcome.gone) {
+            (Some(e), true) => Some(format!("{e}: receiver answered 410 Gone; webhook disabled")),
+            (e, _) => e.clone(),
+        };
+        Record::Attempted(Attempted {
+            row: job.row,
+            webhook_id: job.target.id,
+            event_id: job.event_id.map(str::to_owned),
+            event_type: job.event_type.to_owned(),
+            payload: job.payload,
+            attempt_number: job.attempt_number,
+            success: outcome.success,
+            response_status: outcome.response_status.map(i32::from),
+            response_body: outcome.response_body,
+            error_message,
+            at,
+            next_retry_at,
+            gone: outcome.gone,
+        })
+    }
+}

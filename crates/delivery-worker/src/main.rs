@@ -1,0 +1,25 @@
+//! `delivery-worker`: consumes events and delivers signed webhooks.
+
+use clap::Parser;
+use delivery_worker::{Application, Config};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    telemetry::install_crypto_provider();
+    let config = Config::parse();
+    telemetry::init_logging(&config.log);
+    tracing::info!(?config, "starting delivery-worker");
+    let result = async {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(telemetry::shutdown_on_signals()).await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "delivery-worker failed");
+            eprintln!("delivery-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

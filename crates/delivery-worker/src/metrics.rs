@@ -1,0 +1,133 @@
+//! The worker's Prometheus metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use telemetry::metrics::{Counter, Family, Gauge, Histogram, MetricsRegistry, latency_histogram};
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Every metric of the worker; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<MetricsRegistry>,
+    /// Attempts by outcome: success, failed, refused.
+    deliveries: Family<Labels, Counter>,
+    /// Attempt latency in seconds.
+    pub attempt_latency: Histogram,
+    pub events: Counter,
+    pub dead_letters: Counter,
+    /// Deliveries parked in the database because their webhook was busy.
+    pub queued: Counter,
+    pub disabled: Counter,
+    pub in_flight: Gauge,
+    pub messages_in_flight: Gauge,
+    pub retries_due: Gauge,
+    pub retries_pending: Gauge,
+    pub consumer_lag: Gauge,
+    pub webhooks_cached: Gauge,
+    pub record_batches: Counter,
+    pub record_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Self {
+            registry: Arc::new(MetricsRegistry::new()),
+            deliveries: Family::default(),
+            attempt_latency: latency_histogram(),
+            events: Counter::default(),
+            dead_letters: Counter::default(),
+            queued: Counter::default(),
+            disabled: Counter::default(),
+            in_flight: Gauge::default(),
+            messages_in_flight: Gauge::default(),
+            retries_due: Gauge::default(),
+            retries_pending: Gauge::default(),
+            consumer_lag: Gauge::default(),
+            webhooks_cached: Gauge::default(),
+            record_batches: Counter::default(),
+            record_errors: Counter::default(),
+        };
+        let r = &m.registry;
+        r.register(
+            "delivery_attempts",
+            "Webhook delivery attempts by outcome",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "delivery_attempt_duration_seconds",
+            "Duration of one webhook POST",
+            m.attempt_latency.clone(),
+        );
+        r.register("delivery_events", "Events consumed", m.events.clone());
+        r.register(
+            "delivery_dead_letters",
+            "Messages moved to the dead-letter stream",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "delivery_queued",
+            "Deliveries queued in the database because their webhook was busy",
+            m.queued.clone(),
+        );
+        r.register(
+            "delivery_webhooks_disabled",
+            "Webhooks disabled by the worker (410 Gone or failing too long)",
+            m.disabled.clone(),
+        );
+        r.register(
+            "delivery_in_flight",
+            "Webhook requests in flight",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "delivery_messages_in_flight",
+            "Events being processed (not yet acked)",
+            m.messages_in_flight.clone(),
+        );
+        r.register(
+            "delivery_retries_due",
+            "Pending attempts whose time has come",
+            m.retries_due.clone(),
+        );
+        r.register(
+            "delivery_retries_pending",
+            "Pending attempts in the retry queue",
+            m.retries_pending.clone(),
+        );
+        r.register(
+            "delivery_consumer_lag",
+            "Messages of the stream the durable consumer has not delivered yet",
+            m.consumer_lag.clone(),
+        );
+        r.register(
+            "delivery_webhooks_cached",
+            "Active webhooks in the cache",
+            m.webhooks_cached.clone(),
+        );
+        r.register(
+            "delivery_record_batches",
+            "Batches of attempt rows written",
+            m.record_batches.clone(),
+        );
+        r.register(
+            "delivery_record_errors",
+            "Batches of attempt rows that could not be written",
+            m.record_errors.clone(),
+        );
+        m
+    }
+
+    /// Counts one finished attempt.
+    pub fn attempt(&self, outcome: &'static str, latency: Duration) {
+        self.deliveries.get_or_create(&[("outcome", outcome)]).inc();
+        self.attempt_latency.observe(latency.as_secs_f64());
+    }
+}

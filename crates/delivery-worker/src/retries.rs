@@ -1,0 +1,197 @@
+//! The retry queue: pending `webhook_deliveries` rows due at
+//! `next_retry_at` (scheduled retries, deliveries parked while a webhook was
+//! busy, and the registry's manual retries).
+//!
+//! Any replica claims due rows with `FOR UPDATE SKIP LOCKED` and leases them
+//! by pushing `next_retry_at` forward, so each row is attempted by one
+//! replica; if that replica dies, the lease runs out and another one takes
+//! the row. The attempt then updates the row in place (and inserts the next
+//! pending row when another retry is due), through the recorder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{BigInt, Double, Int4, Nullable, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
+use storage::DbPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::Target;
+use crate::deliver::{Deliverer, Job};
+use crate::metrics::Metrics;
+
+#[derive(diesel::QueryableByName)]
+struct Claimed {
+    #[diesel(sql_type = Int4)]
+    id: i32,
+    #[diesel(sql_type = Int4)]
+    webhook_id: i32,
+    #[diesel(sql_type = Text)]
+    event_type: String,
+    #[diesel(sql_type = Text)]
+    payload: String,
+    #[diesel(sql_type = Int4)]
+    attempt_number: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    event_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    url: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    secret: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    previous_secret: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+const CLAIM: &str = "WITH due AS ( \
+       SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+       WHERE d.status = 'pending' AND d.next_retry_at <= now() AND w.is_active \
+       ORDER BY d.next_retry_at LIMIT $1 \
+       FOR UPDATE OF d SKIP LOCKED \
+     ) \
+     UPDATE webhook_deliveries d SET next_retry_at = now() + make_interval(secs => $2) \
+     FROM due, webhooks w \
+     WHERE d.id = due.id AND w.id = d.webhook_id \
+     RETURNING d.id, d.webhook_id, d.event_type, d.payload::text AS payload, d.attempt_number, \
+       d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at";
+
+async fn claim(pool: &DbPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    diesel::sql_query(CLAIM)
+        .bind::<BigInt, _>(limit)
+        .bind::<Double, _>(lease.as_secs_f64())
+        .load(&mut conn)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Settings of the poller.
+#[derive(Debug, Clone)]
+pub struct PollerConfig {
+    pub every: Duration,
+    pub batch: usize,
+    /// How long a claimed row stays reserved for this replica.
+    pub lease: Duration,
+}
+
+/// Claims and runs due rows until `stop`.
+pub async fn run_poller(
+    pool: DbPool,
+    deliverer: Arc<Deliverer>,
+    cfg: PollerConfig,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let room = deliverer.global.available_permits().min(cfg.batch);
+        let mut claimed_all = false;
+        if room > 0 {
+            match claim(&pool, i64::try_from(room).unwrap_or(1), cfg.lease).await {
+                Ok(rows) => {
+                    claimed_all = rows.len() == room;
+                    if !rows.is_empty() {
+                        tracing::debug!(rows = rows.len(), "claimed due deliveries");
+                    }
+                    for row in rows {
+                        let d = deliverer.clone();
+                        tracker.spawn(async move { run_one(&d, row).await });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot claim due deliveries"),
+            }
+        }
+        let wait = if claimed_all {
+            Duration::from_millis(20)
+        } else {
+            cfg.every
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn run_one(deliverer: &Deliverer, row: Claimed) {
+    let target = Target::new(
+        row.webhook_id,
+        row.url,
+        row.secret,
+        row.previous_secret,
+        row.previous_secret_expires_at,
+    );
+    let body = match serde_json::from_str::<serde_json::Value>(&row.payload) {
+        Ok(v) => proto_events::canonical::to_canonical_vec(&v),
+        Err(_) => row.payload.into_bytes(),
+    };
+    let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
+    let record = deliverer
+        .deliver(Job {
+            target: &target,
+            row: Some(row.id),
+            event_id: row.event_id.as_deref(),
+            event_type: &row.event_type,
+            body: Bytes::from(body),
+            payload,
+            attempt_number: row.attempt_number,
+            traceparent: None,
+        })
+        .await;
+    if let Err(e) = deliverer.recorder.submit(vec![record]).await {
+        // The lease runs out and the row is attempted again.
+        tracing::warn!(error = %e, delivery_id = row.id, "cannot record a retry; it will run again");
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct QueueStats {
+    #[diesel(sql_type = BigInt)]
+    due: i64,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+}
+
+/// Refreshes the queue gauges (and the consumer lag) every few seconds.
+pub async fn run_stats(
+    pool: DbPool,
+    consumer: Option<(async_nats::jetstream::Context, String, String)>,
+    metrics: Metrics,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Ok(mut conn) = pool.get().await {
+            let stats: Result<QueueStats, _> = diesel::sql_query(
+                "SELECT count(*) FILTER (WHERE next_retry_at <= now()) AS due, count(*) AS pending \
+                 FROM webhook_deliveries WHERE status = 'pending'",
+            )
+            .get_result(&mut conn)
+            .await;
+            if let Ok(s) = stats {
+                metrics.retries_due.set(s.due);
+                metrics.retries_pending.set(s.pending);
+            }
+        }
+        if let Some((js, stream, name)) = &consumer
+            && let Ok(c) = js
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    name.as_str(),
+                    stream.as_str(),
+                )
+                .await
+            && let Ok(info) = c.get_info().await
+        {
+            metrics
+                .consumer_lag
+                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Bad messages go to the dead-letter stream with a reason.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures::StreamExt;
+use proto_events::EventType;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn bad_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow() {
+    let app = spawn_app(|_| {}).await;
+    let rx = Receiver::start(Reply::ok()).await;
+    let hook = insert_webhook(&app.pool, &rx.url("/h"), "*", None, true).await;
+    app.notify_changed().await;
+    let js = app.publisher.jetstream().clone();
+    let bad: [(&str, &[u8], &str); 4] = [
+        ("user.created", b"{not json", "not valid JSON"),
+        (
+            "user.created",
+            br#"{"id":"x1","type":"user.created","timestamp":"2024-01-15T10:30:00Z"}"#,
+            "'payload' is missing",
+        ),
+        (
+            "user.deleted",
+            br#"{"id":"x2","type":"user.deleted","timestamp":"2024-01-15T10:30:00Z","payload":{}}"#,
+            "unknown event type 'user.deleted'",
+        ),
+        ("ticket.created", b"[1,2]", "not a JSON object"),
+    ];
+    for (i, (ty, body, _)) in bad.iter().enumerate() {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("X-Origin", format!("test-{i}").as_str());
+        headers.insert("Nats-Msg-Id", format!("bad-{i}").as_str());
+        js.publish_with_headers(app.ns.event_subject(ty), headers, bytes::Bytes::from_static(body))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let good = app.publish(EventType::UserCreated, json!({"user_id": 5})).await;
+    rx.wait_for("/h", 1, 10).await;
+    settled_rows(&app.pool, hook, 1).await;
+
+    let dl = js.get_stream(app.ns.deadletter_stream()).await.unwrap();
+    let consumer = dl
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut msgs = consumer.fetch().max_messages(10).expires(Duration::from_secs(2)).messages().await.unwrap();
+    while let Some(Ok(m)) = msgs.next().await {
+        got.push(m);
+        if got.len() == bad.len() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), bad.len(), "every bad message is dead-lettered");
+    for (i, (ty, body, reason)) in bad.iter().enumerate() {
+        let m = got
+            .iter()
+            .find(|m| m.headers.as_ref().and_then(|h| h.get("X-Origin")).map(|v| v.as_str().to_owned()) == Some(format!("test-{i}")))
+            .unwrap_or_else(|| panic!("dead letter {i} missing"));
+        assert_eq!(m.subject.as_str(), app.ns.deadletter_subject(&app.ns.event_subject(ty)));
+        assert_eq!(m.payload.as_ref(), *body, "original body kept");
+        let h = m.headers.as_ref().unwrap();
+        let why = h.get(delivery_worker::consumer::DEADLETTER_REASON).unwrap().as_str();
+        assert!(why.contains(reason), "{why} should contain {reason}");
+    }
+    assert_eq!(rx.on("/h").len(), 1);
+    assert_eq!(deliveries(&app.pool, hook).await[0].event_id.as_deref(), Some(good.as_str()));
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(metrics.contains("delivery_dead_letters_total 4"), "{metrics}");
+    app.cleanup().await;
+}

@@ -1,0 +1,611 @@
+//! `eventctl bench delivery`: webhook delivery throughput and latency.
+//!
+//! Starts a fast local HTTP/1.1 receiver that checks every signature (the
+//! seed's `X-Webhook-Signature` over the raw body and the Standard Webhooks
+//! `webhook-signature`), registers webhooks pointing at it, publishes N
+//! events at a chosen rate (or as fast as JetStream acknowledges), and
+//! reports deliveries/s (received and recorded), publish→receive latency
+//! percentiles and errors.
+//!
+//! By default the worker runs in this process against a fresh temporary
+//! database and a unique NATS namespace (`--worker in-process`); with
+//! `--worker external` a running `delivery-worker` with the same
+//! `NATS_PREFIX` and `DATABASE_URL` does the work (webhooks are inserted
+//! into that database, announced with a change notice, and deleted at the end).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use parking_lot::Mutex;
+use proto_events::{Envelope, EventType, Namespace};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Where the delivery worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkerMode {
+    /// In this process, on a temporary database and a unique namespace.
+    InProcess,
+    /// A running worker (same DATABASE_URL and NATS_PREFIX).
+    External,
+}
+
+/// Webhook delivery benchmark.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Events to publish.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: u64,
+    /// Events per second; 0 publishes as fast as JetStream acknowledges.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Webhooks registered (each receives every event).
+    #[arg(long, default_value_t = 1)]
+    pub webhooks: u32,
+    /// Postgres URL: the server for the temporary database (in-process) or
+    /// the worker's database (external).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/bedolaga_events",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Where the worker runs.
+    #[arg(long, value_enum, default_value_t = WorkerMode::InProcess)]
+    pub worker: WorkerMode,
+    /// In-process worker: DELIVERY_MAX_IN_FLIGHT.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// In-process worker: DELIVERY_MAX_PER_WEBHOOK.
+    #[arg(long, default_value_t = 64)]
+    pub max_per_webhook: usize,
+    /// In-process worker: DELIVERY_MAX_MESSAGES.
+    #[arg(long, default_value_t = 4096)]
+    pub max_messages: usize,
+    /// Give up when nothing progresses for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// Published events awaiting their JetStream ack at most.
+    #[arg(long, default_value_t = 1024)]
+    pub publish_window: usize,
+}
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    latencies_us: Vec<u64>,
+    ids: HashSet<String>,
+    duplicates: u64,
+    bad_signatures: u64,
+    unreadable: u64,
+    last_receive: Option<Instant>,
+}
+
+struct Receiver {
+    secret: String,
+    seen: Mutex<Seen>,
+    received: AtomicU64,
+}
+
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Receiver {
+    fn check(&self, headers: &[(String, String)], body: &[u8]) {
+        let now = unix_micros();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        let seed_ok = get("x-webhook-signature")
+            .is_some_and(|s| webhook_client::verify_seed_signature(&self.secret, body, s));
+        let msg_id = get("webhook-id").unwrap_or_default();
+        let std_ok = match (
+            get("webhook-timestamp").and_then(|t| t.parse::<i64>().ok()),
+            get("webhook-signature"),
+        ) {
+            (Some(ts), Some(sig)) => {
+                webhook_client::verify_standard_signature(&self.secret, msg_id, ts, body, sig)
+            }
+            _ => false,
+        };
+        let sent = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("bench_sent_us").and_then(Value::as_u64));
+        let mut seen = self.seen.lock();
+        seen.last_receive = Some(Instant::now());
+        if !(seed_ok && std_ok) {
+            seen.bad_signatures += 1;
+        }
+        match sent {
+            Some(t) => seen.latencies_us.push(now.saturating_sub(t)),
+            None => seen.unreadable += 1,
+        }
+        if !seen.ids.insert(msg_id.to_owned()) {
+            seen.duplicates += 1;
+        }
+        drop(seen);
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn start_receiver(
+    secret: String,
+    stop: CancellationToken,
+) -> anyhow::Result<(SocketAddr, Arc<Receiver>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let rx = Arc::new(Receiver {
+        secret,
+        seen: Mutex::new(Seen::default()),
+        received: AtomicU64::new(0),
+    });
+    let state = rx.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            if let Ok((stream, _)) = accepted {
+                let _ = stream.set_nodelay(true);
+                let (state, stop) = (state.clone(), stop.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = serve(stream, &state) => {}
+                    }
+                });
+            }
+        }
+    });
+    Ok((addr, rx))
+}
+
+/// HTTP/1.1 with keep-alive, `Content-Length` bodies only (what reqwest sends).
+async fn serve(mut stream: TcpStream, state: &Receiver) -> std::io::Result<()> {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 16 * 1024];
+    let mut scanned = 0;
+    loop {
+        let head_end = loop {
+            if let Some(pos) = buf[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
+                break scanned + pos;
+            }
+            scanned = buf.len().saturating_sub(3);
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let headers: Vec<(String, String)> = head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let body_start = head_end + 4;
+        while buf.len() < body_start + len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        state.check(&headers, &buf[body_start..body_start + len]);
+        stream.write_all(OK).await?;
+        buf.drain(..body_start + len);
+        scanned = 0;
+    }
+}
+
+/// `postgres://…/<db>?…` with another database name.
+fn with_database(url: &str, db: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    match base[after_scheme..].find('/') {
+        Some(i) => format!("{}/{db}{query}", &base[..after_scheme + i]),
+        None => format!("{base}/{db}{query}"),
+    }
+}
+
+/// The database the bench works in; a temporary one is dropped at the end.
+struct BenchDb {
+    url: String,
+    admin_url: Option<String>,
+    name: String,
+}
+
+impl BenchDb {
+    async fn temporary(server_url: &str) -> anyhow::Result<Self> {
+        use diesel_async::RunQueryDsl;
+        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        let admin_url = with_database(server_url, "postgres");
+        let mut conn = AsyncPgConnection::establish(&admin_url)
+            .await
+            .context("cannot reach Postgres")?;
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await?;
+        let url = with_database(server_url, &name);
+        storage::run_migrations(&url).await?;
+        Ok(Self {
+            url,
+            admin_url: Some(admin_url),
+            name,
+        })
+    }
+
+    async fn drop_db(&self) {
+        use diesel_async::RunQueryDsl;
+        if let Some(admin) = &self.admin_url
+            && let Ok(mut conn) = AsyncPgConnection::establish(admin).await
+        {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    let idx = rank.clamp(1, sorted.len()) - 1;
+    sorted[idx] as f64 / 1000.0
+}
+
+async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use storage::schema::webhook_deliveries::dsl as d;
+    let mut conn = pool.get().await?;
+    let ok: i64 = d::webhook_deliveries
+        .filter(d::webhook_id.eq_any(ids))
+        .filter(d::status.eq("success"))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    let failed: i64 = d::webhook_deliveries
+        .filter(d::webhook_id.eq_any(ids))
+        .filter(d::status.eq("failed"))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    Ok((ok, failed))
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.events > 0 && args.webhooks > 0, "--events and --webhooks must be positive");
+    let (db, ns) = match args.worker {
+        WorkerMode::InProcess => {
+            let ns = if ns.prefix().is_empty() {
+                Namespace::unique()
+            } else {
+                ns
+            };
+            (BenchDb::temporary(&args.database_url).await?, ns)
+        }
+        WorkerMode::External => (
+            BenchDb {
+                url: args.database_url.clone(),
+                admin_url: None,
+                name: String::new(),
+            },
+            ns,
+        ),
+    };
+    let result = bench(nats_url, &ns, &db, &args).await;
+    if args.worker == WorkerMode::InProcess {
+        let client = async_nats::connect(nats_url).await;
+        if let Ok(client) = client {
+            let js = async_nats::jetstream::new(client);
+            let _ = js.delete_stream(ns.stream()).await;
+            let _ = js.delete_stream(ns.deadletter_stream()).await;
+        }
+    }
+    db.drop_db().await;
+    result
+}
+
+async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
+    let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
+    let client = async_nats::ConnectOptions::new()
+        .name("eventctl-bench")
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let js = async_nats::jetstream::new(client.clone());
+    ns.ensure_streams(&js).await?;
+
+    // Register the webhooks.
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    let mut ids = Vec::new();
+    {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use storage::schema::webhooks::dsl as w;
+        let mut conn = pool.get().await?;
+        for i in 0..args.webhooks {
+            let id: i32 = diesel::insert_into(w::webhooks)
+                .values((
+                    w::name.eq(format!("bench-{run_id}-{i}")),
+                    w::url.eq(format!("http://{addr}/hook/{i}")),
+                    w::event_type.eq("*"),
+                    w::secret.eq(&secret),
+                    w::is_active.eq(true),
+                    w::description.eq("eventctl bench delivery (deleted at the end)"),
+                ))
+                .returning(w::id)
+                .get_result(&mut conn)
+                .await?;
+            ids.push(id);
+        }
+    }
+    let worker = match args.worker {
+        WorkerMode::InProcess => {
+            let mut cfg = delivery_worker::Config::defaults();
+            cfg.database_url = db.url.clone();
+            cfg.nats_url = nats_url.to_owned();
+            cfg.nats_prefix = ns.prefix().to_owned();
+            cfg.bind = "127.0.0.1:0".parse()?;
+            cfg.allow_private_targets = true;
+            cfg.max_in_flight = args.max_in_flight;
+            cfg.max_per_webhook = args.max_per_webhook;
+            cfg.max_messages = args.max_messages;
+            let app = delivery_worker::Application::build(cfg).await?;
+            let worker_addr = app.local_addr();
+            let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
+            // Wait until it consumes.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let ready = reqwest_ready(worker_addr).await;
+                if ready {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the in-process worker did not get ready");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(handle)
+        }
+        WorkerMode::External => {
+            client
+                .publish(
+                    ns.webhooks_changed_subject(),
+                    json!({"webhook_id": ids.first(), "op": "created"}).to_string().into(),
+                )
+                .await?;
+            client.flush().await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    };
+
+    let expected = args.events * u64::from(args.webhooks);
+    println!(
+        "bench delivery: {} events × {} webhook(s) = {expected} deliveries, rate {}, worker {:?}",
+        args.events,
+        args.webhooks,
+        if args.rate > 0.0 {
+            format!("{}/s", args.rate)
+        } else {
+            "max".to_owned()
+        },
+        args.worker
+    );
+
+    // Publish.
+    let started = Instant::now();
+    let subject = ns.event_subject(EventType::TicketMessageAdded.as_str());
+    let mut acks = FuturesUnordered::new();
+    let mut publish_errors = 0u64;
+    for i in 0..args.events {
+        if args.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / args.rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let payload = json!({
+            "ticket_id": i, "message_id": i, "user_id": 42, "is_from_admin": false,
+            "message_text": "Здравствуйте! Не работает VPN 😢", "has_media": false,
+            "status": "open", "bench_sent_us": unix_micros(),
+        });
+        let Value::Object(map) = payload else {
+            continue;
+        };
+        let env = Envelope::new(EventType::TicketMessageAdded, map);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", env.id.as_str());
+        match js
+            .publish_with_headers(subject.clone(), headers, env.to_bytes().into())
+            .await
+        {
+            Ok(ack) => acks.push(ack.into_future()),
+            Err(_) => publish_errors += 1,
+        }
+        while acks.len() >= args.publish_window.max(1) {
+            if let Some(Err(_)) = acks.next().await {
+                publish_errors += 1;
+            }
+        }
+    }
+    while let Some(r) = acks.next().await {
+        if r.is_err() {
+            publish_errors += 1;
+        }
+    }
+    let published_in = started.elapsed();
+
+    // Wait for every delivery, then for every row.
+    let idle = Duration::from_secs(args.idle_timeout);
+    let mut last = (0u64, Instant::now());
+    loop {
+        let n = rx.received.load(Ordering::Relaxed);
+        if n >= expected {
+            break;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > idle {
+            println!("receiver idle for {}s at {n}/{expected}; giving up", args.idle_timeout);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut last = (0i64, Instant::now());
+    let (recorded, failed_rows, recorded_at) = loop {
+        let (ok, failed) = count_rows(&pool, &ids).await?;
+        if ok + failed >= i64::try_from(expected).unwrap_or(i64::MAX) {
+            break (ok, failed, started.elapsed());
+        }
+        if ok + failed != last.0 {
+            last = (ok + failed, Instant::now());
+        } else if last.1.elapsed() > idle {
+            println!("rows idle for {}s at {ok}/{expected}; giving up", args.idle_timeout);
+            break (ok, failed, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let mut seen = std::mem::take(&mut *rx.seen.lock());
+    let received = rx.received.load(Ordering::Relaxed);
+    let received_in = seen
+        .last_receive
+        .map(|t| t.duration_since(started))
+        .unwrap_or_default();
+    seen.latencies_us.sort_unstable();
+    let secs = |d: Duration| d.as_secs_f64().max(1e-9);
+    println!(
+        "published  {} events in {:.2}s ({:.0}/s), {publish_errors} publish errors",
+        args.events,
+        published_in.as_secs_f64(),
+        args.events as f64 / secs(published_in)
+    );
+    println!(
+        "received   {received} deliveries in {:.2}s: {:.0} deliveries/s (first publish → last receive)",
+        received_in.as_secs_f64(),
+        received as f64 / secs(received_in)
+    );
+    println!(
+        "recorded   {recorded} success rows, {failed_rows} failed rows in {:.2}s: {:.0} recorded deliveries/s",
+        recorded_at.as_secs_f64(),
+        recorded as f64 / secs(recorded_at)
+    );
+    println!(
+        "latency    publish→receive p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&seen.latencies_us, 50.0),
+        percentile(&seen.latencies_us, 99.0),
+        percentile(&seen.latencies_us, 100.0)
+    );
+    let missing = expected.saturating_sub(seen.ids.len() as u64);
+    println!(
+        "errors     {} bad signatures, {} duplicates, {} unreadable bodies, {missing} missing, {failed_rows} failed attempts",
+        seen.bad_signatures, seen.duplicates, seen.unreadable
+    );
+
+    // Clean up.
+    stop.cancel();
+    if let Some(handle) = worker {
+        let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+    }
+    if args.worker == WorkerMode::External {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use storage::schema::webhooks::dsl as w;
+        let mut conn = pool.get().await?;
+        diesel::delete(w::webhooks.filter(w::id.eq_any(&ids)))
+            .execute(&mut conn)
+            .await?;
+        drop(conn);
+    }
+    if args.worker == WorkerMode::External {
+        let _ = client
+            .publish(
+                ns.webhooks_changed_subject(),
+                json!({"webhook_id": ids.first(), "op": "deleted"}).to_string().into(),
+            )
+            .await;
+        let _ = client.flush().await;
+    }
+    anyhow::ensure!(
+        seen.bad_signatures == 0 && missing == 0 && failed_rows == 0,
+        "the benchmark saw errors"
+    );
+    Ok(())
+}
+
+/// `GET /readyz` answers 200.
+async fn reqwest_ready(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    out.starts_with(b"HTTP/1.1 200")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_swapped() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/bedolaga_events", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&[], 99.0), 0.0);
+    }
+}

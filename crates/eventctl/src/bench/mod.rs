@@ -1,0 +1,4 @@
+//! Benchmarks of the running system.
+
+pub mod delivery;
+pub mod fanout;

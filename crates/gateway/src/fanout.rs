@@ -1,0 +1,98 @@
+//! The live source: one ordered (ephemeral) JetStream consumer per gateway
+//! replica on the events stream, so every replica sees every event with its
+//! stream sequence, feeding the [`Hub`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use futures::StreamExt;
+use proto_events::Namespace;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::event_frame;
+
+/// Consumes events until `shutdown`; recreates the consumer after errors,
+/// starting after the last sequence seen so no event is skipped.
+pub async fn run(
+    js: jetstream::Context,
+    ns: Namespace,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match consume(&js, &ns, &hub, &metrics, &shutdown).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => {
+                tracing::warn!(error = %e, stream = ns.stream(), "event consumer failed; retrying");
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        hub.set_live(false);
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(backoff) => {}
+        }
+    }
+    hub.set_live(false);
+}
+
+async fn consume(
+    js: &jetstream::Context,
+    ns: &Namespace,
+    hub: &Hub,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = ns.ensure_streams(js).await?;
+    let deliver_policy = match hub.last_seq() {
+        0 => DeliverPolicy::New,
+        n => DeliverPolicy::ByStartSequence {
+            start_sequence: n + 1,
+        },
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: ns.events_filter(),
+            deliver_policy,
+            description: Some("gateway fan-out".to_owned()),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    hub.set_live(true);
+    tracing::info!(stream = ns.stream(), "receiving events");
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let msg = match next {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return Err(e.into()),
+            None => anyhow::bail!("the consumer's message stream ended"),
+        };
+        let seq = match msg.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "message without JetStream metadata");
+                continue;
+            }
+        };
+        if seq <= hub.last_seq() {
+            continue;
+        }
+        match event_frame(&msg.payload, seq) {
+            Ok(frame) => hub.dispatch(frame),
+            Err(e) => {
+                metrics.events_invalid.inc();
+                tracing::warn!(seq, subject = %msg.subject, error = %e, "skipping a stored message that is not a valid event");
+                hub.skip(seq);
+            }
+        }
+    }
+}

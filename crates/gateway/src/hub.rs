@@ -1,0 +1,400 @@
+//! The broadcast hub: every connected client, its filter and its bounded
+//! outbound queue. The fan-out loop hands each event to [`Hub::dispatch`]
+//! once; frames are shared (`Arc`), never copied per client.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use actix_ws::CloseCode;
+use parking_lot::{Mutex, RwLock};
+use proto_events::PatternSet;
+use tokio::sync::Notify;
+
+use crate::metrics::{CloseKind, Metrics};
+use crate::protocol::EventFrame;
+
+/// Per-client outbound limits.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub messages: usize,
+    pub bytes: usize,
+}
+
+/// Why and how the server closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    pub code: CloseCode,
+    pub reason: String,
+    pub kind: CloseKind,
+}
+
+impl Close {
+    pub fn new(code: CloseCode, reason: impl Into<String>, kind: CloseKind) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+            kind,
+        }
+    }
+
+    pub fn slow(limits: QueueLimits) -> Self {
+        Self::new(
+            CloseCode::Again,
+            format!(
+                "Client too slow: more than {} messages or {} bytes queued",
+                limits.messages, limits.bytes
+            ),
+            CloseKind::SlowClient,
+        )
+    }
+
+    pub fn revoked() -> Self {
+        Self::new(
+            CloseCode::Policy,
+            crate::protocol::INVALID_TOKEN,
+            CloseKind::Revoked,
+        )
+    }
+
+    pub fn shutdown() -> Self {
+        Self::new(CloseCode::Away, "Server shutting down", CloseKind::Shutdown)
+    }
+}
+
+#[derive(Default)]
+struct ClientState {
+    filter: Option<PatternSet>,
+    queue: VecDeque<Arc<EventFrame>>,
+    bytes: usize,
+    /// While a resume replays stored events, live events wait here.
+    paused: bool,
+    /// Live events at or below this sequence are not queued: a replay
+    /// already sent them (the fan-out consumer may lag behind the replay).
+    min_seq: u64,
+    close: Option<Close>,
+}
+
+/// One connected, authenticated client as the hub sees it.
+pub struct Client {
+    pub id: u64,
+    pub token_id: i32,
+    state: Mutex<ClientState>,
+    /// Woken when the queue goes from empty to non-empty.
+    pub wake: Notify,
+    /// Woken when the connection must close.
+    pub kill: Notify,
+}
+
+/// What the connection task takes from its queue.
+pub enum Take {
+    Close(Close),
+    Frames,
+    Nothing,
+}
+
+impl Client {
+    fn offer(&self, frame: &Arc<EventFrame>, limits: QueueLimits) {
+        let mut st = self.state.lock();
+        if st.close.is_some()
+            || frame.seq <= st.min_seq
+            || !st.filter.unwrap_or(PatternSet::all()).matches(frame.event_type)
+        {
+            return;
+        }
+        if st.queue.len() >= limits.messages || st.bytes + frame.cost() > limits.bytes {
+            st.queue = VecDeque::new();
+            st.bytes = 0;
+            st.close = Some(Close::slow(limits));
+            drop(st);
+            self.kill.notify_one();
+            return;
+        }
+        let notify = st.queue.is_empty() && !st.paused;
+        st.queue.push_back(frame.clone());
+        st.bytes += frame.cost();
+        drop(st);
+        if notify {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Asks the connection to close (first reason wins).
+    pub fn close(&self, close: Close) {
+        let mut st = self.state.lock();
+        if st.close.is_none() {
+            st.close = Some(close);
+            st.queue = VecDeque::new();
+            st.bytes = 0;
+        }
+        drop(st);
+        self.kill.notify_one();
+    }
+
+    /// The pending close, if any.
+    pub fn take_close(&self) -> Option<Close> {
+        self.state.lock().close.take()
+    }
+
+    /// Moves queued frames into `out` (which must be empty), unless the
+    /// queue is paused for a replay or a close is pending.
+    pub fn take(&self, out: &mut VecDeque<Arc<EventFrame>>) -> Take {
+        let mut st = self.state.lock();
+        if let Some(c) = st.close.take() {
+            return Take::Close(c);
+        }
+        if st.paused || st.queue.is_empty() {
+            return Take::Nothing;
+        }
+        std::mem::swap(&mut st.queue, out);
+        st.bytes = 0;
+        Take::Frames
+    }
+
+    /// Replaces the filter (`None`: every event).
+    pub fn set_filter(&self, filter: PatternSet) {
+        self.state.lock().filter = Some(filter);
+    }
+
+    /// The current filter.
+    pub fn filter(&self) -> PatternSet {
+        self.state.lock().filter.unwrap_or(PatternSet::all())
+    }
+
+    /// Holds live events back while a replay runs.
+    pub fn pause(&self) {
+        self.state.lock().paused = true;
+    }
+
+    /// Ends a replay: drops held-back live events the replay already
+    /// covered (`seq <= last_replayed`), then lets the rest flow.
+    pub fn resume_after(&self, last_replayed: u64) {
+        let mut st = self.state.lock();
+        st.queue.retain(|f| f.seq > last_replayed);
+        st.bytes = st.queue.iter().map(|f| f.cost()).sum();
+        st.paused = false;
+        st.min_seq = st.min_seq.max(last_replayed);
+        let notify = !st.queue.is_empty();
+        drop(st);
+        if notify {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Every client of this gateway process.
+pub struct Hub {
+    clients: RwLock<HashMap<u64, Arc<Client>>>,
+    next_id: AtomicU64,
+    limits: QueueLimits,
+    metrics: Metrics,
+    last_seq: AtomicU64,
+    live: AtomicBool,
+    closing: AtomicBool,
+}
+
+impl Hub {
+    pub fn new(limits: QueueLimits, metrics: Metrics) -> Self {
+        Self {
+            clients: RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            limits,
+            metrics,
+            last_seq: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        }
+    }
+
+    /// Adds a client; during shutdown it is told to close at once.
+    pub fn register(&self, token_id: i32, filter: Option<PatternSet>) -> Arc<Client> {
+        let client = Arc::new(Client {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            token_id,
+            state: Mutex::new(ClientState {
+                filter,
+                ..Default::default()
+            }),
+            wake: Notify::new(),
+            kill: Notify::new(),
+        });
+        self.clients.write().insert(client.id, client.clone());
+        if self.closing.load(Ordering::SeqCst) {
+            client.close(Close::shutdown());
+        }
+        client
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.clients.write().remove(&id);
+    }
+
+    /// Number of registered clients.
+    pub fn len(&self) -> usize {
+        self.clients.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands one event to every client whose filter selects it.
+    pub fn dispatch(&self, frame: EventFrame) {
+        let seq = frame.seq;
+        let frame = Arc::new(frame);
+        for client in self.clients.read().values() {
+            client.offer(&frame, self.limits);
+        }
+        self.last_seq.fetch_max(seq, Ordering::SeqCst);
+        self.metrics.events_received.inc();
+    }
+
+    /// The highest stream sequence dispatched so far (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// Records a sequence that was skipped (not a valid envelope).
+    pub fn skip(&self, seq: u64) {
+        self.last_seq.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// Whether the JetStream consumer is delivering.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::SeqCst);
+    }
+
+    /// The distinct token ids of connected clients.
+    pub fn token_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.clients.read().values().map(|c| c.token_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Closes every client whose token is not in `usable` (sorted or not).
+    pub fn close_revoked(&self, usable: &[i32]) -> usize {
+        let usable: std::collections::HashSet<i32> = usable.iter().copied().collect();
+        let mut n = 0;
+        for c in self.clients.read().values() {
+            if !usable.contains(&c.token_id) {
+                c.close(Close::revoked());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Starts shutdown: every client, present and future, closes with 1001.
+    pub fn close_all(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        for c in self.clients.read().values() {
+            c.close(Close::shutdown());
+        }
+    }
+
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use bytestring::ByteString;
+    use proto_events::EventType;
+
+    use super::*;
+
+    fn frame(seq: u64, t: EventType, len: usize) -> EventFrame {
+        EventFrame {
+            seq,
+            event_type: t,
+            text: ByteString::from("x".repeat(len)),
+            published: None,
+        }
+    }
+
+    fn hub(messages: usize, bytes: usize) -> Hub {
+        Hub::new(QueueLimits { messages, bytes }, Metrics::new())
+    }
+
+    #[test]
+    fn filters_and_queues() {
+        let h = hub(10, 1000);
+        let a = h.register(1, None);
+        let b = h.register(2, None);
+        b.set_filter(PatternSet::parse(["ticket.*"]).unwrap());
+        h.dispatch(frame(1, EventType::UserCreated, 10));
+        h.dispatch(frame(2, EventType::TicketCreated, 10));
+        let mut out = VecDeque::new();
+        assert!(matches!(a.take(&mut out), Take::Frames));
+        assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2]);
+        out.clear();
+        assert!(matches!(b.take(&mut out), Take::Frames));
+        assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(h.last_seq(), 2);
+        assert_eq!(h.token_ids(), vec![1, 2]);
+    }
+
+    #[test]
+    fn overflow_closes_with_1013() {
+        let h = hub(3, 1000);
+        let a = h.register(1, None);
+        for seq in 1..=4 {
+            h.dispatch(frame(seq, EventType::UserCreated, 10));
+        }
+        let mut out = VecDeque::new();
+        match a.take(&mut out) {
+            Take::Close(c) => {
+                assert_eq!(c.code, CloseCode::Again);
+                assert_eq!(c.kind, CloseKind::SlowClient);
+            }
+            _ => panic!("expected a close"),
+        }
+        let h = hub(100, 25);
+        let b = h.register(1, None);
+        h.dispatch(frame(1, EventType::UserCreated, 10));
+        h.dispatch(frame(2, EventType::UserCreated, 10));
+        assert!(b.take_close().is_none());
+        h.dispatch(frame(3, EventType::UserCreated, 10));
+        assert!(b.take_close().is_some());
+    }
+
+    #[test]
+    fn pause_and_hand_over_drops_what_the_replay_covered() {
+        let h = hub(100, 10_000);
+        let a = h.register(1, None);
+        a.pause();
+        for seq in 5..=9 {
+            h.dispatch(frame(seq, EventType::UserCreated, 10));
+        }
+        let mut out = VecDeque::new();
+        assert!(matches!(a.take(&mut out), Take::Nothing));
+        a.resume_after(7);
+        assert!(matches!(a.take(&mut out), Take::Frames));
+        assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![8, 9]);
+        // a lagging fan-out consumer delivering what the replay covered
+        out.clear();
+        h.dispatch(frame(6, EventType::UserCreated, 10));
+        assert!(matches!(a.take(&mut out), Take::Nothing));
+    }
+
+    #[test]
+    fn revoked_and_shutdown() {
+        let h = hub(10, 1000);
+        let a = h.register(1, None);
+        let b = h.register(2, None);
+        assert_eq!(h.close_revoked(&[2]), 1);
+        assert_eq!(a.take_close().unwrap().kind, CloseKind::Revoked);
+        assert!(b.take_close().is_none());
+        h.close_all();
+        assert_eq!(b.take_close().unwrap().code, CloseCode::Away);
+        let c = h.register(3, None);
+        assert_eq!(c.take_close().unwrap().kind, CloseKind::Shutdown);
+    }
+}

@@ -1,0 +1,290 @@
+//! The WebSocket messages (SPEC §2 plus subscriptions and resume).
+
+use bytestring::ByteString;
+use proto_events::{Envelope, EventType, PatternSet};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// The first message of every accepted connection, byte for byte as the
+/// seed sends it.
+pub const WELCOME: &str =
+    r#"{"type":"connection","status":"connected","message":"WebSocket connection established"}"#;
+
+/// The answer to a client `{"type":"ping"}`.
+pub const PONG: &str = r#"{"type":"pong"}"#;
+
+/// Close reasons of SPEC §2.
+pub const NO_TOKEN: &str = "Unauthorized: No token provided";
+pub const INVALID_TOKEN: &str = "Unauthorized: Invalid token";
+
+/// One event as clients receive it, serialised once and shared.
+#[derive(Debug, Clone)]
+pub struct EventFrame {
+    /// The JetStream stream sequence.
+    pub seq: u64,
+    pub event_type: EventType,
+    /// The JSON text sent to clients.
+    pub text: ByteString,
+    /// When the event was published (its envelope timestamp), for the
+    /// event→send latency histogram.
+    pub published: Option<std::time::SystemTime>,
+}
+
+impl EventFrame {
+    /// Bytes this frame occupies in a client queue.
+    pub fn cost(&self) -> usize {
+        self.text.len()
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct Outbound<'a> {
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    payload: &'a RawValue,
+    timestamp: &'a str,
+    id: &'a str,
+    seq: u64,
+}
+
+/// Why a stored message cannot be sent to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Envelope(#[from] proto_events::EnvelopeError),
+    #[error("envelope JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Turns a stored envelope into the client message
+/// `{"type","payload","timestamp","id","seq"}`. The payload's bytes are
+/// passed through as the publisher wrote them (key order included).
+pub fn event_frame(body: &[u8], seq: u64) -> Result<EventFrame, FrameError> {
+    let env = Envelope::parse(body)?;
+    let raw: RawEnvelope<'_> = serde_json::from_slice(body)?;
+    let text = serde_json::to_string(&Outbound {
+        event_type: env.event_type.as_str(),
+        payload: raw.payload,
+        timestamp: &env.timestamp,
+        id: &env.id,
+        seq,
+    })?;
+    let published = chrono::DateTime::parse_from_rfc3339(&env.timestamp)
+        .ok()
+        .map(std::time::SystemTime::from);
+    Ok(EventFrame {
+        seq,
+        event_type: env.event_type,
+        text: ByteString::from(text),
+        published,
+    })
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct SubscribedOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    events: &'a [String],
+}
+
+#[derive(Serialize)]
+struct ResyncOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    since: u64,
+    first_seq: u64,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct ResumedOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    since: u64,
+    replayed: u64,
+    last_seq: u64,
+}
+
+fn to_text(v: &impl Serialize) -> String {
+    // Structs of strings and integers always serialise.
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// `{"type":"error","message":…}`.
+pub fn error_message(message: &str) -> String {
+    to_text(&ErrorOut {
+        kind: "error",
+        message,
+    })
+}
+
+/// `{"type":"subscribed","events":[…]}`.
+pub fn subscribed_message(events: &[String]) -> String {
+    to_text(&SubscribedOut {
+        kind: "subscribed",
+        events,
+    })
+}
+
+/// `{"type":"resync_required","since":N,"first_seq":F,"message":…}`.
+pub fn resync_message(since: u64, first_seq: u64, message: &str) -> String {
+    to_text(&ResyncOut {
+        kind: "resync_required",
+        since,
+        first_seq,
+        message,
+    })
+}
+
+/// `{"type":"resumed","since":N,"replayed":K,"last_seq":S}`, sent when a
+/// replay has caught up and live events follow.
+pub fn resumed_message(since: u64, replayed: u64, last_seq: u64) -> String {
+    to_text(&ResumedOut {
+        kind: "resumed",
+        since,
+        replayed,
+        last_seq,
+    })
+}
+
+/// What a client asked for.
+#[derive(Debug, PartialEq)]
+pub enum ClientMessage {
+    Ping,
+    Subscribe { set: PatternSet, events: Vec<String> },
+    Resume { since: u64 },
+    /// Valid JSON but not a request we know; answered with an error.
+    Unknown(String),
+    /// Not JSON (or not an object with a `type`): logged and ignored.
+    Invalid,
+}
+
+/// Parses one text frame from a client.
+pub fn parse_client(text: &str) -> ClientMessage {
+    // Only a JSON object is a request; anything else is ignored like
+    // invalid JSON.
+    let Ok(mut msg) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+    else {
+        return ClientMessage::Invalid;
+    };
+    let kind = match msg.remove("type") {
+        Some(serde_json::Value::String(k)) => k,
+        Some(_) => return ClientMessage::Unknown("'type' must be a string".into()),
+        None => return ClientMessage::Unknown("message has no 'type'".into()),
+    };
+    match kind.as_str() {
+        "ping" => ClientMessage::Ping,
+        "subscribe" => {
+            let Some(serde_json::Value::Array(items)) = msg.remove("events") else {
+                return ClientMessage::Unknown(
+                    "subscribe needs 'events': a list of event types or patterns".into(),
+                );
+            };
+            let mut events = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    serde_json::Value::String(s) => events.push(s),
+                    _ => {
+                        return ClientMessage::Unknown(
+                            "subscribe 'events' must be strings".into(),
+                        );
+                    }
+                }
+            }
+            match PatternSet::parse(events.iter().map(String::as_str)) {
+                Ok(set) => ClientMessage::Subscribe { set, events },
+                Err(e) => ClientMessage::Unknown(e.to_string()),
+            }
+        }
+        "resume" => match msg.get("since").and_then(serde_json::Value::as_u64) {
+            Some(since) => ClientMessage::Resume { since },
+            None => ClientMessage::Unknown(
+                "resume needs 'since': the last stream sequence received (an integer >= 0)".into(),
+            ),
+        },
+        other => ClientMessage::Unknown(format!(
+            "unknown message type '{}'; expected ping, subscribe or resume",
+            other.chars().take(64).collect::<String>()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn frames_keep_the_seed_key_order_and_the_payload_bytes() {
+        let body = br#"{"id":"e1","type":"ticket.created","timestamp":"2024-01-15T10:30:00Z","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"}}"#;
+        let f = event_frame(body, 42).unwrap();
+        assert_eq!(
+            &*f.text,
+            r#"{"type":"ticket.created","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"},"timestamp":"2024-01-15T10:30:00Z","id":"e1","seq":42}"#
+        );
+        assert_eq!(f.event_type, EventType::TicketCreated);
+        assert!(f.published.is_some());
+        assert!(event_frame(b"{", 1).is_err());
+        assert!(
+            event_frame(
+                br#"{"id":"e1","type":"nope","timestamp":"2024-01-15T10:30:00Z","payload":{}}"#,
+                1
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn client_messages() {
+        assert_eq!(parse_client(r#"{"type":"ping"}"#), ClientMessage::Ping);
+        assert_eq!(parse_client("not json"), ClientMessage::Invalid);
+        assert_eq!(parse_client("[1,2]"), ClientMessage::Invalid);
+        assert_eq!(
+            parse_client(r#"{"type":"resume","since":7}"#),
+            ClientMessage::Resume { since: 7 }
+        );
+        assert!(matches!(
+            parse_client(r#"{"type":"resume","since":-1}"#),
+            ClientMessage::Unknown(_)
+        ));
+        match parse_client(r#"{"type":"subscribe","events":["ticket.*","user.created"]}"#) {
+            ClientMessage::Subscribe { set, events } => {
+                assert!(set.matches(EventType::TicketMessageAdded));
+                assert!(!set.matches(EventType::PaymentCompleted));
+                assert_eq!(events, vec!["ticket.*", "user.created"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_client(r#"{"type":"subscribe","events":["nope.*"]}"#),
+            ClientMessage::Unknown(m) if m.contains("nope.*")
+        ));
+        assert!(matches!(
+            parse_client(r#"{"type":"dance"}"#),
+            ClientMessage::Unknown(m) if m.contains("dance")
+        ));
+    }
+
+    #[test]
+    fn fixed_messages() {
+        let w: serde_json::Value = serde_json::from_str(WELCOME).unwrap();
+        assert_eq!(w["type"], "connection");
+        assert_eq!(
+            resync_message(3, 10, "gone"),
+            r#"{"type":"resync_required","since":3,"first_seq":10,"message":"gone"}"#
+        );
+    }
+}

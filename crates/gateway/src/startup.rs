@@ -1,0 +1,313 @@
+//! Building and running the gateway: the HTTP server, the fan-out consumer,
+//! the token re-check loop and shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::FutureExt;
+use proto_events::Namespace;
+use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
+use storage::{DbPool, PoolConfig};
+use telemetry::ops::{Ops, Readiness};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::hub::{Hub, QueueLimits};
+use crate::metrics::Metrics;
+
+/// Per-connection settings the WebSocket handler needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub origins: Vec<String>,
+    pub max_connections: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub max_replay: u64,
+}
+
+/// Shared by every request and connection.
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub auth: TokenAuth,
+    pub js: jetstream::Context,
+    pub ns: Namespace,
+    pub metrics: Metrics,
+    pub settings: Settings,
+    /// WebSocket connections open now (authenticated or not).
+    pub open: AtomicUsize,
+}
+
+/// A built gateway: the listener is bound, nothing runs yet.
+pub struct Application {
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    state: Arc<AppState>,
+    pool: DbPool,
+    nats: async_nats::Client,
+    token_recheck: Duration,
+    shutdown_grace: Duration,
+}
+
+impl Application {
+    /// Binds the listener and connects (lazily) to NATS and Postgres; a
+    /// broker or database that is down is retried in the background.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        let ns = Namespace::new(&config.nats_prefix)?;
+        let pool = storage::build_pool(&config.database_url, &PoolConfig::default())?;
+        let auth = TokenAuth::new(
+            pool.clone(),
+            TokenHasher::new(Some(&config.token_hmac_secret)),
+            AuthCacheConfig::default(),
+        );
+        let nats = async_nats::ConnectOptions::new()
+            .name("bedolaga-gateway")
+            .retry_on_initial_connect()
+            .event_callback(|event| async move {
+                tracing::info!(%event, "NATS connection event");
+            })
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("bad NATS_URL {}", config.nats_url))?;
+        let js = jetstream::new(nats.clone());
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new(
+            QueueLimits {
+                messages: config.client_queue_messages,
+                bytes: config.client_queue_bytes,
+            },
+            metrics.clone(),
+        ));
+        let state = Arc::new(AppState {
+            hub,
+            auth,
+            js,
+            ns,
+            metrics: metrics.clone(),
+            settings: Settings {
+                origins: config.origins(),
+                max_connections: config.max_connections,
+                ping_interval: config.ping_interval,
+                pong_timeout: config.pong_timeout,
+                max_frame_bytes: config.max_frame_bytes,
+                max_replay: config.max_replay,
+            },
+            open: AtomicUsize::new(0),
+        });
+        let readiness = readiness(&pool, &nats, &state.hub);
+        let ops = Ops {
+            readiness,
+            metrics: metrics.registry.clone(),
+        };
+        let listener = TcpListener::bind(&config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let data = web::Data::from(state.clone());
+        let send_buffer = config.socket_send_buffer;
+        let user_timeout = config.pong_timeout;
+        let mut server = HttpServer::new(move || {
+            let ops = ops.clone();
+            App::new()
+                .app_data(data.clone())
+                .configure(|cfg| routes(cfg, ops))
+        })
+        .on_connect(move |conn, _ext| tune_socket(conn, send_buffer, user_timeout))
+        .disable_signals()
+        .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
+        // Our own cap answers with a close code; keep actix's above it.
+        .max_connections(config.max_connections + 1024)
+        .backlog(4096);
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %config.nats_url, stream = state.ns.stream(), "gateway listening");
+        Ok(Self {
+            addr,
+            server,
+            state,
+            pool,
+            nats,
+            token_recheck: config.token_recheck,
+            shutdown_grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown`, then closes every client with 1001 and
+    /// stops.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            server,
+            state,
+            pool,
+            nats,
+            token_recheck,
+            shutdown_grace,
+            ..
+        } = self;
+        let handle = server.handle();
+        let server_task = tokio::spawn(server);
+        let stop_background = CancellationToken::new();
+        let fanout = tokio::spawn(crate::fanout::run(
+            state.js.clone(),
+            state.ns.clone(),
+            state.hub.clone(),
+            state.metrics.clone(),
+            stop_background.clone(),
+        ));
+        let recheck = tokio::spawn(recheck_tokens(
+            state.hub.clone(),
+            pool.clone(),
+            token_recheck,
+            stop_background.clone(),
+        ));
+        let flusher = tokio::spawn(
+            state
+                .auth
+                .clone()
+                .run_last_used_flusher(stop_background.clone().cancelled_owned()),
+        );
+
+        shutdown.cancelled().await;
+        tracing::info!(clients = state.open.load(Ordering::SeqCst), "shutting down: closing every client with 1001");
+        state.hub.close_all();
+        let deadline = tokio::time::Instant::now() + shutdown_grace;
+        while state.open.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop_background.cancel();
+        handle.stop(true).await;
+        let _ = server_task.await;
+        let _ = tokio::join!(fanout, recheck, flusher);
+        let _ = nats.drain().await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Sets per-socket options on every accepted connection.
+fn tune_socket(conn: &dyn std::any::Any, send_buffer: usize, user_timeout: Duration) {
+    let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        return;
+    };
+    let _ = tcp.set_nodelay(true);
+    let sock = socket2::SockRef::from(tcp);
+    if send_buffer > 0 {
+        let _ = sock.set_send_buffer_size(send_buffer);
+    }
+    // A peer that stops reading (zero window) or vanishes is dropped by the
+    // kernel after this long, so a stalled socket cannot linger forever.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = sock.set_tcp_user_timeout(Some(user_timeout));
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = user_timeout;
+}
+
+/// The route table.
+pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
+    telemetry::ops::configure(cfg, ops);
+    cfg.route("/ws", web::get().to(crate::ws::ws))
+        .route("/", web::get().to(console));
+}
+
+async fn console() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+        ))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body(crate::CONSOLE_HTML)
+}
+
+fn readiness(pool: &DbPool, nats: &async_nats::Client, hub: &Arc<Hub>) -> Readiness {
+    let pool = pool.clone();
+    let nats = nats.clone();
+    let hub = hub.clone();
+    Readiness::new()
+        .with("postgres", move || {
+            let pool = pool.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            }
+            .boxed()
+        })
+        .with("nats", move || {
+            let state = nats.connection_state();
+            async move {
+                match state {
+                    async_nats::connection::State::Connected => Ok(()),
+                    other => Err(format!("{other}")),
+                }
+            }
+            .boxed()
+        })
+        .with("fanout", move || {
+            let live = hub.is_live();
+            async move {
+                if live {
+                    Ok(())
+                } else {
+                    Err("the events consumer is not running".to_owned())
+                }
+            }
+            .boxed()
+        })
+}
+
+/// Every `interval`, asks the database which token ids of open
+/// connections are still usable (one query) and closes the others with
+/// 1008. A database outage closes nothing.
+async fn recheck_tokens(
+    hub: Arc<Hub>,
+    pool: DbPool,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ids = hub.token_ids();
+        if ids.is_empty() {
+            continue;
+        }
+        let usable = async {
+            let mut conn = pool.get().await?;
+            storage::tokens::usable_ids(&mut conn, &ids).await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), usable).await {
+            Ok(Ok(usable)) => {
+                let closed = hub.close_revoked(&usable);
+                if closed > 0 {
+                    tracing::info!(closed, "closed connections whose token was revoked or expired");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-check tokens; keeping connections"),
+            Err(_) => tracing::warn!("token re-check timed out; keeping connections"),
+        }
+    }
+}

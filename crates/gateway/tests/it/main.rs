@@ -1,0 +1,10 @@
+//! Integration tests of the gateway against the real NATS and Postgres.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod cluster;
+mod console;
+mod helpers;
+mod protect;
+mod protocol;
+mod resume;

@@ -1,0 +1,272 @@
+//! Command line and environment configuration (SPEC §6).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use telemetry::LogArgs;
+
+/// `webhook-registry`: the REST API for webhooks, deliveries and tokens.
+#[derive(Debug, Parser)]
+#[command(name = "webhook-registry", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do; `serve` when omitted.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve the REST API (the default).
+    Serve,
+    /// Apply pending migrations and exit.
+    Migrate,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `webhook-registry token …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; prints the token alone on stdout (shown only once).
+    Create {
+        /// A name to recognise the token by.
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. `30d`, `12h`, `90m`; no expiry when omitted.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List tokens (id, name, prefix, state, dates; never the tokens).
+    List,
+    /// Deactivate a token; it stops working within a few seconds.
+    Revoke {
+        /// The token's id (from `token list`).
+        id: i32,
+    },
+}
+
+/// Every setting of the service. Secrets are hidden from `--help` values
+/// and from `Debug`.
+#[derive(Clone, Args)]
+pub struct Config {
+    /// Address the REST API listens on.
+    #[arg(
+        long,
+        env = "REGISTRY_BIND",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub bind: SocketAddr,
+
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", default_value = storage::DEFAULT_DATABASE_URL,
+          hide_env_values = true, global = true)]
+    pub database_url: String,
+
+    /// Maximum number of database connections.
+    #[arg(
+        long,
+        env = "REGISTRY_DB_POOL_SIZE",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_pool_size: usize,
+
+    /// How long a request waits for a free database connection before a 503.
+    #[arg(long, env = "REGISTRY_DB_POOL_TIMEOUT", default_value = "5s",
+          value_parser = humantime::parse_duration, global = true)]
+    pub db_pool_timeout: Duration,
+
+    /// NATS server (change notices for delivery workers).
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+
+    /// Prefix of every NATS subject and stream (empty = production names).
+    #[arg(long, env = "NATS_PREFIX", default_value = "", global = true)]
+    pub nats_prefix: String,
+
+    /// Key for HMAC-SHA256 token hashes (the bot's scheme); plain SHA-256 when unset.
+    #[arg(
+        long,
+        env = "WEB_API_TOKEN_HMAC_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub token_hmac_secret: Option<String>,
+
+    /// A token ensured active at start.
+    #[arg(
+        long,
+        env = "WEB_API_DEFAULT_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub default_token: Option<String>,
+
+    /// Allow webhook URLs on loopback, private, link-local and similar addresses.
+    #[arg(long, env = "DELIVERY_ALLOW_PRIVATE_TARGETS", default_value = "false",
+          action = ArgAction::Set, global = true)]
+    pub allow_private_targets: bool,
+
+    /// Largest accepted request body in bytes (413 above).
+    #[arg(long, env = "REGISTRY_MAX_BODY_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Apply migrations at start (`true`/`false`).
+    #[arg(long, env = "REGISTRY_AUTO_MIGRATE", default_value = "true",
+          action = ArgAction::Set, global = true)]
+    pub auto_migrate: bool,
+
+    /// Do not apply migrations at start (same as REGISTRY_AUTO_MIGRATE=false).
+    #[arg(long, global = true)]
+    pub no_migrate: bool,
+
+    /// How long the previous secret keeps signing after a rotation.
+    #[arg(long, env = "SECRET_ROTATION_GRACE", default_value = "24h",
+          value_parser = humantime::parse_duration, global = true)]
+    pub secret_rotation_grace: Duration,
+
+    /// Take the client IP (for tokens' last_used_ip) from X-Forwarded-For /
+    /// Forwarded; only behind a proxy you trust.
+    #[arg(long, env = "REGISTRY_TRUST_FORWARDED_FOR", default_value = "false",
+          action = ArgAction::Set, global = true)]
+    pub trust_forwarded_for: bool,
+
+    /// HTTP worker threads (0 = one per CPU).
+    #[arg(long, env = "REGISTRY_WORKERS", default_value_t = 0, global = true)]
+    pub workers: usize,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl Config {
+    /// Whether migrations run at start.
+    pub fn migrate_at_start(&self) -> bool {
+        self.auto_migrate && !self.no_migrate
+    }
+
+    /// The settings of a test: everything local, `bind` on port 0, private
+    /// targets allowed (test receivers are on loopback).
+    pub fn for_tests(database_url: &str, nats_prefix: &str) -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.to_owned(),
+            db_pool_size: 8,
+            db_pool_timeout: Duration::from_secs(5),
+            nats_url: std::env::var("TEST_NATS_URL")
+                .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
+            nats_prefix: nats_prefix.to_owned(),
+            token_hmac_secret: None,
+            default_token: None,
+            allow_private_targets: true,
+            max_body_bytes: 64 * 1024,
+            auto_migrate: true,
+            no_migrate: false,
+            secret_rotation_grace: Duration::from_secs(24 * 3600),
+            trust_forwarded_for: false,
+            workers: 1,
+            log: LogArgs {
+                log_format: telemetry::LogFormat::Text,
+                log_filter: "info".to_owned(),
+                otel_endpoint: None,
+                otel_service_name: None,
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bind", &self.bind)
+            .field("database_url", &storage::redact_url(&self.database_url))
+            .field("db_pool_size", &self.db_pool_size)
+            .field("db_pool_timeout", &self.db_pool_timeout)
+            .field("nats_url", &self.nats_url)
+            .field("nats_prefix", &self.nats_prefix)
+            .field(
+                "token_hmac_secret",
+                &self.token_hmac_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "default_token",
+                &self.default_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_private_targets", &self.allow_private_targets)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("auto_migrate", &self.migrate_at_start())
+            .field("secret_rotation_grace", &self.secret_rotation_grace)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("workers", &self.workers)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = Config::for_tests("postgres://u:pw@h/db", "");
+        c.token_hmac_secret = Some("hmac-key-value".into());
+        c.default_token = Some("default-token-value".into());
+        let s = format!("{c:?}");
+        assert!(!s.contains("hmac-key-value") && !s.contains("default-token-value"));
+        assert!(!s.contains(":pw@"));
+    }
+
+    #[test]
+    fn parses_subcommands_and_flags() {
+        let cli = Cli::try_parse_from([
+            "webhook-registry",
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--expires-in",
+            "30d",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Command::Token {
+                command: TokenCommand::Create { expires_in, .. },
+            }) => assert_eq!(expires_in, Some(Duration::from_secs(30 * 86400))),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "webhook-registry",
+            "serve",
+            "--no-migrate",
+            "--auto-migrate",
+            "true",
+        ])
+        .unwrap();
+        assert!(!cli.config.migrate_at_start());
+        Cli::command_for_tests().debug_assert();
+    }
+
+    impl Cli {
+        fn command_for_tests() -> clap::Command {
+            <Cli as clap::CommandFactory>::command()
+        }
+    }
+}

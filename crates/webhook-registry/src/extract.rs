@@ -1,0 +1,600 @@
+//! Request parsing with FastAPI's error shapes: JSON bodies (size cap,
+//! content type, decode errors, per-field validation), query strings and
+//! path ids. Nothing a client sends reaches a panic or a 500.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::error::{ApiError, FieldError, LocItem};
+
+/// Body rules from the configuration, stored as app data.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    /// Largest body in bytes (413 above).
+    pub limit: usize,
+    /// `DELIVERY_ALLOW_PRIVATE_TARGETS`: internal webhook URLs accepted.
+    pub allow_private_targets: bool,
+}
+
+impl Default for BodyRules {
+    fn default() -> Self {
+        Self {
+            limit: 64 * 1024,
+            allow_private_targets: false,
+        }
+    }
+}
+
+/// A request type built from a parsed JSON body (`None` = empty body).
+pub trait FromBody: Sized {
+    fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>>;
+}
+
+/// A JSON body validated into `T`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: FromBody + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let rules = req
+            .app_data::<web::Data<BodyRules>>()
+            .map(|r| *r.get_ref())
+            .unwrap_or_default();
+        let limit = rules.limit;
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().map(str::to_owned));
+        let declared_len = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if declared_len.is_some_and(|n| n > limit as u64) {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            let mut buf = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk
+                    .map_err(|_| ApiError::BadRequest("There was an error parsing the body"))?;
+                if buf.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge(limit));
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            let body = parse_body(content_type, &buf)?;
+            T::from_body(body, &rules)
+                .map(JsonBody)
+                .map_err(ApiError::Validation)
+        })
+    }
+}
+
+/// What FastAPI does with a body: JSON when there is no content type or a
+/// JSON one (`application/json`, `application/*+json`), the raw bytes
+/// otherwise (which then fail validation as "not an object").
+fn parse_body(
+    content_type: Option<Result<String, header::ToStrError>>,
+    buf: &[u8],
+) -> Result<Option<Value>, ApiError> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    let is_json = match content_type {
+        None => true,
+        Some(Err(_)) => false,
+        Some(Ok(ct)) => {
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            match essence.split_once('/') {
+                Some(("application", sub)) => sub == "json" || sub.ends_with("+json"),
+                _ => false,
+            }
+        }
+    };
+    if !is_json {
+        let shown = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
+        return Ok(Some(Value::String(shown)));
+    }
+    match serde_json::from_slice::<Value>(buf) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            let pos = byte_position(buf, e.line(), e.column());
+            let reason = e.to_string();
+            // serde's message ends with " at line L column C"; keep the reason.
+            let reason = reason
+                .rsplit_once(" at line ")
+                .map_or(reason.as_str(), |(r, _)| r)
+                .to_owned();
+            Err(ApiError::one(FieldError {
+                kind: "json_invalid".to_owned(),
+                loc: vec![LocItem::from("body"), LocItem::Index(pos)],
+                msg: "JSON decode error".to_owned(),
+                input: Some(json!({})),
+                ctx: Some(json!({ "error": reason })),
+            }))
+        }
+    }
+}
+
+/// The byte offset of a 1-based line and column.
+fn byte_position(buf: &[u8], line: usize, column: usize) -> u64 {
+    let mut offset = 0usize;
+    for (i, l) in buf.split(|b| *b == b'\n').enumerate() {
+        if i + 1 == line {
+            return (offset + column.saturating_sub(1)).min(buf.len()) as u64;
+        }
+        offset += l.len() + 1;
+    }
+    buf.len() as u64
+}
+
+/// Reads the fields of a JSON object body and collects every problem.
+pub struct Fields {
+    map: Map<String, Value>,
+    pub errors: Vec<FieldError>,
+}
+
+/// A field present with a value, present as `null`, or absent.
+pub enum Given<T> {
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl Fields {
+    /// The body must be an object; `required` says whether an empty body
+    /// is an error (`missing`) or an empty object.
+    pub fn of(body: Option<Value>, required: bool) -> Result<Self, Vec<FieldError>> {
+        match body {
+            None if required => Err(vec![FieldError::missing(&["body"]).input(Value::Null)]),
+            None => Ok(Self {
+                map: Map::new(),
+                errors: Vec::new(),
+            }),
+            Some(Value::Object(map)) => Ok(Self {
+                map,
+                errors: Vec::new(),
+            }),
+            Some(other) => Err(vec![
+                FieldError::new(
+                    &["body"],
+                    "model_attributes_type",
+                    "Input should be a valid dictionary or object to extract fields from",
+                )
+                .input(other),
+            ]),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Given<Value> {
+        match self.map.remove(name) {
+            None => Given::Absent,
+            Some(Value::Null) => Given::Null,
+            Some(v) => Given::Value(v),
+        }
+    }
+
+    /// A string field of `min..=max` characters, without NUL characters.
+    /// `secret` fields never echo their input.
+    pub fn string(&mut self, name: &str, min: usize, max: usize, secret: bool) -> Given<String> {
+        let loc = ["body", name];
+        match self.take(name) {
+            Given::Absent => Given::Absent,
+            Given::Null => Given::Null,
+            Given::Value(Value::String(s)) => {
+                let echo = |e: FieldError| {
+                    if secret {
+                        e
+                    } else {
+                        e.input(Value::String(s.clone()))
+                    }
+                };
+                let n = s.chars().count();
+                if n < min {
+                    self.errors.push(echo(
+                        FieldError::new(
+                            &loc,
+                            "string_too_short",
+                            format!("String should have at least {min} character{}", plural(min)),
+                        )
+                        .ctx(json!({ "min_length": min })),
+                    ));
+                    Given::Absent
+                } else if n > max {
+                    self.errors.push(echo(
+                        FieldError::new(
+                            &loc,
+                            "string_too_long",
+                            format!("String should have at most {max} character{}", plural(max)),
+                        )
+                        .ctx(json!({ "max_length": max })),
+                    ));
+                    Given::Absent
+                } else if s.contains('\0') {
+                    self.errors.push(echo(FieldError::value_error(
+                        &loc,
+                        "must not contain NUL characters",
+                    )));
+                    Given::Absent
+                } else {
+                    Given::Value(s)
+                }
+            }
+            Given::Value(other) => {
+                let e = FieldError::new(&loc, "string_type", "Input should be a valid string");
+                self.errors.push(if secret { e } else { e.input(other) });
+                Given::Absent
+            }
+        }
+    }
+
+    /// A required string field.
+    pub fn required_string(&mut self, name: &str, min: usize, max: usize) -> Option<String> {
+        match self.string(name, min, max, false) {
+            Given::Value(s) => Some(s),
+            Given::Null => {
+                self.errors.push(
+                    FieldError::new(
+                        &["body", name],
+                        "string_type",
+                        "Input should be a valid string",
+                    )
+                    .input(Value::Null),
+                );
+                None
+            }
+            Given::Absent => {
+                if !self
+                    .errors
+                    .iter()
+                    .any(|e| e.loc.get(1) == Some(&LocItem::from(name)))
+                {
+                    self.errors
+                        .push(FieldError::missing(&["body", name]).input(Value::Null));
+                }
+                None
+            }
+        }
+    }
+
+    /// A boolean field, with pydantic's lax forms (`"true"`, `1`, `"off"`, …).
+    pub fn boolean(&mut self, name: &str) -> Given<bool> {
+        match self.take(name) {
+            Given::Absent => Given::Absent,
+            Given::Null => Given::Null,
+            Given::Value(v) => {
+                let parsed = match &v {
+                    Value::Bool(b) => Some(*b),
+                    Value::Number(n) => match n.as_i64() {
+                        Some(0) => Some(false),
+                        Some(1) => Some(true),
+                        _ => None,
+                    },
+                    Value::String(s) => parse_bool(s),
+                    _ => None,
+                };
+                match parsed {
+                    Some(b) => Given::Value(b),
+                    None => {
+                        let (kind, msg) = if v.is_string() {
+                            (
+                                "bool_parsing",
+                                "Input should be a valid boolean, unable to interpret input",
+                            )
+                        } else {
+                            ("bool_type", "Input should be a valid boolean")
+                        };
+                        self.errors
+                            .push(FieldError::new(&["body", name], kind, msg).input(v));
+                        Given::Absent
+                    }
+                }
+            }
+        }
+    }
+
+    /// An integer field within `min..=max`.
+    pub fn integer(&mut self, name: &str, min: i64, max: i64) -> Given<i64> {
+        let loc = ["body", name];
+        match self.take(name) {
+            Given::Absent => Given::Absent,
+            Given::Null => Given::Null,
+            Given::Value(v) => {
+                let parsed = match &v {
+                    Value::Number(n) => n.as_i64().or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+                            .map(|f| f as i64)
+                    }),
+                    Value::String(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                match parsed {
+                    Some(n) => match check_range(&loc, n, min, max, v.clone()) {
+                        Ok(n) => Given::Value(n),
+                        Err(e) => {
+                            self.errors.push(*e);
+                            Given::Absent
+                        }
+                    },
+                    None => {
+                        self.errors.push(
+                            FieldError::new(&loc, "int_type", "Input should be a valid integer")
+                                .input(v),
+                        );
+                        Given::Absent
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ok when no field had a problem.
+    pub fn finish(self) -> Result<(), Vec<FieldError>> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// pydantic's lax boolean strings.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+fn check_range(
+    loc: &[&str],
+    n: i64,
+    min: i64,
+    max: i64,
+    input: Value,
+) -> Result<i64, Box<FieldError>> {
+    if n < min {
+        Err(Box::new(
+            FieldError::new(
+                loc,
+                "greater_than_equal",
+                format!("Input should be greater than or equal to {min}"),
+            )
+            .input(input)
+            .ctx(json!({ "ge": min })),
+        ))
+    } else if n > max {
+        Err(Box::new(
+            FieldError::new(
+                loc,
+                "less_than_equal",
+                format!("Input should be less than or equal to {max}"),
+            )
+            .input(input)
+            .ctx(json!({ "le": max })),
+        ))
+    } else {
+        Ok(n)
+    }
+}
+
+/// A parsed query string (the last value of a repeated name wins, as in
+/// Starlette).
+pub struct Query {
+    values: HashMap<String, String>,
+    pub errors: Vec<FieldError>,
+}
+
+impl Query {
+    pub fn parse(query_string: &str) -> Self {
+        let values = url::form_urlencoded::parse(query_string.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Self {
+            values,
+            errors: Vec::new(),
+        }
+    }
+
+    /// An optional string (NUL characters refused).
+    pub fn string(&mut self, name: &str) -> Option<String> {
+        let v = self.values.get(name)?;
+        if v.contains('\0') {
+            self.errors.push(
+                FieldError::value_error(&["query", name], "must not contain NUL characters")
+                    .input(Value::String(v.clone())),
+            );
+            return None;
+        }
+        Some(v.clone())
+    }
+
+    /// An optional boolean.
+    pub fn boolean(&mut self, name: &str) -> Option<bool> {
+        let v = self.values.get(name)?;
+        match parse_bool(v) {
+            Some(b) => Some(b),
+            None => {
+                self.errors.push(
+                    FieldError::new(
+                        &["query", name],
+                        "bool_parsing",
+                        "Input should be a valid boolean, unable to interpret input",
+                    )
+                    .input(Value::String(v.clone())),
+                );
+                None
+            }
+        }
+    }
+
+    /// An integer within `min..=max`, `default` when absent.
+    pub fn integer(&mut self, name: &str, default: i64, min: i64, max: i64) -> i64 {
+        let Some(v) = self.values.get(name) else {
+            return default;
+        };
+        let loc = ["query", name];
+        let input = Value::String(v.clone());
+        let t = v.trim();
+        let n = match t.parse::<i64>() {
+            Ok(n) => Some(n),
+            // All digits but beyond i64: as pydantic, a range error.
+            Err(_) if is_integer_literal(t) => Some(if t.starts_with('-') {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+            Err(_) => None,
+        };
+        match n {
+            Some(n) => match check_range(&loc, n, min, max, input) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.errors.push(*e);
+                    default
+                }
+            },
+            None => {
+                self.errors.push(
+                    FieldError::new(
+                        &loc,
+                        "int_parsing",
+                        "Input should be a valid integer, unable to parse string as an integer",
+                    )
+                    .input(input),
+                );
+                default
+            }
+        }
+    }
+
+    /// One of `allowed`, if given.
+    pub fn one_of(&mut self, name: &str, allowed: &[&str]) -> Option<String> {
+        let v = self.values.get(name)?;
+        if allowed.contains(&v.as_str()) {
+            return Some(v.clone());
+        }
+        let expected = expected_list(allowed);
+        self.errors.push(
+            FieldError::new(
+                &["query", name],
+                "enum",
+                format!("Input should be {expected}"),
+            )
+            .input(Value::String(v.clone()))
+            .ctx(json!({ "expected": expected })),
+        );
+        None
+    }
+
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.errors))
+        }
+    }
+}
+
+fn is_integer_literal(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// pydantic's "'a', 'b' or 'c'".
+fn expected_list(allowed: &[&str]) -> String {
+    let quoted: Vec<String> = allowed.iter().map(|a| format!("'{a}'")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => String::new(),
+    }
+}
+
+/// A path id: not an integer → 422 (`int_parsing`, as FastAPI); an integer
+/// no row can have → the resource's 404.
+pub fn path_id(raw: &str, name: &str, not_found: ApiError) -> Result<i32, ApiError> {
+    let t = raw.trim();
+    match t.parse::<i64>() {
+        Ok(n) => i32::try_from(n).map_err(|_| not_found),
+        Err(_) if is_integer_literal(t) => Err(not_found),
+        Err(_) => Err(ApiError::one(
+            FieldError::new(
+                &["path", name],
+                "int_parsing",
+                "Input should be a valid integer, unable to parse string as an integer",
+            )
+            .input(Value::String(raw.to_owned())),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn json_positions() {
+        let buf = br#"{"a": 1,
+  "b": x}"#;
+        let err = serde_json::from_slice::<Value>(buf).unwrap_err();
+        let pos = byte_position(buf, err.line(), err.column());
+        assert_eq!(buf[pos as usize], b'x');
+    }
+
+    #[test]
+    fn expected_lists() {
+        assert_eq!(
+            expected_list(&["pending", "success", "failed"]),
+            "'pending', 'success' or 'failed'"
+        );
+        assert_eq!(expected_list(&["a"]), "'a'");
+    }
+
+    #[test]
+    fn query_integers() {
+        let mut q = Query::parse("limit=500&offset=abc&x=99999999999999999999999");
+        assert_eq!(q.integer("limit", 50, 1, 200), 50);
+        assert_eq!(q.integer("offset", 0, 0, i64::MAX), 0);
+        assert_eq!(q.integer("x", 0, 0, 10), 0);
+        assert_eq!(q.integer("absent", 7, 0, 10), 7);
+        let kinds: Vec<_> = q.errors.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["less_than_equal", "int_parsing", "less_than_equal"]);
+    }
+
+    #[test]
+    fn path_ids() {
+        assert_eq!(path_id("12", "id", ApiError::Internal).unwrap(), 12);
+        assert!(matches!(
+            path_id("99999999999", "id", ApiError::webhook_not_found()),
+            Err(ApiError::NotFound(_))
+        ));
+        assert!(matches!(
+            path_id("abc", "id", ApiError::webhook_not_found()),
+            Err(ApiError::Validation(_))
+        ));
+    }
+}

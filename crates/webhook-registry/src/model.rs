@@ -1,0 +1,399 @@
+//! What the API takes and returns, with their validation and OpenAPI
+//! schemas.
+
+use chrono::{DateTime, Utc};
+use proto_events::Pattern;
+use serde::Serialize;
+use serde_json::Value;
+use storage::models::{Delivery, Webhook};
+use utoipa::ToSchema;
+
+use crate::error::FieldError;
+use crate::extract::{BodyRules, Fields, FromBody, Given};
+
+/// Limits of the bot's columns.
+pub const NAME_MAX: usize = 255;
+pub const EVENT_TYPE_MAX: usize = 50;
+pub const SECRET_MAX: usize = 128;
+/// `description` is TEXT; capped so one row stays reasonable.
+pub const DESCRIPTION_MAX: usize = 10_000;
+/// URLs are TEXT; capped like common browsers and proxies.
+pub const URL_MAX: usize = 2048;
+
+/// Checks a webhook URL (absolute http/https with a host, no credentials,
+/// no internal destination unless allowed).
+pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
+    match webhook_client::ssrf::validate_url(url, allow_private) {
+        Ok(_) => true,
+        Err(problem) => {
+            fields.errors.push(
+                FieldError::value_error(&["body", "url"], &problem.to_string())
+                    .input(Value::String(url.to_owned())),
+            );
+            false
+        }
+    }
+}
+
+/// Checks an event type or pattern (`ticket.*`, `*`).
+pub fn check_event_type(fields: &mut Fields, event_type: &str) -> bool {
+    match Pattern::parse(event_type) {
+        Ok(_) => true,
+        Err(e) => {
+            fields.errors.push(
+                FieldError::value_error(&["body", "event_type"], &e.to_string())
+                    .input(Value::String(event_type.to_owned())),
+            );
+            false
+        }
+    }
+}
+
+/// `POST /webhooks`
+#[derive(Debug, Clone, ToSchema)]
+pub struct WebhookIn {
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
+    /// Absolute http(s) URL; internal addresses are refused unless allowed.
+    #[schema(example = "https://example.com/webhook")]
+    pub url: String,
+    /// One event type, a family pattern (`ticket.*`) or `*`.
+    #[schema(min_length = 1, max_length = 50, example = "user.created")]
+    pub event_type: String,
+    /// HMAC key for signatures; unsigned when absent.
+    #[schema(max_length = 128, nullable)]
+    pub secret: Option<String>,
+    #[schema(nullable)]
+    pub description: Option<String>,
+}
+
+impl FromBody for WebhookIn {
+    fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
+        let mut f = Fields::of(body, true)?;
+        let name = f.required_string("name", 1, NAME_MAX);
+        let url = f.required_string("url", 1, URL_MAX);
+        let event_type = f.required_string("event_type", 1, EVENT_TYPE_MAX);
+        let secret = match f.string("secret", 0, SECRET_MAX, true) {
+            Given::Value(s) => Some(s),
+            _ => None,
+        };
+        let description = match f.string("description", 0, DESCRIPTION_MAX, false) {
+            Given::Value(s) => Some(s),
+            _ => None,
+        };
+        if let Some(u) = &url {
+            check_url(&mut f, u, rules.allow_private_targets);
+        }
+        if let Some(t) = &event_type {
+            check_event_type(&mut f, t);
+        }
+        match (name, url, event_type) {
+            (Some(name), Some(url), Some(event_type)) if f.errors.is_empty() => Ok(WebhookIn {
+                name,
+                url,
+                event_type,
+                secret: secret.filter(|s| !s.is_empty()),
+                description,
+            }),
+            _ => {
+                // Report in field order, as FastAPI does.
+                let mut errors = f.errors;
+                errors.sort_by_key(field_rank);
+                Err(errors)
+            }
+        }
+    }
+}
+
+fn field_rank(e: &FieldError) -> usize {
+    const ORDER: [&str; 6] = [
+        "name",
+        "url",
+        "event_type",
+        "secret",
+        "description",
+        "is_active",
+    ];
+    match e.loc.get(1) {
+        Some(crate::error::LocItem::Name(n)) => {
+            ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len())
+        }
+        _ => 0,
+    }
+}
+
+/// `PATCH /webhooks/{id}`: only the given fields change. `secret` or
+/// `description` set to `null` clear them; `is_active: true` also clears
+/// `disabled_reason`.
+#[derive(Debug, Clone, Default, ToSchema)]
+pub struct WebhookPatch {
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: Option<String>,
+    pub url: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 128, nullable)]
+    pub secret: Option<Option<String>>,
+    #[schema(value_type = Option<String>, nullable)]
+    pub description: Option<Option<String>>,
+    pub is_active: Option<bool>,
+}
+
+impl FromBody for WebhookPatch {
+    fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
+        let mut f = Fields::of(body, true)?;
+        let mut p = WebhookPatch::default();
+        match f.string("name", 1, NAME_MAX, false) {
+            Given::Value(s) => p.name = Some(s),
+            Given::Null => f.errors.push(
+                FieldError::new(
+                    &["body", "name"],
+                    "string_type",
+                    "Input should be a valid string",
+                )
+                .input(Value::Null),
+            ),
+            Given::Absent => {}
+        }
+        match f.string("url", 1, URL_MAX, false) {
+            Given::Value(s) => p.url = Some(s),
+            Given::Null => f.errors.push(
+                FieldError::new(
+                    &["body", "url"],
+                    "string_type",
+                    "Input should be a valid string",
+                )
+                .input(Value::Null),
+            ),
+            Given::Absent => {}
+        }
+        match f.string("secret", 0, SECRET_MAX, true) {
+            Given::Value(s) => p.secret = Some(Some(s).filter(|s| !s.is_empty())),
+            Given::Null => p.secret = Some(None),
+            Given::Absent => {}
+        }
+        match f.string("description", 0, DESCRIPTION_MAX, false) {
+            Given::Value(s) => p.description = Some(Some(s)),
+            Given::Null => p.description = Some(None),
+            Given::Absent => {}
+        }
+        match f.boolean("is_active") {
+            Given::Value(b) => p.is_active = Some(b),
+            Given::Null => f.errors.push(
+                FieldError::new(
+                    &["body", "is_active"],
+                    "bool_type",
+                    "Input should be a valid boolean",
+                )
+                .input(Value::Null),
+            ),
+            Given::Absent => {}
+        }
+        if let Some(u) = &p.url {
+            check_url(&mut f, u, rules.allow_private_targets);
+        }
+        f.errors.sort_by_key(field_rank);
+        f.finish()?;
+        Ok(p)
+    }
+}
+
+/// `POST /webhooks/{id}/rotate-secret` (body optional).
+#[derive(Debug, Clone, Default, ToSchema)]
+pub struct RotateIn {
+    /// The new secret; generated (and returned once) when absent.
+    #[schema(min_length = 1, max_length = 128)]
+    pub secret: Option<String>,
+    /// How long the previous secret keeps signing; the server default
+    /// (`SECRET_ROTATION_GRACE`, 24 h) when absent. 0 drops it at once.
+    #[schema(minimum = 0, maximum = 2592000)]
+    pub grace_period_seconds: Option<i64>,
+}
+
+/// Longest accepted grace period: 30 days.
+pub const MAX_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+
+impl FromBody for RotateIn {
+    fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
+        let mut f = Fields::of(body, false)?;
+        let secret = match f.string("secret", 1, SECRET_MAX, true) {
+            Given::Value(s) => Some(s),
+            _ => None,
+        };
+        let grace = match f.integer("grace_period_seconds", 0, MAX_GRACE_SECONDS) {
+            Given::Value(n) => Some(n),
+            _ => None,
+        };
+        f.finish()?;
+        Ok(RotateIn {
+            secret,
+            grace_period_seconds: grace,
+        })
+    }
+}
+
+/// A webhook as the API shows it. The secret never appears.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookOut {
+    pub id: i32,
+    pub name: String,
+    pub url: String,
+    pub event_type: String,
+    pub is_active: bool,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_triggered_at: Option<DateTime<Utc>>,
+    pub failure_count: i32,
+    pub success_count: i32,
+    /// Why the delivery worker switched the webhook off (410, long failures).
+    pub disabled_reason: Option<String>,
+}
+
+impl From<Webhook> for WebhookOut {
+    fn from(w: Webhook) -> Self {
+        Self {
+            id: w.id,
+            name: w.name,
+            url: w.url,
+            event_type: w.event_type,
+            is_active: w.is_active,
+            description: w.description,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+            last_triggered_at: w.last_triggered_at,
+            failure_count: w.failure_count,
+            success_count: w.success_count,
+            disabled_reason: w.disabled_reason,
+        }
+    }
+}
+
+/// One delivery attempt (or a queued one, `status = pending`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeliveryOut {
+    pub id: i32,
+    pub webhook_id: i32,
+    pub event_type: String,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    /// `pending`, `success` or `failed`.
+    pub status: String,
+    pub error_message: Option<String>,
+    pub attempt_number: i32,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The event this attempt carries (same across retries).
+    pub event_id: Option<String>,
+}
+
+impl From<Delivery> for DeliveryOut {
+    fn from(d: Delivery) -> Self {
+        Self {
+            id: d.id,
+            webhook_id: d.webhook_id,
+            event_type: d.event_type,
+            payload: d.payload,
+            response_status: d.response_status,
+            response_body: d.response_body,
+            status: d.status,
+            error_message: d.error_message,
+            attempt_number: d.attempt_number,
+            created_at: d.created_at,
+            delivered_at: d.delivered_at,
+            next_retry_at: d.next_retry_at,
+            event_id: d.event_id,
+        }
+    }
+}
+
+/// `GET /webhooks`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookPage {
+    pub items: Vec<WebhookOut>,
+    /// Size of the filtered set.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// `GET /webhooks/{id}/deliveries`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// `GET /webhooks/stats`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatsOut {
+    pub total_webhooks: i64,
+    pub active_webhooks: i64,
+    pub total_deliveries: i64,
+    pub successful_deliveries: i64,
+    pub failed_deliveries: i64,
+    /// successful / total × 100, two decimals; 0.0 without deliveries.
+    pub success_rate: f64,
+}
+
+/// `POST /webhooks/{id}/rotate-secret`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RotateOut {
+    pub webhook: WebhookOut,
+    /// The generated secret, shown only this once; absent when the request
+    /// gave the secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Until when deliveries are also signed with the previous secret
+    /// (`null` when there was none or the grace period is 0).
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /webhooks/{id}/test`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestOut {
+    pub success: bool,
+    pub response_status: Option<i32>,
+    /// The receiver's answer, cut to 1000 characters.
+    pub response_body: Option<String>,
+    pub error: Option<String>,
+    pub latency_ms: u64,
+    /// The recorded delivery row.
+    pub delivery_id: i32,
+}
+
+/// `POST /webhooks/{id}/deliveries/{delivery_id}/retry` (202)
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryOut {
+    /// Always `queued`.
+    pub status: String,
+    /// The pending delivery row the worker will attempt.
+    pub delivery_id: i32,
+    pub retry_of: i32,
+    pub attempt_number: i32,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// An attempt of this event was already waiting; no new row was added.
+    pub already_queued: bool,
+}
+
+/// One entry of `GET /events/types`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventTypeOut {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub description: String,
+    /// JSON Schema (draft 2020-12) of the payload.
+    #[schema(value_type = Object)]
+    pub schema: Value,
+}
+
+/// `GET /events/types`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventCatalogueOut {
+    pub items: Vec<EventTypeOut>,
+    /// Patterns a webhook's `event_type` may also use.
+    pub patterns: Vec<String>,
+}

@@ -1,0 +1,489 @@
+//! `/webhooks`: the seed's endpoints plus test, retry and secret rotation.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use rand::Rng;
+use serde_json::json;
+use storage::models::{NewDelivery, delivery_status};
+use tracing::instrument;
+
+use crate::db::{self, NewWebhook, Retry, WebhookChanges};
+use crate::error::{ApiError, ErrorOut, HttpValidationError};
+use crate::extract::{JsonBody, Query, path_id};
+use crate::model::{
+    DeliveryOut, DeliveryPage, RetryOut, RotateIn, RotateOut, StatsOut, TestOut, WebhookIn,
+    WebhookOut, WebhookPage, WebhookPatch,
+};
+use crate::notify::Op;
+use crate::state::AppState;
+
+/// Page size bounds (SPEC §2).
+pub const LIMIT_DEFAULT: i64 = 50;
+pub const LIMIT_MAX: i64 = 200;
+
+fn webhook_id(raw: &str) -> Result<i32, ApiError> {
+    path_id(raw, "webhook_id", ApiError::webhook_not_found())
+}
+
+/// Create a webhook.
+#[utoipa::path(
+    post, path = "/webhooks", tag = "webhooks",
+    request_body = WebhookIn,
+    responses(
+        (status = 201, description = "Created", body = WebhookOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 413, description = "Body too large", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+        (status = 503, description = "Database unavailable", body = ErrorOut),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn create(
+    state: web::Data<AppState>,
+    JsonBody(input): JsonBody<WebhookIn>,
+) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.conn().await?;
+    let row = db::insert_webhook(
+        &mut conn,
+        NewWebhook {
+            name: input.name,
+            url: input.url,
+            secret: input.secret,
+            event_type: input.event_type,
+            is_active: true,
+            description: input.description,
+        },
+    )
+    .await?;
+    tracing::info!(webhook_id = row.id, event_type = %row.event_type, "webhook created");
+    state.notifier.notify(row.id, Op::Created);
+    Ok(HttpResponse::Created().json(WebhookOut::from(row)))
+}
+
+/// Query of `GET /webhooks`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ListParams {
+    /// Only webhooks with exactly this `event_type`.
+    event_type: Option<String>,
+    /// Only active (`true`) or inactive (`false`) webhooks.
+    is_active: Option<bool>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<i64>,
+    /// Items to skip.
+    #[param(minimum = 0, default = 0)]
+    offset: Option<i64>,
+}
+
+/// List webhooks, newest first.
+#[utoipa::path(
+    get, path = "/webhooks", tag = "webhooks",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of webhooks", body = WebhookPage),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+        (status = 503, description = "Database unavailable", body = ErrorOut),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let mut q = Query::parse(req.query_string());
+    let event_type = q.string("event_type");
+    let is_active = q.boolean("is_active");
+    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
+    let offset = q.integer("offset", 0, 0, i64::MAX);
+    q.finish()?;
+    let mut conn = state.conn().await?;
+    let (items, total) =
+        db::list_webhooks(&mut conn, event_type.as_deref(), is_active, limit, offset).await?;
+    Ok(HttpResponse::Ok().json(WebhookPage {
+        items: items.into_iter().map(WebhookOut::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+/// Overall statistics.
+#[utoipa::path(
+    get, path = "/webhooks/stats", tag = "webhooks",
+    responses(
+        (status = 200, description = "Counts and success rate", body = StatsOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 503, description = "Database unavailable", body = ErrorOut),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut conn = state.conn().await?;
+    let s = db::stats(&mut conn).await?;
+    let success_rate = if s.total_deliveries > 0 {
+        let rate = s.successful_deliveries as f64 / s.total_deliveries as f64 * 100.0;
+        (rate * 100.0).round() / 100.0
+    } else {
+        0.0
+    };
+    Ok(HttpResponse::Ok().json(StatsOut {
+        total_webhooks: s.total_webhooks,
+        active_webhooks: s.active_webhooks,
+        total_deliveries: s.total_deliveries,
+        successful_deliveries: s.successful_deliveries,
+        failed_deliveries: s.failed_deliveries,
+        success_rate,
+    }))
+}
+
+/// One webhook.
+#[utoipa::path(
+    get, path = "/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "The webhook", body = WebhookOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    let mut conn = state.conn().await?;
+    let row = db::get_webhook(&mut conn, id)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    Ok(HttpResponse::Ok().json(WebhookOut::from(row)))
+}
+
+/// Change some fields of a webhook.
+#[utoipa::path(
+    patch, path = "/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    request_body = WebhookPatch,
+    responses(
+        (status = 200, description = "The updated webhook", body = WebhookOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 413, description = "Body too large", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn update(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    JsonBody(patch): JsonBody<WebhookPatch>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    let mut changes = WebhookChanges {
+        name: patch.name,
+        url: patch.url,
+        description: patch.description,
+        is_active: patch.is_active,
+        ..WebhookChanges::default()
+    };
+    if let Some(secret) = patch.secret {
+        // A direct replacement: the previous secret stops signing at once
+        // (rotate-secret is the graceful way).
+        changes.secret = Some(secret);
+        changes.previous_secret = Some(None);
+        changes.previous_secret_expires_at = Some(None);
+    }
+    if patch.is_active == Some(true) {
+        changes.disabled_reason = Some(None);
+        changes.failing_since = Some(None);
+    }
+    let mut conn = state.conn().await?;
+    let row = db::update_webhook(&mut conn, id, changes)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    tracing::info!(webhook_id = id, "webhook updated");
+    state.notifier.notify(id, Op::Updated);
+    Ok(HttpResponse::Ok().json(WebhookOut::from(row)))
+}
+
+/// Delete a webhook and its deliveries.
+#[utoipa::path(
+    delete, path = "/webhooks/{webhook_id}", tag = "webhooks",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn delete(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    let mut conn = state.conn().await?;
+    if !db::delete_webhook(&mut conn, id).await? {
+        return Err(ApiError::webhook_not_found());
+    }
+    tracing::info!(webhook_id = id, "webhook deleted");
+    state.notifier.notify(id, Op::Deleted);
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Query of `GET /webhooks/{id}/deliveries`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct DeliveryParams {
+    /// `pending`, `success` or `failed`.
+    status: Option<String>,
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
+    offset: Option<i64>,
+}
+
+/// A webhook's delivery history, newest first.
+#[utoipa::path(
+    get, path = "/webhooks/{webhook_id}/deliveries", tag = "deliveries",
+    params(("webhook_id" = i32, Path, description = "Webhook id"), DeliveryParams),
+    responses(
+        (status = 200, description = "A page of deliveries", body = DeliveryPage),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn deliveries(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let mut q = Query::parse(req.query_string());
+    let status = q.one_of("status", &delivery_status::ALL);
+    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
+    let offset = q.integer("offset", 0, 0, i64::MAX);
+    let id = webhook_id(&path)?;
+    q.finish()?;
+    let mut conn = state.conn().await?;
+    let (items, total) = db::list_deliveries(&mut conn, id, status.as_deref(), limit, offset)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    Ok(HttpResponse::Ok().json(DeliveryPage {
+        items: items.into_iter().map(DeliveryOut::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+/// Text stored in Postgres cannot hold NUL characters.
+fn storable(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{fffd}")
+    } else {
+        s
+    }
+}
+
+/// Send a signed `webhook.test` event to the webhook now and record it.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/test", tag = "webhooks",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    responses(
+        (status = 200, description = "The attempt's outcome (also when the receiver failed)", body = TestOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all, fields(webhook_id))]
+pub async fn test(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    tracing::Span::current().record("webhook_id", id);
+    let webhook = {
+        let mut conn = state.conn().await?;
+        db::get_webhook(&mut conn, id)
+            .await?
+            .ok_or_else(ApiError::webhook_not_found)?
+    };
+    let now = Utc::now();
+    let event_id = proto_events::new_event_id();
+    let payload = json!({
+        "webhook_id": id,
+        "event": "webhook.test",
+        "message": "Test delivery from bedolaga-events",
+        "sent_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    let body = bytes::Bytes::from(proto_events::canonical::to_canonical_vec(&payload));
+    let message_id = webhook_client::message_id(&event_id, id);
+    let secrets = webhook.signing_secrets(now);
+    let outcome = state
+        .sender
+        .send(&webhook_client::Outbound {
+            url: &webhook.url,
+            webhook_id: id,
+            event_type: TEST_EVENT,
+            message_id: &message_id,
+            timestamp: now.timestamp(),
+            body,
+            secrets: &secrets,
+            traceparent: None,
+        })
+        .await;
+    let response_status = outcome.response_status.map(i32::from);
+    let response_body = outcome.response_body.map(storable);
+    let error = outcome.error.map(storable);
+    let mut conn = state.conn().await?;
+    let row = db::record_attempt(
+        &mut conn,
+        NewDelivery {
+            webhook_id: id,
+            event_type: TEST_EVENT.to_owned(),
+            payload,
+            response_status,
+            response_body: response_body.clone(),
+            status: if outcome.success {
+                delivery_status::SUCCESS
+            } else {
+                delivery_status::FAILED
+            }
+            .to_owned(),
+            error_message: error.clone(),
+            attempt_number: 1,
+            delivered_at: outcome.success.then(Utc::now),
+            next_retry_at: None,
+            event_id: Some(event_id),
+        },
+    )
+    .await?;
+    tracing::info!(success = outcome.success, status = ?response_status, "test delivery sent");
+    Ok(HttpResponse::Ok().json(TestOut {
+        success: outcome.success,
+        response_status,
+        response_body,
+        error,
+        latency_ms: u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX),
+        delivery_id: row.id,
+    }))
+}
+
+/// The event type of test deliveries.
+pub const TEST_EVENT: &str = "webhook.test";
+
+/// Queue a new attempt of a delivery for the delivery worker.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", tag = "deliveries",
+    params(
+        ("webhook_id" = i32, Path, description = "Webhook id"),
+        ("delivery_id" = i32, Path, description = "Delivery id"),
+    ),
+    responses(
+        (status = 202, description = "Queued", body = RetryOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook or delivery", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn retry(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_webhook, raw_delivery) = path.into_inner();
+    let id = webhook_id(&raw_webhook)?;
+    let delivery_id = path_id(
+        &raw_delivery,
+        "delivery_id",
+        ApiError::NotFound("Delivery not found"),
+    )?;
+    let mut conn = state.conn().await?;
+    match db::queue_retry(&mut conn, id, delivery_id).await? {
+        Retry::WebhookMissing => Err(ApiError::webhook_not_found()),
+        Retry::DeliveryMissing => Err(ApiError::NotFound("Delivery not found")),
+        Retry::Queued { row, already } => {
+            tracing::info!(
+                webhook_id = id,
+                delivery_id,
+                queued = row.id,
+                already,
+                "retry queued"
+            );
+            Ok(HttpResponse::Accepted().json(RetryOut {
+                status: "queued".to_owned(),
+                delivery_id: row.id,
+                retry_of: delivery_id,
+                attempt_number: row.attempt_number,
+                next_retry_at: row.next_retry_at,
+                already_queued: already,
+            }))
+        }
+    }
+}
+
+/// A new random secret: 40 letters and digits (about 238 bits).
+pub fn generate_secret() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect()
+}
+
+/// Set a new secret; the previous one keeps signing for a grace period.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/rotate-secret", tag = "webhooks",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    request_body(content = Option<RotateIn>, description = "Optional; an empty body generates a secret and uses the default grace period"),
+    responses(
+        (status = 200, description = "Rotated; a generated secret is returned this once", body = RotateOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn rotate(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<RotateIn>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    let (secret, generated) = match input.secret {
+        Some(s) => (s, false),
+        None => (generate_secret(), true),
+    };
+    let grace = match input.grace_period_seconds {
+        Some(s) => chrono::Duration::seconds(s),
+        None => chrono::Duration::from_std(state.rotation_grace)
+            .unwrap_or_else(|_| chrono::Duration::hours(24)),
+    };
+    let until = (grace > chrono::Duration::zero()).then(|| Utc::now() + grace);
+    let mut conn = state.conn().await?;
+    let row = db::rotate_secret(&mut conn, id, secret.clone(), until)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    tracing::info!(webhook_id = id, generated, "webhook secret rotated");
+    state.notifier.notify(id, Op::Rotated);
+    let previous_secret_expires_at = row.previous_secret_expires_at;
+    Ok(HttpResponse::Ok().json(RotateOut {
+        webhook: WebhookOut::from(row),
+        secret: generated.then_some(secret),
+        previous_secret_expires_at,
+    }))
+}

@@ -1,0 +1,304 @@
+//! Building and running the service.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use futures::FutureExt;
+use proto_events::Namespace;
+use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
+use storage::{DbPool, PoolConfig};
+use telemetry::metrics::MetricsRegistry;
+use telemetry::ops::{Ops, Readiness};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use webhook_client::{SenderConfig, WebhookSender};
+
+use crate::config::Config;
+use crate::extract::BodyRules;
+use crate::metrics::{HttpMetrics, track};
+use crate::notify::{self, Notifier, Op};
+use crate::routes::{self, openapi::OpenApiJson};
+use crate::state::AppState;
+
+/// Name of the token ensured from `WEB_API_DEFAULT_TOKEN`.
+pub const DEFAULT_TOKEN_NAME: &str = "default";
+
+/// A built, bound, not yet running registry.
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    handle: ServerHandle,
+    config: Config,
+    pool: DbPool,
+    auth: TokenAuth,
+    nats: async_nats::Client,
+    ns: Namespace,
+    ready: Arc<AtomicBool>,
+    notices: mpsc::Receiver<(i32, Op)>,
+}
+
+impl Application {
+    /// Connects lazily (Postgres and NATS may be down: both are retried in
+    /// the background) and binds the listener.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let ns = Namespace::new(&config.nats_prefix)?;
+        let pool = storage::build_pool(
+            &config.database_url,
+            &PoolConfig {
+                max_size: config.db_pool_size.max(1),
+                wait_timeout: config.db_pool_timeout,
+                ..PoolConfig::default()
+            },
+        )?;
+        let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
+        let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
+        let sender = WebhookSender::new(SenderConfig {
+            allow_private_targets: config.allow_private_targets,
+            ..SenderConfig::default()
+        })?;
+        let nats = async_nats::ConnectOptions::new()
+            .name("webhook-registry")
+            .retry_on_initial_connect()
+            .connect(config.nats_url.as_str())
+            .await
+            .with_context(|| "invalid NATS_URL".to_owned())?;
+        let (notifier, notices) = Notifier::new();
+        let ready = Arc::new(AtomicBool::new(false));
+
+        let metrics = Arc::new(MetricsRegistry::new());
+        let http_metrics = HttpMetrics::register(&metrics);
+        let ops = Ops {
+            readiness: readiness(pool.clone(), nats.clone(), ready.clone()),
+            metrics,
+        };
+        let state = web::Data::new(AppState {
+            pool: pool.clone(),
+            auth: auth.clone(),
+            sender,
+            notifier,
+            ready: ready.clone(),
+            rotation_grace: config.secret_rotation_grace,
+            trust_forwarded_for: config.trust_forwarded_for,
+        });
+        let rules = web::Data::new(BodyRules {
+            limit: config.max_body_bytes,
+            allow_private_targets: config.allow_private_targets,
+        });
+        let openapi = web::Data::new(OpenApiJson::render()?);
+        let http_metrics = web::Data::new(http_metrics);
+
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(rules.clone())
+                .app_data(openapi.clone())
+                .app_data(http_metrics.clone())
+                .wrap(from_fn(track))
+                .configure(|cfg| telemetry::ops::configure(cfg, ops.clone()))
+                .configure(routes::configure)
+                .default_service(web::to(routes::default_not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(15);
+        if config.workers > 0 {
+            server = server.workers(config.workers);
+        }
+        let server = server.listen(listener)?.run();
+        let handle = server.handle();
+        tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
+            nats = %config.nats_url, "webhook-registry listening");
+        Ok(Self {
+            addr,
+            server,
+            handle,
+            config,
+            pool,
+            auth,
+            nats,
+            ns,
+            ready,
+            notices,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until `shutdown` is cancelled (or the server stops), then stops
+    /// taking requests, finishes those in flight and flushes token usage.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            server,
+            handle,
+            config,
+            pool,
+            auth,
+            nats,
+            ns,
+            ready,
+            notices,
+            ..
+        } = self;
+        let background = shutdown.child_token();
+        let bootstrap = tokio::spawn(bootstrap(
+            config.clone(),
+            pool,
+            auth.hasher().clone(),
+            ready,
+            background.clone(),
+        ));
+        let streams = tokio::spawn(ensure_streams(nats.clone(), ns.clone(), background.clone()));
+        let notifier = tokio::spawn(notify::run(
+            nats.clone(),
+            ns.webhooks_changed_subject(),
+            notices,
+            background.clone(),
+        ));
+        let flusher_stop = background.clone();
+        let flusher =
+            tokio::spawn(auth.run_last_used_flusher(async move { flusher_stop.cancelled().await }));
+
+        let mut server = tokio::spawn(server);
+        let result = tokio::select! {
+            res = &mut server => res.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+            () = shutdown.cancelled() => {
+                tracing::info!("stopping: finishing requests in flight");
+                handle.stop(true).await;
+                server.await.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
+            }
+        };
+        background.cancel();
+        let _ = bootstrap.await;
+        let _ = streams.await;
+        let _ = notifier.await;
+        let _ = flusher.await;
+        tracing::info!("webhook-registry stopped");
+        result
+    }
+}
+
+fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> Readiness {
+    Readiness::new()
+        .with("database", move || {
+            let pool = pool.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(format!("unreachable: {e}")),
+                    Err(_) => Err("no answer within 2s".to_owned()),
+                }
+            }
+            .boxed()
+        })
+        .with("migrations", move || {
+            let ok = ready.load(Ordering::Acquire);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not applied yet (waiting for the database)".to_owned())
+                }
+            }
+            .boxed()
+        })
+        .with("nats", move || {
+            let state = nats.connection_state();
+            async move {
+                match state {
+                    async_nats::connection::State::Connected => Ok(()),
+                    other => Err(format!("{other}")),
+                }
+            }
+            .boxed()
+        })
+}
+
+/// Applies migrations (unless turned off) and ensures the default token,
+/// retrying with backoff until the database answers; then opens the API.
+async fn bootstrap(
+    config: Config,
+    pool: DbPool,
+    hasher: TokenHasher,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match bootstrap_once(&config, &pool, &hasher).await {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("database ready; API open");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in = ?delay,
+                    "database not ready; /webhooks answers 503 until it is");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+}
+
+async fn bootstrap_once(
+    config: &Config,
+    pool: &DbPool,
+    hasher: &TokenHasher,
+) -> Result<(), storage::StorageError> {
+    if config.migrate_at_start() {
+        let applied = storage::run_migrations(&config.database_url).await?;
+        if applied.is_empty() {
+            tracing::info!("migrations: up to date");
+        } else {
+            tracing::info!(?applied, "migrations applied");
+        }
+    } else {
+        storage::ping(pool).await?;
+    }
+    if let Some(token) = config.default_token.as_deref().filter(|t| !t.is_empty()) {
+        let mut conn = pool.get().await?;
+        let row =
+            storage::tokens::ensure_token(&mut conn, hasher, token, DEFAULT_TOKEN_NAME).await?;
+        tracing::info!(token_id = row.id, "WEB_API_DEFAULT_TOKEN ensured active");
+    }
+    Ok(())
+}
+
+/// Creates the JetStream streams (SPEC §4: every service does, so no early
+/// event is lost), retrying until NATS is there.
+async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: CancellationToken) {
+    let js = async_nats::jetstream::new(nats);
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match ns.ensure_streams(&js).await {
+            Ok(_) => {
+                tracing::info!(stream = ns.stream(), "JetStream streams ready");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay,
+                "cannot create JetStream streams yet (NATS down?)"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the webhook registry: the real service on port 0
+//! against a fresh, migrated database and a unique NATS prefix.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod cli;
+mod deliveries;
+mod extras;
+mod helpers;
+mod resilience;
+mod validation;
+mod webhooks;

@@ -1,0 +1,123 @@
+use std::time::Duration;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use storage::tokens::TokenHasher;
+use webhook_registry::Config;
+
+use crate::helpers::{create_token, eventually, start};
+
+fn server() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+#[tokio::test]
+async fn database_down_at_start_then_up() {
+    telemetry::init_test_logging();
+    // A database that does not exist yet.
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let admin = server();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let mut config = Config::for_tests(&url, proto_events::Namespace::unique().prefix());
+    config.default_token = Some("late-bootstrap-token".into());
+    let (addr, shutdown, task) = start(config).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    let healthz = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), StatusCode::OK);
+    let readyz = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let report: Value = readyz.json().await.unwrap();
+    assert_ne!(report["checks"]["database"], "ok");
+    let resp = client
+        .get(format!("{base}/webhooks"))
+        .header("X-API-Key", "late-bootstrap-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["detail"].is_string());
+
+    // The database appears: migrations run, the default token is ensured.
+    let mut conn = AsyncPgConnection::establish(&admin).await.unwrap();
+    diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let up = eventually(30, || async {
+        client
+            .get(format!("{base}/webhooks"))
+            .header("X-API-Key", "late-bootstrap-token")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await;
+    assert!(up, "the API did not open once the database was there");
+}
+
+#[tokio::test]
+async fn database_going_away_is_a_503_not_a_500() {
+    let app = crate::helpers::spawn_app().await;
+    let hasher = TokenHasher::new(None);
+    let token = create_token(&app.pool, &hasher, "x", None).await;
+    assert_eq!(app.get("/webhooks").await.0, StatusCode::OK);
+    // Drop the database under the running app.
+    let mut conn = AsyncPgConnection::establish(&server()).await.unwrap();
+    diesel::sql_query(format!("DROP DATABASE \"{}\" WITH (FORCE)", app.db.name))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // Cached auth still passes; the query fails: 503 with a JSON body.
+    let mut saw_503 = false;
+    for _ in 0..20 {
+        let resp = app
+            .client
+            .post(app.url("/webhooks"))
+            .header("X-API-Key", &token)
+            .json(&json!({"name": "a", "url": "https://example.com/a", "event_type": "*"}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert!(body["detail"].is_string(), "{body}");
+        assert!(!body.to_string().contains("postgres"), "{body}");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            saw_503 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(saw_503);
+}
+
+#[tokio::test]
+async fn stopping_finishes_cleanly_and_flushes_token_usage() {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use storage::schema::web_api_tokens as t;
+    let mut app = crate::helpers::spawn_app().await;
+    assert_eq!(app.get("/webhooks").await.0, StatusCode::OK);
+    let pool = app.pool.clone();
+    // Stop before the periodic flush (every 5 s): the final flush records it.
+    let result = app.stop_now().await;
+    assert!(result, "the app did not stop cleanly");
+    let mut conn = pool.get().await.unwrap();
+    let used: Option<chrono::DateTime<chrono::Utc>> = t::table
+        .filter(t::name.eq("tests"))
+        .select(t::last_used_at)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert!(used.is_some());
+}
