@@ -254,6 +254,11 @@ impl WebhookCache {
     }
 }
 
+/// Deliveries that may wait for one webhook at once; more are queued in the
+/// database at once. High enough for bursts to a fast receiver (those waits
+/// are short); the queue wait bounds the waits for a slow one.
+const MAX_WAITING: usize = 16_384;
+
 /// Per-webhook concurrency limits.
 #[derive(Clone)]
 pub struct Gates {
@@ -311,7 +316,7 @@ impl Gates {
         if let Ok(p) = gate.sem.clone().try_acquire_owned() {
             return Ok(p);
         }
-        if gate.waiting.load(Ordering::Relaxed) >= self.per_webhook * 8 {
+        if gate.waiting.load(Ordering::Relaxed) >= MAX_WAITING {
             return Err(Busy::Crowded);
         }
         gate.waiting.fetch_add(1, Ordering::Relaxed);

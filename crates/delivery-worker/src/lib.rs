@@ -115,7 +115,7 @@ impl Application {
                 max_rows: config.record_batch,
                 linger: config.record_linger,
                 disable_after: config.disable_after,
-                concurrency: 3,
+                concurrency: 2,
             },
             metrics.clone(),
             on_disabled,
@@ -227,12 +227,13 @@ impl Application {
             hard_stop: hard_stop.clone(),
         });
         let intake = {
-            let (ctx, shutdown, pool, deliverer, tracker) = (
+            let (ctx, shutdown, pool, deliverer, tracker, hard_stop) = (
                 ctx.clone(),
                 shutdown.clone(),
                 pool.clone(),
                 deliverer.clone(),
                 tracker.clone(),
+                hard_stop.clone(),
             );
             let lease = config.total_timeout + config.queue_wait + Duration::from_secs(60);
             let poller_cfg = PollerConfig {
@@ -247,7 +248,14 @@ impl Application {
                     _ = cache.wait_loaded() => {}
                 }
                 tracing::info!(active_webhooks = cache.len(), "webhook cache ready");
-                let poller = retries::run_poller(pool, deliverer, poller_cfg, tracker, shutdown.clone());
+                let poller = retries::run_poller(
+                    pool,
+                    deliverer,
+                    poller_cfg,
+                    tracker,
+                    shutdown.clone(),
+                    hard_stop,
+                );
                 tokio::join!(consumer::run(ctx, shutdown), poller);
             })
         };

@@ -127,30 +127,42 @@ async fn run(
 ) {
     let flushes = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let cfg = Arc::new(cfg);
+    // Group commit: gather for `linger`, then keep gathering while every
+    // flush slot is busy, so batches grow with the load.
     while let Some(first) = rx.recv().await {
         let mut rows = first.records.len();
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + cfg.linger;
-        while rows < cfg.max_rows {
+        let linger = tokio::time::sleep(cfg.linger);
+        tokio::pin!(linger);
+        let mut lingered = false;
+        let mut open = true;
+        let permit = loop {
             tokio::select! {
-                next = rx.recv() => match next {
+                biased;
+                p = flushes.clone().acquire_owned(), if lingered || rows >= cfg.max_rows || !open => {
+                    match p {
+                        Ok(p) => break p,
+                        Err(_) => return,
+                    }
+                }
+                next = rx.recv(), if open && rows < cfg.max_rows => match next {
                     Some(s) => {
                         rows += s.records.len();
                         batch.push(s);
                     }
-                    None => break,
+                    None => open = false,
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = &mut linger, if !lingered => lingered = true,
             }
-        }
-        let Ok(permit) = flushes.clone().acquire_owned().await else {
-            break;
         };
         let (pool, cfg, metrics, hook) = (pool.clone(), cfg.clone(), metrics.clone(), on_disabled.clone());
         tokio::spawn(async move {
             flush(batch, &pool, &cfg, &metrics, &hook).await;
             drop(permit);
         });
+        if !open {
+            break;
+        }
     }
     // Wait for the last flushes.
     let _ = flushes

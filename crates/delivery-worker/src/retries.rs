@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::Target;
 use crate::deliver::{Deliverer, Job};
+use crate::recorder::Record;
 use crate::metrics::Metrics;
 
 #[derive(diesel::QueryableByName)]
@@ -85,6 +86,7 @@ pub async fn run_poller(
     cfg: PollerConfig,
     tracker: TaskTracker,
     stop: CancellationToken,
+    hard_stop: CancellationToken,
 ) {
     loop {
         let room = deliverer.global.available_permits().min(cfg.batch);
@@ -97,8 +99,8 @@ pub async fn run_poller(
                         tracing::debug!(rows = rows.len(), "claimed due deliveries");
                     }
                     for row in rows {
-                        let d = deliverer.clone();
-                        tracker.spawn(async move { run_one(&d, row).await });
+                        let (d, hard) = (deliverer.clone(), hard_stop.clone());
+                        tracker.spawn(async move { run_one(&d, row, &hard).await });
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot claim due deliveries"),
@@ -116,7 +118,8 @@ pub async fn run_poller(
     }
 }
 
-async fn run_one(deliverer: &Deliverer, row: Claimed) {
+async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationToken) {
+    let id = row.id;
     let target = Target::new(
         row.webhook_id,
         row.url,
@@ -129,8 +132,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed) {
         Err(_) => row.payload.into_bytes(),
     };
     let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
-    let record = deliverer
-        .deliver(Job {
+    let delivery = deliverer.deliver(Job {
             target: &target,
             row: Some(row.id),
             event_id: row.event_id.as_deref(),
@@ -139,11 +141,15 @@ async fn run_one(deliverer: &Deliverer, row: Claimed) {
             payload,
             attempt_number: row.attempt_number,
             traceparent: None,
-        })
-        .await;
+        });
+    let record = tokio::select! {
+        r = delivery => r,
+        // Shutting down: give the row back to any replica now.
+        _ = hard_stop.cancelled() => Record::Deferred { row: id, due: Utc::now() },
+    };
     if let Err(e) = deliverer.recorder.submit(vec![record]).await {
         // The lease runs out and the row is attempted again.
-        tracing::warn!(error = %e, delivery_id = row.id, "cannot record a retry; it will run again");
+        tracing::warn!(error = %e, delivery_id = id, "cannot record a retry; it will run again");
     }
 }
 

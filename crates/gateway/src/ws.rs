@@ -12,7 +12,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use async_nats::jetstream;
 use bytestring::ByteString;
-use futures::StreamExt;
+use futures::future::LocalBoxFuture;
+use futures::{FutureExt, StreamExt};
 use proto_events::PatternSet;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -147,7 +148,7 @@ pub async fn ws(
         .max_continuation_size(max);
     let ip = req.peer_addr().map(|a| a.ip().to_string());
     let state = state.into_inner();
-    actix_web::rt::spawn(async move {
+    let fut = async move {
         let Some(slot) = Slot::acquire(&state) else {
             state.metrics.closed(CloseKind::TooManyConnections);
             close_session(
@@ -163,16 +164,22 @@ pub async fn ws(
         };
         accept(state, session, stream, token, ip, Start { since, events }).await;
         drop(slot);
-    });
+    };
+    tracing::warn!(size = std::mem::size_of_val(&fut), "DEBUG connection future size");
+    actix_web::rt::spawn(fut);
     Ok(response)
 }
 
-async fn close_session(session: Session, close: Close) {
+/// Sends a close frame (boxed: it is rare, and keeps connection tasks small).
+fn close_session(session: Session, close: Close) -> LocalBoxFuture<'static, ()> {
     let reason = CloseReason {
         code: close.code,
         description: Some(close.reason),
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await;
+    async move {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await;
+    }
+    .boxed_local()
 }
 
 async fn accept(
@@ -193,7 +200,8 @@ async fn accept(
         .await;
         return;
     };
-    let principal = match state.auth.authenticate(&token, ip.as_deref()).await {
+    // Rare, large futures are boxed so an idle connection's task stays small.
+    let principal = match Box::pin(state.auth.authenticate(&token, ip.as_deref())).await {
         Ok(Some(p)) => p,
         Ok(None) => {
             state.metrics.closed(CloseKind::InvalidToken);
@@ -234,7 +242,7 @@ async fn accept(
     };
     let stop = conn.run(stream, start).await;
     state.hub.unregister(client.id);
-    conn.finish(stop).await;
+    Box::pin(conn.finish(stop)).await;
     tracing::debug!(client = client.id, "client disconnected");
 }
 
@@ -318,7 +326,7 @@ impl Conn {
         }
         match start.since {
             Some(Ok(since)) => {
-                if let Err(stop) = self.begin_resume(since, &mut replay).await {
+                if let Err(stop) = Box::pin(self.begin_resume(since, &mut replay)).await {
                     return stop;
                 }
             }
@@ -353,16 +361,14 @@ impl Conn {
                     None => Ok(()),
                 },
                 Wake::Data => self.drain().await,
-                Wake::Replay(item) => self.on_replay(item, &mut replay).await,
+                Wake::Replay(item) => Box::pin(self.on_replay(item, &mut replay)).await,
                 Wake::Inbound(m) => {
                     deadline
                         .as_mut()
                         .reset(Instant::now() + settings.pong_timeout);
-                    self.on_inbound(m, &mut replay).await
+                    Box::pin(self.on_inbound(m, &mut replay)).await
                 }
-                Wake::Ping => self
-                    .session
-                    .ping(b"")
+                Wake::Ping => Box::pin(self.session.ping(b""))
                     .await
                     .map_err(|_| Stop::Gone),
                 Wake::Deadline => Err(Stop::Close(Close::new(
@@ -466,7 +472,7 @@ impl Conn {
                 self.client.set_filter(set);
                 self.send(protocol::subscribed_message(&events).into()).await
             }
-            ClientMessage::Resume { since } => self.begin_resume(since, replay).await,
+            ClientMessage::Resume { since } => Box::pin(self.begin_resume(since, replay)).await,
             ClientMessage::Unknown(message) => {
                 self.send(protocol::error_message(&message).into()).await
             }

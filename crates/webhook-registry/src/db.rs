@@ -60,22 +60,23 @@ pub async fn get_webhook(
         .optional()?)
 }
 
-fn filtered(
-    event_type: Option<&str>,
-    is_active: Option<bool>,
-) -> w::BoxedQuery<'_, diesel::pg::Pg> {
-    let mut q = w::table.into_boxed();
-    if let Some(t) = event_type {
-        q = q.filter(w::event_type.eq(t));
-    }
-    if let Some(a) = is_active {
-        q = q.filter(w::is_active.eq(a));
-    }
-    q
+/// The page and the total of one (non-boxed, so prepared-statement cached)
+/// query, pipelined on one connection through shared references.
+macro_rules! page_and_total {
+    ($conn:expr, $q:expr, $limit:expr, $offset:expr) => {{
+        let (mut c1, mut c2) = (&*$conn, &*$conn);
+        let page = $q
+            .order((w::created_at.desc(), w::id.desc()))
+            .limit($limit)
+            .offset($offset)
+            .select(Webhook::as_select())
+            .load::<Webhook>(&mut c1);
+        let total = $q.select(count_star()).get_result::<i64>(&mut c2);
+        futures::try_join!(page, total)?
+    }};
 }
 
 /// A page of webhooks, newest first, and the size of the filtered set.
-/// The two queries are pipelined on one connection.
 pub async fn list_webhooks(
     conn: &mut AsyncPgConnection,
     event_type: Option<&str>,
@@ -83,19 +84,25 @@ pub async fn list_webhooks(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Webhook>, i64), StorageError> {
-    // Shared references pipeline both queries on the one connection.
-    let (mut c1, mut c2) = (&*conn, &*conn);
-    let page = filtered(event_type, is_active)
-        .order((w::created_at.desc(), w::id.desc()))
-        .limit(limit)
-        .offset(offset)
-        .select(Webhook::as_select())
-        .load::<Webhook>(&mut c1);
-    let total = filtered(event_type, is_active)
-        .select(count_star())
-        .get_result::<i64>(&mut c2);
-    let (items, total) = futures::try_join!(page, total)?;
-    Ok((items, total))
+    // One static query shape per filter combination: boxed queries are not
+    // kept as prepared statements, these are.
+    Ok(match (event_type, is_active) {
+        (None, None) => page_and_total!(conn, w::table, limit, offset),
+        (Some(t), None) => {
+            page_and_total!(conn, w::table.filter(w::event_type.eq(t)), limit, offset)
+        }
+        (None, Some(a)) => {
+            page_and_total!(conn, w::table.filter(w::is_active.eq(a)), limit, offset)
+        }
+        (Some(t), Some(a)) => page_and_total!(
+            conn,
+            w::table
+                .filter(w::event_type.eq(t))
+                .filter(w::is_active.eq(a)),
+            limit,
+            offset
+        ),
+    })
 }
 
 pub async fn update_webhook(
@@ -145,12 +152,20 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> Result<StatsRow, StorageErro
     .await?)
 }
 
-fn deliveries_of(webhook_id: i32, status: Option<&str>) -> d::BoxedQuery<'_, diesel::pg::Pg> {
-    let mut q = d::table.filter(d::webhook_id.eq(webhook_id)).into_boxed();
-    if let Some(s) = status {
-        q = q.filter(d::status.eq(s));
-    }
-    q
+macro_rules! deliveries_page {
+    ($conn:expr, $webhook_id:expr, $q:expr, $limit:expr, $offset:expr) => {{
+        let (mut c1, mut c2, mut c3) = (&*$conn, &*$conn, &*$conn);
+        let exists = diesel::select(diesel::dsl::exists(w::table.find($webhook_id)))
+            .get_result::<bool>(&mut c1);
+        let page = $q
+            .order((d::created_at.desc(), d::id.desc()))
+            .limit($limit)
+            .offset($offset)
+            .select(Delivery::as_select())
+            .load::<Delivery>(&mut c2);
+        let total = $q.select(count_star()).get_result::<i64>(&mut c3);
+        futures::try_join!(exists, page, total)?
+    }};
 }
 
 /// A page of a webhook's deliveries, newest first, with the filtered
@@ -162,19 +177,17 @@ pub async fn list_deliveries(
     limit: i64,
     offset: i64,
 ) -> Result<Option<(Vec<Delivery>, i64)>, StorageError> {
-    let (mut c1, mut c2, mut c3) = (&*conn, &*conn, &*conn);
-    let exists =
-        diesel::select(diesel::dsl::exists(w::table.find(webhook_id))).get_result::<bool>(&mut c1);
-    let page = deliveries_of(webhook_id, status)
-        .order((d::created_at.desc(), d::id.desc()))
-        .limit(limit)
-        .offset(offset)
-        .select(Delivery::as_select())
-        .load::<Delivery>(&mut c2);
-    let total = deliveries_of(webhook_id, status)
-        .select(count_star())
-        .get_result::<i64>(&mut c3);
-    let (exists, items, total) = futures::try_join!(exists, page, total)?;
+    let mine = d::table.filter(d::webhook_id.eq(webhook_id));
+    let (exists, items, total) = match status {
+        None => deliveries_page!(conn, webhook_id, mine, limit, offset),
+        Some(s) => deliveries_page!(
+            conn,
+            webhook_id,
+            mine.filter(d::status.eq(s)),
+            limit,
+            offset
+        ),
+    };
     Ok(exists.then_some((items, total)))
 }
 

@@ -48,14 +48,7 @@ impl Application {
     /// the background) and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let ns = Namespace::new(&config.nats_prefix)?;
-        let pool = storage::build_pool(
-            &config.database_url,
-            &PoolConfig {
-                max_size: config.db_pool_size.max(1),
-                wait_timeout: config.db_pool_timeout,
-                ..PoolConfig::default()
-            },
-        )?;
+        let pool = build_pool(&config)?;
         let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
         let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
         let sender = WebhookSender::new(SenderConfig {
@@ -169,8 +162,10 @@ impl Application {
             background.clone(),
         ));
         let flusher_stop = background.clone();
-        let flusher =
-            tokio::spawn(auth.run_last_used_flusher(async move { flusher_stop.cancelled().await }));
+        let flusher = tokio::spawn(
+            auth.clone()
+                .run_last_used_flusher(async move { flusher_stop.cancelled().await }),
+        );
 
         let mut server = tokio::spawn(server);
         let result = tokio::select! {
@@ -186,9 +181,47 @@ impl Application {
         let _ = streams.await;
         let _ = notifier.await;
         let _ = flusher.await;
+        // Connections opened on the HTTP workers' runtimes die with them, so
+        // the flusher's last write can hit one; the pool then drops it and a
+        // retry opens a fresh connection here.
+        for _ in 0..3 {
+            match auth.flush_last_used().await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "retrying the last token-usage flush");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
         tracing::info!("webhook-registry stopped");
         result
     }
+}
+
+/// The pool, as `storage::build_pool` builds it but with "fast" recycling:
+/// a checked-out connection is not pinged first (the default costs one
+/// extra round trip per request). A connection that died is noticed on its
+/// first query (that request answers 503) and is then discarded.
+fn build_pool(config: &Config) -> Result<DbPool, storage::StorageError> {
+    use diesel_async::AsyncPgConnection;
+    use diesel_async::pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    };
+    let defaults = PoolConfig::default();
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &config.database_url,
+        manager_config,
+    );
+    DbPool::builder(manager)
+        .max_size(config.db_pool_size.max(1))
+        .wait_timeout(Some(config.db_pool_timeout))
+        .create_timeout(Some(defaults.create_timeout))
+        .recycle_timeout(Some(defaults.recycle_timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| storage::StorageError::Config(e.to_string()))
 }
 
 fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> Readiness {
