@@ -231,7 +231,9 @@ impl WebhookCache {
             match self.refresh(&pool).await {
                 Ok(n) => {
                     failures = 0;
-                    metrics.webhooks_cached.set(i64::try_from(n).unwrap_or(i64::MAX));
+                    metrics
+                        .webhooks_cached
+                        .set(i64::try_from(n).unwrap_or(i64::MAX));
                     tracing::debug!(active_webhooks = n, "webhook cache loaded");
                 }
                 Err(e) => {
@@ -340,7 +342,10 @@ mod tests {
         let a = gates.acquire(1, Duration::from_millis(10)).await.unwrap();
         let _b = gates.acquire(1, Duration::from_millis(10)).await.unwrap();
         assert_eq!(
-            gates.acquire(1, Duration::from_millis(10)).await.unwrap_err(),
+            gates
+                .acquire(1, Duration::from_millis(10))
+                .await
+                .unwrap_err(),
             Busy::TimedOut
         );
         // Another webhook is not affected.

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// `delivery-worker` settings.
 #[derive(Clone, clap::Parser)]
-#[command(name = "delivery-worker", version, about = "Delivers bedolaga events to webhooks")]
+#[command(
+    name = "delivery-worker",
+    version,
+    about = "Delivers bedolaga events to webhooks"
+)]
 pub struct Config {
     /// Postgres URL (the password is never logged).
     #[arg(
@@ -35,7 +39,11 @@ pub struct Config {
     pub allow_private_targets: bool,
     /// Delays before each retry after the first attempt, comma-separated
     /// (humantime, e.g. `5s,5m,30m`); empty: no retries.
-    #[arg(long, env = "DELIVERY_RETRY_SCHEDULE", default_value = "5s,5m,30m,2h,5h,10h,10h")]
+    #[arg(
+        long,
+        env = "DELIVERY_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h"
+    )]
     pub retry_schedule: String,
     /// Disable a webhook that has failed without a single success this long.
     #[arg(long, env = "DELIVERY_DISABLE_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]

@@ -222,19 +222,22 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         .and_then(|h| h.get("traceparent"))
         .map(|v| v.as_str().to_owned());
     let event_type = event.event_type.as_str();
-    let deliveries = targets.iter().map(|target| {
-        ctx.deliverer.deliver(Job {
-            target,
-            row: None,
-            event_id: Some(&event.id),
-            event_type,
-            body: body.clone(),
-            payload: payload.clone(),
-            attempt_number: 1,
-            traceparent: traceparent.as_deref(),
-        })
-    });
-    let records = futures::future::join_all(deliveries).await;
+    let job = |target| Job {
+        target,
+        row: None,
+        event_id: Some(&event.id),
+        event_type,
+        body: body.clone(),
+        payload: payload.clone(),
+        attempt_number: 1,
+        traceparent: traceparent.as_deref(),
+    };
+    let records = if let [target] = targets.as_slice() {
+        // The common case, without a heap-allocated set of futures.
+        vec![ctx.deliverer.deliver(job(target)).await]
+    } else {
+        futures::future::join_all(targets.iter().map(|t| ctx.deliverer.deliver(job(t)))).await
+    };
     match ctx.deliverer.recorder.submit(records).await {
         Ok(()) => Verdict::Ack,
         Err(e) => {
@@ -244,7 +247,10 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
     }
 }
 
-async fn recorded_webhooks(pool: &DbPool, event_id: &str) -> Result<Vec<i32>, storage::StorageError> {
+async fn recorded_webhooks(
+    pool: &DbPool,
+    event_id: &str,
+) -> Result<Vec<i32>, storage::StorageError> {
     use storage::schema::webhook_deliveries::dsl as d;
     let mut conn = pool.get().await?;
     Ok(d::webhook_deliveries
@@ -261,7 +267,10 @@ async fn dead_letter(ctx: &ConsumerCtx, msg: &jetstream::Message, reason: &str) 
     if let Some(orig) = &msg.headers {
         for (name, values) in orig.iter() {
             // Expectation headers would make the dead-letter publish fail.
-            if AsRef::<str>::as_ref(name).to_ascii_lowercase().starts_with("nats-expected") {
+            if AsRef::<str>::as_ref(name)
+                .to_ascii_lowercase()
+                .starts_with("nats-expected")
+            {
                 continue;
             }
             for v in values {

@@ -65,7 +65,10 @@ mod tests {
         assert_eq!(p.max_attempts(), 3);
         for _ in 0..100 {
             let d = p.next_delay(1, &failure()).unwrap_or_default();
-            assert!(d >= Duration::from_secs(4) && d <= Duration::from_secs(6), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(6),
+                "{d:?}"
+            );
             let d = p.next_delay(2, &failure()).unwrap_or_default();
             assert!(d >= Duration::from_secs(240) && d <= Duration::from_secs(360));
         }
@@ -110,7 +113,10 @@ mod tests {
         assert_eq!(p.next_delay(1, &with(30)), Some(Duration::from_secs(30)));
         assert_eq!(p.next_delay(1, &with(3600)), Some(Duration::from_secs(65)));
         // The last step has no follower: bounded by twice itself.
-        assert_eq!(p.next_delay(3, &with(3600)), Some(Duration::from_secs(1200)));
+        assert_eq!(
+            p.next_delay(3, &with(3600)),
+            Some(Duration::from_secs(1200))
+        );
         assert_eq!(p.next_delay(4, &with(1)), None);
     }
 }

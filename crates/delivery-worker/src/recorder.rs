@@ -59,7 +59,10 @@ pub enum Record {
         due: DateTime<Utc>,
     },
     /// A claimed pending row given back unattempted, due again at `due`.
-    Deferred { row: i32, due: DateTime<Utc> },
+    Deferred {
+        row: i32,
+        due: DateTime<Utc>,
+    },
 }
 
 /// The rows could not be written.
@@ -155,7 +158,12 @@ async fn run(
                 _ = &mut linger, if !lingered => lingered = true,
             }
         };
-        let (pool, cfg, metrics, hook) = (pool.clone(), cfg.clone(), metrics.clone(), on_disabled.clone());
+        let (pool, cfg, metrics, hook) = (
+            pool.clone(),
+            cfg.clone(),
+            metrics.clone(),
+            on_disabled.clone(),
+        );
         tokio::spawn(async move {
             flush(batch, &pool, &cfg, &metrics, &hook).await;
             drop(permit);

@@ -21,8 +21,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::Target;
 use crate::deliver::{Deliverer, Job};
-use crate::recorder::Record;
 use crate::metrics::Metrics;
+use crate::recorder::Record;
 
 #[derive(diesel::QueryableByName)]
 struct Claimed {
@@ -133,15 +133,15 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
     };
     let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
     let delivery = deliverer.deliver(Job {
-            target: &target,
-            row: Some(row.id),
-            event_id: row.event_id.as_deref(),
-            event_type: &row.event_type,
-            body: Bytes::from(body),
-            payload,
-            attempt_number: row.attempt_number,
-            traceparent: None,
-        });
+        target: &target,
+        row: Some(row.id),
+        event_id: row.event_id.as_deref(),
+        event_type: &row.event_type,
+        body: Bytes::from(body),
+        payload,
+        attempt_number: row.attempt_number,
+        traceparent: None,
+    });
     let record = tokio::select! {
         r = delivery => r,
         // Shutting down: give the row back to any replica now.

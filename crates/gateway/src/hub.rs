@@ -79,6 +79,7 @@ struct ClientState {
 pub struct Client {
     pub id: u64,
     pub token_id: i32,
+    shard: Arc<Shard>,
     state: Mutex<ClientState>,
     /// Woken when the queue goes from empty to non-empty.
     pub wake: Notify,
@@ -182,9 +183,65 @@ impl Client {
     }
 }
 
+/// The clients of one HTTP worker thread. Events reach a shard with one
+/// cross-thread wake per event batch; the shard's task (on that thread)
+/// then hands them to its clients, so waking a client never crosses
+/// threads.
+pub struct Shard {
+    clients: Mutex<HashMap<u64, Arc<Client>>>,
+    inbox: Mutex<Vec<Arc<EventFrame>>>,
+    wake: Notify,
+    /// Frames are handed out inside `dispatch` (no task), for clients
+    /// registered outside a worker thread.
+    inline: bool,
+}
+
+impl Shard {
+    fn new(inline: bool) -> Arc<Self> {
+        Arc::new(Self {
+            clients: Mutex::new(HashMap::new()),
+            inbox: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            inline,
+        })
+    }
+
+    fn offer_all(&self, frames: &[Arc<EventFrame>], limits: QueueLimits) {
+        let clients = self.clients.lock();
+        for frame in frames {
+            for client in clients.values() {
+                client.offer(frame, limits);
+            }
+        }
+    }
+
+    /// The shard's task: hands queued frames to its clients; it ends with
+    /// its worker thread.
+    async fn run(self: Arc<Self>, limits: QueueLimits) {
+        let mut batch = Vec::new();
+        loop {
+            self.wake.notified().await;
+            std::mem::swap(&mut *self.inbox.lock(), &mut batch);
+            self.offer_all(&batch, limits);
+            batch.clear();
+        }
+    }
+}
+
+static HUB_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's shard of each hub (keyed by hub id).
+    static LOCAL_SHARDS: std::cell::RefCell<Vec<(u64, Arc<Shard>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Every client of this gateway process.
 pub struct Hub {
+    id: u64,
     clients: RwLock<HashMap<u64, Arc<Client>>>,
+    shards: RwLock<Vec<Arc<Shard>>>,
+    inline: Arc<Shard>,
     next_id: AtomicU64,
     limits: QueueLimits,
     metrics: Metrics,
@@ -195,8 +252,12 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(limits: QueueLimits, metrics: Metrics) -> Self {
+        let inline = Shard::new(true);
         Self {
+            id: HUB_IDS.fetch_add(1, Ordering::Relaxed),
             clients: RwLock::new(HashMap::new()),
+            shards: RwLock::new(vec![inline.clone()]),
+            inline,
             next_id: AtomicU64::new(1),
             limits,
             metrics,
@@ -206,11 +267,34 @@ impl Hub {
         }
     }
 
-    /// Adds a client; during shutdown it is told to close at once.
+    /// Adds a client whose frames are handed out inside [`Hub::dispatch`];
+    /// during shutdown it is told to close at once.
     pub fn register(&self, token_id: i32, filter: Option<PatternSet>) -> Arc<Client> {
+        self.add(token_id, filter, self.inline.clone())
+    }
+
+    /// Adds a client to this thread's shard, starting the shard's task on
+    /// first use. Must run inside a `LocalSet` (an HTTP worker thread).
+    pub fn register_local(&self, token_id: i32, filter: Option<PatternSet>) -> Arc<Client> {
+        let shard = LOCAL_SHARDS.with(|cell| {
+            let mut shards = cell.borrow_mut();
+            if let Some((_, shard)) = shards.iter().find(|(id, _)| *id == self.id) {
+                return shard.clone();
+            }
+            let shard = Shard::new(false);
+            tokio::task::spawn_local(shard.clone().run(self.limits));
+            self.shards.write().push(shard.clone());
+            shards.push((self.id, shard.clone()));
+            shard
+        });
+        self.add(token_id, filter, shard)
+    }
+
+    fn add(&self, token_id: i32, filter: Option<PatternSet>, shard: Arc<Shard>) -> Arc<Client> {
         let client = Arc::new(Client {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             token_id,
+            shard: shard.clone(),
             state: Mutex::new(ClientState {
                 filter,
                 ..Default::default()
@@ -219,14 +303,16 @@ impl Hub {
             kill: Notify::new(),
         });
         self.clients.write().insert(client.id, client.clone());
+        shard.clients.lock().insert(client.id, client.clone());
         if self.closing.load(Ordering::SeqCst) {
             client.close(Close::shutdown());
         }
         client
     }
 
-    pub fn unregister(&self, id: u64) {
-        self.clients.write().remove(&id);
+    pub fn unregister(&self, client: &Client) {
+        self.clients.write().remove(&client.id);
+        client.shard.clients.lock().remove(&client.id);
     }
 
     /// Number of registered clients.
@@ -238,12 +324,23 @@ impl Hub {
         self.len() == 0
     }
 
-    /// Hands one event to every client whose filter selects it.
+    /// Hands one event to every client whose filter selects it (through
+    /// the shards of the worker threads).
     pub fn dispatch(&self, frame: EventFrame) {
         let seq = frame.seq;
         let frame = Arc::new(frame);
-        for client in self.clients.read().values() {
-            client.offer(&frame, self.limits);
+        for shard in self.shards.read().iter() {
+            if shard.inline {
+                shard.offer_all(std::slice::from_ref(&frame), self.limits);
+                continue;
+            }
+            let mut inbox = shard.inbox.lock();
+            let was_empty = inbox.is_empty();
+            inbox.push(frame.clone());
+            drop(inbox);
+            if was_empty {
+                shard.wake.notify_one();
+            }
         }
         self.last_seq.fetch_max(seq, Ordering::SeqCst);
         self.metrics.events_received.inc();

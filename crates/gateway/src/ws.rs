@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{self, HeaderMap};
@@ -14,6 +16,7 @@ use async_nats::jetstream;
 use bytestring::ByteString;
 use futures::future::LocalBoxFuture;
 use futures::{FutureExt, StreamExt};
+use std::future::Future as _;
 use proto_events::PatternSet;
 use serde::Deserialize;
 use tokio::time::Instant;
@@ -147,26 +150,17 @@ pub async fn ws(
         .aggregate_continuations()
         .max_continuation_size(max);
     let ip = req.peer_addr().map(|a| a.ip().to_string());
-    let state = state.into_inner();
-    let fut = async move {
-        let Some(slot) = Slot::acquire(&state) else {
-            state.metrics.closed(CloseKind::TooManyConnections);
-            close_session(
-                session,
-                Close::new(
-                    CloseCode::Again,
-                    "Try again later: too many connections",
-                    CloseKind::TooManyConnections,
-                ),
-            )
-            .await;
-            return;
-        };
-        accept(state, session, stream, token, ip, Start { since, events }).await;
-        drop(slot);
+    let accepted = Accepted {
+        state: state.into_inner(),
+        session,
+        stream,
+        token,
+        ip,
+        start: Start { since, events },
     };
-    tracing::warn!(size = std::mem::size_of_val(&fut), "DEBUG connection future size");
-    actix_web::rt::spawn(fut);
+    // One future per connection, holding everything once (nesting async
+    // calls that take these by value would store them twice).
+    actix_web::rt::spawn(accepted.serve());
     Ok(response)
 }
 
@@ -182,68 +176,93 @@ fn close_session(session: Session, close: Close) -> LocalBoxFuture<'static, ()> 
     .boxed_local()
 }
 
-async fn accept(
+/// An upgraded connection whose token is not checked yet.
+struct Accepted {
     state: Arc<AppState>,
     session: Session,
     stream: AggregatedMessageStream,
     token: Option<String>,
     ip: Option<String>,
     start: Start,
-) {
-    let refuse = |code, reason: &str, kind| Close::new(code, reason, kind);
-    let Some(token) = token else {
-        state.metrics.closed(CloseKind::NoToken);
-        close_session(
-            session,
-            refuse(CloseCode::Policy, protocol::NO_TOKEN, CloseKind::NoToken),
-        )
-        .await;
-        return;
-    };
-    // Rare, large futures are boxed so an idle connection's task stays small.
-    let principal = match Box::pin(state.auth.authenticate(&token, ip.as_deref())).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            state.metrics.closed(CloseKind::InvalidToken);
-            close_session(
-                session,
-                refuse(CloseCode::Policy, protocol::INVALID_TOKEN, CloseKind::InvalidToken),
-            )
+}
+
+impl Accepted {
+    async fn serve(mut self) {
+        let Some(slot) = Slot::acquire(&self.state) else {
+            self.refuse(Close::new(
+                CloseCode::Again,
+                "Try again later: too many connections",
+                CloseKind::TooManyConnections,
+            ))
             .await;
             return;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot check a WebSocket token: the database is unavailable");
-            state.metrics.closed(CloseKind::AuthUnavailable);
-            close_session(
-                session,
-                refuse(
+        };
+        let principal = match Box::pin(self.authenticate()).await {
+            Ok(p) => p,
+            Err(close) => {
+                self.refuse(close).await;
+                drop(slot);
+                return;
+            }
+        };
+        let filter = match &self.start.events {
+            Some(Ok((set, _))) => Some(*set),
+            _ => None,
+        };
+        let state = self.state.clone();
+        let client = state.hub.register_local(principal.token_id, filter);
+        tracing::debug!(client = client.id, token_id = principal.token_id, "client connected");
+        let mut conn = Conn {
+            state: state.clone(),
+            session: self.session.clone(),
+            client: client.clone(),
+            local: VecDeque::new(),
+        };
+        let start = std::mem::replace(
+            &mut self.start,
+            Start {
+                since: None,
+                events: None,
+            },
+        );
+        let stop = conn.run(&mut self.stream, start).await;
+        state.hub.unregister(&client);
+        Box::pin(conn.finish(stop)).await;
+        drop(slot);
+        tracing::debug!(client = client.id, "client disconnected");
+    }
+
+    /// The token's principal, or how to refuse the connection.
+    async fn authenticate(&mut self) -> Result<storage::tokens::Principal, Close> {
+        let Some(token) = self.token.take() else {
+            return Err(Close::new(
+                CloseCode::Policy,
+                protocol::NO_TOKEN,
+                CloseKind::NoToken,
+            ));
+        };
+        match self.state.auth.authenticate(&token, self.ip.as_deref()).await {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(Close::new(
+                CloseCode::Policy,
+                protocol::INVALID_TOKEN,
+                CloseKind::InvalidToken,
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check a WebSocket token: the database is unavailable");
+                Err(Close::new(
                     CloseCode::Again,
                     "Try again later: the token cannot be checked now",
                     CloseKind::AuthUnavailable,
-                ),
-            )
-            .await;
-            return;
+                ))
+            }
         }
-    };
-    drop(token);
-    let filter = match &start.events {
-        Some(Ok((set, _))) => Some(*set),
-        _ => None,
-    };
-    let client = state.hub.register(principal.token_id, filter);
-    tracing::debug!(client = client.id, token_id = principal.token_id, "client connected");
-    let mut conn = Conn {
-        state: state.clone(),
-        session,
-        client: client.clone(),
-        local: VecDeque::new(),
-    };
-    let stop = conn.run(stream, start).await;
-    state.hub.unregister(client.id);
-    Box::pin(conn.finish(stop)).await;
-    tracing::debug!(client = client.id, "client disconnected");
+    }
+
+    async fn refuse(&self, close: Close) {
+        self.state.metrics.closed(close.kind);
+        close_session(self.session.clone(), close).await;
+    }
 }
 
 /// What the connection URL asked for besides the token.
@@ -264,25 +283,34 @@ enum Stop {
 
 struct ReplayState {
     messages: async_nats::jetstream::consumer::pull::Ordered,
+    idle: Pin<Box<tokio::time::Sleep>>,
     since: u64,
     until: u64,
     sent: u64,
 }
 
 enum ReplayItem {
-    Message(jetstream::Message),
+    Message(Box<jetstream::Message>),
     Failed(String),
 }
 
-async fn replay_next(replay: &mut Option<ReplayState>) -> ReplayItem {
+/// Polls the replay, if one runs; a replay that yields nothing for
+/// [`REPLAY_IDLE`] has failed.
+fn poll_replay(replay: &mut Option<Box<ReplayState>>, cx: &mut Context<'_>) -> Poll<ReplayItem> {
     let Some(r) = replay.as_mut() else {
-        return std::future::pending().await;
+        return Poll::Pending;
     };
-    match tokio::time::timeout(REPLAY_IDLE, r.messages.next()).await {
-        Ok(Some(Ok(m))) => ReplayItem::Message(m),
-        Ok(Some(Err(e))) => ReplayItem::Failed(e.to_string()),
-        Ok(None) => ReplayItem::Failed("the replay stream ended".into()),
-        Err(_) => ReplayItem::Failed("the replay stalled".into()),
+    match r.messages.poll_next_unpin(cx) {
+        Poll::Ready(Some(Ok(m))) => {
+            r.idle.as_mut().reset(Instant::now() + REPLAY_IDLE);
+            Poll::Ready(ReplayItem::Message(Box::new(m)))
+        }
+        Poll::Ready(Some(Err(e))) => Poll::Ready(ReplayItem::Failed(e.to_string())),
+        Poll::Ready(None) => Poll::Ready(ReplayItem::Failed("the replay stream ended".into())),
+        Poll::Pending => match r.idle.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(ReplayItem::Failed("the replay stalled".into())),
+            Poll::Pending => Poll::Pending,
+        },
     }
 }
 
@@ -299,61 +327,33 @@ enum Wake {
     Data,
     Replay(ReplayItem),
     Inbound(Option<Result<AggregatedMessage, ProtocolError>>),
-    Ping,
-    Deadline,
+    Timer,
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        mut stream: AggregatedMessageStream,
-        start: Start,
-    ) -> Stop {
-        let settings = self.state.settings.clone();
-        let mut replay: Option<ReplayState> = None;
-        if let Err(stop) = self.send(ByteString::from_static(protocol::WELCOME)).await {
+    async fn run(&mut self, stream: &mut AggregatedMessageStream, start: Start) -> Stop {
+        let mut replay: Option<Box<ReplayState>> = None;
+        if let Err(stop) = Box::pin(self.open(start, &mut replay)).await {
             return stop;
         }
-        let reply = match &start.events {
-            Some(Ok((_, events))) => Some(protocol::subscribed_message(events)),
-            Some(Err(e)) => Some(protocol::error_message(e)),
-            None => None,
-        };
-        if let Some(reply) = reply
-            && let Err(stop) = self.send(reply.into()).await
-        {
-            return stop;
-        }
-        match start.since {
-            Some(Ok(since)) => {
-                if let Err(stop) = Box::pin(self.begin_resume(since, &mut replay)).await {
-                    return stop;
-                }
-            }
-            Some(Err(_)) => {
-                let text = protocol::error_message("'since' must be a non-negative integer");
-                if let Err(stop) = self.send(text.into()).await {
-                    return stop;
-                }
-            }
-            None => {}
-        }
-        let mut ping = tokio::time::interval_at(
-            Instant::now() + settings.ping_interval,
-            settings.ping_interval,
+        let (ping_interval, pong_timeout) = (
+            self.state.settings.ping_interval,
+            self.state.settings.pong_timeout,
         );
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deadline = tokio::time::sleep(settings.pong_timeout);
-        tokio::pin!(deadline);
+        // One timer for both heartbeat duties: the next ping, and the
+        // moment the client has been silent for `pong_timeout`.
+        let mut last_seen = Instant::now();
+        let mut next_ping = last_seen + ping_interval;
+        let timer = tokio::time::sleep_until(next_ping.min(last_seen + pong_timeout));
+        tokio::pin!(timer);
         loop {
             let wake = tokio::select! {
                 biased;
                 () = self.client.kill.notified() => Wake::Kill,
                 () = self.client.wake.notified() => Wake::Data,
-                item = replay_next(&mut replay) => Wake::Replay(item),
+                item = std::future::poll_fn(|cx| poll_replay(&mut replay, cx)) => Wake::Replay(item),
                 m = stream.next() => Wake::Inbound(m),
-                _ = ping.tick() => Wake::Ping,
-                () = &mut deadline => Wake::Deadline,
+                () = &mut timer => Wake::Timer,
             };
             let result = match wake {
                 Wake::Kill => match self.client.take_close() {
@@ -363,26 +363,61 @@ impl Conn {
                 Wake::Data => self.drain().await,
                 Wake::Replay(item) => Box::pin(self.on_replay(item, &mut replay)).await,
                 Wake::Inbound(m) => {
-                    deadline
-                        .as_mut()
-                        .reset(Instant::now() + settings.pong_timeout);
+                    last_seen = Instant::now();
                     Box::pin(self.on_inbound(m, &mut replay)).await
                 }
-                Wake::Ping => Box::pin(self.session.ping(b""))
-                    .await
-                    .map_err(|_| Stop::Gone),
-                Wake::Deadline => Err(Stop::Close(Close::new(
-                    CloseCode::Normal,
-                    format!(
-                        "Ping timeout: nothing received for {}",
-                        humantime::format_duration(settings.pong_timeout)
-                    ),
-                    CloseKind::PingTimeout,
-                ))),
+                Wake::Timer => {
+                    let now = Instant::now();
+                    if now >= last_seen + pong_timeout {
+                        Err(Stop::Close(Close::new(
+                            CloseCode::Normal,
+                            format!(
+                                "Ping timeout: nothing received for {}",
+                                humantime::format_duration(pong_timeout)
+                            ),
+                            CloseKind::PingTimeout,
+                        )))
+                    } else {
+                        let sent = if now >= next_ping {
+                            next_ping = now + ping_interval;
+                            Box::pin(self.session.ping(b""))
+                                .await
+                                .map_err(|_| Stop::Gone)
+                        } else {
+                            Ok(())
+                        };
+                        timer
+                            .as_mut()
+                            .reset(next_ping.min(last_seen + pong_timeout));
+                        sent
+                    }
+                }
             };
             if let Err(stop) = result {
                 return stop;
             }
+        }
+    }
+
+    /// What a connection does first: the welcome message, the answer to
+    /// `events=` and the replay of `since=`.
+    async fn open(&mut self, start: Start, replay: &mut Option<Box<ReplayState>>) -> Result<(), Stop> {
+        self.send(ByteString::from_static(protocol::WELCOME)).await?;
+        let reply = match &start.events {
+            Some(Ok((_, events))) => Some(protocol::subscribed_message(events)),
+            Some(Err(e)) => Some(protocol::error_message(e)),
+            None => None,
+        };
+        if let Some(reply) = reply {
+            self.send(reply.into()).await?;
+        }
+        match start.since {
+            Some(Ok(since)) => self.begin_resume(since, replay).await,
+            Some(Err(_)) => {
+                let text = protocol::error_message("'since' must be a non-negative integer");
+                self.send(text.into()).await
+            }
+            None => Ok(()),
         }
     }
 
@@ -430,7 +465,7 @@ impl Conn {
     async fn on_inbound(
         &mut self,
         m: Option<Result<AggregatedMessage, ProtocolError>>,
-        replay: &mut Option<ReplayState>,
+        replay: &mut Option<Box<ReplayState>>,
     ) -> Result<(), Stop> {
         let max = self.state.settings.max_frame_bytes;
         match m {
@@ -465,7 +500,7 @@ impl Conn {
         }
     }
 
-    async fn on_text(&mut self, text: &str, replay: &mut Option<ReplayState>) -> Result<(), Stop> {
+    async fn on_text(&mut self, text: &str, replay: &mut Option<Box<ReplayState>>) -> Result<(), Stop> {
         match protocol::parse_client(text) {
             ClientMessage::Ping => self.send(ByteString::from_static(protocol::PONG)).await,
             ClientMessage::Subscribe { set, events } => {
@@ -486,7 +521,7 @@ impl Conn {
     async fn begin_resume(
         &mut self,
         since: u64,
-        replay: &mut Option<ReplayState>,
+        replay: &mut Option<Box<ReplayState>>,
     ) -> Result<(), Stop> {
         // A new resume replaces one in progress.
         *replay = None;
@@ -511,12 +546,13 @@ impl Conn {
                     .await
             }
             Ok(replay::Start::Replay { messages, until }) => {
-                *replay = Some(ReplayState {
+                *replay = Some(Box::new(ReplayState {
                     messages,
+                    idle: Box::pin(tokio::time::sleep(REPLAY_IDLE)),
                     since,
                     until,
                     sent: 0,
-                });
+                }));
                 Ok(())
             }
             Err(e) => {
@@ -539,7 +575,7 @@ impl Conn {
     async fn on_replay(
         &mut self,
         item: ReplayItem,
-        replay: &mut Option<ReplayState>,
+        replay: &mut Option<Box<ReplayState>>,
     ) -> Result<(), Stop> {
         let Some(r) = replay.as_mut() else {
             return Ok(());

@@ -10,8 +10,8 @@ use storage::StorageError;
 use storage::models::{Delivery, NewDelivery, Webhook, delivery_status};
 use storage::schema::{webhook_deliveries as d, webhooks as w};
 
-/// A new `webhooks` row.
-#[derive(Debug, Insertable)]
+/// A new `webhooks` row (no `Debug`: it holds the secret).
+#[derive(Insertable)]
 #[diesel(table_name = w)]
 pub struct NewWebhook {
     pub name: String,
@@ -23,7 +23,7 @@ pub struct NewWebhook {
 }
 
 /// The columns a PATCH may change (`None` = unchanged, `Some(None)` = NULL).
-#[derive(Debug, Default, AsChangeset)]
+#[derive(Default, AsChangeset)]
 #[diesel(table_name = w)]
 pub struct WebhookChanges {
     pub name: Option<String>,

@@ -49,8 +49,8 @@ pub fn check_event_type(fields: &mut Fields, event_type: &str) -> bool {
     }
 }
 
-/// `POST /webhooks`
-#[derive(Debug, Clone, ToSchema)]
+/// `POST /webhooks` (no `Debug`: it holds the secret).
+#[derive(Clone, ToSchema)]
 pub struct WebhookIn {
     #[schema(min_length = 1, max_length = 255)]
     pub name: String,
@@ -125,7 +125,7 @@ fn field_rank(e: &FieldError) -> usize {
 /// `PATCH /webhooks/{id}`: only the given fields change. `secret` or
 /// `description` set to `null` clear them; `is_active: true` also clears
 /// `disabled_reason`.
-#[derive(Debug, Clone, Default, ToSchema)]
+#[derive(Clone, Default, ToSchema)]
 pub struct WebhookPatch {
     #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
@@ -197,7 +197,7 @@ impl FromBody for WebhookPatch {
 }
 
 /// `POST /webhooks/{id}/rotate-secret` (body optional).
-#[derive(Debug, Clone, Default, ToSchema)]
+#[derive(Clone, Default, ToSchema)]
 pub struct RotateIn {
     /// The new secret; generated (and returned once) when absent.
     #[schema(min_length = 1, max_length = 128)]
@@ -230,6 +230,25 @@ impl FromBody for RotateIn {
     }
 }
 
+/// RFC 3339 timestamps exactly as chrono writes them (`…T22:24:50.684830Z`),
+/// formatted once and written as one string: chrono's own `Serialize` goes
+/// through `collect_str`, which escapes it character by character.
+pub mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::Serializer;
+
+    pub fn ser<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn ser_opt<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => ser(t, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// A webhook as the API shows it. The secret never appears.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WebhookOut {
@@ -239,8 +258,11 @@ pub struct WebhookOut {
     pub event_type: String,
     pub is_active: bool,
     pub description: Option<String>,
+    #[serde(serialize_with = "rfc3339::ser")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::ser")]
     pub updated_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
     pub last_triggered_at: Option<DateTime<Utc>>,
     pub failure_count: i32,
     pub success_count: i32,
@@ -281,8 +303,11 @@ pub struct DeliveryOut {
     pub status: String,
     pub error_message: Option<String>,
     pub attempt_number: i32,
+    #[serde(serialize_with = "rfc3339::ser")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
     pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
     pub next_retry_at: Option<DateTime<Utc>>,
     /// The event this attempt carries (same across retries).
     pub event_id: Option<String>,
@@ -340,7 +365,7 @@ pub struct StatsOut {
 }
 
 /// `POST /webhooks/{id}/rotate-secret`
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct RotateOut {
     pub webhook: WebhookOut,
     /// The generated secret, shown only this once; absent when the request
@@ -396,4 +421,24 @@ pub struct EventCatalogueOut {
     pub items: Vec<EventTypeOut>,
     /// Patterns a webhook's `event_type` may also use.
     pub patterns: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use chrono::{DateTime, TimeZone, Utc};
+
+    #[derive(serde::Serialize)]
+    struct Ours(#[serde(serialize_with = "super::rfc3339::ser")] DateTime<Utc>);
+
+    #[test]
+    fn timestamps_match_chrono() {
+        for nanos in [0, 684_830_000, 500_000_000, 123_456_789, 1_000] {
+            let t = Utc.timestamp_opt(1_795_000_000, nanos).unwrap();
+            assert_eq!(
+                serde_json::to_string(&Ours(t)).unwrap(),
+                serde_json::to_string(&t).unwrap()
+            );
+        }
+    }
 }

@@ -34,13 +34,19 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow()
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("X-Origin", format!("test-{i}").as_str());
         headers.insert("Nats-Msg-Id", format!("bad-{i}").as_str());
-        js.publish_with_headers(app.ns.event_subject(ty), headers, bytes::Bytes::from_static(body))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.publish_with_headers(
+            app.ns.event_subject(ty),
+            headers,
+            bytes::Bytes::from_static(body),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     }
-    let good = app.publish(EventType::UserCreated, json!({"user_id": 5})).await;
+    let good = app
+        .publish(EventType::UserCreated, json!({"user_id": 5}))
+        .await;
     rx.wait_for("/h", 1, 10).await;
     settled_rows(&app.pool, hook, 1).await;
 
@@ -53,7 +59,13 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow()
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut msgs = consumer.fetch().max_messages(10).expires(Duration::from_secs(2)).messages().await.unwrap();
+    let mut msgs = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
     while let Some(Ok(m)) = msgs.next().await {
         got.push(m);
         if got.len() == bad.len() {
@@ -64,17 +76,35 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow()
     for (i, (ty, body, reason)) in bad.iter().enumerate() {
         let m = got
             .iter()
-            .find(|m| m.headers.as_ref().and_then(|h| h.get("X-Origin")).map(|v| v.as_str().to_owned()) == Some(format!("test-{i}")))
+            .find(|m| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get("X-Origin"))
+                    .map(|v| v.as_str().to_owned())
+                    == Some(format!("test-{i}"))
+            })
             .unwrap_or_else(|| panic!("dead letter {i} missing"));
-        assert_eq!(m.subject.as_str(), app.ns.deadletter_subject(&app.ns.event_subject(ty)));
+        assert_eq!(
+            m.subject.as_str(),
+            app.ns.deadletter_subject(&app.ns.event_subject(ty))
+        );
         assert_eq!(m.payload.as_ref(), *body, "original body kept");
         let h = m.headers.as_ref().unwrap();
-        let why = h.get(delivery_worker::consumer::DEADLETTER_REASON).unwrap().as_str();
+        let why = h
+            .get(delivery_worker::consumer::DEADLETTER_REASON)
+            .unwrap()
+            .as_str();
         assert!(why.contains(reason), "{why} should contain {reason}");
     }
     assert_eq!(rx.on("/h").len(), 1);
-    assert_eq!(deliveries(&app.pool, hook).await[0].event_id.as_deref(), Some(good.as_str()));
+    assert_eq!(
+        deliveries(&app.pool, hook).await[0].event_id.as_deref(),
+        Some(good.as_str())
+    );
     let (_, metrics) = app.get("/metrics").await;
-    assert!(metrics.contains("delivery_dead_letters_total 4"), "{metrics}");
+    assert!(
+        metrics.contains("delivery_dead_letters_total 4"),
+        "{metrics}"
+    );
     app.cleanup().await;
 }

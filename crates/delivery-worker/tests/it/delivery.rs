@@ -53,8 +53,22 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     let app = spawn_app(|_| {}).await;
     let rx = Receiver::start(Reply::ok()).await;
     let secret = "s3cr3t-ключ-🔑";
-    let hook = insert_webhook(&app.pool, &rx.url("/hook"), "user.created", Some(secret), true).await;
-    let rotated = insert_webhook(&app.pool, &rx.url("/rotated"), "user.created", Some("new-secret"), true).await;
+    let hook = insert_webhook(
+        &app.pool,
+        &rx.url("/hook"),
+        "user.created",
+        Some(secret),
+        true,
+    )
+    .await;
+    let rotated = insert_webhook(
+        &app.pool,
+        &rx.url("/rotated"),
+        "user.created",
+        Some("new-secret"),
+        true,
+    )
+    .await;
     exec(
         &app.pool,
         &format!(
@@ -74,9 +88,14 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("traceparent", traceparent);
-    let Value::Object(map) = payload.clone() else { unreachable!() };
+    let Value::Object(map) = payload.clone() else {
+        unreachable!()
+    };
     let env = proto_events::Envelope::new(EventType::UserCreated, map);
-    app.publisher.publish_with_headers(&env, headers).await.unwrap();
+    app.publisher
+        .publish_with_headers(&env, headers)
+        .await
+        .unwrap();
 
     let got = rx.wait_for("/hook", 1, 10).await;
     let r = &got[0];
@@ -89,22 +108,36 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     assert!(r.header("user-agent").unwrap().contains("bedolaga"));
     assert_eq!(r.header("traceparent"), Some(traceparent));
     let sig = r.header("x-webhook-signature").unwrap();
-    assert!(webhook_client::verify_seed_signature(secret, &r.body, sig), "raw-body HMAC");
+    assert!(
+        webhook_client::verify_seed_signature(secret, &r.body, sig),
+        "raw-body HMAC"
+    );
     // The same check by hand with ring.
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     assert_eq!(
         sig,
-        format!("sha256={}", hex::encode(ring::hmac::sign(&key, &r.body).as_ref()))
+        format!(
+            "sha256={}",
+            hex::encode(ring::hmac::sign(&key, &r.body).as_ref())
+        )
     );
     let msg_id = r.header("webhook-id").unwrap();
     assert_eq!(msg_id, webhook_client::message_id(&env.id, hook));
     let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
     assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);
     let std_sig = r.header("webhook-signature").unwrap();
-    assert!(webhook_client::verify_standard_signature(secret, msg_id, ts, &r.body, std_sig));
+    assert!(webhook_client::verify_standard_signature(
+        secret, msg_id, ts, &r.body, std_sig
+    ));
     if python_available() {
-        assert!(seed_python_verifies(&r.body, sig, secret), "the seed's Python snippet verifies");
-        assert!(!seed_python_verifies(&r.body, sig, "wrong"), "and rejects a wrong secret");
+        assert!(
+            seed_python_verifies(&r.body, sig, secret),
+            "the seed's Python snippet verifies"
+        );
+        assert!(
+            !seed_python_verifies(&r.body, sig, "wrong"),
+            "and rejects a wrong secret"
+        );
     } else {
         eprintln!("python3 not found: seed snippet check skipped");
     }
@@ -117,8 +150,20 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     );
     let s = rot.header("webhook-signature").unwrap();
     assert_eq!(s.split(' ').count(), 2);
-    assert!(webhook_client::verify_standard_signature("new-secret", id, ts, &rot.body, s));
-    assert!(webhook_client::verify_standard_signature("old-secret", id, ts, &rot.body, s));
+    assert!(webhook_client::verify_standard_signature(
+        "new-secret",
+        id,
+        ts,
+        &rot.body,
+        s
+    ));
+    assert!(webhook_client::verify_standard_signature(
+        "old-secret",
+        id,
+        ts,
+        &rot.body,
+        s
+    ));
     assert!(webhook_client::verify_seed_signature(
         "new-secret",
         &rot.body,
@@ -158,9 +203,12 @@ async fn patterns_match_and_inactive_or_invalid_webhooks_get_nothing() {
     let bad = insert_webhook(&app.pool, &rx.url("/bad"), "user.deleted", None, true).await;
     app.notify_changed().await;
 
-    app.publish(EventType::TicketCreated, json!({"ticket_id": 1})).await;
-    app.publish(EventType::UserCreated, json!({"user_id": 2})).await;
-    app.publish(EventType::PaymentCompleted, json!({"transaction_id": 3})).await;
+    app.publish(EventType::TicketCreated, json!({"ticket_id": 1}))
+        .await;
+    app.publish(EventType::UserCreated, json!({"user_id": 2}))
+        .await;
+    app.publish(EventType::PaymentCompleted, json!({"transaction_id": 3}))
+        .await;
 
     rx.wait_for("/all", 3, 10).await;
     rx.wait_for("/ticket", 1, 10).await;
@@ -170,7 +218,10 @@ async fn patterns_match_and_inactive_or_invalid_webhooks_get_nothing() {
     settled_rows(&app.pool, user, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rx.on("/ticket").len(), 1);
-    assert_eq!(rx.on("/ticket")[0].header("x-webhook-event"), Some("ticket.created"));
+    assert_eq!(
+        rx.on("/ticket")[0].header("x-webhook-event"),
+        Some("ticket.created")
+    );
     assert_eq!(rx.on("/user").len(), 1);
     assert_eq!(rx.on("/all").len(), 3);
     // An empty secret means unsigned, as in the seed.
@@ -184,7 +235,8 @@ async fn patterns_match_and_inactive_or_invalid_webhooks_get_nothing() {
     // A webhook created later is picked up by the change notice.
     let late = insert_webhook(&app.pool, &rx.url("/late"), "payment.completed", None, true).await;
     app.notify_changed().await;
-    app.publish(EventType::PaymentCompleted, json!({"transaction_id": 4})).await;
+    app.publish(EventType::PaymentCompleted, json!({"transaction_id": 4}))
+        .await;
     rx.wait_for("/late", 1, 10).await;
     settled_rows(&app.pool, late, 1).await;
     app.cleanup().await;
@@ -200,13 +252,18 @@ async fn timeouts_are_recorded_as_failures() {
     let rx = Receiver::start(Reply::Hang).await;
     let hook = insert_webhook(&app.pool, &rx.url("/slow"), "*", None, true).await;
     app.notify_changed().await;
-    app.publish(EventType::UserCreated, json!({"user_id": 1})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
     let rows = settled_rows(&app.pool, hook, 1).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, "failed");
     assert_eq!(rows[0].response_status, None);
     assert!(
-        rows[0].error_message.as_deref().unwrap().contains("timeout"),
+        rows[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("timeout"),
         "{:?}",
         rows[0].error_message
     );
@@ -229,9 +286,13 @@ async fn long_response_bodies_are_cut_to_1000_characters() {
     .await;
     let hook = insert_webhook(&app.pool, &rx.url("/long"), "*", None, true).await;
     app.notify_changed().await;
-    app.publish(EventType::TicketCreated, json!({"ticket_id": 1})).await;
+    app.publish(EventType::TicketCreated, json!({"ticket_id": 1}))
+        .await;
     let rows = settled_rows(&app.pool, hook, 1).await;
-    assert_eq!(rows[0].response_body.as_deref().unwrap().chars().count(), 1000);
+    assert_eq!(
+        rows[0].response_body.as_deref().unwrap().chars().count(),
+        1000
+    );
     app.cleanup().await;
 }
 
@@ -248,11 +309,13 @@ async fn health_readiness_and_metrics() {
     let rx = Receiver::start(Reply::ok()).await;
     insert_webhook(&app.pool, &rx.url("/m"), "*", None, true).await;
     app.notify_changed().await;
-    app.publish(EventType::UserCreated, json!({"user_id": 1})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
     rx.wait_for("/m", 1, 10).await;
     let metrics = eventually(10, "metrics", || async {
         let (_, m) = app.get("/metrics").await;
-        m.contains("delivery_attempts_total{outcome=\"success\"} 1").then_some(m)
+        m.contains("delivery_attempts_total{outcome=\"success\"} 1")
+            .then_some(m)
     })
     .await;
     for name in [
@@ -266,5 +329,43 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(metrics.contains(name), "{name} missing in\n{metrics}");
     }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_dead_receiver_does_not_hold_up_the_others() {
+    let app = spawn_app(|c| {
+        c.max_per_webhook = 2;
+        c.queue_wait = Duration::from_millis(300);
+        c.total_timeout = Duration::from_secs(30);
+        c.shutdown_grace = Duration::from_secs(1);
+    })
+    .await;
+    let dead = Receiver::start(Reply::Hang).await;
+    let fast = Receiver::start(Reply::ok()).await;
+    let stuck = insert_webhook(&app.pool, &dead.url("/dead"), "*", None, true).await;
+    let fine = insert_webhook(&app.pool, &fast.url("/fast"), "*", None, true).await;
+    app.notify_changed().await;
+    let n = 20;
+    for i in 0..n {
+        app.publish(EventType::TicketCreated, json!({"ticket_id": i})).await;
+    }
+    // Every event reaches the fast receiver and is recorded well before the
+    // dead one could have been tried 20 times two at a time (300 s).
+    fast.wait_for("/fast", n, 10).await;
+    settled_rows(&app.pool, fine, n).await;
+    // The dead receiver holds two requests; the other deliveries to it were
+    // parked as pending rows (no attempt yet), so their events could be acked.
+    let parked = eventually(10, "parked deliveries", || async {
+        let rows = deliveries(&app.pool, stuck).await;
+        let pending = rows.iter().filter(|r| r.status == "pending").count();
+        (pending >= n - 2).then_some(pending)
+    })
+    .await;
+    assert!(parked >= n - 2);
+    assert!(dead.on("/dead").len() <= 2, "at most DELIVERY_MAX_PER_WEBHOOK at once");
+    let (_, metrics) = app.get("/metrics").await;
+    assert!(!metrics.contains("delivery_queued_total 0"), "{metrics}");
+    assert!(metrics.contains("delivery_consumer_lag"), "{metrics}");
     app.cleanup().await;
 }

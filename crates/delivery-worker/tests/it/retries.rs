@@ -27,7 +27,9 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
     let down = insert_webhook(&app.pool, &rx.url("/down"), "*", Some("k"), true).await;
     let flaky = insert_webhook(&app.pool, &rx.url("/flaky"), "*", Some("k"), true).await;
     app.notify_changed().await;
-    let event = app.publish(EventType::TicketStatusChanged, json!({"ticket_id": 9})).await;
+    let event = app
+        .publish(EventType::TicketStatusChanged, json!({"ticket_id": 9}))
+        .await;
 
     let rows = settled_rows(&app.pool, down, 3).await;
     assert_eq!(rows.len(), 3, "first attempt + 2 retries");
@@ -48,8 +50,14 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
     assert!(rows[2].next_retry_at.is_none(), "schedule exhausted");
     let reqs = rx.on("/down");
     assert_eq!(reqs.len(), 3);
-    let ids: Vec<_> = reqs.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
-    assert!(ids.iter().all(|i| *i == ids[0]), "same webhook-id on every retry: {ids:?}");
+    let ids: Vec<_> = reqs
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "same webhook-id on every retry: {ids:?}"
+    );
     assert!(reqs.iter().all(|r| webhook_client::verify_seed_signature(
         "k",
         &r.body,
@@ -87,7 +95,8 @@ async fn retry_after_on_429_is_honoured() {
     .await;
     let hook = insert_webhook(&app.pool, &rx.url("/rl"), "*", None, true).await;
     app.notify_changed().await;
-    app.publish(EventType::UserCreated, json!({"user_id": 1})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
     let got = rx.wait_for("/rl", 2, 15).await;
     let gap = (got[1].at - got[0].at).num_milliseconds();
     assert!(gap >= 900, "waited the Retry-After: {gap} ms");
@@ -107,10 +116,15 @@ async fn gone_disables_the_webhook() {
     let hook = insert_webhook(&app.pool, &rx.url("/gone"), "*", None, true).await;
     let fine = insert_webhook(&app.pool, &other.url("/fine"), "*", None, true).await;
     // Listen for the worker's own change notice.
-    let mut notices = app.client.subscribe(app.ns.webhooks_changed_subject()).await.unwrap();
+    let mut notices = app
+        .client
+        .subscribe(app.ns.webhooks_changed_subject())
+        .await
+        .unwrap();
     app.client.flush().await.unwrap();
     app.notify_changed().await;
-    app.publish(EventType::UserCreated, json!({"user_id": 1})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
     let rows = settled_rows(&app.pool, hook, 1).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, "failed");
@@ -122,7 +136,10 @@ async fn gone_disables_the_webhook() {
         (!w.is_active).then_some(w)
     })
     .await;
-    assert_eq!(w.disabled_reason.as_deref(), Some("receiver answered 410 Gone"));
+    assert_eq!(
+        w.disabled_reason.as_deref(),
+        Some("receiver answered 410 Gone")
+    );
     // The worker announced the change.
     let notice = async {
         use futures::StreamExt;
@@ -139,10 +156,15 @@ async fn gone_disables_the_webhook() {
         .expect("the worker announces the disabled webhook");
     assert_eq!(notice["op"], "updated");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    app.publish(EventType::UserCreated, json!({"user_id": 2})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 2}))
+        .await;
     other.wait_for("/fine", 2, 10).await;
     settled_rows(&app.pool, fine, 2).await;
-    assert_eq!(rx.on("/gone").len(), 1, "a disabled webhook gets nothing more");
+    assert_eq!(
+        rx.on("/gone").len(),
+        1,
+        "a disabled webhook gets nothing more"
+    );
     app.cleanup().await;
 }
 
@@ -156,18 +178,23 @@ async fn failing_too_long_disables_the_webhook() {
     let rx = Receiver::start(Reply::status(500)).await;
     let hook = insert_webhook(&app.pool, &rx.url("/bad"), "*", None, true).await;
     app.notify_changed().await;
-    app.publish(EventType::UserCreated, json!({"user_id": 1})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
     settled_rows(&app.pool, hook, 1).await;
     assert!(webhook(&app.pool, hook).await.is_active, "not yet");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    app.publish(EventType::UserCreated, json!({"user_id": 2})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 2}))
+        .await;
     let w = eventually(10, "disabled", || async {
         let w = webhook(&app.pool, hook).await;
         (!w.is_active).then_some(w)
     })
     .await;
     let reason = w.disabled_reason.unwrap();
-    assert!(reason.contains("without a single success since"), "{reason}");
+    assert!(
+        reason.contains("without a single success since"),
+        "{reason}"
+    );
     assert_eq!(w.failure_count, 2);
     app.cleanup().await;
 }
@@ -176,7 +203,14 @@ async fn failing_too_long_disables_the_webhook() {
 async fn manual_retries_queued_by_the_registry_run() {
     let app = spawn_app(|_| {}).await;
     let rx = Receiver::start(Reply::ok()).await;
-    let hook = insert_webhook(&app.pool, &rx.url("/manual"), "user.created", Some("k"), true).await;
+    let hook = insert_webhook(
+        &app.pool,
+        &rx.url("/manual"),
+        "user.created",
+        Some("k"),
+        true,
+    )
+    .await;
     // What the registry's manual retry inserts.
     exec(
         &app.pool,
@@ -226,18 +260,26 @@ async fn ssrf_guard_refuses_private_destinations() {
         hooks.push(insert_webhook(&app.pool, u, "*", None, true).await);
     }
     app.notify_changed().await;
-    app.publish(EventType::UserCreated, json!({"user_id": 1})).await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
     for (hook, url) in hooks.iter().zip(&urls) {
         let rows = settled_rows(&app.pool, *hook, 1).await;
         assert_eq!(rows.len(), 1, "{url}");
         assert_eq!(rows[0].status, "failed", "{url}");
         let err = rows[0].error_message.as_deref().unwrap_or_default();
         assert!(err.contains("destination refused"), "{url}: {err}");
-        assert!(rows[0].next_retry_at.is_none(), "{url}: refusals are not retried");
+        assert!(
+            rows[0].next_retry_at.is_none(),
+            "{url}: refusals are not retried"
+        );
     }
     let localhost = deliveries(&app.pool, hooks[1]).await;
     assert!(
-        localhost[0].error_message.as_deref().unwrap().contains("localhost resolves to"),
+        localhost[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("localhost resolves to"),
         "{:?}",
         localhost[0].error_message
     );

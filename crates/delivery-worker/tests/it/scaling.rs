@@ -33,14 +33,20 @@ async fn two_workers_share_one_consumer_without_duplicates() {
     let n = 300;
     let mut ids = HashSet::new();
     for i in 0..n {
-        ids.insert(a.publish(EventType::TicketMessageAdded, json!({"ticket_id": i})).await);
+        ids.insert(
+            a.publish(EventType::TicketMessageAdded, json!({"ticket_id": i}))
+                .await,
+        );
     }
     rx.wait_for("/h", n, 30).await;
     let rows = settled_rows(&a.pool, hook, n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = rx.on("/h");
     assert_eq!(got.len(), n, "every event once");
-    let msg_ids: HashSet<_> = got.iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    let msg_ids: HashSet<_> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_owned())
+        .collect();
     assert_eq!(msg_ids.len(), n, "no duplicates");
     assert_eq!(rows.len(), n);
     let row_events: HashSet<_> = rows.iter().filter_map(|r| r.event_id.clone()).collect();
@@ -103,7 +109,10 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     for i in 0..n {
         let p = proto_events::Envelope::new(
             EventType::TicketCreated,
-            json!({"ticket_id": i, "title": "Проблема 🚨"}).as_object().unwrap().clone(),
+            json!({"ticket_id": i, "title": "Проблема 🚨"})
+                .as_object()
+                .unwrap()
+                .clone(),
         );
         publisher.publish(&p).await.unwrap();
         events.push(p.id);
@@ -113,7 +122,11 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     eventually(20, "first rows", || async {
         use storage::schema::webhook_deliveries::dsl as d;
         let mut conn = pool.get().await.ok()?;
-        let n: i64 = d::webhook_deliveries.count().get_result(&mut conn).await.ok()?;
+        let n: i64 = d::webhook_deliveries
+            .count()
+            .get_result(&mut conn)
+            .await
+            .ok()?;
         (n >= 10).then_some(())
     })
     .await;
@@ -123,7 +136,11 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     let recorded_before_kill = {
         use storage::schema::webhook_deliveries::dsl as d;
         let mut conn = pool.get().await.unwrap();
-        d::webhook_deliveries.count().get_result::<i64>(&mut conn).await.unwrap() as usize
+        d::webhook_deliveries
+            .count()
+            .get_result::<i64>(&mut conn)
+            .await
+            .unwrap() as usize
     };
 
     let mut second = start_binary(&db, &ns);
@@ -188,7 +205,10 @@ async fn a_worker_killed_mid_run_loses_nothing() {
         if let Some(s) = second.try_wait().unwrap() {
             break s;
         }
-        assert!(std::time::Instant::now() < deadline, "worker did not stop in time");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker did not stop in time"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");

@@ -7,11 +7,13 @@
 //! reports deliveries/s (received and recorded), publish→receive latency
 //! percentiles and errors.
 //!
-//! By default the worker runs in this process against a fresh temporary
-//! database and a unique NATS namespace (`--worker in-process`); with
-//! `--worker external` a running `delivery-worker` with the same
-//! `NATS_PREFIX` and `DATABASE_URL` does the work (webhooks are inserted
-//! into that database, announced with a change notice, and deleted at the end).
+//! Where the worker runs (`--worker`): `in-process` (default) inside this
+//! process, or `spawn`: the `delivery-worker` binary as a child process (as
+//! in production; the allocator and CPU accounting are its own), both on a
+//! fresh temporary database and a unique NATS namespace that are removed at
+//! the end; or `external`: a running worker with the same `NATS_PREFIX` and
+//! `DATABASE_URL` (webhooks are inserted into that database, announced with a
+//! change notice, and deleted at the end).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -35,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 pub enum WorkerMode {
     /// In this process, on a temporary database and a unique namespace.
     InProcess,
+    /// The `delivery-worker` binary (`--worker-bin`, default: next to this
+    /// executable) as a child process, on a temporary database and a unique
+    /// namespace: the worker gets its own process, as in production.
+    Spawn,
     /// A running worker (same DATABASE_URL and NATS_PREFIX).
     External,
 }
@@ -63,6 +69,9 @@ pub struct Args {
     /// Where the worker runs.
     #[arg(long, value_enum, default_value_t = WorkerMode::InProcess)]
     pub worker: WorkerMode,
+    /// The worker binary for `--worker spawn`.
+    #[arg(long)]
+    pub worker_bin: Option<std::path::PathBuf>,
     /// In-process worker: DELIVERY_MAX_IN_FLIGHT.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
@@ -309,9 +318,12 @@ async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64,
 
 /// Runs the benchmark and prints the report.
 pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.events > 0 && args.webhooks > 0, "--events and --webhooks must be positive");
+    anyhow::ensure!(
+        args.events > 0 && args.webhooks > 0,
+        "--events and --webhooks must be positive"
+    );
     let (db, ns) = match args.worker {
-        WorkerMode::InProcess => {
+        WorkerMode::InProcess | WorkerMode::Spawn => {
             let ns = if ns.prefix().is_empty() {
                 Namespace::unique()
             } else {
@@ -329,7 +341,7 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
         ),
     };
     let result = bench(nats_url, &ns, &db, &args).await;
-    if args.worker == WorkerMode::InProcess {
+    if args.worker != WorkerMode::External {
         let client = async_nats::connect(nats_url).await;
         if let Ok(client) = client {
             let js = async_nats::jetstream::new(client);
@@ -392,28 +404,49 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
             let app = delivery_worker::Application::build(cfg).await?;
             let worker_addr = app.local_addr();
             let handle = tokio::spawn(app.run_until_stopped(stop.clone()));
-            // Wait until it consumes.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let ready = reqwest_ready(worker_addr).await;
-                if ready {
-                    break;
-                }
-                anyhow::ensure!(Instant::now() < deadline, "the in-process worker did not get ready");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Some(handle)
+            wait_ready(worker_addr).await?;
+            Worker::InProcess(handle)
+        }
+        WorkerMode::Spawn => {
+            let bin = match &args.worker_bin {
+                Some(p) => p.clone(),
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(|d| d.join("delivery-worker"))
+                    .context("cannot locate the delivery-worker binary; pass --worker-bin")?,
+            };
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let worker_addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let child = tokio::process::Command::new(&bin)
+                .env("DATABASE_URL", &db.url)
+                .env("NATS_URL", nats_url)
+                .env("NATS_PREFIX", ns.prefix())
+                .env("WORKER_BIND", worker_addr.to_string())
+                .env("DELIVERY_ALLOW_PRIVATE_TARGETS", "true")
+                .env("DELIVERY_MAX_IN_FLIGHT", args.max_in_flight.to_string())
+                .env("DELIVERY_MAX_PER_WEBHOOK", args.max_per_webhook.to_string())
+                .env("DELIVERY_MAX_MESSAGES", args.max_messages.to_string())
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("cannot start {}", bin.display()))?;
+            wait_ready(worker_addr).await?;
+            Worker::Child(child)
         }
         WorkerMode::External => {
             client
                 .publish(
                     ns.webhooks_changed_subject(),
-                    json!({"webhook_id": ids.first(), "op": "created"}).to_string().into(),
+                    json!({"webhook_id": ids.first(), "op": "created"})
+                        .to_string()
+                        .into(),
                 )
                 .await?;
             client.flush().await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
-            None
+            Worker::External
         }
     };
 
@@ -482,7 +515,10 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
         if n != last.0 {
             last = (n, Instant::now());
         } else if last.1.elapsed() > idle {
-            println!("receiver idle for {}s at {n}/{expected}; giving up", args.idle_timeout);
+            println!(
+                "receiver idle for {}s at {n}/{expected}; giving up",
+                args.idle_timeout
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -496,7 +532,10 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
         if ok + failed != last.0 {
             last = (ok + failed, Instant::now());
         } else if last.1.elapsed() > idle {
-            println!("rows idle for {}s at {ok}/{expected}; giving up", args.idle_timeout);
+            println!(
+                "rows idle for {}s at {ok}/{expected}; giving up",
+                args.idle_timeout
+            );
             break (ok, failed, started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -540,9 +579,7 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
 
     // Clean up.
     stop.cancel();
-    if let Some(handle) = worker {
-        let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
-    }
+    worker.stop().await;
     if args.worker == WorkerMode::External {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
@@ -557,7 +594,9 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
         let _ = client
             .publish(
                 ns.webhooks_changed_subject(),
-                json!({"webhook_id": ids.first(), "op": "deleted"}).to_string().into(),
+                json!({"webhook_id": ids.first(), "op": "deleted"})
+                    .to_string()
+                    .into(),
             )
             .await;
         let _ = client.flush().await;
@@ -569,8 +608,51 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
     Ok(())
 }
 
+/// The worker under test.
+enum Worker {
+    InProcess(tokio::task::JoinHandle<anyhow::Result<()>>),
+    Child(tokio::process::Child),
+    External,
+}
+
+impl Worker {
+    /// Stops it gracefully (SIGTERM for a child).
+    async fn stop(self) {
+        match self {
+            Worker::InProcess(handle) => {
+                let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+            }
+            Worker::Child(mut child) => {
+                if let Some(pid) = child.id() {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status()
+                        .await;
+                }
+                if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+            Worker::External => {}
+        }
+    }
+}
+
+/// Waits until the worker's `/readyz` answers 200.
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready(addr).await {
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not get ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 /// `GET /readyz` answers 200.
-async fn reqwest_ready(addr: SocketAddr) -> bool {
+async fn ready(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return false;
     };

@@ -175,16 +175,57 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
-/// Runs the benchmark and prints the report.
-pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+/// Publishes `rate` events per second for `duration`; returns how many.
+async fn publish_at_rate(
+    nats_url: &str,
+    ns: Namespace,
+    rate: u64,
+    duration: Duration,
+    payload_bytes: usize,
+) -> anyhow::Result<u64> {
     let nats = async_nats::ConnectOptions::new()
-        .name("eventctl-bench-fanout")
+        .name("eventctl-bench-fanout-publisher")
         .connect(nats_url)
         .await
         .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
     let publisher = Publisher::new(nats, ns);
     publisher.ensure_stream().await?;
+    let padding = "x".repeat(payload_bytes);
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
+    let mut published = 0;
+    while published < total {
+        tick.tick().await;
+        let payload = serde_json::json!({
+            "ticket_id": published,
+            "message_id": published,
+            "user_id": 1,
+            "is_from_admin": false,
+            "message_text": padding,
+            "has_media": false,
+            "status": "open",
+            "bench_sent_ns": now_ns() as u64,
+        });
+        publisher
+            .publish_value("ticket.message_added", payload)
+            .await
+            .context("publish")?;
+        published += 1;
+    }
+    Ok(published)
+}
+
+/// Runs the benchmark and prints the report.
+pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    // Fail early when NATS is not there.
+    async_nats::ConnectOptions::new()
+        .name("eventctl-bench-fanout")
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
 
     let sep = if args.url.contains('?') { '&' } else { '?' };
     let url = format!("{}{sep}token={}", args.url, args.token);
@@ -223,35 +264,30 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     tokio::time::sleep(args.settle).await;
     let rss_idle = args.gateway_pid.map(rss_kib).transpose()?;
 
-    let padding = "x".repeat(args.payload_bytes);
-    let mut published = 0u64;
+    // Publish from a thread and runtime of its own, so thousands of busy
+    // client tasks never delay a publish (that would inflate latency).
     let publish_started = Instant::now();
-    if args.rate > 0 {
-        let period = Duration::from_secs_f64(1.0 / args.rate as f64);
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let total = (args.rate as f64 * args.duration.as_secs_f64()).round() as u64;
-        while published < total {
-            tick.tick().await;
-            let payload = serde_json::json!({
-                "ticket_id": published,
-                "message_id": published,
-                "user_id": 1,
-                "is_from_admin": false,
-                "message_text": padding,
-                "has_media": false,
-                "status": "open",
-                "bench_sent_ns": now_ns() as u64,
-            });
-            publisher
-                .publish_value("ticket.message_added", payload)
-                .await
-                .context("publish")?;
-            published += 1;
-        }
+    let published = if args.rate > 0 {
+        let (url, ns, rate, duration, bytes) = (
+            nats_url.to_owned(),
+            ns.clone(),
+            args.rate,
+            args.duration,
+            args.payload_bytes,
+        );
+        let thread = std::thread::spawn(move || -> anyhow::Result<u64> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(publish_at_rate(&url, ns, rate, duration, bytes))
+        });
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??
     } else {
         tokio::time::sleep(args.duration).await;
-    }
+        0
+    };
     let publish_secs = publish_started.elapsed().as_secs_f64();
     let rss_busy = args.gateway_pid.map(rss_kib).transpose()?;
 

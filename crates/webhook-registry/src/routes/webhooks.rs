@@ -101,12 +101,21 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     let mut conn = state.conn().await?;
     let (items, total) =
         db::list_webhooks(&mut conn, event_type.as_deref(), is_active, limit, offset).await?;
-    Ok(HttpResponse::Ok().json(WebhookPage {
+    let page = WebhookPage {
         items: items.into_iter().map(WebhookOut::from).collect(),
         total,
         limit,
         offset,
-    }))
+    };
+    // Sized up front: a page of 50 is about 16 KB.
+    let mut body = Vec::with_capacity(128 + page.items.len() * 400);
+    serde_json::to_writer(&mut body, &page).map_err(|e| {
+        tracing::error!(error = %e, "cannot serialize a page");
+        ApiError::Internal
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// Overall statistics.
