@@ -5,7 +5,11 @@ use std::time::Duration;
 
 /// Settings of one gateway process.
 #[derive(Clone, clap::Parser)]
-#[command(name = "gateway", version, about = "WebSocket fan-out of bedolaga events")]
+#[command(
+    name = "gateway",
+    version,
+    about = "WebSocket fan-out of bedolaga events"
+)]
 pub struct Config {
     /// PostgreSQL URL (API tokens are checked against `web_api_tokens`).
     #[arg(long, env = "DATABASE_URL", default_value = storage::DEFAULT_DATABASE_URL)]
@@ -22,7 +26,12 @@ pub struct Config {
     /// Comma-separated `Origin` values allowed to open `/ws` (empty: any;
     /// the token is required anyway). Requests without `Origin` (non-browser
     /// clients) are always allowed.
-    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", default_value = "", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "GATEWAY_ALLOWED_ORIGINS",
+        default_value = "",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
     /// Most WebSocket connections held at once; further clients are closed
     /// with 1013 right after the handshake.
@@ -63,7 +72,13 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
     /// Key for the bot's HMAC token hashes (empty: plain SHA-256).
-    #[arg(long, env = "WEB_API_TOKEN_HMAC_SECRET", default_value = "", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "WEB_API_TOKEN_HMAC_SECRET",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub token_hmac_secret: String,
     #[command(flatten)]
     pub log: telemetry::LogArgs,

@@ -99,7 +99,10 @@ impl Client {
         let mut st = self.state.lock();
         if st.close.is_some()
             || frame.seq <= st.min_seq
-            || !st.filter.unwrap_or(PatternSet::all()).matches(frame.event_type)
+            || !st
+                .filter
+                .unwrap_or(PatternSet::all())
+                .matches(frame.event_type)
         {
             return;
         }

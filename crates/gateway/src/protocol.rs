@@ -164,8 +164,13 @@ pub fn resumed_message(since: u64, replayed: u64, last_seq: u64) -> String {
 #[derive(Debug, PartialEq)]
 pub enum ClientMessage {
     Ping,
-    Subscribe { set: PatternSet, events: Vec<String> },
-    Resume { since: u64 },
+    Subscribe {
+        set: PatternSet,
+        events: Vec<String>,
+    },
+    Resume {
+        since: u64,
+    },
     /// Valid JSON but not a request we know; answered with an error.
     Unknown(String),
     /// Not JSON (or not an object with a `type`): logged and ignored.
@@ -198,9 +203,7 @@ pub fn parse_client(text: &str) -> ClientMessage {
                 match item {
                     serde_json::Value::String(s) => events.push(s),
                     _ => {
-                        return ClientMessage::Unknown(
-                            "subscribe 'events' must be strings".into(),
-                        );
+                        return ClientMessage::Unknown("subscribe 'events' must be strings".into());
                     }
                 }
             }

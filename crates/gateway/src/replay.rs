@@ -15,7 +15,7 @@ pub enum Start {
     UpToDate,
     /// Replay messages up to and including `until` (the stream's last
     /// sequence when the replay began).
-    Replay { messages: Ordered, until: u64 },
+    Replay { messages: Box<Ordered>, until: u64 },
 }
 
 /// Decides how to resume after `since` and opens the replay consumer.
@@ -68,7 +68,7 @@ pub async fn start(
         .await?;
     let messages = consumer.messages().await?;
     Ok(Start::Replay {
-        messages,
+        messages: Box::new(messages),
         until: last,
     })
 }

@@ -183,7 +183,10 @@ impl Application {
         );
 
         shutdown.cancelled().await;
-        tracing::info!(clients = state.open.load(Ordering::SeqCst), "shutting down: closing every client with 1001");
+        tracing::info!(
+            clients = state.open.load(Ordering::SeqCst),
+            "shutting down: closing every client with 1001"
+        );
         state.hub.close_all();
         let deadline = tokio::time::Instant::now() + shutdown_grace;
         while state.open.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
@@ -278,12 +281,7 @@ fn readiness(pool: &DbPool, nats: &async_nats::Client, hub: &Arc<Hub>) -> Readin
 /// Every `interval`, asks the database which token ids of open
 /// connections are still usable (one query) and closes the others with
 /// 1008. A database outage closes nothing.
-async fn recheck_tokens(
-    hub: Arc<Hub>,
-    pool: DbPool,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+async fn recheck_tokens(hub: Arc<Hub>, pool: DbPool, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -303,7 +301,10 @@ async fn recheck_tokens(
             Ok(Ok(usable)) => {
                 let closed = hub.close_revoked(&usable);
                 if closed > 0 {
-                    tracing::info!(closed, "closed connections whose token was revoked or expired");
+                    tracing::info!(
+                        closed,
+                        "closed connections whose token was revoked or expired"
+                    );
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot re-check tokens; keeping connections"),

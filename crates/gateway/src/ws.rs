@@ -3,22 +3,24 @@
 //! replay, client frames, the heartbeat and close requests.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
+use actix_ws::{
+    AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session,
+};
 use async_nats::jetstream;
 use bytestring::ByteString;
 use futures::future::LocalBoxFuture;
 use futures::{FutureExt, StreamExt};
-use std::future::Future as _;
 use proto_events::PatternSet;
 use serde::Deserialize;
+use std::future::Future as _;
 use tokio::time::Instant;
 
 use crate::hub::{Client, Close, Take};
@@ -84,7 +86,7 @@ fn origin_allowed(allowed: &[String], origin: Option<&header::HeaderValue>) -> b
         .trim()
         .trim_end_matches('/')
         .to_ascii_lowercase();
-    allowed.iter().any(|a| *a == origin)
+    allowed.contains(&origin)
 }
 
 /// One open WebSocket connection counted against `GATEWAY_MAX_CONNECTIONS`.
@@ -125,7 +127,9 @@ pub async fn ws(
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
     if !origin_allowed(&state.settings.origins, req.headers().get(header::ORIGIN)) {
-        return Ok(HttpResponse::Forbidden().json(serde_json::json!({"detail": "Origin not allowed"})));
+        return Ok(
+            HttpResponse::Forbidden().json(serde_json::json!({"detail": "Origin not allowed"}))
+        );
     }
     let query = web::Query::<WsQuery>::from_query(req.query_string())
         .map(web::Query::into_inner)
@@ -211,7 +215,11 @@ impl Accepted {
         };
         let state = self.state.clone();
         let client = state.hub.register_local(principal.token_id, filter);
-        tracing::debug!(client = client.id, token_id = principal.token_id, "client connected");
+        tracing::debug!(
+            client = client.id,
+            token_id = principal.token_id,
+            "client connected"
+        );
         let mut conn = Conn {
             state: state.clone(),
             session: self.session.clone(),
@@ -241,7 +249,12 @@ impl Accepted {
                 CloseKind::NoToken,
             ));
         };
-        match self.state.auth.authenticate(&token, self.ip.as_deref()).await {
+        match self
+            .state
+            .auth
+            .authenticate(&token, self.ip.as_deref())
+            .await
+        {
             Ok(Some(p)) => Ok(p),
             Ok(None) => Err(Close::new(
                 CloseCode::Policy,
@@ -282,7 +295,7 @@ enum Stop {
 }
 
 struct ReplayState {
-    messages: async_nats::jetstream::consumer::pull::Ordered,
+    messages: Box<async_nats::jetstream::consumer::pull::Ordered>,
     idle: Pin<Box<tokio::time::Sleep>>,
     since: u64,
     until: u64,
@@ -401,8 +414,13 @@ impl Conn {
 
     /// What a connection does first: the welcome message, the answer to
     /// `events=` and the replay of `since=`.
-    async fn open(&mut self, start: Start, replay: &mut Option<Box<ReplayState>>) -> Result<(), Stop> {
-        self.send(ByteString::from_static(protocol::WELCOME)).await?;
+    async fn open(
+        &mut self,
+        start: Start,
+        replay: &mut Option<Box<ReplayState>>,
+    ) -> Result<(), Stop> {
+        self.send(ByteString::from_static(protocol::WELCOME))
+            .await?;
         let reply = match &start.events {
             Some(Ok((_, events))) => Some(protocol::subscribed_message(events)),
             Some(Err(e)) => Some(protocol::error_message(e)),
@@ -500,19 +518,27 @@ impl Conn {
         }
     }
 
-    async fn on_text(&mut self, text: &str, replay: &mut Option<Box<ReplayState>>) -> Result<(), Stop> {
+    async fn on_text(
+        &mut self,
+        text: &str,
+        replay: &mut Option<Box<ReplayState>>,
+    ) -> Result<(), Stop> {
         match protocol::parse_client(text) {
             ClientMessage::Ping => self.send(ByteString::from_static(protocol::PONG)).await,
             ClientMessage::Subscribe { set, events } => {
                 self.client.set_filter(set);
-                self.send(protocol::subscribed_message(&events).into()).await
+                self.send(protocol::subscribed_message(&events).into())
+                    .await
             }
             ClientMessage::Resume { since } => Box::pin(self.begin_resume(since, replay)).await,
             ClientMessage::Unknown(message) => {
                 self.send(protocol::error_message(&message).into()).await
             }
             ClientMessage::Invalid => {
-                tracing::debug!(client = self.client.id, "ignoring a message that is not JSON");
+                tracing::debug!(
+                    client = self.client.id,
+                    "ignoring a message that is not JSON"
+                );
                 Ok(())
             }
         }
@@ -560,12 +586,8 @@ impl Conn {
                 self.state.metrics.resyncs.inc();
                 self.client.resume_after(0);
                 self.send(
-                    protocol::resync_message(
-                        since,
-                        0,
-                        "stored events cannot be read now; reload",
-                    )
-                    .into(),
+                    protocol::resync_message(since, 0, "stored events cannot be read now; reload")
+                        .into(),
                 )
                 .await
             }
@@ -658,7 +680,10 @@ mod tests {
         let mut h = HeaderMap::new();
         let q = WsQuery::default();
         assert_eq!(find_token(&h, &q), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert_eq!(find_token(&h, &q).as_deref(), Some("abc"));
         let mut h2 = HeaderMap::new();
         h2.insert(
@@ -677,7 +702,10 @@ mod tests {
     #[test]
     fn origins() {
         let allowed = vec!["https://admin.example.com".to_owned()];
-        assert!(origin_allowed(&[], Some(&HeaderValue::from_static("https://x"))));
+        assert!(origin_allowed(
+            &[],
+            Some(&HeaderValue::from_static("https://x"))
+        ));
         assert!(origin_allowed(&allowed, None));
         assert!(origin_allowed(
             &allowed,

@@ -464,6 +464,7 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
     );
 
     // Publish.
+    let cpu_start = (cpu_seconds(None), worker.cpu());
     let started = Instant::now();
     let subject = ns.event_subject(EventType::TicketMessageAdded.as_str());
     let mut acks = FuturesUnordered::new();
@@ -571,6 +572,27 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
         percentile(&seen.latencies_us, 99.0),
         percentile(&seen.latencies_us, 100.0)
     );
+    let cpu_end = (cpu_seconds(None), worker.cpu());
+    let per_delivery = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if received > 0 => {
+            format!(
+                "{:.1}s ({:.0} µs/delivery)",
+                b - a,
+                (b - a) * 1e6 / received as f64
+            )
+        }
+        _ => "n/a".to_owned(),
+    };
+    println!(
+        "cpu        this process (publisher + receivers{}) {}, worker process {}",
+        if args.worker == WorkerMode::InProcess {
+            " + worker"
+        } else {
+            ""
+        },
+        per_delivery(cpu_start.0, cpu_end.0),
+        per_delivery(cpu_start.1, cpu_end.1)
+    );
     let missing = expected.saturating_sub(seen.ids.len() as u64);
     println!(
         "errors     {} bad signatures, {} duplicates, {} unreadable bodies, {missing} missing, {failed_rows} failed attempts",
@@ -608,6 +630,19 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
     Ok(())
 }
 
+/// CPU seconds (user + system) used so far by a process (`None`: this one),
+/// from `/proc` (Linux; `None` elsewhere). Assumes the usual 100 ticks/s.
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// The worker under test.
 enum Worker {
     InProcess(tokio::task::JoinHandle<anyhow::Result<()>>),
@@ -616,6 +651,14 @@ enum Worker {
 }
 
 impl Worker {
+    /// CPU seconds used by the worker process, when it is a child.
+    fn cpu(&self) -> Option<f64> {
+        match self {
+            Worker::Child(c) => cpu_seconds(c.id()),
+            _ => None,
+        }
+    }
+
     /// Stops it gracefully (SIGTERM for a child).
     async fn stop(self) {
         match self {

@@ -97,6 +97,17 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS line")
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`
+/// (`self` for this process). Assumes the usual 100 clock ticks per second.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 async fn client(
     origin: Instant,
     url: String,
@@ -264,6 +275,8 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     tokio::time::sleep(args.settle).await;
     let rss_idle = args.gateway_pid.map(rss_kib).transpose()?;
 
+    let gateway_pid = args.gateway_pid.map(|p| p.to_string());
+    let cpu_before = (gateway_pid.as_deref().and_then(cpu_secs), cpu_secs("self"));
     // Publish from a thread and runtime of its own, so thousands of busy
     // client tasks never delay a publish (that would inflate latency).
     let publish_started = Instant::now();
@@ -303,6 +316,14 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
             still_since = Instant::now();
         }
     }
+    let cpu_after = (gateway_pid.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    let busy_secs = publish_started.elapsed().as_secs_f64();
+    let cpu_share = |before: Option<f64>, after: Option<f64>| match (before, after) {
+        (Some(a), Some(b)) if busy_secs > 0.0 => Some((b - a) / busy_secs),
+        _ => None,
+    };
+    let gateway_cpu = cpu_share(cpu_before.0, cpu_after.0);
+    let bench_cpu = cpu_share(cpu_before.1, cpu_after.1);
     let held = connected - stats.closed.load(Ordering::SeqCst);
     stop.cancel();
     for t in tasks {
@@ -312,8 +333,7 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     let mut lat = std::mem::take(&mut *stats.latencies.lock());
     lat.sort_unstable();
     // deliveries per second from the first publish to the last delivery
-    let last_delivery =
-        Duration::from_micros(stats.last_delivery_us.load(Ordering::SeqCst));
+    let last_delivery = Duration::from_micros(stats.last_delivery_us.load(Ordering::SeqCst));
     let window = last_delivery
         .saturating_sub(publish_started - started)
         .as_secs_f64()
@@ -330,7 +350,10 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
 
     println!("bench fanout: {}", args.url);
     println!("  clients requested     {}", args.clients);
-    println!("  connections held      {held} (failed {failed}, ramp {:.1}s)", ramp.as_secs_f64());
+    println!(
+        "  connections held      {held} (failed {failed}, ramp {:.1}s)",
+        ramp.as_secs_f64()
+    );
     if let (Some(a), Some(b)) = (rss_before, rss_idle) {
         println!(
             "  gateway RSS           {a} KiB before, {b} KiB with {connected} idle clients: {:.1} KiB per connection",
@@ -356,6 +379,14 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
             percentile(&lat, 1.0)
         );
     }
+    if published > 0 {
+        let fmt = |c: Option<f64>| c.map_or("n/a".to_owned(), |c| format!("{c:.2} cores"));
+        println!(
+            "  CPU while publishing  gateway {}, this load generator {}",
+            fmt(gateway_cpu),
+            fmt(bench_cpu)
+        );
+    }
     let codes = stats.close_codes.lock().clone();
     if !codes.is_empty() {
         println!("  closed by the server  {codes:?}");
@@ -379,6 +410,8 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
                 "p99_ms": percentile(&lat, 0.99),
                 "max_ms": percentile(&lat, 1.0),
                 "close_codes": codes,
+                "gateway_cpu_cores": gateway_cpu,
+                "loadgen_cpu_cores": bench_cpu,
             })
         );
     }
@@ -392,7 +425,8 @@ mod tests {
 
     #[test]
     fn finds_the_send_time() {
-        let t = r#"{"type":"ticket.message_added","payload":{"bench_sent_ns":1234567,"x":1},"seq":3}"#;
+        let t =
+            r#"{"type":"ticket.message_added","payload":{"bench_sent_ns":1234567,"x":1},"seq":3}"#;
         assert_eq!(sent_ns(t), Some(1_234_567));
         assert_eq!(sent_ns("{}"), None);
     }

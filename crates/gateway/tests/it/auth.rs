@@ -18,7 +18,10 @@ async fn no_token_closes_1008() {
         );
     }
     let m = app.metrics().await;
-    assert!(m.contains(r#"gateway_clients_closed_total{reason="no_token"} 3"#), "{m}");
+    assert!(
+        m.contains(r#"gateway_clients_closed_total{reason="no_token"} 3"#),
+        "{m}"
+    );
     app.stop().await;
     b.cleanup().await;
 }
@@ -47,8 +50,7 @@ async fn bad_revoked_or_expired_token_closes_1008() {
 async fn every_token_source_is_accepted() {
     let b = Backing::new().await;
     let app = TestApp::spawn(b.config()).await;
-    let welcome =
-        r#"{"type":"connection","status":"connected","message":"WebSocket connection established"}"#;
+    let welcome = r#"{"type":"connection","status":"connected","message":"WebSocket connection established"}"#;
     let url = app.ws_url("");
     let bearer = format!("Bearer {}", b.token);
     let cases: Vec<(String, Vec<(&'static str, &str)>)> = vec![
@@ -82,10 +84,15 @@ async fn revoking_a_token_closes_its_sockets_only() {
         );
     }
     other.roundtrip().await;
-    let seq = b.publish("user.created", crate::helpers::user_payload(1)).await;
+    let seq = b
+        .publish("user.created", crate::helpers::user_payload(1))
+        .await;
     assert_eq!(other.next_event().await["seq"], seq);
     let m = app.metrics().await;
-    assert!(m.contains(r#"gateway_clients_closed_total{reason="token_revoked"} 2"#), "{m}");
+    assert!(
+        m.contains(r#"gateway_clients_closed_total{reason="token_revoked"} 2"#),
+        "{m}"
+    );
     app.stop().await;
     b.cleanup().await;
 }

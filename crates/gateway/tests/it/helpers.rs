@@ -157,7 +157,10 @@ impl TestApp {
             if ready {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "gateway never became ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         t

@@ -69,7 +69,10 @@ async fn a_stalled_client_is_closed_1013_without_delaying_a_fast_one() {
     assert_eq!(code, 1013);
     assert!(reason.contains("too slow"), "{reason}");
     let m = app.metrics().await;
-    assert!(m.contains(r#"gateway_clients_closed_total{reason="slow_client"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"gateway_clients_closed_total{reason="slow_client"} 1"#),
+        "{m}"
+    );
     app.stop().await;
     b.cleanup().await;
 }
@@ -87,7 +90,12 @@ async fn server_pings_and_a_silent_client_is_closed() {
     let mut pings = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut alive.inner)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            futures::StreamExt::next(&mut alive.inner),
+        )
+        .await
+        {
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_)))) => pings += 1,
             Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c)))) => {
                 panic!("a client that answers pings was closed: {c:?}")
@@ -117,7 +125,10 @@ async fn server_pings_and_a_silent_client_is_closed() {
         }
     }
     let m = app.metrics().await;
-    assert!(m.contains(r#"gateway_clients_closed_total{reason="ping_timeout"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"gateway_clients_closed_total{reason="ping_timeout"} 1"#),
+        "{m}"
+    );
     app.stop().await;
     b.cleanup().await;
 }
@@ -148,7 +159,10 @@ async fn shutdown_closes_every_client_with_1001() {
     c2.roundtrip().await;
     app.shutdown.cancel();
     for ws in [&mut c1, &mut c2] {
-        assert_eq!(ws.expect_close().await, (1001, "Server shutting down".to_owned()));
+        assert_eq!(
+            ws.expect_close().await,
+            (1001, "Server shutting down".to_owned())
+        );
     }
     tokio::time::timeout(Duration::from_secs(10), app.handle)
         .await

@@ -115,7 +115,10 @@ async fn resume_message_replays_with_the_filter() {
     // a resume that is already up to date replays nothing
     ws.send_json(json!({"type": "resume", "since": t3})).await;
     let up = ws.next_json().await;
-    assert_eq!((up["type"].as_str(), up["replayed"].as_u64()), (Some("resumed"), Some(0)));
+    assert_eq!(
+        (up["type"].as_str(), up["replayed"].as_u64()),
+        (Some("resumed"), Some(0))
+    );
     // a malformed resume is an error, not a disconnect
     ws.send_json(json!({"type": "resume", "since": "x"})).await;
     assert_eq!(ws.next_json().await["type"], "error");
@@ -137,9 +140,7 @@ async fn too_old_since_asks_for_a_resync_then_continues_live() {
     let first = stream.info().await.unwrap().state.first_sequence;
     assert_eq!(first, 6);
 
-    let mut ws = app
-        .connect(&format!("?token={}&since=2", b.token))
-        .await;
+    let mut ws = app.connect(&format!("?token={}&since=2", b.token)).await;
     assert_eq!(ws.next_json().await["type"], "connection");
     let msg = ws.next_json().await;
     assert_eq!(msg["type"], "resync_required", "{msg}");
