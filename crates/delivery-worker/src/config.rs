@@ -129,6 +129,8 @@ pub enum ConfigError {
     Prefix(#[from] proto_events::InvalidPrefix),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("DELIVERY_ACK_WAIT must be at least 1s")]
+    AckWait,
 }
 
 impl Config {
@@ -146,6 +148,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.parsed_schedule()?;
         proto_events::Namespace::new(&self.nats_prefix)?;
+        if self.ack_wait < Duration::from_secs(1) {
+            return Err(ConfigError::AckWait);
+        }
         for (name, v) in [
             ("DELIVERY_MAX_IN_FLIGHT", self.max_in_flight),
             ("DELIVERY_MAX_PER_WEBHOOK", self.max_per_webhook),

@@ -232,15 +232,24 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         attempt_number: 1,
         traceparent: traceparent.as_deref(),
     };
-    let records = if let [target] = targets.as_slice() {
-        // The common case, without a heap-allocated set of futures.
-        vec![ctx.deliverer.deliver(job(target)).await]
-    } else {
-        futures::future::join_all(targets.iter().map(|t| ctx.deliverer.deliver(job(t)))).await
+    // Each delivery is recorded as soon as it ends (a slow receiver does not
+    // hold back the rows of the others); the event is acked once all are.
+    let deliver_and_record = |target| {
+        let job = job(target);
+        async move {
+            let record = ctx.deliverer.deliver(job).await;
+            ctx.deliverer.recorder.submit(vec![record]).await
+        }
     };
-    match ctx.deliverer.recorder.submit(records).await {
-        Ok(()) => Verdict::Ack,
-        Err(e) => {
+    let results = if let [target] = targets.as_slice() {
+        // The common case, without a heap-allocated set of futures.
+        vec![deliver_and_record(&**target).await]
+    } else {
+        futures::future::join_all(targets.iter().map(|t| deliver_and_record(&**t))).await
+    };
+    match results.into_iter().find_map(Result::err) {
+        None => Verdict::Ack,
+        Some(e) => {
             tracing::warn!(error = %e, event_id = %event.id, "event will be redelivered");
             Verdict::Retry(Duration::from_secs(5))
         }

@@ -186,6 +186,7 @@ async fn flush(
     on_disabled: &DisabledHook,
 ) {
     let mut arrays = Arrays::default();
+    arrays.reserve(batch.iter().map(|s| s.records.len()).sum());
     for s in &batch {
         for r in &s.records {
             arrays.push(r);
@@ -243,7 +244,7 @@ struct Arrays {
     // New rows.
     i_webhook: Vec<i32>,
     i_event_type: Vec<String>,
-    i_payload: Vec<String>,
+    i_payload: Vec<Arc<str>>,
     i_response_status: Vec<Option<i32>>,
     i_response_body: Vec<Option<String>>,
     i_status: Vec<&'static str>,
@@ -274,6 +275,23 @@ struct Arrays {
 }
 
 impl Arrays {
+    /// Room for `n` new rows (the usual case: first attempts from the stream).
+    fn reserve(&mut self, n: usize) {
+        self.i_webhook.reserve(n);
+        self.i_event_type.reserve(n);
+        self.i_payload.reserve(n);
+        self.i_response_status.reserve(n);
+        self.i_response_body.reserve(n);
+        self.i_status.reserve(n);
+        self.i_error.reserve(n);
+        self.i_attempt.reserve(n);
+        self.i_delivered_at.reserve(n);
+        self.i_next_retry_at.reserve(n);
+        self.i_event_id.reserve(n);
+        self.i_created_at.reserve(n);
+        self.attempts.reserve(n);
+    }
+
     fn len(&self) -> usize {
         self.i_webhook.len() + self.u_id.len()
     }
@@ -283,7 +301,7 @@ impl Arrays {
         &mut self,
         webhook_id: i32,
         event_type: &str,
-        payload: &str,
+        payload: &Arc<str>,
         status: &'static str,
         attempt: i32,
         event_id: Option<&String>,
@@ -292,7 +310,7 @@ impl Arrays {
     ) {
         self.i_webhook.push(webhook_id);
         self.i_event_type.push(event_type.to_owned());
-        self.i_payload.push(payload.to_owned());
+        self.i_payload.push(payload.clone());
         self.i_status.push(status);
         self.i_attempt.push(attempt);
         self.i_event_id.push(event_id.cloned());
@@ -425,7 +443,7 @@ const FAILING_SINCE: &str = "(CASE WHEN v.ok_last THEN NULL::timestamptz \
      WHEN v.ok > 0 THEN v.fail_since \
      ELSE COALESCE(w.failing_since, v.fail_since) END)";
 
-fn statement() -> String {
+fn build_statement() -> String {
     let fs = FAILING_SINCE;
     let too_long = format!("COALESCE({fs} < now() - make_interval(secs => $27), false)");
     format!(
@@ -482,16 +500,23 @@ fn statement() -> String {
     )
 }
 
+/// The batch statement, built once.
+fn statement() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(build_statement)
+}
+
 async fn write(
     pool: &DbPool,
     a: &Arrays,
     disable_after: Duration,
 ) -> Result<Vec<(i32, String)>, String> {
+    let payloads: Vec<&str> = a.i_payload.iter().map(|p| &**p).collect();
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let rows: Vec<DisabledRow> = diesel::sql_query(statement())
         .bind::<Array<Int4>, _>(&a.i_webhook)
         .bind::<Array<Text>, _>(&a.i_event_type)
-        .bind::<Array<Text>, _>(&a.i_payload)
+        .bind::<Array<Text>, _>(&payloads)
         .bind::<Array<Nullable<Int4>>, _>(&a.i_response_status)
         .bind::<Array<Nullable<Text>>, _>(&a.i_response_body)
         .bind::<Array<Text>, _>(&a.i_status)

@@ -95,28 +95,31 @@ pub enum Take {
 }
 
 impl Client {
-    fn offer(&self, frame: &Arc<EventFrame>, limits: QueueLimits) {
+    /// Queues the frames this client's filter selects, in order; closes
+    /// the client instead when its queue would pass a limit.
+    fn offer(&self, frames: &[Arc<EventFrame>], limits: QueueLimits) {
         let mut st = self.state.lock();
-        if st.close.is_some()
-            || frame.seq <= st.min_seq
-            || !st
-                .filter
-                .unwrap_or(PatternSet::all())
-                .matches(frame.event_type)
-        {
+        if st.close.is_some() {
             return;
         }
-        if st.queue.len() >= limits.messages || st.bytes + frame.cost() > limits.bytes {
-            st.queue = VecDeque::new();
-            st.bytes = 0;
-            st.close = Some(Close::slow(limits));
-            drop(st);
-            self.kill.notify_one();
-            return;
+        let filter = st.filter.unwrap_or(PatternSet::all());
+        let was_empty = st.queue.is_empty();
+        for frame in frames {
+            if frame.seq <= st.min_seq || !filter.matches(frame.event_type) {
+                continue;
+            }
+            if st.queue.len() >= limits.messages || st.bytes + frame.cost() > limits.bytes {
+                st.queue = VecDeque::new();
+                st.bytes = 0;
+                st.close = Some(Close::slow(limits));
+                drop(st);
+                self.kill.notify_one();
+                return;
+            }
+            st.queue.push_back(frame.clone());
+            st.bytes += frame.cost();
         }
-        let notify = st.queue.is_empty() && !st.paused;
-        st.queue.push_back(frame.clone());
-        st.bytes += frame.cost();
+        let notify = was_empty && !st.queue.is_empty() && !st.paused;
         drop(st);
         if notify {
             self.wake.notify_one();
@@ -210,11 +213,8 @@ impl Shard {
     }
 
     fn offer_all(&self, frames: &[Arc<EventFrame>], limits: QueueLimits) {
-        let clients = self.clients.lock();
-        for frame in frames {
-            for client in clients.values() {
-                client.offer(frame, limits);
-            }
+        for client in self.clients.lock().values() {
+            client.offer(frames, limits);
         }
     }
 

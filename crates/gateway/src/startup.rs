@@ -70,7 +70,16 @@ impl Application {
             .name("bedolaga-gateway")
             .retry_on_initial_connect()
             .event_callback(|event| async move {
-                tracing::info!(%event, "NATS connection event");
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected
+                    | async_nats::Event::ClientError(_)
+                    | async_nats::Event::ServerError(_)
+                    | async_nats::Event::SlowConsumer(_) => {
+                        tracing::warn!(%event, "NATS connection problem; retrying in the background")
+                    }
+                    other => tracing::info!(event = %other, "NATS connection event"),
+                }
             })
             .connect(&config.nats_url)
             .await

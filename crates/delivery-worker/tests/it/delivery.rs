@@ -348,7 +348,8 @@ async fn a_dead_receiver_does_not_hold_up_the_others() {
     app.notify_changed().await;
     let n = 20;
     for i in 0..n {
-        app.publish(EventType::TicketCreated, json!({"ticket_id": i})).await;
+        app.publish(EventType::TicketCreated, json!({"ticket_id": i}))
+            .await;
     }
     // Every event reaches the fast receiver and is recorded well before the
     // dead one could have been tried 20 times two at a time (300 s).
@@ -363,7 +364,10 @@ async fn a_dead_receiver_does_not_hold_up_the_others() {
     })
     .await;
     assert!(parked >= n - 2);
-    assert!(dead.on("/dead").len() <= 2, "at most DELIVERY_MAX_PER_WEBHOOK at once");
+    assert!(
+        dead.on("/dead").len() <= 2,
+        "at most DELIVERY_MAX_PER_WEBHOOK at once"
+    );
     let (_, metrics) = app.get("/metrics").await;
     assert!(!metrics.contains("delivery_queued_total 0"), "{metrics}");
     assert!(metrics.contains("delivery_consumer_lag"), "{metrics}");

@@ -7,13 +7,13 @@
 //! reports deliveries/s (received and recorded), publish→receive latency
 //! percentiles and errors.
 //!
-//! Where the worker runs (`--worker`): `in-process` (default) inside this
-//! process, or `spawn`: the `delivery-worker` binary as a child process (as
-//! in production; the allocator and CPU accounting are its own), both on a
-//! fresh temporary database and a unique NATS namespace that are removed at
-//! the end; or `external`: a running worker with the same `NATS_PREFIX` and
-//! `DATABASE_URL` (webhooks are inserted into that database, announced with a
-//! change notice, and deleted at the end).
+//! Where the worker runs (`--worker`): `spawn` (default): the
+//! `delivery-worker` binary as a child process (as in production, with its
+//! own allocator and CPU accounting), or `in-process` inside this process,
+//! both on a fresh temporary database and a unique NATS namespace that are
+//! removed at the end; or `external`: a running worker with the same
+//! `NATS_PREFIX` and `DATABASE_URL` (webhooks are inserted into that
+//! database, announced with a change notice, and deleted at the end).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ pub struct Args {
     )]
     pub database_url: String,
     /// Where the worker runs.
-    #[arg(long, value_enum, default_value_t = WorkerMode::InProcess)]
+    #[arg(long, value_enum, default_value_t = WorkerMode::Spawn)]
     pub worker: WorkerMode,
     /// The worker binary for `--worker spawn`.
     #[arg(long)]
@@ -431,7 +431,13 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
                 .env("RUST_LOG", "warn")
                 .kill_on_drop(true)
                 .spawn()
-                .with_context(|| format!("cannot start {}", bin.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot start {} (build it with `cargo build --release -p delivery-worker`, \
+                         or pass --worker-bin or --worker in-process)",
+                        bin.display()
+                    )
+                })?;
             wait_ready(worker_addr).await?;
             Worker::Child(child)
         }

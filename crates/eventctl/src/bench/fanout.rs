@@ -386,6 +386,14 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
             fmt(gateway_cpu),
             fmt(bench_cpu)
         );
+        if let Some(c) = gateway_cpu
+            && delivered > 0
+        {
+            println!(
+                "  gateway CPU per message {:.1} µs (CPU time: waiting behind other processes does not count)",
+                c * busy_secs * 1e6 / delivered as f64
+            );
+        }
     }
     let codes = stats.close_codes.lock().clone();
     if !codes.is_empty() {
@@ -411,6 +419,9 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
                 "max_ms": percentile(&lat, 1.0),
                 "close_codes": codes,
                 "gateway_cpu_cores": gateway_cpu,
+                "gateway_cpu_us_per_message": gateway_cpu
+                    .filter(|_| delivered > 0)
+                    .map(|c| c * busy_secs * 1e6 / delivered as f64),
                 "loadgen_cpu_cores": bench_cpu,
             })
         );

@@ -156,3 +156,24 @@ async fn connections_past_the_cap_are_refused_with_1013() {
     app.stop().await;
     b.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_refuses_with_1013_and_reports_not_ready() {
+    let b = Backing::new().await;
+    let mut cfg = b.config();
+    // nothing listens on port 1
+    cfg.database_url = "postgres://postgres@127.0.0.1:1/nope".into();
+    let app = TestApp::spawn_unready(cfg).await;
+    let res = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_ne!(body["checks"]["postgres"], "ok", "{body}");
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let mut ws = app.connect(&format!("?token={}", b.token)).await;
+    let (code, reason) = ws.expect_close().await;
+    assert_eq!(code, 1013);
+    assert!(reason.contains("cannot be checked"), "{reason}");
+    app.stop().await;
+    b.cleanup().await;
+}

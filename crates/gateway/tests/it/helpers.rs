@@ -134,17 +134,7 @@ pub struct TestApp {
 impl TestApp {
     /// Starts a gateway and waits until `/readyz` says ready.
     pub async fn spawn(config: Config) -> Self {
-        let app = Application::build(config).await.expect("build");
-        let addr = app.local_addr();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        let http = reqwest::Client::builder().no_proxy().build().expect("http");
-        let t = Self {
-            addr,
-            shutdown,
-            handle,
-            http,
-        };
+        let t = Self::spawn_unready(config).await;
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let ready = t
@@ -164,6 +154,21 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         t
+    }
+
+    /// Starts a gateway without waiting for its dependencies.
+    pub async fn spawn_unready(config: Config) -> Self {
+        let app = Application::build(config).await.expect("build");
+        let addr = app.local_addr();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        let http = reqwest::Client::builder().no_proxy().build().expect("http");
+        Self {
+            addr,
+            shutdown,
+            handle,
+            http,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -161,3 +161,39 @@ async fn too_old_since_asks_for_a_resync_then_continues_live() {
     app.stop().await;
     b.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_in_the_url_filter_the_replay_and_live_events() {
+    let b = Backing::new().await;
+    let app = TestApp::spawn(b.config()).await;
+    let base = b.publish("user.created", user_payload(0)).await;
+    b.publish("user.created", user_payload(1)).await;
+    let t1 = b.publish("ticket.created", ticket_payload(2)).await;
+    let mut ws = app
+        .connect(&format!(
+            "?token={}&since={base}&events=ticket.*,payment.completed",
+            b.token
+        ))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "connection");
+    assert_eq!(
+        ws.next_json().await,
+        json!({"type": "subscribed", "events": ["ticket.*", "payment.completed"]})
+    );
+    assert_eq!(ws.next_event().await["seq"], t1);
+    let resumed = ws.next_json().await;
+    assert_eq!(resumed["type"], "resumed");
+    assert_eq!(resumed["replayed"], 1);
+    b.publish("user.created", user_payload(3)).await;
+    let t2 = b.publish("ticket.created", ticket_payload(4)).await;
+    assert_eq!(ws.next_event().await["seq"], t2);
+    // a bad pattern in the URL is reported; the connection stays open
+    let mut bad = app
+        .connect(&format!("?token={}&events=nope.*", b.token))
+        .await;
+    assert_eq!(bad.next_json().await["type"], "connection");
+    assert_eq!(bad.next_json().await["type"], "error");
+    bad.roundtrip().await;
+    app.stop().await;
+    b.cleanup().await;
+}
