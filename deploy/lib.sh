@@ -255,9 +255,13 @@ ensure_backing_services() {
 }
 
 # Optional tools some tests use when present: nats-py (the Python publisher
-# example's test). Failing to install them is a warning, not an error; those
-# tests then say they were skipped.
+# example's test) and Chromium (the gateway console's browser test). Failing
+# to install them is a warning, not an error; those tests then say they were
+# skipped.
 ensure_test_tools() {
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        (apt_install chromium) || warn "could not install chromium; the console browser test will be skipped"
+    fi
     if command -v python3 >/dev/null 2>&1; then
         if ! python3 -c 'import nats' >/dev/null 2>&1; then
             log "installing nats-py for the Python publisher example test"
