@@ -20,6 +20,7 @@ async fn main() -> std::process::ExitCode {
             .await
     }
     .await;
+    telemetry::flush();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

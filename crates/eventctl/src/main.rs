@@ -2,6 +2,12 @@
 
 use clap::Parser;
 
+// `bench delivery --worker in-process` runs the worker in this process; it
+// allocates many short-lived buffers across threads, where mimalloc is much
+// cheaper than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     telemetry::install_crypto_provider();
