@@ -31,7 +31,11 @@ async fn python_example_publishes_a_valid_envelope() {
         .env("NATS_PREFIX", ns.prefix())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let id = stdout.split_whitespace().next().unwrap().to_owned();
     assert!(stdout.contains("seq=1"), "{stdout}");
@@ -40,7 +44,10 @@ async fn python_example_publishes_a_valid_envelope() {
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream(ns.stream()).await.unwrap();
     let raw = stream.get_raw_message(1).await.unwrap();
-    assert_eq!(raw.subject.as_str(), ns.event_subject("ticket.message_added"));
+    assert_eq!(
+        raw.subject.as_str(),
+        ns.event_subject("ticket.message_added")
+    );
     assert_eq!(raw.headers.get("Nats-Msg-Id").unwrap().as_str(), id);
     let env = Envelope::parse(&raw.payload).unwrap();
     assert_eq!(env.id, id);

@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
 #[command(name = "eventctl", version, about)]
 pub struct Cli {
     /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
     pub nats_url: String,
     /// Prefix for every subject and stream name (empty: the production names).
     #[arg(long, env = "NATS_PREFIX", default_value = "", global = true)]

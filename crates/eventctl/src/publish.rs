@@ -69,7 +69,11 @@ pub async fn publish(nats_url: &str, ns: Namespace, args: PublishArgs) -> anyhow
         "{} seq={}{}",
         published.id,
         published.sequence,
-        if published.duplicate { " (duplicate, dropped)" } else { "" }
+        if published.duplicate {
+            " (duplicate, dropped)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

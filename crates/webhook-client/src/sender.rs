@@ -368,9 +368,11 @@ fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
     Ok(h)
 }
 
-/// Lossy UTF-8, cut to [`MAX_STORED_BODY_CHARS`] characters on a char boundary.
-fn stored_body(bytes: &[u8]) -> String {
+/// Lossy UTF-8 without NUL characters (PostgreSQL text cannot hold them),
+/// cut to [`MAX_STORED_BODY_CHARS`] characters on a char boundary.
+pub(crate) fn stored_body(bytes: &[u8]) -> String {
     let mut s = String::from_utf8_lossy(bytes).into_owned();
+    s.retain(|c| c != '\0');
     if let Some((idx, _)) = s.char_indices().nth(MAX_STORED_BODY_CHARS) {
         s.truncate(idx);
     }
@@ -512,6 +514,15 @@ impl Resolve for GuardedResolver {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn stored_bodies_drop_nul_and_keep_whole_characters() {
+        assert_eq!(stored_body(b"ok\0done"), "okdone");
+        let long = "я".repeat(1500);
+        let stored = stored_body(long.as_bytes());
+        assert_eq!(stored.chars().count(), MAX_STORED_BODY_CHARS);
+        assert!(stored.chars().all(|c| c == 'я'));
+    }
 
     #[test]
     fn retry_after_forms() {
