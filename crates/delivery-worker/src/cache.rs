@@ -45,18 +45,12 @@ impl Target {
     /// The secrets valid now: the current one, then the previous one while
     /// its rotation grace lasts. Empty strings mean "no secret".
     pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
-        let mut out = Vec::with_capacity(2);
-        if let Some(s) = self.secret.as_deref().filter(|s| !s.is_empty()) {
-            out.push(s);
-        }
-        if let (Some(prev), Some(until)) = (
-            self.previous_secret.as_deref().filter(|s| !s.is_empty()),
+        storage::models::signing_secrets(
+            self.secret.as_deref(),
+            self.previous_secret.as_deref(),
             self.previous_secret_expires_at,
-        ) && until > now
-        {
-            out.push(prev);
-        }
-        out
+            now,
+        )
     }
 }
 

@@ -33,19 +33,34 @@ impl Webhook {
     /// The secrets a delivery is signed with now: the current one first,
     /// then the previous one while its grace period lasts.
     pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
-        let mut out = Vec::with_capacity(2);
-        if let Some(s) = self.secret.as_deref().filter(|s| !s.is_empty()) {
-            out.push(s);
-        }
-        if let (Some(prev), Some(until)) = (
-            self.previous_secret.as_deref().filter(|s| !s.is_empty()),
+        signing_secrets(
+            self.secret.as_deref(),
+            self.previous_secret.as_deref(),
             self.previous_secret_expires_at,
-        ) && until > now
-        {
-            out.push(prev);
-        }
-        out
+            now,
+        )
     }
+}
+
+/// The secrets a delivery is signed with at `now`: the current one, then
+/// the previous one until its grace period ends. Empty strings mean "no
+/// secret", as in the bot.
+pub fn signing_secrets<'a>(
+    secret: Option<&'a str>,
+    previous: Option<&'a str>,
+    previous_expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Vec<&'a str> {
+    let mut out = Vec::with_capacity(2);
+    if let Some(s) = secret.filter(|s| !s.is_empty()) {
+        out.push(s);
+    }
+    if let (Some(prev), Some(until)) = (previous.filter(|s| !s.is_empty()), previous_expires_at)
+        && until > now
+    {
+        out.push(prev);
+    }
+    out
 }
 
 impl std::fmt::Debug for Webhook {
