@@ -198,30 +198,18 @@ impl Application {
     }
 }
 
-/// The pool, as `storage::build_pool` builds it but with "fast" recycling:
-/// a checked-out connection is not pinged first (the default costs one
-/// extra round trip per request). A connection that died is noticed on its
-/// first query (that request answers 503) and is then discarded.
+/// The pool with "fast" recycling: a checked-out connection is not pinged
+/// first (the default costs one extra round trip per request).
 fn build_pool(config: &Config) -> Result<DbPool, storage::StorageError> {
-    use diesel_async::AsyncPgConnection;
-    use diesel_async::pooled_connection::{
-        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
-    };
-    let defaults = PoolConfig::default();
-    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
-    manager_config.recycling_method = RecyclingMethod::Fast;
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+    storage::build_pool(
         &config.database_url,
-        manager_config,
-    );
-    DbPool::builder(manager)
-        .max_size(config.db_pool_size.max(1))
-        .wait_timeout(Some(config.db_pool_timeout))
-        .create_timeout(Some(defaults.create_timeout))
-        .recycle_timeout(Some(defaults.recycle_timeout))
-        .runtime(deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| storage::StorageError::Config(e.to_string()))
+        &PoolConfig {
+            max_size: config.db_pool_size.max(1),
+            wait_timeout: config.db_pool_timeout,
+            fast_recycle: true,
+            ..PoolConfig::default()
+        },
+    )
 }
 
 fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> Readiness {
