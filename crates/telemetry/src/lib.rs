@@ -38,7 +38,8 @@ pub struct LogArgs {
     pub otel_service_name: Option<String>,
 }
 
-/// Installs the global subscriber, and the OpenTelemetry exporter when an
+/// Installs the global subscriber (log lines go to stderr, so a command's
+/// stdout carries only its result), and the OpenTelemetry exporter when an
 /// endpoint is configured. Later calls (tests) are ignored. Call
 /// [`flush`] before the process exits so the last spans are sent.
 pub fn init_logging(args: &LogArgs) {
@@ -65,12 +66,15 @@ pub fn init_logging(args: &LogArgs) {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true),
             )
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
     // Already initialised (several services in one test process): fine.
     let _ = result;
