@@ -254,6 +254,36 @@ ensure_backing_services() {
     ensure_nats
 }
 
+# Tests name their streams EVENTS_t<uuid> / DEADLETTER_t<uuid> and delete
+# them when they finish; a test that fails or is interrupted leaves its
+# streams behind. Remove such leftovers before a run (needs nats-py; skipped
+# without it). Do not run this while another test run is using the server.
+prune_test_streams() {
+    command -v python3 >/dev/null 2>&1 || return 0
+    python3 -c 'import nats' >/dev/null 2>&1 || return 0
+    NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}" python3 - <<'PY' || warn "could not prune leftover test streams"
+import asyncio, os, re
+import nats
+
+async def main():
+    nc = await nats.connect(os.environ["NATS_URL"])
+    try:
+        js = nc.jetstream()
+        pattern = re.compile(r"(EVENTS|DEADLETTER)_t[0-9a-f]{32}")
+        gone = 0
+        for info in await js.streams_info():
+            if pattern.fullmatch(info.config.name):
+                await js.delete_stream(info.config.name)
+                gone += 1
+        if gone:
+            print(f"[bedolaga] removed {gone} leftover test streams")
+    finally:
+        await nc.close()
+
+asyncio.run(main())
+PY
+}
+
 # Optional tools some tests use when present: nats-py (the Python publisher
 # example's test) and Chromium (the gateway console's browser test). Failing
 # to install them is a warning, not an error; those tests then say they were

@@ -13,6 +13,7 @@ cd "$BEDOLAGA_REPO_ROOT"
 ensure_rust
 ensure_backing_services
 ensure_test_tools
+prune_test_streams
 
 log "cargo test --workspace $*"
 exec cargo test --workspace "$@"
