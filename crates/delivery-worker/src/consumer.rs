@@ -220,7 +220,11 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         .headers
         .as_ref()
         .and_then(|h| h.get("traceparent"))
-        .map(|v| v.as_str().to_owned());
+        .map(|v| v.as_str())
+        // A W3C traceparent is 55 visible ASCII characters; anything else is
+        // not passed on (and could not be stored with the retry rows).
+        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
     let event_type = event.event_type.as_str();
     let job = |target| Job {
         target,

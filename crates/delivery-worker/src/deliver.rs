@@ -60,6 +60,7 @@ impl Deliverer {
                         payload: job.payload,
                         attempt_number: job.attempt_number,
                         due,
+                        traceparent: job.traceparent.map(Arc::from),
                     },
                 };
             }
@@ -149,6 +150,7 @@ impl Deliverer {
             at,
             next_retry_at,
             gone: outcome.gone,
+            traceparent: job.traceparent.map(Arc::from),
         })
     }
 }

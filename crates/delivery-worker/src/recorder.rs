@@ -43,6 +43,8 @@ pub struct Attempted {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// The receiver answered 410 Gone.
     pub gone: bool,
+    /// The event's W3C `traceparent`, carried to its retries.
+    pub traceparent: Option<Arc<str>>,
 }
 
 /// One row change.
@@ -57,6 +59,7 @@ pub enum Record {
         payload: Arc<str>,
         attempt_number: i32,
         due: DateTime<Utc>,
+        traceparent: Option<Arc<str>>,
     },
     /// A claimed pending row given back unattempted, due again at `due`.
     Deferred {
@@ -254,6 +257,7 @@ struct Arrays {
     i_next_retry_at: Vec<Option<DateTime<Utc>>>,
     i_event_id: Vec<Option<String>>,
     i_created_at: Vec<DateTime<Utc>>,
+    i_traceparent: Vec<Option<Arc<str>>>,
     // Claimed rows updated in place.
     u_id: Vec<i32>,
     u_status: Vec<&'static str>,
@@ -289,6 +293,7 @@ impl Arrays {
         self.i_next_retry_at.reserve(n);
         self.i_event_id.reserve(n);
         self.i_created_at.reserve(n);
+        self.i_traceparent.reserve(n);
         self.attempts.reserve(n);
     }
 
@@ -307,6 +312,7 @@ impl Arrays {
         event_id: Option<&String>,
         created_at: DateTime<Utc>,
         next_retry_at: Option<DateTime<Utc>>,
+        traceparent: Option<&Arc<str>>,
     ) {
         self.i_webhook.push(webhook_id);
         self.i_event_type.push(event_type.to_owned());
@@ -320,6 +326,7 @@ impl Arrays {
         self.i_response_body.push(None);
         self.i_error.push(None);
         self.i_delivered_at.push(None);
+        self.i_traceparent.push(traceparent.cloned());
     }
 
     fn push(&mut self, r: &Record) {
@@ -338,6 +345,7 @@ impl Arrays {
                             a.event_id.as_ref(),
                             a.at,
                             a.next_retry_at,
+                            a.traceparent.as_ref(),
                         );
                         let last = self.i_webhook.len() - 1;
                         self.i_response_status[last] = a.response_status;
@@ -365,6 +373,7 @@ impl Arrays {
                         a.event_id.as_ref(),
                         a.at,
                         Some(due),
+                        a.traceparent.as_ref(),
                     );
                 }
                 self.attempts.push((a.webhook_id, a.at, a.success, a.gone));
@@ -376,6 +385,7 @@ impl Arrays {
                 payload,
                 attempt_number,
                 due,
+                traceparent,
             } => self.insert(
                 *webhook_id,
                 event_type,
@@ -385,6 +395,7 @@ impl Arrays {
                 event_id.as_ref(),
                 Utc::now(),
                 Some(*due),
+                traceparent.as_ref(),
             ),
             Record::Deferred { row, due } => {
                 self.u_id.push(*row);
@@ -450,15 +461,16 @@ fn build_statement() -> String {
         "WITH ins AS ( \
            INSERT INTO webhook_deliveries (webhook_id, event_type, payload, response_status, \
              response_body, status, error_message, attempt_number, delivered_at, next_retry_at, \
-             event_id, created_at) \
+             event_id, created_at, traceparent) \
            SELECT v.webhook_id, v.event_type, v.payload::jsonb, v.response_status, v.response_body, \
              v.status, v.error_message, v.attempt_number, v.delivered_at, v.next_retry_at, \
-             v.event_id, v.created_at \
+             v.event_id, v.created_at, v.traceparent \
            FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], \
              $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
-             $12::timestamptz[]) \
+             $12::timestamptz[], $29::text[]) \
              AS v(webhook_id, event_type, payload, response_status, response_body, status, \
-               error_message, attempt_number, delivered_at, next_retry_at, event_id, created_at) \
+               error_message, attempt_number, delivered_at, next_retry_at, event_id, created_at, \
+               traceparent) \
            WHERE EXISTS (SELECT 1 FROM webhooks x WHERE x.id = v.webhook_id) \
            RETURNING 1 \
          ), upd AS ( \
@@ -512,6 +524,7 @@ async fn write(
     disable_after: Duration,
 ) -> Result<Vec<(i32, String)>, String> {
     let payloads: Vec<&str> = a.i_payload.iter().map(|p| &**p).collect();
+    let traceparents: Vec<Option<&str>> = a.i_traceparent.iter().map(|t| t.as_deref()).collect();
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let rows: Vec<DisabledRow> = diesel::sql_query(statement())
         .bind::<Array<Int4>, _>(&a.i_webhook)
@@ -542,6 +555,7 @@ async fn write(
         .bind::<Array<Bool>, _>(&a.w_gone)
         .bind::<Double, _>(disable_after.as_secs_f64())
         .bind::<Text, _>(humantime::format_duration(disable_after).to_string())
+        .bind::<Array<Nullable<Text>>, _>(&traceparents)
         .load(&mut conn)
         .await
         .map_err(|e| e.to_string())?;

@@ -46,6 +46,8 @@ struct Claimed {
     previous_secret: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     previous_secret_expires_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    traceparent: Option<String>,
 }
 
 const CLAIM: &str = "WITH due AS ( \
@@ -58,7 +60,8 @@ const CLAIM: &str = "WITH due AS ( \
      FROM due, webhooks w \
      WHERE d.id = due.id AND w.id = d.webhook_id \
      RETURNING d.id, d.webhook_id, d.event_type, d.payload::text AS payload, d.attempt_number, \
-       d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at";
+       d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, \
+       d.traceparent";
 
 async fn claim(pool: &DbPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, String> {
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
@@ -140,7 +143,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         body: Bytes::from(body),
         payload,
         attempt_number: row.attempt_number,
-        traceparent: None,
+        traceparent: row.traceparent.as_deref(),
     });
     let record = tokio::select! {
         r = delivery => r,

@@ -93,6 +93,8 @@ pub struct Delivery {
     pub delivered_at: Option<DateTime<Utc>>,
     pub next_retry_at: Option<DateTime<Utc>>,
     pub event_id: Option<String>,
+    /// The W3C `traceparent` the event was published with.
+    pub traceparent: Option<String>,
 }
 
 /// A new `webhook_deliveries` row.
@@ -110,6 +112,7 @@ pub struct NewDelivery {
     pub delivered_at: Option<DateTime<Utc>>,
     pub next_retry_at: Option<DateTime<Utc>>,
     pub event_id: Option<String>,
+    pub traceparent: Option<String>,
 }
 
 /// Delivery statuses, as the bot stores them.

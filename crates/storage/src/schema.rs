@@ -67,6 +67,8 @@ diesel::table! {
         next_retry_at -> Nullable<Timestamptz>,
         #[max_length = 64]
         event_id -> Nullable<Varchar>,
+        #[max_length = 128]
+        traceparent -> Nullable<Varchar>,
     }
 }
 

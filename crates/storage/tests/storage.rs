@@ -21,7 +21,7 @@ struct Name {
 async fn migrate_creates_the_three_tables_and_is_idempotent() {
     let db = TestDb::empty().await.unwrap();
     let applied = storage::run_migrations(&db.url).await.unwrap();
-    assert_eq!(applied.len(), 2, "{applied:?}");
+    assert_eq!(applied.len(), 3, "{applied:?}");
     assert!(storage::run_migrations(&db.url).await.unwrap().is_empty());
 
     let pool = db.pool().unwrap();

@@ -343,6 +343,7 @@ pub async fn queue_retry(
                 delivered_at: None,
                 next_retry_at: Some(Utc::now()),
                 event_id: original.event_id.clone(),
+                traceparent: original.traceparent.clone(),
             })
             .returning(Delivery::as_returning())
             .get_result(c)

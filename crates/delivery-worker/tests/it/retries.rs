@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use proto_events::EventType;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -27,9 +27,19 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
     let down = insert_webhook(&app.pool, &rx.url("/down"), "*", Some("k"), true).await;
     let flaky = insert_webhook(&app.pool, &rx.url("/flaky"), "*", Some("k"), true).await;
     app.notify_changed().await;
-    let event = app
-        .publish(EventType::TicketStatusChanged, json!({"ticket_id": 9}))
-        .await;
+    // Published with a trace context, which every retry carries too.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("traceparent", traceparent);
+    let Value::Object(map) = json!({"ticket_id": 9}) else {
+        unreachable!()
+    };
+    let env = proto_events::Envelope::new(EventType::TicketStatusChanged, map);
+    app.publisher
+        .publish_with_headers(&env, headers)
+        .await
+        .unwrap();
+    let event = env.id.clone();
 
     let rows = settled_rows(&app.pool, down, 3).await;
     assert_eq!(rows.len(), 3, "first attempt + 2 retries");
@@ -57,6 +67,11 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
     assert!(
         ids.iter().all(|i| *i == ids[0]),
         "same webhook-id on every retry: {ids:?}"
+    );
+    assert!(
+        reqs.iter()
+            .all(|r| r.header("traceparent") == Some(traceparent)),
+        "traceparent on every attempt"
     );
     assert!(reqs.iter().all(|r| webhook_client::verify_seed_signature(
         "k",

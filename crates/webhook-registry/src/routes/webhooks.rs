@@ -376,6 +376,7 @@ pub async fn test(
             delivered_at: outcome.success.then(Utc::now),
             next_retry_at: None,
             event_id: Some(event_id),
+            traceparent: None,
         },
     )
     .await?;

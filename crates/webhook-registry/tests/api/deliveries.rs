@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use storage::models::Delivery;
 use storage::schema::webhook_deliveries as d;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{TRACEPARENT, spawn_app};
 
 const FIELDS: [&str; 13] = [
     "id",
@@ -139,6 +139,11 @@ async fn retry_queues_a_pending_attempt_for_the_worker() {
     assert_eq!(row.payload, first.payload);
     assert_eq!(row.event_type, first.event_type);
     assert_eq!(row.attempt_number, 3);
+    assert_eq!(
+        row.traceparent.as_deref(),
+        Some(TRACEPARENT),
+        "trace context kept"
+    );
     let due = row.next_retry_at.expect("due time");
     assert!((chrono::Utc::now() - due).num_seconds().abs() < 60);
 

@@ -225,6 +225,7 @@ impl TestApp {
                 delivered_at: None,
                 next_retry_at: None,
                 event_id: Some(event_id.into()),
+                traceparent: Some(TRACEPARENT.into()),
             })
             .get_result(&mut conn)
             .await
@@ -368,3 +369,6 @@ impl Receiver {
             .expect("receiver closed")
     }
 }
+
+/// The trace context seeded deliveries were published with.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
