@@ -21,6 +21,7 @@ use storage::DbPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::cache::WebhookCache;
 use crate::deliver::{Deliverer, Job};
@@ -226,6 +227,14 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned);
     let event_type = event.event_type.as_str();
+    // With trace export on, the deliveries are a span in the publisher's
+    // trace and receivers get that span as their parent; otherwise the
+    // publisher's traceparent is passed on as it came.
+    let span = tracing::info_span!("deliver_event", event_id = %event.id, event_type);
+    if let Some(tp) = &traceparent {
+        telemetry::trace::set_remote_parent(&span, tp, None);
+    }
+    let traceparent = telemetry::trace::traceparent_of(&span).or(traceparent);
     let job = |target| Job {
         target,
         row: None,
@@ -247,9 +256,11 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
     };
     let results = if let [target] = targets.as_slice() {
         // The common case, without a heap-allocated set of futures.
-        vec![deliver_and_record(&**target).await]
+        vec![deliver_and_record(&**target).instrument(span).await]
     } else {
-        futures::future::join_all(targets.iter().map(|t| deliver_and_record(&**t))).await
+        futures::future::join_all(targets.iter().map(|t| deliver_and_record(&**t)))
+            .instrument(span)
+            .await
     };
     match results.into_iter().find_map(Result::err) {
         None => Verdict::Ack,
