@@ -108,8 +108,8 @@ fn parse_body(
         }
     };
     if !is_json {
-        let shown = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
-        return Ok(Some(Value::String(shown)));
+        // Not parsed, and not echoed either: the raw body may hold a secret.
+        return Ok(Some(Value::Null));
     }
     match serde_json::from_slice::<Value>(buf) {
         Ok(v) => Ok(Some(v)),

@@ -27,8 +27,9 @@ pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
         Ok(_) => true,
         Err(problem) => {
             fields.errors.push(
+                // Credentials in a refused URL are not echoed back.
                 FieldError::value_error(&["body", "url"], &problem.to_string())
-                    .input(Value::String(url.to_owned())),
+                    .input(Value::String(storage::redact_url(url))),
             );
             false
         }
