@@ -34,8 +34,10 @@ pub enum EnvelopeError {
         field: &'static str,
         expected: &'static str,
     },
-    #[error("envelope field 'id' must be 1 to 64 characters")]
+    #[error("envelope field 'id' must be 1 to 64 characters without control characters")]
     BadId,
+    #[error("payload contains a NUL character (\\u0000), which cannot be stored")]
+    NulInPayload,
     #[error("envelope field 'timestamp' is not an RFC 3339 time: {0}")]
     BadTimestamp(String),
     #[error(transparent)]
@@ -65,7 +67,7 @@ impl Envelope {
             return Err(EnvelopeError::NotObject);
         };
         let id = take_string(&mut obj, "id")?;
-        if id.is_empty() || id.len() > 64 {
+        if id.is_empty() || id.len() > 64 || id.chars().any(char::is_control) {
             return Err(EnvelopeError::BadId);
         }
         let type_name = take_string(&mut obj, "type")?;
@@ -83,6 +85,11 @@ impl Envelope {
             }
         };
         let event_type = type_name.parse::<EventType>()?;
+        // PostgreSQL text and jsonb cannot hold U+0000; such an event could
+        // never be recorded, so it is refused here (and dead-lettered).
+        if payload.iter().any(|(k, v)| k.contains('\0') || has_nul(v)) {
+            return Err(EnvelopeError::NulInPayload);
+        }
         Ok(Self {
             id,
             event_type,
@@ -95,6 +102,15 @@ impl Envelope {
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serializing a struct of strings and a JSON map cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
     }
 }
 
@@ -144,7 +160,10 @@ mod tests {
 
     #[test]
     fn names_the_problem() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 10] = [
+            (br#"{"id":"a\u0000","type":"user.created","timestamp":"2024-01-15T10:30:00Z","payload":{}}"#, "without control characters"),
+            (br#"{"id":"1","type":"user.created","timestamp":"2024-01-15T10:30:00Z","payload":{"a":[{"b":"x\u0000"}]}}"#, "NUL character"),
+            (br#"{"id":"1","type":"user.created","timestamp":"2024-01-15T10:30:00Z","payload":{"k\u0000":1}}"#, "NUL character"),
             (b"{nope", "not valid JSON"),
             (b"[1]", "not a JSON object"),
             (br#"{"type":"user.created","timestamp":"2024-01-15T10:30:00Z","payload":{}}"#, "'id' is missing"),
