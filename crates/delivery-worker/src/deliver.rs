@@ -49,29 +49,54 @@ impl Deliverer {
             Ok(p) => p,
             Err(busy) => {
                 tracing::debug!(webhook_id, ?busy, "webhook busy; delivery queued for later");
-                self.metrics.queued.inc();
-                let due = Utc::now() + crate::policy::jitter(Duration::from_secs(1));
-                return match job.row {
-                    Some(row) => Record::Deferred { row, due },
-                    None => Record::Queued {
-                        webhook_id,
-                        event_id: job.event_id.map(str::to_owned),
-                        event_type: job.event_type.to_owned(),
-                        payload: job.payload,
-                        attempt_number: job.attempt_number,
-                        due,
-                        traceparent: job.traceparent.map(Arc::from),
-                    },
-                };
+                return self.park(job);
             }
         };
-        let global = self.global.clone().acquire_owned().await;
+        // The global limit is waited for no longer than the webhook's: when
+        // every slot is taken by slow receivers, the delivery is parked too,
+        // so the consumer keeps moving and a claimed retry never outlives
+        // its lease while it waits.
+        let global = match tokio::time::timeout(
+            self.queue_wait,
+            self.global.clone().acquire_owned(),
+        )
+        .await
+        {
+            Ok(permit) => permit,
+            Err(_) => {
+                drop(gate);
+                tracing::debug!(
+                    webhook_id,
+                    "all delivery slots busy; delivery queued for later"
+                );
+                return self.park(job);
+            }
+        };
         self.metrics.in_flight.inc();
         let outcome = self.attempt(&job).await;
         self.metrics.in_flight.dec();
         drop(global);
         drop(gate);
         self.to_record(job, outcome)
+    }
+
+    /// A delivery not attempted now: a pending row due in about a second
+    /// (a claimed retry row is given back the same way).
+    fn park(&self, job: Job<'_>) -> Record {
+        self.metrics.queued.inc();
+        let due = Utc::now() + crate::policy::jitter(Duration::from_secs(1));
+        match job.row {
+            Some(row) => Record::Deferred { row, due },
+            None => Record::Queued {
+                webhook_id: job.target.id,
+                event_id: job.event_id.map(str::to_owned),
+                event_type: job.event_type.to_owned(),
+                payload: job.payload,
+                attempt_number: job.attempt_number,
+                due,
+                traceparent: job.traceparent.map(Arc::from),
+            },
+        }
     }
 
     async fn attempt(&self, job: &Job<'_>) -> AttemptOutcome {

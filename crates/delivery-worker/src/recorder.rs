@@ -481,7 +481,7 @@ fn build_statement() -> String {
              $18::timestamptz[], $19::timestamptz[]) \
              AS v(id, status, response_status, response_body, error_message, delivered_at, \
                next_retry_at) \
-           WHERE d.id = v.id \
+           WHERE d.id = v.id AND d.status = 'pending' \
            RETURNING 1 \
          ), old AS ( \
            SELECT id, is_active FROM webhooks WHERE id = ANY($20::int4[]) \
