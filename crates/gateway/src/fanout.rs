@@ -49,11 +49,15 @@ async fn consume(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = ns.ensure_streams(js).await?;
-    let deliver_policy = match hub.last_seq() {
-        0 => DeliverPolicy::New,
-        n => DeliverPolicy::ByStartSequence {
-            start_sequence: n + 1,
-        },
+    // The first consumer starts after the stream's last event; a consumer
+    // rebuilt after an error starts after the last event seen, so events
+    // stored while it was down still reach live clients (even when none
+    // had arrived before the error).
+    if hub.last_seq() == 0 {
+        hub.skip(stream.cached_info().state.last_sequence);
+    }
+    let deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: hub.last_seq() + 1,
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
