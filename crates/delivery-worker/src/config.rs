@@ -105,7 +105,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &storage::redact_url(&self.database_url))
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &storage::redact_url(&self.nats_url))
             .field("nats_prefix", &self.nats_prefix)
             .field("bind", &self.bind)
             .field("allow_private_targets", &self.allow_private_targets)

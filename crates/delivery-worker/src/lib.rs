@@ -84,7 +84,12 @@ impl Application {
             .retry_on_initial_connect()
             .connect(config.nats_url.as_str())
             .await
-            .with_context(|| format!("cannot use NATS at {}", config.nats_url))?;
+            .with_context(|| {
+                format!(
+                    "cannot use NATS at {}",
+                    storage::redact_url(&config.nats_url)
+                )
+            })?;
 
         let sender = WebhookSender::new(SenderConfig {
             connect_timeout: config.connect_timeout,

@@ -88,7 +88,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &storage::redact_url(&self.database_url))
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &storage::redact_url(&self.nats_url))
             .field("nats_prefix", &self.nats_prefix)
             .field("bind", &self.bind)
             .field("allowed_origins", &self.allowed_origins)

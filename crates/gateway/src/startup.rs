@@ -83,7 +83,7 @@ impl Application {
             })
             .connect(&config.nats_url)
             .await
-            .with_context(|| format!("bad NATS_URL {}", config.nats_url))?;
+            .with_context(|| format!("bad NATS_URL {}", storage::redact_url(&config.nats_url)))?;
         let js = jetstream::new(nats.clone());
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(
@@ -136,7 +136,7 @@ impl Application {
             server = server.workers(config.workers);
         }
         let server = server.listen(listener)?.run();
-        tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %config.nats_url, stream = state.ns.stream(), "gateway listening");
+        tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %storage::redact_url(&config.nats_url), stream = state.ns.stream(), "gateway listening");
         Ok(Self {
             addr,
             server,

@@ -73,14 +73,19 @@ pub async fn ping(pool: &DbPool) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Hides the password of a database URL for log lines.
+/// Hides the password (and, outside PostgreSQL URLs, a lone user name,
+/// which NATS uses as a token) of a URL for log lines.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
+            let scheme = &url[..scheme_end];
             match userinfo.split_once(':') {
                 Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
+                // A user name alone is no secret for PostgreSQL, but it is
+                // the token in `nats://token@host`.
+                None if scheme.starts_with("postgres") => url.to_owned(),
+                None => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
             }
         }
         _ => url.to_owned(),
@@ -99,5 +104,8 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact_url("nats://s3cret@h:4222"), "nats://***@h:4222");
+        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

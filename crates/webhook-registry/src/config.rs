@@ -198,7 +198,7 @@ impl fmt::Debug for Config {
             .field("database_url", &storage::redact_url(&self.database_url))
             .field("db_pool_size", &self.db_pool_size)
             .field("db_pool_timeout", &self.db_pool_timeout)
-            .field("nats_url", &self.nats_url)
+            .field("nats_url", &storage::redact_url(&self.nats_url))
             .field("nats_prefix", &self.nats_prefix)
             .field(
                 "token_hmac_secret",

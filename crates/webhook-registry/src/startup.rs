@@ -108,7 +108,7 @@ impl Application {
         let server = server.listen(listener)?.run();
         let handle = server.handle();
         tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
-            nats = %config.nats_url, "webhook-registry listening");
+            nats = %storage::redact_url(&config.nats_url), "webhook-registry listening");
         Ok(Self {
             addr,
             server,
