@@ -311,7 +311,16 @@ impl TokenAuth {
         };
         let mut cache = self.inner.cache.lock();
         if cache.len() >= self.inner.cfg.max_entries {
-            cache.clear();
+            // A flood of wrong tokens must not push out the valid ones:
+            // drop remembered failures first, and do not remember new ones
+            // while the cache is full.
+            cache.retain(|_, e| e.principal.is_some());
+            if principal.is_none() && cache.len() >= self.inner.cfg.max_entries / 2 {
+                return Ok(principal);
+            }
+            if cache.len() >= self.inner.cfg.max_entries {
+                cache.clear();
+            }
         }
         cache.insert(
             hash.to_owned(),

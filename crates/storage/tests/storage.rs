@@ -232,3 +232,43 @@ async fn an_unreachable_database_is_an_unavailable_error() {
     let err = storage::ping(&pool).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
+
+#[tokio::test]
+async fn a_flood_of_wrong_tokens_does_not_evict_valid_ones() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let hasher = TokenHasher::new(None);
+    let mut conn = pool.get().await.unwrap();
+    let (row, token) = tokens::create_token(
+        &mut conn,
+        &hasher,
+        TokenSpec {
+            name: "ops".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let auth = TokenAuth::new(
+        pool.clone(),
+        hasher,
+        AuthCacheConfig {
+            positive_ttl: Duration::from_secs(60),
+            max_entries: 4,
+            ..fast_cache()
+        },
+    );
+    assert!(auth.authenticate(&token, None).await.unwrap().is_some());
+    for i in 0..20 {
+        assert!(
+            auth.authenticate(&format!("bdl_wrong{i}"), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    // Revoked in the database: the answer still comes from the cache, which
+    // shows the valid entry survived the flood.
+    tokens::revoke_token(&mut conn, row.id).await.unwrap();
+    assert!(auth.authenticate(&token, None).await.unwrap().is_some());
+}
