@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use webhook_client::{AttemptOutcome, Outbound, WebhookSender};
 
 use crate::cache::{Gates, Target};
+use crate::db::RowRef;
 use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
 use crate::recorder::{Attempted, Record, Recorder};
@@ -18,7 +19,7 @@ use crate::recorder::{Attempted, Record, Recorder};
 pub struct Job<'a> {
     pub target: &'a Target,
     /// The claimed pending row, for retries.
-    pub row: Option<i32>,
+    pub row: Option<RowRef>,
     pub event_id: Option<&'a str>,
     pub event_type: &'a str,
     /// Canonical JSON of the payload: the body POSTed and signed.
@@ -105,7 +106,7 @@ impl Deliverer {
         let event_key = match job.event_id {
             Some(id) => id,
             None => {
-                fallback = format!("delivery-{}", job.row.unwrap_or_default());
+                fallback = format!("delivery-{}", job.row.map_or(0, |r| r.id));
                 &fallback
             }
         };

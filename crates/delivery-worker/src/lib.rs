@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod config;
 pub mod consumer;
+pub mod db;
 pub mod deliver;
 pub mod metrics;
 pub mod policy;
@@ -103,10 +104,11 @@ impl Application {
             let client = client.clone();
             let subject = ns.webhooks_changed_subject();
             let cache = cache.clone();
-            Arc::new(move |disabled: &[(i32, String)]| {
+            Arc::new(move |disabled: &[db::Disabled]| {
                 cache.request_reload();
-                for (id, _) in disabled {
-                    let body = serde_json::json!({"webhook_id": id, "op": "updated"}).to_string();
+                for d in disabled {
+                    let body = serde_json::json!({"webhook_id": d.webhook_id, "op": "updated"})
+                        .to_string();
                     let (client, subject) = (client.clone(), subject.clone());
                     tokio::spawn(async move {
                         let _ = client.publish(subject, body.into()).await;

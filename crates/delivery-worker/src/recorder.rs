@@ -2,23 +2,22 @@
 //!
 //! Callers submit the rows of one unit of work (one event, or one retried
 //! row) and wait until they are committed; the recorder gathers submissions
-//! for a few milliseconds (or up to a row limit) and writes each batch as ONE
-//! SQL statement: a multi-row INSERT of new rows, an UPDATE of claimed
-//! pending rows, and an `UPDATE webhooks ... FROM unnest(...)` that bumps the
-//! counters, `last_triggered_at` and `failing_since` in SQL (no
-//! read-modify-write between replicas) and disables webhooks that answered
-//! 410 or have failed for too long. One statement is one transaction.
+//! for a few milliseconds (or up to a row limit) and writes each batch in ONE
+//! transaction ([`db::write_batch`]): the new rows, the claimed pending rows
+//! updated in place, the row counters, and the webhooks' counters,
+//! `last_triggered_at` and `failing_since` bumped in SQL (no
+//! read-modify-write between replicas), disabling webhooks that answered
+//! 410 or have failed for too long.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, Bool, Double, Int4, Nullable, Text, Timestamptz};
-use diesel_async::RunQueryDsl;
-use storage::DbPool;
 use storage::models::delivery_status::{FAILED, PENDING, SUCCESS};
+use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::db::{self, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
 use crate::metrics::Metrics;
 
 /// A finished attempt.
@@ -26,7 +25,7 @@ use crate::metrics::Metrics;
 pub struct Attempted {
     /// The claimed pending row this attempt ran for (updated in place), or
     /// `None` for a first attempt from the stream (inserted).
-    pub row: Option<i32>,
+    pub row: Option<RowRef>,
     pub webhook_id: i32,
     pub event_id: Option<String>,
     pub event_type: String,
@@ -63,15 +62,19 @@ pub enum Record {
     },
     /// A claimed pending row given back unattempted, due again at `due`.
     Deferred {
-        row: i32,
+        row: RowRef,
         due: DateTime<Utc>,
     },
 }
 
 /// The rows could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot record delivery attempts: {0}")]
-pub struct RecordError(pub String);
+pub enum RecordError {
+    #[error("the recorder has stopped")]
+    Stopped,
+    #[error("cannot record delivery attempts: {0}")]
+    Database(Arc<StorageError>),
+}
 
 struct Submission {
     records: Vec<Record>,
@@ -94,7 +97,7 @@ pub struct Recorder {
 }
 
 /// Webhooks the recorder disabled in a batch.
-pub type DisabledHook = Arc<dyn Fn(&[(i32, String)]) + Send + Sync>;
+pub type DisabledHook = Arc<dyn Fn(&[Disabled]) + Send + Sync>;
 
 impl Recorder {
     /// Starts the recorder task; returns the handle and the task.
@@ -118,9 +121,8 @@ impl Recorder {
         self.tx
             .send(Submission { records, done })
             .await
-            .map_err(|_| RecordError("recorder stopped".into()))?;
-        wait.await
-            .map_err(|_| RecordError("recorder stopped".into()))?
+            .map_err(|_| RecordError::Stopped)?;
+        wait.await.map_err(|_| RecordError::Stopped)?
     }
 }
 
@@ -188,21 +190,15 @@ async fn flush(
     metrics: &Metrics,
     on_disabled: &DisabledHook,
 ) {
-    let mut arrays = Arrays::default();
-    arrays.reserve(batch.iter().map(|s| s.records.len()).sum());
-    for s in &batch {
-        for r in &s.records {
-            arrays.push(r);
-        }
-    }
-    arrays.finish_stats();
-    let mut result = Err(RecordError("not attempted".into()));
+    let rows = to_batch(batch.iter().flat_map(|s| s.records.iter()));
+    let n = rows.inserts.len() + rows.updates.len();
+    let mut result = Err(RecordError::Stopped);
     for attempt in 0..4u32 {
         let started = std::time::Instant::now();
-        match write(pool, &arrays, cfg.disable_after).await {
+        match write(pool, &rows, cfg.disable_after).await {
             Ok(disabled) => {
                 tracing::debug!(
-                    rows = arrays.len(),
+                    rows = n,
                     submissions = batch.len(),
                     ms = started.elapsed().as_secs_f64() * 1000.0,
                     "delivery rows written"
@@ -211,8 +207,8 @@ async fn flush(
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, attempt = attempt + 1, rows = arrays.len(), "writing delivery rows failed");
-                result = Err(RecordError(e));
+                tracing::warn!(error = %e, attempt = attempt + 1, rows = n, "writing delivery rows failed");
+                result = Err(RecordError::Database(Arc::new(e)));
                 tokio::time::sleep(Duration::from_millis(50 * 4u64.pow(attempt))).await;
             }
         }
@@ -221,8 +217,8 @@ async fn flush(
         Ok(disabled) => {
             metrics.record_batches.inc();
             if !disabled.is_empty() {
-                for (id, reason) in &disabled {
-                    tracing::warn!(webhook_id = id, reason = %reason, "webhook disabled");
+                for d in &disabled {
+                    tracing::warn!(webhook_id = d.webhook_id, reason = %d.reason, "webhook disabled");
                 }
                 metrics
                     .disabled
@@ -241,142 +237,55 @@ async fn flush(
     }
 }
 
-/// Column arrays of one batch.
-#[derive(Default)]
-struct Arrays {
-    // New rows.
-    i_webhook: Vec<i32>,
-    i_event_type: Vec<String>,
-    i_payload: Vec<Arc<str>>,
-    i_response_status: Vec<Option<i32>>,
-    i_response_body: Vec<Option<String>>,
-    i_status: Vec<&'static str>,
-    i_error: Vec<Option<String>>,
-    i_attempt: Vec<i32>,
-    i_delivered_at: Vec<Option<DateTime<Utc>>>,
-    i_next_retry_at: Vec<Option<DateTime<Utc>>>,
-    i_event_id: Vec<Option<String>>,
-    i_created_at: Vec<DateTime<Utc>>,
-    i_traceparent: Vec<Option<Arc<str>>>,
-    // Claimed rows updated in place.
-    u_id: Vec<i32>,
-    u_status: Vec<&'static str>,
-    u_response_status: Vec<Option<i32>>,
-    u_response_body: Vec<Option<String>>,
-    u_error: Vec<Option<String>>,
-    u_delivered_at: Vec<Option<DateTime<Utc>>>,
-    u_next_retry_at: Vec<Option<DateTime<Utc>>>,
-    // Attempts, for the webhook counters.
-    attempts: Vec<(i32, DateTime<Utc>, bool, bool)>,
-    // Per webhook: id, successes, failures, last attempt, last ok, failing since, gone.
-    w_id: Vec<i32>,
-    w_ok: Vec<i32>,
-    w_bad: Vec<i32>,
-    w_last: Vec<DateTime<Utc>>,
-    w_ok_last: Vec<bool>,
-    w_fail_since: Vec<Option<DateTime<Utc>>>,
-    w_gone: Vec<bool>,
-}
-
-impl Arrays {
-    /// Room for `n` new rows (the usual case: first attempts from the stream).
-    fn reserve(&mut self, n: usize) {
-        self.i_webhook.reserve(n);
-        self.i_event_type.reserve(n);
-        self.i_payload.reserve(n);
-        self.i_response_status.reserve(n);
-        self.i_response_body.reserve(n);
-        self.i_status.reserve(n);
-        self.i_error.reserve(n);
-        self.i_attempt.reserve(n);
-        self.i_delivered_at.reserve(n);
-        self.i_next_retry_at.reserve(n);
-        self.i_event_id.reserve(n);
-        self.i_created_at.reserve(n);
-        self.i_traceparent.reserve(n);
-        self.attempts.reserve(n);
-    }
-
-    fn len(&self) -> usize {
-        self.i_webhook.len() + self.u_id.len()
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn insert(
-        &mut self,
-        webhook_id: i32,
-        event_type: &str,
-        payload: &Arc<str>,
-        status: &'static str,
-        attempt: i32,
-        event_id: Option<&String>,
-        created_at: DateTime<Utc>,
-        next_retry_at: Option<DateTime<Utc>>,
-        traceparent: Option<&Arc<str>>,
-    ) {
-        self.i_webhook.push(webhook_id);
-        self.i_event_type.push(event_type.to_owned());
-        self.i_payload.push(payload.clone());
-        self.i_status.push(status);
-        self.i_attempt.push(attempt);
-        self.i_event_id.push(event_id.cloned());
-        self.i_created_at.push(created_at);
-        self.i_next_retry_at.push(next_retry_at);
-        self.i_response_status.push(None);
-        self.i_response_body.push(None);
-        self.i_error.push(None);
-        self.i_delivered_at.push(None);
-        self.i_traceparent.push(traceparent.cloned());
-    }
-
-    fn push(&mut self, r: &Record) {
+/// Turns the records of a batch into rows, updates and per-webhook bumps.
+fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
+    let mut batch = db::Batch::default();
+    // (webhook, end of attempt, success, gone) of every attempt.
+    let mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)> = Vec::new();
+    for r in records {
         match r {
             Record::Attempted(a) => {
                 let status = if a.success { SUCCESS } else { FAILED };
                 let delivered_at = a.success.then_some(a.at);
                 match a.row {
-                    None => {
-                        self.insert(
-                            a.webhook_id,
-                            &a.event_type,
-                            &a.payload,
-                            status,
-                            a.attempt_number,
-                            a.event_id.as_ref(),
-                            a.at,
-                            a.next_retry_at,
-                            a.traceparent.as_ref(),
-                        );
-                        let last = self.i_webhook.len() - 1;
-                        self.i_response_status[last] = a.response_status;
-                        self.i_response_body[last] = a.response_body.clone();
-                        self.i_error[last] = a.error_message.clone();
-                        self.i_delivered_at[last] = delivered_at;
-                    }
-                    Some(id) => {
-                        self.u_id.push(id);
-                        self.u_status.push(status);
-                        self.u_response_status.push(a.response_status);
-                        self.u_response_body.push(a.response_body.clone());
-                        self.u_error.push(a.error_message.clone());
-                        self.u_delivered_at.push(delivered_at);
-                        self.u_next_retry_at.push(a.next_retry_at);
-                    }
+                    None => batch.inserts.push(NewRow {
+                        webhook_id: a.webhook_id,
+                        event_type: a.event_type.clone(),
+                        payload: a.payload.clone(),
+                        status,
+                        response_status: a.response_status,
+                        response_body: a.response_body.clone(),
+                        error_message: a.error_message.clone(),
+                        attempt_number: a.attempt_number,
+                        delivered_at,
+                        next_retry_at: a.next_retry_at,
+                        event_id: a.event_id.clone(),
+                        created_at: a.at,
+                        traceparent: a.traceparent.clone(),
+                    }),
+                    Some(row) => batch.updates.push(ClaimedUpdate {
+                        row,
+                        status,
+                        response_status: a.response_status,
+                        response_body: a.response_body.clone(),
+                        error_message: a.error_message.clone(),
+                        delivered_at,
+                        next_retry_at: a.next_retry_at,
+                    }),
                 }
                 if let Some(due) = a.next_retry_at {
-                    self.insert(
+                    batch.inserts.push(pending_row(
                         a.webhook_id,
                         &a.event_type,
                         &a.payload,
-                        PENDING,
                         a.attempt_number + 1,
                         a.event_id.as_ref(),
                         a.at,
-                        Some(due),
+                        due,
                         a.traceparent.as_ref(),
-                    );
+                    ));
                 }
-                self.attempts.push((a.webhook_id, a.at, a.success, a.gone));
+                attempts.push((a.webhook_id, a.at, a.success, a.gone));
             }
             Record::Queued {
                 webhook_id,
@@ -386,181 +295,117 @@ impl Arrays {
                 attempt_number,
                 due,
                 traceparent,
-            } => self.insert(
+            } => batch.inserts.push(pending_row(
                 *webhook_id,
                 event_type,
                 payload,
-                PENDING,
                 *attempt_number,
                 event_id.as_ref(),
                 Utc::now(),
-                Some(*due),
+                *due,
                 traceparent.as_ref(),
-            ),
-            Record::Deferred { row, due } => {
-                self.u_id.push(*row);
-                self.u_status.push(PENDING);
-                self.u_response_status.push(None);
-                self.u_response_body.push(None);
-                self.u_error.push(None);
-                self.u_delivered_at.push(None);
-                self.u_next_retry_at.push(Some(*due));
-            }
+            )),
+            Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
+                row: *row,
+                status: PENDING,
+                response_status: None,
+                response_body: None,
+                error_message: None,
+                delivered_at: None,
+                next_retry_at: Some(*due),
+            }),
         }
     }
+    batch.bumps = fold_attempts(attempts);
+    batch
+}
 
-    /// Folds the attempts into one counter row per webhook, in id order
-    /// (a stable lock order between concurrent batches).
-    fn finish_stats(&mut self) {
-        let mut attempts = std::mem::take(&mut self.attempts);
-        attempts.sort_by_key(|&(id, at, _, _)| (id, at));
-        for (id, at, ok, gone) in attempts {
-            if self.w_id.last() != Some(&id) {
-                self.w_id.push(id);
-                self.w_ok.push(0);
-                self.w_bad.push(0);
-                self.w_last.push(at);
-                self.w_ok_last.push(ok);
-                self.w_fail_since.push(None);
-                self.w_gone.push(false);
-            }
-            let i = self.w_id.len() - 1;
-            if ok {
-                self.w_ok[i] += 1;
-                self.w_fail_since[i] = None;
-            } else {
-                self.w_bad[i] += 1;
-                if self.w_fail_since[i].is_none() {
-                    self.w_fail_since[i] = Some(at);
-                }
-            }
-            self.w_last[i] = at;
-            self.w_ok_last[i] = ok;
-            self.w_gone[i] |= gone;
-        }
+#[allow(clippy::too_many_arguments)]
+fn pending_row(
+    webhook_id: i32,
+    event_type: &str,
+    payload: &Arc<str>,
+    attempt_number: i32,
+    event_id: Option<&String>,
+    created_at: DateTime<Utc>,
+    due: DateTime<Utc>,
+    traceparent: Option<&Arc<str>>,
+) -> NewRow {
+    NewRow {
+        webhook_id,
+        event_type: event_type.to_owned(),
+        payload: payload.clone(),
+        status: PENDING,
+        response_status: None,
+        response_body: None,
+        error_message: None,
+        attempt_number,
+        delivered_at: None,
+        next_retry_at: Some(due),
+        event_id: event_id.cloned(),
+        created_at,
+        traceparent: traceparent.cloned(),
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct DisabledRow {
-    #[diesel(sql_type = Int4)]
-    id: i32,
-    #[diesel(sql_type = Nullable<Text>)]
-    disabled_reason: Option<String>,
+/// Folds the attempts into one bump per webhook, in id order (a stable
+/// lock order between concurrent batches).
+fn fold_attempts(mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)>) -> Vec<WebhookBump> {
+    attempts.sort_by_key(|&(id, at, _, _)| (id, at));
+    let mut bumps: Vec<WebhookBump> = Vec::new();
+    for (id, at, ok, gone) in attempts {
+        if bumps.last().map(|b| b.webhook_id) != Some(id) {
+            bumps.push(WebhookBump {
+                webhook_id: id,
+                successes: 0,
+                failures: 0,
+                last_at: at,
+                last_ok: ok,
+                failing_since: None,
+                gone: false,
+            });
+        }
+        let Some(b) = bumps.last_mut() else { continue };
+        if ok {
+            b.successes += 1;
+            b.failing_since = None;
+        } else {
+            b.failures += 1;
+            if b.failing_since.is_none() {
+                b.failing_since = Some(at);
+            }
+        }
+        b.last_at = at;
+        b.last_ok = ok;
+        b.gone |= gone;
+    }
+    bumps
 }
 
-/// `failing_since` after this batch, as an SQL expression over `w` and `v`.
-const FAILING_SINCE: &str = "(CASE WHEN v.ok_last THEN NULL::timestamptz \
-     WHEN v.ok > 0 THEN v.fail_since \
-     ELSE COALESCE(w.failing_since, v.fail_since) END)";
-
-fn build_statement() -> String {
-    let fs = FAILING_SINCE;
-    let too_long = format!("COALESCE({fs} < now() - make_interval(secs => $27), false)");
-    format!(
-        "WITH ins AS ( \
-           INSERT INTO webhook_deliveries (webhook_id, event_type, payload, response_status, \
-             response_body, status, error_message, attempt_number, delivered_at, next_retry_at, \
-             event_id, created_at, traceparent) \
-           SELECT v.webhook_id, v.event_type, v.payload::jsonb, v.response_status, v.response_body, \
-             v.status, v.error_message, v.attempt_number, v.delivered_at, v.next_retry_at, \
-             v.event_id, v.created_at, v.traceparent \
-           FROM unnest($1::int4[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], \
-             $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
-             $12::timestamptz[], $29::text[]) \
-             AS v(webhook_id, event_type, payload, response_status, response_body, status, \
-               error_message, attempt_number, delivered_at, next_retry_at, event_id, created_at, \
-               traceparent) \
-           WHERE EXISTS (SELECT 1 FROM webhooks x WHERE x.id = v.webhook_id) \
-           RETURNING 1 \
-         ), upd AS ( \
-           UPDATE webhook_deliveries d SET status = v.status, response_status = v.response_status, \
-             response_body = v.response_body, error_message = v.error_message, \
-             delivered_at = v.delivered_at, next_retry_at = v.next_retry_at \
-           FROM unnest($13::int4[], $14::text[], $15::int4[], $16::text[], $17::text[], \
-             $18::timestamptz[], $19::timestamptz[]) \
-             AS v(id, status, response_status, response_body, error_message, delivered_at, \
-               next_retry_at) \
-           WHERE d.id = v.id AND d.status = 'pending' \
-           RETURNING 1 \
-         ), old AS ( \
-           SELECT id, is_active FROM webhooks WHERE id = ANY($20::int4[]) \
-         ), wh AS ( \
-           UPDATE webhooks w SET \
-             success_count = w.success_count + v.ok, \
-             failure_count = w.failure_count + v.bad, \
-             last_triggered_at = GREATEST(w.last_triggered_at, v.last_at), \
-             failing_since = {fs}, \
-             is_active = w.is_active AND NOT v.gone AND NOT {too_long}, \
-             disabled_reason = CASE \
-               WHEN NOT w.is_active THEN w.disabled_reason \
-               WHEN v.gone THEN 'receiver answered 410 Gone' \
-               WHEN {too_long} THEN 'failed without a single success since ' \
-                 || to_char({fs} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-                 || ' (DELIVERY_DISABLE_AFTER ' || $28 || ')' \
-               ELSE w.disabled_reason END, \
-             updated_at = CASE WHEN w.is_active AND (v.gone OR {too_long}) THEN now() \
-               ELSE w.updated_at END \
-           FROM unnest($20::int4[], $21::int4[], $22::int4[], $23::timestamptz[], $24::bool[], \
-             $25::timestamptz[], $26::bool[]) \
-             AS v(id, ok, bad, last_at, ok_last, fail_since, gone) \
-           WHERE w.id = v.id \
-           RETURNING w.id, w.is_active, w.disabled_reason \
-         ) \
-         SELECT wh.id, wh.disabled_reason FROM wh JOIN old ON old.id = wh.id \
-         WHERE old.is_active AND NOT wh.is_active"
-    )
-}
-
-/// The batch statement, built once.
-fn statement() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(build_statement)
-}
-
+/// Writes a batch; when a row found no partition (the registry, which
+/// creates them ahead, has not run for a while), creates the partitions
+/// around today and writes again.
 async fn write(
     pool: &DbPool,
-    a: &Arrays,
+    batch: &db::Batch,
     disable_after: Duration,
-) -> Result<Vec<(i32, String)>, String> {
-    let payloads: Vec<&str> = a.i_payload.iter().map(|p| &**p).collect();
-    let traceparents: Vec<Option<&str>> = a.i_traceparent.iter().map(|t| t.as_deref()).collect();
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    let rows: Vec<DisabledRow> = diesel::sql_query(statement())
-        .bind::<Array<Int4>, _>(&a.i_webhook)
-        .bind::<Array<Text>, _>(&a.i_event_type)
-        .bind::<Array<Text>, _>(&payloads)
-        .bind::<Array<Nullable<Int4>>, _>(&a.i_response_status)
-        .bind::<Array<Nullable<Text>>, _>(&a.i_response_body)
-        .bind::<Array<Text>, _>(&a.i_status)
-        .bind::<Array<Nullable<Text>>, _>(&a.i_error)
-        .bind::<Array<Int4>, _>(&a.i_attempt)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&a.i_delivered_at)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&a.i_next_retry_at)
-        .bind::<Array<Nullable<Text>>, _>(&a.i_event_id)
-        .bind::<Array<Timestamptz>, _>(&a.i_created_at)
-        .bind::<Array<Int4>, _>(&a.u_id)
-        .bind::<Array<Text>, _>(&a.u_status)
-        .bind::<Array<Nullable<Int4>>, _>(&a.u_response_status)
-        .bind::<Array<Nullable<Text>>, _>(&a.u_response_body)
-        .bind::<Array<Nullable<Text>>, _>(&a.u_error)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&a.u_delivered_at)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&a.u_next_retry_at)
-        .bind::<Array<Int4>, _>(&a.w_id)
-        .bind::<Array<Int4>, _>(&a.w_ok)
-        .bind::<Array<Int4>, _>(&a.w_bad)
-        .bind::<Array<Timestamptz>, _>(&a.w_last)
-        .bind::<Array<Bool>, _>(&a.w_ok_last)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&a.w_fail_since)
-        .bind::<Array<Bool>, _>(&a.w_gone)
-        .bind::<Double, _>(disable_after.as_secs_f64())
-        .bind::<Text, _>(humantime::format_duration(disable_after).to_string())
-        .bind::<Array<Nullable<Text>>, _>(&traceparents)
-        .load(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.id, r.disabled_reason.unwrap_or_default()))
-        .collect())
+) -> Result<Vec<Disabled>, StorageError> {
+    let mut conn = pool.get().await?;
+    match db::write_batch(&mut conn, batch, disable_after).await {
+        Err(StorageError::Query(e)) if storage::history::is_missing_partition(&e) => {
+            let today = Utc::now().date_naive();
+            let created = storage::history::ensure_partitions(
+                &mut conn,
+                today - chrono::Duration::days(1),
+                today + chrono::Duration::days(2),
+            )
+            .await?;
+            tracing::warn!(
+                created,
+                "delivery rows found no partition; created partitions"
+            );
+            db::write_batch(&mut conn, batch, disable_after).await
+        }
+        other => other,
+    }
 }

@@ -12,66 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use diesel::sql_types::{BigInt, Double, Int4, Nullable, Text, Timestamptz};
+use chrono::Utc;
+use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
 use storage::DbPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Target;
+use crate::db::{Claimed, RowRef, claim_due};
 use crate::deliver::{Deliverer, Job};
 use crate::metrics::Metrics;
 use crate::recorder::Record;
-
-#[derive(diesel::QueryableByName)]
-struct Claimed {
-    #[diesel(sql_type = Int4)]
-    id: i32,
-    #[diesel(sql_type = Int4)]
-    webhook_id: i32,
-    #[diesel(sql_type = Text)]
-    event_type: String,
-    #[diesel(sql_type = Text)]
-    payload: String,
-    #[diesel(sql_type = Int4)]
-    attempt_number: i32,
-    #[diesel(sql_type = Nullable<Text>)]
-    event_id: Option<String>,
-    #[diesel(sql_type = Text)]
-    url: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    secret: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    previous_secret: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    previous_secret_expires_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Text>)]
-    traceparent: Option<String>,
-}
-
-const CLAIM: &str = "WITH due AS ( \
-       SELECT d.id FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
-       WHERE d.status = 'pending' AND d.next_retry_at <= now() AND w.is_active \
-       ORDER BY d.next_retry_at LIMIT $1 \
-       FOR UPDATE OF d SKIP LOCKED \
-     ) \
-     UPDATE webhook_deliveries d SET next_retry_at = now() + make_interval(secs => $2) \
-     FROM due, webhooks w \
-     WHERE d.id = due.id AND w.id = d.webhook_id \
-     RETURNING d.id, d.webhook_id, d.event_type, d.payload::text AS payload, d.attempt_number, \
-       d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, \
-       d.traceparent";
-
-async fn claim(pool: &DbPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-    diesel::sql_query(CLAIM)
-        .bind::<BigInt, _>(limit)
-        .bind::<Double, _>(lease.as_secs_f64())
-        .load(&mut conn)
-        .await
-        .map_err(|e| e.to_string())
-}
 
 /// Settings of the poller.
 #[derive(Debug, Clone)]
@@ -95,7 +47,7 @@ pub async fn run_poller(
         let room = deliverer.global.available_permits().min(cfg.batch);
         let mut claimed_all = false;
         if room > 0 {
-            match claim(&pool, i64::try_from(room).unwrap_or(1), cfg.lease).await {
+            match claim_due(&pool, i64::try_from(room).unwrap_or(1), cfg.lease).await {
                 Ok(rows) => {
                     claimed_all = rows.len() == room;
                     if !rows.is_empty() {
@@ -122,7 +74,10 @@ pub async fn run_poller(
 }
 
 async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationToken) {
-    let id = row.id;
+    let id = RowRef {
+        id: row.id,
+        created_at: row.created_at,
+    };
     let target = Target::new(
         row.webhook_id,
         row.url,
@@ -137,7 +92,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
     let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
     let delivery = deliverer.deliver(Job {
         target: &target,
-        row: Some(row.id),
+        row: Some(id),
         event_id: row.event_id.as_deref(),
         event_type: &row.event_type,
         body: Bytes::from(body),
@@ -152,7 +107,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
     };
     if let Err(e) = deliverer.recorder.submit(vec![record]).await {
         // The lease runs out and the row is attempted again.
-        tracing::warn!(error = %e, delivery_id = id, "cannot record a retry; it will run again");
+        tracing::warn!(error = %e, delivery_id = id.id, "cannot record a retry; it will run again");
     }
 }
 

@@ -1,7 +1,9 @@
 //! Postgres storage shared by the bedolaga services: the diesel schema of
 //! the migrations in `migrations/`, row types, the pool, and API tokens.
 
+pub mod counts;
 mod error;
+pub mod history;
 mod migrate;
 pub mod models;
 mod pool;

@@ -21,8 +21,8 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_triggered_at: Option<DateTime<Utc>>,
-    pub failure_count: i32,
-    pub success_count: i32,
+    pub failure_count: i64,
+    pub success_count: i64,
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub failing_since: Option<DateTime<Utc>>,
@@ -80,7 +80,7 @@ impl std::fmt::Debug for Webhook {
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
 #[diesel(table_name = webhook_deliveries, check_for_backend(diesel::pg::Pg))]
 pub struct Delivery {
-    pub id: i32,
+    pub id: i64,
     pub webhook_id: i32,
     pub event_type: String,
     pub payload: Value,

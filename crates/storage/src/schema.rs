@@ -1,6 +1,6 @@
 // The diesel table definitions for the migrations in the top-level
 // `migrations/` folder. Written to match them column for column; a test
-// (`tests/schema.rs`) checks every column against the migrated database.
+// (`tests/storage.rs`) checks every column against the migrated database.
 
 diesel::table! {
     web_api_tokens (id) {
@@ -39,8 +39,8 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         last_triggered_at -> Nullable<Timestamptz>,
-        failure_count -> Int4,
-        success_count -> Int4,
+        failure_count -> Int8,
+        success_count -> Int8,
         #[max_length = 128]
         previous_secret -> Nullable<Varchar>,
         previous_secret_expires_at -> Nullable<Timestamptz>,
@@ -51,7 +51,7 @@ diesel::table! {
 
 diesel::table! {
     webhook_deliveries (id) {
-        id -> Int4,
+        id -> Int8,
         webhook_id -> Int4,
         #[max_length = 50]
         event_type -> Varchar,
@@ -72,6 +72,32 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::table! {
+    webhook_delivery_counts (webhook_id, day, status) {
+        webhook_id -> Int4,
+        day -> Date,
+        #[max_length = 20]
+        status -> Varchar,
+        n -> Int8,
+    }
+}
 
-diesel::allow_tables_to_appear_in_same_query!(web_api_tokens, webhooks, webhook_deliveries);
+diesel::table! {
+    delivery_day_counts (day, status) {
+        day -> Date,
+        #[max_length = 20]
+        status -> Varchar,
+        n -> Int8,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhook_delivery_counts -> webhooks (webhook_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    web_api_tokens,
+    webhooks,
+    webhook_deliveries,
+    webhook_delivery_counts,
+    delivery_day_counts
+);

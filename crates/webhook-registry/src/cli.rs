@@ -1,4 +1,5 @@
-//! The non-serving subcommands: `migrate` and `token create|list|revoke`.
+//! The non-serving subcommands: `migrate`, `prune` and
+//! `token create|list|revoke`.
 
 use std::io::Write;
 
@@ -6,6 +7,8 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use storage::tokens::{self, TokenHasher, TokenSpec};
+
+use storage::history::Retention;
 
 use crate::config::{Config, TokenCommand};
 
@@ -20,6 +23,74 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         eprintln!("migrations applied: {}", applied.join(", "));
     }
     Ok(())
+}
+
+/// `webhook-registry prune [--older-than D]`: drops the history partitions
+/// whose whole day is older than D (default `DELIVERY_RETENTION`) and
+/// prints each one with its rows and size.
+pub async fn prune(
+    config: &Config,
+    older_than: Option<Retention>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let Retention(keep) = older_than.unwrap_or(config.delivery_retention);
+    let Some(keep) = keep else {
+        writeln!(out, "retention is 0 (keep everything): nothing to prune")?;
+        return Ok(());
+    };
+    let cutoff = chrono::Duration::from_std(keep)
+        .ok()
+        .and_then(|k| Utc::now().checked_sub_signed(k))
+        .context("--older-than is too long")?;
+    let mut conn = connect(config).await?;
+    // Wait (briefly) for a maintenance run of a serving registry to finish.
+    let mut report = None;
+    for _ in 0..60 {
+        let policy = storage::history::HistoryPolicy {
+            retention: Some(keep),
+            days_ahead: config.partitions_ahead,
+        };
+        let r = storage::history::maintain(&mut conn, policy, Utc::now()).await?;
+        if !r.skipped {
+            report = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    let report = report.context("another process kept the maintenance lock for 30 s")?;
+    let (mut rows, mut bytes) = (0i64, 0i64);
+    for d in &report.dropped {
+        writeln!(
+            out,
+            "dropped {} ({}): {} rows, {}",
+            d.partition.name,
+            d.partition.day,
+            d.rows,
+            size(d.bytes)
+        )?;
+        if d.moved_pending > 0 {
+            writeln!(
+                out,
+                "  kept {} pending deliveries (moved to today's partition)",
+                d.moved_pending
+            )?;
+        }
+        rows += d.rows;
+        bytes += d.bytes;
+    }
+    writeln!(
+        out,
+        "pruned {} partitions, {rows} rows, {} (history before {})",
+        report.dropped.len(),
+        size(bytes),
+        cutoff.format("%Y-%m-%dT%H:%M:%SZ")
+    )?;
+    Ok(())
+}
+
+fn size(bytes: i64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
 async fn connect(config: &Config) -> anyhow::Result<AsyncPgConnection> {

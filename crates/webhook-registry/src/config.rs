@@ -24,6 +24,13 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Drop delivery history older than a duration now (whole days) and
+    /// print what was removed.
+    Prune {
+        /// e.g. `30d`, `12h`; `DELIVERY_RETENTION` when omitted.
+        #[arg(long)]
+        older_than: Option<storage::history::Retention>,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -147,6 +154,21 @@ pub struct Config {
           action = ArgAction::Set, global = true)]
     pub trust_forwarded_for: bool,
 
+    /// Delivery rows older than this are dropped, one day's partition at
+    /// a time (`0` keeps everything).
+    #[arg(long, env = "DELIVERY_RETENTION", default_value = "30d", global = true)]
+    pub delivery_retention: storage::history::Retention,
+
+    /// Days of delivery-history partitions created ahead of today.
+    #[arg(long, env = "DELIVERY_PARTITIONS_AHEAD", default_value_t = 7, global = true,
+          value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub partitions_ahead: u32,
+
+    /// How often partitions are created and the retention applied.
+    #[arg(long, env = "DELIVERY_MAINTENANCE_EVERY", default_value = "1h",
+          value_parser = humantime::parse_duration, global = true)]
+    pub maintenance_every: Duration,
+
     /// HTTP worker threads (0 = one per CPU).
     #[arg(long, env = "REGISTRY_WORKERS", default_value_t = 0, global = true)]
     pub workers: usize,
@@ -156,6 +178,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// How the delivery history is kept.
+    pub fn history_policy(&self) -> storage::history::HistoryPolicy {
+        storage::history::HistoryPolicy {
+            retention: self.delivery_retention.0,
+            days_ahead: self.partitions_ahead,
+        }
+    }
+
     /// Whether migrations run at start.
     pub fn migrate_at_start(&self) -> bool {
         self.auto_migrate && !self.no_migrate
@@ -181,6 +211,9 @@ impl Config {
             secret_rotation_grace: Duration::from_secs(24 * 3600),
             trust_forwarded_for: false,
             workers: 1,
+            delivery_retention: storage::history::Retention(Some(Duration::from_secs(30 * 86_400))),
+            partitions_ahead: 7,
+            maintenance_every: Duration::from_secs(3600),
             log: LogArgs {
                 log_format: telemetry::LogFormat::Text,
                 log_filter: "info".to_owned(),
@@ -214,6 +247,9 @@ impl fmt::Debug for Config {
             .field("secret_rotation_grace", &self.secret_rotation_grace)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("workers", &self.workers)
+            .field("delivery_retention", &self.delivery_retention)
+            .field("partitions_ahead", &self.partitions_ahead)
+            .field("maintenance_every", &self.maintenance_every)
             .field("log", &self.log)
             .finish()
     }

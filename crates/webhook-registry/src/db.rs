@@ -118,77 +118,129 @@ pub async fn update_webhook(
         .optional()?)
 }
 
-/// Deletes a webhook (its deliveries go by `ON DELETE CASCADE`).
+/// Deletes a webhook (its deliveries and their counters go by
+/// `ON DELETE CASCADE`) and takes its rows out of the per-day totals.
 pub async fn delete_webhook(conn: &mut AsyncPgConnection, id: i32) -> Result<bool, StorageError> {
-    let n = diesel::delete(w::table.find(id)).execute(conn).await?;
-    Ok(n == 1)
+    conn.transaction::<_, StorageError, _>(async |c| {
+        // Writers of its rows hold a key-share lock on the webhook row until
+        // they commit; this waits for them, and later ones find it gone.
+        let found: Option<i32> = w::table
+            .find(id)
+            .select(w::id)
+            .for_update()
+            .first(c)
+            .await
+            .optional()?;
+        if found.is_none() {
+            return Ok(false);
+        }
+        storage::counts::forget_webhook(c, id).await?;
+        let n = diesel::delete(w::table.find(id)).execute(c).await?;
+        Ok(n == 1)
+    })
+    .await
 }
 
-#[derive(Debug, QueryableByName)]
+/// The numbers of `GET /webhooks/stats`.
+#[derive(Debug)]
 pub struct StatsRow {
-    #[diesel(sql_type = BigInt)]
     pub total_webhooks: i64,
-    #[diesel(sql_type = BigInt)]
     pub active_webhooks: i64,
-    #[diesel(sql_type = BigInt)]
-    pub total_deliveries: i64,
-    #[diesel(sql_type = BigInt)]
-    pub successful_deliveries: i64,
-    #[diesel(sql_type = BigInt)]
-    pub failed_deliveries: i64,
+    pub deliveries: storage::counts::Totals,
 }
 
+/// Webhook counts and delivery totals; the totals come from the counters,
+/// so the cost does not grow with history.
 pub async fn stats(conn: &mut AsyncPgConnection) -> Result<StatsRow, StorageError> {
-    Ok(diesel::sql_query(
-        "SELECT \
-           (SELECT count(*) FROM webhooks) AS total_webhooks, \
-           (SELECT count(*) FROM webhooks WHERE is_active) AS active_webhooks, \
-           count(*) AS total_deliveries, \
-           count(*) FILTER (WHERE status = 'success') AS successful_deliveries, \
-           count(*) FILTER (WHERE status = 'failed') AS failed_deliveries \
-         FROM webhook_deliveries",
-    )
-    .get_result(conn)
-    .await?)
+    let (mut c1, mut c2) = (&*conn, &*conn);
+    let total = w::table.select(count_star()).get_result::<i64>(&mut c1);
+    let active = w::table
+        .filter(w::is_active)
+        .select(count_star())
+        .get_result::<i64>(&mut c2);
+    let (total_webhooks, active_webhooks) = futures::try_join!(total, active)?;
+    let deliveries = storage::counts::totals(conn).await?;
+    Ok(StatsRow {
+        total_webhooks,
+        active_webhooks,
+        deliveries,
+    })
 }
 
-macro_rules! deliveries_page {
-    ($conn:expr, $webhook_id:expr, $q:expr, $limit:expr, $offset:expr) => {{
-        let (mut c1, mut c2, mut c3) = (&*$conn, &*$conn, &*$conn);
-        let exists = diesel::select(diesel::dsl::exists(w::table.find($webhook_id)))
-            .get_result::<bool>(&mut c1);
-        let page = $q
-            .order((d::created_at.desc(), d::id.desc()))
-            .limit($limit)
-            .offset($offset)
-            .select(Delivery::as_select())
-            .load::<Delivery>(&mut c2);
-        let total = $q.select(count_star()).get_result::<i64>(&mut c3);
-        futures::try_join!(exists, page, total)?
-    }};
+/// Where a page of deliveries starts: after the row with this sort key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: i64,
 }
 
-/// A page of a webhook's deliveries, newest first, with the filtered
-/// total; `None` when the webhook does not exist.
+impl Cursor {
+    /// An opaque token: base64url of `<created_at µs>:<id>`.
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        let raw = format!("{}:{}", self.created_at.timestamp_micros(), self.id);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim())
+            .ok()?;
+        let raw = std::str::from_utf8(&raw).ok()?;
+        let (micros, id) = raw.split_once(':')?;
+        Some(Self {
+            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+/// A page of a webhook's deliveries, newest first, with the filtered total
+/// (from the counters); `None` when the webhook does not exist. With a
+/// cursor, the page starts after it (keyset paging: the same cost at any
+/// depth); `offset` skips rows after that.
 pub async fn list_deliveries(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,
     status: Option<&str>,
+    cursor: Option<Cursor>,
     limit: i64,
     offset: i64,
 ) -> Result<Option<(Vec<Delivery>, i64)>, StorageError> {
-    let mine = d::table.filter(d::webhook_id.eq(webhook_id));
-    let (exists, items, total) = match status {
-        None => deliveries_page!(conn, webhook_id, mine, limit, offset),
-        Some(s) => deliveries_page!(
-            conn,
-            webhook_id,
-            mine.filter(d::status.eq(s)),
-            limit,
-            offset
-        ),
-    };
-    Ok(exists.then_some((items, total)))
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Bool, Timestamptz};
+    let mut q = d::table
+        .filter(d::webhook_id.eq(webhook_id))
+        .select(Delivery::as_select())
+        .order((d::created_at.desc(), d::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .into_boxed();
+    if let Some(s) = status {
+        q = q.filter(d::status.eq(s.to_owned()));
+    }
+    if let Some(c) = cursor {
+        // The plain bound lets the planner skip newer partitions; the row
+        // comparison is the keyset condition in the index's order.
+        q = q.filter(d::created_at.le(c.created_at)).filter(
+            sql::<Bool>("(webhook_deliveries.created_at, webhook_deliveries.id) < (")
+                .bind::<Timestamptz, _>(c.created_at)
+                .sql(", ")
+                .bind::<BigInt, _>(c.id)
+                .sql(")"),
+        );
+    }
+    let (mut c1, mut c2) = (&*conn, &*conn);
+    let exists =
+        diesel::select(diesel::dsl::exists(w::table.find(webhook_id))).get_result::<bool>(&mut c1);
+    let page = q.load::<Delivery>(&mut c2);
+    let (exists, items) = futures::try_join!(exists, page)?;
+    if !exists {
+        return Ok(None);
+    }
+    let total = storage::counts::webhook_total(conn, webhook_id, status).await?;
+    Ok(Some((items, total)))
 }
 
 /// Sets a new secret; the old one (if any) keeps signing until
@@ -237,11 +289,7 @@ pub async fn record_attempt(
     conn.transaction::<_, StorageError, _>(async |c| {
         let success = new.status == delivery_status::SUCCESS;
         let webhook_id = new.webhook_id;
-        let row = diesel::insert_into(d::table)
-            .values(new)
-            .returning(Delivery::as_returning())
-            .get_result(c)
-            .await?;
+        let row = insert_delivery(c, new).await?;
         let bump = diesel::update(w::table.find(webhook_id));
         if success {
             bump.set((
@@ -263,6 +311,27 @@ pub async fn record_attempt(
     .await
 }
 
+/// Inserts one delivery row and counts it.
+async fn insert_delivery(
+    conn: &mut AsyncPgConnection,
+    new: NewDelivery,
+) -> Result<Delivery, StorageError> {
+    let row = diesel::insert_into(d::table)
+        .values(new)
+        .returning(Delivery::as_returning())
+        .get_result(conn)
+        .await?;
+    let mut deltas = storage::counts::CountDeltas::default();
+    deltas.add(
+        row.webhook_id,
+        storage::counts::day_of(row.created_at),
+        &row.status,
+        1,
+    );
+    storage::counts::apply(conn, &deltas).await?;
+    Ok(row)
+}
+
 /// What a manual retry did.
 pub enum Retry {
     WebhookMissing,
@@ -270,20 +339,30 @@ pub enum Retry {
     Queued { row: Box<Delivery>, already: bool },
 }
 
+/// The first key of the advisory lock that serialises manual retries of
+/// one webhook (the second is the webhook id).
+const RETRY_LOCK_CLASS: i32 = 72_635;
+
 /// Queues a new attempt of a delivery: a `pending` row due now with the
 /// next attempt number of that event × webhook. When an attempt of the
 /// same event is already pending, that one is returned instead.
 pub async fn queue_retry(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,
-    delivery_id: i32,
+    delivery_id: i64,
 ) -> Result<Retry, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
-        // Lock the webhook so two retries of one event cannot both insert.
+        // Two retries of one webhook's events run one at a time, so both
+        // cannot insert. An advisory lock, not the webhook row: the
+        // recorder locks counter rows before webhook rows, and so must we.
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind::<diesel::sql_types::Int4, _>(RETRY_LOCK_CLASS)
+            .bind::<diesel::sql_types::Int4, _>(webhook_id)
+            .execute(c)
+            .await?;
         let found: Option<i32> = w::table
             .find(webhook_id)
             .select(w::id)
-            .for_update()
             .first(c)
             .await
             .optional()?;
@@ -330,8 +409,9 @@ pub async fn queue_retry(
                 already: true,
             });
         }
-        let row = diesel::insert_into(d::table)
-            .values(NewDelivery {
+        let row = insert_delivery(
+            c,
+            NewDelivery {
                 webhook_id,
                 event_type: original.event_type.clone(),
                 payload: original.payload.clone(),
@@ -344,10 +424,9 @@ pub async fn queue_retry(
                 next_retry_at: Some(Utc::now()),
                 event_id: original.event_id.clone(),
                 traceparent: original.traceparent.clone(),
-            })
-            .returning(Delivery::as_returning())
-            .get_result(c)
-            .await?;
+            },
+        )
+        .await?;
         Ok(Retry::Queued {
             row: Box::new(row),
             already: false,

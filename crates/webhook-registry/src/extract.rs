@@ -509,6 +509,22 @@ impl Query {
         None
     }
 
+    /// An optional page cursor (`next_cursor` of a delivery page).
+    pub fn cursor(&mut self, name: &str) -> Option<crate::db::Cursor> {
+        let v = self.values.get(name)?;
+        let c = crate::db::Cursor::decode(v);
+        if c.is_none() {
+            self.errors.push(
+                FieldError::value_error(
+                    &["query", name],
+                    "not a cursor: pass the next_cursor of a previous page",
+                )
+                .input(Value::String(v.clone())),
+            );
+        }
+        c
+    }
+
     pub fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
             Ok(())
@@ -535,10 +551,10 @@ fn expected_list(allowed: &[&str]) -> String {
 
 /// A path id: not an integer → 422 (`int_parsing`, as FastAPI); an integer
 /// no row can have → the resource's 404.
-pub fn path_id(raw: &str, name: &str, not_found: ApiError) -> Result<i32, ApiError> {
+pub fn path_id<T: TryFrom<i64>>(raw: &str, name: &str, not_found: ApiError) -> Result<T, ApiError> {
     let t = raw.trim();
     match t.parse::<i64>() {
-        Ok(n) => i32::try_from(n).map_err(|_| not_found),
+        Ok(n) => T::try_from(n).map_err(|_| not_found),
         Err(_) if is_integer_literal(t) => Err(not_found),
         Err(_) => Err(ApiError::one(
             FieldError::new(
@@ -587,13 +603,17 @@ mod tests {
 
     #[test]
     fn path_ids() {
-        assert_eq!(path_id("12", "id", ApiError::Internal).unwrap(), 12);
+        assert_eq!(path_id::<i32>("12", "id", ApiError::Internal).unwrap(), 12);
         assert!(matches!(
-            path_id("99999999999", "id", ApiError::webhook_not_found()),
+            path_id::<i32>("99999999999", "id", ApiError::webhook_not_found()),
             Err(ApiError::NotFound(_))
         ));
+        assert_eq!(
+            path_id::<i64>("99999999999", "id", ApiError::Internal).unwrap(),
+            99_999_999_999
+        );
         assert!(matches!(
-            path_id("abc", "id", ApiError::webhook_not_found()),
+            path_id::<i32>("abc", "id", ApiError::webhook_not_found()),
             Err(ApiError::Validation(_))
         ));
     }

@@ -15,6 +15,9 @@ async fn main() -> anyhow::Result<()> {
                 .await
         }
         Command::Migrate => cli::migrate(&config).await,
+        Command::Prune { older_than } => {
+            cli::prune(&config, older_than, &mut std::io::stdout()).await
+        }
         Command::Token { command } => cli::token(&config, command, &mut std::io::stdout()).await,
     };
     telemetry::flush();

@@ -265,8 +265,8 @@ pub struct WebhookOut {
     pub updated_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339::ser_opt")]
     pub last_triggered_at: Option<DateTime<Utc>>,
-    pub failure_count: i32,
-    pub success_count: i32,
+    pub failure_count: i64,
+    pub success_count: i64,
     /// Why the delivery worker switched the webhook off (410, long failures).
     pub disabled_reason: Option<String>,
 }
@@ -293,7 +293,7 @@ impl From<Webhook> for WebhookOut {
 /// One delivery attempt (or a queued one, `status = pending`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DeliveryOut {
-    pub id: i32,
+    pub id: i64,
     pub webhook_id: i32,
     pub event_type: String,
     #[schema(value_type = Object)]
@@ -351,6 +351,8 @@ pub struct DeliveryPage {
     pub total: i64,
     pub limit: i64,
     pub offset: i64,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /webhooks/stats`
@@ -388,7 +390,7 @@ pub struct TestOut {
     pub error: Option<String>,
     pub latency_ms: u64,
     /// The recorded delivery row.
-    pub delivery_id: i32,
+    pub delivery_id: i64,
 }
 
 /// `POST /webhooks/{id}/deliveries/{delivery_id}/retry` (202)
@@ -397,8 +399,8 @@ pub struct RetryOut {
     /// Always `queued`.
     pub status: String,
     /// The pending delivery row the worker will attempt.
-    pub delivery_id: i32,
-    pub retry_of: i32,
+    pub delivery_id: i64,
+    pub retry_of: i64,
     pub attempt_number: i32,
     pub next_retry_at: Option<DateTime<Utc>>,
     /// An attempt of this event was already waiting; no new row was added.

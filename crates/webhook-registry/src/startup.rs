@@ -147,6 +147,13 @@ impl Application {
             ..
         } = self;
         let background = shutdown.child_token();
+        let maintenance = tokio::spawn(maintain_history(
+            pool.clone(),
+            config.history_policy(),
+            config.maintenance_every,
+            ready.clone(),
+            background.clone(),
+        ));
         let bootstrap = tokio::spawn(bootstrap(
             config.clone(),
             pool,
@@ -178,6 +185,7 @@ impl Application {
         };
         background.cancel();
         let _ = bootstrap.await;
+        let _ = maintenance.await;
         let _ = streams.await;
         let _ = notifier.await;
         let _ = flusher.await;
@@ -298,6 +306,57 @@ async fn bootstrap_once(
         let row =
             storage::tokens::ensure_token(&mut conn, hasher, token, DEFAULT_TOKEN_NAME).await?;
         tracing::info!(token_id = row.id, "WEB_API_DEFAULT_TOKEN ensured active");
+    }
+    Ok(())
+}
+
+/// Creates delivery-history partitions ahead and applies the retention,
+/// at start (once migrations are applied) and then every `every`. Replicas
+/// take turns through an advisory lock.
+async fn maintain_history(
+    pool: DbPool,
+    policy: storage::history::HistoryPolicy,
+    every: Duration,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    loop {
+        let wait = if !ready.load(Ordering::Acquire) {
+            Duration::from_millis(200)
+        } else {
+            match maintain_once(&pool, policy).await {
+                Ok(()) => every,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery history maintenance failed; retrying in 30s");
+                    Duration::from_secs(30).min(every)
+                }
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn maintain_once(
+    pool: &DbPool,
+    policy: storage::history::HistoryPolicy,
+) -> Result<(), storage::StorageError> {
+    let mut conn = pool.get().await?;
+    let report = storage::history::maintain(&mut conn, policy, chrono::Utc::now()).await?;
+    if report.skipped {
+        tracing::debug!("delivery history maintenance runs in another replica");
+    }
+    if report.created > 0 {
+        tracing::info!(
+            created = report.created,
+            "delivery history partitions created"
+        );
+    }
+    for d in &report.dropped {
+        tracing::info!(partition = %d.partition.name, rows = d.rows, bytes = d.bytes,
+            moved_pending = d.moved_pending, "delivery history partition dropped (retention)");
     }
     Ok(())
 }

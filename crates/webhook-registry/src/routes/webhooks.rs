@@ -132,8 +132,8 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
 pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conn = state.conn().await?;
     let s = db::stats(&mut conn).await?;
-    let success_rate = if s.total_deliveries > 0 {
-        let rate = s.successful_deliveries as f64 / s.total_deliveries as f64 * 100.0;
+    let success_rate = if s.deliveries.total > 0 {
+        let rate = s.deliveries.success as f64 / s.deliveries.total as f64 * 100.0;
         (rate * 100.0).round() / 100.0
     } else {
         0.0
@@ -141,9 +141,9 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     Ok(HttpResponse::Ok().json(StatsOut {
         total_webhooks: s.total_webhooks,
         active_webhooks: s.active_webhooks,
-        total_deliveries: s.total_deliveries,
-        successful_deliveries: s.successful_deliveries,
-        failed_deliveries: s.failed_deliveries,
+        total_deliveries: s.deliveries.total,
+        successful_deliveries: s.deliveries.success,
+        failed_deliveries: s.deliveries.failed,
         success_rate,
     }))
 }
@@ -258,6 +258,9 @@ pub struct DeliveryParams {
     limit: Option<i64>,
     #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
+    /// Start after this point: the `next_cursor` of the previous page.
+    /// The same cost at any depth, where `offset` reads every skipped row.
+    cursor: Option<String>,
 }
 
 /// A webhook's delivery history, newest first.
@@ -282,17 +285,30 @@ pub async fn deliveries(
     let status = q.one_of("status", &delivery_status::ALL);
     let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
     let offset = q.integer("offset", 0, 0, i64::MAX);
+    let cursor = q.cursor("cursor");
     let id = webhook_id(&path)?;
     q.finish()?;
     let mut conn = state.conn().await?;
-    let (items, total) = db::list_deliveries(&mut conn, id, status.as_deref(), limit, offset)
-        .await?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    let (items, total) =
+        db::list_deliveries(&mut conn, id, status.as_deref(), cursor, limit, offset)
+            .await?
+            .ok_or_else(ApiError::webhook_not_found)?;
+    let next_cursor = match items.last() {
+        Some(last) if items.len() as i64 == limit => Some(
+            db::Cursor {
+                created_at: last.created_at,
+                id: last.id,
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
     Ok(HttpResponse::Ok().json(DeliveryPage {
         items: items.into_iter().map(DeliveryOut::from).collect(),
         total,
         limit,
         offset,
+        next_cursor,
     }))
 }
 
@@ -399,7 +415,7 @@ pub const TEST_EVENT: &str = "webhook.test";
     post, path = "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry", tag = "deliveries",
     params(
         ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("delivery_id" = i32, Path, description = "Delivery id"),
+        ("delivery_id" = i64, Path, description = "Delivery id"),
     ),
     responses(
         (status = 202, description = "Queued", body = RetryOut),

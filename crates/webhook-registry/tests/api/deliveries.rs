@@ -125,7 +125,7 @@ async fn retry_queues_a_pending_attempt_for_the_worker() {
     assert_eq!(resp["retry_of"], first.id);
     assert_eq!(resp["attempt_number"], 3);
     assert_eq!(resp["already_queued"], false);
-    let queued_id = resp["delivery_id"].as_i64().unwrap() as i32;
+    let queued_id = resp["delivery_id"].as_i64().unwrap();
 
     let mut conn = app.conn().await;
     let row: Delivery = d::table

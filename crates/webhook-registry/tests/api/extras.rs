@@ -70,7 +70,7 @@ async fn test_endpoint_sends_a_signed_event_and_records_it() {
     // Recorded as a delivery and counted.
     let mut conn = app.conn().await;
     let row: Delivery = d::table
-        .find(out["delivery_id"].as_i64().unwrap() as i32)
+        .find(out["delivery_id"].as_i64().unwrap())
         .select(Delivery::as_select())
         .first(&mut conn)
         .await

@@ -1,0 +1,367 @@
+//! The worker's queries: one batch of delivery rows, their counters and the
+//! webhooks' statistics, written in one transaction. Each query takes a
+//! connection, so the recorder composes them and tests can call them.
+//!
+//! Rows are passed as column arrays and expanded with `unnest`, so a batch
+//! of any size is one statement per table.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use storage::counts::{self, CountDelta, CountDeltas};
+use storage::models::delivery_status::PENDING;
+use storage::{DbPool, StorageError};
+
+/// A stored delivery row: its id and its partition key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRef {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One new `webhook_deliveries` row.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub webhook_id: i32,
+    pub event_type: String,
+    /// The payload as JSON text.
+    pub payload: Arc<str>,
+    pub status: &'static str,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    pub error_message: Option<String>,
+    pub attempt_number: i32,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub event_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub traceparent: Option<Arc<str>>,
+}
+
+/// The new row of a claimed pending row: the outcome of its attempt, or
+/// `pending` again when it was given back unattempted.
+#[derive(Debug, Clone)]
+pub struct ClaimedUpdate {
+    pub row: RowRef,
+    pub status: &'static str,
+    pub response_status: Option<i32>,
+    pub response_body: Option<String>,
+    pub error_message: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+/// What a batch did to one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookBump {
+    pub webhook_id: i32,
+    pub successes: i64,
+    pub failures: i64,
+    /// When the last attempt ended, and whether it succeeded.
+    pub last_at: DateTime<Utc>,
+    pub last_ok: bool,
+    /// The first failure after the batch's last success, if any.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// A receiver answered 410 Gone.
+    pub gone: bool,
+}
+
+/// A webhook the batch switched off, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    pub webhook_id: i32,
+    pub reason: String,
+}
+
+/// Inserts `rows` (those of webhooks that still exist) and returns what
+/// they add to the counters.
+pub async fn insert_rows(
+    conn: &mut AsyncPgConnection,
+    rows: &[NewRow],
+) -> Result<Vec<CountDelta>, StorageError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let webhook: Vec<i32> = rows.iter().map(|r| r.webhook_id).collect();
+    let event_type: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+    let payload: Vec<&str> = rows.iter().map(|r| &*r.payload).collect();
+    let status: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let response_status: Vec<Option<i32>> = rows.iter().map(|r| r.response_status).collect();
+    let response_body: Vec<Option<&str>> =
+        rows.iter().map(|r| r.response_body.as_deref()).collect();
+    let error: Vec<Option<&str>> = rows.iter().map(|r| r.error_message.as_deref()).collect();
+    let attempt: Vec<i32> = rows.iter().map(|r| r.attempt_number).collect();
+    let delivered_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.delivered_at).collect();
+    let next_retry_at: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_retry_at).collect();
+    let event_id: Vec<Option<&str>> = rows.iter().map(|r| r.event_id.as_deref()).collect();
+    let created_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let traceparent: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
+    Ok(diesel::sql_query(
+        "WITH ins AS ( \
+           INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
+             response_status, response_body, error_message, attempt_number, delivered_at, \
+             next_retry_at, event_id, created_at, traceparent) \
+           SELECT v.webhook_id, v.event_type, v.payload::jsonb, v.status, v.response_status, \
+             v.response_body, v.error_message, v.attempt_number, v.delivered_at, \
+             v.next_retry_at, v.event_id, v.created_at, v.traceparent \
+           FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], \
+             $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
+             $12::timestamptz[], $13::text[]) \
+             AS v(webhook_id, event_type, payload, status, response_status, response_body, \
+               error_message, attempt_number, delivered_at, next_retry_at, event_id, \
+               created_at, traceparent) \
+           WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = v.webhook_id) \
+           RETURNING webhook_id, created_at, status \
+         ) \
+         SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
+           count(*)::int8 AS n \
+         FROM ins GROUP BY 1, 2, 3",
+    )
+    .bind::<Array<Int4>, _>(&webhook)
+    .bind::<Array<Text>, _>(&event_type)
+    .bind::<Array<Text>, _>(&payload)
+    .bind::<Array<Text>, _>(&status)
+    .bind::<Array<Nullable<Int4>>, _>(&response_status)
+    .bind::<Array<Nullable<Text>>, _>(&response_body)
+    .bind::<Array<Nullable<Text>>, _>(&error)
+    .bind::<Array<Int4>, _>(&attempt)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&delivered_at)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&next_retry_at)
+    .bind::<Array<Nullable<Text>>, _>(&event_id)
+    .bind::<Array<Timestamptz>, _>(&created_at)
+    .bind::<Array<Nullable<Text>>, _>(&traceparent)
+    .load(conn)
+    .await?)
+}
+
+/// Updates claimed rows that are still pending and returns what that
+/// changes in the counters (each row leaves `pending` for its new status).
+pub async fn update_claimed(
+    conn: &mut AsyncPgConnection,
+    updates: &[ClaimedUpdate],
+) -> Result<Vec<CountDelta>, StorageError> {
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id: Vec<i64> = updates.iter().map(|u| u.row.id).collect();
+    let created_at: Vec<DateTime<Utc>> = updates.iter().map(|u| u.row.created_at).collect();
+    let status: Vec<&str> = updates.iter().map(|u| u.status).collect();
+    let response_status: Vec<Option<i32>> = updates.iter().map(|u| u.response_status).collect();
+    let response_body: Vec<Option<&str>> =
+        updates.iter().map(|u| u.response_body.as_deref()).collect();
+    let error: Vec<Option<&str>> = updates.iter().map(|u| u.error_message.as_deref()).collect();
+    let delivered_at: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.delivered_at).collect();
+    let next_retry_at: Vec<Option<DateTime<Utc>>> =
+        updates.iter().map(|u| u.next_retry_at).collect();
+    // `created_at` names the partition, so each row is found in one index.
+    let changed: Vec<CountDelta> = diesel::sql_query(
+        "WITH upd AS ( \
+           UPDATE webhook_deliveries d SET status = v.status, \
+             response_status = v.response_status, response_body = v.response_body, \
+             error_message = v.error_message, delivered_at = v.delivered_at, \
+             next_retry_at = v.next_retry_at \
+           FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::int4[], $5::text[], \
+             $6::text[], $7::timestamptz[], $8::timestamptz[]) \
+             AS v(id, created_at, status, response_status, response_body, error_message, \
+               delivered_at, next_retry_at) \
+           WHERE d.id = v.id AND d.created_at = v.created_at AND d.status = 'pending' \
+           RETURNING d.webhook_id, d.created_at, d.status \
+         ) \
+         SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
+           count(*)::int8 AS n \
+         FROM upd GROUP BY 1, 2, 3",
+    )
+    .bind::<Array<Int8>, _>(&id)
+    .bind::<Array<Timestamptz>, _>(&created_at)
+    .bind::<Array<Text>, _>(&status)
+    .bind::<Array<Nullable<Int4>>, _>(&response_status)
+    .bind::<Array<Nullable<Text>>, _>(&response_body)
+    .bind::<Array<Nullable<Text>>, _>(&error)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&delivered_at)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&next_retry_at)
+    .load(conn)
+    .await?;
+    let mut deltas = Vec::with_capacity(changed.len() * 2);
+    for d in changed {
+        deltas.push(CountDelta {
+            status: PENDING.to_owned(),
+            n: -d.n,
+            ..d.clone()
+        });
+        deltas.push(d);
+    }
+    Ok(deltas)
+}
+
+#[derive(diesel::QueryableByName)]
+struct DisabledRow {
+    #[diesel(sql_type = Int4)]
+    id: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    disabled_reason: Option<String>,
+}
+
+/// `failing_since` after the batch, as an SQL expression over `w` and `v`.
+const FAILING_SINCE: &str = "(CASE WHEN v.ok_last THEN NULL::timestamptz \
+     WHEN v.ok > 0 THEN v.fail_since \
+     ELSE COALESCE(w.failing_since, v.fail_since) END)";
+
+fn bump_statement() -> String {
+    let fs = FAILING_SINCE;
+    let too_long = format!("COALESCE({fs} < now() - make_interval(secs => $8), false)");
+    format!(
+        "WITH old AS ( \
+           SELECT id, is_active FROM webhooks WHERE id = ANY($1::int4[]) \
+         ), wh AS ( \
+           UPDATE webhooks w SET \
+             success_count = w.success_count + v.ok, \
+             failure_count = w.failure_count + v.bad, \
+             last_triggered_at = GREATEST(w.last_triggered_at, v.last_at), \
+             failing_since = {fs}, \
+             is_active = w.is_active AND NOT v.gone AND NOT {too_long}, \
+             disabled_reason = CASE \
+               WHEN NOT w.is_active THEN w.disabled_reason \
+               WHEN v.gone THEN 'receiver answered 410 Gone' \
+               WHEN {too_long} THEN 'failed without a single success since ' \
+                 || to_char({fs} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                 || ' (DELIVERY_DISABLE_AFTER ' || $9 || ')' \
+               ELSE w.disabled_reason END, \
+             updated_at = CASE WHEN w.is_active AND (v.gone OR {too_long}) THEN now() \
+               ELSE w.updated_at END \
+           FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::timestamptz[], $5::bool[], \
+             $6::timestamptz[], $7::bool[]) \
+             AS v(id, ok, bad, last_at, ok_last, fail_since, gone) \
+           WHERE w.id = v.id \
+           RETURNING w.id, w.is_active, w.disabled_reason \
+         ) \
+         SELECT wh.id, wh.disabled_reason FROM wh JOIN old ON old.id = wh.id \
+         WHERE old.is_active AND NOT wh.is_active"
+    )
+}
+
+/// Adds the batch's attempts to the webhooks' counters and statistics and
+/// disables webhooks that answered 410 or have failed for longer than
+/// `disable_after`. `bumps` must be sorted by webhook id (the lock order).
+pub async fn bump_webhooks(
+    conn: &mut AsyncPgConnection,
+    bumps: &[WebhookBump],
+    disable_after: Duration,
+) -> Result<Vec<Disabled>, StorageError> {
+    if bumps.is_empty() {
+        return Ok(Vec::new());
+    }
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(bump_statement);
+    let id: Vec<i32> = bumps.iter().map(|b| b.webhook_id).collect();
+    let ok: Vec<i64> = bumps.iter().map(|b| b.successes).collect();
+    let bad: Vec<i64> = bumps.iter().map(|b| b.failures).collect();
+    let last_at: Vec<DateTime<Utc>> = bumps.iter().map(|b| b.last_at).collect();
+    let last_ok: Vec<bool> = bumps.iter().map(|b| b.last_ok).collect();
+    let failing_since: Vec<Option<DateTime<Utc>>> = bumps.iter().map(|b| b.failing_since).collect();
+    let gone: Vec<bool> = bumps.iter().map(|b| b.gone).collect();
+    let rows: Vec<DisabledRow> = diesel::sql_query(sql.as_str())
+        .bind::<Array<Int4>, _>(&id)
+        .bind::<Array<BigInt>, _>(&ok)
+        .bind::<Array<BigInt>, _>(&bad)
+        .bind::<Array<Timestamptz>, _>(&last_at)
+        .bind::<Array<Bool>, _>(&last_ok)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&failing_since)
+        .bind::<Array<Bool>, _>(&gone)
+        .bind::<Double, _>(disable_after.as_secs_f64())
+        .bind::<Text, _>(humantime::format_duration(disable_after).to_string())
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Disabled {
+            webhook_id: r.id,
+            reason: r.disabled_reason.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// One batch of the recorder.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub inserts: Vec<NewRow>,
+    pub updates: Vec<ClaimedUpdate>,
+    /// Sorted by webhook id.
+    pub bumps: Vec<WebhookBump>,
+}
+
+/// Writes a batch in one transaction: the rows, their counters, then the
+/// webhooks. Every writer locks counter rows before webhook rows, each in
+/// key order, so concurrent batches wait for each other but never deadlock.
+pub async fn write_batch(
+    conn: &mut AsyncPgConnection,
+    batch: &Batch,
+    disable_after: Duration,
+) -> Result<Vec<Disabled>, StorageError> {
+    conn.transaction::<_, StorageError, _>(async |c| {
+        let mut deltas = CountDeltas::default();
+        deltas.extend(insert_rows(c, &batch.inserts).await?);
+        deltas.extend(update_claimed(c, &batch.updates).await?);
+        counts::apply(c, &deltas).await?;
+        bump_webhooks(c, &batch.bumps, disable_after).await
+    })
+    .await
+}
+
+/// A due pending row claimed for an attempt, with its webhook.
+#[derive(diesel::QueryableByName)]
+pub struct Claimed {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Int4)]
+    pub webhook_id: i32,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    #[diesel(sql_type = Int4)]
+    pub attempt_number: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub event_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub url: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub secret: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub previous_secret: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
+}
+
+const CLAIM: &str = "WITH due AS ( \
+       SELECT d.id, d.created_at FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+       WHERE d.status = 'pending' AND d.next_retry_at <= now() AND w.is_active \
+       ORDER BY d.next_retry_at LIMIT $1 \
+       FOR UPDATE OF d SKIP LOCKED \
+     ) \
+     UPDATE webhook_deliveries d SET next_retry_at = now() + make_interval(secs => $2) \
+     FROM due, webhooks w \
+     WHERE d.id = due.id AND d.created_at = due.created_at AND w.id = d.webhook_id \
+     RETURNING d.id, d.created_at, d.webhook_id, d.event_type, d.payload::text AS payload, d.attempt_number, \
+       d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, \
+       d.traceparent";
+
+/// Claims up to `limit` due pending rows of active webhooks for `lease`.
+pub async fn claim_due(
+    pool: &DbPool,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>, StorageError> {
+    let mut conn = pool.get().await?;
+    Ok(diesel::sql_query(CLAIM)
+        .bind::<BigInt, _>(limit)
+        .bind::<Double, _>(lease.as_secs_f64())
+        .load(&mut conn)
+        .await?)
+}
