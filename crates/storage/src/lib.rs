@@ -2,6 +2,7 @@
 //! the migrations in `migrations/`, row types, the pool, and API tokens.
 
 pub mod counts;
+pub mod deliveries;
 mod error;
 pub mod history;
 mod migrate;

@@ -61,6 +61,70 @@ impl TestDb {
     pub fn pool(&self) -> Result<DbPool, StorageError> {
         build_pool(&self.url, &PoolConfig::default())
     }
+
+    /// Creates a new database with only the first `n` migrations applied
+    /// (to test a later migration against data of the earlier schema).
+    pub async fn migrated_to(n: usize) -> Result<Self, StorageError> {
+        use diesel::Connection;
+        use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+        use diesel_migrations::MigrationHarness;
+        let db = Self::empty().await?;
+        let url = db.url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn =
+                <AsyncConnectionWrapper<AsyncPgConnection> as Connection>::establish(&url)
+                    .map_err(|e| StorageError::Migration(e.to_string()))?;
+            let mut all = diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(
+                &crate::MIGRATIONS,
+            )
+            .map_err(|e| StorageError::Migration(e.to_string()))?;
+            all.sort_by_key(|m| m.name().version().to_string());
+            for m in all.iter().take(n) {
+                conn.run_migration(m)
+                    .map_err(|e| StorageError::Migration(e.to_string()))?;
+            }
+            Ok::<_, StorageError>(())
+        })
+        .await
+        .map_err(|e| StorageError::Migration(e.to_string()))??;
+        Ok(db)
+    }
+}
+
+/// Panics unless the delivery counters equal the rows they count, per
+/// webhook, day and status and per day and status.
+pub async fn assert_counts_match_rows(conn: &mut AsyncPgConnection) {
+    #[derive(diesel::QueryableByName, Debug, PartialEq)]
+    struct Diff {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        what: String,
+    }
+    let diffs: Vec<Diff> = diesel::sql_query(
+        "WITH rows AS ( \
+           SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
+             count(*)::int8 AS n FROM webhook_deliveries GROUP BY 1, 2, 3 \
+         ), per_webhook AS ( \
+           SELECT webhook_id, day, status::text AS status, n FROM webhook_delivery_counts WHERE n <> 0 \
+         ), per_day AS ( \
+           SELECT day, status::text AS status, n FROM delivery_day_counts WHERE n <> 0 \
+         ), rows_per_day AS ( \
+           SELECT day, status, sum(n)::int8 AS n FROM rows GROUP BY 1, 2 \
+         ) \
+         SELECT format('webhook %s %s %s: rows %s, counter %s', \
+           COALESCE(r.webhook_id, c.webhook_id), COALESCE(r.day, c.day), \
+           COALESCE(r.status, c.status), r.n, c.n) AS what \
+         FROM rows r FULL JOIN per_webhook c USING (webhook_id, day, status) \
+         WHERE r.n IS DISTINCT FROM c.n \
+         UNION ALL \
+         SELECT format('day %s %s: rows %s, counter %s', COALESCE(r.day, c.day), \
+           COALESCE(r.status, c.status), r.n, c.n) \
+         FROM rows_per_day r FULL JOIN per_day c USING (day, status) \
+         WHERE r.n IS DISTINCT FROM c.n",
+    )
+    .load(conn)
+    .await
+    .unwrap_or_else(|e| panic!("cannot compare counters with rows: {e}"));
+    assert!(diffs.is_empty(), "counters differ from rows: {diffs:?}");
 }
 
 impl Drop for TestDb {

@@ -289,7 +289,7 @@ pub async fn record_attempt(
     conn.transaction::<_, StorageError, _>(async |c| {
         let success = new.status == delivery_status::SUCCESS;
         let webhook_id = new.webhook_id;
-        let row = insert_delivery(c, new).await?;
+        let row = storage::deliveries::insert(c, new).await?;
         let bump = diesel::update(w::table.find(webhook_id));
         if success {
             bump.set((
@@ -309,27 +309,6 @@ pub async fn record_attempt(
         Ok(row)
     })
     .await
-}
-
-/// Inserts one delivery row and counts it.
-async fn insert_delivery(
-    conn: &mut AsyncPgConnection,
-    new: NewDelivery,
-) -> Result<Delivery, StorageError> {
-    let row = diesel::insert_into(d::table)
-        .values(new)
-        .returning(Delivery::as_returning())
-        .get_result(conn)
-        .await?;
-    let mut deltas = storage::counts::CountDeltas::default();
-    deltas.add(
-        row.webhook_id,
-        storage::counts::day_of(row.created_at),
-        &row.status,
-        1,
-    );
-    storage::counts::apply(conn, &deltas).await?;
-    Ok(row)
 }
 
 /// What a manual retry did.
@@ -409,7 +388,7 @@ pub async fn queue_retry(
                 already: true,
             });
         }
-        let row = insert_delivery(
+        let row = storage::deliveries::insert(
             c,
             NewDelivery {
                 webhook_id,

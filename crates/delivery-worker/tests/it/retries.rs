@@ -93,6 +93,7 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
     let w = webhook(&app.pool, flaky).await;
     assert_eq!((w.success_count, w.failure_count), (1, 1));
     assert!(w.failing_since.is_none(), "a success clears failing_since");
+    storage::testing::assert_counts_match_rows(&mut app.pool.get().await.unwrap()).await;
     app.cleanup().await;
 }
 
@@ -227,15 +228,25 @@ async fn manual_retries_queued_by_the_registry_run() {
     )
     .await;
     // What the registry's manual retry inserts.
-    exec(
-        &app.pool,
-        &format!(
-            "INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
-             attempt_number, next_retry_at, event_id) VALUES ({hook}, 'user.created', \
-             '{{\"user_id\": 7, \"name\": \"Ёж\"}}', 'pending', 4, now(), 'ev-manual')"
-        ),
+    storage::deliveries::insert(
+        &mut app.pool.get().await.unwrap(),
+        storage::models::NewDelivery {
+            webhook_id: hook,
+            event_type: "user.created".into(),
+            payload: json!({"user_id": 7, "name": "Ёж"}),
+            response_status: None,
+            response_body: None,
+            status: "pending".into(),
+            error_message: None,
+            attempt_number: 4,
+            delivered_at: None,
+            next_retry_at: Some(chrono::Utc::now()),
+            event_id: Some("ev-manual".into()),
+            traceparent: None,
+        },
     )
-    .await;
+    .await
+    .unwrap();
     let got = rx.wait_for("/manual", 1, 10).await;
     assert_eq!(got[0].body, br#"{"name": "\u0401\u0436", "user_id": 7}"#);
     assert_eq!(
@@ -248,6 +259,7 @@ async fn manual_retries_queued_by_the_registry_run() {
     assert_eq!(rows[0].attempt_number, 4);
     assert!(rows[0].next_retry_at.is_none());
     assert_eq!(webhook(&app.pool, hook).await.success_count, 1);
+    storage::testing::assert_counts_match_rows(&mut app.pool.get().await.unwrap()).await;
     app.cleanup().await;
 }
 

@@ -52,6 +52,7 @@ async fn two_workers_share_one_consumer_without_duplicates() {
     let row_events: HashSet<_> = rows.iter().filter_map(|r| r.event_id.clone()).collect();
     assert_eq!(row_events, ids);
     assert_eq!(webhook(&a.pool, hook).await.success_count, n as i64);
+    storage::testing::assert_counts_match_rows(&mut a.pool.get().await.unwrap()).await;
     let (_, ma) = a.get("/metrics").await;
     let (_, mb) = b.get("/metrics").await;
     let (ea, eb) = (

@@ -206,10 +206,10 @@ impl TestApp {
         event_id: &str,
         attempt: i32,
     ) -> storage::models::Delivery {
-        use diesel_async::RunQueryDsl;
         let mut conn = self.conn().await;
-        diesel::insert_into(storage::schema::webhook_deliveries::table)
-            .values(storage::models::NewDelivery {
+        storage::deliveries::insert(
+            &mut conn,
+            storage::models::NewDelivery {
                 webhook_id,
                 event_type: "user.created".into(),
                 payload: json!({"user_id": 1, "first_name": "Иван 🎉"}),
@@ -226,10 +226,10 @@ impl TestApp {
                 next_retry_at: None,
                 event_id: Some(event_id.into()),
                 traceparent: Some(TRACEPARENT.into()),
-            })
-            .get_result(&mut conn)
-            .await
-            .expect("insert delivery")
+            },
+        )
+        .await
+        .expect("insert delivery")
     }
 
     /// Stops the app; true when it ended without an error within 20 s.

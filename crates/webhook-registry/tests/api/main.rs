@@ -7,6 +7,7 @@ mod cli;
 mod deliveries;
 mod extras;
 mod helpers;
+mod history;
 mod resilience;
 mod validation;
 mod webhooks;
