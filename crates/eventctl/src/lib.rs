@@ -44,6 +44,8 @@ pub enum BenchCommand {
     Delivery(bench::delivery::Args),
     /// WebSocket fan-out through the gateway.
     Fanout(bench::fanout::Args),
+    /// Delivery-history reads and retention drops at growing history sizes.
+    History(bench::history::Args),
 }
 
 /// Runs one command.
@@ -57,6 +59,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Fanout(args)) => {
             bench::fanout::run(&cli.nats_url, ns, args).await
+        }
+        Command::Bench(BenchCommand::History(args)) => {
+            bench::history::run(&cli.nats_url, args).await
         }
     }
 }

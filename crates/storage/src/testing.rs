@@ -79,6 +79,9 @@ impl TestDb {
             )
             .map_err(|e| StorageError::Migration(e.to_string()))?;
             all.sort_by_key(|m| m.name().version().to_string());
+            // Creates the version table.
+            conn.applied_migrations()
+                .map_err(|e| StorageError::Migration(e.to_string()))?;
             for m in all.iter().take(n) {
                 conn.run_migration(m)
                     .map_err(|e| StorageError::Migration(e.to_string()))?;

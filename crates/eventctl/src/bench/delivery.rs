@@ -246,14 +246,14 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 /// The database the bench works in; a temporary one is dropped at the end.
-struct BenchDb {
-    url: String,
+pub(crate) struct BenchDb {
+    pub(crate) url: String,
     admin_url: Option<String>,
     name: String,
 }
 
 impl BenchDb {
-    async fn temporary(server_url: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn temporary(server_url: &str) -> anyhow::Result<Self> {
         use diesel_async::RunQueryDsl;
         let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
         let admin_url = with_database(server_url, "postgres");
@@ -272,7 +272,7 @@ impl BenchDb {
         })
     }
 
-    async fn drop_db(&self) {
+    pub(crate) async fn drop_db(&self) {
         use diesel_async::RunQueryDsl;
         if let Some(admin) = &self.admin_url
             && let Ok(mut conn) = AsyncPgConnection::establish(admin).await
@@ -287,7 +287,8 @@ impl BenchDb {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+/// The `p`th percentile (nearest rank) of sorted microseconds, in ms.
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

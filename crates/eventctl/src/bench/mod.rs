@@ -2,3 +2,4 @@
 
 pub mod delivery;
 pub mod fanout;
+pub mod history;

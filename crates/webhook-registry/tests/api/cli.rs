@@ -162,3 +162,78 @@ async fn token_create_uses_the_hmac_key_when_set() {
 async fn spawn_app_hmac() -> crate::helpers::TestApp {
     crate::helpers::spawn_app_with(|c| c.token_hmac_secret = Some("k3y".into())).await
 }
+
+#[tokio::test]
+async fn prune_drops_old_days_and_prints_what_it_removed() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let today = chrono::Utc::now().date_naive();
+    storage::history::ensure_partitions(&mut conn, today - chrono::Duration::days(12), today)
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "INSERT INTO webhooks (name, url, event_type) VALUES ('a', 'https://a.example', '*')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (days_ago, status) in [
+        (11, "success"),
+        (11, "pending"),
+        (10, "failed"),
+        (1, "success"),
+    ] {
+        let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
+        diesel::sql_query(format!(
+            "WITH ins AS (INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
+               created_at, next_retry_at) VALUES (1, 'user.created', '{{}}', '{status}', \
+               '{}', now()) RETURNING webhook_id, created_at, status) \
+             INSERT INTO webhook_delivery_counts (webhook_id, day, status, n) \
+             SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date, status, 1 FROM ins \
+             ON CONFLICT (webhook_id, day, status) DO UPDATE SET n = webhook_delivery_counts.n + 1",
+            at.to_rfc3339()
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    diesel::sql_query(
+        "INSERT INTO delivery_day_counts (day, status, n) \
+         SELECT day, status, sum(n) FROM webhook_delivery_counts GROUP BY 1, 2",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let out = run(&db.url, &["prune", "--older-than", "5d"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let eleven = (today - chrono::Duration::days(11))
+        .format("%Y%m%d")
+        .to_string();
+    assert!(
+        text.contains(&format!("dropped webhook_deliveries_p{eleven}")),
+        "{text}"
+    );
+    assert!(text.contains("kept 1 pending deliveries"), "{text}");
+    assert!(text.contains("2 rows"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(last.starts_with("pruned 7 partitions, 2 rows"), "{text}");
+    let left: i64 = storage::schema::webhook_deliveries::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 2, "the pending row and yesterday's row stay");
+    storage::testing::assert_counts_match_rows(&mut conn).await;
+
+    // Retention 0 keeps everything.
+    let out = run(&db.url, &["prune"], &[("DELIVERY_RETENTION", "0")]);
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("nothing to prune"));
+}
