@@ -171,7 +171,7 @@ async fn fill(
                 "INSERT INTO webhook_deliveries (webhook_id, event_type, payload, response_status, \
                    response_body, status, error_message, attempt_number, created_at, delivered_at, \
                    event_id) \
-                 SELECT 1 + (g * 7919) % {webhooks}, 'user.created', \
+                 SELECT 1 + (g::int8 * 7919) % {webhooks}, 'user.created', \
                    jsonb_build_object('user_id', g, 'telegram_id', 100000000 + g, \
                      'username', 'user' || g, 'first_name', 'Иван', 'last_name', NULL, \
                      'referral_code', 'ref' || g, 'referred_by_id', NULL), \
@@ -180,7 +180,7 @@ async fn fill(
                    CASE WHEN f THEN 'HTTP 500' END, 1, t, CASE WHEN f THEN NULL ELSE t END, \
                    '01J' || lpad(to_hex(g), 23, '0') \
                  FROM (SELECT g, g % 1000 < {failed} AS f, \
-                         '{day}'::timestamptz + (g * 86400.0 / {per_day}) * interval '1 second' AS t \
+                         '{day} 00:00:00+00'::timestamptz + (g * 86400.0 / {per_day}) * interval '1 second' AS t \
                        FROM generate_series(0, {last}) g) s",
                 webhooks = args.webhooks,
                 failed = args.failed_permille,
