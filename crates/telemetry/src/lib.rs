@@ -6,7 +6,9 @@ pub mod ops;
 pub mod trace;
 
 use tokio_util::sync::CancellationToken;
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::FilterFn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -61,7 +63,10 @@ pub fn init_logging(args: &LogArgs) {
                 }
             }
         });
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(FilterFn::new(no_credentials))
+        .with(otel);
     let result = match args.log_format {
         LogFormat::Json => registry
             .with(
@@ -78,6 +83,23 @@ pub fn init_logging(args: &LogArgs) {
     };
     // Already initialised (several services in one test process): fine.
     let _ = result;
+}
+
+/// Libraries whose debug and trace lines carry credentials: async-nats
+/// prints server addresses with their user, password or token
+/// (`ServerAddr(Url { password: Some(…) })`), tokio-postgres prints the
+/// parameters of every statement (webhook secrets, token hashes).
+const CREDENTIAL_TARGETS: [&str; 2] = ["async_nats", "tokio_postgres"];
+
+/// The filter under whatever `RUST_LOG` asks for: lines of
+/// [`CREDENTIAL_TARGETS`] above `info` are never written, at any level.
+pub fn no_credentials(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO
+        || !CREDENTIAL_TARGETS.iter().any(|t| {
+            meta.target()
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
 }
 
 /// Sends the spans still buffered by the OpenTelemetry exporter.

@@ -7,6 +7,7 @@ mod cli;
 mod deliveries;
 mod extras;
 mod helpers;
+mod process;
 mod resilience;
 mod validation;
 mod webhooks;
