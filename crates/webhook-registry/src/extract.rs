@@ -375,28 +375,31 @@ fn check_range(
     max: i64,
     input: Value,
 ) -> Result<i64, Box<FieldError>> {
-    if n < min {
-        Err(Box::new(
-            FieldError::new(
-                loc,
-                "greater_than_equal",
-                format!("Input should be greater than or equal to {min}"),
-            )
-            .input(input)
-            .ctx(json!({ "ge": min })),
-        ))
-    } else if n > max {
-        Err(Box::new(
-            FieldError::new(
-                loc,
-                "less_than_equal",
-                format!("Input should be less than or equal to {max}"),
-            )
-            .input(input)
-            .ctx(json!({ "le": max })),
-        ))
+    if n < min || n > max {
+        Err(Box::new(out_of_range(loc, n < min, min, max, input)))
     } else {
         Ok(n)
+    }
+}
+
+/// pydantic's range error: below `min` (`below`) or above `max`.
+fn out_of_range(loc: &[&str], below: bool, min: i64, max: i64, input: Value) -> FieldError {
+    if below {
+        FieldError::new(
+            loc,
+            "greater_than_equal",
+            format!("Input should be greater than or equal to {min}"),
+        )
+        .input(input)
+        .ctx(json!({ "ge": min }))
+    } else {
+        FieldError::new(
+            loc,
+            "less_than_equal",
+            format!("Input should be less than or equal to {max}"),
+        )
+        .input(input)
+        .ctx(json!({ "le": max }))
     }
 }
 
@@ -459,17 +462,19 @@ impl Query {
         let input = Value::String(v.clone());
         let t = v.trim();
         let n = match t.parse::<i64>() {
-            Ok(n) => Some(n),
-            // All digits but beyond i64: as pydantic, a range error.
-            Err(_) if is_integer_literal(t) => Some(if t.starts_with('-') {
-                i64::MIN
-            } else {
-                i64::MAX
-            }),
+            Ok(n) => Some(Ok(n)),
+            // All digits but beyond i64: as pydantic, a range error (never
+            // clamped into the range).
+            Err(_) if is_integer_literal(t) => Some(Err(t.starts_with('-'))),
             Err(_) => None,
         };
         match n {
-            Some(n) => match check_range(&loc, n, min, max, input) {
+            Some(Err(negative)) => {
+                self.errors
+                    .push(out_of_range(&loc, negative, min, max, input));
+                default
+            }
+            Some(Ok(n)) => match check_range(&loc, n, min, max, input) {
                 Ok(n) => n,
                 Err(e) => {
                     self.errors.push(*e);
@@ -576,13 +581,26 @@ mod tests {
 
     #[test]
     fn query_integers() {
-        let mut q = Query::parse("limit=500&offset=abc&x=99999999999999999999999");
+        let mut q = Query::parse(
+            "limit=500&offset=abc&x=99999999999999999999999&big=9223372036854775808&small=-9223372036854775809",
+        );
         assert_eq!(q.integer("limit", 50, 1, 200), 50);
         assert_eq!(q.integer("offset", 0, 0, i64::MAX), 0);
         assert_eq!(q.integer("x", 0, 0, 10), 0);
         assert_eq!(q.integer("absent", 7, 0, 10), 7);
+        assert_eq!(q.integer("big", 0, 0, i64::MAX), 0);
+        assert_eq!(q.integer("small", 0, i64::MIN, 10), 0);
         let kinds: Vec<_> = q.errors.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["less_than_equal", "int_parsing", "less_than_equal"]);
+        assert_eq!(
+            kinds,
+            [
+                "less_than_equal",
+                "int_parsing",
+                "less_than_equal",
+                "less_than_equal",
+                "greater_than_equal"
+            ]
+        );
     }
 
     #[test]

@@ -23,16 +23,38 @@ pub const URL_MAX: usize = 2048;
 /// Checks a webhook URL (absolute http/https with a host, no credentials,
 /// no internal destination unless allowed).
 pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
-    match webhook_client::ssrf::validate_url(url, allow_private) {
-        Ok(_) => true,
-        Err(problem) => {
-            fields.errors.push(
-                // Credentials in a refused URL are not echoed back.
-                FieldError::value_error(&["body", "url"], &problem.to_string())
-                    .input(Value::String(storage::redact_url(url))),
-            );
-            false
-        }
+    let problem = match raw_url_problem(url) {
+        Some(p) => p.to_owned(),
+        None => match webhook_client::ssrf::validate_url(url, allow_private) {
+            Ok(_) => return true,
+            Err(problem) => problem.to_string(),
+        },
+    };
+    fields.errors.push(
+        // Credentials in a refused URL are not echoed back.
+        FieldError::value_error(&["body", "url"], &problem)
+            .input(Value::String(storage::redact_url(url))),
+    );
+    false
+}
+
+/// What the URL parser would silently repair, refused instead so a URL is
+/// stored (and shown) as it is used: leading or trailing whitespace and
+/// control characters anywhere (the parser strips both), and a missing or
+/// empty authority (`http:///x`, `http:/x` and `http:x` all parse as
+/// `http://x/`). Inner spaces stay allowed: they are percent-encoded when
+/// the URL is used, as browsers do.
+fn raw_url_problem(url: &str) -> Option<&'static str> {
+    if url.trim() != url {
+        return Some("URL must not start or end with whitespace");
+    }
+    if url.chars().any(char::is_control) {
+        return Some("URL must not contain control characters");
+    }
+    let after_scheme = url.split_once(':').map_or("", |(_, rest)| rest);
+    match after_scheme.strip_prefix("//") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with(['/', '\\', '?', '#']) => None,
+        _ => Some("URL must be a valid absolute URL with a host, e.g. https://example.com/webhook"),
     }
 }
 
@@ -131,6 +153,9 @@ pub struct WebhookPatch {
     #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     pub url: Option<String>,
+    /// One event type, a family pattern (`ticket.*`) or `*`.
+    #[schema(min_length = 1, max_length = 50)]
+    pub event_type: Option<String>,
     #[schema(value_type = Option<String>, max_length = 128, nullable)]
     pub secret: Option<Option<String>>,
     #[schema(value_type = Option<String>, nullable)]
@@ -166,6 +191,18 @@ impl FromBody for WebhookPatch {
             ),
             Given::Absent => {}
         }
+        match f.string("event_type", 1, EVENT_TYPE_MAX, false) {
+            Given::Value(s) => p.event_type = Some(s),
+            Given::Null => f.errors.push(
+                FieldError::new(
+                    &["body", "event_type"],
+                    "string_type",
+                    "Input should be a valid string",
+                )
+                .input(Value::Null),
+            ),
+            Given::Absent => {}
+        }
         match f.string("secret", 0, SECRET_MAX, true) {
             Given::Value(s) => p.secret = Some(Some(s).filter(|s| !s.is_empty())),
             Given::Null => p.secret = Some(None),
@@ -190,6 +227,9 @@ impl FromBody for WebhookPatch {
         }
         if let Some(u) = &p.url {
             check_url(&mut f, u, rules.allow_private_targets);
+        }
+        if let Some(t) = &p.event_type {
+            check_event_type(&mut f, t);
         }
         f.errors.sort_by_key(field_rank);
         f.finish()?;

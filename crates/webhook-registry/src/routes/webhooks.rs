@@ -197,6 +197,7 @@ pub async fn update(
     let mut changes = WebhookChanges {
         name: patch.name,
         url: patch.url,
+        event_type: patch.event_type,
         description: patch.description,
         is_active: patch.is_active,
         ..WebhookChanges::default()
