@@ -394,6 +394,25 @@ async fn query_strings_and_path_ids_are_validated() {
             json!({"detail": "Method Not Allowed"})
         )
     );
+    // With the Allow header RFC 9110 requires.
+    for (method, path, allow) in [
+        (Method::PUT, "/webhooks/1", "GET, PATCH, DELETE"),
+        (Method::DELETE, "/webhooks", "GET, POST"),
+        (Method::GET, "/webhooks/1/test", "POST"),
+        (Method::TRACE, "/events/types", "GET"),
+    ] {
+        let resp = app.req(method.clone(), path).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+    }
 }
 
 #[tokio::test]
