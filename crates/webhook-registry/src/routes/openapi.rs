@@ -9,7 +9,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorOut, FieldError, HttpValidationError, LocItem};
-use crate::model::{DESCRIPTION_MAX, URL_MAX};
+use crate::extract::lax_bool_schema;
+use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
 use crate::model::{
     DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, RetryOut, RotateIn, RotateOut,
     StatsOut, TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
@@ -83,15 +84,6 @@ pub fn document() -> Result<Value, serde_json::Error> {
 /// hold them; the server answers 422).
 const NO_NUL: &str = "^[^\\u0000]*$";
 
-/// The portable form of a webhook URL, which the server always accepts
-/// (with `DELIVERY_ALLOW_PRIVATE_TARGETS`; without, internal hosts are
-/// refused): http(s), a host name whose last label starts with a letter,
-/// an optional port, a path of visible ASCII. The server also takes what a
-/// pattern cannot describe exactly (IP literals, hyphens, IDN host names),
-/// and refuses what the URL parser rejects.
-const URL_PATTERN: &str =
-    "^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9]+\\.)*[A-Za-z][A-Za-z0-9]*(:[0-9]{1,4})?(/[!-~]*)?$";
-
 /// Every accepted `event_type`: the catalogue's types, a family pattern per
 /// family (`ticket.*`), and `*`.
 fn event_type_values() -> Vec<Value> {
@@ -155,7 +147,12 @@ fn refine(doc: &mut Value) {
     }
     for schema in ["WebhookIn", "WebhookPatch"] {
         let props = format!("{schemas}/{schema}/properties");
-        set(doc, &format!("{props}/url"), "pattern", json!(URL_PATTERN));
+        set(
+            doc,
+            &format!("{props}/url"),
+            "pattern",
+            json!(url_pattern()),
+        );
         set(doc, &format!("{props}/url"), "minLength", json!(1));
         set(doc, &format!("{props}/url"), "maxLength", json!(URL_MAX));
         set(
@@ -171,9 +168,16 @@ fn refine(doc: &mut Value) {
             Value::Array(event_type_values()),
         );
     }
-    for field in ["name", "url", "event_type", "is_active"] {
+    for field in ["name", "url", "event_type"] {
         not_null(doc, &format!("{schemas}/WebhookPatch/properties/{field}"));
     }
+    // Lax booleans, as the server reads them (never `null`).
+    set(
+        doc,
+        &format!("{schemas}/WebhookPatch/properties"),
+        "is_active",
+        lax_bool_schema(),
+    );
     let statuses: Vec<Value> = delivery_status::ALL.iter().map(|s| json!(s)).collect();
     set(
         doc,
@@ -194,6 +198,9 @@ fn refine(doc: &mut Value) {
         for p in params.iter_mut() {
             if p["name"] == "event_type" {
                 p["schema"]["pattern"] = json!(NO_NUL);
+            }
+            if p["name"] == "is_active" {
+                p["schema"] = lax_bool_schema();
             }
         }
     }
@@ -241,7 +248,20 @@ mod tests {
         for field in ["name", "url", "event_type"] {
             assert_eq!(patch[field]["type"], "string", "{field}");
         }
-        assert_eq!(patch["is_active"]["type"], "boolean");
+        assert_eq!(patch["is_active"], crate::extract::lax_bool_schema());
+        let list = doc["paths"]["/webhooks"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "is_active")
+            .unwrap();
+        assert_eq!(list["schema"], crate::extract::lax_bool_schema());
+        for schema in ["WebhookIn", "WebhookPatch"] {
+            assert_eq!(
+                schemas[schema]["properties"]["url"]["pattern"],
+                crate::model::url_pattern()
+            );
+        }
         assert_eq!(patch["secret"]["type"], json!(["string", "null"]));
         for schema in ["WebhookIn", "WebhookPatch"] {
             let props = &schemas[schema]["properties"];
