@@ -3,6 +3,8 @@
 
 pub mod metrics;
 pub mod ops;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 
 use tokio_util::sync::CancellationToken;

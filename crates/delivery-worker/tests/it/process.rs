@@ -1,11 +1,11 @@
 //! The compiled binary: SIGTERM while NATS is unreachable, and credentials
 //! kept out of the logs at every level.
 
-use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use storage::testing::TestDb;
+use telemetry::testing::drain;
 
 /// Nothing listens on port 1: every connection attempt fails at once.
 const NATS_DOWN: &str = "127.0.0.1:1";
@@ -15,16 +15,6 @@ const NATS_DOWN: &str = "127.0.0.1:1";
 struct Running {
     child: Child,
     readers: Vec<std::thread::JoinHandle<String>>,
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut p) = pipe {
-            let _ = p.read_to_end(&mut bytes);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 /// Starts the worker with `RUST_LOG=debug`, stdout and stderr captured.
