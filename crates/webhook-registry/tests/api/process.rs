@@ -157,3 +157,82 @@ async fn binary_keeps_secrets_out_of_debug_logs_and_stops_within_seconds_without
         );
     }
 }
+
+/// One raw HTTP/1.1 exchange: the status line's code, and the whole answer.
+fn raw_exchange(port: u16, request: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before reading everything.
+    let _ = s.write_all(request);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let code = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+/// Requests actix-http refuses before any service sees them (a URI over
+/// the http crate's 65,534 bytes, more headers than its 96) are the
+/// client's mistake: answered 400 and 431, and never logged at ERROR.
+#[tokio::test]
+async fn requests_the_http_layer_refuses_are_not_logged_as_server_errors() {
+    let db = TestDb::new().await.unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-registry"))
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .env("REGISTRY_BIND", format!("127.0.0.1:{port}"))
+        .env("REGISTRY_WORKERS", "1")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let readers = [drain(child.stdout.take()), drain(child.stderr.take())];
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let up = eventually(20, || async {
+        client
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+
+    let long_query = format!(
+        "GET /webhooks?q={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let mut many_headers = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many_headers.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many_headers.push_str("\r\n");
+    let answers = [
+        raw_exchange(port, long_query.as_bytes()),
+        raw_exchange(port, many_headers.as_bytes()),
+    ];
+    // Still serving afterwards.
+    let after = client
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let out: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(up, "the API never answered: {out}");
+    assert_eq!(answers[0].0, 400, "{:?}", answers[0].1);
+    assert_eq!(answers[1].0, 431, "{:?}", answers[1].1);
+    assert_eq!(after.unwrap(), StatusCode::OK);
+    let errors: Vec<&str> = out.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "logged at ERROR: {errors:#?}");
+}
