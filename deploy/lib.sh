@@ -284,10 +284,10 @@ asyncio.run(main())
 PY
 }
 
-# Optional tools some tests use when present: nats-py (the Python publisher
-# example's test) and Chromium (the gateway console's browser test). Failing
-# to install them is a warning, not an error; those tests then say they were
-# skipped.
+# Tools the tests use: nats-py (the Python publisher example's test) and
+# Chromium (the gateway console's browser test) are optional: failing to
+# install them is a warning, and those tests then say they were skipped.
+# Schemathesis (deploy/schemathesis.sh) is required.
 ensure_test_tools() {
     if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
         (apt_install chromium) || warn "could not install chromium; the console browser test will be skipped"
@@ -299,6 +299,54 @@ ensure_test_tools() {
                 warn "could not install nats-py; its test will be skipped"
         fi
     fi
+    ensure_schemathesis >/dev/null
+}
+
+# Schemathesis (PyPI), pinned, in its own virtualenv: next to the cargo
+# target directory when CARGO_TARGET_DIR is set (kept between CI runs), in
+# .local/ otherwise. An existing venv with the right version is reused.
+SCHEMATHESIS_VERSION=4.32.5
+schemathesis_venv() {
+    if [ -n "${SCHEMATHESIS_VENV:-}" ]; then
+        printf '%s\n' "$SCHEMATHESIS_VENV"
+    elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
+        case "$CARGO_TARGET_DIR" in
+            /*) printf '%s\n' "$(dirname "$CARGO_TARGET_DIR")/venv-schemathesis" ;;
+            *) printf '%s\n' "$(dirname "$BEDOLAGA_REPO_ROOT/$CARGO_TARGET_DIR")/venv-schemathesis" ;;
+        esac
+    else
+        printf '%s\n' "$LOCAL_DIR/venv-schemathesis"
+    fi
+}
+
+schemathesis_ok() {
+    [ "$("$1/bin/schemathesis" --version 2>/dev/null)" = "schemathesis, version $SCHEMATHESIS_VERSION" ]
+}
+
+# ensure_schemathesis: prints the path of the schemathesis executable,
+# installing it first when needed. Fatal on failure: the conformance run is
+# part of the test command.
+ensure_schemathesis() {
+    local venv
+    venv="$(schemathesis_venv)"
+    if ! schemathesis_ok "$venv"; then
+        command -v python3 >/dev/null 2>&1 || apt_install python3
+        python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+        mkdir -p "$(dirname "$venv")"
+        (
+            # One installer at a time when runs share the venv.
+            if command -v flock >/dev/null 2>&1; then flock 9; fi
+            if ! schemathesis_ok "$venv"; then
+                log "installing schemathesis==$SCHEMATHESIS_VERSION into $venv"
+                rm -rf "$venv"
+                python3 -m venv "$venv" >&2 &&
+                    "$venv/bin/pip" install -q --disable-pip-version-check \
+                        "schemathesis==$SCHEMATHESIS_VERSION" >&2
+            fi
+        ) 9>"$venv.lock" || die "could not install schemathesis==$SCHEMATHESIS_VERSION into $venv"
+        schemathesis_ok "$venv" || die "$venv/bin/schemathesis is not version $SCHEMATHESIS_VERSION"
+    fi
+    printf '%s\n' "$venv/bin/schemathesis"
 }
 
 # --------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 # runs `cargo test --workspace` with any extra arguments passed through, e.g.
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
+# and then deploy/schemathesis.sh (the OpenAPI conformance run), also when
+# cargo test failed; the exit status is non-zero when either failed.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
@@ -15,5 +17,9 @@ ensure_backing_services
 ensure_test_tools
 prune_test_streams
 
+status=0
 log "cargo test --workspace $*"
-exec cargo test --workspace "$@"
+cargo test --workspace "$@" || status=$?
+# The OpenAPI conformance run (schemathesis against the built registry).
+"$(dirname "${BASH_SOURCE[0]}")/schemathesis.sh" || status=$?
+exit "$status"

@@ -28,6 +28,12 @@ use crate::deliver::{Deliverer, Job};
 
 /// Header naming why a message was dead-lettered.
 pub const DEADLETTER_REASON: &str = "Bedolaga-Deadletter-Reason";
+/// Header with the size in bytes of the original body.
+pub const DEADLETTER_ORIGINAL_SIZE: &str = "Bedolaga-Deadletter-Original-Size";
+/// Header with the original message's sequence in the events stream.
+pub const DEADLETTER_STREAM_SEQUENCE: &str = "Bedolaga-Deadletter-Stream-Sequence";
+/// Header `true` when the body was cut to fit the broker's `max_payload`.
+pub const DEADLETTER_TRUNCATED: &str = "Bedolaga-Deadletter-Truncated";
 
 /// What the consumer needs.
 pub struct ConsumerCtx {
@@ -159,6 +165,8 @@ enum Verdict {
     Ack,
     /// Give it back to JetStream, redelivered after this delay.
     Retry(Duration),
+    /// Never redeliver it (`AckKind::Term`).
+    GiveUp,
 }
 
 async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
@@ -180,6 +188,7 @@ async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
     let result = match verdict {
         Some(Verdict::Ack) => msg.ack().await,
         Some(Verdict::Retry(delay)) => msg.ack_with(AckKind::Nak(Some(delay))).await,
+        Some(Verdict::GiveUp) => msg.ack_with(AckKind::Term).await,
         // Shutting down: hand the message back for another replica.
         None => msg.ack_with(AckKind::Nak(None)).await,
     };
@@ -285,8 +294,44 @@ async fn recorded_webhooks(
         .await?)
 }
 
-async fn dead_letter(ctx: &ConsumerCtx, msg: &jetstream::Message, reason: &str) -> Verdict {
-    let subject = ctx.ns.deadletter_subject(msg.subject.as_str());
+/// How often a bad message is tried on the dead-letter stream before it is
+/// given up: terminated, left in the events stream (which keeps it until its
+/// age limit) and logged with its stream sequence.
+const DEADLETTER_TRIES: i64 = 5;
+
+/// Header wire size: `NATS/1.0\r\n`, each `name: value\r\n`, `\r\n`
+/// (what the client and server compare with `max_payload`, with the body).
+fn header_size(headers: &async_nats::HeaderMap) -> usize {
+    let mut n = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        for v in values {
+            n += name.len() + ": \r\n".len() + v.as_str().len();
+        }
+    }
+    n
+}
+
+/// The dead letter of `msg`: its headers (unless they alone would not fit),
+/// the reason, its size and stream sequence, and as much of its body as
+/// fits in `max_payload`.
+fn dead_letter_message(
+    msg: &jetstream::Message,
+    reason: &str,
+    max_payload: usize,
+) -> (async_nats::HeaderMap, Bytes, bool) {
+    let mut ours = async_nats::HeaderMap::new();
+    ours.insert(DEADLETTER_REASON, reason);
+    ours.insert(
+        DEADLETTER_ORIGINAL_SIZE,
+        msg.payload.len().to_string().as_str(),
+    );
+    if let Ok(info) = msg.info() {
+        ours.insert(
+            DEADLETTER_STREAM_SEQUENCE,
+            info.stream_sequence.to_string().as_str(),
+        );
+    }
     let mut headers = async_nats::HeaderMap::new();
     if let Some(orig) = &msg.headers {
         for (name, values) in orig.iter() {
@@ -302,28 +347,73 @@ async fn dead_letter(ctx: &ConsumerCtx, msg: &jetstream::Message, reason: &str) 
             }
         }
     }
+    for (name, values) in ours.iter() {
+        for v in values {
+            headers.insert(name.clone(), v.clone());
+        }
+    }
+    // Room for the truncation marker, so adding it never overflows.
+    let marker = DEADLETTER_TRUNCATED.len() + ": true\r\n".len();
+    if header_size(&headers) + marker > max_payload / 2 {
+        // Huge original headers: keep only ours, so most of the body fits.
+        headers = ours;
+    }
+    if header_size(&headers) + msg.payload.len() <= max_payload {
+        return (headers, msg.payload.clone(), false);
+    }
+    headers.insert(DEADLETTER_TRUNCATED, "true");
+    let room = max_payload.saturating_sub(header_size(&headers));
+    (
+        headers,
+        msg.payload.slice(..room.min(msg.payload.len())),
+        true,
+    )
+}
+
+async fn dead_letter(ctx: &ConsumerCtx, msg: &jetstream::Message, reason: &str) -> Verdict {
+    let subject = ctx.ns.deadletter_subject(msg.subject.as_str());
     let clean: String = reason
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    headers.insert(DEADLETTER_REASON, clean.as_str());
+    let max_payload = ctx.js.client().server_info().max_payload;
+    let (headers, body, truncated) = dead_letter_message(msg, &clean, max_payload);
     let published = match ctx
         .js
-        .publish_with_headers(subject.clone(), headers, msg.payload.clone())
+        .publish_with_headers(subject.clone(), headers, body)
         .await
     {
         Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    let info = msg.info().ok();
+    let sequence = info.as_ref().map_or(0, |i| i.stream_sequence);
     match published {
         Ok(()) => {
-            ctx.deliverer.metrics.dead_letters.inc();
-            tracing::warn!(subject = %msg.subject, deadletter = %subject, reason = %clean, "message dead-lettered");
+            let metrics = &ctx.deliverer.metrics;
+            metrics.dead_letters.inc();
+            if truncated {
+                metrics.dead_letters_truncated.inc();
+            }
+            tracing::warn!(subject = %msg.subject, deadletter = %subject, stream_sequence = sequence,
+                size = msg.payload.len(), truncated, reason = %clean, "message dead-lettered");
             Verdict::Ack
         }
         Err(e) => {
-            tracing::warn!(error = %e, subject = %msg.subject, "cannot dead-letter a bad message; retrying later");
-            Verdict::Retry(Duration::from_secs(5))
+            let delivered = info.as_ref().map_or(1, |i| i.delivered);
+            if delivered >= DEADLETTER_TRIES {
+                ctx.deliverer.metrics.dead_letter_failures.inc();
+                tracing::error!(error = %e, subject = %msg.subject, stream = ctx.ns.stream(),
+                    stream_sequence = sequence, size = msg.payload.len(), reason = %clean, tries = delivered,
+                    "cannot dead-letter a bad message; giving it up (it stays in the events stream at this sequence)");
+                return Verdict::GiveUp;
+            }
+            tracing::warn!(error = %e, subject = %msg.subject, stream_sequence = sequence,
+                tries = delivered, "cannot dead-letter a bad message; retrying later");
+            // 1 s, 2 s, 4 s, 8 s: a short outage of the dead-letter stream
+            // is bridged, a lasting one does not keep the message forever.
+            let exp = u32::try_from(delivered.clamp(1, 4) - 1).unwrap_or(0);
+            Verdict::Retry(Duration::from_secs(1 << exp))
         }
     }
 }

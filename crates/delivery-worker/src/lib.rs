@@ -289,13 +289,35 @@ impl Application {
             tracing::warn!("the recorder did not finish in time");
         }
         background.cancel();
-        let _ = refresher.await;
-        let _ = stats.await;
-        let _ = client.flush().await;
+        // Both may be inside a NATS request that only ends with its timeout
+        // (an unreachable server): they get a moment, then they are dropped.
+        tokio::join!(
+            stop_within(refresher, BACKGROUND_STOP),
+            stop_within(stats, BACKGROUND_STOP)
+        );
+        // A flush waits for a connection, which may never come.
+        if client.connection_state() != State::Connected
+            || tokio::time::timeout(BACKGROUND_STOP, client.flush())
+                .await
+                .is_err()
+        {
+            tracing::warn!("NATS unreachable at shutdown; unsent notices dropped");
+        }
         server_handle.stop(true).await;
         let _ = server_task.await;
         tracing::info!("delivery-worker stopped");
         Ok(())
+    }
+}
+
+/// How long background loops get to end after the shutdown signal.
+const BACKGROUND_STOP: Duration = Duration::from_secs(2);
+
+/// Waits for `task` up to `limit`, then aborts it.
+async fn stop_within(mut task: tokio::task::JoinHandle<()>, limit: Duration) {
+    if tokio::time::timeout(limit, &mut task).await.is_err() {
+        task.abort();
+        let _ = task.await;
     }
 }
 

@@ -17,6 +17,10 @@ pub struct Metrics {
     pub attempt_latency: Histogram,
     pub events: Counter,
     pub dead_letters: Counter,
+    /// Dead letters whose body was cut to fit the broker's `max_payload`.
+    pub dead_letters_truncated: Counter,
+    /// Bad messages given up because they could not be dead-lettered.
+    pub dead_letter_failures: Counter,
     /// Deliveries parked in the database because their webhook was busy.
     pub queued: Counter,
     pub disabled: Counter,
@@ -44,6 +48,8 @@ impl Metrics {
             attempt_latency: latency_histogram(),
             events: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letters_truncated: Counter::default(),
+            dead_letter_failures: Counter::default(),
             queued: Counter::default(),
             disabled: Counter::default(),
             in_flight: Gauge::default(),
@@ -71,6 +77,16 @@ impl Metrics {
             "delivery_dead_letters",
             "Messages moved to the dead-letter stream",
             m.dead_letters.clone(),
+        );
+        r.register(
+            "delivery_dead_letters_truncated",
+            "Dead letters whose body was cut to the broker's max_payload",
+            m.dead_letters_truncated.clone(),
+        );
+        r.register(
+            "delivery_dead_letter_failures",
+            "Bad messages given up (left in the events stream) because they could not be dead-lettered",
+            m.dead_letter_failures.clone(),
         );
         r.register(
             "delivery_queued",

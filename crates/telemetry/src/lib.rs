@@ -3,11 +3,18 @@
 
 pub mod metrics;
 pub mod ops;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 
+use std::fmt;
+
 use tokio_util::sync::CancellationToken;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// The log line format (`LOG_FORMAT`).
@@ -61,7 +68,11 @@ pub fn init_logging(args: &LogArgs) {
                 }
             }
         });
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(FilterFn::new(no_credentials))
+        .with(NoClientParseErrors)
+        .with(otel);
     let result = match args.log_format {
         LogFormat::Json => registry
             .with(
@@ -78,6 +89,68 @@ pub fn init_logging(args: &LogArgs) {
     };
     // Already initialised (several services in one test process): fine.
     let _ = result;
+}
+
+/// Libraries whose debug and trace lines carry credentials: async-nats
+/// prints server addresses with their user, password or token
+/// (`ServerAddr(Url { password: Some(…) })`), tokio-postgres prints the
+/// parameters of every statement (webhook secrets, token hashes).
+const CREDENTIAL_TARGETS: [&str; 2] = ["async_nats", "tokio_postgres"];
+
+/// The filter under whatever `RUST_LOG` asks for: lines of
+/// [`CREDENTIAL_TARGETS`] above `info` are never written, at any level.
+pub fn no_credentials(meta: &Metadata<'_>) -> bool {
+    *meta.level() <= Level::INFO
+        || !CREDENTIAL_TARGETS.iter().any(|t| {
+            meta.target()
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+/// Where and how actix-http reports the end of a connection whose request
+/// it could not parse (actix-http 3.x, `h1/dispatcher.rs`:
+/// `error!("stream error: {}", &err)` with a `DispatchError::Parse`).
+const DISPATCHER_TARGET: &str = "actix_http::h1::dispatcher";
+const PARSE_ERROR_LINE: &str = "stream error: request parse error: ";
+
+/// Drops actix-http's ERROR line for requests it could not parse: a bad
+/// request line or header, a URI the `http` crate refuses (longer than
+/// 65,534 bytes), more than 96 headers or a head over 128 KiB. actix-http
+/// answers those 400 or 431 itself, before any service sees them; they are
+/// the client's mistake, not a server error. The dispatcher logs the same
+/// error at TRACE where it finds it (`parse error …`, `request head was too
+/// big …`), so `RUST_LOG=actix_http=trace` still shows them. Every other
+/// dispatcher error (I/O, timeouts, a failing service) is kept.
+pub struct NoClientParseErrors;
+
+impl<S: Subscriber> Layer<S> for NoClientParseErrors {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        !is_client_parse_error(event)
+    }
+}
+
+fn is_client_parse_error(event: &Event<'_>) -> bool {
+    let meta = event.metadata();
+    if *meta.level() != Level::ERROR || meta.target() != DISPATCHER_TARGET {
+        return false;
+    }
+    struct Message(Option<String>);
+    impl Visit for Message {
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = Some(format!("{value:?}"));
+            }
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "message" {
+                self.0 = Some(value.to_owned());
+            }
+        }
+    }
+    let mut message = Message(None);
+    event.record(&mut message);
+    message.0.is_some_and(|m| m.starts_with(PARSE_ERROR_LINE))
 }
 
 /// Sends the spans still buffered by the OpenTelemetry exporter.
@@ -149,4 +222,67 @@ async fn wait_for_signal() {
 /// one by itself.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn client_parse_errors_are_not_logged_other_dispatcher_errors_are() {
+        let buf = Buffer::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(NoClientParseErrors)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let parse = "request parse error: URI error: uri too long";
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: {}", parse);
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: {}",
+                "request parse error: message head is too large");
+            // Kept: other errors of the dispatcher, the same text elsewhere
+            // or at another level.
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: {}",
+                "I/O error: broken pipe");
+            tracing::error!(target: "actix_http::h1::dispatcher", "Upgrade handler error: x");
+            tracing::warn!(target: "actix_http::h1::dispatcher", "stream error: {}", parse);
+            tracing::error!(target: "my_service", "stream error: {}", parse);
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(!out.contains("message head is too large"), "{out}");
+        assert!(out.contains("I/O error: broken pipe"), "{out}");
+        assert!(out.contains("Upgrade handler error"), "{out}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("WARN") && l.contains("uri too long"))
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("my_service") && l.contains("uri too long"))
+        );
+    }
 }

@@ -28,6 +28,7 @@ pub struct NewWebhook {
 pub struct WebhookChanges {
     pub name: Option<String>,
     pub url: Option<String>,
+    pub event_type: Option<String>,
     pub secret: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub is_active: Option<bool>,

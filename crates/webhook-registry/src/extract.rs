@@ -281,9 +281,12 @@ impl Fields {
             Given::Value(v) => {
                 let parsed = match &v {
                     Value::Bool(b) => Some(*b),
-                    Value::Number(n) => match n.as_i64() {
-                        Some(0) => Some(false),
-                        Some(1) => Some(true),
+                    // 0 and 1, also written 0.0 or 1.0: pydantic takes
+                    // those floats, and JSON Schema's `enum: [0, 1]` (the
+                    // document) counts them as the same numbers.
+                    Value::Number(n) => match n.as_f64() {
+                        Some(0.0) => Some(false),
+                        Some(1.0) => Some(true),
                         _ => None,
                     },
                     Value::String(s) => parse_bool(s),
@@ -359,13 +362,55 @@ fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
 
-/// pydantic's lax boolean strings.
+const TRUE_WORDS: [&str; 6] = ["true", "1", "yes", "on", "t", "y"];
+const FALSE_WORDS: [&str; 6] = ["false", "0", "no", "off", "f", "n"];
+
+/// pydantic's lax boolean strings, in any ASCII case, with surrounding
+/// whitespace ignored.
 pub fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
-        "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
-        _ => None,
+    let word = s.trim().to_ascii_lowercase();
+    if TRUE_WORDS.contains(&word.as_str()) {
+        Some(true)
+    } else if FALSE_WORDS.contains(&word.as_str()) {
+        Some(false)
+    } else {
+        None
     }
+}
+
+/// The JSON Schema of exactly what a lax boolean field ([`Fields::boolean`],
+/// and [`Query::boolean`] whose values are strings) accepts: a boolean, the
+/// number 0 or 1, or a string [`parse_bool`] reads.
+pub fn lax_bool_schema() -> Value {
+    // What `str::trim` removes: the Unicode White_Space characters.
+    const SPACE: &str =
+        "[\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+    let any_case = |w: &str| -> String {
+        w.chars()
+            .map(|c| {
+                if c.is_ascii_alphabetic() {
+                    format!("[{}{}]", c.to_ascii_uppercase(), c)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let words: Vec<String> = TRUE_WORDS
+        .iter()
+        .chain(FALSE_WORDS.iter())
+        .map(|w| any_case(w))
+        .collect();
+    json!({
+        "anyOf": [
+            {"type": "boolean"},
+            {"enum": [0, 1]},
+            {"type": "string", "pattern": format!("^{SPACE}*({}){SPACE}*$", words.join("|"))},
+        ],
+        "description": "A boolean; also 0 or 1, or one of the strings true, 1, yes, on, t, y, \
+            false, 0, no, off, f, n in any ASCII case with surrounding whitespace \
+            (pydantic's lax booleans).",
+    })
 }
 
 fn check_range(
@@ -375,28 +420,31 @@ fn check_range(
     max: i64,
     input: Value,
 ) -> Result<i64, Box<FieldError>> {
-    if n < min {
-        Err(Box::new(
-            FieldError::new(
-                loc,
-                "greater_than_equal",
-                format!("Input should be greater than or equal to {min}"),
-            )
-            .input(input)
-            .ctx(json!({ "ge": min })),
-        ))
-    } else if n > max {
-        Err(Box::new(
-            FieldError::new(
-                loc,
-                "less_than_equal",
-                format!("Input should be less than or equal to {max}"),
-            )
-            .input(input)
-            .ctx(json!({ "le": max })),
-        ))
+    if n < min || n > max {
+        Err(Box::new(out_of_range(loc, n < min, min, max, input)))
     } else {
         Ok(n)
+    }
+}
+
+/// pydantic's range error: below `min` (`below`) or above `max`.
+fn out_of_range(loc: &[&str], below: bool, min: i64, max: i64, input: Value) -> FieldError {
+    if below {
+        FieldError::new(
+            loc,
+            "greater_than_equal",
+            format!("Input should be greater than or equal to {min}"),
+        )
+        .input(input)
+        .ctx(json!({ "ge": min }))
+    } else {
+        FieldError::new(
+            loc,
+            "less_than_equal",
+            format!("Input should be less than or equal to {max}"),
+        )
+        .input(input)
+        .ctx(json!({ "le": max }))
     }
 }
 
@@ -459,17 +507,19 @@ impl Query {
         let input = Value::String(v.clone());
         let t = v.trim();
         let n = match t.parse::<i64>() {
-            Ok(n) => Some(n),
-            // All digits but beyond i64: as pydantic, a range error.
-            Err(_) if is_integer_literal(t) => Some(if t.starts_with('-') {
-                i64::MIN
-            } else {
-                i64::MAX
-            }),
+            Ok(n) => Some(Ok(n)),
+            // All digits but beyond i64: as pydantic, a range error (never
+            // clamped into the range).
+            Err(_) if is_integer_literal(t) => Some(Err(t.starts_with('-'))),
             Err(_) => None,
         };
         match n {
-            Some(n) => match check_range(&loc, n, min, max, input) {
+            Some(Err(negative)) => {
+                self.errors
+                    .push(out_of_range(&loc, negative, min, max, input));
+                default
+            }
+            Some(Ok(n)) => match check_range(&loc, n, min, max, input) {
                 Ok(n) => n,
                 Err(e) => {
                     self.errors.push(*e);
@@ -573,6 +623,73 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_lax_boolean_schema_is_what_the_parsers_take() {
+        let schema = jsonschema::validator_for(&lax_bool_schema()).unwrap();
+        let body = |v: &Value| {
+            let mut f = Fields::of(Some(json!({ "b": v })), false).ok().unwrap();
+            matches!(f.boolean("b"), Given::Value(_))
+        };
+        let query = |s: &str| {
+            let mut q = Query::parse(&format!("b={}", urlencode(s)));
+            q.boolean("b").is_some()
+        };
+        let mut strings: Vec<String> = Vec::new();
+        for w in TRUE_WORDS.iter().chain(FALSE_WORDS.iter()) {
+            strings.push((*w).to_owned());
+            strings.push(w.to_ascii_uppercase());
+            strings.push(format!(" \t\u{a0}{w}\u{3000}\n"));
+            strings.push(format!("{w}\u{85}"));
+            strings.push(format!("{w}x"));
+            strings.push(format!("\u{200b}{w}")); // zero width: not whitespace
+            strings.push(format!("\u{1c}{w}")); // Python's \s, not Unicode's
+        }
+        strings.extend(
+            [
+                "",
+                " ",
+                "tru",
+                "yess",
+                "2",
+                "-1",
+                "1.0",
+                "nil",
+                "null",
+                "None",
+                "ｔｒｕｅ",
+            ]
+            .map(String::from),
+        );
+        for s in &strings {
+            let v = json!(s);
+            let ok = schema.is_valid(&v);
+            assert_eq!(body(&v), ok, "body {s:?}");
+            assert_eq!(query(s), ok, "query {s:?}");
+        }
+        for v in [
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(1),
+            json!(0.0),
+            json!(1.0),
+            json!(-0.0),
+            json!(2),
+            json!(-1),
+            json!(0.5),
+            json!(null),
+            json!([]),
+            json!({}),
+            json!([true]),
+        ] {
+            assert_eq!(body(&v), schema.is_valid(&v), "body {v}");
+        }
+    }
+
+    fn urlencode(s: &str) -> String {
+        s.bytes().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    #[test]
     fn json_positions() {
         let buf = br#"{"a": 1,
   "b": x}"#;
@@ -592,13 +709,26 @@ mod tests {
 
     #[test]
     fn query_integers() {
-        let mut q = Query::parse("limit=500&offset=abc&x=99999999999999999999999");
+        let mut q = Query::parse(
+            "limit=500&offset=abc&x=99999999999999999999999&big=9223372036854775808&small=-9223372036854775809",
+        );
         assert_eq!(q.integer("limit", 50, 1, 200), 50);
         assert_eq!(q.integer("offset", 0, 0, i64::MAX), 0);
         assert_eq!(q.integer("x", 0, 0, 10), 0);
         assert_eq!(q.integer("absent", 7, 0, 10), 7);
+        assert_eq!(q.integer("big", 0, 0, i64::MAX), 0);
+        assert_eq!(q.integer("small", 0, i64::MIN, 10), 0);
         let kinds: Vec<_> = q.errors.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, ["less_than_equal", "int_parsing", "less_than_equal"]);
+        assert_eq!(
+            kinds,
+            [
+                "less_than_equal",
+                "int_parsing",
+                "less_than_equal",
+                "less_than_equal",
+                "greater_than_equal"
+            ]
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! What the API takes and returns, with their validation and OpenAPI
 //! schemas.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use proto_events::Pattern;
+use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
 use storage::models::{Delivery, Webhook};
@@ -20,19 +23,105 @@ pub const DESCRIPTION_MAX: usize = 10_000;
 /// URLs are TEXT; capped like common browsers and proxies.
 pub const URL_MAX: usize = 2048;
 
-/// Checks a webhook URL (absolute http/https with a host, no credentials,
-/// no internal destination unless allowed).
+/// Checks a webhook URL: no whitespace or control characters a parser would
+/// drop, an absolute http/https URL with a host and no credentials, no
+/// internal destination unless allowed, and a match of [`url_pattern`].
 pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
-    match webhook_client::ssrf::validate_url(url, allow_private) {
-        Ok(_) => true,
-        Err(problem) => {
-            fields.errors.push(
-                // Credentials in a refused URL are not echoed back.
-                FieldError::value_error(&["body", "url"], &problem.to_string())
-                    .input(Value::String(storage::redact_url(url))),
-            );
-            false
-        }
+    // The most specific reason first; the pattern last.
+    let problem = match raw_url_problem(url) {
+        Some(p) => p.to_owned(),
+        None => match webhook_client::ssrf::validate_url(url, allow_private) {
+            Err(problem) => problem.to_string(),
+            Ok(_) if url_regex().is_some_and(|re| re.is_match(url)) => return true,
+            Ok(_) => URL_PATTERN_PROBLEM.to_owned(),
+        },
+    };
+    fields.errors.push(
+        // Credentials in a refused URL are not echoed back.
+        FieldError::value_error(&["body", "url"], &problem)
+            .input(Value::String(storage::redact_url(url))),
+    );
+    false
+}
+
+const URL_PATTERN_PROBLEM: &str = "URL must be http(s)://, then a host name of ASCII \
+    letters, digits, hyphens and dots (IDN names as punycode, xn--…), an IPv4 address \
+    or a bracketed IPv6 address, an optional port up to 65535, and a path, query or \
+    fragment of printable ASCII characters (percent-encode others)";
+
+/// The webhook URLs the API takes, as one regular expression: it is the
+/// OpenAPI document's `pattern` for `url`, and [`check_url`] requires a
+/// match besides the URL parser's, so the document and the server agree.
+/// Written for what the Rust `regex` crate, ECMA-262 and Python's `re` read
+/// alike: ASCII classes only, no `\d`/`\w`/`\s`, anchored at both ends.
+///
+/// Every match parses with the `url` crate as written (the one exception a
+/// pattern cannot see: a label starting with `xn--` must be valid punycode):
+/// - scheme `http` or `https`, in any case;
+/// - host: labels of letters, digits and inner hyphens, the last one
+///   starting with a letter (so it is never read as an IPv4 number), with
+///   an optional final dot; or a dotted-decimal IPv4 address without
+///   leading zeros; or an RFC 3986 IPv6 address in brackets (the IPv4 tail
+///   form included, zone ids not);
+/// - port: 0–65535 (at most four digits with leading zeros);
+/// - then `/`, `?` or `#` and printable ASCII, inner spaces allowed (they
+///   are percent-encoded when the URL is used), not ending in a space.
+pub fn url_pattern() -> &'static str {
+    static PATTERN: LazyLock<String> = LazyLock::new(|| {
+        let label = "[A-Za-z0-9]+(-+[A-Za-z0-9]+)*";
+        let last_label = "[A-Za-z][A-Za-z0-9]*(-+[A-Za-z0-9]+)*";
+        let name = format!("({label}\\.)*{last_label}\\.?");
+        let octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+        let ipv4 = format!("{octet}(\\.{octet}){{3}}");
+        let h16 = "[0-9A-Fa-f]{1,4}";
+        let ls32 = format!("({h16}:{h16}|{ipv4})");
+        // RFC 3986 §3.2.2 IPv6address: up to `before` pieces, then `::`
+        // (or nothing, for the first form), then `after` pieces and ls32.
+        let ipv6 = [
+            format!("({h16}:){{6}}{ls32}"),
+            format!("::({h16}:){{5}}{ls32}"),
+            format!("({h16})?::({h16}:){{4}}{ls32}"),
+            format!("(({h16}:){{0,1}}{h16})?::({h16}:){{3}}{ls32}"),
+            format!("(({h16}:){{0,2}}{h16})?::({h16}:){{2}}{ls32}"),
+            format!("(({h16}:){{0,3}}{h16})?::{h16}:{ls32}"),
+            format!("(({h16}:){{0,4}}{h16})?::{ls32}"),
+            format!("(({h16}:){{0,5}}{h16})?::{h16}"),
+            format!("(({h16}:){{0,6}}{h16})?::"),
+        ]
+        .join("|");
+        let port =
+            "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})";
+        format!(
+            "^[Hh][Tt][Tt][Pp][Ss]?://({name}|{ipv4}|\\[({ipv6})\\])(:{port})?([/?#]([ -~]*[!-~])?)?$"
+        )
+    });
+    &PATTERN
+}
+
+fn url_regex() -> Option<&'static Regex> {
+    // Compiling a fixed pattern cannot fail (a unit test proves it); if it
+    // ever did, every URL would be refused, never one accepted unchecked.
+    static REGEX: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(url_pattern()).ok());
+    REGEX.as_ref()
+}
+
+/// What the URL parser would silently repair, refused instead so a URL is
+/// stored (and shown) as it is used: leading or trailing whitespace and
+/// control characters anywhere (the parser strips both), and a missing or
+/// empty authority (`http:///x`, `http:/x` and `http:x` all parse as
+/// `http://x/`). Inner spaces stay allowed: they are percent-encoded when
+/// the URL is used, as browsers do.
+fn raw_url_problem(url: &str) -> Option<&'static str> {
+    if url.trim() != url {
+        return Some("URL must not start or end with whitespace");
+    }
+    if url.chars().any(char::is_control) {
+        return Some("URL must not contain control characters");
+    }
+    let after_scheme = url.split_once(':').map_or("", |(_, rest)| rest);
+    match after_scheme.strip_prefix("//") {
+        Some(rest) if !rest.is_empty() && !rest.starts_with(['/', '\\', '?', '#']) => None,
+        _ => Some("URL must be a valid absolute URL with a host, e.g. https://example.com/webhook"),
     }
 }
 
@@ -131,6 +220,9 @@ pub struct WebhookPatch {
     #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     pub url: Option<String>,
+    /// One event type, a family pattern (`ticket.*`) or `*`.
+    #[schema(min_length = 1, max_length = 50)]
+    pub event_type: Option<String>,
     #[schema(value_type = Option<String>, max_length = 128, nullable)]
     pub secret: Option<Option<String>>,
     #[schema(value_type = Option<String>, nullable)]
@@ -166,6 +258,18 @@ impl FromBody for WebhookPatch {
             ),
             Given::Absent => {}
         }
+        match f.string("event_type", 1, EVENT_TYPE_MAX, false) {
+            Given::Value(s) => p.event_type = Some(s),
+            Given::Null => f.errors.push(
+                FieldError::new(
+                    &["body", "event_type"],
+                    "string_type",
+                    "Input should be a valid string",
+                )
+                .input(Value::Null),
+            ),
+            Given::Absent => {}
+        }
         match f.string("secret", 0, SECRET_MAX, true) {
             Given::Value(s) => p.secret = Some(Some(s).filter(|s| !s.is_empty())),
             Given::Null => p.secret = Some(None),
@@ -190,6 +294,9 @@ impl FromBody for WebhookPatch {
         }
         if let Some(u) = &p.url {
             check_url(&mut f, u, rules.allow_private_targets);
+        }
+        if let Some(t) = &p.event_type {
+            check_event_type(&mut f, t);
         }
         f.errors.sort_by_key(field_rank);
         f.finish()?;
@@ -430,6 +537,87 @@ pub struct EventCatalogueOut {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use chrono::{DateTime, TimeZone, Utc};
+    use serde_json::json;
+
+    use super::{url_pattern, url_regex};
+
+    /// What the server takes with private targets allowed: the pattern and
+    /// the parser.
+    fn server_takes(url: &str) -> bool {
+        let mut f = crate::extract::Fields::of(Some(json!({})), false)
+            .ok()
+            .unwrap();
+        super::check_url(&mut f, url, true)
+    }
+
+    #[test]
+    fn the_url_pattern_is_what_the_server_checks() {
+        assert!(url_regex().is_some());
+        // The document's reading of the pattern (ECMA-262, as validators do).
+        let schema =
+            jsonschema::validator_for(&json!({"type": "string", "pattern": url_pattern()}))
+                .unwrap();
+        let taken = [
+            "http://example.com",
+            "HttP://Example.COM:8080/a/b?c=d&e#frag",
+            "https://a",
+            "https://my-host.example.com./x",
+            "https://a--b.c-d.e",
+            "https://xn--caf-dma.example/x",
+            "http://1.2.3.4",
+            "http://255.255.255.255:65535/",
+            "http://0.0.0.0:0",
+            "http://1a.b2",
+            "http://[::1]/x",
+            "http://[::]",
+            "http://[2001:db8::8:800:200c:417a]:443",
+            "http://[1:2:3:4:5:6:7:8]",
+            "http://[1:2:3:4:5:6:7::]",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://[1:2:3:4:5:6:1.2.3.4]",
+            "http://example.com:0080",
+            "http://example.com?x",
+            "http://example.com#x",
+            "https://example.com/a b?c d",
+            "https://example.com/%zz/\\..;@:~!$&'()*+,=",
+        ];
+        for url in taken {
+            assert!(schema.is_valid(&json!(url)), "document refuses {url}");
+            assert!(server_takes(url), "server refuses {url}");
+        }
+        let refused = [
+            "HttP://x*",
+            "http://x_y.com",
+            "http://café.example",
+            "http://-a.com",
+            "http://a-.com",
+            "http://a..b",
+            "http://123",
+            "http://a.0x1",
+            "http://01.2.3.4",
+            "http://1.2.3.256",
+            "http://1.2.3",
+            "http://[1:2:3:4:5:6:7:8:9]",
+            "http://[1::2::3]",
+            "http://[::1%25eth0]",
+            "http://[::ffff:1.2.3.04]",
+            "http://a:65536",
+            "http://a:00080",
+            "http://a:",
+            "http://a/ ",
+            "http://a/\n",
+            "http://a/é",
+            "http://u:p@a",
+            "ftp://a",
+            "http:/a",
+            "http://",
+            " http://a",
+        ];
+        for url in refused {
+            assert!(!schema.is_valid(&json!(url)), "document takes {url:?}");
+            assert!(!server_takes(url), "server takes {url:?}");
+        }
+    }
 
     #[derive(serde::Serialize)]
     struct Ours(#[serde(serialize_with = "super::rfc3339::ser")] DateTime<Utc>);

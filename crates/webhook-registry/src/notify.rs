@@ -96,6 +96,17 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         }
     }
+    if client.connection_state() != async_nats::connection::State::Connected {
+        // Nothing would reach NATS; waiting for it would only delay the exit.
+        let dropped = std::iter::from_fn(|| rx.try_recv().ok()).count();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "NATS unreachable at shutdown; change notices dropped (workers reload periodically)"
+            );
+        }
+        return;
+    }
     while let Ok((id, op)) = rx.try_recv() {
         publish(&client, &subject, id, op).await;
     }

@@ -367,7 +367,13 @@ async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: Cancellat
     let js = async_nats::jetstream::new(nats);
     let mut delay = Duration::from_millis(500);
     loop {
-        match ns.ensure_streams(&js).await {
+        // A request to an unreachable server only ends with its timeout:
+        // shutdown does not wait for it.
+        let created = tokio::select! {
+            created = ns.ensure_streams(&js) => created,
+            () = stop.cancelled() => return,
+        };
+        match created {
             Ok(_) => {
                 tracing::info!(stream = ns.stream(), "JetStream streams ready");
                 return;

@@ -5,5 +5,6 @@
 mod deadletter;
 mod delivery;
 mod helpers;
+mod process;
 mod retries;
 mod scaling;

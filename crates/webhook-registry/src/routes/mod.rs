@@ -4,8 +4,9 @@ pub mod events;
 pub mod openapi;
 pub mod webhooks;
 
+use actix_web::http::header;
 use actix_web::middleware::from_fn;
-use actix_web::{HttpResponse, Resource, web};
+use actix_web::{HttpResponse, Resource, ResponseError, web};
 
 use crate::auth::require_token;
 use crate::error::ApiError;
@@ -14,13 +15,18 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("Not Found"))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed("Method Not Allowed"))
+/// 405 with the `Allow` header RFC 9110 requires.
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut resp = ApiError::MethodNotAllowed("Method Not Allowed").error_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    resp
 }
 
-fn resource(paths: &[&str]) -> Resource {
+/// A resource answering 405 (with `Allow: <allow>`) to other methods.
+fn resource(paths: &[&str], allow: &'static str) -> Resource {
     web::resource(paths.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
-        .default_service(web::to(method_not_allowed))
+        .default_service(web::to(move || async move { method_not_allowed(allow) }))
 }
 
 /// Every API route (the ops routes are mounted by `telemetry::ops`).
@@ -29,32 +35,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/webhooks")
             .wrap(from_fn(require_token))
             .service(
-                resource(&["", "/"])
+                resource(&["", "/"], "GET, POST")
                     .route(web::post().to(webhooks::create))
                     .route(web::get().to(webhooks::list)),
             )
-            .service(resource(&["/stats"]).route(web::get().to(webhooks::stats)))
+            .service(resource(&["/stats"], "GET").route(web::get().to(webhooks::stats)))
             .service(
-                resource(&["/{webhook_id}"])
+                resource(&["/{webhook_id}"], "GET, PATCH, DELETE")
                     .route(web::get().to(webhooks::get))
                     .route(web::patch().to(webhooks::update))
                     .route(web::delete().to(webhooks::delete)),
             )
             .service(
-                resource(&["/{webhook_id}/deliveries"]).route(web::get().to(webhooks::deliveries)),
+                resource(&["/{webhook_id}/deliveries"], "GET")
+                    .route(web::get().to(webhooks::deliveries)),
             )
             .service(
-                resource(&["/{webhook_id}/deliveries/{delivery_id}/retry"])
+                resource(&["/{webhook_id}/deliveries/{delivery_id}/retry"], "POST")
                     .route(web::post().to(webhooks::retry)),
             )
-            .service(resource(&["/{webhook_id}/test"]).route(web::post().to(webhooks::test)))
             .service(
-                resource(&["/{webhook_id}/rotate-secret"]).route(web::post().to(webhooks::rotate)),
+                resource(&["/{webhook_id}/test"], "POST").route(web::post().to(webhooks::test)),
+            )
+            .service(
+                resource(&["/{webhook_id}/rotate-secret"], "POST")
+                    .route(web::post().to(webhooks::rotate)),
             )
             .default_service(web::to(not_found)),
     )
-    .service(resource(&["/events/types"]).route(web::get().to(events::types)))
-    .service(resource(&["/openapi.json"]).route(web::get().to(openapi::serve)));
+    .service(resource(&["/events/types"], "GET").route(web::get().to(events::types)))
+    .service(resource(&["/openapi.json"], "GET").route(web::get().to(openapi::serve)));
 }
 
 /// For unmatched paths (`App::default_service`).

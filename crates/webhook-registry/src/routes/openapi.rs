@@ -2,10 +2,15 @@
 //! and types' annotations (utoipa), served without a token.
 
 use actix_web::{HttpResponse, web};
+use proto_events::EventType;
+use serde_json::{Value, json};
+use storage::models::delivery_status;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorOut, FieldError, HttpValidationError, LocItem};
+use crate::extract::lax_bool_schema;
+use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
 use crate::model::{
     DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, RetryOut, RotateIn, RotateOut,
     StatsOut, TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
@@ -61,10 +66,157 @@ pub struct OpenApiJson(pub String);
 
 impl OpenApiJson {
     pub fn render() -> Result<Self, serde_json::Error> {
-        let mut doc = ApiDoc::openapi();
-        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-        Ok(Self(doc.to_json()?))
+        Ok(Self(serde_json::to_string(&document()?)?))
     }
+}
+
+/// The document as a JSON value: what utoipa derives from the annotations,
+/// refined where the annotations cannot say exactly what the server does.
+pub fn document() -> Result<Value, serde_json::Error> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let mut doc = serde_json::to_value(doc)?;
+    refine(&mut doc);
+    Ok(doc)
+}
+
+/// Strings the server stores: no NUL characters (PostgreSQL text cannot
+/// hold them; the server answers 422).
+const NO_NUL: &str = "^[^\\u0000]*$";
+
+/// Every accepted `event_type`: the catalogue's types, a family pattern per
+/// family (`ticket.*`), and `*`.
+fn event_type_values() -> Vec<Value> {
+    let mut values: Vec<String> = EventType::ALL
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    for t in EventType::ALL {
+        if let Some((family, _)) = t.as_str().split_once('.') {
+            let pattern = format!("{family}.*");
+            if !values.contains(&pattern) {
+                values.push(pattern);
+            }
+        }
+    }
+    values.push("*".to_owned());
+    values.into_iter().map(Value::String).collect()
+}
+
+fn set(doc: &mut Value, pointer: &str, key: &str, value: Value) {
+    if let Some(Value::Object(obj)) = doc.pointer_mut(pointer) {
+        obj.insert(key.to_owned(), value);
+    }
+}
+
+/// `["string", "null"]` → `"string"`: a field that may be left out but is
+/// refused as `null`.
+fn not_null(doc: &mut Value, pointer: &str) {
+    if let Some(Value::Object(obj)) = doc.pointer_mut(pointer)
+        && let Some(Value::Array(types)) = obj.get("type")
+        && let Some(first) = types.iter().find(|t| *t != "null").cloned()
+    {
+        obj.insert("type".to_owned(), first);
+    }
+}
+
+fn refine(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    // Any JSON value: the string, number, object or null that was refused.
+    set(
+        doc,
+        &format!("{schemas}/FieldError/properties"),
+        "input",
+        json!({"description": "The offending value as sent (any JSON value; never for secrets)."}),
+    );
+    for (schema, field) in [
+        ("WebhookIn", "name"),
+        ("WebhookIn", "secret"),
+        ("WebhookIn", "description"),
+        ("WebhookPatch", "name"),
+        ("WebhookPatch", "secret"),
+        ("WebhookPatch", "description"),
+        ("RotateIn", "secret"),
+    ] {
+        set(
+            doc,
+            &format!("{schemas}/{schema}/properties/{field}"),
+            "pattern",
+            json!(NO_NUL),
+        );
+    }
+    for schema in ["WebhookIn", "WebhookPatch"] {
+        let props = format!("{schemas}/{schema}/properties");
+        set(
+            doc,
+            &format!("{props}/url"),
+            "pattern",
+            json!(url_pattern()),
+        );
+        set(doc, &format!("{props}/url"), "minLength", json!(1));
+        set(doc, &format!("{props}/url"), "maxLength", json!(URL_MAX));
+        set(
+            doc,
+            &format!("{props}/description"),
+            "maxLength",
+            json!(DESCRIPTION_MAX),
+        );
+        set(
+            doc,
+            &format!("{props}/event_type"),
+            "enum",
+            Value::Array(event_type_values()),
+        );
+    }
+    for field in ["name", "url", "event_type"] {
+        not_null(doc, &format!("{schemas}/WebhookPatch/properties/{field}"));
+    }
+    // Lax booleans, as the server reads them (never `null`).
+    set(
+        doc,
+        &format!("{schemas}/WebhookPatch/properties"),
+        "is_active",
+        lax_bool_schema(),
+    );
+    let statuses: Vec<Value> = delivery_status::ALL.iter().map(|s| json!(s)).collect();
+    set(
+        doc,
+        &format!("{schemas}/DeliveryOut/properties/status"),
+        "enum",
+        json!(statuses),
+    );
+    if let Some(Value::Array(params)) =
+        doc.pointer_mut("/paths/~1webhooks~1{webhook_id}~1deliveries/get/parameters")
+    {
+        for p in params.iter_mut() {
+            if p["name"] == "status" {
+                p["schema"]["enum"] = json!(statuses);
+            }
+        }
+    }
+    if let Some(Value::Array(params)) = doc.pointer_mut("/paths/~1webhooks/get/parameters") {
+        for p in params.iter_mut() {
+            if p["name"] == "event_type" {
+                p["schema"]["pattern"] = json!(NO_NUL);
+            }
+            if p["name"] == "is_active" {
+                p["schema"] = lax_bool_schema();
+            }
+        }
+    }
+    // Optional, but `null` is not an object: 422.
+    set(
+        doc,
+        "/paths/~1webhooks~1{webhook_id}~1rotate-secret/post/requestBody/content/application~1json",
+        "schema",
+        json!({"$ref": "#/components/schemas/RotateIn"}),
+    );
+    set(
+        doc,
+        "/paths/~1webhooks~1{webhook_id}~1rotate-secret/post/requestBody",
+        "required",
+        json!(false),
+    );
 }
 
 /// This OpenAPI document.
@@ -76,4 +228,80 @@ pub async fn serve(doc: web::Data<OpenApiJson>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(doc.0.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_document_says_what_the_server_checks() {
+        let doc = document().unwrap();
+        let schemas = &doc["components"]["schemas"];
+        assert!(
+            schemas["FieldError"]["properties"]["input"]
+                .get("type")
+                .is_none()
+        );
+        let patch = &schemas["WebhookPatch"]["properties"];
+        for field in ["name", "url", "event_type"] {
+            assert_eq!(patch[field]["type"], "string", "{field}");
+        }
+        assert_eq!(patch["is_active"], crate::extract::lax_bool_schema());
+        let list = doc["paths"]["/webhooks"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "is_active")
+            .unwrap();
+        assert_eq!(list["schema"], crate::extract::lax_bool_schema());
+        for schema in ["WebhookIn", "WebhookPatch"] {
+            assert_eq!(
+                schemas[schema]["properties"]["url"]["pattern"],
+                crate::model::url_pattern()
+            );
+        }
+        assert_eq!(patch["secret"]["type"], json!(["string", "null"]));
+        for schema in ["WebhookIn", "WebhookPatch"] {
+            let props = &schemas[schema]["properties"];
+            assert_eq!(props["url"]["maxLength"], URL_MAX);
+            assert_eq!(props["description"]["maxLength"], DESCRIPTION_MAX);
+            let types = props["event_type"]["enum"].as_array().unwrap();
+            assert!(types.contains(&json!("ticket.*")) && types.contains(&json!("*")));
+            assert!(!types.contains(&json!("user.deleted")));
+            for t in types {
+                assert!(
+                    proto_events::Pattern::parse(t.as_str().unwrap()).is_ok(),
+                    "{t}"
+                );
+            }
+        }
+        let deliveries = &doc["paths"]["/webhooks/{webhook_id}/deliveries"]["get"]["parameters"];
+        let status = deliveries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "status")
+            .unwrap();
+        assert_eq!(
+            status["schema"]["enum"],
+            json!(["pending", "success", "failed"])
+        );
+        let rotate = &doc["paths"]["/webhooks/{webhook_id}/rotate-secret"]["post"]["requestBody"];
+        assert_eq!(rotate["required"], false);
+        assert_eq!(
+            rotate["content"]["application/json"]["schema"],
+            json!({"$ref": "#/components/schemas/RotateIn"})
+        );
+        for (path, method) in [
+            ("/webhooks/{webhook_id}", "delete"),
+            ("/webhooks/{webhook_id}/test", "post"),
+        ] {
+            assert!(
+                doc["paths"][path][method]["responses"].get("422").is_some(),
+                "{method} {path}"
+            );
+        }
+    }
 }

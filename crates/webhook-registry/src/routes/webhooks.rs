@@ -197,6 +197,7 @@ pub async fn update(
     let mut changes = WebhookChanges {
         name: patch.name,
         url: patch.url,
+        event_type: patch.event_type,
         description: patch.description,
         is_active: patch.is_active,
         ..WebhookChanges::default()
@@ -229,6 +230,7 @@ pub async fn update(
         (status = 204, description = "Deleted"),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
         (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -329,6 +331,7 @@ fn storable(s: String) -> String {
         (status = 200, description = "The attempt's outcome (also when the receiver failed)", body = TestOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
         (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
     ),
     security(("bearer" = []), ("api_key" = []))
 )]

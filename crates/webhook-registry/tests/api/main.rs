@@ -8,6 +8,7 @@ mod deliveries;
 mod extras;
 mod helpers;
 mod history;
+mod process;
 mod resilience;
 mod validation;
 mod webhooks;

@@ -336,6 +336,12 @@ async fn query_strings_and_path_ids_are_validated() {
         ("/webhooks?limit=abc", "int_parsing", "limit"),
         ("/webhooks?offset=-1", "greater_than_equal", "offset"),
         ("/webhooks?offset=1.5", "int_parsing", "offset"),
+        // Beyond int64: refused like `limit`, never clamped.
+        (
+            "/webhooks?offset=9223372036854775808",
+            "less_than_equal",
+            "offset",
+        ),
         ("/webhooks?is_active=maybe", "bool_parsing", "is_active"),
         ("/webhooks?event_type=%00", "value_error", "event_type"),
     ];
@@ -388,6 +394,25 @@ async fn query_strings_and_path_ids_are_validated() {
             json!({"detail": "Method Not Allowed"})
         )
     );
+    // With the Allow header RFC 9110 requires.
+    for (method, path, allow) in [
+        (Method::PUT, "/webhooks/1", "GET, PATCH, DELETE"),
+        (Method::DELETE, "/webhooks", "GET, POST"),
+        (Method::GET, "/webhooks/1/test", "POST"),
+        (Method::TRACE, "/events/types", "GET"),
+    ] {
+        let resp = app.req(method.clone(), path).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -479,4 +504,75 @@ async fn internal_destinations_are_refused_unless_allowed() {
             .0,
         StatusCode::UNPROCESSABLE_ENTITY
     );
+}
+
+#[tokio::test]
+async fn patch_changes_the_event_type_and_validates_it() {
+    let app = spawn_app().await;
+    let hook = app
+        .create_webhook("a", "https://example.com/a", "user.created")
+        .await;
+    let path = format!("/webhooks/{}", hook["id"]);
+    let (status, resp) = app.patch(&path, json!({"event_type": "ticket.*"})).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(resp["event_type"], "ticket.*");
+    for (body, kind) in [
+        (json!({"event_type": "user.deleted"}), "value_error"),
+        (json!({"event_type": null}), "string_type"),
+        (json!({"event_type": ""}), "string_too_short"),
+        (json!({"event_type": "x".repeat(51)}), "string_too_long"),
+    ] {
+        let (status, resp) = app.patch(&path, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {resp}");
+        assert_eq!(
+            errors(&resp),
+            vec![(kind.to_owned(), vec![json!("body"), json!("event_type")])]
+        );
+    }
+    assert_eq!(app.get(&path).await.1["event_type"], "ticket.*");
+}
+
+#[tokio::test]
+async fn urls_without_an_authority_or_with_spaces_are_refused() {
+    let app = spawn_app().await;
+    let hook = app
+        .create_webhook("a", "https://example.com/a", "user.created")
+        .await;
+    let path = format!("/webhooks/{}", hook["id"]);
+    for url in [
+        "http:///x",
+        "https:///example.com/h",
+        "http:/example.com/h",
+        "http:example.com/h",
+        " https://example.com/h",
+        "https://example.com/h ",
+        "\thttps://example.com/h",
+        "https://example.com/h\n",
+        "https://exa\nmple.com/h",
+        "https://example.com/a\tb",
+    ] {
+        let (status, resp) = app.post("/webhooks", with("url", json!(url))).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url:?}: {resp}");
+        assert_eq!(
+            errors(&resp),
+            vec![("value_error".to_owned(), vec![json!("body"), json!("url")])],
+            "{url:?}"
+        );
+        assert_eq!(resp["detail"][0]["input"], json!(url), "{url:?}");
+        let (status, _) = app.patch(&path, json!({"url": url})).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url:?}");
+    }
+    // Stored exactly as sent when valid.
+    let (status, resp) = app
+        .post(
+            "/webhooks",
+            with("url", json!("HTTPS://Example.com:443/a?b=c")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    assert_eq!(resp["url"], "HTTPS://Example.com:443/a?b=c");
+    // A name of spaces is a name (FastAPI's `min_length` counts them too).
+    let (status, resp) = app.post("/webhooks", with("name", json!("   "))).await;
+    assert_eq!(status, StatusCode::CREATED, "{resp}");
+    assert_eq!(resp["name"], "   ");
 }

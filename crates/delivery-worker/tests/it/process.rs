@@ -1,0 +1,133 @@
+//! The compiled binary: SIGTERM while NATS is unreachable, and credentials
+//! kept out of the logs at every level.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use storage::testing::TestDb;
+use telemetry::testing::drain;
+
+/// Nothing listens on port 1: every connection attempt fails at once.
+const NATS_DOWN: &str = "127.0.0.1:1";
+
+/// A running binary whose stdout and stderr are read on threads (a full
+/// pipe would block its logging).
+struct Running {
+    child: Child,
+    readers: Vec<std::thread::JoinHandle<String>>,
+}
+
+/// Starts the worker with `RUST_LOG=debug`, stdout and stderr captured.
+fn start(database_url: &str, nats_url: &str) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
+        .env_clear()
+        .env("DATABASE_URL", database_url)
+        .env("NATS_URL", nats_url)
+        .env("WORKER_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start delivery-worker");
+    let readers = vec![drain(child.stdout.take()), drain(child.stderr.take())];
+    Running { child, readers }
+}
+
+/// SIGTERM, then the time until the process ended (None past `limit`, the
+/// process is then killed) and everything it wrote.
+async fn terminate(running: Running, limit: Duration) -> (Option<Duration>, i32, String) {
+    let Running { mut child, readers } = running;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sent = Instant::now();
+    let exited = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some((sent.elapsed(), s.code().unwrap_or(-1)));
+        }
+        if sent.elapsed() > limit {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    match exited {
+        Some((took, code)) => (Some(took), code, out),
+        None => (None, -1, out),
+    }
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_worker_within_seconds_while_nats_is_unreachable() {
+    let db = TestDb::new().await.unwrap();
+    let child = start(&db.url, &format!("nats://{NATS_DOWN}"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (took, code, out) = terminate(child, Duration::from_secs(10)).await;
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "still running 10 s after SIGTERM; last lines:\n{}",
+            tail(&out)
+        )
+    });
+    eprintln!("delivery-worker exited {took:?} after SIGTERM");
+    assert_eq!(code, 0, "graceful exit; last lines:\n{}", tail(&out));
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}; last lines:\n{}",
+        tail(&out)
+    );
+}
+
+#[tokio::test]
+async fn credentials_never_reach_the_logs_even_at_debug_level() {
+    let db = TestDb::new().await.unwrap();
+    // The local server trusts 127.0.0.1, so the password is never checked,
+    // but it is part of the configuration the worker logs about.
+    let db_url = db.url.replacen(
+        "postgres://postgres@",
+        "postgres://postgres:DbPassw0rdXyz@",
+        1,
+    );
+    assert_ne!(db_url, db.url, "test database URL has the expected form");
+    for (nats_url, secrets) in [
+        (
+            format!("nats://natsuser:NatsPassw0rdXyz@{NATS_DOWN}"),
+            vec!["NatsPassw0rdXyz", "DbPassw0rdXyz"],
+        ),
+        (
+            format!("nats://NatsT0kenXyzAbc@{NATS_DOWN}"),
+            vec!["NatsT0kenXyzAbc", "DbPassw0rdXyz"],
+        ),
+    ] {
+        let child = start(&db_url, &nats_url);
+        // Long enough for several reconnect attempts and database queries.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (_, _, out) = terminate(child, Duration::from_secs(20)).await;
+        assert!(
+            out.contains("DEBUG"),
+            "debug lines are written: {}",
+            tail(&out)
+        );
+        for secret in secrets {
+            let leaks: Vec<&str> = out.lines().filter(|l| l.contains(secret)).collect();
+            assert!(
+                leaks.is_empty(),
+                "{secret} appears in {} log lines, e.g. {}",
+                leaks.len(),
+                leaks[0]
+            );
+        }
+    }
+}
+
+fn tail(out: &str) -> String {
+    let lines: Vec<&str> = out.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
