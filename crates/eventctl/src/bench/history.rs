@@ -57,6 +57,9 @@ pub struct Args {
     pub registry_bin: Option<std::path::PathBuf>,
 }
 
+/// The request path of the `i`th sample of a read.
+type PathOf<'a> = Box<dyn Fn(usize) -> String + 'a>;
+
 /// p50 and p99 of one read, in ms.
 #[derive(Debug, Clone, Copy)]
 struct Read {
@@ -300,7 +303,7 @@ async fn measure_reads(
         }
     }
     let depth = args.deep_pages * 200;
-    let reads: [(&'static str, Box<dyn Fn(usize) -> String>); 5] = [
+    let reads: [(&'static str, PathOf<'_>); 5] = [
         (
             "GET /webhooks/stats",
             Box::new(|_| "/webhooks/stats".to_owned()),
