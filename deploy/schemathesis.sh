@@ -114,8 +114,12 @@ log "schemathesis run $base/openapi.json --checks all --max-examples $MAX_EXAMPL
 started=$SECONDS
 status=0
 # From the scratch directory: nothing is written into the repository.
+# POST /webhooks/{id}/test is left out: it POSTs to the webhook's URL, and
+# generated URLs name hosts all over the internet; traffic stays on this
+# machine (the endpoint's own tests run against local receivers).
 (cd "$work" && timeout --kill-after=10 "$TIMEOUT" "$st" run "$base/openapi.json" \
     --checks all \
+    --exclude-path '/webhooks/{webhook_id}/test' \
     --header "Authorization: Bearer $token" \
     --workers 1 \
     --max-examples "$MAX_EXAMPLES" \

@@ -176,20 +176,23 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    /// An opaque token: base64url of `<created_at µs>:<id>`.
+    /// What a cursor looks like: `<created_at µs since 1970>.<id>`, each at
+    /// most 18 digits so both always fit their types. The OpenAPI document
+    /// and [`Cursor::decode`] use this same pattern. Clients treat it as
+    /// opaque: pass back the `next_cursor` they were given.
+    pub const PATTERN: &'static str = "^-?[0-9]{1,18}\\.[0-9]{1,18}$";
+
     pub fn encode(&self) -> String {
-        use base64::Engine as _;
-        let raw = format!("{}:{}", self.created_at.timestamp_micros(), self.id);
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        format!("{}.{}", self.created_at.timestamp_micros(), self.id)
     }
 
     pub fn decode(s: &str) -> Option<Self> {
-        use base64::Engine as _;
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(s.trim())
-            .ok()?;
-        let raw = std::str::from_utf8(&raw).ok()?;
-        let (micros, id) = raw.split_once(':')?;
+        static PATTERN: std::sync::LazyLock<Option<regex::Regex>> =
+            std::sync::LazyLock::new(|| regex::Regex::new(Cursor::PATTERN).ok());
+        if !PATTERN.as_ref()?.is_match(s) {
+            return None;
+        }
+        let (micros, id) = s.split_once('.')?;
         Some(Self {
             created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
             id: id.parse().ok()?,
@@ -413,4 +416,36 @@ pub async fn queue_retry(
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::Cursor;
+
+    #[test]
+    fn cursors_round_trip_and_only_the_pattern_is_accepted() {
+        let c = Cursor {
+            created_at: chrono::DateTime::from_timestamp_micros(1_764_583_200_123_456).unwrap(),
+            id: 5_000_000_001,
+        };
+        assert_eq!(c.encode(), "1764583200123456.5000000001");
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        let re = regex::Regex::new(Cursor::PATTERN).unwrap();
+        for bad in [
+            "",
+            "1",
+            "1.",
+            ".1",
+            "+1.2",
+            "1.2 ",
+            "1.-2",
+            "1234567890123456789.1",
+            "a.b",
+        ] {
+            assert!(Cursor::decode(bad).is_none(), "{bad:?}");
+            assert!(!re.is_match(bad), "{bad:?}");
+        }
+        assert!(Cursor::decode("-5.0").is_some());
+    }
 }

@@ -192,6 +192,9 @@ fn refine(doc: &mut Value) {
             if p["name"] == "status" {
                 p["schema"]["enum"] = json!(statuses);
             }
+            if p["name"] == "cursor" {
+                p["schema"]["pattern"] = json!(crate::db::Cursor::PATTERN);
+            }
         }
     }
     if let Some(Value::Array(params)) = doc.pointer_mut("/paths/~1webhooks/get/parameters") {
