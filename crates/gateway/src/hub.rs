@@ -6,13 +6,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use actix_ws::CloseCode;
 use parking_lot::{Mutex, RwLock};
 use proto_events::PatternSet;
 use tokio::sync::Notify;
 
 use crate::metrics::{CloseKind, Metrics};
 use crate::protocol::EventFrame;
+use crate::wire::code;
 
 /// Per-client outbound limits.
 #[derive(Debug, Clone, Copy)]
@@ -24,13 +24,13 @@ pub struct QueueLimits {
 /// Why and how the server closes a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
-    pub code: CloseCode,
+    pub code: u16,
     pub reason: String,
     pub kind: CloseKind,
 }
 
 impl Close {
-    pub fn new(code: CloseCode, reason: impl Into<String>, kind: CloseKind) -> Self {
+    pub fn new(code: u16, reason: impl Into<String>, kind: CloseKind) -> Self {
         Self {
             code,
             reason: reason.into(),
@@ -40,7 +40,7 @@ impl Close {
 
     pub fn slow(limits: QueueLimits) -> Self {
         Self::new(
-            CloseCode::Again,
+            code::AGAIN,
             format!(
                 "Client too slow: more than {} messages or {} bytes queued",
                 limits.messages, limits.bytes
@@ -51,14 +51,14 @@ impl Close {
 
     pub fn revoked() -> Self {
         Self::new(
-            CloseCode::Policy,
+            code::POLICY,
             crate::protocol::INVALID_TOKEN,
             CloseKind::Revoked,
         )
     }
 
     pub fn shutdown() -> Self {
-        Self::new(CloseCode::Away, "Server shutting down", CloseKind::Shutdown)
+        Self::new(code::AWAY, "Server shutting down", CloseKind::Shutdown)
     }
 }
 
@@ -249,6 +249,8 @@ pub struct Hub {
     limits: QueueLimits,
     metrics: Metrics,
     last_seq: AtomicU64,
+    /// The epoch of the stream being fanned out (empty: not known yet).
+    epoch: RwLock<Arc<str>>,
     live: AtomicBool,
     closing: AtomicBool,
 }
@@ -265,6 +267,7 @@ impl Hub {
             limits,
             metrics,
             last_seq: AtomicU64::new(0),
+            epoch: RwLock::new(Arc::from("")),
             live: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         }
@@ -352,6 +355,32 @@ impl Hub {
     /// The highest stream sequence dispatched so far (0: none yet).
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// The epoch of the stream being fanned out (empty before the first
+    /// consumer started).
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.read().clone()
+    }
+
+    /// Records the epoch of the stream the fan-out consumer reads; whether
+    /// it is a different stream than before.
+    pub fn set_epoch(&self, epoch: Arc<str>) -> bool {
+        let mut e = self.epoch.write();
+        if **e == *epoch {
+            return false;
+        }
+        *e = epoch;
+        true
+    }
+
+    /// Starts over on a new stream whose last event is `last_seq`:
+    /// sequences of the old stream mean nothing there.
+    pub fn restart_at(&self, last_seq: u64) {
+        self.last_seq.store(last_seq, Ordering::SeqCst);
+        for c in self.clients.read().values() {
+            c.state.lock().min_seq = 0;
+        }
     }
 
     /// Records a sequence that was skipped (not a valid envelope).
@@ -451,7 +480,7 @@ mod tests {
         let mut out = VecDeque::new();
         match a.take(&mut out) {
             Take::Close(c) => {
-                assert_eq!(c.code, CloseCode::Again);
+                assert_eq!(c.code, 1013);
                 assert_eq!(c.kind, CloseKind::SlowClient);
             }
             _ => panic!("expected a close"),
@@ -493,7 +522,7 @@ mod tests {
         assert_eq!(a.take_close().unwrap().kind, CloseKind::Revoked);
         assert!(b.take_close().is_none());
         h.close_all();
-        assert_eq!(b.take_close().unwrap().code, CloseCode::Away);
+        assert_eq!(b.take_close().unwrap().code, 1001);
         let c = h.register(3, None);
         assert_eq!(c.take_close().unwrap().kind, CloseKind::Shutdown);
     }

@@ -2,9 +2,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod closing;
 mod cluster;
 mod console;
+mod hardening;
 mod helpers;
 mod protect;
 mod protocol;
+mod raw;
 mod resume;
