@@ -23,8 +23,8 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::hub::{Client, Close, Take};
-use crate::metrics::CloseKind;
+use crate::hub::{Client, Close, Signal, Take};
+use crate::metrics::{CloseKind, Metrics};
 use crate::protocol::{self, ClientMessage, EventFrame};
 use crate::replay;
 use crate::state::AppState;
@@ -178,8 +178,31 @@ enum Stop {
     Gone,
 }
 
-/// A feed of stored events from the stream: a resume replay.
+/// Why stored events are being fed to the client.
+enum FeedKind {
+    /// The client asked to resume after a sequence.
+    Resume,
+    /// The client's queue overflowed; it holds a catch-up slot.
+    CatchUp { _slot: CatchupSlot },
+}
+
+/// One of `GATEWAY_MAX_CATCHUP_CLIENTS`, counted in the gauge while held.
+struct CatchupSlot {
+    metrics: Metrics,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for CatchupSlot {
+    fn drop(&mut self) {
+        self.metrics.catchup_clients.dec();
+    }
+}
+
+/// A feed of stored events from the stream (a resume replay or a
+/// catch-up), read at the pace the client's socket takes them, until it
+/// hands the client back to live events with no gap and no duplicate.
 struct Feed {
+    kind: FeedKind,
     messages: Box<jetstream::consumer::pull::Ordered>,
     idle: Pin<Box<tokio::time::Sleep>>,
     epoch: Arc<str>,
@@ -394,6 +417,10 @@ impl Conn {
                 last_progress = Instant::now();
             }
             let room = self.out.bytes < OUT_HIGH;
+            if !room && let Some(f) = self.feed.as_mut() {
+                // the feed waits for the socket, not for the stream
+                f.idle.as_mut().reset(Instant::now() + REPLAY_IDLE);
+            }
             let wake = tokio::select! {
                 biased;
                 () = client.kill.notified() => Wake::Kill,
@@ -404,9 +431,10 @@ impl Conn {
                 () = &mut timer => Wake::Timer,
             };
             let result = match wake {
-                Wake::Kill => match client.take_close() {
-                    Some(c) => Err(Stop::Close(c)),
-                    None => Ok(()),
+                Wake::Kill => match client.signal() {
+                    Signal::Close(c) => Err(Stop::Close(c)),
+                    Signal::Lagged { since } => Box::pin(self.begin_catchup(client, since)).await,
+                    Signal::Nothing => Ok(()),
                 },
                 Wake::Writable(r) => r.map_err(|_| Stop::Gone),
                 Wake::Data => self.take_live(client),
@@ -624,6 +652,7 @@ impl Conn {
                 epoch,
             }) => {
                 self.feed = Some(Box::new(Feed {
+                    kind: FeedKind::Resume,
                     messages,
                     idle: Box::pin(tokio::time::sleep(REPLAY_IDLE)),
                     epoch,
@@ -639,6 +668,64 @@ impl Conn {
                     since,
                     0,
                     "",
+                    "stored events cannot be read now; reload",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The client's queue overflowed after `since`: feed it from the
+    /// stream (or refuse, past the limits).
+    async fn begin_catchup(&mut self, client: &Arc<Client>, since: u64) -> Result<(), Stop> {
+        let state = self.state.clone();
+        let Ok(permit) = state.catchups.clone().try_acquire_owned() else {
+            return Err(Stop::Close(Close::slow(state.hub.limits())));
+        };
+        let epoch = state.hub.epoch();
+        let limits = state.settings.catchup;
+        let behind = state.hub.last_seq().saturating_sub(since);
+        if behind > limits.max_events {
+            self.resync(
+                client,
+                since,
+                0,
+                &epoch,
+                &format!(
+                    "{behind} events behind, more than the catch-up limit of {}; reload",
+                    limits.max_events
+                ),
+            );
+            return Ok(());
+        }
+        match replay::open(&state.js, &state.ns, since + 1).await {
+            Ok(messages) => {
+                state.metrics.catchups_started.inc();
+                state.metrics.catchup_clients.inc();
+                tracing::debug!(client = client.id, since, behind, "client catching up");
+                self.reply(&protocol::catching_up_message(since, behind));
+                self.feed = Some(Box::new(Feed {
+                    kind: FeedKind::CatchUp {
+                        _slot: CatchupSlot {
+                            metrics: state.metrics.clone(),
+                            _permit: permit,
+                        },
+                    },
+                    messages,
+                    idle: Box::pin(tokio::time::sleep(REPLAY_IDLE)),
+                    epoch,
+                    since,
+                    until: 0,
+                    sent: 0,
+                }));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a catch-up");
+                self.resync(
+                    client,
+                    since,
+                    0,
+                    &epoch,
                     "stored events cannot be read now; reload",
                 );
             }
@@ -670,27 +757,73 @@ impl Conn {
             Ok(info) => (info.stream_sequence, info.pending),
             Err(_) => return Ok(()),
         };
-        if seq > f.since {
-            match protocol::event_frame(&msg.payload, seq, &f.epoch) {
-                Ok(frame) if client.filter().matches(frame.event_type) => {
-                    f.sent += 1;
-                    self.state.metrics.replayed.inc();
-                    self.state.metrics.messages_sent.inc();
-                    self.event(Arc::new(frame));
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(seq, error = %e, "replay skips an invalid message"),
+        let frame = if seq > f.since {
+            protocol::event_frame(&msg.payload, seq, &f.epoch)
+                .map_err(|e| tracing::debug!(seq, error = %e, "replay skips an invalid message"))
+                .ok()
+        } else {
+            None
+        };
+        let catching_up = matches!(f.kind, FeedKind::CatchUp { .. });
+        if catching_up {
+            let limits = self.state.settings.catchup;
+            let behind = self.state.hub.last_seq().saturating_sub(seq);
+            let age = frame
+                .as_ref()
+                .and_then(|fr| fr.published)
+                .and_then(|p| SystemTime::now().duration_since(p).ok())
+                .unwrap_or_default();
+            let why = if behind > limits.max_events {
+                Some(format!(
+                    "{behind} events behind, more than the catch-up limit of {}; reload",
+                    limits.max_events
+                ))
+            } else if age > limits.max_age {
+                Some(format!(
+                    "the next event is older than the catch-up limit of {}; reload",
+                    humantime::format_duration(limits.max_age)
+                ))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let (since, epoch) = (f.since, f.epoch.clone());
+                self.feed = None;
+                self.resync(client, since, 0, &epoch, &why);
+                return Ok(());
             }
+        }
+        if let Some(frame) = frame
+            && client.filter().matches(frame.event_type)
+        {
+            f.sent += 1;
+            let metrics = &self.state.metrics;
+            if catching_up {
+                metrics.catchup_events.inc();
+            } else {
+                metrics.replayed.inc();
+            }
+            metrics.messages_sent.inc();
+            self.event(Arc::new(frame));
         }
         let Some(f) = self.feed.as_mut() else {
             return Ok(());
         };
         if seq >= f.until || pending == 0 {
             let last = seq.max(f.until);
+            if !client.try_hand_over(last) {
+                // live events after `last` were dropped meanwhile: go on
+                return Ok(());
+            }
             let (since, sent, epoch) = (f.since, f.sent, f.epoch.clone());
+            let text = if catching_up {
+                self.state.metrics.catchups_finished.inc();
+                protocol::caught_up_message(since, sent, last, &epoch)
+            } else {
+                protocol::resumed_message(since, sent, last, &epoch)
+            };
             self.feed = None;
-            client.resume_after(last);
-            self.reply(&protocol::resumed_message(since, sent, last, &epoch));
+            self.reply(&text);
         }
         Ok(())
     }

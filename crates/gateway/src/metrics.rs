@@ -53,6 +53,10 @@ pub struct Metrics {
     pub events_invalid: Counter,
     pub replayed: Counter,
     pub resyncs: Counter,
+    pub catchup_clients: Gauge,
+    pub catchups_started: Counter,
+    pub catchups_finished: Counter,
+    pub catchup_events: Counter,
     pub clients_closed: Family<Labels, Counter>,
     pub event_to_send: Histogram,
 }
@@ -69,6 +73,10 @@ impl Metrics {
             events_invalid: Counter::default(),
             replayed: Counter::default(),
             resyncs: Counter::default(),
+            catchup_clients: Gauge::default(),
+            catchups_started: Counter::default(),
+            catchups_finished: Counter::default(),
+            catchup_events: Counter::default(),
             clients_closed: Family::default(),
             event_to_send: latency_histogram(),
         };
@@ -106,6 +114,26 @@ impl Metrics {
             "gateway_resync_required",
             "Resumes answered with resync_required",
             m.resyncs.clone(),
+        );
+        registry.register(
+            "gateway_catchup_clients",
+            "Clients in catch-up mode now (fed from the stream after their queue overflowed)",
+            m.catchup_clients.clone(),
+        );
+        registry.register(
+            "gateway_catchups_started",
+            "Catch-ups started",
+            m.catchups_started.clone(),
+        );
+        registry.register(
+            "gateway_catchups_finished",
+            "Catch-ups that handed the client back to live events",
+            m.catchups_finished.clone(),
+        );
+        registry.register(
+            "gateway_catchup_events_sent",
+            "Events sent to clients from a catch-up",
+            m.catchup_events.clone(),
         );
         registry.register(
             "gateway_clients_closed",

@@ -167,6 +167,37 @@ pub fn resumed_message(since: u64, replayed: u64, last_seq: u64, epoch: &str) ->
     })
 }
 
+#[derive(Serialize)]
+struct CatchingUpOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    since: u64,
+    behind: u64,
+}
+
+/// `{"type":"catching_up","since":N,"behind":K}`: the client fell behind;
+/// events after `N` now come from the stream at the pace it reads, then
+/// `caught_up`, then live events again.
+pub fn catching_up_message(since: u64, behind: u64) -> String {
+    to_text(&CatchingUpOut {
+        kind: "catching_up",
+        since,
+        behind,
+    })
+}
+
+/// `{"type":"caught_up","since":N,"replayed":K,"last_seq":S,"epoch":E}`:
+/// the catch-up is over, live events follow with no gap.
+pub fn caught_up_message(since: u64, replayed: u64, last_seq: u64, epoch: &str) -> String {
+    to_text(&ResumedOut {
+        kind: "caught_up",
+        since,
+        replayed,
+        last_seq,
+        epoch,
+    })
+}
+
 /// A client request as sent: a JSON object tagged by `type`.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
