@@ -12,3 +12,4 @@ mod protect;
 mod protocol;
 mod raw;
 mod resume;
+mod shutdown;
