@@ -63,6 +63,10 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 
+if [[ -n ${PERF_OUT:-} ]]; then
+    # profile the gateway while its run publishes
+    (sleep "${PERF_DELAY:-8}"; perf record -g -p "$gw_pid" -o "$PERF_OUT" -- sleep "${PERF_SECS:-5}" >/dev/null 2>&1) &
+fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "date: $(date -u +%FT%TZ)"
 "$bin/eventctl" bench fanout --token "$token" --clients "$clients" --rate "$rate" \

@@ -296,11 +296,11 @@ impl Accepted {
             last_sent: 0,
         };
         let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            conn.finish(Stop::Close(Close::new(
+            Box::pin(conn.finish(Stop::Close(Close::new(
                 code::AGAIN,
                 "Try again later: too many connections",
                 CloseKind::TooManyConnections,
-            )))
+            ))))
             .await;
             return;
         };
@@ -313,7 +313,7 @@ impl Accepted {
         let principal = match Box::pin(authenticate(&state, token, ip.as_deref())).await {
             Ok(p) => p,
             Err(close) => {
-                conn.finish(Stop::Close(close)).await;
+                Box::pin(conn.finish(Stop::Close(close))).await;
                 return;
             }
         };
@@ -333,7 +333,8 @@ impl Accepted {
         );
         let stop = conn.run(&client, start).await;
         drop(reg);
-        conn.finish(stop).await;
+        // boxed: rare, and it would make every idle connection larger
+        Box::pin(conn.finish(stop)).await;
         tracing::debug!(client = client.id, "client disconnected");
     }
 }
@@ -858,7 +859,9 @@ impl Conn {
             return;
         }
         let deadline = Instant::now() + LINGER;
-        let mut sink = [0u8; 4096];
+        // on the heap, and only now: a buffer here would make every idle
+        // connection's future 4 KiB larger
+        let mut sink = vec![0u8; 4096];
         loop {
             match tokio::time::timeout_at(deadline, self.tcp.readable()).await {
                 Ok(Ok(())) => match self.tcp.try_read(&mut sink) {

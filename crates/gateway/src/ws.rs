@@ -130,20 +130,26 @@ pub async fn upgrade(
     framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), Infallible> {
     let _tracked = state.tracker.token();
-    let parts = framed.into_parts();
-    let mut tcp = parts.io;
-    if !parts.write_buf.is_empty() && tcp.write_all(&parts.write_buf).await.is_err() {
+    let actix_codec::FramedParts {
+        io: mut tcp,
+        read_buf,
+        write_buf,
+        ..
+    } = framed.into_parts();
+    if !write_buf.is_empty() && tcp.write_all(&write_buf).await.is_err() {
         return Ok(());
     }
+    // actix's buffers are not kept for the life of the connection
+    drop(write_buf);
     if req.path() != "/ws" {
-        respond(tcp, "404 Not Found", "", "Not Found").await;
+        Box::pin(respond(tcp, "404 Not Found", "", "Not Found")).await;
         return Ok(());
     }
     if !origin_allowed(
         &state.settings.origins,
         req.head().headers().get(header::ORIGIN),
     ) {
-        respond(tcp, "403 Forbidden", "", "Origin not allowed").await;
+        Box::pin(respond(tcp, "403 Forbidden", "", "Origin not allowed")).await;
         return Ok(());
     }
     if let Err(e) = actix_http::ws::verify_handshake(req.head()) {
@@ -157,7 +163,7 @@ pub async fn upgrade(
                 )
                 .await;
             }
-            _ => respond(tcp, "400 Bad Request", "", &e.to_string()).await,
+            _ => Box::pin(respond(tcp, "400 Bad Request", "", &e.to_string())).await,
         }
         return Ok(());
     }
@@ -183,13 +189,15 @@ pub async fn upgrade(
     let accepted = conn::Accepted {
         state: state.clone(),
         tcp,
-        read: parts.read_buf,
+        read: read_buf,
         token,
         ip,
         start: query.start(),
     };
     drop(req);
-    accepted.serve().await;
+    // boxed: the handshake's state above is not kept for the life of the
+    // connection
+    Box::pin(accepted.serve()).await;
     Ok(())
 }
 

@@ -76,7 +76,15 @@ async fn a_slow_reader_gets_every_event_once_in_order_without_a_close() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        slow.roundtrip().await;
+        // what follows the last event (a caught_up, at least), up to a pong
+        slow.send_json(json!({"type": "ping"})).await;
+        loop {
+            let v = slow.next_json().await;
+            if v["type"] == "pong" {
+                break;
+            }
+            kinds.push(v);
+        }
         (seqs, kinds)
     });
     let published = publish_many(&b, total, |i| fast_seen.load(Ordering::SeqCst) + 400 >= i).await;
@@ -170,7 +178,14 @@ async fn a_client_that_never_reads_is_dropped() {
     let app = TestApp::spawn(cfg).await;
     let url = app.ws_url(&format!("?token={}", b.token));
     let stalled = Ws::connect_small_buffer(&url, app.addr).await;
-    let mut fast = app.connect_ok(&b.token).await;
+    // a client that keeps reading stays
+    let mut reader = app.connect_ok(&b.token).await;
+    let reading = tokio::spawn(async move {
+        for _ in 0..1000 {
+            reader.next_event().await;
+        }
+        reader
+    });
     publish_many(&b, 1000, |_| true).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -185,7 +200,8 @@ async fn a_client_that_never_reads_is_dropped() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    fast.roundtrip().await;
+    let mut reader = reading.await.unwrap();
+    reader.roundtrip().await;
     drop(stalled);
     app.stop().await;
     b.cleanup().await;
