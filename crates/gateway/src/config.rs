@@ -65,6 +65,23 @@ pub struct Config {
     /// Smaller values bound kernel memory per slow client.
     #[arg(long, env = "GATEWAY_SOCKET_SEND_BUFFER", default_value_t = 0)]
     pub socket_send_buffer: usize,
+    /// A client whose socket takes no bytes for this long (it stopped
+    /// reading) is disconnected.
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// Clients that may be in catch-up mode at once (fed from the stream
+    /// after their queue overflowed); past it a lagging client is closed
+    /// with 1013.
+    #[arg(long, env = "GATEWAY_MAX_CATCHUP_CLIENTS", default_value_t = 256)]
+    pub max_catchup_clients: usize,
+    /// How many events a client may fall behind before catch-up gives up
+    /// and sends `resync_required`.
+    #[arg(long, env = "GATEWAY_CATCHUP_MAX_EVENTS", default_value_t = 100_000)]
+    pub catchup_max_events: u64,
+    /// How old the next event a catching-up client needs may be before
+    /// catch-up gives up and sends `resync_required`.
+    #[arg(long, env = "GATEWAY_CATCHUP_MAX_AGE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub catchup_max_age: Duration,
     /// How long shutdown waits for clients to take their 1001 close frame.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -101,6 +118,10 @@ impl std::fmt::Debug for Config {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("max_replay", &self.max_replay)
             .field("socket_send_buffer", &self.socket_send_buffer)
+            .field("write_timeout", &self.write_timeout)
+            .field("max_catchup_clients", &self.max_catchup_clients)
+            .field("catchup_max_events", &self.catchup_max_events)
+            .field("catchup_max_age", &self.catchup_max_age)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("workers", &self.workers)
             .field("token_hmac_secret", &"***")
@@ -130,6 +151,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.ping_interval.is_zero() || self.pong_timeout.is_zero() {
             return Err("ping interval and pong timeout must be positive".into());
+        }
+        if self.write_timeout.is_zero() {
+            return Err("write timeout must be positive".into());
         }
         if self.token_recheck.is_zero() {
             return Err("token recheck interval must be positive".into());

@@ -53,8 +53,12 @@ async fn consume(
     // rebuilt after an error starts after the last event seen, so events
     // stored while it was down still reach live clients (even when none
     // had arrived before the error).
-    if hub.last_seq() == 0 {
-        hub.skip(stream.cached_info().state.last_sequence);
+    let info = stream.cached_info();
+    let epoch = crate::replay::epoch(info);
+    if hub.set_epoch(epoch.clone()) {
+        // A new stream (first start, or the stream was recreated): its
+        // sequences start again; go on after its last event.
+        hub.restart_at(info.state.last_sequence);
     }
     let deliver_policy = DeliverPolicy::ByStartSequence {
         start_sequence: hub.last_seq() + 1,
@@ -90,7 +94,7 @@ async fn consume(
         if seq <= hub.last_seq() {
             continue;
         }
-        match event_frame(&msg.payload, seq) {
+        match event_frame(&msg.payload, seq, &epoch) {
             Ok(frame) => hub.dispatch(frame),
             Err(e) => {
                 metrics.events_invalid.inc();

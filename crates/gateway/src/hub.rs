@@ -6,13 +6,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use actix_ws::CloseCode;
 use parking_lot::{Mutex, RwLock};
 use proto_events::PatternSet;
 use tokio::sync::Notify;
 
 use crate::metrics::{CloseKind, Metrics};
 use crate::protocol::EventFrame;
+use crate::wire::code;
 
 /// Per-client outbound limits.
 #[derive(Debug, Clone, Copy)]
@@ -24,13 +24,13 @@ pub struct QueueLimits {
 /// Why and how the server closes a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {
-    pub code: CloseCode,
+    pub code: u16,
     pub reason: String,
     pub kind: CloseKind,
 }
 
 impl Close {
-    pub fn new(code: CloseCode, reason: impl Into<String>, kind: CloseKind) -> Self {
+    pub fn new(code: u16, reason: impl Into<String>, kind: CloseKind) -> Self {
         Self {
             code,
             reason: reason.into(),
@@ -40,7 +40,7 @@ impl Close {
 
     pub fn slow(limits: QueueLimits) -> Self {
         Self::new(
-            CloseCode::Again,
+            code::AGAIN,
             format!(
                 "Client too slow: more than {} messages or {} bytes queued",
                 limits.messages, limits.bytes
@@ -51,14 +51,14 @@ impl Close {
 
     pub fn revoked() -> Self {
         Self::new(
-            CloseCode::Policy,
+            code::POLICY,
             crate::protocol::INVALID_TOKEN,
             CloseKind::Revoked,
         )
     }
 
     pub fn shutdown() -> Self {
-        Self::new(CloseCode::Away, "Server shutting down", CloseKind::Shutdown)
+        Self::new(code::AWAY, "Server shutting down", CloseKind::Shutdown)
     }
 }
 
@@ -72,6 +72,12 @@ struct ClientState {
     /// Live events at or below this sequence are not queued: a replay
     /// already sent them (the fan-out consumer may lag behind the replay).
     min_seq: u64,
+    /// Held-back events up to this sequence were dropped (the queue
+    /// overflowed): a replay must reach it before live events can follow.
+    gap_until: u64,
+    /// The queue overflowed while live: the connection should catch up
+    /// from the stream after this sequence.
+    lag: Option<u64>,
     close: Option<Close>,
 }
 
@@ -87,6 +93,17 @@ pub struct Client {
     pub kill: Notify,
 }
 
+/// Why the connection was woken on `kill`.
+pub enum Signal {
+    Close(Close),
+    /// The queue overflowed; live events are held back until a catch-up
+    /// from the stream after `since` hands over.
+    Lagged {
+        since: u64,
+    },
+    Nothing,
+}
+
 /// What the connection task takes from its queue.
 pub enum Take {
     Close(Close),
@@ -95,8 +112,10 @@ pub enum Take {
 }
 
 impl Client {
-    /// Queues the frames this client's filter selects, in order; closes
-    /// the client instead when its queue would pass a limit.
+    /// Queues the frames this client's filter selects, in order. A queue
+    /// that would pass a limit is dropped instead (the events are in the
+    /// stream): a live client is told to catch up, a paused one (already
+    /// replaying) notes how far its replay must now go.
     fn offer(&self, frames: &[Arc<EventFrame>], limits: QueueLimits) {
         let mut st = self.state.lock();
         if st.close.is_some() {
@@ -109,11 +128,20 @@ impl Client {
                 continue;
             }
             if st.queue.len() >= limits.messages || st.bytes + frame.cost() > limits.bytes {
+                let first = st.queue.front().map_or(frame.seq, |f| f.seq);
+                let last = frames.last().map_or(frame.seq, |f| f.seq);
                 st.queue = VecDeque::new();
                 st.bytes = 0;
-                st.close = Some(Close::slow(limits));
+                st.gap_until = st.gap_until.max(last);
+                let signal = !st.paused;
+                st.paused = true;
+                if signal {
+                    st.lag = Some(first.saturating_sub(1));
+                }
                 drop(st);
-                self.kill.notify_one();
+                if signal {
+                    self.kill.notify_one();
+                }
                 return;
             }
             st.queue.push_back(frame.clone());
@@ -141,6 +169,19 @@ impl Client {
     /// The pending close, if any.
     pub fn take_close(&self) -> Option<Close> {
         self.state.lock().close.take()
+    }
+
+    /// What the `kill` notification was about: a close, or a queue that
+    /// overflowed (catch up after this sequence).
+    pub fn signal(&self) -> Signal {
+        let mut st = self.state.lock();
+        if let Some(c) = st.close.take() {
+            return Signal::Close(c);
+        }
+        match st.lag.take() {
+            Some(since) => Signal::Lagged { since },
+            None => Signal::Nothing,
+        }
     }
 
     /// Moves queued frames into `out` (which must be empty), unless the
@@ -173,10 +214,24 @@ impl Client {
         self.state.lock().paused = true;
     }
 
+    /// Ends a replay that reached `pos` if nothing held back after it was
+    /// dropped: drops held-back events the replay covered, lets the rest
+    /// flow and returns true. False: the replay must go on.
+    pub fn try_hand_over(&self, pos: u64) -> bool {
+        if self.state.lock().gap_until > pos {
+            return false;
+        }
+        self.resume_after(pos);
+        true
+    }
+
     /// Ends a replay: drops held-back live events the replay already
-    /// covered (`seq <= last_replayed`), then lets the rest flow.
+    /// covered (`seq <= last_replayed`), then lets the rest flow (a gap
+    /// left by an overflow is forgotten: the caller told the client).
     pub fn resume_after(&self, last_replayed: u64) {
         let mut st = self.state.lock();
+        st.gap_until = 0;
+        st.lag = None;
         st.queue.retain(|f| f.seq > last_replayed);
         st.bytes = st.queue.iter().map(|f| f.cost()).sum();
         st.paused = false;
@@ -197,18 +252,14 @@ pub struct Shard {
     clients: Mutex<HashMap<u64, Arc<Client>>>,
     inbox: Mutex<Vec<Arc<EventFrame>>>,
     wake: Notify,
-    /// Frames are handed out inside `dispatch` (no task), for clients
-    /// registered outside a worker thread.
-    inline: bool,
 }
 
 impl Shard {
-    fn new(inline: bool) -> Arc<Self> {
+    fn new() -> Arc<Self> {
         Arc::new(Self {
             clients: Mutex::new(HashMap::new()),
             inbox: Mutex::new(Vec::new()),
             wake: Notify::new(),
-            inline,
         })
     }
 
@@ -244,36 +295,30 @@ pub struct Hub {
     id: u64,
     clients: RwLock<HashMap<u64, Arc<Client>>>,
     shards: RwLock<Vec<Arc<Shard>>>,
-    inline: Arc<Shard>,
     next_id: AtomicU64,
     limits: QueueLimits,
     metrics: Metrics,
     last_seq: AtomicU64,
+    /// The epoch of the stream being fanned out (empty: not known yet).
+    epoch: RwLock<Arc<str>>,
     live: AtomicBool,
     closing: AtomicBool,
 }
 
 impl Hub {
     pub fn new(limits: QueueLimits, metrics: Metrics) -> Self {
-        let inline = Shard::new(true);
         Self {
             id: HUB_IDS.fetch_add(1, Ordering::Relaxed),
             clients: RwLock::new(HashMap::new()),
-            shards: RwLock::new(vec![inline.clone()]),
-            inline,
+            shards: RwLock::new(Vec::new()),
             next_id: AtomicU64::new(1),
             limits,
             metrics,
             last_seq: AtomicU64::new(0),
+            epoch: RwLock::new(Arc::from("")),
             live: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         }
-    }
-
-    /// Adds a client whose frames are handed out inside [`Hub::dispatch`];
-    /// during shutdown it is told to close at once.
-    pub fn register(&self, token_id: i32, filter: Option<PatternSet>) -> Arc<Client> {
-        self.add(token_id, filter, self.inline.clone())
     }
 
     /// Adds a client to this thread's shard, starting the shard's task on
@@ -284,7 +329,7 @@ impl Hub {
             if let Some((_, shard)) = shards.iter().find(|(id, _)| *id == self.id) {
                 return shard.clone();
             }
-            let shard = Shard::new(false);
+            let shard = Shard::new();
             tokio::task::spawn_local(shard.clone().run(self.limits));
             self.shards.write().push(shard.clone());
             shards.push((self.id, shard.clone()));
@@ -333,10 +378,6 @@ impl Hub {
         let seq = frame.seq;
         let frame = Arc::new(frame);
         for shard in self.shards.read().iter() {
-            if shard.inline {
-                shard.offer_all(std::slice::from_ref(&frame), self.limits);
-                continue;
-            }
             let mut inbox = shard.inbox.lock();
             let was_empty = inbox.is_empty();
             inbox.push(frame.clone());
@@ -352,6 +393,32 @@ impl Hub {
     /// The highest stream sequence dispatched so far (0: none yet).
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::SeqCst)
+    }
+
+    /// The epoch of the stream being fanned out (empty before the first
+    /// consumer started).
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.read().clone()
+    }
+
+    /// Records the epoch of the stream the fan-out consumer reads; whether
+    /// it is a different stream than before.
+    pub fn set_epoch(&self, epoch: Arc<str>) -> bool {
+        let mut e = self.epoch.write();
+        if **e == *epoch {
+            return false;
+        }
+        *e = epoch;
+        true
+    }
+
+    /// Starts over on a new stream whose last event is `last_seq`:
+    /// sequences of the old stream mean nothing there.
+    pub fn restart_at(&self, last_seq: u64) {
+        self.last_seq.store(last_seq, Ordering::SeqCst);
+        for c in self.clients.read().values() {
+            c.state.lock().min_seq = 0;
+        }
     }
 
     /// Records a sequence that was skipped (not a valid envelope).
@@ -423,78 +490,147 @@ mod tests {
         Hub::new(QueueLimits { messages, bytes }, Metrics::new())
     }
 
-    #[test]
-    fn filters_and_queues() {
-        let h = hub(10, 1000);
-        let a = h.register(1, None);
-        let b = h.register(2, None);
-        b.set_filter(PatternSet::parse(["ticket.*"]).unwrap());
-        h.dispatch(frame(1, EventType::UserCreated, 10));
-        h.dispatch(frame(2, EventType::TicketCreated, 10));
-        let mut out = VecDeque::new();
-        assert!(matches!(a.take(&mut out), Take::Frames));
-        assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2]);
-        out.clear();
-        assert!(matches!(b.take(&mut out), Take::Frames));
-        assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(h.last_seq(), 2);
-        assert_eq!(h.token_ids(), vec![1, 2]);
+    /// Runs `f` on a worker-like thread (a `LocalSet`), as the gateway's
+    /// connections run.
+    fn on_worker<F: std::future::Future<Output = ()>>(f: F) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f);
+    }
+
+    /// Lets the shard task hand out what was dispatched.
+    async fn settle() {
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn seqs(out: &VecDeque<Arc<EventFrame>>) -> Vec<u64> {
+        out.iter().map(|f| f.seq).collect()
     }
 
     #[test]
-    fn overflow_closes_with_1013() {
-        let h = hub(3, 1000);
-        let a = h.register(1, None);
-        for seq in 1..=4 {
-            h.dispatch(frame(seq, EventType::UserCreated, 10));
-        }
-        let mut out = VecDeque::new();
-        match a.take(&mut out) {
-            Take::Close(c) => {
-                assert_eq!(c.code, CloseCode::Again);
-                assert_eq!(c.kind, CloseKind::SlowClient);
+    fn filters_and_queues() {
+        on_worker(async {
+            let h = hub(10, 1000);
+            let a = h.register_local(1, None);
+            let b = h.register_local(2, None);
+            b.set_filter(PatternSet::parse(["ticket.*"]).unwrap());
+            h.dispatch(frame(1, EventType::UserCreated, 10));
+            h.dispatch(frame(2, EventType::TicketCreated, 10));
+            settle().await;
+            let mut out = VecDeque::new();
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            assert_eq!(seqs(&out), vec![1, 2]);
+            out.clear();
+            assert!(matches!(b.take(&mut out), Take::Frames));
+            assert_eq!(seqs(&out), vec![2]);
+            assert_eq!(h.last_seq(), 2);
+            assert_eq!(h.token_ids(), vec![1, 2]);
+            h.unregister(&a);
+            assert_eq!(h.len(), 1);
+        });
+    }
+
+    #[test]
+    fn an_overflow_asks_for_a_catch_up_instead_of_a_close() {
+        on_worker(async {
+            let h = hub(3, 1000);
+            let a = h.register_local(1, None);
+            let mut out = VecDeque::new();
+            h.dispatch(frame(1, EventType::UserCreated, 10));
+            settle().await;
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            for seq in 2..=6 {
+                h.dispatch(frame(seq, EventType::UserCreated, 10));
             }
-            _ => panic!("expected a close"),
-        }
-        let h = hub(100, 25);
-        let b = h.register(1, None);
-        h.dispatch(frame(1, EventType::UserCreated, 10));
-        h.dispatch(frame(2, EventType::UserCreated, 10));
-        assert!(b.take_close().is_none());
-        h.dispatch(frame(3, EventType::UserCreated, 10));
-        assert!(b.take_close().is_some());
+            settle().await;
+            // 2, 3, 4 were queued, 5 overflowed: the queue is dropped (with
+            // the rest of that batch) and the client must catch up after 1
+            assert!(matches!(a.signal(), Signal::Lagged { since: 1 }));
+            out.clear();
+            assert!(matches!(a.take(&mut out), Take::Nothing), "held back");
+            // the catch-up must reach 6, the last event dropped
+            assert!(!a.try_hand_over(5));
+            assert!(a.try_hand_over(6));
+            assert!(matches!(a.take(&mut out), Take::Nothing));
+            h.dispatch(frame(7, EventType::UserCreated, 10));
+            settle().await;
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            assert_eq!(seqs(&out), vec![7]);
+            // byte limit
+            let h = hub(100, 25);
+            let b = h.register_local(1, None);
+            h.dispatch(frame(1, EventType::UserCreated, 10));
+            h.dispatch(frame(2, EventType::UserCreated, 10));
+            settle().await;
+            assert!(matches!(b.signal(), Signal::Nothing));
+            h.dispatch(frame(3, EventType::UserCreated, 10));
+            settle().await;
+            assert!(matches!(b.signal(), Signal::Lagged { since: 0 }));
+        });
+    }
+
+    #[test]
+    fn an_overflow_during_a_replay_extends_it() {
+        on_worker(async {
+            let h = hub(2, 1000);
+            let a = h.register_local(1, None);
+            a.pause();
+            for seq in 10..=14 {
+                h.dispatch(frame(seq, EventType::UserCreated, 10));
+            }
+            settle().await;
+            // no new signal: the replay running goes on until past 14
+            assert!(matches!(a.signal(), Signal::Nothing));
+            assert!(!a.try_hand_over(13));
+            assert!(a.try_hand_over(14));
+            h.dispatch(frame(15, EventType::UserCreated, 10));
+            settle().await;
+            let mut out = VecDeque::new();
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            assert_eq!(seqs(&out), vec![15]);
+        });
     }
 
     #[test]
     fn pause_and_hand_over_drops_what_the_replay_covered() {
-        let h = hub(100, 10_000);
-        let a = h.register(1, None);
-        a.pause();
-        for seq in 5..=9 {
-            h.dispatch(frame(seq, EventType::UserCreated, 10));
-        }
-        let mut out = VecDeque::new();
-        assert!(matches!(a.take(&mut out), Take::Nothing));
-        a.resume_after(7);
-        assert!(matches!(a.take(&mut out), Take::Frames));
-        assert_eq!(out.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![8, 9]);
-        // a lagging fan-out consumer delivering what the replay covered
-        out.clear();
-        h.dispatch(frame(6, EventType::UserCreated, 10));
-        assert!(matches!(a.take(&mut out), Take::Nothing));
+        on_worker(async {
+            let h = hub(100, 10_000);
+            let a = h.register_local(1, None);
+            a.pause();
+            for seq in 5..=9 {
+                h.dispatch(frame(seq, EventType::UserCreated, 10));
+            }
+            settle().await;
+            let mut out = VecDeque::new();
+            assert!(matches!(a.take(&mut out), Take::Nothing));
+            a.resume_after(7);
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            assert_eq!(seqs(&out), vec![8, 9]);
+            // a lagging fan-out consumer delivering what the replay covered
+            out.clear();
+            h.dispatch(frame(6, EventType::UserCreated, 10));
+            settle().await;
+            assert!(matches!(a.take(&mut out), Take::Nothing));
+        });
     }
 
     #[test]
     fn revoked_and_shutdown() {
-        let h = hub(10, 1000);
-        let a = h.register(1, None);
-        let b = h.register(2, None);
-        assert_eq!(h.close_revoked(&[2]), 1);
-        assert_eq!(a.take_close().unwrap().kind, CloseKind::Revoked);
-        assert!(b.take_close().is_none());
-        h.close_all();
-        assert_eq!(b.take_close().unwrap().code, CloseCode::Away);
-        let c = h.register(3, None);
-        assert_eq!(c.take_close().unwrap().kind, CloseKind::Shutdown);
+        on_worker(async {
+            let h = hub(10, 1000);
+            let a = h.register_local(1, None);
+            let b = h.register_local(2, None);
+            assert_eq!(h.close_revoked(&[2]), 1);
+            assert_eq!(a.take_close().unwrap().kind, CloseKind::Revoked);
+            assert!(b.take_close().is_none());
+            h.close_all();
+            assert_eq!(b.take_close().unwrap().code, 1001);
+            let c = h.register_local(3, None);
+            assert_eq!(c.take_close().unwrap().kind, CloseKind::Shutdown);
+        });
     }
 }

@@ -4,12 +4,15 @@
 //! re-checks and a live console page at `/`.
 
 pub mod config;
+mod conn;
 mod fanout;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
 mod replay;
 pub mod startup;
+pub mod state;
+pub mod wire;
 mod ws;
 
 pub use config::Config;

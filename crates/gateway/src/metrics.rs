@@ -15,6 +15,7 @@ pub enum CloseKind {
     AuthUnavailable,
     TooManyConnections,
     SlowClient,
+    WriteTimeout,
     PingTimeout,
     FrameTooLarge,
     ProtocolError,
@@ -31,6 +32,7 @@ impl CloseKind {
             CloseKind::AuthUnavailable => "auth_unavailable",
             CloseKind::TooManyConnections => "too_many_connections",
             CloseKind::SlowClient => "slow_client",
+            CloseKind::WriteTimeout => "write_timeout",
             CloseKind::PingTimeout => "ping_timeout",
             CloseKind::FrameTooLarge => "frame_too_large",
             CloseKind::ProtocolError => "protocol_error",
@@ -51,6 +53,10 @@ pub struct Metrics {
     pub events_invalid: Counter,
     pub replayed: Counter,
     pub resyncs: Counter,
+    pub catchup_clients: Gauge,
+    pub catchups_started: Counter,
+    pub catchups_finished: Counter,
+    pub catchup_events: Counter,
     pub clients_closed: Family<Labels, Counter>,
     pub event_to_send: Histogram,
 }
@@ -67,6 +73,10 @@ impl Metrics {
             events_invalid: Counter::default(),
             replayed: Counter::default(),
             resyncs: Counter::default(),
+            catchup_clients: Gauge::default(),
+            catchups_started: Counter::default(),
+            catchups_finished: Counter::default(),
+            catchup_events: Counter::default(),
             clients_closed: Family::default(),
             event_to_send: latency_histogram(),
         };
@@ -104,6 +114,26 @@ impl Metrics {
             "gateway_resync_required",
             "Resumes answered with resync_required",
             m.resyncs.clone(),
+        );
+        registry.register(
+            "gateway_catchup_clients",
+            "Clients in catch-up mode now (fed from the stream after their queue overflowed)",
+            m.catchup_clients.clone(),
+        );
+        registry.register(
+            "gateway_catchups_started",
+            "Catch-ups started",
+            m.catchups_started.clone(),
+        );
+        registry.register(
+            "gateway_catchups_finished",
+            "Catch-ups that handed the client back to live events",
+            m.catchups_finished.clone(),
+        );
+        registry.register(
+            "gateway_catchup_events_sent",
+            "Events sent to clients from a catch-up",
+            m.catchup_events.clone(),
         );
         registry.register(
             "gateway_clients_closed",

@@ -51,6 +51,7 @@ struct Outbound<'a> {
     timestamp: &'a str,
     id: &'a str,
     seq: u64,
+    epoch: &'a str,
 }
 
 /// Why a stored message cannot be sent to clients.
@@ -63,9 +64,10 @@ pub enum FrameError {
 }
 
 /// Turns a stored envelope into the client message
-/// `{"type","payload","timestamp","id","seq"}`. The payload's bytes are
-/// passed through as the publisher wrote them (key order included).
-pub fn event_frame(body: &[u8], seq: u64) -> Result<EventFrame, FrameError> {
+/// `{"type","payload","timestamp","id","seq","epoch"}`. The payload's bytes
+/// are passed through as the publisher wrote them (key order included).
+/// `epoch` names the stream the sequence belongs to.
+pub fn event_frame(body: &[u8], seq: u64, epoch: &str) -> Result<EventFrame, FrameError> {
     let env = Envelope::parse(body)?;
     let raw: RawEnvelope<'_> = serde_json::from_slice(body)?;
     let text = serde_json::to_string(&Outbound {
@@ -74,6 +76,7 @@ pub fn event_frame(body: &[u8], seq: u64) -> Result<EventFrame, FrameError> {
         timestamp: &env.timestamp,
         id: &env.id,
         seq,
+        epoch,
     })?;
     let published = chrono::DateTime::parse_from_rfc3339(&env.timestamp)
         .ok()
@@ -106,16 +109,18 @@ struct ResyncOut<'a> {
     kind: &'static str,
     since: u64,
     first_seq: u64,
+    epoch: &'a str,
     message: &'a str,
 }
 
 #[derive(Serialize)]
-struct ResumedOut {
+struct ResumedOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     since: u64,
     replayed: u64,
     last_seq: u64,
+    epoch: &'a str,
 }
 
 fn to_text(v: &impl Serialize) -> String {
@@ -139,25 +144,73 @@ pub fn subscribed_message(events: &[String]) -> String {
     })
 }
 
-/// `{"type":"resync_required","since":N,"first_seq":F,"message":…}`.
-pub fn resync_message(since: u64, first_seq: u64, message: &str) -> String {
+/// `{"type":"resync_required","since":N,"first_seq":F,"epoch":E,"message":…}`.
+pub fn resync_message(since: u64, first_seq: u64, epoch: &str, message: &str) -> String {
     to_text(&ResyncOut {
         kind: "resync_required",
         since,
         first_seq,
+        epoch,
         message,
     })
 }
 
-/// `{"type":"resumed","since":N,"replayed":K,"last_seq":S}`, sent when a
-/// replay has caught up and live events follow.
-pub fn resumed_message(since: u64, replayed: u64, last_seq: u64) -> String {
+/// `{"type":"resumed","since":N,"replayed":K,"last_seq":S,"epoch":E}`, sent
+/// when a replay has caught up and live events follow.
+pub fn resumed_message(since: u64, replayed: u64, last_seq: u64, epoch: &str) -> String {
     to_text(&ResumedOut {
         kind: "resumed",
         since,
         replayed,
         last_seq,
+        epoch,
     })
+}
+
+#[derive(Serialize)]
+struct CatchingUpOut {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    since: u64,
+    behind: u64,
+}
+
+/// `{"type":"catching_up","since":N,"behind":K}`: the client fell behind;
+/// events after `N` now come from the stream at the pace it reads, then
+/// `caught_up`, then live events again.
+pub fn catching_up_message(since: u64, behind: u64) -> String {
+    to_text(&CatchingUpOut {
+        kind: "catching_up",
+        since,
+        behind,
+    })
+}
+
+/// `{"type":"caught_up","since":N,"replayed":K,"last_seq":S,"epoch":E}`:
+/// the catch-up is over, live events follow with no gap.
+pub fn caught_up_message(since: u64, replayed: u64, last_seq: u64, epoch: &str) -> String {
+    to_text(&ResumedOut {
+        kind: "caught_up",
+        since,
+        replayed,
+        last_seq,
+        epoch,
+    })
+}
+
+/// A client request as sent: a JSON object tagged by `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Request {
+    Ping,
+    Subscribe {
+        events: Vec<String>,
+    },
+    Resume {
+        since: u64,
+        #[serde(default)]
+        epoch: Option<String>,
+    },
 }
 
 /// What a client asked for.
@@ -170,10 +223,12 @@ pub enum ClientMessage {
     },
     Resume {
         since: u64,
+        /// The stream epoch the client's `since` belongs to.
+        epoch: Option<String>,
     },
     /// Valid JSON but not a request we know; answered with an error.
     Unknown(String),
-    /// Not JSON (or not an object with a `type`): logged and ignored.
+    /// Not JSON (or not a JSON object): logged and ignored.
     Invalid,
 }
 
@@ -181,47 +236,31 @@ pub enum ClientMessage {
 pub fn parse_client(text: &str) -> ClientMessage {
     // Only a JSON object is a request; anything else is ignored like
     // invalid JSON.
-    let Ok(mut msg) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
-    else {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
         return ClientMessage::Invalid;
     };
-    let kind = match msg.remove("type") {
-        Some(serde_json::Value::String(k)) => k,
+    if !value.is_object() {
+        return ClientMessage::Invalid;
+    }
+    let kind = match value.get("type") {
+        Some(serde_json::Value::String(k)) => k.chars().take(64).collect::<String>(),
         Some(_) => return ClientMessage::Unknown("'type' must be a string".into()),
         None => return ClientMessage::Unknown("message has no 'type'".into()),
     };
-    match kind.as_str() {
-        "ping" => ClientMessage::Ping,
-        "subscribe" => {
-            let Some(serde_json::Value::Array(items)) = msg.remove("events") else {
-                return ClientMessage::Unknown(
-                    "subscribe needs 'events': a list of event types or patterns".into(),
-                );
-            };
-            let mut events = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    serde_json::Value::String(s) => events.push(s),
-                    _ => {
-                        return ClientMessage::Unknown("subscribe 'events' must be strings".into());
-                    }
-                }
-            }
+    match serde_json::from_value::<Request>(value) {
+        Ok(Request::Ping) => ClientMessage::Ping,
+        Ok(Request::Subscribe { events }) => {
             match PatternSet::parse(events.iter().map(String::as_str)) {
                 Ok(set) => ClientMessage::Subscribe { set, events },
                 Err(e) => ClientMessage::Unknown(e.to_string()),
             }
         }
-        "resume" => match msg.get("since").and_then(serde_json::Value::as_u64) {
-            Some(since) => ClientMessage::Resume { since },
-            None => ClientMessage::Unknown(
-                "resume needs 'since': the last stream sequence received (an integer >= 0)".into(),
-            ),
-        },
-        other => ClientMessage::Unknown(format!(
-            "unknown message type '{}'; expected ping, subscribe or resume",
-            other.chars().take(64).collect::<String>()
-        )),
+        Ok(Request::Resume { since, epoch }) => ClientMessage::Resume { since, epoch },
+        Err(_) => ClientMessage::Unknown(match kind.as_str() {
+            "subscribe" => "subscribe needs 'events': a list of event types or patterns".into(),
+            "resume" => "resume needs 'since': the last stream sequence received (an integer >= 0), and optionally 'epoch': the stream epoch it belongs to (a string)".into(),
+            other => format!("unknown message type '{other}'; expected ping, subscribe or resume"),
+        }),
     }
 }
 
@@ -233,18 +272,19 @@ mod tests {
     #[test]
     fn frames_keep_the_seed_key_order_and_the_payload_bytes() {
         let body = br#"{"id":"e1","type":"ticket.created","timestamp":"2024-01-15T10:30:00Z","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"}}"#;
-        let f = event_frame(body, 42).unwrap();
+        let f = event_frame(body, 42, "1700000000").unwrap();
         assert_eq!(
             &*f.text,
-            r#"{"type":"ticket.created","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"},"timestamp":"2024-01-15T10:30:00Z","id":"e1","seq":42}"#
+            r#"{"type":"ticket.created","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"},"timestamp":"2024-01-15T10:30:00Z","id":"e1","seq":42,"epoch":"1700000000"}"#
         );
         assert_eq!(f.event_type, EventType::TicketCreated);
         assert!(f.published.is_some());
-        assert!(event_frame(b"{", 1).is_err());
+        assert!(event_frame(b"{", 1, "e").is_err());
         assert!(
             event_frame(
                 br#"{"id":"e1","type":"nope","timestamp":"2024-01-15T10:30:00Z","payload":{}}"#,
-                1
+                1,
+                "e"
             )
             .is_err()
         );
@@ -257,8 +297,30 @@ mod tests {
         assert_eq!(parse_client("[1,2]"), ClientMessage::Invalid);
         assert_eq!(
             parse_client(r#"{"type":"resume","since":7}"#),
-            ClientMessage::Resume { since: 7 }
+            ClientMessage::Resume {
+                since: 7,
+                epoch: None
+            }
         );
+        assert_eq!(
+            parse_client(r#"{"type":"resume","since":7,"epoch":"e1"}"#),
+            ClientMessage::Resume {
+                since: 7,
+                epoch: Some("e1".into())
+            }
+        );
+        assert!(matches!(
+            parse_client(r#"{"type":"resume","since":"x"}"#),
+            ClientMessage::Unknown(m) if m.contains("since")
+        ));
+        assert!(matches!(
+            parse_client(r#"{"type":"subscribe","events":[1]}"#),
+            ClientMessage::Unknown(m) if m.contains("events")
+        ));
+        assert!(matches!(
+            parse_client(r#"{"type":7}"#),
+            ClientMessage::Unknown(m) if m.contains("string")
+        ));
         assert!(matches!(
             parse_client(r#"{"type":"resume","since":-1}"#),
             ClientMessage::Unknown(_)
@@ -286,8 +348,12 @@ mod tests {
         let w: serde_json::Value = serde_json::from_str(WELCOME).unwrap();
         assert_eq!(w["type"], "connection");
         assert_eq!(
-            resync_message(3, 10, "gone"),
-            r#"{"type":"resync_required","since":3,"first_seq":10,"message":"gone"}"#
+            resync_message(3, 10, "17", "gone"),
+            r#"{"type":"resync_required","since":3,"first_seq":10,"epoch":"17","message":"gone"}"#
+        );
+        assert_eq!(
+            resumed_message(3, 2, 5, "17"),
+            r#"{"type":"resumed","since":3,"replayed":2,"last_seq":5,"epoch":"17"}"#
         );
     }
 }

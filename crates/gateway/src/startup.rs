@@ -3,10 +3,14 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{
+    IntoServiceFactory as _, ServiceFactoryExt as _, fn_factory, fn_service, map_config,
+};
+use actix_web::dev::AppConfig;
+use actix_web::{App, HttpResponse, web};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::FutureExt;
@@ -14,34 +18,14 @@ use proto_events::Namespace;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::hub::{Hub, QueueLimits};
 use crate::metrics::Metrics;
-
-/// Per-connection settings the WebSocket handler needs.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub origins: Vec<String>,
-    pub max_connections: usize,
-    pub ping_interval: Duration,
-    pub pong_timeout: Duration,
-    pub max_frame_bytes: usize,
-    pub max_replay: u64,
-}
-
-/// Shared by every request and connection.
-pub struct AppState {
-    pub hub: Arc<Hub>,
-    pub auth: TokenAuth,
-    pub js: jetstream::Context,
-    pub ns: Namespace,
-    pub metrics: Metrics,
-    pub settings: Settings,
-    /// WebSocket connections open now (authenticated or not).
-    pub open: AtomicUsize,
-}
+use crate::state::{AppState, CatchupLimits, Settings};
 
 /// A built gateway: the listener is bound, nothing runs yet.
 pub struct Application {
@@ -50,6 +34,7 @@ pub struct Application {
     state: Arc<AppState>,
     pool: DbPool,
     nats: async_nats::Client,
+    max_connections: usize,
     token_recheck: Duration,
     shutdown_grace: Duration,
 }
@@ -101,41 +86,69 @@ impl Application {
             metrics: metrics.clone(),
             settings: Settings {
                 origins: config.origins(),
-                max_connections: config.max_connections,
                 ping_interval: config.ping_interval,
                 pong_timeout: config.pong_timeout,
+                write_timeout: config.write_timeout,
                 max_frame_bytes: config.max_frame_bytes,
                 max_replay: config.max_replay,
+                catchup: CatchupLimits {
+                    max_clients: config.max_catchup_clients,
+                    max_events: config.catchup_max_events,
+                    max_age: config.catchup_max_age,
+                },
             },
-            open: AtomicUsize::new(0),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            catchups: Arc::new(Semaphore::new(config.max_catchup_clients)),
+            tracker: TaskTracker::new(),
         });
         let readiness = readiness(&pool, &nats, &state.hub);
         let ops = Ops {
             readiness,
             metrics: metrics.registry.clone(),
         };
-        let listener = TcpListener::bind(&config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let listener = listen(&config.bind)?;
         let addr = listener.local_addr()?;
-        let data = web::Data::from(state.clone());
         let send_buffer = config.socket_send_buffer;
         let user_timeout = config.pong_timeout;
-        let mut server = HttpServer::new(move || {
-            let ops = ops.clone();
-            App::new()
-                .app_data(data.clone())
-                .configure(|cfg| routes(cfg, ops))
-        })
-        .on_connect(move |conn, _ext| tune_socket(conn, send_buffer, user_timeout))
-        .disable_signals()
-        .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
-        // Our own cap answers with a close code; keep actix's above it.
-        .max_connections(config.max_connections + 1024)
-        .backlog(4096);
+        let factory_state = state.clone();
+        // actix-web's routes for plain HTTP; a request that asks for an
+        // upgrade gets the connection itself (`ws::upgrade`), so a
+        // WebSocket is one task that owns its socket.
+        let mut server = actix_server::Server::build()
+            .listen("gateway", listener, move || {
+                let ops = ops.clone();
+                let data = web::Data::from(factory_state.clone());
+                let ws_state = factory_state.clone();
+                let app = App::new()
+                    .app_data(data)
+                    .configure(|cfg| routes(cfg, ops))
+                    .into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response());
+                HttpService::build()
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .on_connect_ext(move |io: &actix_web::rt::net::TcpStream, _| {
+                        tune_socket(io, send_buffer, user_timeout)
+                    })
+                    .upgrade(fn_factory(move || {
+                        let state = ws_state.clone();
+                        async move {
+                            Ok::<_, ()>(fn_service(move |(req, framed)| {
+                                crate::ws::upgrade(state.clone(), req, framed)
+                            }))
+                        }
+                    }))
+                    .finish(map_config(app, |()| AppConfig::default()))
+                    .tcp()
+            })?
+            .disable_signals()
+            .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
+            // Our own cap answers with a close code; keep actix's above it.
+            .max_concurrent_connections(config.max_connections + 1024);
         if config.workers > 0 {
             server = server.workers(config.workers);
         }
-        let server = server.listen(listener)?.run();
+        let server = server.run();
         tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %storage::redact_url(&config.nats_url), stream = state.ns.stream(), "gateway listening");
         Ok(Self {
             addr,
@@ -143,6 +156,7 @@ impl Application {
             state,
             pool,
             nats,
+            max_connections: config.max_connections,
             token_recheck: config.token_recheck,
             shutdown_grace: config.shutdown_grace,
         })
@@ -164,6 +178,7 @@ impl Application {
             state,
             pool,
             nats,
+            max_connections,
             token_recheck,
             shutdown_grace,
             ..
@@ -193,13 +208,19 @@ impl Application {
 
         shutdown.cancelled().await;
         tracing::info!(
-            clients = state.open.load(Ordering::SeqCst),
+            clients = state.open_connections(max_connections),
             "shutting down: closing every client with 1001"
         );
         state.hub.close_all();
-        let deadline = tokio::time::Instant::now() + shutdown_grace;
-        while state.open.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        state.tracker.close();
+        if tokio::time::timeout(shutdown_grace, state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                clients = state.open_connections(max_connections),
+                "shutdown grace over; dropping the connections left"
+            );
         }
         stop_background.cancel();
         handle.stop(true).await;
@@ -211,11 +232,27 @@ impl Application {
     }
 }
 
+/// A listener with a backlog for bursts of thousands of connections.
+fn listen(bind: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(bind)
+        .with_context(|| format!("cannot resolve {bind}"))?
+        .next()
+        .with_context(|| format!("cannot resolve {bind}"))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())
+        .and_then(|()| sock.listen(4096))
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
 /// Sets per-socket options on every accepted connection.
-fn tune_socket(conn: &dyn std::any::Any, send_buffer: usize, user_timeout: Duration) {
-    let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-        return;
-    };
+fn tune_socket(tcp: &actix_web::rt::net::TcpStream, send_buffer: usize, user_timeout: Duration) {
     let _ = tcp.set_nodelay(true);
     let sock = socket2::SockRef::from(tcp);
     if send_buffer > 0 {
@@ -232,8 +269,13 @@ fn tune_socket(conn: &dyn std::any::Any, send_buffer: usize, user_timeout: Durat
 /// The route table.
 pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
     telemetry::ops::configure(cfg, ops);
-    cfg.route("/ws", web::get().to(crate::ws::ws))
-        .route("/", web::get().to(console));
+    cfg.route("/", web::get().to(console))
+        .route("/ws", web::get().to(not_an_upgrade));
+}
+
+/// `GET /ws` without the WebSocket upgrade headers.
+async fn not_an_upgrade() -> HttpResponse {
+    HttpResponse::BadRequest().json(serde_json::json!({"detail": "WebSocket upgrade required"}))
 }
 
 async fn console() -> HttpResponse {

@@ -50,6 +50,27 @@ pub struct Args {
     /// Print the result as one JSON object as well.
     #[arg(long)]
     pub json: bool,
+    /// Also run the same load, in the same run, against a peer server and
+    /// print both columns (`nchan`: nginx with the nchan module).
+    #[arg(long, value_enum)]
+    pub peer: Option<Peer>,
+    /// The peer's WebSocket subscriber URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8090/sub")]
+    pub peer_sub_url: String,
+    /// The peer's HTTP publisher URL (each event is POSTed there).
+    #[arg(long, default_value = "http://127.0.0.1:8090/pub")]
+    pub peer_pub_url: String,
+    /// The peer's process ids (nginx master and workers), for RSS and CPU.
+    #[arg(long, value_delimiter = ',')]
+    pub peer_pids: Vec<u32>,
+}
+
+/// A server to compare the gateway with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    /// nginx with the nchan module: `location /sub { nchan_subscriber
+    /// websocket; }`, `location /pub { nchan_publisher; }`, one channel.
+    Nchan,
 }
 
 /// Shared counters of all client tasks.
@@ -85,6 +106,26 @@ fn sent_ns(text: &str) -> Option<u128> {
     digits[..end].parse().ok()
 }
 
+/// Resident memory of several processes in KiB (`None` without pids).
+fn rss_sum(pids: &[u32]) -> anyhow::Result<Option<u64>> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    let mut sum = 0;
+    for p in pids {
+        sum += rss_kib(*p)?;
+    }
+    Ok(Some(sum))
+}
+
+/// CPU seconds of several processes.
+fn cpu_sum(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| cpu_secs(&p.to_string())).sum()
+}
+
 /// Resident memory of a process in KiB.
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -115,6 +156,7 @@ async fn client(
     permits: Arc<Semaphore>,
     ready: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
+    welcome: bool,
 ) {
     let connected = {
         let _permit = permits.acquire().await;
@@ -134,10 +176,11 @@ async fn client(
         return;
     };
     // the welcome message proves the token was accepted
-    let welcomed = matches!(
-        tokio::time::timeout(Duration::from_secs(30), ws.next()).await,
-        Ok(Some(Ok(Message::Text(t)))) if t.contains("\"connection\"")
-    );
+    let welcomed = !welcome
+        || matches!(
+            tokio::time::timeout(Duration::from_secs(30), ws.next()).await,
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"connection\"")
+        );
     if !welcomed {
         stats.failed.fetch_add(1, Ordering::SeqCst);
         ready.notify_one();
@@ -186,62 +229,181 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
+/// Where the events of a run are published.
+#[derive(Debug, Clone)]
+enum Sink {
+    /// The gateway's stream, through NATS.
+    Nats { url: String, ns: Namespace },
+    /// An HTTP publisher endpoint (nchan's `/pub`), one POST per event.
+    Http { url: String },
+}
+
+/// The payload every event carries: the same bytes for every server.
+fn bench_payload(n: u64, padding: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ticket_id": n,
+        "message_id": n,
+        "user_id": 1,
+        "is_from_admin": false,
+        "message_text": padding,
+        "has_media": false,
+        "status": "open",
+        "bench_sent_ns": now_ns() as u64,
+    })
+}
+
+/// A kept-alive HTTP/1.1 connection that POSTs bodies and reads answers.
+struct HttpPoster {
+    tcp: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+    path: String,
+}
+
+impl HttpPoster {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("http://")
+            .context("the peer publisher URL must start with http://")?;
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let tcp = tokio::net::TcpStream::connect(host)
+            .await
+            .with_context(|| format!("cannot connect to {host}"))?;
+        tcp.set_nodelay(true)?;
+        Ok(Self {
+            tcp: tokio::io::BufReader::new(tcp),
+            host: host.to_owned(),
+            path: format!("/{path}"),
+        })
+    }
+
+    async fn post(&mut self, body: &str) -> anyhow::Result<()> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.path,
+            self.host,
+            body.len()
+        );
+        self.tcp.get_mut().write_all(req.as_bytes()).await?;
+        let mut status = String::new();
+        self.tcp.read_line(&mut status).await?;
+        anyhow::ensure!(
+            status.starts_with("HTTP/1.1 20"),
+            "the peer refused a publish: {}",
+            status.trim()
+        );
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            anyhow::ensure!(self.tcp.read_line(&mut line).await? > 0, "peer closed");
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut sink = vec![0u8; length];
+        self.tcp.read_exact(&mut sink).await?;
+        Ok(())
+    }
+}
+
 /// Publishes `rate` events per second for `duration`; returns how many.
 async fn publish_at_rate(
-    nats_url: &str,
-    ns: Namespace,
+    sink: Sink,
     rate: u64,
     duration: Duration,
     payload_bytes: usize,
 ) -> anyhow::Result<u64> {
-    let nats = async_nats::ConnectOptions::new()
-        .name("eventctl-bench-fanout-publisher")
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
-    let publisher = Publisher::new(nats, ns);
-    publisher.ensure_stream().await?;
     let padding = "x".repeat(payload_bytes);
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
     let mut published = 0;
-    while published < total {
-        tick.tick().await;
-        let payload = serde_json::json!({
-            "ticket_id": published,
-            "message_id": published,
-            "user_id": 1,
-            "is_from_admin": false,
-            "message_text": padding,
-            "has_media": false,
-            "status": "open",
-            "bench_sent_ns": now_ns() as u64,
-        });
-        publisher
-            .publish_value("ticket.message_added", payload)
-            .await
-            .context("publish")?;
-        published += 1;
+    match sink {
+        Sink::Nats { url, ns } => {
+            let nats = async_nats::ConnectOptions::new()
+                .name("eventctl-bench-fanout-publisher")
+                .connect(&url)
+                .await
+                .with_context(|| format!("cannot connect to NATS at {url}"))?;
+            let publisher = Publisher::new(nats, ns);
+            publisher.ensure_stream().await?;
+            while published < total {
+                tick.tick().await;
+                publisher
+                    .publish_value("ticket.message_added", bench_payload(published, &padding))
+                    .await
+                    .context("publish")?;
+                published += 1;
+            }
+        }
+        Sink::Http { url } => {
+            let mut poster = HttpPoster::connect(&url).await?;
+            while published < total {
+                tick.tick().await;
+                // the shape of a gateway event message, so both servers
+                // move the same bytes
+                let body = serde_json::json!({
+                    "type": "ticket.message_added",
+                    "payload": bench_payload(published, &padding),
+                    "timestamp": chrono::Utc::now().to_rfc3339(),
+                    "id": uuid::Uuid::now_v7().to_string(),
+                    "seq": published,
+                })
+                .to_string();
+                poster.post(&body).await?;
+                published += 1;
+            }
+        }
     }
     Ok(published)
 }
 
-/// Runs the benchmark and prints the report.
-pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
-    // Fail early when NATS is not there.
-    async_nats::ConnectOptions::new()
-        .name("eventctl-bench-fanout")
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+/// One server under the load.
+struct Target {
+    name: &'static str,
+    /// The WebSocket URL clients open.
+    url: String,
+    pids: Vec<u32>,
+    /// Whether the server greets with the seed's welcome message.
+    welcome: bool,
+    sink: Sink,
+}
 
-    let sep = if args.url.contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}token={}", args.url, args.token);
-    let rss_before = args.gateway_pid.map(rss_kib).transpose()?;
+/// What one run measured.
+#[derive(Debug, Default)]
+struct Report {
+    held: usize,
+    failed: usize,
+    ramp_secs: f64,
+    rss_before: Option<u64>,
+    rss_idle: Option<u64>,
+    rss_busy: Option<u64>,
+    kib_per_idle: Option<f64>,
+    published: u64,
+    publish_secs: f64,
+    delivered: u64,
+    expected: u64,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    server_cpu: Option<f64>,
+    loadgen_cpu: Option<f64>,
+    us_per_message: Option<f64>,
+    close_codes: std::collections::BTreeMap<u16, usize>,
+}
 
+/// Opens the clients, measures idle memory, publishes at the rate and
+/// collects what arrived.
+async fn measure(target: &Target, args: &Args) -> anyhow::Result<Report> {
+    let rss_before = rss_sum(&target.pids)?;
     let stats = Arc::new(Stats::default());
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let ready = Arc::new(tokio::sync::Notify::new());
@@ -251,11 +413,12 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     for _ in 0..args.clients {
         tasks.push(tokio::spawn(client(
             started,
-            url.clone(),
+            target.url.clone(),
             stats.clone(),
             permits.clone(),
             ready.clone(),
             stop.clone(),
+            target.welcome,
         )));
     }
     while stats.connected.load(Ordering::SeqCst) + stats.failed.load(Ordering::SeqCst)
@@ -267,23 +430,22 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     let connected = stats.connected.load(Ordering::SeqCst);
     let failed = stats.failed.load(Ordering::SeqCst);
     eprintln!(
-        "connected {connected} clients in {:.1}s ({failed} failed)",
+        "{}: connected {connected} clients in {:.1}s ({failed} failed)",
+        target.name,
         ramp.as_secs_f64()
     );
-    anyhow::ensure!(connected > 0, "no client could connect to {}", args.url);
+    anyhow::ensure!(connected > 0, "no client could connect to {}", target.url);
 
     tokio::time::sleep(args.settle).await;
-    let rss_idle = args.gateway_pid.map(rss_kib).transpose()?;
+    let rss_idle = rss_sum(&target.pids)?;
 
-    let gateway_pid = args.gateway_pid.map(|p| p.to_string());
-    let cpu_before = (gateway_pid.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    let cpu_before = (cpu_sum(&target.pids), cpu_secs("self"));
     // Publish from a thread and runtime of its own, so thousands of busy
     // client tasks never delay a publish (that would inflate latency).
     let publish_started = Instant::now();
     let published = if args.rate > 0 {
-        let (url, ns, rate, duration, bytes) = (
-            nats_url.to_owned(),
-            ns.clone(),
+        let (sink, rate, duration, bytes) = (
+            target.sink.clone(),
             args.rate,
             args.duration,
             args.payload_bytes,
@@ -292,7 +454,7 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(publish_at_rate(&url, ns, rate, duration, bytes))
+            rt.block_on(publish_at_rate(sink, rate, duration, bytes))
         });
         tokio::task::spawn_blocking(move || thread.join())
             .await?
@@ -302,7 +464,7 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
         0
     };
     let publish_secs = publish_started.elapsed().as_secs_f64();
-    let rss_busy = args.gateway_pid.map(rss_kib).transpose()?;
+    let rss_busy = rss_sum(&target.pids)?;
 
     // let the last events arrive: until all are in or nothing moves for 2 s
     let expected = published * connected as u64;
@@ -316,14 +478,14 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
             still_since = Instant::now();
         }
     }
-    let cpu_after = (gateway_pid.as_deref().and_then(cpu_secs), cpu_secs("self"));
+    let cpu_after = (cpu_sum(&target.pids), cpu_secs("self"));
     let busy_secs = publish_started.elapsed().as_secs_f64();
     let cpu_share = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(a), Some(b)) if busy_secs > 0.0 => Some((b - a) / busy_secs),
         _ => None,
     };
-    let gateway_cpu = cpu_share(cpu_before.0, cpu_after.0);
-    let bench_cpu = cpu_share(cpu_before.1, cpu_after.1);
+    let server_cpu = cpu_share(cpu_before.0, cpu_after.0);
+    let loadgen_cpu = cpu_share(cpu_before.1, cpu_after.1);
     let held = connected - stats.closed.load(Ordering::SeqCst);
     stop.cancel();
     for t in tasks {
@@ -343,90 +505,183 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     } else {
         0.0
     };
-    let per_conn = |rss: Option<u64>| match (rss_before, rss) {
-        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / connected as f64),
+    let kib_per_idle = match (rss_before, rss_idle) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / connected as f64),
         _ => None,
     };
+    let close_codes = stats.close_codes.lock().clone();
+    Ok(Report {
+        held,
+        failed,
+        ramp_secs: ramp.as_secs_f64(),
+        rss_before,
+        rss_idle,
+        rss_busy,
+        kib_per_idle,
+        published,
+        publish_secs,
+        delivered,
+        expected,
+        rate,
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: percentile(&lat, 1.0),
+        server_cpu,
+        loadgen_cpu,
+        us_per_message: server_cpu
+            .filter(|_| delivered > 0)
+            .map(|c| c * busy_secs * 1e6 / delivered as f64),
+        close_codes,
+    })
+}
 
-    println!("bench fanout: {}", args.url);
+fn print_report(name: &str, url: &str, args: &Args, r: &Report) {
+    println!("bench fanout: {name} {url}");
     println!("  clients requested     {}", args.clients);
     println!(
-        "  connections held      {held} (failed {failed}, ramp {:.1}s)",
-        ramp.as_secs_f64()
+        "  connections held      {} (failed {}, ramp {:.1}s)",
+        r.held, r.failed, r.ramp_secs
     );
-    if let (Some(a), Some(b)) = (rss_before, rss_idle) {
+    if let (Some(a), Some(b), Some(per)) = (r.rss_before, r.rss_idle, r.kib_per_idle) {
         println!(
-            "  gateway RSS           {a} KiB before, {b} KiB with {connected} idle clients: {:.1} KiB per connection",
-            per_conn(rss_idle).unwrap_or(0.0)
+            "  server RSS            {a} KiB before, {b} KiB with idle clients: {per:.1} KiB per connection"
         );
     }
-    if let Some(b) = rss_busy {
-        println!("  gateway RSS busy      {b} KiB");
+    if let Some(b) = r.rss_busy {
+        println!("  server RSS busy       {b} KiB");
     }
-    if published > 0 {
+    if r.published > 0 {
         println!(
-            "  published             {published} events in {publish_secs:.1}s ({:.0}/s)",
-            published as f64 / publish_secs
+            "  published             {} events in {:.1}s ({:.0}/s)",
+            r.published,
+            r.publish_secs,
+            r.published as f64 / r.publish_secs
         );
         println!(
-            "  delivered             {delivered} of {expected} ({:.0} msg/s)",
-            rate
+            "  delivered             {} of {} ({:.0} msg/s)",
+            r.delivered, r.expected, r.rate
         );
         println!(
             "  latency publish→client p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.99),
-            percentile(&lat, 1.0)
+            r.p50, r.p99, r.max
         );
-    }
-    if published > 0 {
         let fmt = |c: Option<f64>| c.map_or("n/a".to_owned(), |c| format!("{c:.2} cores"));
         println!(
-            "  CPU while publishing  gateway {}, this load generator {}",
-            fmt(gateway_cpu),
-            fmt(bench_cpu)
+            "  CPU while publishing  server {}, this load generator {}",
+            fmt(r.server_cpu),
+            fmt(r.loadgen_cpu)
         );
-        if let Some(c) = gateway_cpu
-            && delivered > 0
-        {
+        if let Some(us) = r.us_per_message {
             println!(
-                "  gateway CPU per message {:.1} µs (CPU time: waiting behind other processes does not count)",
-                c * busy_secs * 1e6 / delivered as f64
+                "  server CPU per message {us:.2} µs (CPU time: waiting behind other processes does not count)"
             );
         }
     }
-    let codes = stats.close_codes.lock().clone();
-    if !codes.is_empty() {
-        println!("  closed by the server  {codes:?}");
+    if !r.close_codes.is_empty() {
+        println!("  closed by the server  {:?}", r.close_codes);
+    }
+}
+
+fn report_json(r: &Report) -> serde_json::Value {
+    serde_json::json!({
+        "held": r.held,
+        "failed": r.failed,
+        "rss_before_kib": r.rss_before,
+        "rss_idle_kib": r.rss_idle,
+        "rss_busy_kib": r.rss_busy,
+        "kib_per_idle_connection": r.kib_per_idle,
+        "published": r.published,
+        "delivered": r.delivered,
+        "expected": r.expected,
+        "delivered_per_sec": r.rate,
+        "p50_ms": r.p50,
+        "p99_ms": r.p99,
+        "max_ms": r.max,
+        "close_codes": r.close_codes,
+        "server_cpu_cores": r.server_cpu,
+        "server_cpu_us_per_message": r.us_per_message,
+        "loadgen_cpu_cores": r.loadgen_cpu,
+    })
+}
+
+/// Runs the benchmark (against the gateway, then the peer if asked) and
+/// prints the report.
+pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    // Fail early when NATS is not there.
+    async_nats::ConnectOptions::new()
+        .name("eventctl-bench-fanout")
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let sep = if args.url.contains('?') { '&' } else { '?' };
+    let mut targets = vec![Target {
+        name: "gateway",
+        url: format!("{}{sep}token={}", args.url, args.token),
+        pids: args.gateway_pid.into_iter().collect(),
+        welcome: true,
+        sink: Sink::Nats {
+            url: nats_url.to_owned(),
+            ns,
+        },
+    }];
+    if args.peer == Some(Peer::Nchan) {
+        targets.push(Target {
+            name: "nchan",
+            url: args.peer_sub_url.clone(),
+            pids: args.peer_pids.clone(),
+            welcome: false,
+            sink: Sink::Http {
+                url: args.peer_pub_url.clone(),
+            },
+        });
+    }
+    let mut reports = Vec::new();
+    for t in &targets {
+        let r = measure(t, &args).await?;
+        print_report(t.name, &args.url_display(t), &args, &r);
+        reports.push(r);
+        // let the closed connections of one run go before the next
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    if let [g, p] = reports.as_slice() {
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "n/a".to_owned(),
+        };
+        println!("gateway / nchan, same run:");
+        println!(
+            "  CPU per delivered message {} (goal ≤ 0.70)",
+            ratio(g.us_per_message, p.us_per_message)
+        );
+        println!(
+            "  memory per idle connection {} (goal ≤ 1.00)",
+            ratio(g.kib_per_idle, p.kib_per_idle)
+        );
+        println!("  p99 {:.2} ms vs {:.2} ms", g.p99, p.p99);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "clients": args.clients,
-                "held": held,
-                "failed": failed,
-                "rss_before_kib": rss_before,
-                "rss_idle_kib": rss_idle,
-                "rss_busy_kib": rss_busy,
-                "kib_per_idle_connection": per_conn(rss_idle),
-                "published": published,
-                "delivered": delivered,
-                "expected": expected,
-                "delivered_per_sec": rate,
-                "p50_ms": percentile(&lat, 0.50),
-                "p99_ms": percentile(&lat, 0.99),
-                "max_ms": percentile(&lat, 1.0),
-                "close_codes": codes,
-                "gateway_cpu_cores": gateway_cpu,
-                "gateway_cpu_us_per_message": gateway_cpu
-                    .filter(|_| delivered > 0)
-                    .map(|c| c * busy_secs * 1e6 / delivered as f64),
-                "loadgen_cpu_cores": bench_cpu,
-            })
-        );
+        let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+        let mut out = serde_json::Map::new();
+        out.insert("clients".into(), args.clients.into());
+        out.insert("rate".into(), args.rate.into());
+        for (n, r) in names.iter().zip(&reports) {
+            out.insert((*n).to_owned(), report_json(r));
+        }
+        println!("{}", serde_json::Value::Object(out));
     }
     Ok(())
+}
+
+impl Args {
+    /// The URL of a target without its token.
+    fn url_display(&self, t: &Target) -> String {
+        if t.name == "gateway" {
+            self.url.clone()
+        } else {
+            t.url.clone()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -110,6 +110,10 @@ impl Backing {
         c.max_replay = 100_000;
         c.socket_send_buffer = 0;
         c.shutdown_grace = Duration::from_secs(5);
+        c.write_timeout = Duration::from_secs(30);
+        c.max_catchup_clients = 256;
+        c.catchup_max_events = 100_000;
+        c.catchup_max_age = Duration::from_secs(300);
         c.workers = 2;
         c.token_hmac_secret = String::new();
         c

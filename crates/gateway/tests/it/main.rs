@@ -2,9 +2,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod catchup;
+mod closing;
 mod cluster;
 mod console;
+mod hardening;
 mod helpers;
 mod protect;
 mod protocol;
+mod raw;
 mod resume;
+mod shutdown;

@@ -9,9 +9,11 @@ use serde_json::json;
 use crate::helpers::{Backing, Frame, TestApp, Ws};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_client_is_closed_1013_without_delaying_a_fast_one() {
+async fn past_the_catch_up_limit_a_stalled_client_is_closed_1013_without_delaying_a_fast_one() {
     let b = Backing::new().await;
     let mut cfg = b.config();
+    // no catch-up slot: a lagging client is closed as before
+    cfg.max_catchup_clients = 0;
     cfg.client_queue_messages = 32;
     cfg.client_queue_bytes = 256 * 1024;
     cfg.socket_send_buffer = 16 * 1024;

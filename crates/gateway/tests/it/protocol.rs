@@ -52,7 +52,7 @@ async fn two_clients_receive_events_in_the_seed_shape() {
         assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()));
         assert!(v["timestamp"].as_str().is_some());
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut want = vec!["type", "payload", "timestamp", "id", "seq"];
+        let mut want = vec!["type", "payload", "timestamp", "id", "seq", "epoch"];
         want.sort_unstable();
         assert_eq!(keys, want);
     }

@@ -197,3 +197,58 @@ async fn events_in_the_url_filter_the_replay_and_live_events() {
     app.stop().await;
     b.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_from_another_stream_epoch_asks_for_a_resync() {
+    let b = Backing::new().await;
+    let app = TestApp::spawn(b.config()).await;
+    let mut ws = app.connect_ok(&b.token).await;
+    let s1 = b.publish("user.created", user_payload(1)).await;
+    let ev = ws.next_event().await;
+    let epoch = ev["epoch"]
+        .as_str()
+        .expect("events carry the epoch")
+        .to_owned();
+    assert!(!epoch.is_empty());
+    b.publish("user.created", user_payload(2)).await;
+
+    // the right epoch replays
+    let mut ws = app
+        .connect(&format!("?token={}&since={s1}&epoch={epoch}", b.token))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "connection");
+    assert_eq!(ws.next_event().await["seq"], s1 + 1);
+    let resumed = ws.next_json().await;
+    assert_eq!(resumed["type"], "resumed");
+    assert_eq!(resumed["epoch"], epoch.as_str());
+
+    // another epoch (a recreated stream) does not, in the URL or in resume
+    let mut ws = app
+        .connect(&format!("?token={}&since={s1}&epoch=12345", b.token))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "connection");
+    let msg = ws.next_json().await;
+    assert_eq!(msg["type"], "resync_required", "{msg}");
+    assert_eq!(msg["epoch"], epoch.as_str());
+    assert!(msg["message"].as_str().unwrap().contains("another stream"));
+    ws.send_json(json!({"type": "resume", "since": s1, "epoch": "12345"}))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "resync_required");
+    ws.send_json(json!({"type": "resume", "since": s1, "epoch": epoch}))
+        .await;
+    assert_eq!(ws.next_event().await["seq"], s1 + 1);
+
+    // the stream is deleted and recreated: its epoch changes
+    let js = async_nats::jetstream::new(b.nats.clone());
+    js.delete_stream(b.ns.stream()).await.unwrap();
+    b.publisher.ensure_stream().await.unwrap();
+    let mut ws = app
+        .connect(&format!("?token={}&since=1&epoch={epoch}", b.token))
+        .await;
+    assert_eq!(ws.next_json().await["type"], "connection");
+    let msg = ws.next_json().await;
+    assert_eq!(msg["type"], "resync_required", "{msg}");
+    assert_ne!(msg["epoch"], epoch.as_str());
+    app.stop().await;
+    b.cleanup().await;
+}

@@ -1,0 +1,124 @@
+//! SIGTERM with 10,000 clients: every one gets `1001 Server shutting down`
+//! and the process exits within `GATEWAY_SHUTDOWN_GRACE`. The gateway runs
+//! as its own process (the compiled binary), so the clients' and the
+//! server's sockets do not share one file-descriptor limit.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::helpers::{Backing, nats_url};
+use crate::raw::{OP_CLOSE, RawWs, Read};
+
+const CLIENTS: usize = 10_000;
+const GRACE: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_10000_clients_within_the_grace() {
+    let b = Backing::new().await;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env("DATABASE_URL", &b.db.url)
+        .env("NATS_URL", nats_url())
+        .env("NATS_PREFIX", b.ns.prefix())
+        .env("GATEWAY_BIND", format!("127.0.0.1:{port}"))
+        .env("GATEWAY_SHUTDOWN_GRACE", "5s")
+        .env("GATEWAY_WORKERS", "2")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let connected = Arc::new(AtomicUsize::new(0));
+    let closed_1001 = Arc::new(AtomicUsize::new(0));
+    let permits = Arc::new(Semaphore::new(200));
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let (connected, closed, permits, token) = (
+            connected.clone(),
+            closed_1001.clone(),
+            permits.clone(),
+            b.token.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut ws = {
+                let _p = permits.acquire().await.unwrap();
+                RawWs::connect_ok(addr, &token).await
+            };
+            connected.fetch_add(1, Ordering::SeqCst);
+            loop {
+                match ws.read_within(Duration::from_secs(120)).await {
+                    Read::Frame(f) if f.opcode == OP_CLOSE => {
+                        if f.close() == (1001, "Server shutting down".to_owned()) {
+                            closed.fetch_add(1, Ordering::SeqCst);
+                        }
+                        return;
+                    }
+                    Read::Frame(_) => continue,
+                    _ => return,
+                }
+            }
+        }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while connected.load(Ordering::SeqCst) < CLIENTS {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} clients connected",
+            connected.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let pid = child.id().expect("pid");
+    let start = tokio::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(GRACE + Duration::from_secs(10), child.wait())
+        .await
+        .expect("the gateway did not exit")
+        .expect("wait");
+    let took = start.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let closed = closed_1001.load(Ordering::SeqCst);
+    eprintln!("{CLIENTS} clients: SIGTERM → exit in {took:?}, {closed} got 1001");
+    assert_eq!(closed, CLIENTS);
+    assert!(
+        took < GRACE + Duration::from_secs(3),
+        "SIGTERM → exit took {took:?}"
+    );
+    b.cleanup().await;
+}
