@@ -25,7 +25,13 @@ pub async fn run(
 ) {
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match consume(&js, &ns, &hub, &metrics, &shutdown).await {
+        // Creating the stream or the consumer waits for JetStream's request
+        // timeout while NATS is unreachable; shutdown does not wait for it.
+        let consumed = tokio::select! {
+            r = consume(&js, &ns, &hub, &metrics, &shutdown) => r,
+            () = shutdown.cancelled() => break,
+        };
+        match consumed {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => {
                 tracing::warn!(error = %e, stream = ns.stream(), "event consumer failed; retrying");

@@ -226,7 +226,11 @@ impl Application {
         handle.stop(true).await;
         let _ = server_task.await;
         let _ = tokio::join!(fanout, recheck, flusher);
-        let _ = nats.drain().await;
+        // Nothing is in flight to a server that is not there; and a drain
+        // with the server away would wait for it.
+        if nats.connection_state() == async_nats::connection::State::Connected {
+            let _ = tokio::time::timeout(Duration::from_secs(2), nats.drain()).await;
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -122,3 +122,37 @@ async fn sigterm_closes_10000_clients_within_the_grace() {
     );
     b.cleanup().await;
 }
+
+/// SIGTERM while NATS is unreachable (nothing listens on port 1): the
+/// gateway does not wait for JetStream requests or a drain that cannot
+/// complete.
+#[tokio::test]
+async fn sigterm_stops_the_gateway_within_seconds_while_nats_is_unreachable() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .env(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        )
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .env("GATEWAY_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start gateway");
+    // Long enough to be inside the reconnect and stream-creation loops.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let sent = std::time::Instant::now();
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+    let status = exited
+        .unwrap_or_else(|_| panic!("still running {:?} after SIGTERM", sent.elapsed()))
+        .expect("wait");
+    assert!(status.success(), "{status}");
+}
