@@ -112,29 +112,21 @@ async fn the_migration_converts_a_populated_table_without_losing_a_row() {
     let days = partition_days(&mut conn).await;
     assert!(days.contains(&(today() + Duration::days(7))), "{days:?}");
     // Ids go on past the int4 limit; counters are 64-bit.
+    const INSERT_ONE: &str = "INSERT INTO webhook_deliveries (webhook_id, event_type, payload) \
+         VALUES (1, 'user.created', '{}') RETURNING id AS n";
     exec(
         &mut conn,
         "UPDATE webhooks SET success_count = success_count + 2147483000",
     )
     .await;
-    let id = count(
-        &mut conn,
-        "INSERT INTO webhook_deliveries (webhook_id, event_type, payload) \
-         VALUES (1, 'user.created', '{}') RETURNING id AS n",
-    )
-    .await;
+    let id = count(&mut conn, INSERT_ONE).await;
     assert_eq!(id, 2147480501);
     exec(
         &mut conn,
         "SELECT setval('webhook_deliveries_id_seq', 3000000000)",
     )
     .await;
-    let id = count(
-        &mut conn,
-        "INSERT INTO webhook_deliveries (webhook_id, event_type, payload) \
-         VALUES (1, 'user.created', '{}') RETURNING id AS n",
-    )
-    .await;
+    let id = count(&mut conn, INSERT_ONE).await;
     assert_eq!(id, 3000000001);
 }
 
