@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use storage::StorageError;
 use utoipa::ToSchema;
 
+use crate::head_guard::Refusal;
+
 /// One element of a validation error's `loc`: a name or a position.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(untagged)]
@@ -109,6 +111,9 @@ pub enum ApiError {
     BadRequest(&'static str),
     #[error("{0}")]
     Unavailable(&'static str),
+    /// A request head the connection guard refused (`head_guard`).
+    #[error("{}", .0.detail())]
+    Refused(Refusal),
     #[error("internal error")]
     Internal,
 }
@@ -134,6 +139,9 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Refused(why) => {
+                StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

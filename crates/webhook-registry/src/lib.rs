@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod head_guard;
 pub mod metrics;
 pub mod model;
 pub mod notify;

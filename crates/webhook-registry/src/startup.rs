@@ -5,9 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{IntoServiceFactory as _, ServiceFactoryExt as _, fn_service, map_config};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, web};
 use anyhow::Context;
 use futures::FutureExt;
 use proto_events::Namespace;
@@ -21,6 +24,7 @@ use webhook_client::{SenderConfig, WebhookSender};
 
 use crate::config::Config;
 use crate::extract::BodyRules;
+use crate::head_guard::HeadGuard;
 use crate::metrics::{HttpMetrics, track};
 use crate::notify::{self, Notifier, Op};
 use crate::routes::{self, openapi::OpenApiJson};
@@ -89,23 +93,49 @@ impl Application {
         let listener = TcpListener::bind(config.bind)
             .with_context(|| format!("cannot listen on {}", config.bind))?;
         let addr = listener.local_addr()?;
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(rules.clone())
-                .app_data(openapi.clone())
-                .app_data(http_metrics.clone())
-                .wrap(from_fn(track))
-                .configure(|cfg| telemetry::ops::configure(cfg, ops.clone()))
-                .configure(routes::configure)
-                .default_service(web::to(routes::default_not_found))
-        })
-        .disable_signals()
-        .shutdown_timeout(15);
+        let builder = actix_server::Server::build();
+        let shutdown_signal = builder.graceful_shutdown_signal();
+        // actix-web's `HttpServer`, built by hand so that each connection
+        // is read through `HeadGuard` (JSON answers for request heads
+        // actix-http would refuse with an empty body). The timeouts are
+        // `HttpServer`'s defaults.
+        let mut builder = builder
+            .listen("webhook-registry", listener, move || {
+                let app = App::new()
+                    .app_data(state.clone())
+                    .app_data(rules.clone())
+                    .app_data(openapi.clone())
+                    .app_data(http_metrics.clone())
+                    .wrap(from_fn(track))
+                    .configure(|cfg| telemetry::ops::configure(cfg, ops.clone()))
+                    .configure(routes::configure)
+                    .default_service(web::to(routes::default_not_found))
+                    .into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response());
+                let signal = shutdown_signal.clone();
+                fn_service(|io: TcpStream| {
+                    let peer = io.peer_addr().ok();
+                    futures::future::ready(Ok((HeadGuard::new(io), peer)))
+                })
+                .and_then(
+                    HttpService::build()
+                        .keep_alive(KeepAlive::default())
+                        .client_request_timeout(Duration::from_secs(5))
+                        .client_disconnect_timeout(Duration::from_secs(1))
+                        .local_addr(addr)
+                        .graceful_shutdown_signal(move || {
+                            let signal = signal.clone();
+                            async move { signal.notified().await }
+                        })
+                        .h1(map_config(app, |()| AppConfig::default())),
+                )
+            })?
+            .disable_signals()
+            .shutdown_timeout(15);
         if config.workers > 0 {
-            server = server.workers(config.workers);
+            builder = builder.workers(config.workers);
         }
-        let server = server.listen(listener)?.run();
+        let server = builder.run();
         let handle = server.handle();
         tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
             nats = %storage::redact_url(&config.nats_url), "webhook-registry listening");

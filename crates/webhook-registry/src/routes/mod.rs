@@ -10,6 +10,7 @@ use actix_web::{HttpResponse, Resource, ResponseError, web};
 
 use crate::auth::require_token;
 use crate::error::ApiError;
+use crate::head_guard::Refusal;
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("Not Found"))
@@ -64,7 +65,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(not_found)),
     )
     .service(resource(&["/events/types"], "GET").route(web::get().to(events::types)))
-    .service(resource(&["/openapi.json"], "GET").route(web::get().to(openapi::serve)));
+    .service(resource(&["/openapi.json"], "GET").route(web::get().to(openapi::serve)))
+    .service(resource(&["/_refused/{reason}"], "GET").route(web::get().to(refused)));
+}
+
+/// The answer to a request head the connection guard refused: the guard
+/// (`head_guard`) hands actix-http `GET /_refused/{reason}` in its place.
+/// Not part of the API; asked directly it answers the same error.
+async fn refused(reason: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    match Refusal::from_path_segment(&reason) {
+        Some(why) => Err(ApiError::Refused(why)),
+        None => not_found().await,
+    }
 }
 
 /// For unmatched paths (`App::default_service`).

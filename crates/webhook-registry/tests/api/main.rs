@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod deliveries;
 mod extras;
+mod framing;
 mod helpers;
 mod history;
 mod process;

@@ -176,9 +176,10 @@ fn raw_exchange(port: u16, request: &[u8]) -> (u16, String) {
     (code, answer)
 }
 
-/// Requests actix-http refuses before any service sees them (a URI over
-/// the http crate's 65,534 bytes, more headers than its 96) are the
-/// client's mistake: answered 400 and 431, and never logged at ERROR.
+/// Requests actix-http would refuse before any service sees them (a URI
+/// over the http crate's 65,534 bytes, more headers than its 96) are the
+/// client's mistake: answered 414 and 431 with a JSON `detail` like every
+/// other error, and never logged at ERROR.
 #[tokio::test]
 async fn requests_the_http_layer_refuses_are_not_logged_as_server_errors() {
     let db = TestDb::new().await.unwrap();
@@ -230,8 +231,18 @@ async fn requests_the_http_layer_refuses_are_not_logged_as_server_errors() {
     let _ = child.wait();
     let out: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
     assert!(up, "the API never answered: {out}");
-    assert_eq!(answers[0].0, 400, "{:?}", answers[0].1);
+    assert_eq!(answers[0].0, 414, "{:?}", answers[0].1);
     assert_eq!(answers[1].0, 431, "{:?}", answers[1].1);
+    for (_, answer) in &answers {
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((answer, ""));
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        let detail: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(detail["detail"].is_string(), "{body}");
+    }
     assert_eq!(after.unwrap(), StatusCode::OK);
     let errors: Vec<&str> = out.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "logged at ERROR: {errors:#?}");
