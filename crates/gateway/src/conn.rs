@@ -3,7 +3,10 @@
 //! replay from the stream, client frames, writability and one timer.
 //!
 //! Frames go out with vectored writes straight from the shared event
-//! buffers (no copy per client). Every server-initiated close sends the
+//! buffers (no copy per client). While the task is parked with nothing to
+//! write, live events are written by the shard task instead (see `hub`);
+//! the first thing the task does on waking is take back a frame the shard
+//! left half sent. Every server-initiated close sends the
 //! close frame and then the FIN at once; a client's close is echoed and
 //! followed by the FIN at once (RFC 6455 §7.1.1). The socket is then
 //! drained briefly so unread client bytes never turn the close into a reset.
@@ -19,7 +22,6 @@ use async_nats::jetstream;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use proto_events::PatternSet;
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -289,7 +291,7 @@ impl Accepted {
         drop(read);
         let mut conn = Conn {
             state: state.clone(),
-            tcp,
+            tcp: Arc::new(tcp),
             decoder,
             out: Outbox::default(),
             feed: None,
@@ -321,7 +323,9 @@ impl Accepted {
             Some(Ok((set, _))) => Some(*set),
             _ => None,
         };
-        let client = state.hub.register_local(principal.token_id, filter);
+        let client = state
+            .hub
+            .register_local(principal.token_id, filter, Some(conn.tcp.clone()));
         let reg = Registered {
             state: state.clone(),
             client: client.clone(),
@@ -372,7 +376,8 @@ async fn authenticate(
 
 struct Conn {
     state: Arc<AppState>,
-    tcp: TcpStream,
+    /// Shared with the client in the hub, for direct writes.
+    tcp: Arc<TcpStream>,
     decoder: wire::Decoder,
     out: Outbox,
     feed: Option<Box<Feed>>,
@@ -422,6 +427,10 @@ impl Conn {
                 // the feed waits for the socket, not for the stream
                 f.idle.as_mut().reset(Instant::now() + REPLAY_IDLE);
             }
+            let parked = self.out.is_empty() && self.feed.is_none();
+            if parked {
+                client.begin_direct();
+            }
             let wake = tokio::select! {
                 biased;
                 () = client.kill.notified() => Wake::Kill,
@@ -431,6 +440,10 @@ impl Conn {
                 r = self.tcp.readable(), if room => Wake::Readable(r),
                 () = &mut timer => Wake::Timer,
             };
+            if parked && let Some((frame, written)) = client.end_direct() {
+                self.out.push(Out::Event(frame));
+                self.out.offset = written;
+            }
             let result = match wake {
                 Wake::Kill => match client.signal() {
                     Signal::Close(c) => Err(Stop::Close(c)),
@@ -855,7 +868,10 @@ impl Conn {
         if !self.flush_until(Instant::now() + CLOSE_TIMEOUT).await {
             return;
         }
-        if self.tcp.shutdown().await.is_err() {
+        if socket2::SockRef::from(&*self.tcp)
+            .shutdown(std::net::Shutdown::Write)
+            .is_err()
+        {
             return;
         }
         let deadline = Instant::now() + LINGER;

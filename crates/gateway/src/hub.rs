@@ -1,18 +1,32 @@
 //! The broadcast hub: every connected client, its filter and its bounded
 //! outbound queue. The fan-out loop hands each event to [`Hub::dispatch`]
 //! once; frames are shared (`Arc`), never copied per client.
+//!
+//! While a connection task is idle (nothing of its own to write, no
+//! replay running) its client is *direct*: the shard task of its thread
+//! writes live frames straight into the socket with one non-blocking
+//! `writev`, so a live event costs one wake-up per thread, not one per
+//! client. Only when the socket does not take a whole frame does the rest
+//! go to the client's queue and the connection task wake up to finish it
+//! (and everything after it) at the socket's pace.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::SystemTime;
 
 use parking_lot::{Mutex, RwLock};
 use proto_events::PatternSet;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::metrics::{CloseKind, Metrics};
 use crate::protocol::EventFrame;
-use crate::wire::code;
+use crate::wire::{self, code};
+
+/// Most frames in one direct write.
+const DIRECT_MAX: usize = 16;
 
 /// Per-client outbound limits.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +93,65 @@ struct ClientState {
     /// from the stream after this sequence.
     lag: Option<u64>,
     close: Option<Close>,
+    /// The connection task is parked with nothing to write: the shard
+    /// writes live frames into the socket itself.
+    direct: bool,
+    /// Bytes of the queue's front frame that a direct write already sent
+    /// (the connection task finishes it before writing anything else).
+    front_written: usize,
+}
+
+impl ClientState {
+    /// Empties the queue, except a frame a direct write left half sent.
+    fn drop_queue(&mut self) {
+        if self.front_written == 0 {
+            self.queue = VecDeque::new();
+            self.bytes = 0;
+        } else {
+            self.queue.truncate(1);
+            self.bytes = self.queue.iter().map(|f| f.cost()).sum();
+        }
+    }
+}
+
+/// Live frames the shard wrote into sockets itself, for the metrics.
+struct DirectSent<'a> {
+    metrics: &'a Metrics,
+    now: SystemTime,
+    count: u64,
+}
+
+impl DirectSent<'_> {
+    fn sent(&mut self, frame: &EventFrame) {
+        self.count += 1;
+        if let Some(published) = frame.published
+            && let Ok(d) = self.now.duration_since(published)
+        {
+            self.metrics.event_to_send.observe(d.as_secs_f64());
+        }
+    }
+}
+
+/// Bytes of one event frame on the wire.
+fn wire_len(frame: &EventFrame) -> usize {
+    wire::header(wire::OP_TEXT, frame.text.len()).1 + frame.text.len()
+}
+
+/// One non-blocking vectored write of whole frames; bytes written (0 when
+/// the socket is full or failed: the connection task meets the error on
+/// its next write).
+fn write_frames(tcp: &TcpStream, frames: &[&Arc<EventFrame>]) -> usize {
+    let mut heads = [([0u8; wire::MAX_HEADER], 0usize); DIRECT_MAX];
+    for (h, f) in heads.iter_mut().zip(frames) {
+        *h = wire::header(wire::OP_TEXT, f.text.len());
+    }
+    let mut iov = [IoSlice::new(&[]); 2 * DIRECT_MAX];
+    for (i, f) in frames.iter().enumerate().take(DIRECT_MAX) {
+        iov[2 * i] = IoSlice::new(&heads[i].0[..heads[i].1]);
+        iov[2 * i + 1] = IoSlice::new(f.text.as_bytes());
+    }
+    tcp.try_write_vectored(&iov[..2 * frames.len().min(DIRECT_MAX)])
+        .unwrap_or(0)
 }
 
 /// One connected, authenticated client as the hub sees it.
@@ -86,6 +159,9 @@ pub struct Client {
     pub id: u64,
     pub token_id: i32,
     shard: Arc<Shard>,
+    /// The connection's socket, for direct writes (none in unit tests of
+    /// the queue alone).
+    socket: Option<Arc<TcpStream>>,
     state: Mutex<ClientState>,
     /// Woken when the queue goes from empty to non-empty.
     pub wake: Notify,
@@ -112,26 +188,71 @@ pub enum Take {
 }
 
 impl Client {
-    /// Queues the frames this client's filter selects, in order. A queue
-    /// that would pass a limit is dropped instead (the events are in the
-    /// stream): a live client is told to catch up, a paused one (already
-    /// replaying) notes how far its replay must now go.
-    fn offer(&self, frames: &[Arc<EventFrame>], limits: QueueLimits) {
+    /// Sends or queues the frames this client's filter selects, in order:
+    /// straight into the socket while the client is direct, else into the
+    /// queue. A queue that would pass a limit is dropped instead (the
+    /// events are in the stream): a live client is told to catch up, a
+    /// paused one (already replaying) notes how far its replay must now go.
+    fn offer(&self, frames: &[Arc<EventFrame>], limits: QueueLimits, direct: &mut DirectSent) {
         let mut st = self.state.lock();
         if st.close.is_some() {
             return;
         }
         let filter = st.filter.unwrap_or(PatternSet::all());
+        let selected =
+            |f: &EventFrame, min_seq: u64| f.seq > min_seq && filter.matches(f.event_type);
         let was_empty = st.queue.is_empty();
-        for frame in frames {
-            if frame.seq <= st.min_seq || !filter.matches(frame.event_type) {
+        let mut rest = frames;
+        let mut handed_over = false;
+        if let Some(tcp) = self.socket.as_deref() {
+            while st.direct && !rest.is_empty() {
+                let mut picked = [&rest[0]; DIRECT_MAX];
+                let (mut k, mut used) = (0, 0);
+                for f in rest {
+                    if k == DIRECT_MAX {
+                        break;
+                    }
+                    used += 1;
+                    if selected(f, st.min_seq) {
+                        picked[k] = f;
+                        k += 1;
+                    }
+                }
+                rest = &rest[used..];
+                if k == 0 {
+                    continue;
+                }
+                let mut left = write_frames(tcp, &picked[..k]);
+                for f in &picked[..k] {
+                    let len = wire_len(f);
+                    if st.queue.is_empty() && left >= len {
+                        left -= len;
+                        direct.sent(f);
+                        continue;
+                    }
+                    if st.queue.is_empty() {
+                        st.front_written = left;
+                        left = 0;
+                    }
+                    st.queue.push_back((*f).clone());
+                    st.bytes += f.cost();
+                }
+                if !st.queue.is_empty() {
+                    // the socket is full: the connection task takes over
+                    st.direct = false;
+                    handed_over = true;
+                }
+            }
+        }
+        for frame in rest {
+            if !selected(frame, st.min_seq) {
                 continue;
             }
             if st.queue.len() >= limits.messages || st.bytes + frame.cost() > limits.bytes {
-                let first = st.queue.front().map_or(frame.seq, |f| f.seq);
+                let unsent = usize::from(st.front_written > 0);
+                let first = st.queue.get(unsent).map_or(frame.seq, |f| f.seq);
                 let last = frames.last().map_or(frame.seq, |f| f.seq);
-                st.queue = VecDeque::new();
-                st.bytes = 0;
+                st.drop_queue();
                 st.gap_until = st.gap_until.max(last);
                 let signal = !st.paused;
                 st.paused = true;
@@ -142,16 +263,43 @@ impl Client {
                 if signal {
                     self.kill.notify_one();
                 }
+                if handed_over {
+                    self.wake.notify_one();
+                }
                 return;
             }
             st.queue.push_back(frame.clone());
             st.bytes += frame.cost();
         }
-        let notify = was_empty && !st.queue.is_empty() && !st.paused;
+        let notify = handed_over || (was_empty && !st.queue.is_empty() && !st.paused);
         drop(st);
         if notify {
             self.wake.notify_one();
         }
+    }
+
+    /// The connection task parks with nothing to write: live frames may
+    /// go straight into the socket (unless a replay runs, a close is
+    /// pending or frames are queued).
+    pub fn begin_direct(&self) {
+        let mut st = self.state.lock();
+        st.direct =
+            self.socket.is_some() && !st.paused && st.close.is_none() && st.queue.is_empty();
+    }
+
+    /// The connection task woke up and writes again itself: no more
+    /// direct writes, and a frame one left half sent is handed back (with
+    /// the bytes already sent) to be finished before anything else.
+    pub fn end_direct(&self) -> Option<(Arc<EventFrame>, usize)> {
+        let mut st = self.state.lock();
+        st.direct = false;
+        if st.front_written == 0 {
+            return None;
+        }
+        let written = std::mem::take(&mut st.front_written);
+        let frame = st.queue.pop_front()?;
+        st.bytes -= frame.cost();
+        Some((frame, written))
     }
 
     /// Asks the connection to close (first reason wins).
@@ -159,8 +307,8 @@ impl Client {
         let mut st = self.state.lock();
         if st.close.is_none() {
             st.close = Some(close);
-            st.queue = VecDeque::new();
-            st.bytes = 0;
+            st.direct = false;
+            st.drop_queue();
         }
         drop(st);
         self.kill.notify_one();
@@ -263,20 +411,26 @@ impl Shard {
         })
     }
 
-    fn offer_all(&self, frames: &[Arc<EventFrame>], limits: QueueLimits) {
+    fn offer_all(&self, frames: &[Arc<EventFrame>], limits: QueueLimits, metrics: &Metrics) {
+        let mut direct = DirectSent {
+            metrics,
+            now: SystemTime::now(),
+            count: 0,
+        };
         for client in self.clients.lock().values() {
-            client.offer(frames, limits);
+            client.offer(frames, limits, &mut direct);
         }
+        metrics.messages_sent.inc_by(direct.count);
     }
 
-    /// The shard's task: hands queued frames to its clients; it ends with
-    /// its worker thread.
-    async fn run(self: Arc<Self>, limits: QueueLimits) {
+    /// The shard's task: hands frames to its clients; it ends with its
+    /// worker thread.
+    async fn run(self: Arc<Self>, limits: QueueLimits, metrics: Metrics) {
         let mut batch = Vec::new();
         loop {
             self.wake.notified().await;
             std::mem::swap(&mut *self.inbox.lock(), &mut batch);
-            self.offer_all(&batch, limits);
+            self.offer_all(&batch, limits, &metrics);
             batch.clear();
         }
     }
@@ -322,27 +476,30 @@ impl Hub {
     }
 
     /// Adds a client to this thread's shard, starting the shard's task on
-    /// first use. Must run inside a `LocalSet` (an HTTP worker thread).
-    pub fn register_local(&self, token_id: i32, filter: Option<PatternSet>) -> Arc<Client> {
+    /// first use. Must run inside a `LocalSet` (an HTTP worker thread), the
+    /// thread whose reactor `socket` is registered with.
+    pub fn register_local(
+        &self,
+        token_id: i32,
+        filter: Option<PatternSet>,
+        socket: Option<Arc<TcpStream>>,
+    ) -> Arc<Client> {
         let shard = LOCAL_SHARDS.with(|cell| {
             let mut shards = cell.borrow_mut();
             if let Some((_, shard)) = shards.iter().find(|(id, _)| *id == self.id) {
                 return shard.clone();
             }
             let shard = Shard::new();
-            tokio::task::spawn_local(shard.clone().run(self.limits));
+            tokio::task::spawn_local(shard.clone().run(self.limits, self.metrics.clone()));
             self.shards.write().push(shard.clone());
             shards.push((self.id, shard.clone()));
             shard
         });
-        self.add(token_id, filter, shard)
-    }
-
-    fn add(&self, token_id: i32, filter: Option<PatternSet>, shard: Arc<Shard>) -> Arc<Client> {
         let client = Arc::new(Client {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             token_id,
             shard: shard.clone(),
+            socket,
             state: Mutex::new(ClientState {
                 filter,
                 ..Default::default()
@@ -515,8 +672,8 @@ mod tests {
     fn filters_and_queues() {
         on_worker(async {
             let h = hub(10, 1000);
-            let a = h.register_local(1, None);
-            let b = h.register_local(2, None);
+            let a = h.register_local(1, None, None);
+            let b = h.register_local(2, None, None);
             b.set_filter(PatternSet::parse(["ticket.*"]).unwrap());
             h.dispatch(frame(1, EventType::UserCreated, 10));
             h.dispatch(frame(2, EventType::TicketCreated, 10));
@@ -538,7 +695,7 @@ mod tests {
     fn an_overflow_asks_for_a_catch_up_instead_of_a_close() {
         on_worker(async {
             let h = hub(3, 1000);
-            let a = h.register_local(1, None);
+            let a = h.register_local(1, None, None);
             let mut out = VecDeque::new();
             h.dispatch(frame(1, EventType::UserCreated, 10));
             settle().await;
@@ -562,7 +719,7 @@ mod tests {
             assert_eq!(seqs(&out), vec![7]);
             // byte limit
             let h = hub(100, 25);
-            let b = h.register_local(1, None);
+            let b = h.register_local(1, None, None);
             h.dispatch(frame(1, EventType::UserCreated, 10));
             h.dispatch(frame(2, EventType::UserCreated, 10));
             settle().await;
@@ -577,7 +734,7 @@ mod tests {
     fn an_overflow_during_a_replay_extends_it() {
         on_worker(async {
             let h = hub(2, 1000);
-            let a = h.register_local(1, None);
+            let a = h.register_local(1, None, None);
             a.pause();
             for seq in 10..=14 {
                 h.dispatch(frame(seq, EventType::UserCreated, 10));
@@ -599,7 +756,7 @@ mod tests {
     fn pause_and_hand_over_drops_what_the_replay_covered() {
         on_worker(async {
             let h = hub(100, 10_000);
-            let a = h.register_local(1, None);
+            let a = h.register_local(1, None, None);
             a.pause();
             for seq in 5..=9 {
                 h.dispatch(frame(seq, EventType::UserCreated, 10));
@@ -622,15 +779,106 @@ mod tests {
     fn revoked_and_shutdown() {
         on_worker(async {
             let h = hub(10, 1000);
-            let a = h.register_local(1, None);
-            let b = h.register_local(2, None);
+            let a = h.register_local(1, None, None);
+            let b = h.register_local(2, None, None);
             assert_eq!(h.close_revoked(&[2]), 1);
             assert_eq!(a.take_close().unwrap().kind, CloseKind::Revoked);
             assert!(b.take_close().is_none());
             h.close_all();
             assert_eq!(b.take_close().unwrap().code, 1001);
-            let c = h.register_local(3, None);
+            let c = h.register_local(3, None, None);
             assert_eq!(c.take_close().unwrap().kind, CloseKind::Shutdown);
+        });
+    }
+
+    /// A loopback connection: the server side for the hub, the client side
+    /// to read what was written.
+    async fn socket_pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap());
+        let (accepted, peer) = tokio::join!(listener.accept(), peer);
+        let server = accepted.unwrap().0;
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        (Arc::new(server), peer.unwrap())
+    }
+
+    fn wire_bytes(frames: &[EventFrame]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in frames {
+            let (h, n) = wire::header(wire::OP_TEXT, f.text.len());
+            out.extend_from_slice(&h[..n]);
+            out.extend_from_slice(f.text.as_bytes());
+        }
+        out
+    }
+
+    fn drain(peer: &TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = peer.try_read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn a_direct_client_gets_frames_without_its_task_and_a_full_socket_hands_back() {
+        on_worker(async {
+            let h = hub(10_000, 100_000_000);
+            let (server, peer) = socket_pair().await;
+            let a = h.register_local(1, None, Some(server.clone()));
+            a.begin_direct();
+            let small: Vec<EventFrame> = (1..=3)
+                .map(|seq| frame(seq, EventType::UserCreated, 100))
+                .collect();
+            for f in small.clone() {
+                h.dispatch(f);
+            }
+            settle().await;
+            peer.readable().await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert_eq!(drain(&peer), wire_bytes(&small), "written by the shard");
+            let mut out = VecDeque::new();
+            assert!(matches!(a.take(&mut out), Take::Nothing), "nothing queued");
+
+            // Far more than the socket buffers hold, without reading: the
+            // shard writes what fits, then queues the rest and hands over.
+            let big: Vec<EventFrame> = (4..=400)
+                .map(|seq| frame(seq, EventType::UserCreated, 3000))
+                .collect();
+            for f in big.clone() {
+                h.dispatch(f);
+            }
+            settle().await;
+            let mut got = drain(&peer);
+            let (partial, written) = a.end_direct().expect("a frame left half sent");
+            let (hd, n) = wire::header(wire::OP_TEXT, partial.text.len());
+            let mut rest = hd[..n].to_vec();
+            rest.extend_from_slice(partial.text.as_bytes());
+            assert!(written > 0 && written < rest.len());
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            assert_eq!(out.front().unwrap().seq, partial.seq + 1);
+            // What the peer read, then the unsent part of the half-sent
+            // frame, then the queue, is exactly the stream of frames.
+            while got.len() < wire_bytes(&big[..(partial.seq - 4) as usize]).len() + written {
+                peer.readable().await.unwrap();
+                got.extend(drain(&peer));
+            }
+            got.extend_from_slice(&rest[written..]);
+            let queued: Vec<EventFrame> = out.iter().map(|f| (**f).clone()).collect();
+            got.extend(wire_bytes(&queued));
+            assert_eq!(got, wire_bytes(&big));
+            // no direct writes until the task parks again
+            h.dispatch(frame(401, EventType::UserCreated, 10));
+            settle().await;
+            out.clear();
+            assert!(matches!(a.take(&mut out), Take::Frames));
+            assert_eq!(seqs(&out), vec![401]);
         });
     }
 }
