@@ -180,7 +180,7 @@ export async function deliveriesPage(root, { id, params }) {
       el("div", { class: "title" }, el("h2", { text: `Deliveries (${page.total})` }),
         el("label", { for: "delivery-status", text: "Status" }), statusSel,
         el("button", { type: "button", text: "Refresh", onclick: () => { shown = ""; refresh(); } })),
-      groups.length ? groups : el("p", { class: "empty", text: "No deliveries yet." }),
+      ...(groups.length ? groups : [el("p", { class: "empty", text: "No deliveries yet." })]),
       el("nav", { class: "pager", "aria-label": "Delivery pages" },
         cursors.length > 1 ? el("button", { type: "button", text: "Newer", onclick: () => { cursor = cursors.pop(); refresh(); } }) : null,
         page.next_cursor ? el("button", { type: "button", text: "Older", onclick: () => { cursors.push(cursor); cursor = page.next_cursor; refresh(); } }) : null));

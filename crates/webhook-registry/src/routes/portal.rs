@@ -58,11 +58,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../portal/overview.js"),
     ),
     ("live.js", "text/javascript; charset=utf-8", LIVE_JS),
+    (
+        "icon.svg",
+        "image/svg+xml",
+        include_str!("../../portal/icon.svg"),
+    ),
 ];
 
 const INDEX_HTML: &str = include_str!("../../portal/index.html");
 
-/// Total bytes of the portal's HTML, CSS and JavaScript (README, "Portal").
+/// Total bytes of the portal's files (README, "Portal").
 pub fn total_bytes() -> usize {
     INDEX_HTML.len() + ASSETS.iter().map(|(_, _, body)| body.len()).sum::<usize>()
 }
