@@ -29,6 +29,7 @@ chromium_bin="$(command -v chromium)"
 target="$(cargo_target_dir)"
 out="${PORTAL_TEST_OUT:-$target/portal-test}"
 mkdir -p "$out"
+rm -f "$out"/*.png
 
 log "cargo build -p webhook-registry -p gateway -p delivery-worker -p eventctl"
 cargo build -q -p webhook-registry -p gateway -p delivery-worker -p eventctl

@@ -168,6 +168,8 @@ export async function deliveriesPage(root, { id, params }) {
     if (key === shown) return;
     shown = key;
     loadChart();
+    // the webhook's counters and state move with its deliveries
+    api("GET", "/webhooks/" + w.id).then((fresh) => { w = fresh; header(); }).catch(() => {});
     const groups = groupByEvent(page.items).map((attempts) => {
       const first = attempts[0];
       return el("article", { class: "event" },

@@ -51,17 +51,19 @@ export async function webhooksPage(root, { params }) {
   if (!page.items.length) {
     root.append(el("p", { class: "empty", text: page.total ? "No webhooks on this page." : "No webhooks match." }));
   } else {
-    const rows = page.items.map((w) => el("tr", {},
-      el("td", {}, el("a", { href: "#/webhooks/" + w.id, text: w.name })),
-      el("td", { class: "url", text: w.url }),
-      el("td", {}, el("code", { text: w.event_type })),
-      el("td", {}, el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" })),
-      el("td", { text: rate(w) }),
-      el("td", { text: fmtTime(w.last_triggered_at) }),
-      el("td", { class: "problem", text: w.disabled_reason || (w.failing_since ? "failing since " + fmtTime(w.failing_since) : "") })));
-    root.append(el("div", { class: "table-wrap" }, el("table", { "aria-label": "Webhooks" },
-      el("thead", {}, el("tr", {}, ["Name", "URL", "Event type", "Active", "Success rate", "Last triggered",
-        "Failing since / disabled reason"].map((h) => el("th", { scope: "col", text: h })))),
+    const heads = ["Name", "URL", "Event type", "Active", "Success rate", "Last triggered", "Failing since / disabled reason"];
+    const rows = page.items.map((w) => el("tr", {}, [
+      el("a", { href: "#/webhooks/" + w.id, text: w.name }),
+      w.url,
+      el("code", { text: w.event_type }),
+      el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" }),
+      rate(w),
+      fmtTime(w.last_triggered_at),
+      w.disabled_reason || (w.failing_since ? "failing since " + fmtTime(w.failing_since) : ""),
+    ].map((c, i) => el("td", { "data-label": heads[i], class: i === 1 ? "url" : i === 6 ? "problem" : null }, c))));
+    // On a phone each row becomes a card, labelled by data-label.
+    root.append(el("div", { class: "table-wrap" }, el("table", { class: "stack", "aria-label": "Webhooks" },
+      el("thead", {}, el("tr", {}, heads.map((h) => el("th", { scope: "col", text: h })))),
       el("tbody", {}, rows))));
   }
   const link = (o) => {
