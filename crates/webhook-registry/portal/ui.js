@@ -48,7 +48,7 @@ export function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false && c !== "") e.append(c);
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false && c !== "") e.append(c);
   return e;
 }
 

@@ -288,6 +288,11 @@ mod tests {
     }
 
     #[test]
+    fn the_portal_stays_small() {
+        assert!(total_bytes() < 64 * 1024, "{} bytes", total_bytes());
+    }
+
+    #[test]
     fn an_odd_gateway_url_cannot_break_out_of_the_attribute() {
         let mut c = Config::for_tests("postgres://h/db", "");
         c.gateway_url = "ws://127.0.0.1:8081/ws?a=\"><script>".to_owned();

@@ -34,7 +34,7 @@ const hookUrl = `http://127.0.0.1:${receiver.address().port}/hook`;
 
 function publish(type, payload) {
   execFileSync(env("EVENTCTL"), ["publish", "--type", type, "--payload", JSON.stringify(payload)],
-    { stdio: ["ignore", "ignore", "inherit"] });
+    { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
 }
 
 const steps = [];
@@ -72,6 +72,7 @@ try {
       .filter((e) => !((e.labels && e.labels.length) || e.getAttribute("aria-label") || e.textContent.trim()))
       .map((e) => e.outerHTML.slice(0, 80)));
     assert.deepEqual(unnamed, [], name + ": controls without an accessible name");
+    assert.ok(!(await page.locator("body").innerText()).includes("[object "), name + ": an object rendered as text");
     await page.screenshot({ path: path.join(OUT, name + ".png"), fullPage: true });
   };
   const main = page.getByRole("main");
@@ -103,7 +104,7 @@ try {
       const row = page.getByRole("row", { name: new RegExp("^" + s) });
       await row.getByText("ready", { exact: true }).waitFor();
     }
-    await shot("02-overview");
+    await shot("02-overview-empty");
   });
 
   await step("create: the API's 422 message appears beside the URL field", async () => {
@@ -146,6 +147,16 @@ try {
     const label = await attempt.getByRole("button", { name: /^Retry delivery/ }).getAttribute("aria-label");
     failedId = label.split(" ").pop();
     assert.ok(received.some((r) => r.body.includes(marker)), "the receiver got the event");
+  });
+
+  await step("overview lists the webhook as failing now", async () => {
+    await page.getByRole("link", { name: "Overview", exact: true }).click();
+    const failing = page.getByRole("region", { name: "Failing now" });
+    await failing.getByRole("link", { name: "CRM " + marker }).waitFor();
+    await page.getByRole("table", { name: "Service readiness" }).waitFor();
+    await shot("02-overview");
+    await failing.getByRole("link", { name: "CRM " + marker }).click();
+    await main.getByRole("button", { name: "Retry delivery " + failedId }).waitFor();
   });
 
   await step("retry the failed delivery: the new attempt succeeds", async () => {
@@ -214,6 +225,7 @@ try {
     await page.getByRole("link", { name: "Events", exact: true }).click();
     await main.locator("details.type summary", { hasText: "ticket.status_changed" }).click();
     await main.getByRole("heading", { name: "JSON Schema" }).first().waitFor();
+    await main.locator("p.hint code", { hasText: "ticket.*" }).waitFor();
     await main.getByRole("button", { name: "Connect", exact: true }).click();
     await page.locator("#status", { hasText: /^connected$/ }).waitFor();
     const live = marker + "-live";
