@@ -77,6 +77,7 @@ try {
   };
   const main = page.getByRole("main");
   const marker = "portal-" + Date.now().toString(36);
+  let hookId;
 
   await step("a wrong token is refused and says so", async () => {
     await page.goto(BASE);
@@ -125,6 +126,8 @@ try {
     await page.getByLabel("URL", { exact: true }).fill(hookUrl);
     await page.getByRole("button", { name: "Create webhook" }).click();
     await page.getByRole("heading", { name: "CRM " + marker }).waitFor();
+    hookId = Number(new URL(page.url()).hash.split("/")[2]);
+    assert.ok(hookId > 0);
   });
 
   await step("edit it", async () => {
@@ -162,6 +165,8 @@ try {
   await step("retry the failed delivery: the new attempt succeeds", async () => {
     answer = 200;
     await main.getByRole("button", { name: "Retry delivery " + failedId }).click();
+    // a new row (the worker runs without automatic retries, so none was queued)
+    await page.getByText("Attempt 2 queued.").waitFor();
     const ok = main.locator("li.attempt.success", { hasText: "Attempt 2" });
     await ok.waitFor();
     await ok.getByText("HTTP 200", { exact: true }).waitFor();
@@ -243,7 +248,8 @@ try {
 
   await step("usable on a 390 px phone screen", async () => {
     await page.setViewportSize({ width: 390, height: 844 });
-    for (const [hash, name] of [["#/overview", "08-phone-overview"], ["#/webhooks", "09-phone-webhooks"], ["#/events", "10-phone-events"]]) {
+    for (const [hash, name] of [["#/overview", "08-phone-overview"], ["#/webhooks", "09-phone-webhooks"], ["#/events", "10-phone-events"],
+      [`#/webhooks/${hookId}`, "11-phone-deliveries"]]) {
       await page.evaluate((h) => { location.hash = h; }, hash);
       await page.getByRole("heading", { level: 1 }).waitFor();
       await page.waitForLoadState("networkidle");
