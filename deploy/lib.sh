@@ -302,6 +302,48 @@ ensure_test_tools() {
     ensure_schemathesis >/dev/null
 }
 
+# The portal's browser suite (deploy/portal-test.sh): Debian's chromium, and
+# playwright-core from npm, pinned, in a directory of its own next to the
+# cargo target directory (kept between CI runs), in .local/ otherwise.
+# Required: failing to install either is fatal there.
+PLAYWRIGHT_VERSION=1.65.1
+playwright_dir() {
+    if [ -n "${PLAYWRIGHT_DIR:-}" ]; then
+        printf '%s\n' "$PLAYWRIGHT_DIR"
+    elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
+        case "$CARGO_TARGET_DIR" in
+            /*) printf '%s\n' "$(dirname "$CARGO_TARGET_DIR")/node-playwright" ;;
+            *) printf '%s\n' "$(dirname "$BEDOLAGA_REPO_ROOT/$CARGO_TARGET_DIR")/node-playwright" ;;
+        esac
+    else
+        printf '%s\n' "$LOCAL_DIR/node-playwright"
+    fi
+}
+
+playwright_ok() {
+    node -e 'const v = require(process.argv[1] + "/node_modules/playwright-core/package.json").version;
+        process.exit(v === process.argv[2] ? 0 : 1)' "$1" "$PLAYWRIGHT_VERSION" >/dev/null 2>&1
+}
+
+ensure_portal_test_tools() {
+    local dir
+    if ! command -v chromium >/dev/null 2>&1; then
+        apt_install chromium
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    dir="$(playwright_dir)"
+    if ! playwright_ok "$dir"; then
+        log "installing playwright-core $PLAYWRIGHT_VERSION (npm) into $dir"
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
+            "playwright-core@$PLAYWRIGHT_VERSION" >&2 ||
+            die "npm install playwright-core@$PLAYWRIGHT_VERSION failed"
+        playwright_ok "$dir" || die "playwright-core $PLAYWRIGHT_VERSION is not in $dir after installing it"
+    fi
+}
+
 # Schemathesis (PyPI), pinned, in its own virtualenv: next to the cargo
 # target directory when CARGO_TARGET_DIR is set (kept between CI runs), in
 # .local/ otherwise. An existing venv with the right version is reused.

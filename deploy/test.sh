@@ -4,8 +4,9 @@
 # runs `cargo test --workspace` with any extra arguments passed through, e.g.
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
-# and then deploy/schemathesis.sh (the OpenAPI conformance run), also when
-# cargo test failed; the exit status is non-zero when either failed.
+# and then deploy/schemathesis.sh (the OpenAPI conformance run) and
+# deploy/portal-test.sh (the portal's browser suite), also when an earlier
+# step failed; the exit status is non-zero when any failed.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
@@ -22,4 +23,6 @@ log "cargo test --workspace $*"
 cargo test --workspace "$@" || status=$?
 # The OpenAPI conformance run (schemathesis against the built registry).
 "$(dirname "${BASH_SOURCE[0]}")/schemathesis.sh" || status=$?
+# The portal in a real browser against the built services.
+"$(dirname "${BASH_SOURCE[0]}")/portal-test.sh" || status=$?
 exit "$status"

@@ -31,6 +31,9 @@ fi
 registry_addr="$(bind_to_local "$REGISTRY_BIND")"
 gateway_addr="$(bind_to_local "$GATEWAY_BIND")"
 worker_addr="$(bind_to_local "$WORKER_BIND")"
+# The portal's live view and its readiness table follow the binds above.
+export REGISTRY_GATEWAY_URL="${REGISTRY_GATEWAY_URL:-ws://$gateway_addr/ws}"
+export REGISTRY_WORKER_READY_URL="${REGISTRY_WORKER_READY_URL:-http://$worker_addr/readyz}"
 declare -A HEALTH_URL=(
     [webhook-registry]="http://$registry_addr/healthz"
     [gateway]="http://$gateway_addr/healthz"
@@ -150,6 +153,7 @@ cat <<EOF
 
 bedolaga-events is running.
 
+  Portal (webhook-registry)    http://$registry_addr/   (sign in with the API token below)
   REST API (webhook-registry)  http://$registry_addr/webhooks
   WebSocket (gateway)          ws://$gateway_addr/ws?token=$token
   Live console (gateway)       http://$gateway_addr/

@@ -12,9 +12,10 @@ use crate::error::{ErrorOut, FieldError, HttpValidationError, LocItem};
 use crate::extract::lax_bool_schema;
 use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
 use crate::model::{
-    DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, RetryOut, RotateIn, RotateOut,
-    StatsOut, TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
+    DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, HourBucketOut, HourlyOut, RetryOut,
+    RotateIn, RotateOut, StatsOut, TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
+use crate::routes::portal::{self, ServiceReadiness, ServicesReadiness};
 use crate::routes::{events, webhooks};
 
 struct SecuritySchemes;
@@ -42,20 +43,21 @@ impl Modify for SecuritySchemes {
     ),
     paths(
         webhooks::create, webhooks::list, webhooks::stats, webhooks::get, webhooks::update,
-        webhooks::delete, webhooks::deliveries, webhooks::test, webhooks::retry, webhooks::rotate,
-        events::types, serve,
+        webhooks::delete, webhooks::deliveries, webhooks::hourly, webhooks::test, webhooks::retry,
+        webhooks::rotate, events::types, portal::readiness, serve,
     ),
     components(schemas(
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,
         RotateIn, RotateOut, TestOut, RetryOut, EventTypeOut, EventCatalogueOut, ErrorOut,
-        HttpValidationError, FieldError, LocItem,
+        HttpValidationError, FieldError, LocItem, HourlyOut, HourBucketOut, ServiceReadiness,
+        ServicesReadiness,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "webhooks", description = "Webhook registrations"),
         (name = "deliveries", description = "Delivery history and manual retries"),
         (name = "events", description = "The event catalogue"),
-        (name = "meta", description = "This document"),
+        (name = "meta", description = "This document and the services' readiness"),
     )
 )]
 pub struct ApiDoc;
