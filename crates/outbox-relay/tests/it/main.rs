@@ -1,0 +1,5 @@
+//! Integration tests of outbox-relay against the real PostgreSQL and NATS.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod relay;
