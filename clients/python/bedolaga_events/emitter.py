@@ -8,7 +8,7 @@ import os
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Union
 
 from ._envelope import build
-from .publisher import Publisher, PublishTimeout
+from .publisher import Publisher
 
 log = logging.getLogger("bedolaga_events")
 
@@ -88,7 +88,7 @@ class EventEmitter:
                     await self.connect()
                 assert self._publisher is not None
                 await self._publisher.publish_raw(envelope["id"], event_type, body.encode("utf-8"))
-            except (PublishTimeout, OSError, Exception) as e:  # noqa: BLE001 - see raise_errors
+            except Exception as e:  # noqa: BLE001 - see raise_errors
                 if self.raise_errors:
                     raise
                 log.error("event %s (%s) was not published: %r", envelope["id"], event_type, e)

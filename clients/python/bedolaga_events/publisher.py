@@ -120,9 +120,13 @@ class Publisher:
         return self
 
     async def close(self) -> None:
-        if self._nc is not None and self._own_connection and not self._nc.is_closed:
-            await self._nc.close()
-        self._nc = None
+        nc, self._nc = self._nc, None
+        if nc is not None and self._own_connection and not nc.is_closed:
+            try:
+                await nc.close()
+            except (OSError, nats.errors.Error) as e:
+                # nats-py flushes on close, which fails while disconnected.
+                log.debug("NATS connection closed with an error: %r", e)
 
     async def __aenter__(self) -> "Publisher":
         return self
