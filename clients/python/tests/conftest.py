@@ -149,6 +149,7 @@ class RelayProcess:
                     return
             except OSError:
                 time.sleep(0.05)
+        self.kill()
         raise RuntimeError(f"outbox-relay did not answer /healthz: {self.output()}")
 
     def output(self) -> str:
