@@ -66,8 +66,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::History(args)) => {
             bench::history::run(&cli.nats_url, args).await
         }
-        Command::Bench(BenchCommand::Outbox(args)) => {
-            bench::outbox::run(&cli.nats_url, args).await
-        }
+        Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats_url, args).await,
     }
 }

@@ -72,6 +72,9 @@ impl Application {
             &config.database_url,
             &PoolConfig {
                 max_size: config.database_pool_size,
+                // No `SELECT 1` per checkout: one round trip less per batch;
+                // a dead connection fails its batch, which is retried.
+                fast_recycle: true,
                 ..PoolConfig::default()
             },
         )?;

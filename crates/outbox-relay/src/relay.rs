@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt;
 use proto_events::Namespace;
 use storage::DbPool;
@@ -129,6 +129,13 @@ impl Relay {
         let limit = i64::try_from(self.batch_size).unwrap_or(1000);
         let result = conn
             .transaction::<_, RelayError, _>(async |c| {
+                // This commit need not wait for the WAL flush: a delete lost
+                // in a database crash brings its rows back, and they are
+                // published again with the same Nats-Msg-Id (dropped by
+                // JetStream). Not waiting keeps the next batch from queueing
+                // behind an fsync.
+                c.batch_execute("SET LOCAL synchronous_commit TO off")
+                    .await?;
                 let rows: Vec<Row> = diesel::sql_query(CLAIM)
                     .bind::<BigInt, _>(limit)
                     .load(c)
@@ -301,10 +308,15 @@ pub async fn run(
 ) {
     let mut backoff = BACKOFF_MIN;
     while !shutdown.is_cancelled() {
-        let step = async {
-            if client.connection_state() != async_nats::connection::State::Connected {
-                return Err(RelayError::Publish("NATS is not connected".into()));
+        if client.connection_state() != async_nats::connection::State::Connected {
+            // Nothing is claimed while NATS is away (async-nats reconnects).
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
+            continue;
+        }
+        let step = async {
             relay.ensure_stream().await?;
             relay.relay_batch().await
         };

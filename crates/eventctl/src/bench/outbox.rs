@@ -215,7 +215,9 @@ async fn bench(
                     continue;
                 };
                 if let Some(t0) = sent.lock().remove(&i) {
-                    latencies.lock().push(at.duration_since(t0).as_micros() as u64);
+                    latencies
+                        .lock()
+                        .push(at.duration_since(t0).as_micros() as u64);
                     got += 1;
                 }
             }
