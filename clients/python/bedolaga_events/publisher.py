@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Union
 
 import nats
 import nats.errors
@@ -50,7 +50,7 @@ class PublishTimeout(Exception):
         self.last_error = last_error
 
 
-def _server_list(servers: Union[str, Sequence[str]]) -> list:
+def _server_list(servers: Union[str, Sequence[str]]) -> List[str]:
     if isinstance(servers, str):
         return [s.strip() for s in servers.split(",") if s.strip()]
     return list(servers)
