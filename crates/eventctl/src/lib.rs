@@ -46,6 +46,9 @@ pub enum BenchCommand {
     Fanout(bench::fanout::Args),
     /// Delivery-history reads and retention drops at growing history sizes.
     History(bench::history::Args),
+    /// The transactional outbox through outbox-relay: drain throughput and
+    /// commit-to-stream latency.
+    Outbox(bench::outbox::Args),
 }
 
 /// Runs one command.
@@ -63,5 +66,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::History(args)) => {
             bench::history::run(&cli.nats_url, args).await
         }
+        Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats_url, args).await,
     }
 }
