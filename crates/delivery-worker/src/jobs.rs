@@ -146,7 +146,9 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
     let result = async {
         let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
         match &ended {
-            Ended::Completed => jobs::finish(&mut conn, id, &owner, jobs::status::COMPLETED, None).await,
+            Ended::Completed => {
+                jobs::finish(&mut conn, id, &owner, jobs::status::COMPLETED, None).await
+            }
             Ended::Failed(reason) => {
                 jobs::finish(&mut conn, id, &owner, jobs::status::FAILED, Some(reason)).await
             }
@@ -157,7 +159,9 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
     .await;
     match (&ended, result) {
         (Ended::Completed, Ok(true)) => tracing::info!(job_id = id, "job completed"),
-        (Ended::Failed(reason), Ok(true)) => tracing::warn!(job_id = id, reason = %reason, "job failed"),
+        (Ended::Failed(reason), Ok(true)) => {
+            tracing::warn!(job_id = id, reason = %reason, "job failed")
+        }
         (Ended::Lost, _) => tracing::info!(job_id = id, "job stopped: cancelled or taken over"),
         (_, Ok(_)) => {}
         // The lease runs out and another claim resumes it.
@@ -228,7 +232,9 @@ struct Item {
 
 /// What became of one item.
 enum Outcome {
-    Sent { success: bool },
+    Sent {
+        success: bool,
+    },
     /// The webhook was busy: a pending row the retry poller sends.
     Queued,
     /// Already delivered since the job started (a resumed job).
@@ -669,7 +675,11 @@ async fn drive_replay(
     };
     let mut stream = match ctx.js.get_stream(ctx.ns.stream()).await {
         Ok(s) => s,
-        Err(e) => return Err(JobError::Other(format!("cannot open the events stream: {e}"))),
+        Err(e) => {
+            return Err(JobError::Other(format!(
+                "cannot open the events stream: {e}"
+            )));
+        }
     };
     let info = stream
         .info()
@@ -683,12 +693,10 @@ async fn drive_replay(
         // what they were is not known any more).
         let unavailable = match (job.since_seq, job.since) {
             (Some(s), _) => (first_seq - s.saturating_add(1)).max(0),
-            (None, Some(since)) if first > 1 => {
-                match stream.get_raw_message(first).await {
-                    Ok(m) if from_nats_time(m.time) > since => first_seq - 1,
-                    _ => 0,
-                }
-            }
+            (None, Some(since)) if first > 1 => match stream.get_raw_message(first).await {
+                Ok(m) if from_nats_time(m.time) > since => first_seq - 1,
+                _ => 0,
+            },
             _ => 0,
         };
         window = Some(Window {
@@ -726,8 +734,13 @@ async fn drive_replay(
         if !jobs::set_window(&mut conn, job.id, &ctx.cfg.owner, w).await? {
             return Ok(Ended::Lost);
         }
-        tracing::info!(job_id = job.id, total = w.total, unavailable = w.unavailable,
-            end_seq = w.end_key, "replay window fixed");
+        tracing::info!(
+            job_id = job.id,
+            total = w.total,
+            unavailable = w.unavailable,
+            end_seq = w.end_key,
+            "replay window fixed"
+        );
     }
     let mut progress = job.progress_key.unwrap_or(0);
     if pending == 0 || u64::try_from(progress).unwrap_or(0) >= end_key {

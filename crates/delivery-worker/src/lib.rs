@@ -332,7 +332,11 @@ impl Application {
 /// This replica's name in job leases: host and a random suffix.
 fn replica_name() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
-    let host: String = host.chars().filter(|c| c.is_ascii_graphic()).take(40).collect();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect();
     format!("{host}-{:08x}", rand::random::<u32>())
 }
 

@@ -9,6 +9,7 @@ mod extras;
 mod framing;
 mod helpers;
 mod history;
+mod jobs;
 mod process;
 mod resilience;
 mod validation;
