@@ -104,9 +104,10 @@ pub struct Config {
     /// Jobs this replica runs at once.
     #[arg(long, env = "DELIVERY_MAX_JOBS", default_value_t = 2)]
     pub max_jobs: usize,
-    /// Deliveries of one job in flight at once (below DELIVERY_MAX_PER_WEBHOOK,
-    /// so live events keep slots of the webhook).
-    #[arg(long, env = "DELIVERY_JOB_CONCURRENCY", default_value_t = 4)]
+    /// Deliveries of one job in flight at once. 1 keeps a replay in stream
+    /// order at the receiver; more is faster but may reorder neighbours.
+    /// Keep it below DELIVERY_MAX_PER_WEBHOOK so live events keep slots.
+    #[arg(long, env = "DELIVERY_JOB_CONCURRENCY", default_value_t = 1)]
     pub job_concurrency: usize,
     /// How long shutdown waits for in-flight work before handing it back.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]

@@ -129,6 +129,8 @@ enum Ended {
 enum JobError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("the webhook is disabled")]
+    Disabled,
     #[error("{0}")]
     Other(String),
 }
@@ -318,7 +320,7 @@ async fn send_chunk(
         ));
     };
     if !hook.is_active {
-        return Err(JobError::Other("disabled".to_owned()));
+        return Err(JobError::Disabled);
     }
     let seen = already_delivered(&ctx.pool, job.webhook_id, started_at, &items).await?;
     let target = &hook.target;
@@ -408,7 +410,6 @@ async fn send_chunk(
             }
         }
     }
-    drop(results);
     out.stopped = handled < n;
     if lost {
         return Ok((out, false));
@@ -627,7 +628,7 @@ async fn drive_rows(
                     return Ok(Ended::Stopped);
                 }
             }
-            Err(JobError::Other(e)) if e == "disabled" => {
+            Err(JobError::Disabled) => {
                 return Ok(Ended::Failed("the webhook is disabled".to_owned()));
             }
             Err(e) => return Err(e),
@@ -827,7 +828,7 @@ async fn drive_replay(
         let (r, keep) = if n > 0 {
             match send_chunk(ctx, &job, started_at, items, &mut pacer, stop).await {
                 Ok(x) => x,
-                Err(JobError::Other(e)) if e == "disabled" => {
+                Err(JobError::Disabled) => {
                     return Ok(Ended::Failed("the webhook is disabled".to_owned()));
                 }
                 Err(e) => return Err(e),
