@@ -53,6 +53,8 @@ pub enum BenchCommand {
     Fanout(bench::fanout::Args),
     /// Delivery-history reads and retention drops at growing history sizes.
     History(bench::history::Args),
+    /// Live delivery latency while a replay job of a large backlog runs.
+    Replay(bench::replay::Args),
 }
 
 /// Runs one command.
@@ -80,6 +82,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Fanout(args)) => {
             bench::fanout::run(&cli.nats_url, ns, args).await
+        }
+        Command::Bench(BenchCommand::Replay(args)) => {
+            bench::replay::run(&cli.nats_url, ns, args).await
         }
         Command::Bench(BenchCommand::History(args)) => {
             bench::history::run(&cli.nats_url, args).await

@@ -3,3 +3,4 @@
 pub mod delivery;
 pub mod fanout;
 pub mod history;
+pub mod replay;
