@@ -6,7 +6,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Reverse start order: the worker first, so it stops taking new deliveries.
-for s in delivery-worker gateway webhook-registry; do
+for s in outbox-relay delivery-worker gateway webhook-registry; do
     stop_service "$s"
 done
 log "services stopped (PostgreSQL and NATS keep running; logs stay in .local/logs)"

@@ -302,6 +302,48 @@ ensure_test_tools() {
     ensure_schemathesis >/dev/null
 }
 
+# The portal's browser suite (deploy/portal-test.sh): Debian's chromium, and
+# playwright-core from npm, pinned, in a directory of its own next to the
+# cargo target directory (kept between CI runs), in .local/ otherwise.
+# Required: failing to install either is fatal there.
+PLAYWRIGHT_VERSION=1.65.1
+playwright_dir() {
+    if [ -n "${PLAYWRIGHT_DIR:-}" ]; then
+        printf '%s\n' "$PLAYWRIGHT_DIR"
+    elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
+        case "$CARGO_TARGET_DIR" in
+            /*) printf '%s\n' "$(dirname "$CARGO_TARGET_DIR")/node-playwright" ;;
+            *) printf '%s\n' "$(dirname "$BEDOLAGA_REPO_ROOT/$CARGO_TARGET_DIR")/node-playwright" ;;
+        esac
+    else
+        printf '%s\n' "$LOCAL_DIR/node-playwright"
+    fi
+}
+
+playwright_ok() {
+    node -e 'const v = require(process.argv[1] + "/node_modules/playwright-core/package.json").version;
+        process.exit(v === process.argv[2] ? 0 : 1)' "$1" "$PLAYWRIGHT_VERSION" >/dev/null 2>&1
+}
+
+ensure_portal_test_tools() {
+    local dir
+    if ! command -v chromium >/dev/null 2>&1; then
+        apt_install chromium
+    fi
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    dir="$(playwright_dir)"
+    if ! playwright_ok "$dir"; then
+        log "installing playwright-core $PLAYWRIGHT_VERSION (npm) into $dir"
+        mkdir -p "$dir"
+        npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
+            "playwright-core@$PLAYWRIGHT_VERSION" >&2 ||
+            die "npm install playwright-core@$PLAYWRIGHT_VERSION failed"
+        playwright_ok "$dir" || die "playwright-core $PLAYWRIGHT_VERSION is not in $dir after installing it"
+    fi
+}
+
 # Schemathesis (PyPI), pinned, in its own virtualenv: next to the cargo
 # target directory when CARGO_TARGET_DIR is set (kept between CI runs), in
 # .local/ otherwise. An existing venv with the right version is reused.
@@ -347,6 +389,67 @@ ensure_schemathesis() {
         schemathesis_ok "$venv" || die "$venv/bin/schemathesis is not version $SCHEMATHESIS_VERSION"
     fi
     printf '%s\n' "$venv/bin/schemathesis"
+}
+
+# The Python client's tests (clients/python): pytest with nats-py,
+# SQLAlchemy and asyncpg, pinned, in a virtualenv beside the schemathesis
+# one. An existing venv with exactly these pins is reused.
+PYTHON_CLIENT_REQUIREMENTS="pytest==9.2.0 nats-py==2.16.0 SQLAlchemy==2.1.9 asyncpg==0.32.0 greenlet==3.5.6"
+python_client_venv() {
+    if [ -n "${PYTHON_CLIENT_VENV:-}" ]; then
+        printf '%s\n' "$PYTHON_CLIENT_VENV"
+    else
+        printf '%s\n' "$(dirname "$(schemathesis_venv)")/venv-python-client"
+    fi
+}
+
+python_client_venv_ok() {
+    [ -x "$1/bin/python" ] && [ "$(cat "$1/.bedolaga-requirements" 2>/dev/null)" = "$PYTHON_CLIENT_REQUIREMENTS" ]
+}
+
+# ensure_python_client_venv: prints the venv's directory, installing it
+# first when needed; fails when python3 works but the install does not.
+ensure_python_client_venv() {
+    local venv
+    venv="$(python_client_venv)"
+    if ! python_client_venv_ok "$venv"; then
+        python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+        mkdir -p "$(dirname "$venv")"
+        (
+            if command -v flock >/dev/null 2>&1; then flock 9; fi
+            if ! python_client_venv_ok "$venv"; then
+                log "installing $PYTHON_CLIENT_REQUIREMENTS into $venv"
+                rm -rf "$venv"
+                # shellcheck disable=SC2086 # the list is split on purpose
+                python3 -m venv "$venv" >&2 &&
+                    "$venv/bin/pip" install -q --disable-pip-version-check $PYTHON_CLIENT_REQUIREMENTS >&2 &&
+                    printf '%s' "$PYTHON_CLIENT_REQUIREMENTS" >"$venv/.bedolaga-requirements"
+            fi
+        ) 9>"$venv.lock" || die "could not install the Python client's test tools into $venv"
+        python_client_venv_ok "$venv" || die "$venv is incomplete"
+    fi
+    printf '%s\n' "$venv"
+}
+
+# run_python_client_tests: pytest for clients/python against the local
+# NATS and PostgreSQL, driving the outbox-relay binary of this build.
+# Without python3 it is skipped with a warning (nothing else can run it).
+run_python_client_tests() {
+    local venv relay
+    if ! command -v python3 >/dev/null 2>&1; then
+        warn "SKIPPED the Python client tests (clients/python): python3 is not installed"
+        return 0
+    fi
+    venv="$(ensure_python_client_venv)"
+    log "cargo build -p outbox-relay (for the Python client tests)"
+    (cd "$BEDOLAGA_REPO_ROOT" && cargo build -q -p outbox-relay) || die "cargo build -p outbox-relay failed"
+    relay="$(cargo_target_dir)/debug/outbox-relay"
+    log "pytest clients/python/tests"
+    (
+        cd "$BEDOLAGA_REPO_ROOT/clients/python" &&
+            OUTBOX_RELAY_BIN="$relay" BEDOLAGA_REQUIRE_RELAY=1 \
+                "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs tests
+    )
 }
 
 # --------------------------------------------------------------------------

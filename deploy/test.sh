@@ -4,8 +4,11 @@
 # runs `cargo test --workspace` with any extra arguments passed through, e.g.
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
-# and then deploy/schemathesis.sh (the OpenAPI conformance run), also when
-# cargo test failed; the exit status is non-zero when either failed.
+# then pytest for the Python client (clients/python, against the same
+# PostgreSQL and NATS and the outbox-relay binary), deploy/schemathesis.sh
+# (the OpenAPI conformance run) and deploy/portal-test.sh (the portal's
+# browser suite), each also when an earlier step failed; the exit status is
+# non-zero when any failed.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
@@ -20,6 +23,10 @@ prune_test_streams
 status=0
 log "cargo test --workspace $*"
 cargo test --workspace "$@" || status=$?
+# The Python client and the transactional outbox (pytest, see lib.sh).
+(run_python_client_tests) || status=$?
 # The OpenAPI conformance run (schemathesis against the built registry).
 "$(dirname "${BASH_SOURCE[0]}")/schemathesis.sh" || status=$?
+# The portal in a real browser against the built services.
+"$(dirname "${BASH_SOURCE[0]}")/portal-test.sh" || status=$?
 exit "$status"

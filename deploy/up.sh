@@ -2,7 +2,9 @@
 # Run the whole system locally:
 #   PostgreSQL + NATS JetStream (installed and started when missing),
 #   database bedolaga_events, release build, migrations, then
-#   webhook-registry, gateway and delivery-worker in the background.
+#   webhook-registry, gateway and delivery-worker in the background, and
+#   outbox-relay too when OUTBOX_DATABASE_URL is set (the bot's database;
+#   its event_outbox table is created there when missing).
 # Logs and pid files go to .local/ in the repository. Run it again to rebuild
 # and restart; deploy/down.sh stops the three services.
 set -euo pipefail
@@ -11,6 +13,11 @@ set -euo pipefail
 cd "$BEDOLAGA_REPO_ROOT"
 
 SERVICES=(webhook-registry gateway delivery-worker)
+if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then
+    SERVICES+=(outbox-relay)
+    export OUTBOX_DATABASE_URL
+    export RELAY_AUTO_MIGRATE="${RELAY_AUTO_MIGRATE:-true}"
+fi
 HEALTH_WAIT_SECS="${HEALTH_WAIT_SECS:-60}"
 
 # ---- configuration (SPEC §6 defaults) --------------------------------------
@@ -19,6 +26,7 @@ export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export REGISTRY_BIND="${REGISTRY_BIND:-127.0.0.1:8080}"
 export GATEWAY_BIND="${GATEWAY_BIND:-127.0.0.1:8081}"
 export WORKER_BIND="${WORKER_BIND:-127.0.0.1:8082}"
+export RELAY_BIND="${RELAY_BIND:-127.0.0.1:8083}"
 export RUST_LOG="${RUST_LOG:-info}"
 if [ -z "${DELIVERY_ALLOW_PRIVATE_TARGETS:-}" ]; then
     export DELIVERY_ALLOW_PRIVATE_TARGETS=true
@@ -31,10 +39,15 @@ fi
 registry_addr="$(bind_to_local "$REGISTRY_BIND")"
 gateway_addr="$(bind_to_local "$GATEWAY_BIND")"
 worker_addr="$(bind_to_local "$WORKER_BIND")"
+relay_addr="$(bind_to_local "$RELAY_BIND")"
+# The portal's live view and its readiness table follow the binds above.
+export REGISTRY_GATEWAY_URL="${REGISTRY_GATEWAY_URL:-ws://$gateway_addr/ws}"
+export REGISTRY_WORKER_READY_URL="${REGISTRY_WORKER_READY_URL:-http://$worker_addr/readyz}"
 declare -A HEALTH_URL=(
     [webhook-registry]="http://$registry_addr/healthz"
     [gateway]="http://$gateway_addr/healthz"
     [delivery-worker]="http://$worker_addr/healthz"
+    [outbox-relay]="http://$relay_addr/healthz"
 )
 
 # ---- backing services ------------------------------------------------------
@@ -61,17 +74,17 @@ fi
 log "cargo build --release --workspace"
 cargo build --release --workspace >&2 || die "cargo build failed"
 BIN_DIR="$(cargo_target_dir)/release"
-for b in "${SERVICES[@]}" eventctl; do
+for b in webhook-registry gateway delivery-worker outbox-relay eventctl; do
     [ -x "$BIN_DIR/$b" ] || die "binary $BIN_DIR/$b missing after the build"
 done
 
 # ---- (re)start -------------------------------------------------------------
-for s in "${SERVICES[@]}"; do
+for s in "${SERVICES[@]}" outbox-relay; do
     stop_service "$s"
 done
 # Something else (a `cargo run` in another terminal, an old container) may
 # still hold a port; the health checks below would then talk to it.
-declare -A ADDR=([webhook-registry]="$registry_addr" [gateway]="$gateway_addr" [delivery-worker]="$worker_addr")
+declare -A ADDR=([webhook-registry]="$registry_addr" [gateway]="$gateway_addr" [delivery-worker]="$worker_addr" [outbox-relay]="$relay_addr")
 for s in "${SERVICES[@]}"; do
     if tcp_open "${ADDR[$s]}"; then
         die "${ADDR[$s]} (for $s) is already in use by a process up.sh did not start; stop it first"
@@ -89,6 +102,9 @@ done
 start_service webhook-registry "$BIN_DIR/webhook-registry"
 start_service gateway "$BIN_DIR/gateway"
 start_service delivery-worker "$BIN_DIR/delivery-worker"
+if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then
+    start_service outbox-relay "$BIN_DIR/outbox-relay"
+fi
 
 service_healthy() {
     local s="$1"
@@ -150,10 +166,12 @@ cat <<EOF
 
 bedolaga-events is running.
 
+  Portal (webhook-registry)    http://$registry_addr/   (sign in with the API token below)
   REST API (webhook-registry)  http://$registry_addr/webhooks
   WebSocket (gateway)          ws://$gateway_addr/ws?token=$token
   Live console (gateway)       http://$gateway_addr/
   Worker metrics               http://$worker_addr/metrics
+$(if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then echo "  Outbox relay metrics         http://$relay_addr/metrics"; else echo "  Outbox relay                 not started (set OUTBOX_DATABASE_URL to the bot's database)"; fi)
 
   API token                    $token   (saved in .local/token)
   $private_note

@@ -55,6 +55,9 @@ pub enum BenchCommand {
     History(bench::history::Args),
     /// Live delivery latency while a replay job of a large backlog runs.
     Replay(bench::replay::Args),
+    /// The transactional outbox through outbox-relay: drain throughput and
+    /// commit-to-stream latency.
+    Outbox(bench::outbox::Args),
 }
 
 /// Runs one command.
@@ -89,5 +92,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::History(args)) => {
             bench::history::run(&cli.nats_url, args).await
         }
+        Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats_url, args).await,
     }
 }

@@ -208,6 +208,9 @@ struct Feed {
     messages: Box<jetstream::consumer::pull::Ordered>,
     idle: Pin<Box<tokio::time::Sleep>>,
     epoch: Arc<str>,
+    /// The stream's first kept sequence when the feed began (for a
+    /// `resync_required` it ends with).
+    first_seq: u64,
     /// Events after this are sent.
     since: u64,
     /// The feed has caught up once it reaches this sequence.
@@ -662,6 +665,7 @@ impl Conn {
             }) => self.resync(client, since, first_seq, &epoch, &message),
             Ok(replay::Start::Replay {
                 messages,
+                first_seq,
                 until,
                 epoch,
             }) => {
@@ -670,6 +674,7 @@ impl Conn {
                     messages,
                     idle: Box::pin(tokio::time::sleep(REPLAY_IDLE)),
                     epoch,
+                    first_seq,
                     since,
                     until,
                     sent: 0,
@@ -699,11 +704,15 @@ impl Conn {
         let epoch = state.hub.epoch();
         let limits = state.settings.catchup;
         let behind = state.hub.last_seq().saturating_sub(since);
+        // 0 when the stream cannot be asked now (the resync says so anyway)
+        let first_seq = replay::first_seq(&state.js, &state.ns)
+            .await
+            .unwrap_or_default();
         if behind > limits.max_events {
             self.resync(
                 client,
                 since,
-                0,
+                first_seq,
                 &epoch,
                 &format!(
                     "{behind} events behind, more than the catch-up limit of {}; reload",
@@ -728,6 +737,7 @@ impl Conn {
                     messages,
                     idle: Box::pin(tokio::time::sleep(REPLAY_IDLE)),
                     epoch,
+                    first_seq,
                     since,
                     until: 0,
                     sent: 0,
@@ -738,7 +748,7 @@ impl Conn {
                 self.resync(
                     client,
                     since,
-                    0,
+                    first_seq,
                     &epoch,
                     "stored events cannot be read now; reload",
                 );
@@ -754,13 +764,13 @@ impl Conn {
         let msg = match item {
             FeedItem::Message(m) => m,
             FeedItem::Failed(e) => {
-                let (since, epoch) = (f.since, f.epoch.clone());
+                let (since, first_seq, epoch) = (f.since, f.first_seq, f.epoch.clone());
                 self.feed = None;
                 tracing::warn!(error = %e, "replay failed");
                 self.resync(
                     client,
                     since,
-                    0,
+                    first_seq,
                     &epoch,
                     "the replay was interrupted; reload",
                 );
@@ -801,9 +811,9 @@ impl Conn {
                 None
             };
             if let Some(why) = why {
-                let (since, epoch) = (f.since, f.epoch.clone());
+                let (since, first_seq, epoch) = (f.since, f.first_seq, f.epoch.clone());
                 self.feed = None;
-                self.resync(client, since, 0, &epoch, &why);
+                self.resync(client, since, first_seq, &epoch, &why);
                 return Ok(());
             }
         }

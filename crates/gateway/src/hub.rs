@@ -856,7 +856,8 @@ mod tests {
             }
             settle().await;
             let mut got = drain(&peer);
-            let (partial, written) = a.end_direct().expect("a frame left half sent");
+            // a frame left half sent
+            let (partial, written) = a.end_direct().unwrap();
             let (hd, n) = wire::header(wire::OP_TEXT, partial.text.len());
             let mut rest = hd[..n].to_vec();
             rest.extend_from_slice(partial.text.as_bytes());

@@ -33,6 +33,8 @@ pub enum Start {
     /// sequence when the replay began).
     Replay {
         messages: Box<Ordered>,
+        /// The stream's first kept sequence when the replay began.
+        first_seq: u64,
         until: u64,
         epoch: Arc<str>,
     },
@@ -86,9 +88,16 @@ pub async fn start(
     let messages = open(js, ns, since + 1).await?;
     Ok(Start::Replay {
         messages,
+        first_seq: first,
         until: last,
         epoch,
     })
+}
+
+/// The stream's first kept sequence (for `resync_required`).
+pub async fn first_seq(js: &jetstream::Context, ns: &Namespace) -> anyhow::Result<u64> {
+    let stream = js.get_stream(ns.stream()).await?;
+    Ok(stream.cached_info().state.first_sequence)
 }
 
 /// An ordered consumer over every event from `start_sequence` on.

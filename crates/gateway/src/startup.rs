@@ -274,6 +274,8 @@ fn tune_socket(tcp: &actix_web::rt::net::TcpStream, send_buffer: usize, user_tim
 pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
     telemetry::ops::configure(cfg, ops);
     cfg.route("/", web::get().to(console))
+        .route("/console.js", web::get().to(console_js))
+        .route("/live.js", web::get().to(live_js))
         .route("/ws", web::get().to(not_an_upgrade));
 }
 
@@ -288,10 +290,26 @@ async fn console() -> HttpResponse {
         .insert_header(("Cache-Control", "no-store"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:",
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .body(crate::CONSOLE_HTML)
+}
+
+fn script(body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(body)
+}
+
+async fn console_js() -> HttpResponse {
+    script(crate::CONSOLE_JS)
+}
+
+async fn live_js() -> HttpResponse {
+    script(crate::LIVE_JS)
 }
 
 fn readiness(pool: &DbPool, nats: &async_nats::Client, hub: &Arc<Hub>) -> Readiness {

@@ -175,6 +175,34 @@ pub struct Config {
           value_parser = humantime::parse_duration, global = true)]
     pub maintenance_every: Duration,
 
+    /// The gateway's WebSocket URL as the browser reaches it (the portal's
+    /// live view connects there).
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_URL",
+        default_value = "ws://127.0.0.1:8081/ws",
+        value_parser = parse_ws_url,
+        global = true
+    )]
+    pub gateway_url: String,
+
+    /// The gateway's readiness URL as the registry reaches it (the portal's
+    /// overview); derived from REGISTRY_GATEWAY_URL when unset (ws→http,
+    /// wss→https, path /readyz).
+    #[arg(long, env = "REGISTRY_GATEWAY_READY_URL", value_parser = parse_http_url, global = true)]
+    pub gateway_ready_url: Option<String>,
+
+    /// The delivery worker's readiness URL as the registry reaches it (the
+    /// portal's overview).
+    #[arg(
+        long,
+        env = "REGISTRY_WORKER_READY_URL",
+        default_value = "http://127.0.0.1:8082/readyz",
+        value_parser = parse_http_url,
+        global = true
+    )]
+    pub worker_ready_url: String,
+
     /// HTTP worker threads (0 = one per CPU).
     #[arg(long, env = "REGISTRY_WORKERS", default_value_t = 0, global = true)]
     pub workers: usize,
@@ -183,7 +211,41 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+/// `REGISTRY_GATEWAY_URL`: an absolute `ws://` or `wss://` URL.
+fn parse_ws_url(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "ws" | "wss") && u.host().is_some() => Ok(s.to_owned()),
+        Ok(_) => Err("expected a ws:// or wss:// URL with a host".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A readiness URL: an absolute `http://` or `https://` URL.
+fn parse_http_url(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
+        Ok(_) => Err("expected an http:// or https:// URL with a host".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Config {
+    /// Where the portal's overview asks the gateway whether it is ready:
+    /// `REGISTRY_GATEWAY_READY_URL`, or `/readyz` on the host of
+    /// `REGISTRY_GATEWAY_URL` (`ws` → `http`, `wss` → `https`).
+    pub fn gateway_ready_url(&self) -> Option<url::Url> {
+        if let Some(u) = &self.gateway_ready_url {
+            return url::Url::parse(u).ok();
+        }
+        let u = url::Url::parse(&self.gateway_url).ok()?;
+        let scheme = if u.scheme() == "wss" { "https" } else { "http" };
+        let mut http = url::Url::parse(&format!("{scheme}://placeholder/")).ok()?;
+        http.set_host(u.host_str()).ok()?;
+        http.set_port(u.port()).ok()?;
+        http.set_path("/readyz");
+        Some(http)
+    }
+
     /// How the delivery history is kept.
     pub fn history_policy(&self) -> storage::history::HistoryPolicy {
         storage::history::HistoryPolicy {
@@ -218,6 +280,9 @@ impl Config {
             job_default_rate_per_s: 50,
             trust_forwarded_for: false,
             workers: 1,
+            gateway_url: "ws://127.0.0.1:8081/ws".to_owned(),
+            gateway_ready_url: None,
+            worker_ready_url: "http://127.0.0.1:8082/readyz".to_owned(),
             delivery_retention: storage::history::Retention(Some(Duration::from_secs(30 * 86_400))),
             partitions_ahead: 7,
             maintenance_every: Duration::from_secs(3600),
@@ -254,6 +319,15 @@ impl fmt::Debug for Config {
             .field("secret_rotation_grace", &self.secret_rotation_grace)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("workers", &self.workers)
+            .field("gateway_url", &storage::redact_url(&self.gateway_url))
+            .field(
+                "gateway_ready_url",
+                &self.gateway_ready_url.as_deref().map(storage::redact_url),
+            )
+            .field(
+                "worker_ready_url",
+                &storage::redact_url(&self.worker_ready_url),
+            )
             .field("delivery_retention", &self.delivery_retention)
             .field("partitions_ahead", &self.partitions_ahead)
             .field("maintenance_every", &self.maintenance_every)
@@ -266,6 +340,27 @@ impl fmt::Debug for Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_gateway_readiness_url_follows_the_gateway_url() {
+        let mut c = Config::for_tests("postgres://h/db", "");
+        assert_eq!(
+            c.gateway_ready_url().unwrap().as_str(),
+            "http://127.0.0.1:8081/readyz"
+        );
+        c.gateway_url = "wss://events.example.com/ws".to_owned();
+        assert_eq!(
+            c.gateway_ready_url().unwrap().as_str(),
+            "https://events.example.com/readyz"
+        );
+        c.gateway_ready_url = Some("http://gateway:8081/readyz".to_owned());
+        assert_eq!(
+            c.gateway_ready_url().unwrap().as_str(),
+            "http://gateway:8081/readyz"
+        );
+        assert!(parse_ws_url("http://x/ws").is_err());
+        assert!(parse_http_url("ws://x/readyz").is_err());
+    }
 
     #[test]
     fn debug_hides_secrets() {

@@ -247,6 +247,49 @@ pub async fn list_deliveries(
     Ok(Some((items, total)))
 }
 
+/// Delivery rows of one webhook per UTC hour and status, created in
+/// `from..to`; `None` when the webhook does not exist. An index-only range
+/// scan of `(webhook_id, status, created_at)` over the partitions of the
+/// window (one or two days for 24 hours): it reads the webhook's rows of
+/// those hours and no other webhook's (docs/architecture.md, "Delivery
+/// history").
+pub async fn hourly_deliveries(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Option<Vec<HourCount>>, StorageError> {
+    use diesel::sql_types::{Int4, Timestamptz};
+    let (mut c1, mut c2) = (&*conn, &*conn);
+    let exists =
+        diesel::select(diesel::dsl::exists(w::table.find(webhook_id))).get_result::<bool>(&mut c1);
+    let counts = diesel::sql_query(
+        "SELECT date_trunc('hour', created_at, 'UTC') AS hour, status::text AS status, \
+                count(*)::int8 AS n \
+         FROM webhook_deliveries \
+         WHERE webhook_id = $1 AND status IN ('pending', 'success', 'failed') \
+           AND created_at >= $2 AND created_at < $3 \
+         GROUP BY 1, 2",
+    )
+    .bind::<Int4, _>(webhook_id)
+    .bind::<Timestamptz, _>(from)
+    .bind::<Timestamptz, _>(to)
+    .load::<HourCount>(&mut c2);
+    let (exists, counts) = futures::try_join!(exists, counts)?;
+    Ok(exists.then_some(counts))
+}
+
+/// One row of [`hourly_deliveries`].
+#[derive(Debug, QueryableByName)]
+pub struct HourCount {
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub hour: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub status: String,
+    #[diesel(sql_type = BigInt)]
+    pub n: i64,
+}
+
 /// Sets a new secret; the old one (if any) keeps signing until
 /// `previous_until` (`None` = dropped at once). Returns the row and the
 /// previous secret's expiry.

@@ -376,6 +376,10 @@ pub struct WebhookOut {
     pub success_count: i64,
     /// Why the delivery worker switched the webhook off (410, long failures).
     pub disabled_reason: Option<String>,
+    /// Since when every attempt failed (the first failure after the last
+    /// success); `null` while it succeeds.
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub failing_since: Option<DateTime<Utc>>,
 }
 
 impl From<Webhook> for WebhookOut {
@@ -393,6 +397,7 @@ impl From<Webhook> for WebhookOut {
             failure_count: w.failure_count,
             success_count: w.success_count,
             disabled_reason: w.disabled_reason,
+            failing_since: w.failing_since,
         }
     }
 }
@@ -514,6 +519,33 @@ pub struct RetryOut {
     pub already_queued: bool,
 }
 
+/// `GET /webhooks/{id}/deliveries/hourly`: attempts per hour, oldest hour
+/// first, every hour of the window present (zeros included).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HourlyOut {
+    pub webhook_id: i32,
+    /// Hours in the window (the current, unfinished hour included).
+    pub hours: i64,
+    /// Start of the first hour (inclusive).
+    #[serde(serialize_with = "rfc3339::ser")]
+    pub from: DateTime<Utc>,
+    /// End of the last hour (exclusive).
+    #[serde(serialize_with = "rfc3339::ser")]
+    pub to: DateTime<Utc>,
+    pub buckets: Vec<HourBucketOut>,
+}
+
+/// Delivery rows of one webhook created in one UTC hour, by status.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HourBucketOut {
+    /// Start of the hour.
+    #[serde(serialize_with = "rfc3339::ser")]
+    pub hour: DateTime<Utc>,
+    pub success: i64,
+    pub failed: i64,
+    pub pending: i64,
+}
+
 /// One entry of `GET /events/types`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventTypeOut {
@@ -523,6 +555,9 @@ pub struct EventTypeOut {
     /// JSON Schema (draft 2020-12) of the payload.
     #[schema(value_type = Object)]
     pub schema: Value,
+    /// An example payload, valid against `schema`.
+    #[schema(value_type = Object)]
+    pub example: Value,
 }
 
 /// `GET /events/types`

@@ -89,6 +89,7 @@ impl Application {
             allow_private_targets: config.allow_private_targets,
         });
         let openapi = web::Data::new(OpenApiJson::render()?);
+        let portal = web::Data::new(routes::portal::Portal::new(&config)?);
         let http_metrics = web::Data::new(http_metrics);
 
         let listener = TcpListener::bind(config.bind)
@@ -106,6 +107,7 @@ impl Application {
                     .app_data(state.clone())
                     .app_data(rules.clone())
                     .app_data(openapi.clone())
+                    .app_data(portal.clone())
                     .app_data(http_metrics.clone())
                     .wrap(from_fn(track))
                     .configure(|cfg| telemetry::ops::configure(cfg, ops.clone()))

@@ -650,7 +650,7 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
 
 /// CPU seconds (user + system) used so far by a process (`None`: this one),
 /// from `/proc` (Linux; `None` elsewhere). Assumes the usual 100 ticks/s.
-fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),

@@ -3,4 +3,5 @@
 pub mod delivery;
 pub mod fanout;
 pub mod history;
+pub mod outbox;
 pub mod replay;

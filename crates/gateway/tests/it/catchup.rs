@@ -155,6 +155,11 @@ async fn a_client_too_far_behind_is_told_to_resync_then_gets_live_events() {
         "{resync}"
     );
     assert!(resync["epoch"].as_str().is_some());
+    // the stream's first kept sequence, as a resume's resync gives it
+    assert!(
+        resync["first_seq"].as_u64().is_some_and(|f| f >= 1),
+        "{resync}"
+    );
     // live events follow
     let last = b.publish("user.created", user_payload(1)).await;
     loop {

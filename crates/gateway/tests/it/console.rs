@@ -24,9 +24,27 @@ async fn console_page_is_served() {
             .unwrap()
             .starts_with("text/html")
     );
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"));
     let body = res.text().await.unwrap();
-    assert!(body.contains("new WebSocket("));
+    assert!(body.contains("src=\"/console.js\""));
     assert!(!body.contains("src=\"http"), "no external assets");
+    // The live view is the shared module (the portal serves the same file).
+    let live = app.http.get(app.url("/live.js")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(
+        live.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_eq!(live.text().await.unwrap(), gateway::LIVE_JS);
+    assert!(gateway::LIVE_JS.contains("new WebSocket("));
+    let console = app.http.get(app.url("/console.js")).send().await.unwrap();
+    assert!(console.text().await.unwrap().contains("from \"/live.js\""));
     app.stop().await;
     b.cleanup().await;
 }
@@ -254,6 +272,32 @@ async fn console_streams_events_and_resumes_in_headless_chromium() {
         "document.getElementById('connects').textContent === '2' && \
          document.getElementById('log').innerText.includes('connected, resuming after seq')",
         "reconnecting with since",
+    )
+    .await;
+
+    // pause closes the socket; an event published meanwhile is replayed by
+    // the resume (since/epoch), not lost
+    dt.eval("document.getElementById('pause').click(); true")
+        .await;
+    dt.wait_for(
+        "document.getElementById('status').textContent === 'paused'",
+        "pausing",
+    )
+    .await;
+    let paused = format!("paused-{}", uuid::Uuid::new_v4().simple());
+    b.publish(
+        "ticket.created",
+        json!({"ticket_id": 3, "user_id": 1, "title": paused, "status": "open", "priority": "low", "has_media": false}),
+    )
+    .await;
+    dt.eval("document.getElementById('pause').click(); true")
+        .await;
+    dt.wait_for(
+        &format!(
+            "document.getElementById('log').innerText.includes('{paused}') && \
+             document.getElementById('log').innerText.includes('1 missed event(s) replayed')"
+        ),
+        "resuming after a pause with the missed event",
     )
     .await;
 

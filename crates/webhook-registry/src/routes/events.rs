@@ -2,7 +2,7 @@
 
 use actix_web::HttpResponse;
 use proto_events::EventType;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::model::{EventCatalogueOut, EventTypeOut};
@@ -16,6 +16,7 @@ pub fn catalogue() -> Result<EventCatalogueOut, serde_json::Error> {
             event_type: t.as_str().to_owned(),
             description: t.description().to_owned(),
             schema: serde_json::from_str::<Value>(t.schema_json())?,
+            example: example(t),
         });
     }
     let mut patterns = vec!["*".to_owned()];
@@ -30,6 +31,40 @@ pub fn catalogue() -> Result<EventCatalogueOut, serde_json::Error> {
     Ok(EventCatalogueOut { items, patterns })
 }
 
+/// An example payload of each type, shaped as the bot sends it (SPEC §3).
+pub fn example(t: EventType) -> Value {
+    match t {
+        EventType::UserCreated => json!({
+            "user_id": 42, "telegram_id": 123456789, "username": "ivan_petrov",
+            "first_name": "Иван", "last_name": "Петров", "referral_code": "ref42abc",
+            "referred_by_id": null,
+        }),
+        EventType::PaymentCompleted => json!({
+            "transaction_id": 1001, "user_id": 42, "type": "deposit", "amount_kopeks": 29900,
+            "amount_rubles": 299.0, "payment_method": "yookassa", "external_id": "2c5f-77a1",
+            "is_completed": true, "description": "Пополнение баланса",
+        }),
+        EventType::TransactionCreated => json!({
+            "transaction_id": 1002, "user_id": 42, "type": "subscription_payment",
+            "amount_kopeks": 19900, "amount_rubles": 199.0, "payment_method": null,
+            "external_id": null, "is_completed": true, "description": "Подписка на 30 дней",
+        }),
+        EventType::TicketCreated => json!({
+            "ticket_id": 7, "user_id": 42, "title": "Не подключается VPN", "status": "open",
+            "priority": "normal", "has_media": false,
+        }),
+        EventType::TicketStatusChanged => json!({
+            "ticket_id": 7, "user_id": 42, "old_status": "open", "new_status": "closed",
+            "closed_at": "2026-12-01T10:30:00Z",
+        }),
+        EventType::TicketMessageAdded => json!({
+            "ticket_id": 7, "message_id": 70, "user_id": 42, "is_from_admin": true,
+            "message_text": "Здравствуйте! Проверьте настройки, пожалуйста ✅", "has_media": false,
+            "status": "answered",
+        }),
+    }
+}
+
 /// The event catalogue (no token needed).
 #[utoipa::path(
     get, path = "/events/types", tag = "events",
@@ -41,4 +76,24 @@ pub async fn types() -> Result<HttpResponse, ApiError> {
         ApiError::Internal
     })?;
     Ok(HttpResponse::Ok().json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_example_is_valid_against_its_schema() {
+        for t in EventType::ALL {
+            let schema: Value = serde_json::from_str(t.schema_json()).unwrap();
+            let validator = jsonschema::validator_for(&schema).unwrap();
+            let example = example(t);
+            let errors: Vec<String> = validator
+                .iter_errors(&example)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{t}: {errors:?}");
+        }
+    }
 }

@@ -3,6 +3,7 @@
 pub mod events;
 pub mod jobs;
 pub mod openapi;
+pub mod portal;
 pub mod webhooks;
 
 use actix_web::http::header;
@@ -69,6 +70,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::delete().to(jobs::cancel)),
             )
             .service(
+                resource(&["/{webhook_id}/deliveries/hourly"], "GET")
+                    .route(web::get().to(webhooks::hourly)),
+            )
+            .service(
                 resource(&["/{webhook_id}/deliveries/{delivery_id}/retry"], "POST")
                     .route(web::post().to(webhooks::retry)),
             )
@@ -81,6 +86,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             )
             .default_service(web::to(not_found)),
     )
+    .service(
+        resource(&["/services/readiness"], "GET")
+            .wrap(from_fn(require_token))
+            .route(web::get().to(portal::readiness)),
+    )
+    .service(resource(&["/"], "GET").route(web::get().to(portal::index)))
+    .service(resource(&["/portal/{file}"], "GET").route(web::get().to(portal::asset)))
     .service(resource(&["/events/types"], "GET").route(web::get().to(events::types)))
     .service(resource(&["/openapi.json"], "GET").route(web::get().to(openapi::serve)))
     .service(resource(&["/_refused/{reason}"], "GET").route(web::get().to(refused)));

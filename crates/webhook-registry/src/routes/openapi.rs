@@ -11,11 +11,12 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorOut, FieldError, HttpValidationError, LocItem};
 use crate::extract::lax_bool_schema;
 use crate::model::{
-    BulkRetryIn, DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, JobOut, JobPage,
-    RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut, TestOut, WebhookIn, WebhookOut,
-    WebhookPage, WebhookPatch,
+    BulkRetryIn, DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, HourBucketOut,
+    HourlyOut, JobOut, JobPage, RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut,
+    TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
 use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
+use crate::routes::portal::{self, ServiceReadiness, ServicesReadiness};
 use crate::routes::{events, jobs, webhooks};
 
 struct SecuritySchemes;
@@ -43,15 +44,15 @@ impl Modify for SecuritySchemes {
     ),
     paths(
         webhooks::create, webhooks::list, webhooks::stats, webhooks::get, webhooks::update,
-        webhooks::delete, webhooks::deliveries, webhooks::test, webhooks::retry, webhooks::rotate,
-        jobs::recover, jobs::replay, jobs::bulk_retry, jobs::list, jobs::get, jobs::cancel,
-        events::types, serve,
+        webhooks::delete, webhooks::deliveries, webhooks::hourly, webhooks::test, webhooks::retry,
+        webhooks::rotate, jobs::recover, jobs::replay, jobs::bulk_retry, jobs::list, jobs::get,
+        jobs::cancel, events::types, portal::readiness, serve,
     ),
     components(schemas(
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,
         RotateIn, RotateOut, TestOut, RetryOut, EventTypeOut, EventCatalogueOut, ErrorOut,
-        HttpValidationError, FieldError, LocItem, RecoverIn, ReplayIn, BulkRetryIn, JobOut,
-        JobPage,
+        HttpValidationError, FieldError, LocItem, HourlyOut, HourBucketOut, ServiceReadiness,
+        ServicesReadiness, RecoverIn, ReplayIn, BulkRetryIn, JobOut, JobPage,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -59,7 +60,7 @@ impl Modify for SecuritySchemes {
         (name = "deliveries", description = "Delivery history and manual retries"),
         (name = "jobs", description = "Recover, replay and bulk retry, run in the background by the delivery worker"),
         (name = "events", description = "The event catalogue"),
-        (name = "meta", description = "This document"),
+        (name = "meta", description = "This document and the services' readiness"),
     )
 )]
 pub struct ApiDoc;

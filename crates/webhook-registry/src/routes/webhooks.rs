@@ -1,7 +1,7 @@
 //! `/webhooks`: the seed's endpoints plus test, retry and secret rotation.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::Utc;
+use chrono::{DurationRound, Utc};
 use rand::Rng;
 use serde_json::json;
 use storage::models::{NewDelivery, delivery_status};
@@ -11,8 +11,8 @@ use crate::db::{self, NewWebhook, Retry, WebhookChanges};
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
 use crate::extract::{JsonBody, Query, path_id};
 use crate::model::{
-    DeliveryOut, DeliveryPage, RetryOut, RotateIn, RotateOut, StatsOut, TestOut, WebhookIn,
-    WebhookOut, WebhookPage, WebhookPatch,
+    DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
+    TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
 use crate::notify::Op;
 use crate::state::AppState;
@@ -311,6 +311,79 @@ pub async fn deliveries(
         limit,
         offset,
         next_cursor,
+    }))
+}
+
+/// Query of `GET /webhooks/{id}/deliveries/hourly`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct HourlyParams {
+    /// Hours to cover, ending with the current hour.
+    #[param(minimum = 1, maximum = 168, default = 24)]
+    hours: Option<i64>,
+}
+
+/// Longest window of the hourly counts: a week.
+pub const HOURS_MAX: i64 = 168;
+
+/// A webhook's delivery rows per hour (by `created_at`, UTC) and status,
+/// over the last `hours` hours: the portal's chart.
+#[utoipa::path(
+    get, path = "/webhooks/{webhook_id}/deliveries/hourly", tag = "deliveries",
+    params(("webhook_id" = i32, Path, description = "Webhook id"), HourlyParams),
+    responses(
+        (status = 200, description = "Counts per hour, oldest first, every hour present", body = HourlyOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn hourly(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let mut q = Query::parse(req.query_string());
+    let hours = q.integer("hours", 24, 1, HOURS_MAX);
+    let id = webhook_id(&path)?;
+    q.finish()?;
+    let now = Utc::now();
+    let this_hour = now
+        .duration_trunc(chrono::TimeDelta::hours(1))
+        .unwrap_or(now);
+    let to = this_hour + chrono::TimeDelta::hours(1);
+    let from = to - chrono::TimeDelta::hours(hours);
+    let mut conn = state.conn().await?;
+    let counts = db::hourly_deliveries(&mut conn, id, from, to)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    let mut buckets: Vec<HourBucketOut> = (0..hours)
+        .map(|i| HourBucketOut {
+            hour: from + chrono::TimeDelta::hours(i),
+            success: 0,
+            failed: 0,
+            pending: 0,
+        })
+        .collect();
+    for c in counts {
+        let i = (c.hour - from).num_hours();
+        if let Some(b) = usize::try_from(i).ok().and_then(|i| buckets.get_mut(i)) {
+            match c.status.as_str() {
+                delivery_status::SUCCESS => b.success += c.n,
+                delivery_status::FAILED => b.failed += c.n,
+                _ => b.pending += c.n,
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(HourlyOut {
+        webhook_id: id,
+        hours,
+        from,
+        to,
+        buckets,
     }))
 }
 

@@ -8,8 +8,8 @@ use storage::tokens::TokenHasher;
 
 use crate::helpers::{create_token, eventually, spawn_app, spawn_app_with};
 
-/// Every `/webhooks` route, with a method.
-const ROUTES: [(&str, &str); 10] = [
+/// Every route that needs a token, with a method.
+const ROUTES: [(&str, &str); 12] = [
     ("POST", "/webhooks"),
     ("GET", "/webhooks"),
     ("GET", "/webhooks/stats"),
@@ -20,6 +20,8 @@ const ROUTES: [(&str, &str); 10] = [
     ("POST", "/webhooks/1/deliveries/1/retry"),
     ("POST", "/webhooks/1/test"),
     ("POST", "/webhooks/1/rotate-secret"),
+    ("GET", "/webhooks/1/deliveries/hourly"),
+    ("GET", "/services/readiness"),
 ];
 
 async fn status_with(
@@ -73,6 +75,8 @@ async fn every_webhooks_route_needs_a_token() {
         "/metrics",
         "/openapi.json",
         "/events/types",
+        "/",
+        "/portal/app.js",
     ] {
         let resp = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{path}");

@@ -288,6 +288,8 @@ async fn event_catalogue_and_openapi_document() {
         ("/webhooks/{webhook_id}", "patch"),
         ("/webhooks/{webhook_id}", "delete"),
         ("/webhooks/{webhook_id}/deliveries", "get"),
+        ("/webhooks/{webhook_id}/deliveries/hourly", "get"),
+        ("/services/readiness", "get"),
         (
             "/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
             "post",

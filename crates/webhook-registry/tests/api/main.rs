@@ -10,6 +10,7 @@ mod framing;
 mod helpers;
 mod history;
 mod jobs;
+mod portal;
 mod process;
 mod resilience;
 mod validation;

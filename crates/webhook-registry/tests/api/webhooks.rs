@@ -6,7 +6,7 @@ use storage::schema::{webhook_deliveries as d, webhooks as w};
 
 use crate::helpers::spawn_app;
 
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "id",
     "name",
     "url",
@@ -19,6 +19,7 @@ const FIELDS: [&str; 12] = [
     "failure_count",
     "success_count",
     "disabled_reason",
+    "failing_since",
 ];
 
 fn keys(v: &Value) -> Vec<String> {

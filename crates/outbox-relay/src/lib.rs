@@ -1,0 +1,240 @@
+//! outbox-relay: the bot's side of "no event is lost between the commit and
+//! NATS". The bot writes each event into `event_outbox` in the transaction
+//! that makes the change (the Python package `bedolaga_events` does it);
+//! this service publishes committed rows to JetStream in id order, each
+//! with its envelope id as `Nats-Msg-Id`, and deletes them only once
+//! JetStream has stored them (see [`relay`] for the exact protocol). It
+//! wakes on `LISTEN event_outbox` and polls as a fallback; any number of
+//! replicas may run against one outbox (`FOR UPDATE SKIP LOCKED`).
+
+pub mod config;
+pub mod metrics;
+pub mod relay;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use async_nats::connection::State;
+use async_nats::jetstream::context::ContextBuilder;
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+use futures::FutureExt;
+use proto_events::Namespace;
+use storage::{DbPool, PoolConfig};
+use telemetry::ops::{Ops, Readiness};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Cli, Command, Config};
+pub use metrics::Metrics;
+pub use relay::{MIGRATION_SQL, Relay};
+
+/// The route table: only the ops endpoints.
+pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
+    telemetry::ops::configure(cfg, ops);
+}
+
+/// Creates `event_outbox` and its trigger if missing (idempotent).
+pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
+    let mut conn = AsyncPgConnection::establish(database_url)
+        .await
+        .with_context(|| format!("cannot connect to {}", storage::redact_url(database_url)))?;
+    conn.batch_execute(MIGRATION_SQL)
+        .await
+        .context("the outbox migration failed")?;
+    tracing::info!("event_outbox is in place");
+    Ok(())
+}
+
+/// A built relay: listener bound, connections opening in the background.
+pub struct Application {
+    config: Config,
+    addr: SocketAddr,
+    server: actix_web::dev::Server,
+    client: async_nats::Client,
+    relay: Arc<Relay>,
+}
+
+impl Application {
+    /// Validates the config, binds the ops listener and connects. NATS and
+    /// PostgreSQL may be down: both are retried in the background.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        if config.auto_migrate {
+            migrate(&config.database_url).await?;
+        }
+        let ns = Namespace::new(&config.nats_prefix)?;
+        let metrics = Metrics::new();
+        let pool = storage::build_pool(
+            &config.database_url,
+            &PoolConfig {
+                max_size: config.database_pool_size,
+                // No `SELECT 1` per checkout: one round trip less per batch;
+                // a dead connection fails its batch, which is retried.
+                fast_recycle: true,
+                ..PoolConfig::default()
+            },
+        )?;
+        let servers = config
+            .nats_servers()
+            .iter()
+            .map(|s| s.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| {
+                format!(
+                    "NATS_URL {} is not valid",
+                    config::redact_list(&config.nats_url)
+                )
+            })?;
+        let client = async_nats::ConnectOptions::new()
+            .name("outbox-relay")
+            .retry_on_initial_connect()
+            .connect(servers)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot use NATS at {}",
+                    config::redact_list(&config.nats_url)
+                )
+            })?;
+        let js = ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .build(client.clone());
+        let relay = Arc::new(Relay {
+            pool: pool.clone(),
+            js,
+            ns,
+            batch_size: config.batch_size,
+            publish_timeout: config.publish_timeout,
+            metrics: metrics.clone(),
+            stream_ready: AtomicBool::new(false),
+        });
+        let ops = Ops {
+            readiness: readiness(&client, &pool, &relay),
+            metrics: metrics.registry.clone(),
+        };
+        let listener = TcpListener::bind(config.bind)
+            .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let server = HttpServer::new(move || {
+            let ops = ops.clone();
+            App::new().configure(move |cfg| routes(cfg, ops))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(2)
+        .listen(listener)?
+        .run();
+        Ok(Self {
+            config,
+            addr,
+            server,
+            client,
+            relay,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The relay itself (tests drive batches and read metrics through it).
+    pub fn relay(&self) -> Arc<Relay> {
+        self.relay.clone()
+    }
+
+    /// Runs until `shutdown`; then finishes the batch in progress (its acks
+    /// are awaited and it is committed or rolled back), and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            config,
+            addr,
+            server,
+            client,
+            relay,
+        } = self;
+        let server_handle = server.handle();
+        let server_task = tokio::spawn(server);
+        let background = CancellationToken::new();
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(relay::listen(
+            config.database_url.clone(),
+            wake.clone(),
+            relay.metrics.clone(),
+            background.clone(),
+        ));
+        let stats = tokio::spawn(relay::run_stats(
+            relay.clone(),
+            config.stats_interval,
+            background.clone(),
+        ));
+        tracing::info!(addr = %addr, "outbox-relay started");
+        relay::run(
+            relay.clone(),
+            client.clone(),
+            wake,
+            config.poll_interval,
+            shutdown,
+        )
+        .await;
+        tracing::info!("shutting down: the batch in progress is finished");
+        background.cancel();
+        for task in [listener, stats] {
+            let mut task = task;
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+        server_handle.stop(true).await;
+        let _ = server_task.await;
+        tracing::info!("outbox-relay stopped");
+        Ok(())
+    }
+}
+
+fn readiness(client: &async_nats::Client, pool: &DbPool, relay: &Arc<Relay>) -> Readiness {
+    let (client, pool, relay) = (client.clone(), pool.clone(), relay.clone());
+    Readiness::new()
+        .with("nats", move || {
+            let state = client.connection_state();
+            async move {
+                match state {
+                    State::Connected => Ok(()),
+                    other => Err(format!("NATS is {other}")),
+                }
+            }
+            .boxed()
+        })
+        .with("database", move || {
+            let pool = pool.clone();
+            async move {
+                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("database ping timed out".to_owned()),
+                }
+            }
+            .boxed()
+        })
+        .with("stream", move || {
+            let ok = AtomicBool::load(&relay.stream_ready, Ordering::Acquire);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("events stream not confirmed yet".to_owned())
+                }
+            }
+            .boxed()
+        })
+}
