@@ -271,6 +271,10 @@ impl Pacer {
     }
 }
 
+/// Items of a job whose rows are being written at once (the attempts
+/// themselves are limited by `DELIVERY_JOB_CONCURRENCY`).
+const RECORDS_IN_FLIGHT: usize = 256;
+
 /// Items per chunk: about a second of work, at least 1, at most 500.
 fn chunk_size(rate_per_s: i32) -> usize {
     usize::try_from(rate_per_s.clamp(1, 500)).unwrap_or(1)
@@ -329,42 +333,54 @@ async fn send_chunk(
     // Stops taking new items on shutdown or when the job was cancelled;
     // deliveries already started finish and count.
     let chunk_stop = stop.child_token();
+    // Items start strictly in order, at most `concurrency` attempts at once
+    // (the permit is held for the HTTP attempt only); writing an attempt's
+    // row overlaps with the next attempts.
+    let gate = Arc::new(Semaphore::new(ctx.cfg.concurrency.max(1)));
     let results = futures::stream::iter(items)
         .take_until(chunk_stop.clone().cancelled_owned())
-        .map(|item| {
+        .then(|item| {
             let at = pacer.slot();
             let skip = seen.contains(&item.event_id);
+            let gate = gate.clone();
             async move {
                 if skip {
-                    return Ok((item.key, Outcome::Skipped));
+                    return (item, None);
                 }
                 tokio::time::sleep_until(at).await;
-                let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&item.body).as_ref());
-                let record = deliverer
-                    .deliver(Delivery {
-                        target,
-                        row: None,
-                        event_id: Some(&item.event_id),
-                        event_type: &item.event_type,
-                        body: item.body.clone(),
-                        payload,
-                        attempt_number: item.attempt_number,
-                        traceparent: item.traceparent.as_deref(),
-                    })
-                    .await;
-                let outcome = match &record {
-                    Record::Attempted(a) => Outcome::Sent { success: a.success },
-                    _ => Outcome::Queued,
-                };
-                deliverer
-                    .recorder
-                    .submit(vec![record])
-                    .await
-                    .map_err(|e| JobError::Other(e.to_string()))?;
-                Ok::<_, JobError>((item.key, outcome))
+                (item, gate.acquire_owned().await.ok())
             }
         })
-        .buffered(ctx.cfg.concurrency.max(1));
+        .map(|(item, permit)| async move {
+            let Some(permit) = permit else {
+                return Ok((item.key, Outcome::Skipped));
+            };
+            let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&item.body).as_ref());
+            let record = deliverer
+                .deliver(Delivery {
+                    target,
+                    row: None,
+                    event_id: Some(&item.event_id),
+                    event_type: &item.event_type,
+                    body: item.body.clone(),
+                    payload,
+                    attempt_number: item.attempt_number,
+                    traceparent: item.traceparent.as_deref(),
+                })
+                .await;
+            drop(permit);
+            let outcome = match &record {
+                Record::Attempted(a) => Outcome::Sent { success: a.success },
+                _ => Outcome::Queued,
+            };
+            deliverer
+                .recorder
+                .submit(vec![record])
+                .await
+                .map_err(|e| JobError::Other(e.to_string()))?;
+            Ok::<_, JobError>((item.key, outcome))
+        })
+        .buffered(RECORDS_IN_FLIGHT);
     let mut results = std::pin::pin!(results);
     let mut out = ChunkResult {
         done: 0,
