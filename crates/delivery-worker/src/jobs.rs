@@ -347,7 +347,11 @@ async fn send_chunk(
                 if skip {
                     return (item, None);
                 }
-                tokio::time::sleep_until(at).await;
+                // A slot already passed starts now: the timer's 1 ms
+                // granularity would otherwise cap a job below 1,000/s.
+                if at > Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
                 (item, gate.acquire_owned().await.ok())
             }
         })
