@@ -94,6 +94,21 @@ pub struct Config {
     /// Total timeout of a webhook POST (connect, send, response).
     #[arg(long, env = "DELIVERY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub total_timeout: Duration,
+    /// How often queued recover, replay and retry jobs are looked for.
+    #[arg(long, env = "DELIVERY_JOB_POLL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub job_poll: Duration,
+    /// How long a claimed job stays with this replica without a sign of
+    /// life (renewed while it runs; another replica resumes it after).
+    #[arg(long, env = "DELIVERY_JOB_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub job_lease: Duration,
+    /// Jobs this replica runs at once.
+    #[arg(long, env = "DELIVERY_MAX_JOBS", default_value_t = 2)]
+    pub max_jobs: usize,
+    /// Deliveries of one job in flight at once. 1 keeps a replay in stream
+    /// order at the receiver; more is faster but may reorder neighbours.
+    /// Keep it below DELIVERY_MAX_PER_WEBHOOK so live events keep slots.
+    #[arg(long, env = "DELIVERY_JOB_CONCURRENCY", default_value_t = 1)]
+    pub job_concurrency: usize,
     /// How long shutdown waits for in-flight work before handing it back.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -131,6 +146,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("DELIVERY_ACK_WAIT must be at least 1s")]
     AckWait,
+    #[error("DELIVERY_JOB_LEASE must be at least 3s")]
+    JobLease,
 }
 
 impl Config {
@@ -151,6 +168,9 @@ impl Config {
         if self.ack_wait < Duration::from_secs(1) {
             return Err(ConfigError::AckWait);
         }
+        if self.job_lease < Duration::from_secs(3) {
+            return Err(ConfigError::JobLease);
+        }
         for (name, v) in [
             ("DELIVERY_MAX_IN_FLIGHT", self.max_in_flight),
             ("DELIVERY_MAX_PER_WEBHOOK", self.max_per_webhook),
@@ -159,6 +179,8 @@ impl Config {
             ("DELIVERY_RETRY_BATCH", self.retry_batch),
             ("DELIVERY_RECORD_BATCH", self.record_batch),
             ("DATABASE_POOL_SIZE", self.database_pool_size),
+            ("DELIVERY_MAX_JOBS", self.max_jobs),
+            ("DELIVERY_JOB_CONCURRENCY", self.job_concurrency),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

@@ -6,13 +6,15 @@
 //! Pieces: [`cache`] (active webhooks by type, reloaded on registry change
 //! notices), [`consumer`] (JetStream, dead letters, acks), [`deliver`] (one
 //! attempt through `webhook-client`), [`recorder`] (batched row writes),
-//! [`retries`] (the durable retry queue), [`policy`] (the schedule).
+//! [`retries`] (the durable retry queue), [`policy`] (the schedule),
+//! [`jobs`] (recover, replay and bulk retry jobs).
 
 pub mod cache;
 pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod deliver;
+pub mod jobs;
 pub mod metrics;
 pub mod policy;
 pub mod recorder;
@@ -218,6 +220,19 @@ impl Application {
             background.clone(),
         ));
 
+        let job_ctx = Arc::new(jobs::JobCtx {
+            pool: pool.clone(),
+            js: js.clone(),
+            ns: ns.clone(),
+            deliverer: deliverer.clone(),
+            cfg: jobs::JobsConfig {
+                poll: config.job_poll,
+                lease: config.job_lease,
+                max_jobs: config.max_jobs,
+                concurrency: config.job_concurrency,
+                owner: replica_name(),
+            },
+        });
         let ctx = Arc::new(ConsumerCtx {
             js,
             ns,
@@ -263,7 +278,11 @@ impl Application {
                     shutdown.clone(),
                     hard_stop,
                 );
-                tokio::join!(consumer::run(ctx, shutdown), poller);
+                tokio::join!(
+                    consumer::run(ctx, shutdown.clone()),
+                    poller,
+                    jobs::run(job_ctx, shutdown)
+                );
             })
         };
 
@@ -308,6 +327,17 @@ impl Application {
         tracing::info!("delivery-worker stopped");
         Ok(())
     }
+}
+
+/// This replica's name in job leases: host and a random suffix.
+fn replica_name() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(40)
+        .collect();
+    format!("{host}-{:08x}", rand::random::<u32>())
 }
 
 /// How long background loops get to end after the shutdown signal.

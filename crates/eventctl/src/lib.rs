@@ -1,8 +1,11 @@
 //! The `eventctl` command line: publish one event, simulate the bot's
-//! traffic, and benchmark the delivery worker and the gateway.
+//! traffic, tail live events, inspect and re-publish dead letters, and
+//! benchmark the delivery worker and the gateway.
 
 pub mod bench;
+pub mod deadletters;
 mod publish;
+pub mod tail;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +36,10 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Publish a stream of realistic events of every type.
     Simulate(publish::SimulateArgs),
+    /// Print live events as JSON lines, from NATS or through a gateway.
+    Tail(tail::TailArgs),
+    /// List dead letters with their reasons, or re-publish a fixed one.
+    Deadletters(deadletters::DeadlettersArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -46,6 +53,8 @@ pub enum BenchCommand {
     Fanout(bench::fanout::Args),
     /// Delivery-history reads and retention drops at growing history sizes.
     History(bench::history::Args),
+    /// Live delivery latency while a replay job of a large backlog runs.
+    Replay(bench::replay::Args),
     /// The transactional outbox through outbox-relay: drain throughput and
     /// commit-to-stream latency.
     Outbox(bench::outbox::Args),
@@ -57,11 +66,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Publish(args) => publish::publish(&cli.nats_url, ns, args).await,
         Command::Simulate(args) => publish::simulate(&cli.nats_url, ns, args).await,
+        Command::Tail(args) => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                on_signal.cancel();
+            });
+            let mut sink = tail::stdout_sink();
+            tail::tail(&cli.nats_url, ns, args, &mut sink, stop).await
+        }
+        Command::Deadletters(args) => {
+            let mut sink = tail::stdout_sink();
+            deadletters::run(&cli.nats_url, ns, args, &mut sink).await
+        }
         Command::Bench(BenchCommand::Delivery(args)) => {
             bench::delivery::run(&cli.nats_url, ns, args).await
         }
         Command::Bench(BenchCommand::Fanout(args)) => {
             bench::fanout::run(&cli.nats_url, ns, args).await
+        }
+        Command::Bench(BenchCommand::Replay(args)) => {
+            bench::replay::run(&cli.nats_url, ns, args).await
         }
         Command::Bench(BenchCommand::History(args)) => {
             bench::history::run(&cli.nats_url, args).await

@@ -5,6 +5,7 @@ pub mod counts;
 pub mod deliveries;
 mod error;
 pub mod history;
+pub mod jobs;
 mod migrate;
 pub mod models;
 mod pool;

@@ -91,7 +91,39 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    webhook_jobs (id) {
+        id -> Int8,
+        webhook_id -> Int4,
+        #[max_length = 20]
+        kind -> Varchar,
+        #[max_length = 20]
+        status -> Varchar,
+        since -> Nullable<Timestamptz>,
+        until -> Nullable<Timestamptz>,
+        since_seq -> Nullable<Int8>,
+        #[max_length = 20]
+        delivery_status -> Nullable<Varchar>,
+        rate_per_s -> Int4,
+        total -> Nullable<Int8>,
+        done -> Int8,
+        failed -> Int8,
+        unavailable -> Int8,
+        progress_key -> Nullable<Int8>,
+        end_key -> Nullable<Int8>,
+        error -> Nullable<Text>,
+        #[max_length = 64]
+        lease_owner -> Nullable<Varchar>,
+        lease_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhook_jobs -> webhooks (webhook_id));
 diesel::joinable!(webhook_delivery_counts -> webhooks (webhook_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -99,5 +131,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhooks,
     webhook_deliveries,
     webhook_delivery_counts,
-    delivery_day_counts
+    delivery_day_counts,
+    webhook_jobs
 );

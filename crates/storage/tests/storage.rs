@@ -21,7 +21,7 @@ struct Name {
 async fn migrate_creates_the_three_tables_and_is_idempotent() {
     let db = TestDb::empty().await.unwrap();
     let applied = storage::run_migrations(&db.url).await.unwrap();
-    assert_eq!(applied.len(), 4, "{applied:?}");
+    assert_eq!(applied.len(), 5, "{applied:?}");
     assert!(storage::run_migrations(&db.url).await.unwrap().is_empty());
 
     let pool = db.pool().unwrap();
@@ -42,6 +42,7 @@ async fn migrate_creates_the_three_tables_and_is_idempotent() {
             "web_api_tokens",
             "webhook_deliveries",
             "webhook_delivery_counts",
+            "webhook_jobs",
             "webhooks"
         ]
     );
@@ -59,6 +60,11 @@ async fn migrate_creates_the_three_tables_and_is_idempotent() {
         .unwrap();
     web_api_tokens::table
         .select(ApiToken::as_select())
+        .load(&mut conn)
+        .await
+        .unwrap();
+    storage::schema::webhook_jobs::table
+        .select(storage::jobs::Job::as_select())
         .load(&mut conn)
         .await
         .unwrap();

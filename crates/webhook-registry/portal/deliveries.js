@@ -1,7 +1,9 @@
 // One webhook: its actions (edit, enable/disable, test ping, rotate
-// secret, delete), the hourly chart of the last 24 hours, and its
-// deliveries newest first, the attempts of one event grouped.
+// secret, delete), its recover/replay/retry jobs, the hourly chart of the
+// last 24 hours, and its deliveries newest first, the attempts of one
+// event grouped.
 import { api, el, fmtTime, pretty, rate, toast, confirmDialog, copy, errorBox } from "./ui.js";
+import { jobsSection } from "./jobs.js";
 
 const PAGE = 50;
 const SVG = "http://www.w3.org/2000/svg";
@@ -189,11 +191,14 @@ export async function deliveriesPage(root, { id, params }) {
   }
 
   header();
-  root.append(el("p", {}, el("a", { href: "#/webhooks", text: "← All webhooks" })), head, result, chartBox, list);
+  const jobs = jobsSection(w.id);
+  root.append(el("p", {}, el("a", { href: "#/webhooks", text: "← All webhooks" })), head, result, jobs.box, chartBox, list);
   await refresh();
+  jobs.refresh();
   // The first page follows new deliveries while it is shown.
   const timer = setInterval(() => {
     if (!root.isConnected) { clearInterval(timer); return; }
+    if (document.visibilityState === "visible") jobs.refresh();
     if (!cursor && document.visibilityState === "visible") refresh();
   }, 3000);
   return () => clearInterval(timer);

@@ -148,6 +148,12 @@ pub struct Config {
           value_parser = humantime::parse_duration, global = true)]
     pub secret_rotation_grace: Duration,
 
+    /// Deliveries per second of a recover, replay or bulk retry job whose
+    /// request names no `rate_per_s`.
+    #[arg(long, env = "JOB_DEFAULT_RATE_PER_S", default_value_t = 50,
+          value_parser = clap::value_parser!(i32).range(1..=10_000), global = true)]
+    pub job_default_rate_per_s: i32,
+
     /// Take the client IP (for tokens' last_used_ip) from X-Forwarded-For /
     /// Forwarded; only behind a proxy you trust.
     #[arg(long, env = "REGISTRY_TRUST_FORWARDED_FOR", default_value = "false",
@@ -271,6 +277,7 @@ impl Config {
             auto_migrate: true,
             no_migrate: false,
             secret_rotation_grace: Duration::from_secs(24 * 3600),
+            job_default_rate_per_s: 50,
             trust_forwarded_for: false,
             workers: 1,
             gateway_url: "ws://127.0.0.1:8081/ws".to_owned(),

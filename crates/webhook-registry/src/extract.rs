@@ -348,6 +348,85 @@ impl Fields {
         }
     }
 
+    /// An RFC 3339 date-time with a UTC offset (`2026-12-01T10:00:00Z`).
+    pub fn datetime(&mut self, name: &str) -> Given<chrono::DateTime<chrono::Utc>> {
+        let loc = ["body", name];
+        match self.take(name) {
+            Given::Absent => Given::Absent,
+            Given::Null => Given::Null,
+            Given::Value(Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(&s) {
+                Ok(t) => Given::Value(t.with_timezone(&chrono::Utc)),
+                Err(e) => {
+                    self.errors.push(
+                        FieldError::new(
+                            &loc,
+                            "datetime_from_date_parsing",
+                            format!("Input should be a valid datetime or date, {e}"),
+                        )
+                        .input(Value::String(s.clone()))
+                        .ctx(json!({ "error": e.to_string() })),
+                    );
+                    Given::Absent
+                }
+            },
+            Given::Value(other) => {
+                self.errors.push(
+                    FieldError::new(&loc, "datetime_type", "Input should be a valid datetime")
+                        .input(other),
+                );
+                Given::Absent
+            }
+        }
+    }
+
+    /// A string field that must be one of `allowed`.
+    pub fn one_of(&mut self, name: &str, allowed: &[&str]) -> Given<String> {
+        match self.take(name) {
+            Given::Absent => Given::Absent,
+            Given::Null => Given::Null,
+            Given::Value(Value::String(s)) if allowed.contains(&s.as_str()) => Given::Value(s),
+            Given::Value(other) => {
+                let expected = expected_list(allowed);
+                self.errors.push(
+                    FieldError::new(
+                        &["body", name],
+                        "enum",
+                        format!("Input should be {expected}"),
+                    )
+                    .input(other)
+                    .ctx(json!({ "expected": expected })),
+                );
+                Given::Absent
+            }
+        }
+    }
+
+    /// A field present as `null` where only a value is accepted.
+    pub fn refuse_null<T>(
+        &mut self,
+        name: &str,
+        given: Given<T>,
+        kind: &str,
+        msg: &str,
+    ) -> Option<T> {
+        match given {
+            Given::Value(v) => Some(v),
+            Given::Null => {
+                self.errors
+                    .push(FieldError::new(&["body", name], kind, msg).input(Value::Null));
+                None
+            }
+            Given::Absent => None,
+        }
+    }
+
+    /// The problems found so far name `name`.
+    pub fn has_error(&self, name: &str) -> bool {
+        self.errors
+            .iter()
+            .any(|e| e.loc.get(1) == Some(&LocItem::from(name)))
+    }
+
     /// Ok when no field had a problem.
     pub fn finish(self) -> Result<(), Vec<FieldError>> {
         if self.errors.is_empty() {

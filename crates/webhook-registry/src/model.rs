@@ -668,3 +668,219 @@ mod tests {
         }
     }
 }
+
+// ------------------------------------------------- recover, replay, retry
+
+/// Fastest accepted `rate_per_s` of a job.
+pub const JOB_RATE_MAX: i64 = 10_000;
+
+fn job_rate(f: &mut Fields) -> Option<i32> {
+    let given = f.integer("rate_per_s", 1, JOB_RATE_MAX);
+    f.refuse_null(
+        "rate_per_s",
+        given,
+        "int_type",
+        "Input should be a valid integer",
+    )
+    .and_then(|n| i32::try_from(n).ok())
+}
+
+fn job_time(f: &mut Fields, name: &str) -> Option<DateTime<Utc>> {
+    let given = f.datetime(name);
+    f.refuse_null(
+        name,
+        given,
+        "datetime_type",
+        "Input should be a valid datetime",
+    )
+}
+
+/// `POST /webhooks/{id}/recover`: re-send every event of the window whose
+/// last attempt failed (retries exhausted), once per event.
+#[derive(Debug, Clone, ToSchema)]
+pub struct RecoverIn {
+    /// Events whose first attempt was at or after this time (RFC 3339).
+    pub since: DateTime<Utc>,
+    /// … and before this time; open-ended when absent.
+    pub until: Option<DateTime<Utc>>,
+    /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rate_per_s: Option<i32>,
+}
+
+impl FromBody for RecoverIn {
+    fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
+        let mut f = Fields::of(body, true)?;
+        let since = job_time(&mut f, "since");
+        if since.is_none() && !f.has_error("since") {
+            f.errors
+                .push(FieldError::missing(&["body", "since"]).input(Value::Null));
+        }
+        let until = job_time(&mut f, "until");
+        let rate_per_s = job_rate(&mut f);
+        f.finish()?;
+        Ok(RecoverIn {
+            since: since.unwrap_or_default(),
+            until,
+            rate_per_s,
+        })
+    }
+}
+
+/// `POST /webhooks/{id}/replay`: deliver every stored event of the window
+/// that the webhook's `event_type` matches, in stream order. The window
+/// starts after `since_seq` or at `since` (not both); neither replays
+/// everything the stream holds.
+#[derive(Debug, Clone, ToSchema)]
+pub struct ReplayIn {
+    /// Events stored at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Events after this stream sequence (0: from the first one).
+    #[schema(minimum = 0)]
+    pub since_seq: Option<i64>,
+    /// Events stored before this time; open-ended (up to the last event
+    /// stored when the job starts) when absent.
+    pub until: Option<DateTime<Utc>>,
+    /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rate_per_s: Option<i32>,
+}
+
+impl FromBody for ReplayIn {
+    fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
+        let mut f = Fields::of(body, false)?;
+        let since = job_time(&mut f, "since");
+        let given = f.integer("since_seq", 0, i64::MAX);
+        let since_seq = f.refuse_null(
+            "since_seq",
+            given,
+            "int_type",
+            "Input should be a valid integer",
+        );
+        let until = job_time(&mut f, "until");
+        let rate_per_s = job_rate(&mut f);
+        if since.is_some() && since_seq.is_some() {
+            f.errors.push(FieldError::value_error(
+                &["body"],
+                "give either since or since_seq, not both",
+            ));
+        }
+        f.finish()?;
+        Ok(ReplayIn {
+            since,
+            since_seq,
+            until,
+            rate_per_s,
+        })
+    }
+}
+
+/// Statuses a bulk retry can select.
+pub const BULK_RETRY_STATUSES: [&str; 1] = [storage::models::delivery_status::FAILED];
+
+/// `POST /webhooks/{id}/deliveries/retry`: retry every matching failed
+/// delivery (the first one of each event in the window), unless a retry
+/// of that event is already pending.
+#[derive(Debug, Clone, ToSchema)]
+pub struct BulkRetryIn {
+    /// Deliveries with this status; `failed` when absent.
+    #[schema(value_type = Option<String>)]
+    pub status: Option<String>,
+    /// Deliveries created at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Deliveries created before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
+    #[schema(minimum = 1, maximum = 10000)]
+    pub rate_per_s: Option<i32>,
+}
+
+impl FromBody for BulkRetryIn {
+    fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
+        let mut f = Fields::of(body, false)?;
+        let given = f.one_of("status", &BULK_RETRY_STATUSES);
+        let status = f.refuse_null("status", given, "enum", "Input should be 'failed'");
+        let since = job_time(&mut f, "since");
+        let until = job_time(&mut f, "until");
+        let rate_per_s = job_rate(&mut f);
+        f.finish()?;
+        Ok(BulkRetryIn {
+            status,
+            since,
+            until,
+            rate_per_s,
+        })
+    }
+}
+
+/// A recover, replay or bulk retry job.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobOut {
+    pub id: i64,
+    pub webhook_id: i32,
+    /// `recover`, `replay` or `retry`.
+    pub kind: String,
+    /// `queued`, `running`, `completed`, `cancelled` or `failed`.
+    pub status: String,
+    /// Items in the window; `null` until the job started (for a replay an
+    /// estimate while it runs, exact once completed).
+    pub total: Option<i64>,
+    /// Items handled: sent (whatever the outcome) or queued for the worker.
+    pub done: i64,
+    /// Of those, attempts that failed (a replayed event is then retried on
+    /// the webhook's schedule).
+    pub failed: i64,
+    /// Replay only: stream sequences of the window the stream no longer
+    /// holds (events of any type; they cannot be replayed).
+    pub unavailable: Option<i64>,
+    pub rate_per_s: i32,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub until: Option<DateTime<Utc>>,
+    pub since_seq: Option<i64>,
+    /// Bulk retry: the delivery status it selects.
+    pub delivery_status: Option<String>,
+    /// Why a job failed.
+    pub error: Option<String>,
+    #[serde(serialize_with = "rfc3339::ser")]
+    pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<storage::jobs::Job> for JobOut {
+    fn from(j: storage::jobs::Job) -> Self {
+        let is_replay = j.kind == storage::jobs::kind::REPLAY;
+        Self {
+            id: j.id,
+            webhook_id: j.webhook_id,
+            kind: j.kind,
+            status: j.status,
+            total: j.total,
+            done: j.done,
+            failed: j.failed,
+            unavailable: is_replay.then_some(j.unavailable),
+            rate_per_s: j.rate_per_s,
+            since: j.since,
+            until: j.until,
+            since_seq: j.since_seq,
+            delivery_status: j.delivery_status,
+            error: j.error,
+            created_at: j.created_at,
+            started_at: j.started_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+/// `GET /webhooks/{id}/jobs`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub items: Vec<JobOut>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}

@@ -81,6 +81,7 @@ impl Application {
             notifier,
             ready: ready.clone(),
             rotation_grace: config.secret_rotation_grace,
+            job_default_rate_per_s: config.job_default_rate_per_s,
             trust_forwarded_for: config.trust_forwarded_for,
         });
         let rules = web::Data::new(BodyRules {

@@ -21,6 +21,8 @@ pub struct AppState {
     /// token ensured); until then `/webhooks` answers 503.
     pub ready: Arc<AtomicBool>,
     pub rotation_grace: Duration,
+    /// `rate_per_s` of jobs whose request names none.
+    pub job_default_rate_per_s: i32,
     pub trust_forwarded_for: bool,
 }
 

@@ -5,6 +5,7 @@
 mod deadletter;
 mod delivery;
 mod helpers;
+mod jobs;
 mod process;
 mod retries;
 mod scaling;

@@ -91,22 +91,25 @@ pub struct Args {
 
 /// What the receiver saw.
 #[derive(Default)]
-struct Seen {
-    latencies_us: Vec<u64>,
+pub(crate) struct Seen {
+    pub(crate) latencies_us: Vec<u64>,
+    /// Deliveries of events marked `bench_backlog` (replayed history,
+    /// whose publish→receive time says nothing about live latency).
+    pub(crate) backlog: u64,
     ids: HashSet<String>,
-    duplicates: u64,
-    bad_signatures: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) bad_signatures: u64,
     unreadable: u64,
     last_receive: Option<Instant>,
 }
 
-struct Receiver {
+pub(crate) struct Receiver {
     secret: String,
-    seen: Mutex<Seen>,
-    received: AtomicU64,
+    pub(crate) seen: Mutex<Seen>,
+    pub(crate) received: AtomicU64,
 }
 
-fn unix_micros() -> u64 {
+pub(crate) fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -134,15 +137,23 @@ impl Receiver {
             }
             _ => false,
         };
-        let sent = serde_json::from_slice::<Value>(body)
-            .ok()
+        let parsed = serde_json::from_slice::<Value>(body).ok();
+        let backlog = parsed
+            .as_ref()
+            .is_some_and(|v| v.get("bench_backlog").is_some());
+        let sent = parsed
+            .as_ref()
             .and_then(|v| v.get("bench_sent_us").and_then(Value::as_u64));
         let mut seen = self.seen.lock();
+        if backlog {
+            seen.backlog += 1;
+        }
         seen.last_receive = Some(Instant::now());
         if !(seed_ok && std_ok) {
             seen.bad_signatures += 1;
         }
         match sent {
+            Some(_) if backlog => {}
             Some(t) => seen.latencies_us.push(now.saturating_sub(t)),
             None => seen.unreadable += 1,
         }
@@ -154,7 +165,7 @@ impl Receiver {
     }
 }
 
-async fn start_receiver(
+pub(crate) async fn start_receiver(
     secret: String,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, Arc<Receiver>)> {
@@ -692,7 +703,7 @@ impl Worker {
 }
 
 /// Waits until the worker's `/readyz` answers 200.
-async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready(addr).await {
         anyhow::ensure!(Instant::now() < deadline, "the worker did not get ready");

@@ -4,3 +4,4 @@ pub mod delivery;
 pub mod fanout;
 pub mod history;
 pub mod outbox;
+pub mod replay;

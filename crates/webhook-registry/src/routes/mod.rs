@@ -1,6 +1,7 @@
 //! The route table.
 
 pub mod events;
+pub mod jobs;
 pub mod openapi;
 pub mod portal;
 pub mod webhooks;
@@ -51,6 +52,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .service(
                 resource(&["/{webhook_id}/deliveries"], "GET")
                     .route(web::get().to(webhooks::deliveries)),
+            )
+            .service(
+                resource(&["/{webhook_id}/deliveries/retry"], "POST")
+                    .route(web::post().to(jobs::bulk_retry)),
+            )
+            .service(
+                resource(&["/{webhook_id}/recover"], "POST").route(web::post().to(jobs::recover)),
+            )
+            .service(
+                resource(&["/{webhook_id}/replay"], "POST").route(web::post().to(jobs::replay)),
+            )
+            .service(resource(&["/{webhook_id}/jobs"], "GET").route(web::get().to(jobs::list)))
+            .service(
+                resource(&["/{webhook_id}/jobs/{job_id}"], "GET, DELETE")
+                    .route(web::get().to(jobs::get))
+                    .route(web::delete().to(jobs::cancel)),
             )
             .service(
                 resource(&["/{webhook_id}/deliveries/hourly"], "GET")

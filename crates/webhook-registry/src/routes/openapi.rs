@@ -10,13 +10,14 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorOut, FieldError, HttpValidationError, LocItem};
 use crate::extract::lax_bool_schema;
-use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
 use crate::model::{
-    DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, HourBucketOut, HourlyOut, RetryOut,
-    RotateIn, RotateOut, StatsOut, TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
+    BulkRetryIn, DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, HourBucketOut,
+    HourlyOut, JobOut, JobPage, RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut,
+    TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
+use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
 use crate::routes::portal::{self, ServiceReadiness, ServicesReadiness};
-use crate::routes::{events, webhooks};
+use crate::routes::{events, jobs, webhooks};
 
 struct SecuritySchemes;
 
@@ -44,18 +45,20 @@ impl Modify for SecuritySchemes {
     paths(
         webhooks::create, webhooks::list, webhooks::stats, webhooks::get, webhooks::update,
         webhooks::delete, webhooks::deliveries, webhooks::hourly, webhooks::test, webhooks::retry,
-        webhooks::rotate, events::types, portal::readiness, serve,
+        webhooks::rotate, jobs::recover, jobs::replay, jobs::bulk_retry, jobs::list, jobs::get,
+        jobs::cancel, events::types, portal::readiness, serve,
     ),
     components(schemas(
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,
         RotateIn, RotateOut, TestOut, RetryOut, EventTypeOut, EventCatalogueOut, ErrorOut,
         HttpValidationError, FieldError, LocItem, HourlyOut, HourBucketOut, ServiceReadiness,
-        ServicesReadiness,
+        ServicesReadiness, RecoverIn, ReplayIn, BulkRetryIn, JobOut, JobPage,
     )),
     modifiers(&SecuritySchemes),
     tags(
         (name = "webhooks", description = "Webhook registrations"),
         (name = "deliveries", description = "Delivery history and manual retries"),
+        (name = "jobs", description = "Recover, replay and bulk retry, run in the background by the delivery worker"),
         (name = "events", description = "The event catalogue"),
         (name = "meta", description = "This document and the services' readiness"),
     )
@@ -209,6 +212,72 @@ fn refine(doc: &mut Value) {
             }
         }
     }
+    // Jobs: optional fields may be left out but are refused as `null`.
+    for (schema, fields) in [
+        ("RecoverIn", &["until", "rate_per_s"][..]),
+        (
+            "ReplayIn",
+            &["since", "since_seq", "until", "rate_per_s"][..],
+        ),
+        (
+            "BulkRetryIn",
+            &["status", "since", "until", "rate_per_s"][..],
+        ),
+    ] {
+        for field in fields {
+            not_null(doc, &format!("{schemas}/{schema}/properties/{field}"));
+        }
+    }
+    set(
+        doc,
+        &format!("{schemas}/BulkRetryIn/properties/status"),
+        "enum",
+        json!(crate::model::BULK_RETRY_STATUSES),
+    );
+    set(
+        doc,
+        &format!("{schemas}/ReplayIn/properties/since_seq"),
+        "maximum",
+        json!(i64::MAX),
+    );
+    set(
+        doc,
+        &format!("{schemas}/ReplayIn"),
+        "not",
+        json!({"required": ["since", "since_seq"]}),
+    );
+    set(
+        doc,
+        &format!("{schemas}/JobOut/properties/kind"),
+        "enum",
+        json!(storage::jobs::kind::ALL),
+    );
+    set(
+        doc,
+        &format!("{schemas}/JobOut/properties/status"),
+        "enum",
+        json!(storage::jobs::status::ALL),
+    );
+    for (path, schema) in [
+        ("/paths/~1webhooks~1{webhook_id}~1replay/post", "ReplayIn"),
+        (
+            "/paths/~1webhooks~1{webhook_id}~1deliveries~1retry/post",
+            "BulkRetryIn",
+        ),
+    ] {
+        set(
+            doc,
+            &format!("{path}/requestBody/content/application~1json"),
+            "schema",
+            json!({"$ref": format!("#/components/schemas/{schema}")}),
+        );
+        set(
+            doc,
+            &format!("{path}/requestBody"),
+            "required",
+            json!(false),
+        );
+    }
     // Optional, but `null` is not an object: 422.
     set(
         doc,
@@ -239,6 +308,47 @@ pub async fn serve(doc: web::Data<OpenApiJson>) -> HttpResponse {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn job_requests_are_described_as_the_server_reads_them() {
+        let doc = document().unwrap();
+        let schemas = &doc["components"]["schemas"];
+        if std::env::var("PRINT_DOC").is_ok() {
+            for s in ["RecoverIn", "ReplayIn", "BulkRetryIn", "JobOut"] {
+                println!("{s}: {}", schemas[s]);
+            }
+            println!("{}", doc["paths"]["/webhooks/{webhook_id}/replay"]);
+        }
+        let replay = &schemas["ReplayIn"];
+        assert_eq!(replay["not"], json!({"required": ["since", "since_seq"]}));
+        assert_eq!(replay["properties"]["since_seq"]["type"], "integer");
+        assert_eq!(replay["properties"]["since"]["format"], "date-time");
+        assert_eq!(schemas["RecoverIn"]["required"], json!(["since"]));
+        assert_eq!(
+            schemas["BulkRetryIn"]["properties"]["status"]["enum"],
+            json!(["failed"])
+        );
+        for path in [
+            "/webhooks/{webhook_id}/replay",
+            "/webhooks/{webhook_id}/deliveries/retry",
+        ] {
+            assert_eq!(
+                doc["paths"][path]["post"]["requestBody"]["required"], false,
+                "{path}"
+            );
+        }
+        for (path, method) in [
+            ("/webhooks/{webhook_id}/recover", "post"),
+            ("/webhooks/{webhook_id}/jobs", "get"),
+            ("/webhooks/{webhook_id}/jobs/{job_id}", "get"),
+            ("/webhooks/{webhook_id}/jobs/{job_id}", "delete"),
+        ] {
+            assert!(
+                doc["paths"][path][method]["responses"].get("422").is_some(),
+                "{method} {path}"
+            );
+        }
+    }
 
     #[test]
     fn the_document_says_what_the_server_checks() {

@@ -48,6 +48,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../portal/deliveries.js"),
     ),
     (
+        "jobs.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../portal/jobs.js"),
+    ),
+    (
         "events.js",
         "text/javascript; charset=utf-8",
         include_str!("../../portal/events.js"),

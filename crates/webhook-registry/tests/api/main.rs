@@ -9,6 +9,7 @@ mod extras;
 mod framing;
 mod helpers;
 mod history;
+mod jobs;
 mod portal;
 mod process;
 mod resilience;

@@ -1,0 +1,330 @@
+//! Background jobs of one webhook: recover, replay and bulk retry
+//! (docs/architecture.md, "Replay, recover and bulk retry").
+//!
+//! The registry creates a job (at most one unfinished job per webhook, kept
+//! by a partial unique index) and cancels it; a delivery-worker replica
+//! claims it with `FOR UPDATE SKIP LOCKED` and a lease, stores its window
+//! when it starts and its progress as it goes, and finishes it. A replica
+//! that stops hands the job back; one that dies loses the lease, and the
+//! next claim resumes the job after its stored `progress_key`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::StorageError;
+use crate::schema::webhook_jobs;
+
+/// Job kinds.
+pub mod kind {
+    pub const RECOVER: &str = "recover";
+    pub const REPLAY: &str = "replay";
+    pub const RETRY: &str = "retry";
+    pub const ALL: [&str; 3] = [RECOVER, REPLAY, RETRY];
+}
+
+/// Job statuses. `queued` and `running` are unfinished.
+pub mod status {
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const COMPLETED: &str = "completed";
+    pub const CANCELLED: &str = "cancelled";
+    pub const FAILED: &str = "failed";
+    pub const ALL: [&str; 5] = [QUEUED, RUNNING, COMPLETED, CANCELLED, FAILED];
+}
+
+/// A `webhook_jobs` row.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, QueryableByName)]
+#[diesel(table_name = webhook_jobs, check_for_backend(diesel::pg::Pg))]
+pub struct Job {
+    pub id: i64,
+    pub webhook_id: i32,
+    pub kind: String,
+    pub status: String,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub since_seq: Option<i64>,
+    pub delivery_status: Option<String>,
+    pub rate_per_s: i32,
+    pub total: Option<i64>,
+    pub done: i64,
+    pub failed: i64,
+    pub unavailable: i64,
+    pub progress_key: Option<i64>,
+    pub end_key: Option<i64>,
+    pub error: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Job {
+    pub fn is_finished(&self) -> bool {
+        self.status != status::QUEUED && self.status != status::RUNNING
+    }
+}
+
+/// A job to create.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = webhook_jobs, check_for_backend(diesel::pg::Pg))]
+pub struct NewJob {
+    pub webhook_id: i32,
+    pub kind: String,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub since_seq: Option<i64>,
+    pub delivery_status: Option<String>,
+    pub rate_per_s: i32,
+}
+
+/// What [`create`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    /// A new job.
+    New(Job),
+    /// The webhook already had an unfinished job: that one.
+    Existing(Job),
+}
+
+/// Creates a job unless the webhook has an unfinished one, which is
+/// returned instead. The webhook must exist (a foreign key violation
+/// otherwise).
+pub async fn create(conn: &mut AsyncPgConnection, new: NewJob) -> Result<Created, StorageError> {
+    use webhook_jobs::dsl as j;
+    // The unfinished job may finish between the insert and the read; a few
+    // rounds settle it.
+    for _ in 0..5 {
+        let inserted: Option<Job> = diesel::insert_into(j::webhook_jobs)
+            .values(new.clone())
+            .on_conflict_do_nothing()
+            .returning(Job::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        if let Some(job) = inserted {
+            return Ok(Created::New(job));
+        }
+        let active: Option<Job> = j::webhook_jobs
+            .filter(j::webhook_id.eq(new.webhook_id))
+            .filter(j::status.eq_any([status::QUEUED, status::RUNNING]))
+            .select(Job::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        if let Some(job) = active {
+            return Ok(Created::Existing(job));
+        }
+    }
+    Err(StorageError::Config(
+        "the webhook's jobs keep changing; try again".to_owned(),
+    ))
+}
+
+/// One job of one webhook.
+pub async fn get(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    job_id: i64,
+) -> Result<Option<Job>, StorageError> {
+    use webhook_jobs::dsl as j;
+    Ok(j::webhook_jobs
+        .filter(j::id.eq(job_id))
+        .filter(j::webhook_id.eq(webhook_id))
+        .select(Job::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// A webhook's jobs, newest first.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Job>, i64), StorageError> {
+    use webhook_jobs::dsl as j;
+    let total: i64 = j::webhook_jobs
+        .filter(j::webhook_id.eq(webhook_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    let items = j::webhook_jobs
+        .filter(j::webhook_id.eq(webhook_id))
+        .order(j::id.desc())
+        .limit(limit)
+        .offset(offset)
+        .select(Job::as_select())
+        .load(conn)
+        .await?;
+    Ok((items, total))
+}
+
+/// Cancels an unfinished job; the worker running it stops at its next
+/// progress write. A finished job is returned as it is.
+pub async fn cancel(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    job_id: i64,
+) -> Result<Option<Job>, StorageError> {
+    use webhook_jobs::dsl as j;
+    let cancelled: Option<Job> = diesel::update(
+        j::webhook_jobs
+            .filter(j::id.eq(job_id))
+            .filter(j::webhook_id.eq(webhook_id))
+            .filter(j::status.eq_any([status::QUEUED, status::RUNNING])),
+    )
+    .set((
+        j::status.eq(status::CANCELLED),
+        j::finished_at.eq(diesel::dsl::now),
+        j::updated_at.eq(diesel::dsl::now),
+        j::lease_owner.eq(None::<String>),
+        j::lease_until.eq(None::<DateTime<Utc>>),
+    ))
+    .returning(Job::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    match cancelled {
+        Some(job) => Ok(Some(job)),
+        None => get(conn, webhook_id, job_id).await,
+    }
+}
+
+/// Claims the oldest job that is queued or whose lease ran out, for
+/// `owner` and `lease`; `started_at` is set the first time.
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Job>, StorageError> {
+    Ok(diesel::sql_query(
+        "WITH next AS ( \
+           SELECT id FROM webhook_jobs \
+           WHERE status = 'queued' OR (status = 'running' AND lease_until < now()) \
+           ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED \
+         ) \
+         UPDATE webhook_jobs j SET status = 'running', lease_owner = $1, \
+           lease_until = now() + make_interval(secs => $2), \
+           started_at = COALESCE(j.started_at, now()), updated_at = now() \
+         FROM next WHERE j.id = next.id \
+         RETURNING j.*",
+    )
+    .bind::<Text, _>(owner)
+    .bind::<Double, _>(lease.as_secs_f64())
+    .get_result(conn)
+    .await
+    .optional()?)
+}
+
+/// The window a job covers, fixed when it first starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub total: i64,
+    pub end_key: i64,
+    pub unavailable: i64,
+    pub progress_key: Option<i64>,
+}
+
+/// Stores the window of a job `owner` holds; `false` when it lost the job.
+pub async fn set_window(
+    conn: &mut AsyncPgConnection,
+    job_id: i64,
+    owner: &str,
+    window: Window,
+) -> Result<bool, StorageError> {
+    use webhook_jobs::dsl as j;
+    let n = diesel::update(
+        j::webhook_jobs
+            .filter(j::id.eq(job_id))
+            .filter(j::lease_owner.eq(owner))
+            .filter(j::status.eq(status::RUNNING)),
+    )
+    .set((
+        j::total.eq(window.total),
+        j::end_key.eq(window.end_key),
+        j::unavailable.eq(window.unavailable),
+        j::progress_key.eq(window.progress_key),
+        j::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Adds progress to a job `owner` holds and renews its lease; `false` when
+/// the job was cancelled or taken over (the caller stops).
+pub async fn record_progress(
+    conn: &mut AsyncPgConnection,
+    job_id: i64,
+    owner: &str,
+    done: i64,
+    failed: i64,
+    progress_key: Option<i64>,
+    lease: Duration,
+) -> Result<bool, StorageError> {
+    let n = diesel::sql_query(
+        "UPDATE webhook_jobs SET done = done + $3, failed = failed + $4, \
+           progress_key = COALESCE($5, progress_key), \
+           lease_until = now() + make_interval(secs => $6), updated_at = now() \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind::<BigInt, _>(job_id)
+    .bind::<Text, _>(owner)
+    .bind::<BigInt, _>(done)
+    .bind::<BigInt, _>(failed)
+    .bind::<Nullable<BigInt>, _>(progress_key)
+    .bind::<Double, _>(lease.as_secs_f64())
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Ends a job `owner` holds with `final_status` (`completed` or `failed`).
+/// A completed job's `total` becomes what it handled.
+pub async fn finish(
+    conn: &mut AsyncPgConnection,
+    job_id: i64,
+    owner: &str,
+    final_status: &str,
+    error: Option<&str>,
+) -> Result<bool, StorageError> {
+    let n = diesel::sql_query(
+        "UPDATE webhook_jobs SET status = $3, error = $4, finished_at = now(), updated_at = now(), \
+           total = CASE WHEN $3 = 'completed' THEN done ELSE total END, \
+           lease_owner = NULL, lease_until = NULL \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind::<BigInt, _>(job_id)
+    .bind::<Text, _>(owner)
+    .bind::<Text, _>(final_status)
+    .bind::<Nullable<Text>, _>(error)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+/// Hands a job back (this replica is stopping): queued again, claimable by
+/// any replica at once, its progress kept.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    job_id: i64,
+    owner: &str,
+) -> Result<bool, StorageError> {
+    let n = diesel::sql_query(
+        "UPDATE webhook_jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL, \
+           updated_at = now() \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+    )
+    .bind::<BigInt, _>(job_id)
+    .bind::<Text, _>(owner)
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}

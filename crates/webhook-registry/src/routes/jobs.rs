@@ -1,0 +1,285 @@
+//! Recover, replay and bulk retry: jobs the registry records and the
+//! delivery worker runs (docs/architecture.md, "Replay, recover and bulk
+//! retry"). A new job answers 202; while the webhook has an unfinished
+//! job, a new request answers 200 with that one.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use storage::jobs::{self, Created, NewJob, kind};
+use storage::models::delivery_status;
+use tracing::instrument;
+
+use crate::db;
+use crate::error::{ApiError, ErrorOut, HttpValidationError};
+use crate::extract::{JsonBody, Query, path_id};
+use crate::model::{BulkRetryIn, JobOut, JobPage, RecoverIn, ReplayIn};
+use crate::routes::webhooks::{LIMIT_DEFAULT, LIMIT_MAX};
+use crate::state::AppState;
+
+fn webhook_id(raw: &str) -> Result<i32, ApiError> {
+    path_id(raw, "webhook_id", ApiError::webhook_not_found())
+}
+
+fn job_not_found() -> ApiError {
+    ApiError::NotFound("Job not found")
+}
+
+/// Records a job for an active webhook, or finds its unfinished one.
+async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> {
+    let id = new.webhook_id;
+    let mut conn = state.conn().await?;
+    let webhook = db::get_webhook(&mut conn, id)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    if !webhook.is_active {
+        return Err(ApiError::Conflict(
+            "Webhook is disabled; enable it before starting a job".to_owned(),
+        ));
+    }
+    let job_kind = new.kind.clone();
+    match jobs::create(&mut conn, new).await? {
+        Created::New(job) => {
+            tracing::info!(webhook_id = id, job_id = job.id, kind = %job_kind, "job queued");
+            Ok(HttpResponse::Accepted()
+                .insert_header((header::LOCATION, format!("/webhooks/{id}/jobs/{}", job.id)))
+                .json(JobOut::from(job)))
+        }
+        Created::Existing(job) => Ok(HttpResponse::Ok()
+            .insert_header((header::LOCATION, format!("/webhooks/{id}/jobs/{}", job.id)))
+            .json(JobOut::from(job))),
+    }
+}
+
+/// Re-send every event of a window whose last attempt failed.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/recover", tag = "jobs",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    request_body = RecoverIn,
+    responses(
+        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
+        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 409, description = "The webhook is disabled", body = ErrorOut),
+        (status = 413, description = "Body too large", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn recover(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<RecoverIn>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    start(
+        &state,
+        NewJob {
+            webhook_id: id,
+            kind: kind::RECOVER.to_owned(),
+            since: Some(input.since),
+            until: input.until,
+            since_seq: None,
+            delivery_status: Some(delivery_status::FAILED.to_owned()),
+            rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
+        },
+    )
+    .await
+}
+
+/// Deliver the stored events of a window from the stream, in order.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/replay", tag = "jobs",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    request_body(content = Option<ReplayIn>, description = "Optional; an empty body replays everything the stream holds"),
+    responses(
+        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
+        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 409, description = "The webhook is disabled", body = ErrorOut),
+        (status = 413, description = "Body too large", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn replay(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<ReplayIn>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    // Neither given: everything the stream holds.
+    let since_seq = match (input.since, input.since_seq) {
+        (None, None) => Some(0),
+        (_, s) => s,
+    };
+    start(
+        &state,
+        NewJob {
+            webhook_id: id,
+            kind: kind::REPLAY.to_owned(),
+            since: input.since,
+            until: input.until,
+            since_seq,
+            delivery_status: None,
+            rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
+        },
+    )
+    .await
+}
+
+/// Retry every matching failed delivery of the webhook.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/deliveries/retry", tag = "jobs",
+    params(("webhook_id" = i32, Path, description = "Webhook id")),
+    request_body(content = Option<BulkRetryIn>, description = "Optional; an empty body retries every failed delivery"),
+    responses(
+        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
+        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 409, description = "The webhook is disabled", body = ErrorOut),
+        (status = 413, description = "Body too large", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn bulk_retry(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    JsonBody(input): JsonBody<BulkRetryIn>,
+) -> Result<HttpResponse, ApiError> {
+    let id = webhook_id(&path)?;
+    start(
+        &state,
+        NewJob {
+            webhook_id: id,
+            kind: kind::RETRY.to_owned(),
+            since: input.since,
+            until: input.until,
+            since_seq: None,
+            delivery_status: Some(
+                input
+                    .status
+                    .unwrap_or_else(|| delivery_status::FAILED.to_owned()),
+            ),
+            rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
+        },
+    )
+    .await
+}
+
+/// Query of `GET /webhooks/{id}/jobs`.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct JobParams {
+    #[param(minimum = 1, maximum = 200, default = 50)]
+    limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
+    offset: Option<i64>,
+}
+
+/// A webhook's jobs, newest first.
+#[utoipa::path(
+    get, path = "/webhooks/{webhook_id}/jobs", tag = "jobs",
+    params(("webhook_id" = i32, Path, description = "Webhook id"), JobParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 422, description = "Validation error", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn list(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let mut q = Query::parse(req.query_string());
+    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
+    let offset = q.integer("offset", 0, 0, i64::MAX);
+    let id = webhook_id(&path)?;
+    q.finish()?;
+    let mut conn = state.conn().await?;
+    db::get_webhook(&mut conn, id)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
+    let (items, total) = jobs::list(&mut conn, id, limit, offset).await?;
+    Ok(HttpResponse::Ok().json(JobPage {
+        items: items.into_iter().map(JobOut::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+fn ids(path: (String, String)) -> Result<(i32, i64), ApiError> {
+    let id = webhook_id(&path.0)?;
+    let job_id = path_id(&path.1, "job_id", job_not_found())?;
+    Ok((id, job_id))
+}
+
+/// One job: its status and progress.
+#[utoipa::path(
+    get, path = "/webhooks/{webhook_id}/jobs/{job_id}", tag = "jobs",
+    params(
+        ("webhook_id" = i32, Path, description = "Webhook id"),
+        ("job_id" = i64, Path, description = "Job id"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook or job", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, job_id) = ids(path.into_inner())?;
+    let mut conn = state.conn().await?;
+    let job = jobs::get(&mut conn, id, job_id)
+        .await?
+        .ok_or_else(job_not_found)?;
+    Ok(HttpResponse::Ok().json(JobOut::from(job)))
+}
+
+/// Cancel a job: the worker stops after the deliveries in flight. A
+/// finished job is returned as it is.
+#[utoipa::path(
+    delete, path = "/webhooks/{webhook_id}/jobs/{job_id}", tag = "jobs",
+    params(
+        ("webhook_id" = i32, Path, description = "Webhook id"),
+        ("job_id" = i64, Path, description = "Job id"),
+    ),
+    responses(
+        (status = 200, description = "The job, cancelled unless it had finished", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook or job", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, job_id) = ids(path.into_inner())?;
+    let mut conn = state.conn().await?;
+    let job = jobs::cancel(&mut conn, id, job_id)
+        .await?
+        .ok_or_else(job_not_found)?;
+    tracing::info!(webhook_id = id, job_id, status = %job.status, "job cancel requested");
+    Ok(HttpResponse::Ok().json(JobOut::from(job)))
+}
