@@ -6,7 +6,7 @@
 #   outbox-relay too when OUTBOX_DATABASE_URL is set (the bot's database;
 #   its event_outbox table is created there when missing).
 # Logs and pid files go to .local/ in the repository. Run it again to rebuild
-# and restart; deploy/down.sh stops the three services.
+# and restart; deploy/down.sh stops them.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
