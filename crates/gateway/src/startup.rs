@@ -114,8 +114,13 @@ impl Application {
         // actix-web's routes for plain HTTP; a request that asks for an
         // upgrade gets the connection itself (`ws::upgrade`), so a
         // WebSocket is one task that owns its socket.
-        let mut server = actix_server::Server::build()
+        let builder = actix_server::Server::build();
+        // On a graceful stop actix-http closes idle keep-alive connections
+        // (a scraper's `/metrics`) at once instead of when they time out.
+        let shutdown_signal = builder.graceful_shutdown_signal();
+        let mut server = builder
             .listen("gateway", listener, move || {
+                let signal = shutdown_signal.clone();
                 let ops = ops.clone();
                 let data = web::Data::from(factory_state.clone());
                 let ws_state = factory_state.clone();
@@ -125,6 +130,10 @@ impl Application {
                     .into_factory()
                     .map_err(|e: actix_web::Error| e.error_response());
                 HttpService::build()
+                    .graceful_shutdown_signal(move || {
+                        let signal = signal.clone();
+                        async move { signal.notified().await }
+                    })
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .on_connect_ext(move |io: &actix_web::rt::net::TcpStream, _| {

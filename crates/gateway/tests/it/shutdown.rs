@@ -156,3 +156,37 @@ async fn sigterm_stops_the_gateway_within_seconds_while_nats_is_unreachable() {
         .expect("wait");
     assert!(status.success(), "{status}");
 }
+
+/// An idle keep-alive HTTP connection (a scraper between two `/metrics`
+/// reads) is closed as shutdown starts, instead of holding the stop until
+/// its keep-alive timer (5 s) runs out.
+#[tokio::test]
+async fn shutdown_closes_idle_keep_alive_http_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backing::new().await;
+    let app = crate::helpers::TestApp::spawn(b.config()).await;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let started = std::time::Instant::now();
+    app.shutdown.cancel();
+    // the connection is kept alive until shutdown: then EOF, well before
+    // the 5 s keep-alive
+    let eof = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(matches!(eof, Ok(Ok(0)) | Ok(Err(_))), "{eof:?}");
+    let stopped = tokio::time::timeout(Duration::from_secs(3), app.handle).await;
+    assert!(
+        stopped.is_ok(),
+        "still running {:?} after shutdown",
+        started.elapsed()
+    );
+    b.cleanup().await;
+}
