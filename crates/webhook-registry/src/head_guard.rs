@@ -156,10 +156,6 @@ impl<T> HeadGuard<T> {
         }
     }
 
-    pub fn get_ref(&self) -> &T {
-        &self.io
-    }
-
     /// Hands the first `n` bytes of the input on.
     fn pass(&mut self, n: usize) {
         // Both buffers are split off the same allocation in order, so this
