@@ -231,7 +231,15 @@ pub async fn resume(
     job_id: i64,
 ) -> Result<Option<Changed>, StorageError> {
     let already = [status::QUEUED, status::RUNNING];
-    transition(conn, webhook_id, job_id, &[status::PAUSED], status::QUEUED, &already).await
+    transition(
+        conn,
+        webhook_id,
+        job_id,
+        &[status::PAUSED],
+        status::QUEUED,
+        &already,
+    )
+    .await
 }
 
 /// Moves a job from one of `from` to `to`; a job already in `to` or in

@@ -546,7 +546,12 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
         assert!(matches!(again, jobs::Changed::Refused(ref f) if f.status == "completed"));
         let again = jobs::resume(&mut conn, hook, j.id).await.unwrap().unwrap();
         assert!(matches!(again, jobs::Changed::Refused(_)));
-        assert!(jobs::pause(&mut conn, hook, j.id + 1000).await.unwrap().is_none());
+        assert!(
+            jobs::pause(&mut conn, hook, j.id + 1000)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     let (_, text) = app.get("/metrics").await;
     let m = |name: &str| metric(&text, name);

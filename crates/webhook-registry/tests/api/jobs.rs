@@ -102,9 +102,7 @@ async fn one_unfinished_job_per_webhook_readable_and_cancellable() {
         assert_eq!(status, StatusCode::OK, "{paused}");
         assert_eq!(paused["status"], "paused");
     }
-    let (status, again) = app
-        .post(&format!("/webhooks/{id}/replay"), json!({}))
-        .await;
+    let (status, again) = app.post(&format!("/webhooks/{id}/replay"), json!({})).await;
     assert_eq!((status, &again["id"]), (StatusCode::OK, &json!(job_id)));
     assert_eq!(again["status"], "paused");
     for _ in 0..2 {
@@ -172,7 +170,10 @@ async fn one_unfinished_job_per_webhook_readable_and_cancellable() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     for action in ["pause", "resume"] {
         let (status, body) = app
-            .post(&format!("/webhooks/{other_id}/jobs/{job_id}/{action}"), json!({}))
+            .post(
+                &format!("/webhooks/{other_id}/jobs/{job_id}/{action}"),
+                json!({}),
+            )
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{action}: {body}");
         let (status, _) = app
