@@ -225,6 +225,7 @@ impl Application {
             js: js.clone(),
             ns: ns.clone(),
             deliverer: deliverer.clone(),
+            metrics: metrics.clone(),
             cfg: jobs::JobsConfig {
                 poll: config.job_poll,
                 lease: config.job_lease,
