@@ -234,7 +234,21 @@ impl System {
         r.text().await.expect("metrics text")
     }
 
-    /// A registry request with the token, and optionally a `traceparent`.
+    /// Waits until the worker has `n` active webhooks loaded (it reloads
+    /// when the registry's change notice arrives).
+    pub async fn wait_webhooks_loaded(&self, n: usize) {
+        let want = format!("\ndelivery_webhooks_cached {n}\n");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.scrape(&self.worker).await.contains(&want) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker never loaded {n} webhooks"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A registry request with the token.
     pub fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.registry.url(path))

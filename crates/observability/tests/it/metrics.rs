@@ -67,8 +67,7 @@ async fn traffic(system: &System) {
     assert_eq!(r.status(), 404);
 
     let mut ws = system.ws().await;
-    // The worker loads webhooks when the registry's change notice arrives.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    system.wait_webhooks_loaded(1).await;
     system
         .publish(EventType::UserCreated, json!({"user_id": 1}), None)
         .await;

@@ -250,8 +250,7 @@ async fn spans_of_every_service_join_the_callers_trace() {
     // The publisher's event: the gateway's fan-out and the worker's
     // deliveries are its children.
     let mut ws = system.ws().await;
-    // The worker loads webhooks when the registry's change notice arrives.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    system.wait_webhooks_loaded(1).await;
     let (pub_tp, pub_trace, pub_parent) = new_traceparent();
     system
         .publish(EventType::UserCreated, json!({"user_id": 7}), Some(&pub_tp))
