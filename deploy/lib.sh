@@ -458,6 +458,17 @@ run_python_client_tests() {
     )
 }
 
+# promtool (deploy/validate-observability.sh): Debian's `prometheus`
+# package ships it. Installed without recommends (no node exporter); the
+# Prometheus server it brings is not started by this script.
+ensure_promtool() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        log "promtool is not installed; installing Debian's prometheus package for it"
+        apt_install --no-install-recommends prometheus
+        command -v promtool >/dev/null 2>&1 || die "promtool still not found after installing prometheus"
+    fi
+}
+
 # --------------------------------------------------------------------------
 # Cargo helpers
 # --------------------------------------------------------------------------
