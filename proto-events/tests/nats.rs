@@ -529,3 +529,55 @@ async fn streams_are_created_with_the_settings_and_an_existing_one_is_left_with_
     args.events_replicas = 3;
     assert!(args.namespace().unwrap().ensure_streams(&js).await.is_err());
 }
+
+#[tokio::test]
+async fn a_three_node_cluster_gets_replicated_streams_through_the_url_list() {
+    let routes: Vec<u16> = (0..3).map(|_| dead_port()).collect();
+    let servers: Vec<NatsServer> = (0..3)
+        .map(|i| {
+            NatsServer::start_with(|dir| {
+                let others: Vec<String> = (0..3)
+                    .filter(|j| *j != i)
+                    .map(|j| format!("\"nats-route://127.0.0.1:{}\"", routes[j]))
+                    .collect();
+                format!(
+                    "server_name: n{i}\njetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: c, listen: \"127.0.0.1:{}\", routes: [{}] }}",
+                    dir.join("js").display(),
+                    routes[i],
+                    others.join(", ")
+                )
+            })
+        })
+        .collect();
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("nats://{}", s.addr()))
+        .collect();
+    let mut args = NatsArgs::for_url(&urls.join(","));
+    args.nats_prefix = "cluster".into();
+    args.events_replicas = 3;
+    let client = try_connect(&args).await.unwrap();
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client);
+    let ns = args.namespace().unwrap();
+    // JetStream answers once the cluster has elected its meta leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match ns.ensure_streams(&js).await {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("streams not created yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("streams not created: {e}"),
+        }
+    };
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    let cluster = info.cluster.as_ref().expect("cluster info");
+    assert_eq!(cluster.replicas.len(), 2, "{cluster:?}");
+    let deadletters = js.get_stream("DEADLETTER_cluster").await.unwrap();
+    assert_eq!(deadletters.cached_info().config.num_replicas, 3);
+}
