@@ -302,45 +302,51 @@ ensure_test_tools() {
     ensure_schemathesis >/dev/null
 }
 
-# The portal's browser suite (deploy/portal-test.sh): Debian's chromium, and
-# playwright-core from npm, pinned, in a directory of its own next to the
-# cargo target directory (kept between CI runs), in .local/ otherwise.
-# Required: failing to install either is fatal there.
-PLAYWRIGHT_VERSION=1.65.1
-playwright_dir() {
-    if [ -n "${PLAYWRIGHT_DIR:-}" ]; then
-        printf '%s\n' "$PLAYWRIGHT_DIR"
+# The portal's browser suite (deploy/portal-test.sh): Debian's chromium and
+# firefox-esr, and puppeteer-core from npm, pinned with every dependency by
+# crates/webhook-registry/tests/portal/package-lock.json. `npm ci
+# --ignore-scripts` installs it (no install script runs, and puppeteer-core
+# downloads no browser) into a directory of its own next to the cargo target
+# directory (kept between CI runs), in .local/ otherwise; it is installed
+# again when the lockfile changes. Required: failing to install any of them
+# is fatal there.
+PORTAL_SUITE_DIR="$BEDOLAGA_REPO_ROOT/crates/webhook-registry/tests/portal"
+puppeteer_dir() {
+    if [ -n "${PUPPETEER_DIR:-}" ]; then
+        printf '%s\n' "$PUPPETEER_DIR"
     elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
         case "$CARGO_TARGET_DIR" in
-            /*) printf '%s\n' "$(dirname "$CARGO_TARGET_DIR")/node-playwright" ;;
-            *) printf '%s\n' "$(dirname "$BEDOLAGA_REPO_ROOT/$CARGO_TARGET_DIR")/node-playwright" ;;
+            /*) printf '%s\n' "$(dirname "$CARGO_TARGET_DIR")/node-portal" ;;
+            *) printf '%s\n' "$(dirname "$BEDOLAGA_REPO_ROOT/$CARGO_TARGET_DIR")/node-portal" ;;
         esac
     else
-        printf '%s\n' "$LOCAL_DIR/node-playwright"
+        printf '%s\n' "$LOCAL_DIR/node-portal"
     fi
 }
 
-playwright_ok() {
-    node -e 'const v = require(process.argv[1] + "/node_modules/playwright-core/package.json").version;
-        process.exit(v === process.argv[2] ? 0 : 1)' "$1" "$PLAYWRIGHT_VERSION" >/dev/null 2>&1
+puppeteer_ok() {
+    cmp -s "$PORTAL_SUITE_DIR/package-lock.json" "$1/package-lock.json" &&
+        [ -f "$1/node_modules/puppeteer-core/package.json" ]
 }
 
 ensure_portal_test_tools() {
-    local dir
-    if ! command -v chromium >/dev/null 2>&1; then
-        apt_install chromium
-    fi
+    local dir missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v firefox-esr >/dev/null 2>&1 || missing+=(firefox-esr)
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-        apt_install nodejs npm
+        missing+=(nodejs npm)
     fi
-    dir="$(playwright_dir)"
-    if ! playwright_ok "$dir"; then
-        log "installing playwright-core $PLAYWRIGHT_VERSION (npm) into $dir"
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt_install "${missing[@]}"
+    fi
+    dir="$(puppeteer_dir)"
+    if ! puppeteer_ok "$dir"; then
+        log "installing puppeteer-core (npm ci from $PORTAL_SUITE_DIR/package-lock.json) into $dir"
         mkdir -p "$dir"
-        npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
-            "playwright-core@$PLAYWRIGHT_VERSION" >&2 ||
-            die "npm install playwright-core@$PLAYWRIGHT_VERSION failed"
-        playwright_ok "$dir" || die "playwright-core $PLAYWRIGHT_VERSION is not in $dir after installing it"
+        cp "$PORTAL_SUITE_DIR/package.json" "$PORTAL_SUITE_DIR/package-lock.json" "$dir/"
+        npm ci --prefix "$dir" --ignore-scripts --no-audit --no-fund --loglevel=error >&2 ||
+            die "npm ci for the portal's browser suite failed in $dir"
+        puppeteer_ok "$dir" || die "puppeteer-core is not in $dir after installing it"
     fi
 }
 
@@ -450,6 +456,17 @@ run_python_client_tests() {
             OUTBOX_RELAY_BIN="$relay" BEDOLAGA_REQUIRE_RELAY=1 \
                 "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs tests
     )
+}
+
+# promtool (deploy/validate-observability.sh): Debian's `prometheus`
+# package ships it. Installed without recommends (no node exporter); the
+# Prometheus server it brings is not started by this script.
+ensure_promtool() {
+    if ! command -v promtool >/dev/null 2>&1; then
+        log "promtool is not installed; installing Debian's prometheus package for it"
+        apt_install --no-install-recommends prometheus
+        command -v promtool >/dev/null 2>&1 || die "promtool still not found after installing prometheus"
+    fi
 }
 
 # --------------------------------------------------------------------------

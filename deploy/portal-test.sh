@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# The portal's browser suite: Playwright (playwright-core from npm) driving
-# Debian's chromium against the real services. Builds webhook-registry,
-# gateway, delivery-worker and eventctl, starts them on free ports against a
-# fresh database and a NATS prefix of their own, then runs
-# crates/webhook-registry/tests/portal/portal.test.mjs, which signs in,
-# manages a webhook pointing at a local receiver, follows its deliveries and
-# the live stream, and writes a screenshot of each page to
-# PORTAL_TEST_OUT (default: <target dir>/portal-test). Installs chromium
-# (apt) and playwright-core (npm, next to the target directory) when missing.
-# The processes, the database and the streams go away on exit.
+# The portal's browser suite, in Chromium and in Firefox: puppeteer-core
+# (npm) driving Debian's chromium (DevTools protocol) and firefox-esr
+# (WebDriver BiDi) through the same steps against the real services. Builds
+# webhook-registry, gateway, delivery-worker and eventctl, starts them on
+# free ports against a fresh database and a NATS prefix of their own, then
+# runs crates/webhook-registry/tests/portal/portal.test.mjs once per browser
+# (one after the other, against the same services): it signs in, manages a
+# webhook pointing at a local receiver, follows its deliveries and the live
+# stream, and writes a screenshot of each page to
+# PORTAL_TEST_OUT/<browser>/ (default: <target dir>/portal-test). Installs
+# chromium and firefox-esr (apt) and puppeteer-core (npm ci from the suite's
+# package-lock.json, next to the target directory) when missing. Fails when
+# the suite fails in either browser. The processes, the database and the
+# streams go away on exit.
 #
-#   deploy/portal-test.sh                 # what deploy/test.sh runs
+#   deploy/portal-test.sh                            # what deploy/test.sh runs
 #   PORTAL_TEST_OUT=/tmp/shots deploy/portal-test.sh
+#   PORTAL_BROWSERS=firefox deploy/portal-test.sh    # one browser only
 #
 # CARGO_TARGET_DIR is honoured.
 set -euo pipefail
@@ -20,16 +25,20 @@ set -euo pipefail
 cd "$BEDOLAGA_REPO_ROOT"
 
 TIMEOUT="${PORTAL_TEST_TIMEOUT:-300}"
+BROWSERS="${PORTAL_BROWSERS:-chromium firefox}"
 
 ensure_rust
 ensure_backing_services
+for browser in $BROWSERS; do
+    case "$browser" in
+        chromium | firefox) ;;
+        *) die "PORTAL_BROWSERS: unknown browser '$browser' (chromium, firefox)" ;;
+    esac
+done
 ensure_portal_test_tools
-pw_dir="$(playwright_dir)"
-chromium_bin="$(command -v chromium)"
+pp_dir="$(puppeteer_dir)"
 target="$(cargo_target_dir)"
 out="${PORTAL_TEST_OUT:-$target/portal-test}"
-mkdir -p "$out"
-rm -f "$out"/*.png
 
 log "cargo build -p webhook-registry -p gateway -p delivery-worker -p eventctl"
 cargo build -q -p webhook-registry -p gateway -p delivery-worker -p eventctl
@@ -142,14 +151,32 @@ for url in "http://$REGISTRY_BIND/readyz" "http://$GATEWAY_BIND/readyz" "http://
         die "$url is not ready after ${SERVICE_WAIT_SECS}s"
 done
 
-log "portal browser suite against http://$REGISTRY_BIND/ (screenshots in $out)"
-started=$SECONDS
-status=0
-PORTAL_URL="http://$REGISTRY_BIND/" PORTAL_TOKEN="$token" PORTAL_OUT="$out" \
-    PLAYWRIGHT_DIR="$pw_dir" CHROMIUM="$chromium_bin" EVENTCTL="$bin/eventctl" \
-    timeout --kill-after=10 "$TIMEOUT" node crates/webhook-registry/tests/portal/portal.test.mjs || status=$?
-case "$status" in
-    0) log "portal browser suite passed in $((SECONDS - started))s; screenshots in $out" ;;
-    124 | 137) die "the portal browser suite did not finish within ${TIMEOUT}s" ;;
-    *) die "the portal browser suite failed (exit $status) after $((SECONDS - started))s; screenshots in $out" ;;
-esac
+failed=()
+for browser in $BROWSERS; do
+    case "$browser" in
+        chromium) browser_bin="$(command -v chromium)" ;;
+        firefox) browser_bin="$(command -v firefox-esr)" ;;
+    esac
+    shots="$out/$browser"
+    mkdir -p "$shots"
+    rm -f "$shots"/*.png
+    log "portal browser suite in $browser against http://$REGISTRY_BIND/ (screenshots in $shots)"
+    started=$SECONDS
+    status=0
+    PORTAL_URL="http://$REGISTRY_BIND/" PORTAL_TOKEN="$token" PORTAL_OUT="$shots" \
+        PORTAL_BROWSER="$browser" PORTAL_BROWSER_BIN="$browser_bin" PUPPETEER_DIR="$pp_dir" \
+        EVENTCTL="$bin/eventctl" \
+        timeout --kill-after=10 "$TIMEOUT" node crates/webhook-registry/tests/portal/portal.test.mjs || status=$?
+    case "$status" in
+        0) log "portal browser suite passed in $browser in $((SECONDS - started))s; screenshots in $shots" ;;
+        124 | 137)
+            warn "the portal browser suite did not finish in $browser within ${TIMEOUT}s"
+            failed+=("$browser")
+            ;;
+        *)
+            warn "the portal browser suite failed in $browser (exit $status) after $((SECONDS - started))s; screenshots in $shots"
+            failed+=("$browser")
+            ;;
+    esac
+done
+[ "${#failed[@]}" -eq 0 ] || die "the portal browser suite failed in: ${failed[*]}"

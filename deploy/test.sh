@@ -5,7 +5,8 @@
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
 # then pytest for the Python client (clients/python, against the same
-# PostgreSQL and NATS and the outbox-relay binary), deploy/schemathesis.sh
+# PostgreSQL and NATS and the outbox-relay binary), promtool on the
+# Prometheus files (deploy/validate-observability.sh), deploy/schemathesis.sh
 # (the OpenAPI conformance run) and deploy/portal-test.sh (the portal's
 # browser suite), each also when an earlier step failed; the exit status is
 # non-zero when any failed.
@@ -50,6 +51,8 @@ log "cargo test --workspace $*"
 cargo test --workspace "$@" || status=$?
 # The Python client and the transactional outbox (pytest, see lib.sh).
 (run_python_client_tests) || status=$?
+# The Prometheus configuration, alert rules and their unit tests (promtool).
+"$(dirname "${BASH_SOURCE[0]}")/validate-observability.sh" || status=$?
 # The OpenAPI conformance run (schemathesis against the built registry).
 "$(dirname "${BASH_SOURCE[0]}")/schemathesis.sh" || status=$?
 # The portal in a real browser against the built services.

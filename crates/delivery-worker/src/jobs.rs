@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::Target;
 use crate::deliver::{Deliverer, Job as Delivery};
+use crate::metrics::Metrics;
 use crate::recorder::Record;
 
 /// Settings of the job runner.
@@ -68,7 +69,16 @@ pub struct JobCtx {
     pub js: jetstream::Context,
     pub ns: Namespace,
     pub deliverer: Arc<Deliverer>,
+    pub metrics: Metrics,
     pub cfg: JobsConfig,
+}
+
+/// A job kind as a metric label (`other` for one this build does not know).
+fn kind_label(job_kind: &str) -> &'static str {
+    kind::ALL
+        .into_iter()
+        .find(|k| *k == job_kind)
+        .unwrap_or("other")
 }
 
 /// Claims and runs jobs until `stop`; then lets the running ones finish
@@ -84,9 +94,12 @@ pub async fn run(ctx: Arc<JobCtx>, stop: CancellationToken) {
                     claimed = true;
                     tracing::info!(job_id = job.id, webhook_id = job.webhook_id, kind = %job.kind,
                         resumed = job.progress_key.is_some(), "job claimed");
+                    ctx.metrics.job_claimed(kind_label(&job.kind));
                     let (ctx, stop) = (ctx.clone(), stop.clone());
                     tasks.spawn(async move {
+                        ctx.metrics.jobs_running.inc();
                         run_job(&ctx, job, &stop).await;
+                        ctx.metrics.jobs_running.dec();
                         drop(permit);
                     });
                 }
@@ -119,7 +132,8 @@ enum Ended {
     Completed,
     /// This replica is stopping; the job is handed back.
     Stopped,
-    /// Cancelled, taken over after a lost lease, or its webhook deleted.
+    /// Paused, cancelled, taken over after a lost lease, or its webhook
+    /// deleted.
     Lost,
     /// The job cannot go on (the webhook was disabled, the stream is gone).
     Failed(String),
@@ -137,6 +151,7 @@ enum JobError {
 
 async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
     let (id, owner) = (job.id, ctx.cfg.owner.clone());
+    let job_kind = kind_label(&job.kind);
     let ended = match drive(ctx, job, stop).await {
         Ok(e) => e,
         Err(e) => {
@@ -159,12 +174,23 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
         }
     }
     .await;
+    ctx.metrics.job_ended(
+        job_kind,
+        match &ended {
+            Ended::Completed => "completed",
+            Ended::Failed(_) => "failed",
+            Ended::Stopped => "handed_back",
+            Ended::Lost => "stopped",
+        },
+    );
     match (&ended, result) {
         (Ended::Completed, Ok(true)) => tracing::info!(job_id = id, "job completed"),
         (Ended::Failed(reason), Ok(true)) => {
             tracing::warn!(job_id = id, reason = %reason, "job failed")
         }
-        (Ended::Lost, _) => tracing::info!(job_id = id, "job stopped: cancelled or taken over"),
+        (Ended::Lost, _) => {
+            tracing::info!(job_id = id, "job stopped: paused, cancelled or taken over")
+        }
         (_, Ok(_)) => {}
         // The lease runs out and another claim resumes it.
         (_, Err(e)) => tracing::warn!(job_id = id, error = %e, "cannot store the job's end"),
@@ -418,9 +444,16 @@ async fn send_chunk(
             Ok((key, outcome)) if error.is_none() => {
                 handled += 1;
                 out.done += 1;
-                if let Outcome::Sent { success: false } = outcome {
-                    out.failed += 1;
-                }
+                let label = match outcome {
+                    Outcome::Sent { success: true } => "success",
+                    Outcome::Sent { success: false } => {
+                        out.failed += 1;
+                        "failed"
+                    }
+                    Outcome::Queued => "queued",
+                    Outcome::Skipped => "skipped",
+                };
+                ctx.metrics.job_item(kind_label(&job.kind), label);
                 out.last_key = Some(key);
             }
             Ok(_) => {}
@@ -431,11 +464,9 @@ async fn send_chunk(
         }
     }
     out.stopped = handled < n;
-    if lost {
-        return Ok((out, false));
-    }
-    // Progress before an error is kept; the rest runs again later.
-    let keep = record_progress(ctx, job, &out).await?;
+    // Progress before an error is kept; the rest runs again later. After a
+    // pause the write still lands (a cancel or a takeover ignores it).
+    let keep = record_progress(ctx, job, &out).await? && !lost;
     if let Some(e) = error {
         return Err(e);
     }

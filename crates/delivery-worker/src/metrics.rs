@@ -6,6 +6,7 @@ use std::time::Duration;
 use telemetry::metrics::{Counter, Family, Gauge, Histogram, MetricsRegistry, latency_histogram};
 
 type Labels = [(&'static str, &'static str); 1];
+type JobLabels = [(&'static str, &'static str); 2];
 
 /// Every metric of the worker; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +33,14 @@ pub struct Metrics {
     pub webhooks_cached: Gauge,
     pub record_batches: Counter,
     pub record_errors: Counter,
+    /// Jobs claimed (started or resumed) by kind.
+    jobs_claimed: Family<Labels, Counter>,
+    /// Jobs that stopped running here, by kind and how.
+    jobs_ended: Family<JobLabels, Counter>,
+    /// Items of jobs handled, by kind and outcome.
+    job_items: Family<JobLabels, Counter>,
+    /// Jobs running on this replica.
+    pub jobs_running: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +69,10 @@ impl Metrics {
             webhooks_cached: Gauge::default(),
             record_batches: Counter::default(),
             record_errors: Counter::default(),
+            jobs_claimed: Family::default(),
+            jobs_ended: Family::default(),
+            job_items: Family::default(),
+            jobs_running: Gauge::default(),
         };
         let r = &m.registry;
         r.register(
@@ -138,7 +151,48 @@ impl Metrics {
             "Batches of attempt rows that could not be written",
             m.record_errors.clone(),
         );
+        r.register(
+            "delivery_jobs_claimed",
+            "Recover, replay and retry jobs claimed (started or resumed) by kind",
+            m.jobs_claimed.clone(),
+        );
+        r.register(
+            "delivery_jobs_ended",
+            "Jobs that stopped running on this replica, by kind and end \
+             (completed, failed, handed_back on shutdown or error, stopped by a pause, cancel or takeover)",
+            m.jobs_ended.clone(),
+        );
+        r.register(
+            "delivery_job_items",
+            "Items of jobs handled, by kind and outcome (success, failed, queued for a busy webhook, \
+             skipped as already sent)",
+            m.job_items.clone(),
+        );
+        r.register(
+            "delivery_jobs_running",
+            "Jobs running on this replica",
+            m.jobs_running.clone(),
+        );
         m
+    }
+
+    /// Counts a claimed job.
+    pub fn job_claimed(&self, kind: &'static str) {
+        self.jobs_claimed.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Counts a job that stopped running here.
+    pub fn job_ended(&self, kind: &'static str, end: &'static str) {
+        self.jobs_ended
+            .get_or_create(&[("kind", kind), ("end", end)])
+            .inc();
+    }
+
+    /// Counts one item of a job.
+    pub fn job_item(&self, kind: &'static str, outcome: &'static str) {
+        self.job_items
+            .get_or_create(&[("kind", kind), ("outcome", outcome)])
+            .inc();
     }
 
     /// Counts one finished attempt.

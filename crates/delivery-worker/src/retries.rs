@@ -18,6 +18,7 @@ use diesel_async::RunQueryDsl;
 use storage::DbPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::cache::Target;
 use crate::db::{Claimed, RowRef, claim_due};
@@ -90,6 +91,20 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         Err(_) => row.payload.into_bytes(),
     };
     let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
+    // With trace export on, the attempt is a span in the event's trace (a
+    // child of the attempt before it) and names itself to the receiver;
+    // otherwise the stored traceparent is passed on as it is.
+    let span = tracing::info_span!(
+        "retry_delivery",
+        delivery_id = row.id,
+        webhook_id = row.webhook_id,
+        attempt_number = row.attempt_number,
+        event_type = %row.event_type,
+    );
+    if let Some(tp) = &row.traceparent {
+        telemetry::trace::set_remote_parent(&span, tp, None);
+    }
+    let traceparent = telemetry::trace::traceparent_of(&span).or(row.traceparent);
     let delivery = deliverer.deliver(Job {
         target: &target,
         row: Some(id),
@@ -98,10 +113,10 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         body: Bytes::from(body),
         payload,
         attempt_number: row.attempt_number,
-        traceparent: row.traceparent.as_deref(),
+        traceparent: traceparent.as_deref(),
     });
     let record = tokio::select! {
-        r = delivery => r,
+        r = delivery.instrument(span) => r,
         // Shutting down: give the row back to any replica now.
         _ = hard_stop.cancelled() => Record::Deferred { row: id, due: Utc::now() },
     };

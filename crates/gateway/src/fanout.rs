@@ -100,13 +100,42 @@ async fn consume(
         if seq <= hub.last_seq() {
             continue;
         }
-        match event_frame(&msg.payload, seq, &epoch) {
-            Ok(frame) => hub.dispatch(frame),
+        let span = fan_out_span(&msg, seq, hub.len());
+        span.in_scope(|| match event_frame(&msg.payload, seq, &epoch) {
+            Ok(frame) => {
+                span.record("event_type", frame.event_type.as_str());
+                hub.dispatch(frame);
+            }
             Err(e) => {
                 metrics.events_invalid.inc();
                 tracing::warn!(seq, subject = %msg.subject, error = %e, "skipping a stored message that is not a valid event");
                 hub.skip(seq);
             }
+        });
+    }
+}
+
+/// The span of one event's fan-out: a child of the publisher's span when
+/// the message carries a `traceparent` (and `tracestate`) header. It covers
+/// building the frame and handing it to every worker thread's clients;
+/// the socket writes that follow are shared by many events and not traced.
+fn fan_out_span(msg: &jetstream::Message, seq: u64, clients: usize) -> tracing::Span {
+    let span = tracing::info_span!(
+        "fan_out",
+        otel.kind = "consumer",
+        messaging.message.id = tracing::field::Empty,
+        event_seq = seq,
+        event_type = tracing::field::Empty,
+        clients,
+    );
+    if let Some(headers) = msg.headers.as_ref() {
+        if let Some(id) = headers.get("Nats-Msg-Id") {
+            span.record("messaging.message.id", id.as_str());
+        }
+        if let Some(traceparent) = headers.get("traceparent") {
+            let tracestate = headers.get("tracestate").map(|v| v.as_str());
+            telemetry::trace::set_remote_parent(&span, traceparent.as_str(), tracestate);
         }
     }
+    span
 }

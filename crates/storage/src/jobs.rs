@@ -2,7 +2,8 @@
 //! (docs/architecture.md, "Replay, recover and bulk retry").
 //!
 //! The registry creates a job (at most one unfinished job per webhook, kept
-//! by a partial unique index) and cancels it; a delivery-worker replica
+//! by a partial unique index), pauses, resumes and cancels it; a
+//! delivery-worker replica
 //! claims it with `FOR UPDATE SKIP LOCKED` and a lease, stores its window
 //! when it starts and its progress as it goes, and finishes it. A replica
 //! that stops hands the job back; one that dies loses the lease, and the
@@ -26,14 +27,18 @@ pub mod kind {
     pub const ALL: [&str; 3] = [RECOVER, REPLAY, RETRY];
 }
 
-/// Job statuses. `queued` and `running` are unfinished.
+/// Job statuses. `queued`, `running` and `paused` are unfinished; only
+/// `queued` (and `running` with a lapsed lease) is claimed.
 pub mod status {
     pub const QUEUED: &str = "queued";
     pub const RUNNING: &str = "running";
+    pub const PAUSED: &str = "paused";
     pub const COMPLETED: &str = "completed";
     pub const CANCELLED: &str = "cancelled";
     pub const FAILED: &str = "failed";
-    pub const ALL: [&str; 5] = [QUEUED, RUNNING, COMPLETED, CANCELLED, FAILED];
+    pub const ALL: [&str; 6] = [QUEUED, RUNNING, PAUSED, COMPLETED, CANCELLED, FAILED];
+    /// The statuses of a webhook's one unfinished job.
+    pub const UNFINISHED: [&str; 3] = [QUEUED, RUNNING, PAUSED];
 }
 
 /// A `webhook_jobs` row.
@@ -66,7 +71,7 @@ pub struct Job {
 
 impl Job {
     pub fn is_finished(&self) -> bool {
-        self.status != status::QUEUED && self.status != status::RUNNING
+        !status::UNFINISHED.contains(&self.status.as_str())
     }
 }
 
@@ -112,7 +117,7 @@ pub async fn create(conn: &mut AsyncPgConnection, new: NewJob) -> Result<Created
         }
         let active: Option<Job> = j::webhook_jobs
             .filter(j::webhook_id.eq(new.webhook_id))
-            .filter(j::status.eq_any([status::QUEUED, status::RUNNING]))
+            .filter(j::status.eq_any(status::UNFINISHED))
             .select(Job::as_select())
             .first(conn)
             .await
@@ -166,8 +171,8 @@ pub async fn list(
     Ok((items, total))
 }
 
-/// Cancels an unfinished job; the worker running it stops at its next
-/// progress write. A finished job is returned as it is.
+/// Cancels an unfinished job (also a paused one); the worker running it
+/// stops at its next progress write. A finished job is returned as it is.
 pub async fn cancel(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,
@@ -178,7 +183,7 @@ pub async fn cancel(
         j::webhook_jobs
             .filter(j::id.eq(job_id))
             .filter(j::webhook_id.eq(webhook_id))
-            .filter(j::status.eq_any([status::QUEUED, status::RUNNING])),
+            .filter(j::status.eq_any(status::UNFINISHED)),
     )
     .set((
         j::status.eq(status::CANCELLED),
@@ -195,6 +200,80 @@ pub async fn cancel(
         Some(job) => Ok(Some(job)),
         None => get(conn, webhook_id, job_id).await,
     }
+}
+
+/// What [`pause`] and [`resume`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Changed {
+    /// The job now has the asked-for status (or already had it).
+    Done(Job),
+    /// The job is finished (or, for a resume, not paused): as it is.
+    Refused(Job),
+}
+
+/// Pauses a queued or running job. A running job's replica finishes the
+/// deliveries in flight, stores their progress and stops; no replica
+/// claims a paused job.
+pub async fn pause(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    job_id: i64,
+) -> Result<Option<Changed>, StorageError> {
+    let from = [status::QUEUED, status::RUNNING];
+    transition(conn, webhook_id, job_id, &from, status::PAUSED, &[]).await
+}
+
+/// Resumes a paused job: queued again, claimable by any replica at once,
+/// its progress kept. A job already queued or running is left as it is.
+pub async fn resume(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    job_id: i64,
+) -> Result<Option<Changed>, StorageError> {
+    let already = [status::QUEUED, status::RUNNING];
+    transition(
+        conn,
+        webhook_id,
+        job_id,
+        &[status::PAUSED],
+        status::QUEUED,
+        &already,
+    )
+    .await
+}
+
+/// Moves a job from one of `from` to `to`; a job already in `to` or in
+/// `already` is [`Changed::Done`] as it is, any other [`Changed::Refused`].
+async fn transition(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    job_id: i64,
+    from: &[&str],
+    to: &str,
+    already: &[&str],
+) -> Result<Option<Changed>, StorageError> {
+    use webhook_jobs::dsl as j;
+    let moved: Option<Job> = diesel::update(
+        j::webhook_jobs
+            .filter(j::id.eq(job_id))
+            .filter(j::webhook_id.eq(webhook_id))
+            .filter(j::status.eq_any(from)),
+    )
+    .set((j::status.eq(to), j::updated_at.eq(diesel::dsl::now)))
+    .returning(Job::as_returning())
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(job) = moved {
+        return Ok(Some(Changed::Done(job)));
+    }
+    Ok(get(conn, webhook_id, job_id).await?.map(|job| {
+        if job.status == to || already.contains(&job.status.as_str()) {
+            Changed::Done(job)
+        } else {
+            Changed::Refused(job)
+        }
+    }))
 }
 
 /// Claims the oldest job that is queued or whose lease ran out, for
@@ -259,7 +338,8 @@ pub async fn set_window(
 }
 
 /// Adds progress to a job `owner` holds and renews its lease; `false` when
-/// the job was cancelled or taken over (the caller stops).
+/// the job was paused, cancelled or taken over (the caller stops). A paused
+/// job still takes the progress of what was in flight when it was paused.
 pub async fn record_progress(
     conn: &mut AsyncPgConnection,
     job_id: i64,
@@ -273,7 +353,8 @@ pub async fn record_progress(
         "UPDATE webhook_jobs SET done = done + $3, failed = failed + $4, \
            progress_key = COALESCE($5, progress_key), \
            lease_until = now() + make_interval(secs => $6), updated_at = now() \
-         WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+         WHERE id = $1 AND lease_owner = $2 AND status IN ('running', 'paused') \
+         RETURNING status",
     )
     .bind::<BigInt, _>(job_id)
     .bind::<Text, _>(owner)
@@ -281,9 +362,16 @@ pub async fn record_progress(
     .bind::<BigInt, _>(failed)
     .bind::<Nullable<BigInt>, _>(progress_key)
     .bind::<Double, _>(lease.as_secs_f64())
-    .execute(conn)
-    .await?;
-    Ok(n == 1)
+    .get_result::<StatusRow>(conn)
+    .await
+    .optional()?;
+    Ok(n.is_some_and(|r| r.status == status::RUNNING))
+}
+
+#[derive(QueryableByName)]
+struct StatusRow {
+    #[diesel(sql_type = Text)]
+    status: String,
 }
 
 /// Ends a job `owner` holds with `final_status` (`completed` or `failed`).

@@ -86,7 +86,12 @@ async fn the_migration_converts_a_populated_table_without_losing_a_row() {
     drop(conn);
 
     let applied = storage::run_migrations(&db.url).await.unwrap();
-    assert_eq!(applied.len(), 2, "{applied:?}");
+    // The partitioning migration and every later one.
+    assert_eq!(
+        applied.iter().map(String::as_str).next(),
+        Some("20261201000004"),
+        "{applied:?}"
+    );
 
     let mut conn = pool.get().await.unwrap();
     let after: Digest = diesel::sql_query(digest_sql)

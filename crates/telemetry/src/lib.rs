@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::FilterFn;
+use tracing_subscriber::filter::{FilterFn, LevelFilter};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -47,8 +47,11 @@ pub struct LogArgs {
 
 /// Installs the global subscriber (log lines go to stderr, so a command's
 /// stdout carries only its result), and the OpenTelemetry exporter when an
-/// endpoint is configured. Later calls (tests) are ignored. Call
-/// [`flush`] before the process exits so the last spans are sent.
+/// endpoint is configured. `RUST_LOG` filters the log lines only: exported
+/// spans are those at `info` and above whatever it says, so a quiet log
+/// (`RUST_LOG=warn`) still yields whole traces. Later calls (tests) are
+/// ignored. Call [`flush`] before the process exits so the last spans are
+/// sent.
 pub fn init_logging(args: &LogArgs) {
     let filter = EnvFilter::try_new(&args.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let otel = args
@@ -61,7 +64,7 @@ pub fn init_logging(args: &LogArgs) {
                 .clone()
                 .unwrap_or_else(default_service_name);
             match trace::otel_layer(endpoint, &name) {
-                Ok(layer) => Some(layer),
+                Ok(layer) => Some(layer.with_filter(LevelFilter::INFO)),
                 Err(e) => {
                     eprintln!("OpenTelemetry export disabled: {e}");
                     None
@@ -69,7 +72,6 @@ pub fn init_logging(args: &LogArgs) {
             }
         });
     let registry = tracing_subscriber::registry()
-        .with(filter)
         .with(FilterFn::new(no_credentials))
         .with(NoClientParseErrors)
         .with(otel);
@@ -80,11 +82,16 @@ pub fn init_logging(args: &LogArgs) {
                     .with_writer(std::io::stderr)
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_filter(filter),
             )
             .try_init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init(),
     };
     // Already initialised (several services in one test process): fine.

@@ -1,7 +1,7 @@
 //! A Prometheus registry wrapper and the metric types services use.
 
 use parking_lot::Mutex;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode, encode_eof, encode_registry};
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
@@ -30,6 +30,17 @@ impl MetricsRegistry {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry.lock());
+        out
+    }
+
+    /// The Prometheus text exposition of these metrics followed by those
+    /// of `extra` (metrics computed for this one scrape).
+    pub fn render_with(&self, extra: &Registry) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode_registry(&mut out, &self.registry.lock());
+        let _ = encode_registry(&mut out, extra);
+        let _ = encode_eof(&mut out);
         out
     }
 }

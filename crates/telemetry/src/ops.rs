@@ -1,9 +1,17 @@
 //! `/healthz`, `/readyz` and `/metrics` for actix-web services.
+//!
+//! `/metrics` also runs the readiness checks and reports them as
+//! `service_ready` (1 when `/readyz` would answer 200) and
+//! `service_ready_check{check}`, so an alert can tell a running but unready
+//! service from one that is down.
 
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use futures::future::BoxFuture;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::{Map, Value, json};
 
 use crate::metrics::MetricsRegistry;
@@ -30,14 +38,20 @@ impl Readiness {
         self
     }
 
-    /// Runs every check concurrently; `(all ok, per-check report)`.
-    pub async fn run(&self) -> (bool, Value) {
-        let results = futures::future::join_all(
+    /// Runs every check concurrently; each check's name and outcome, in
+    /// the order they were added.
+    pub async fn results(&self) -> Vec<(&'static str, Result<(), String>)> {
+        futures::future::join_all(
             self.checks
                 .iter()
                 .map(|(name, check)| async move { (*name, check().await) }),
         )
-        .await;
+        .await
+    }
+
+    /// Runs every check concurrently; `(all ok, per-check report)`.
+    pub async fn run(&self) -> (bool, Value) {
+        let results = self.results().await;
         let mut report = Map::new();
         let mut ok = true;
         for (name, result) in results {
@@ -84,7 +98,32 @@ async fn readyz(ops: web::Data<Ops>) -> HttpResponse {
 }
 
 async fn metrics(ops: web::Data<Ops>) -> HttpResponse {
+    let results = ops.readiness.results().await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(ops.metrics.render())
+        .body(ops.metrics.render_with(&readiness_metrics(&results)))
+}
+
+/// `service_ready` and `service_ready_check{check}` for one run of the checks.
+fn readiness_metrics(results: &[(&'static str, Result<(), String>)]) -> Registry {
+    let mut registry = Registry::default();
+    let ready = Gauge::<i64>::default();
+    ready.set(i64::from(results.iter().all(|(_, r)| r.is_ok())));
+    registry.register(
+        "service_ready",
+        "1 when every readiness check passes (/readyz answers 200), else 0",
+        ready,
+    );
+    let checks = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+    for (name, result) in results {
+        checks
+            .get_or_create(&[("check", name)])
+            .set(i64::from(result.is_ok()));
+    }
+    registry.register(
+        "service_ready_check",
+        "1 when this readiness check passes, else 0",
+        checks,
+    );
+    registry
 }

@@ -43,6 +43,18 @@ async fn ready_only_when_every_check_passes() {
     assert_eq!(res.status(), 200);
     let text = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
     assert!(text.contains("events_seen_total 3"), "{text}");
+    // The readiness checks, as /readyz saw them, once each.
+    assert!(text.contains("\nservice_ready 0\n"), "{text}");
+    assert!(
+        text.contains("\nservice_ready_check{check=\"postgres\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nservice_ready_check{check=\"nats\"} 0\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
 #[actix_web::test]
@@ -60,4 +72,7 @@ async fn ready_when_all_pass() {
     .await;
     let res = test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
     assert_eq!(res.status(), 200);
+    let res = test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+    let text = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
+    assert!(text.contains("\nservice_ready 1\n"), "{text}");
 }

@@ -46,11 +46,17 @@ export function jobsSection(webhookId) {
       el("span", { text: progress }), " ",
       el("span", { class: "muted", text: `started ${fmtTime(j.started_at)}, finished ${fmtTime(j.finished_at)}` }),
       j.error ? el("p", { class: "error-text", text: j.error }) : null,
-      j.status === "queued" || j.status === "running"
-        ? el("button", { type: "button", "aria-label": `Cancel job ${j.id}`, text: "Cancel", onclick: async () => {
-          try { await api("DELETE", `/webhooks/${webhookId}/jobs/${j.id}`); toast(`Job ${j.id} cancelled.`); refresh(); }
-          catch (e) { toast("Cancel failed: " + e.message); }
-        } }) : null);
+      j.status === "queued" || j.status === "running" ? action(j, "Pause", "POST", "/pause", "paused") : null,
+      j.status === "paused" ? action(j, "Resume", "POST", "/resume", "resumed") : null,
+      ["queued", "running", "paused"].includes(j.status) ? action(j, "Cancel", "DELETE", "", "cancelled") : null);
+  }
+
+  // A button acting on one job: "Pause job 7" and so on.
+  function action(j, label, method, suffix, done) {
+    return el("button", { type: "button", "aria-label": `${label} job ${j.id}`, text: label, onclick: async () => {
+      try { await api(method, `/webhooks/${webhookId}/jobs/${j.id}${suffix}`); toast(`Job ${j.id} ${done}.`); refresh(); }
+      catch (e) { toast(`${label} failed: ` + e.message); }
+    } });
   }
 
   async function refresh() {

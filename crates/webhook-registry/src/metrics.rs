@@ -1,5 +1,6 @@
-//! HTTP request metrics: a counter by matched route pattern, method and
-//! status, and a latency histogram by route and method.
+//! HTTP request metrics and traces: a counter by matched route pattern,
+//! method and status, a latency histogram by route and method, and a span
+//! per request that continues the caller's trace (W3C `traceparent`).
 
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use actix_web::middleware::Next;
 use actix_web::web;
 use prometheus_client::encoding::EncodeLabelSet;
 use telemetry::metrics::{Counter, Family, Histogram, MetricsRegistry, latency_histogram};
+use tracing::Instrument;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -83,8 +85,11 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// Middleware: times and counts every request. Unmatched paths share the
-/// route label `unmatched`.
+/// Middleware: times and counts every request, and runs it in a server
+/// span named after its route (`GET /webhooks/{webhook_id}`). A request
+/// that carries a `traceparent` header continues that trace; the handlers'
+/// spans and the test deliveries they send are children of this span.
+/// Unmatched paths share the route label `unmatched`.
 pub async fn track(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -93,17 +98,35 @@ pub async fn track(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = method_label(req.method()).to_owned();
+    let method = method_label(req.method());
+    let span = tracing::info_span!(
+        "http_request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let headers = req.headers();
+    if let Some(traceparent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let tracestate = headers.get("tracestate").and_then(|v| v.to_str().ok());
+        telemetry::trace::set_remote_parent(&span, traceparent, tracestate);
+    }
     let started = Instant::now();
-    let res = next.call(req).await;
+    let res = next.call(req).instrument(span.clone()).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Some(m) = metrics {
-        let status = match &res {
-            Ok(r) => r.status(),
-            Err(e) => e.as_response_error().status_code(),
-        };
         m.record(
             route,
-            method,
+            method.to_owned(),
             status.as_u16(),
             started.elapsed().as_secs_f64(),
         );

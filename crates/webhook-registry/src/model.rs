@@ -820,7 +820,7 @@ pub struct JobOut {
     pub webhook_id: i32,
     /// `recover`, `replay` or `retry`.
     pub kind: String,
-    /// `queued`, `running`, `completed`, `cancelled` or `failed`.
+    /// `queued`, `running`, `paused`, `completed`, `cancelled` or `failed`.
     pub status: String,
     /// Items in the window; `null` until the job started (for a replay an
     /// estimate while it runs, exact once completed).

@@ -14,6 +14,7 @@ use actix_web::{App, web};
 use anyhow::Context;
 use futures::FutureExt;
 use proto_events::Namespace;
+use proto_events::nats::FirstConnect;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
 use telemetry::metrics::MetricsRegistry;
@@ -51,7 +52,8 @@ impl Application {
     /// Connects lazily (Postgres and NATS may be down: both are retried in
     /// the background) and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let ns = Namespace::new(&config.nats_prefix)?;
+        config.nats.validate()?;
+        let ns = config.nats.namespace()?;
         let pool = build_pool(&config)?;
         let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
         let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
@@ -59,12 +61,10 @@ impl Application {
             allow_private_targets: config.allow_private_targets,
             ..SenderConfig::default()
         })?;
-        let nats = async_nats::ConnectOptions::new()
-            .name("webhook-registry")
-            .retry_on_initial_connect()
-            .connect(config.nats_url.as_str())
-            .await
-            .with_context(|| "invalid NATS_URL".to_owned())?;
+        let nats = config
+            .nats
+            .connect("webhook-registry", FirstConnect::RetryInBackground)
+            .await?;
         let (notifier, notices) = Notifier::new();
         let ready = Arc::new(AtomicBool::new(false));
 
@@ -141,7 +141,7 @@ impl Application {
         let server = builder.run();
         let handle = server.handle();
         tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
-            nats = %storage::redact_url(&config.nats_url), "webhook-registry listening");
+            nats = %config.nats.redacted_urls(), "webhook-registry listening");
         Ok(Self {
             addr,
             server,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,8 +39,8 @@ pub struct TestApp {
 pub fn test_config(db_url: &str, ns: &Namespace) -> Config {
     let mut c = Config::defaults();
     c.database_url = db_url.to_owned();
-    c.nats_url = NATS_URL.to_owned();
-    c.nats_prefix = ns.prefix().to_owned();
+    c.nats.nats_url = NATS_URL.to_owned();
+    c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = "127.0.0.1:0".parse().unwrap();
     c.allow_private_targets = true;
     c.retry_schedule = "1s,1s".to_owned();
@@ -464,4 +465,38 @@ async fn serve(
             }
         }
     }
+}
+
+/// The value of an unlabelled sample in a Prometheus text page (0 when absent).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+/// The built `delivery-worker` binary on a fresh port, with test timings
+/// and `extra` settings on top.
+pub fn start_binary(db: &TestDb, ns: &Namespace, extra: &[(&str, &str)]) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-worker"));
+    cmd.env("DATABASE_URL", &db.url)
+        .env("NATS_URL", NATS_URL)
+        .env("NATS_PREFIX", ns.prefix())
+        .env("WORKER_BIND", "127.0.0.1:0")
+        .env("DELIVERY_ALLOW_PRIVATE_TARGETS", "true")
+        .env("DELIVERY_RETRY_SCHEDULE", "1s,1s,1s")
+        .env("DELIVERY_ACK_WAIT", "2s")
+        .env("DELIVERY_RETRY_POLL", "200ms")
+        .env("SHUTDOWN_GRACE", "5s")
+        .env(
+            "RUST_LOG",
+            std::env::var("TEST_LOG").map(|_| "info").unwrap_or("error"),
+        )
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    cmd.spawn().expect("start delivery-worker")
 }

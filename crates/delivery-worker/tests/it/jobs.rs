@@ -479,3 +479,165 @@ async fn bulk_retry_sends_each_failed_event_once_unless_a_retry_is_pending() {
     assert_counts(&app.pool).await;
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
+    let app = spawn_app(|c| c.job_poll = Duration::from_millis(100)).await;
+    let rx = Receiver::start(Reply::ok()).await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(
+            app.publish(EventType::UserCreated, json!({"user_id": i}))
+                .await,
+        );
+    }
+    let hook = insert_webhook(&app.pool, &rx.url("/p"), "*", None, true).await;
+    app.notify_changed().await;
+    let j = create_job(
+        &app.pool,
+        NewJob {
+            since_seq: Some(0),
+            ..job(hook, jobs::kind::REPLAY, 20)
+        },
+    )
+    .await;
+    rx.wait_for("/p", 10, 10).await;
+    {
+        let mut conn = app.pool.get().await.unwrap();
+        let changed = jobs::pause(&mut conn, hook, j.id).await.unwrap().unwrap();
+        assert!(matches!(changed, jobs::Changed::Done(ref p) if p.status == "paused"));
+    }
+    // The chunk in flight ends (about a second at 20/s), then nothing more.
+    eventually(10, "the worker lets go of the paused job", || async {
+        let before = rx.count();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (rx.count() == before).then_some(())
+    })
+    .await;
+    let sent = rx.count();
+    let now = read_job(&app.pool, hook, j.id).await;
+    assert_eq!(now.status, "paused", "no replica claims a paused job");
+    assert!(sent < 60, "paused before the end: {sent}");
+    assert_eq!(
+        usize::try_from(now.done).unwrap(),
+        sent,
+        "the progress counts what was in flight at the pause"
+    );
+    {
+        let mut conn = app.pool.get().await.unwrap();
+        // A second job of the webhook finds the paused one.
+        match jobs::create(&mut conn, job(hook, jobs::kind::RETRY, 10))
+            .await
+            .unwrap()
+        {
+            Created::Existing(e) => assert_eq!(e.id, j.id),
+            Created::New(n) => panic!("a paused job is the webhook's unfinished job: {n:?}"),
+        }
+        let changed = jobs::resume(&mut conn, hook, j.id).await.unwrap().unwrap();
+        assert!(matches!(changed, jobs::Changed::Done(ref r) if r.status == "queued"));
+    }
+    let done = wait_status(&app.pool, &j, "completed", 30).await;
+    assert_eq!((done.done, done.failed), (60, 0));
+    assert_eq!(event_ids(&rx, "/p"), ids, "every event once, in order");
+    {
+        let mut conn = app.pool.get().await.unwrap();
+        // A finished job is neither paused nor resumed.
+        let again = jobs::pause(&mut conn, hook, j.id).await.unwrap().unwrap();
+        assert!(matches!(again, jobs::Changed::Refused(ref f) if f.status == "completed"));
+        let again = jobs::resume(&mut conn, hook, j.id).await.unwrap().unwrap();
+        assert!(matches!(again, jobs::Changed::Refused(_)));
+        assert!(
+            jobs::pause(&mut conn, hook, j.id + 1000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let (_, text) = app.get("/metrics").await;
+    let m = |name: &str| metric(&text, name);
+    assert_eq!(m("delivery_jobs_claimed_total{kind=\"replay\"}"), 2);
+    assert_eq!(
+        m("delivery_jobs_ended_total{kind=\"replay\",end=\"stopped\"}"),
+        1
+    );
+    assert_eq!(
+        m("delivery_jobs_ended_total{kind=\"replay\",end=\"completed\"}"),
+        1
+    );
+    assert_eq!(
+        m("delivery_job_items_total{kind=\"replay\",outcome=\"success\"}"),
+        60
+    );
+    assert_eq!(m("delivery_jobs_running"), 0);
+    assert_counts(&app.pool).await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_job_survives_kill_9_of_its_worker() {
+    // An in-process worker consumes the events before the webhook exists,
+    // so only the replay job delivers them.
+    let app = spawn_app(|_| {}).await;
+    let n = 200;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            app.publish(EventType::UserCreated, json!({"user_id": i}))
+                .await,
+        );
+    }
+    eventually(20, "the live consumer took every event", || async {
+        let (_, text) = app.get("/metrics").await;
+        (metric(&text, "delivery_events_total") == n as u64).then_some(())
+    })
+    .await;
+    let app = app.stop().await;
+    let rx = Receiver::start(Reply::slow(200, Duration::from_millis(30))).await;
+    let hook = insert_webhook(&app.pool, &rx.url("/k"), "user.created", None, true).await;
+    let j = create_job(
+        &app.pool,
+        NewJob {
+            since_seq: Some(0),
+            delivery_status: None,
+            ..job(hook, jobs::kind::REPLAY, 100)
+        },
+    )
+    .await;
+    let fast_jobs = [
+        ("DELIVERY_JOB_LEASE", "3s"),
+        ("DELIVERY_JOB_POLL", "200ms"),
+        ("DELIVERY_JOB_CONCURRENCY", "2"),
+    ];
+    let mut first = start_binary(&app.db, &app.ns, &fast_jobs);
+    rx.wait_for("/k", 50, 30).await;
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let received_before_kill = rx.count();
+    let recorded_before_kill = deliveries(&app.pool, hook).await.len();
+    let stored = read_job(&app.pool, hook, j.id).await;
+    assert_eq!(stored.status, "running", "the dead worker still holds it");
+
+    let mut second = start_binary(&app.db, &app.ns, &fast_jobs);
+    let done = wait_status(&app.pool, &j, "completed", 60).await;
+    second.kill().expect("SIGKILL");
+    second.wait().unwrap();
+    assert_eq!((done.done, done.failed), (n as i64, 0));
+    let got = event_ids(&rx, "/k");
+    let per = counts(&got);
+    assert_eq!(per.len(), n, "every event arrived");
+    assert!(ids.iter().all(|id| per.contains_key(id.as_str())));
+    let dupes = got.len() - n;
+    let in_flight_at_kill = received_before_kill - recorded_before_kill;
+    eprintln!(
+        "before the kill: {received_before_kill} requests, {recorded_before_kill} rows, \
+         progress {}; after: {} requests, {dupes} repeated",
+        stored.done,
+        got.len()
+    );
+    assert!(
+        dupes <= in_flight_at_kill,
+        "{dupes} repeated > {in_flight_at_kill} requests in flight at the kill"
+    );
+    assert_counts(&app.pool).await;
+    app.cleanup().await;
+}

@@ -1,7 +1,7 @@
 //! Several replicas on one consumer; a replica killed mid-run.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +12,6 @@ use serde_json::json;
 use storage::testing::TestDb;
 
 use crate::helpers::*;
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
-}
 
 #[tokio::test]
 async fn two_workers_share_one_consumer_without_duplicates() {
@@ -65,31 +59,6 @@ async fn two_workers_share_one_consumer_without_duplicates() {
     a.cleanup().await;
 }
 
-fn start_binary(db: &TestDb, ns: &Namespace) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
-        .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", NATS_URL)
-        .env("NATS_PREFIX", ns.prefix())
-        .env("WORKER_BIND", "127.0.0.1:0")
-        .env("DELIVERY_ALLOW_PRIVATE_TARGETS", "true")
-        .env("DELIVERY_RETRY_SCHEDULE", "1s,1s,1s")
-        .env("DELIVERY_ACK_WAIT", "2s")
-        .env("DELIVERY_RETRY_POLL", "200ms")
-        .env("SHUTDOWN_GRACE", "5s")
-        .env(
-            "RUST_LOG",
-            std::env::var("TEST_LOG").map(|_| "info").unwrap_or("error"),
-        )
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .spawn()
-        .expect("start delivery-worker")
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_run_loses_nothing() {
     telemetry::init_test_logging();
@@ -104,7 +73,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     let h1 = insert_webhook(&pool, &rx.url("/one"), "*", Some("k1"), true).await;
     let h2 = insert_webhook(&pool, &rx.url("/two"), "ticket.*", None, true).await;
 
-    let mut first = start_binary(&db, &ns);
+    let mut first = start_binary(&db, &ns, &[]);
     let n = 60;
     let mut events = Vec::new();
     for i in 0..n {
@@ -144,7 +113,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
             .unwrap() as usize
     };
 
-    let mut second = start_binary(&db, &ns);
+    let mut second = start_binary(&db, &ns, &[]);
     let expected: HashSet<(String, i32)> = events
         .iter()
         .flat_map(|e| [(e.clone(), h1), (e.clone(), h2)])

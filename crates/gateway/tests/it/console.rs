@@ -1,6 +1,7 @@
 //! The live console page at `/`, driven in headless Chromium through the
 //! DevTools protocol: load it, connect, see a published event, see a
-//! reconnect resume with `since`.
+//! reconnect resume with `since`, see "catching up" while the page cannot
+//! keep up.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -126,75 +127,98 @@ impl DevTools {
     }
 }
 
+/// A headless Chromium with one page, driven over DevTools.
+struct Browser {
+    child: tokio::process::Child,
+    profile: std::path::PathBuf,
+    dt: DevTools,
+}
+
+impl Browser {
+    /// Starts Chromium; `None` when it is not installed.
+    async fn start(app: &TestApp) -> Option<Browser> {
+        let chromium = find_chromium()?;
+        let profile = std::env::temp_dir().join(format!("gw-chromium-{}", uuid::Uuid::new_v4()));
+        let mut child = tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium starts");
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = BufReader::new(stderr).lines();
+        let browser_ws = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(url) = line.trim().strip_prefix("DevTools listening on ") {
+                    return url.to_owned();
+                }
+            }
+            panic!("chromium exited without a DevTools address");
+        })
+        .await
+        .expect("chromium did not start");
+        // keep draining stderr so chromium never blocks on it
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let host = browser_ws
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        let targets: Value = app
+            .http
+            .get(format!("http://{host}/json/list"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let page_ws = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            .expect("a page target")
+            .to_owned();
+        let (ws, _) = tokio_tungstenite::connect_async(page_ws.as_str())
+            .await
+            .unwrap();
+        Some(Browser {
+            child,
+            profile,
+            dt: DevTools { ws, next_id: 0 },
+        })
+    }
+
+    async fn close(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_streams_events_and_resumes_in_headless_chromium() {
-    let Some(chromium) = find_chromium() else {
+    let b = Backing::new().await;
+    let app = TestApp::spawn(b.config()).await;
+    let Some(browser) = Browser::start(&app).await else {
         println!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
         return;
     };
-    let b = Backing::new().await;
-    let app = TestApp::spawn(b.config()).await;
-    let profile = std::env::temp_dir().join(format!("gw-chromium-{}", uuid::Uuid::new_v4()));
-    let mut child = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("chromium starts");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let browser_ws = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.trim().strip_prefix("DevTools listening on ") {
-                return url.to_owned();
-            }
-        }
-        panic!("chromium exited without a DevTools address");
-    })
-    .await
-    .expect("chromium did not start");
-    // keep draining stderr so chromium never blocks on it
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let host = browser_ws
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    let targets: Value = app
-        .http
-        .get(format!("http://{host}/json/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let page_ws = targets
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["type"] == "page")
-        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-        .expect("a page target")
-        .to_owned();
-    let (ws, _) = tokio_tungstenite::connect_async(page_ws.as_str())
-        .await
-        .unwrap();
-    let mut dt = DevTools { ws, next_id: 0 };
-
+    let mut dt = browser.dt;
     let url = format!("{}#token={}", app.url("/"), b.token);
     dt.call("Page.navigate", json!({"url": url})).await;
     dt.wait_for(
@@ -301,8 +325,101 @@ async fn console_streams_events_and_resumes_in_headless_chromium() {
     )
     .await;
 
-    let _ = child.kill().await;
-    let _ = std::fs::remove_dir_all(&profile);
+    Browser { dt, ..browser }.close().await;
+    app.stop().await;
+    b.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_shows_catching_up_when_the_page_falls_behind() {
+    let b = Backing::new().await;
+    // A short queue and a small socket buffer, so a page that stops reading
+    // for a few seconds overflows its queue and is switched to catch-up.
+    let mut cfg = b.config();
+    cfg.client_queue_messages = 16;
+    cfg.socket_send_buffer = 4096;
+    let app = TestApp::spawn(cfg).await;
+    let Some(browser) = Browser::start(&app).await else {
+        println!("SKIPPED: chromium is not installed (apt-get install -y chromium)");
+        return;
+    };
+    let mut dt = browser.dt;
+    let url = format!("{}#token={}", app.url("/"), b.token);
+    dt.call("Page.navigate", json!({"url": url})).await;
+    dt.wait_for(
+        "document.getElementById('status')?.textContent === 'connected'",
+        "connecting",
+    )
+    .await;
+
+    // The log keeps only its latest rows: note every status and info line.
+    dt.eval(
+        "window.seen = []; \
+         const note = (t) => window.seen.push(t); \
+         new MutationObserver(() => note('status: ' + document.getElementById('status').textContent)) \
+           .observe(document.getElementById('status'), {childList: true, characterData: true, subtree: true}); \
+         new MutationObserver((ms) => ms.forEach(m => m.addedNodes.forEach(n => { \
+           if (n.classList?.contains('info')) note('info: ' + n.textContent); }))) \
+           .observe(document.getElementById('log'), {childList: true}); true",
+    )
+    .await;
+
+    // The page's main thread is busy for 6 s (it reads nothing) while
+    // 1,500 events of about 4 KB each are published: more than the
+    // browser's and the kernel's buffers hold.
+    let total = 1500u64;
+    let filler = "ж".repeat(2000);
+    let publish = async {
+        let mut last = 0;
+        for n in 0..total {
+            let mut p = crate::helpers::user_payload(n);
+            p["username"] = json!(format!("{filler}-{n}"));
+            last = b.publish("user.created", p).await;
+        }
+        last
+    };
+    let (busy, last) = tokio::join!(
+        dt.eval("const until = Date.now() + 6000; while (Date.now() < until) {} true"),
+        publish
+    );
+    assert_eq!(busy, json!(true));
+    dt.wait_for(
+        &format!(
+            "document.getElementById('last-seq').textContent === '{last}' && \
+             document.getElementById('count').textContent === '{total}'"
+        ),
+        "every event shown once",
+    )
+    .await;
+    let seen = dt.eval("window.seen.join('\\n')").await;
+    let seen = seen.as_str().unwrap();
+    assert!(seen.contains("status: catching up ("), "{seen}");
+    assert!(
+        seen.contains("info: ") && seen.contains("catching up after seq"),
+        "{seen}"
+    );
+    assert!(seen.contains("caught up: "), "{seen}");
+    assert!(!seen.contains("resync required"), "{seen}");
+    assert_eq!(
+        dt.eval("document.getElementById('status').textContent")
+            .await,
+        json!("connected")
+    );
+    let m = app.metrics().await;
+    let sample = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Falling behind again after a catch-up starts another one.
+    assert!(sample("gateway_catchups_started_total ") >= 1, "{m}");
+    assert_eq!(
+        sample("gateway_catchups_finished_total "),
+        sample("gateway_catchups_started_total "),
+        "{m}"
+    );
+    assert!(m.contains("gateway_catchup_clients 0"), "{m}");
+    Browser { dt, ..browser }.close().await;
     app.stop().await;
     b.cleanup().await;
 }

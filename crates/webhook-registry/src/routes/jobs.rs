@@ -5,7 +5,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use storage::jobs::{self, Created, NewJob, kind};
+use storage::jobs::{self, Changed, Created, NewJob, kind};
 use storage::models::delivery_status;
 use tracing::instrument;
 
@@ -282,4 +282,79 @@ pub async fn cancel(
         .ok_or_else(job_not_found)?;
     tracing::info!(webhook_id = id, job_id, status = %job.status, "job cancel requested");
     Ok(HttpResponse::Ok().json(JobOut::from(job)))
+}
+
+/// Pause a queued or running job: the worker stops after the deliveries in
+/// flight, keeping the job's progress; no worker runs it until it is
+/// resumed. It stays the webhook's one unfinished job.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/jobs/{job_id}/pause", tag = "jobs",
+    params(
+        ("webhook_id" = i32, Path, description = "Webhook id"),
+        ("job_id" = i64, Path, description = "Job id"),
+    ),
+    responses(
+        (status = 200, description = "The job, paused", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook or job", body = ErrorOut),
+        (status = 409, description = "The job has finished", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn pause(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, job_id) = ids(path.into_inner())?;
+    let mut conn = state.conn().await?;
+    let changed = jobs::pause(&mut conn, id, job_id).await?;
+    changed_response(changed, id, job_id, "paused")
+}
+
+/// Resume a paused job where it stopped. A queued or running job is
+/// returned as it is.
+#[utoipa::path(
+    post, path = "/webhooks/{webhook_id}/jobs/{job_id}/resume", tag = "jobs",
+    params(
+        ("webhook_id" = i32, Path, description = "Webhook id"),
+        ("job_id" = i64, Path, description = "Job id"),
+    ),
+    responses(
+        (status = 200, description = "The job, queued to run again", body = JobOut),
+        (status = 401, description = "Missing or invalid token", body = ErrorOut),
+        (status = 404, description = "No such webhook or job", body = ErrorOut),
+        (status = 409, description = "The job has finished", body = ErrorOut),
+        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+#[instrument(skip_all)]
+pub async fn resume(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, job_id) = ids(path.into_inner())?;
+    let mut conn = state.conn().await?;
+    let changed = jobs::resume(&mut conn, id, job_id).await?;
+    changed_response(changed, id, job_id, "resumed")
+}
+
+fn changed_response(
+    changed: Option<Changed>,
+    id: i32,
+    job_id: i64,
+    what: &str,
+) -> Result<HttpResponse, ApiError> {
+    match changed.ok_or_else(job_not_found)? {
+        Changed::Done(job) => {
+            tracing::info!(webhook_id = id, job_id, status = %job.status, "job {what}");
+            Ok(HttpResponse::Ok().json(JobOut::from(job)))
+        }
+        Changed::Refused(job) => Err(ApiError::Conflict(format!(
+            "Job is {}; only an unfinished job can be {what}",
+            job.status
+        ))),
+    }
 }

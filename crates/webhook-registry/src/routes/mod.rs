@@ -70,6 +70,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     .route(web::delete().to(jobs::cancel)),
             )
             .service(
+                resource(&["/{webhook_id}/jobs/{job_id}/pause"], "POST")
+                    .route(web::post().to(jobs::pause)),
+            )
+            .service(
+                resource(&["/{webhook_id}/jobs/{job_id}/resume"], "POST")
+                    .route(web::post().to(jobs::resume)),
+            )
+            .service(
                 resource(&["/{webhook_id}/deliveries/hourly"], "GET")
                     .route(web::get().to(webhooks::hourly)),
             )

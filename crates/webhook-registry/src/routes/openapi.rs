@@ -46,7 +46,7 @@ impl Modify for SecuritySchemes {
         webhooks::create, webhooks::list, webhooks::stats, webhooks::get, webhooks::update,
         webhooks::delete, webhooks::deliveries, webhooks::hourly, webhooks::test, webhooks::retry,
         webhooks::rotate, jobs::recover, jobs::replay, jobs::bulk_retry, jobs::list, jobs::get,
-        jobs::cancel, events::types, portal::readiness, serve,
+        jobs::cancel, jobs::pause, jobs::resume, events::types, portal::readiness, serve,
     ),
     components(schemas(
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,

@@ -432,6 +432,7 @@ pub async fn test(
     let body = bytes::Bytes::from(proto_events::canonical::to_canonical_vec(&payload));
     let message_id = webhook_client::message_id(&event_id, id);
     let secrets = webhook.signing_secrets(now);
+    let traceparent = telemetry::trace::traceparent_of(&tracing::Span::current());
     let outcome = state
         .sender
         .send(&webhook_client::Outbound {
@@ -442,7 +443,8 @@ pub async fn test(
             timestamp: now.timestamp(),
             body,
             secrets: &secrets,
-            traceparent: None,
+            // The receiver sees the test delivery as part of the request's trace.
+            traceparent: traceparent.as_deref(),
         })
         .await;
     let response_status = outcome.response_status.map(i32::from);
@@ -468,7 +470,7 @@ pub async fn test(
             delivered_at: outcome.success.then(Utc::now),
             next_retry_at: None,
             event_id: Some(event_id),
-            traceparent: None,
+            traceparent,
         },
     )
     .await?;

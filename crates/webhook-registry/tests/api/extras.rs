@@ -343,7 +343,7 @@ async fn metrics_count_requests_by_route_method_and_status() {
 #[tokio::test]
 async fn writes_publish_change_notices() {
     let app = spawn_app().await;
-    let nats = async_nats::connect(app.config.nats_url.as_str())
+    let nats = async_nats::connect(app.config.nats.nats_url.as_str())
         .await
         .unwrap();
     let mut sub = nats

@@ -94,6 +94,26 @@ async fn one_unfinished_job_per_webhook_readable_and_cancellable() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, job);
 
+    // Pause and resume; a paused job is still the webhook's unfinished one.
+    let pause = format!("/webhooks/{id}/jobs/{job_id}/pause");
+    let resume = format!("/webhooks/{id}/jobs/{job_id}/resume");
+    for _ in 0..2 {
+        let (status, paused) = app.post(&pause, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{paused}");
+        assert_eq!(paused["status"], "paused");
+    }
+    let (status, again) = app.post(&format!("/webhooks/{id}/replay"), json!({})).await;
+    assert_eq!((status, &again["id"]), (StatusCode::OK, &json!(job_id)));
+    assert_eq!(again["status"], "paused");
+    for _ in 0..2 {
+        let (status, resumed) = app.post(&resume, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{resumed}");
+        assert_eq!(resumed["status"], "queued");
+    }
+    let (status, _) = app.post(&pause, json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A paused job can be cancelled.
     let (status, cancelled) = app.delete(&format!("/webhooks/{id}/jobs/{job_id}")).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     assert_eq!(cancelled["status"], "cancelled");
@@ -102,6 +122,19 @@ async fn one_unfinished_job_per_webhook_readable_and_cancellable() {
     let (status, again) = app.delete(&format!("/webhooks/{id}/jobs/{job_id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again, cancelled);
+
+    // A finished job is neither paused nor resumed.
+    for path in [&pause, &resume] {
+        let (status, body) = app.post(path, json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{path}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("Job is cancelled; only an unfinished job can be"),
+            "{body}"
+        );
+    }
 
     // Now a new job can start.
     let (status, replay) = app
@@ -135,6 +168,19 @@ async fn one_unfinished_job_per_webhook_readable_and_cancellable() {
         .delete(&format!("/webhooks/{other_id}/jobs/{job_id}"))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    for action in ["pause", "resume"] {
+        let (status, body) = app
+            .post(
+                &format!("/webhooks/{other_id}/jobs/{job_id}/{action}"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{action}: {body}");
+        let (status, _) = app
+            .post(&format!("/webhooks/{id}/jobs/x/{action}"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{action}");
+    }
 
     // A bulk retry with defaults.
     let (status, retry) = app

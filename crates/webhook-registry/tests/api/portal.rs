@@ -1,7 +1,7 @@
 //! The portal's page and files, the hourly delivery counts behind its chart,
 //! and the readiness of the other services as the registry sees them. The
-//! browser suite is `deploy/portal-test.sh` (Playwright against the built
-//! services).
+//! browser suite is `deploy/portal-test.sh` (puppeteer-core in Chromium and
+//! Firefox against the built services).
 
 use chrono::{DurationRound, TimeDelta, Utc};
 use diesel_async::RunQueryDsl;
