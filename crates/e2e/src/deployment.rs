@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Namespace, Pattern, Publisher};
 use serde_json::{Value, json};
 
@@ -276,14 +277,8 @@ impl Deployment {
 
     /// A publisher on the deployment's NATS (every URL of the list).
     pub async fn publisher(&self) -> Publisher {
-        let addrs: Vec<async_nats::ServerAddr> = self
-            .nats_url
-            .split(',')
-            .map(|u| u.trim().parse().expect("NATS URL"))
-            .collect();
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(addrs)
+        let client = NatsArgs::for_url(&self.nats_url)
+            .connect("e2e-publisher", FirstConnect::RetryInBackground)
             .await
             .expect("connect the publisher");
         let publisher = Publisher::new(client, self.ns.clone());
@@ -475,6 +470,13 @@ impl Outcome {
             let id = webhook_client::message_id(r.event_id.as_deref().unwrap_or(""), r.webhook_id);
             *row_count.entry(id).or_default() += 1;
         }
+        let successes = rows.iter().filter(|r| r.status == "success").count();
+        assert_eq!(
+            successes,
+            expected.len(),
+            "one success row per event × webhook (a second one means work already \
+             recorded was done again)"
+        );
         for (id, n) in &row_count {
             let sent = requests.get(id.as_str()).copied().unwrap_or(0);
             assert!(*n <= sent, "{id}: {n} rows but {sent} requests");

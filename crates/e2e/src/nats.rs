@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use async_nats::ServerAddr;
+use proto_events::nats::{FirstConnect, NatsArgs};
 
 use crate::eventually;
 use crate::process::{free_port, tail};
@@ -161,14 +161,8 @@ impl NatsServers {
 
     /// A client that knows every node.
     pub async fn client(&self) -> async_nats::Client {
-        let addrs: Vec<ServerAddr> = self
-            .nodes
-            .iter()
-            .map(|n| n.url().parse().expect("server address"))
-            .collect();
-        async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(addrs)
+        NatsArgs::for_url(&self.urls())
+            .connect("e2e", FirstConnect::RetryInBackground)
             .await
             .expect("connect to the test's NATS")
     }

@@ -10,7 +10,7 @@ use e2e::nats::NatsServers;
 use e2e::process::TempDir;
 use e2e::publish::PublishRun;
 use e2e::ws::ResumingClient;
-use proto_events::Namespace;
+use proto_events::{Namespace, StreamSettings};
 use storage::testing::TestDb;
 
 use crate::checks::{IN_FLIGHT, SETTLE, assert_ws_saw_every_event_once, window};
@@ -24,7 +24,10 @@ async fn stream_leader_killed_then_a_worker_restarted_while_a_node_is_down() {
     let dir = TempDir::new("cluster");
     let db = TestDb::new().await.unwrap();
     let mut nats = NatsServers::cluster(dir.path(), 3).await;
-    let ns = Namespace::default();
+    let ns = Namespace::default().with_stream_settings(StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    });
     let mut d = Deployment::start(
         dir.path(),
         &db.url,
