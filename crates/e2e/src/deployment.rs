@@ -71,16 +71,19 @@ impl Settings {
         env
     }
 
-    fn registry_env(&self) -> Vec<(String, String)> {
+    /// The common settings and `more`.
+    fn with(&self, more: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = self.common_env();
-        env.push(("REGISTRY_WORKERS".to_owned(), "1".to_owned()));
-        env.push(("REGISTRY_DB_POOL_SIZE".to_owned(), "4".to_owned()));
+        env.extend(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         env
     }
 
+    fn registry_env(&self) -> Vec<(String, String)> {
+        self.with(&[("REGISTRY_WORKERS", "1"), ("REGISTRY_DB_POOL_SIZE", "4")])
+    }
+
     fn worker_env(&self) -> Vec<(String, String)> {
-        let mut env = self.common_env();
-        for (k, v) in [
+        self.with(&[
             ("DATABASE_POOL_SIZE", "4"),
             // Ten quick retries ride out a receiver or database outage of
             // several seconds.
@@ -90,17 +93,11 @@ impl Settings {
             ("DELIVERY_TIMEOUT", "3s"),
             ("DELIVERY_CONNECT_TIMEOUT", "2s"),
             ("SHUTDOWN_GRACE", "10s"),
-        ] {
-            env.push((k.to_owned(), v.to_owned()));
-        }
-        env
+        ])
     }
 
     fn gateway_env(&self) -> Vec<(String, String)> {
-        let mut env = self.common_env();
-        env.push(("GATEWAY_WORKERS".to_owned(), "1".to_owned()));
-        env.push(("GATEWAY_SHUTDOWN_GRACE".to_owned(), "2s".to_owned()));
-        env
+        self.with(&[("GATEWAY_WORKERS", "1"), ("GATEWAY_SHUTDOWN_GRACE", "2s")])
     }
 }
 

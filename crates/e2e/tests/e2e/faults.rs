@@ -24,6 +24,23 @@ const DELIVERIES: usize = (EVENTS + EVENTS / 2) as usize;
 /// How long a worker may take to notice that it cannot record attempts.
 const STOP_NOTICED: Duration = Duration::from_secs(1);
 
+/// A deployment on the machine's PostgreSQL (a database of its own) and
+/// NATS (a prefix of its own); the directory and database go with the
+/// returned values.
+async fn on_shared_services(label: &str) -> (TempDir, TestDb, Deployment) {
+    let dir = TempDir::new(label);
+    let db = TestDb::new().await.unwrap();
+    let d = Deployment::start(
+        dir.path(),
+        &db.url,
+        &shared_nats_url(),
+        Namespace::unique(),
+        &[],
+    )
+    .await;
+    (dir, db, d)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "end to end: deploy/test.sh --e2e"]
 async fn nats_server_killed_mid_run_loses_nothing() {
@@ -108,16 +125,7 @@ async fn postgres_stopped_for_ten_seconds_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "end to end: deploy/test.sh --e2e"]
 async fn worker_stopped_under_load_hands_over_to_another() {
-    let dir = TempDir::new("worker-term");
-    let db = TestDb::new().await.unwrap();
-    let mut d = Deployment::start(
-        dir.path(),
-        &db.url,
-        &shared_nats_url(),
-        Namespace::unique(),
-        &[],
-    )
-    .await;
+    let (_dir, _db, mut d) = on_shared_services("worker-term").await;
     let run = PublishRun::start(d.publisher().await, EVENTS, 200);
     d.receiver
         .wait_for(DELIVERIES / 3, Duration::from_secs(30))
@@ -145,16 +153,7 @@ async fn worker_stopped_under_load_hands_over_to_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "end to end: deploy/test.sh --e2e"]
 async fn gateway_restarted_under_a_resuming_client_misses_nothing() {
-    let dir = TempDir::new("gateway-restart");
-    let db = TestDb::new().await.unwrap();
-    let mut d = Deployment::start(
-        dir.path(),
-        &db.url,
-        &shared_nats_url(),
-        Namespace::unique(),
-        &[],
-    )
-    .await;
+    let (_dir, _db, mut d) = on_shared_services("gateway-restart").await;
     let ws = ResumingClient::connect(&d.ws_url(), &d.token).await;
     let run = PublishRun::start(d.publisher().await, EVENTS, 100);
 
@@ -189,16 +188,7 @@ async fn gateway_restarted_under_a_resuming_client_misses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "end to end: deploy/test.sh --e2e"]
 async fn receiver_failing_for_a_while_gets_every_event_later() {
-    let dir = TempDir::new("receiver-500");
-    let db = TestDb::new().await.unwrap();
-    let d = Deployment::start(
-        dir.path(),
-        &db.url,
-        &shared_nats_url(),
-        Namespace::unique(),
-        &[],
-    )
-    .await;
+    let (_dir, _db, d) = on_shared_services("receiver-500").await;
     let run = PublishRun::start(d.publisher().await, EVENTS, 150);
     d.receiver
         .wait_for(DELIVERIES / 4, Duration::from_secs(30))
