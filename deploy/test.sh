@@ -7,9 +7,11 @@
 # then pytest for the Python client (clients/python, against the same
 # PostgreSQL and NATS and the outbox-relay binary), promtool on the
 # Prometheus files (deploy/validate-observability.sh), deploy/schemathesis.sh
-# (the OpenAPI conformance run) and deploy/portal-test.sh (the portal's
-# browser suite), each also when an earlier step failed; the exit status is
-# non-zero when any failed.
+# (the OpenAPI conformance run), deploy/portal-test.sh (the portal's
+# browser suite) and the offline checks of the deploy files
+# (deploy/validate-compose.sh, deploy/validate-k8s.sh, deploy/check-env.sh),
+# each also when an earlier step failed; the exit status is non-zero when
+# any failed.
 #
 #   deploy/test.sh --e2e [FILTER...]
 # instead runs only the end-to-end fault and cluster tests (crates/e2e):
@@ -57,4 +59,9 @@ cargo test --workspace "$@" || status=$?
 "$(dirname "${BASH_SOURCE[0]}")/schemathesis.sh" || status=$?
 # The portal in a real browser against the built services.
 "$(dirname "${BASH_SOURCE[0]}")/portal-test.sh" || status=$?
+# The deploy files, offline: the compose schema, the Kubernetes manifests,
+# and that every variable they set is one its service accepts.
+"$(dirname "${BASH_SOURCE[0]}")/validate-compose.sh" || status=$?
+"$(dirname "${BASH_SOURCE[0]}")/validate-k8s.sh" || status=$?
+"$(dirname "${BASH_SOURCE[0]}")/check-env.sh" || status=$?
 exit "$status"

@@ -1,9 +1,10 @@
 //! The `eventctl` command line: publish one event, simulate the bot's
-//! traffic, tail live events, inspect and re-publish dead letters, and
-//! benchmark the delivery worker and the gateway.
+//! traffic, tail live events, inspect and re-publish dead letters, check
+//! a service's health, and benchmark the delivery worker and the gateway.
 
 pub mod bench;
 pub mod deadletters;
+pub mod health;
 mod publish;
 pub mod tail;
 
@@ -31,6 +32,9 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// List dead letters with their reasons, or re-publish a fixed one.
     Deadletters(deadletters::DeadlettersArgs),
+    /// GET a service's /healthz or /readyz; exit 0 on a 2xx answer
+    /// (container health checks).
+    Health(health::HealthArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -72,6 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut sink = tail::stdout_sink();
             deadletters::run(&cli.nats, ns, args, &mut sink).await
         }
+        Command::Health(args) => health::check(&args).await,
         Command::Bench(BenchCommand::Delivery(args)) => {
             bench::delivery::run(&cli.nats, ns, args).await
         }

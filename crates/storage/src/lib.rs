@@ -16,7 +16,7 @@ pub mod tokens;
 pub mod testing;
 
 pub use error::StorageError;
-pub use migrate::{MIGRATIONS, run_migrations};
+pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{DbConn, DbPool, PoolConfig, build_pool, ping, redact_url};
 
 /// The database of an unconfigured deployment (SPEC §6).

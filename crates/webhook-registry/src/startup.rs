@@ -71,7 +71,16 @@ impl Application {
         let metrics = Arc::new(MetricsRegistry::new());
         let http_metrics = HttpMetrics::register(&metrics);
         let ops = Ops {
-            readiness: readiness(pool.clone(), nats.clone(), ready.clone()),
+            readiness: readiness(
+                pool.clone(),
+                nats.clone(),
+                ready.clone(),
+                if config.migrate_at_start() {
+                    "not applied yet (waiting for the database)"
+                } else {
+                    "schema not at the latest migration yet (waiting for `webhook-registry migrate`)"
+                },
+            ),
             metrics,
         };
         let state = web::Data::new(AppState {
@@ -253,7 +262,12 @@ fn build_pool(config: &Config) -> Result<DbPool, storage::StorageError> {
     )
 }
 
-fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> Readiness {
+fn readiness(
+    pool: DbPool,
+    nats: async_nats::Client,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+) -> Readiness {
     Readiness::new()
         .with("database", move || {
             let pool = pool.clone();
@@ -272,7 +286,7 @@ fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> 
                 if ok {
                     Ok(())
                 } else {
-                    Err("not applied yet (waiting for the database)".to_owned())
+                    Err(not_ready.to_owned())
                 }
             }
             .boxed()
@@ -332,7 +346,17 @@ async fn bootstrap_once(
             tracing::info!(?applied, "migrations applied");
         }
     } else {
-        storage::ping(pool).await?;
+        // Someone else migrates (`webhook-registry migrate`, e.g. a
+        // Kubernetes Job): the API opens only once the schema is the one
+        // this binary expects.
+        let pending = storage::pending_migrations(&config.database_url).await?;
+        if !pending.is_empty() {
+            return Err(storage::StorageError::Migration(format!(
+                "{} migration(s) not applied yet (first: {}); waiting for `webhook-registry migrate`",
+                pending.len(),
+                pending[0]
+            )));
+        }
     }
     if let Some(token) = config.default_token.as_deref().filter(|t| !t.is_empty()) {
         let mut conn = pool.get().await?;
