@@ -242,6 +242,7 @@ impl Application {
             ready: consumer_ready,
             tracker: tracker.clone(),
             hard_stop: hard_stop.clone(),
+            reconnects: consumer::Reconnects::default(),
         });
         let intake = {
             let (ctx, shutdown, pool, deliverer, tracker, hard_stop) = (

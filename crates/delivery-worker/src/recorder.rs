@@ -10,6 +10,7 @@
 //! 410 or have failed for too long.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -94,6 +95,7 @@ pub struct RecorderConfig {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Submission>,
+    failing: Arc<AtomicBool>,
 }
 
 /// Webhooks the recorder disabled in a batch.
@@ -108,8 +110,21 @@ impl Recorder {
         on_disabled: DisabledHook,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(rx, pool, cfg, metrics, on_disabled));
-        (Self { tx }, task)
+        let failing = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(rx, pool, cfg, metrics, on_disabled, failing.clone()));
+        (Self { tx, failing }, task)
+    }
+
+    /// Whether the latest write failed (set at the first failed try of a
+    /// batch, before its retries; cleared by the next write that succeeds
+    /// or by [`Recorder::clear_failing`]).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Forgets a failure (the database answers again).
+    pub fn clear_failing(&self) {
+        self.failing.store(false, Ordering::Relaxed);
     }
 
     /// Writes `records` and returns once they are committed.
@@ -132,6 +147,7 @@ async fn run(
     cfg: RecorderConfig,
     metrics: Metrics,
     on_disabled: DisabledHook,
+    failing: Arc<AtomicBool>,
 ) {
     let flushes = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let cfg = Arc::new(cfg);
@@ -163,14 +179,15 @@ async fn run(
                 _ = &mut linger, if !lingered => lingered = true,
             }
         };
-        let (pool, cfg, metrics, hook) = (
+        let (pool, cfg, metrics, hook, failing) = (
             pool.clone(),
             cfg.clone(),
             metrics.clone(),
             on_disabled.clone(),
+            failing.clone(),
         );
         tokio::spawn(async move {
-            flush(batch, &pool, &cfg, &metrics, &hook).await;
+            flush(batch, &pool, &cfg, &metrics, &hook, &failing).await;
             drop(permit);
         });
         if !open {
@@ -189,6 +206,7 @@ async fn flush(
     cfg: &RecorderConfig,
     metrics: &Metrics,
     on_disabled: &DisabledHook,
+    failing: &AtomicBool,
 ) {
     let rows = to_batch(batch.iter().flat_map(|s| s.records.iter()));
     let n = rows.inserts.len() + rows.updates.len();
@@ -197,6 +215,7 @@ async fn flush(
         let started = std::time::Instant::now();
         match write(pool, &rows, cfg.disable_after).await {
             Ok(disabled) => {
+                failing.store(false, Ordering::Relaxed);
                 tracing::debug!(
                     rows = n,
                     submissions = batch.len(),
@@ -207,6 +226,7 @@ async fn flush(
                 break;
             }
             Err(e) => {
+                failing.store(true, Ordering::Relaxed);
                 tracing::warn!(error = %e, attempt = attempt + 1, rows = n, "writing delivery rows failed");
                 result = Err(RecordError::Database(Arc::new(e)));
                 tokio::time::sleep(Duration::from_millis(50 * 4u64.pow(attempt))).await;
