@@ -86,7 +86,7 @@ pub struct Delivery {
     pub payload: Value,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub error_message: Option<String>,
     pub attempt_number: i32,
     pub created_at: DateTime<Utc>,
@@ -106,7 +106,7 @@ pub struct NewDelivery {
     pub payload: Value,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub error_message: Option<String>,
     pub attempt_number: i32,
     pub delivered_at: Option<DateTime<Utc>>,
@@ -115,13 +115,40 @@ pub struct NewDelivery {
     pub traceparent: Option<String>,
 }
 
-/// Delivery statuses, as the bot stores them.
-pub mod delivery_status {
-    pub const PENDING: &str = "pending";
-    pub const SUCCESS: &str = "success";
-    pub const FAILED: &str = "failed";
-    pub const ALL: [&str; 3] = [PENDING, SUCCESS, FAILED];
+/// The status of a `webhook_deliveries` row, stored as the bot stores it
+/// (`pending`, `success`, `failed`) and shown so in the API.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::VariantArray,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[serde(into = "&'static str")]
+#[strum(serialize_all = "lowercase")]
+#[diesel(sql_type = diesel::sql_types::Text)]
+pub enum DeliveryStatus {
+    /// A queued attempt, due at `next_retry_at`.
+    Pending,
+    Success,
+    Failed,
 }
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+crate::text_enum::text_column!(DeliveryStatus);
 
 /// A `web_api_tokens` row. Only the hash of a token is ever stored.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -159,4 +186,34 @@ pub struct NewApiToken {
     pub expires_at: Option<DateTime<Utc>>,
     pub is_active: bool,
     pub created_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use strum::VariantArray;
+
+    use super::DeliveryStatus;
+
+    #[test]
+    fn delivery_statuses_keep_the_stored_strings() {
+        let names: Vec<&str> = DeliveryStatus::VARIANTS
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(names, ["pending", "success", "failed"]);
+        for (status, text) in [
+            (DeliveryStatus::Pending, "pending"),
+            (DeliveryStatus::Success, "success"),
+            (DeliveryStatus::Failed, "failed"),
+        ] {
+            assert_eq!(status.as_str(), text);
+            assert_eq!(text.parse::<DeliveryStatus>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        assert!("Success".parse::<DeliveryStatus>().is_err());
+    }
 }

@@ -379,14 +379,17 @@ impl Fields {
         }
     }
 
-    /// A string field that must be one of `allowed`.
-    pub fn one_of(&mut self, name: &str, allowed: &[&str]) -> Given<String> {
+    /// A string field that must name one of `allowed` (enum values spelled
+    /// by strum).
+    pub fn one_of<T: Copy + Into<&'static str>>(&mut self, name: &str, allowed: &[T]) -> Given<T> {
         match self.take(name) {
             Given::Absent => Given::Absent,
             Given::Null => Given::Null,
-            Given::Value(Value::String(s)) if allowed.contains(&s.as_str()) => Given::Value(s),
             Given::Value(other) => {
-                let expected = expected_list(allowed);
+                if let Some(chosen) = other.as_str().and_then(|s| choose(allowed, s)) {
+                    return Given::Value(chosen);
+                }
+                let expected = expected_list(&names(allowed));
                 self.errors.push(
                     FieldError::new(
                         &["body", name],
@@ -619,13 +622,13 @@ impl Query {
         }
     }
 
-    /// One of `allowed`, if given.
-    pub fn one_of(&mut self, name: &str, allowed: &[&str]) -> Option<String> {
+    /// One of `allowed` (enum values spelled by strum), if given.
+    pub fn one_of<T: Copy + Into<&'static str>>(&mut self, name: &str, allowed: &[T]) -> Option<T> {
         let v = self.values.get(name)?;
-        if allowed.contains(&v.as_str()) {
-            return Some(v.clone());
+        if let Some(chosen) = choose(allowed, v) {
+            return Some(chosen);
         }
-        let expected = expected_list(allowed);
+        let expected = expected_list(&names(allowed));
         self.errors.push(
             FieldError::new(
                 &["query", name],
@@ -666,6 +669,15 @@ impl Query {
 fn is_integer_literal(s: &str) -> bool {
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The value of `allowed` spelled `text`.
+fn choose<T: Copy + Into<&'static str>>(allowed: &[T], text: &str) -> Option<T> {
+    allowed.iter().copied().find(|a| (*a).into() == text)
+}
+
+fn names<T: Copy + Into<&'static str>>(allowed: &[T]) -> Vec<&'static str> {
+    allowed.iter().map(|a| (*a).into()).collect()
 }
 
 /// pydantic's "'a', 'b' or 'c'".

@@ -8,7 +8,8 @@ use proto_events::Pattern;
 use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
-use storage::models::{Delivery, Webhook};
+use storage::jobs::{JobKind, JobStatus};
+use storage::models::{Delivery, DeliveryStatus, Webhook};
 use utoipa::ToSchema;
 
 use crate::error::FieldError;
@@ -413,7 +414,8 @@ pub struct DeliveryOut {
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     /// `pending`, `success` or `failed`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: DeliveryStatus,
     pub error_message: Option<String>,
     pub attempt_number: i32,
     #[serde(serialize_with = "rfc3339::ser")]
@@ -776,7 +778,7 @@ impl FromBody for ReplayIn {
 }
 
 /// Statuses a bulk retry can select.
-pub const BULK_RETRY_STATUSES: [&str; 1] = [storage::models::delivery_status::FAILED];
+pub const BULK_RETRY_STATUSES: [DeliveryStatus; 1] = [DeliveryStatus::Failed];
 
 /// `POST /webhooks/{id}/deliveries/retry`: retry every matching failed
 /// delivery (the first one of each event in the window), unless a retry
@@ -785,7 +787,7 @@ pub const BULK_RETRY_STATUSES: [&str; 1] = [storage::models::delivery_status::FA
 pub struct BulkRetryIn {
     /// Deliveries with this status; `failed` when absent.
     #[schema(value_type = Option<String>)]
-    pub status: Option<String>,
+    pub status: Option<DeliveryStatus>,
     /// Deliveries created at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Deliveries created before this time.
@@ -819,9 +821,11 @@ pub struct JobOut {
     pub id: i64,
     pub webhook_id: i32,
     /// `recover`, `replay` or `retry`.
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: JobKind,
     /// `queued`, `running`, `paused`, `completed`, `cancelled` or `failed`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: JobStatus,
     /// Items in the window; `null` until the job started (for a replay an
     /// estimate while it runs, exact once completed).
     pub total: Option<i64>,
@@ -840,7 +844,8 @@ pub struct JobOut {
     pub until: Option<DateTime<Utc>>,
     pub since_seq: Option<i64>,
     /// Bulk retry: the delivery status it selects.
-    pub delivery_status: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub delivery_status: Option<DeliveryStatus>,
     /// Why a job failed.
     pub error: Option<String>,
     #[serde(serialize_with = "rfc3339::ser")]
@@ -853,7 +858,7 @@ pub struct JobOut {
 
 impl From<storage::jobs::Job> for JobOut {
     fn from(j: storage::jobs::Job) -> Self {
-        let is_replay = j.kind == storage::jobs::kind::REPLAY;
+        let is_replay = j.kind == JobKind::Replay;
         Self {
             id: j.id,
             webhook_id: j.webhook_id,

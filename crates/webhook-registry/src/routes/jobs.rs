@@ -5,8 +5,8 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use storage::jobs::{self, Changed, Created, NewJob, kind};
-use storage::models::delivery_status;
+use storage::jobs::{self, Changed, Created, JobKind, NewJob};
+use storage::models::DeliveryStatus;
 use tracing::instrument;
 
 use crate::db;
@@ -77,11 +77,11 @@ pub async fn recover(
         &state,
         NewJob {
             webhook_id: id,
-            kind: kind::RECOVER.to_owned(),
+            kind: JobKind::Recover,
             since: Some(input.since),
             until: input.until,
             since_seq: None,
-            delivery_status: Some(delivery_status::FAILED.to_owned()),
+            delivery_status: Some(DeliveryStatus::Failed),
             rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
         },
     )
@@ -120,7 +120,7 @@ pub async fn replay(
         &state,
         NewJob {
             webhook_id: id,
-            kind: kind::REPLAY.to_owned(),
+            kind: JobKind::Replay,
             since: input.since,
             until: input.until,
             since_seq,
@@ -158,15 +158,11 @@ pub async fn bulk_retry(
         &state,
         NewJob {
             webhook_id: id,
-            kind: kind::RETRY.to_owned(),
+            kind: JobKind::Retry,
             since: input.since,
             until: input.until,
             since_seq: None,
-            delivery_status: Some(
-                input
-                    .status
-                    .unwrap_or_else(|| delivery_status::FAILED.to_owned()),
-            ),
+            delivery_status: Some(input.status.unwrap_or(DeliveryStatus::Failed)),
             rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
         },
     )

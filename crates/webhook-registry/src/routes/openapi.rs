@@ -4,7 +4,9 @@
 use actix_web::{HttpResponse, web};
 use proto_events::EventType;
 use serde_json::{Value, json};
-use storage::models::delivery_status;
+use storage::jobs::{JobKind, JobStatus};
+use storage::models::DeliveryStatus;
+use strum::VariantArray;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -183,19 +185,20 @@ fn refine(doc: &mut Value) {
         "is_active",
         lax_bool_schema(),
     );
-    let statuses: Vec<Value> = delivery_status::ALL.iter().map(|s| json!(s)).collect();
+    // The enums serialize as their stored strings.
+    let statuses = json!(DeliveryStatus::VARIANTS);
     set(
         doc,
         &format!("{schemas}/DeliveryOut/properties/status"),
         "enum",
-        json!(statuses),
+        statuses.clone(),
     );
     if let Some(Value::Array(params)) =
         doc.pointer_mut("/paths/~1webhooks~1{webhook_id}~1deliveries/get/parameters")
     {
         for p in params.iter_mut() {
             if p["name"] == "status" {
-                p["schema"]["enum"] = json!(statuses);
+                p["schema"]["enum"] = statuses.clone();
             }
             if p["name"] == "cursor" {
                 p["schema"]["pattern"] = json!(crate::db::Cursor::PATTERN);
@@ -250,13 +253,13 @@ fn refine(doc: &mut Value) {
         doc,
         &format!("{schemas}/JobOut/properties/kind"),
         "enum",
-        json!(storage::jobs::kind::ALL),
+        json!(JobKind::VARIANTS),
     );
     set(
         doc,
         &format!("{schemas}/JobOut/properties/status"),
         "enum",
-        json!(storage::jobs::status::ALL),
+        json!(JobStatus::VARIANTS),
     );
     for (path, schema) in [
         ("/paths/~1webhooks~1{webhook_id}~1replay/post", "ReplayIn"),

@@ -3,8 +3,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DurationRound, Utc};
 use rand::Rng;
-use serde_json::json;
-use storage::models::{NewDelivery, delivery_status};
+use storage::models::DeliveryStatus;
+use strum::VariantArray;
 use tracing::instrument;
 
 use crate::db::{self, NewWebhook, Retry, WebhookChanges};
@@ -16,6 +16,7 @@ use crate::model::{
 };
 use crate::notify::Op;
 use crate::state::AppState;
+use crate::test_delivery;
 
 /// Page size bounds (SPEC §2).
 pub const LIMIT_DEFAULT: i64 = 50;
@@ -284,17 +285,16 @@ pub async fn deliveries(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let mut q = Query::parse(req.query_string());
-    let status = q.one_of("status", &delivery_status::ALL);
+    let status = q.one_of("status", DeliveryStatus::VARIANTS);
     let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
     let offset = q.integer("offset", 0, 0, i64::MAX);
     let cursor = q.cursor("cursor");
     let id = webhook_id(&path)?;
     q.finish()?;
     let mut conn = state.conn().await?;
-    let (items, total) =
-        db::list_deliveries(&mut conn, id, status.as_deref(), cursor, limit, offset)
-            .await?
-            .ok_or_else(ApiError::webhook_not_found)?;
+    let (items, total) = db::list_deliveries(&mut conn, id, status, cursor, limit, offset)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
     let next_cursor = match items.last() {
         Some(last) if items.len() as i64 == limit => Some(
             db::Cursor {
@@ -371,10 +371,10 @@ pub async fn hourly(
     for c in counts {
         let i = (c.hour - from).num_hours();
         if let Some(b) = usize::try_from(i).ok().and_then(|i| buckets.get_mut(i)) {
-            match c.status.as_str() {
-                delivery_status::SUCCESS => b.success += c.n,
-                delivery_status::FAILED => b.failed += c.n,
-                _ => b.pending += c.n,
+            match c.status {
+                DeliveryStatus::Success => b.success += c.n,
+                DeliveryStatus::Failed => b.failed += c.n,
+                DeliveryStatus::Pending => b.pending += c.n,
             }
         }
     }
@@ -385,15 +385,6 @@ pub async fn hourly(
         to,
         buckets,
     }))
-}
-
-/// Text stored in Postgres cannot hold NUL characters.
-fn storable(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "\u{fffd}")
-    } else {
-        s
-    }
 }
 
 /// Send a signed `webhook.test` event to the webhook now and record it.
@@ -421,72 +412,20 @@ pub async fn test(
             .await?
             .ok_or_else(ApiError::webhook_not_found)?
     };
-    let now = Utc::now();
-    let event_id = proto_events::new_event_id();
-    let payload = json!({
-        "webhook_id": id,
-        "event": "webhook.test",
-        "message": "Test delivery from bedolaga-events",
-        "sent_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    });
-    let body = bytes::Bytes::from(proto_events::canonical::to_canonical_vec(&payload));
-    let message_id = webhook_client::message_id(&event_id, id);
-    let secrets = webhook.signing_secrets(now);
+    // The receiver sees the test delivery as part of the request's trace.
     let traceparent = telemetry::trace::traceparent_of(&tracing::Span::current());
-    let outcome = state
-        .sender
-        .send(&webhook_client::Outbound {
-            url: &webhook.url,
-            webhook_id: id,
-            event_type: TEST_EVENT,
-            message_id: &message_id,
-            timestamp: now.timestamp(),
-            body,
-            secrets: &secrets,
-            // The receiver sees the test delivery as part of the request's trace.
-            traceparent: traceparent.as_deref(),
-        })
-        .await;
-    let response_status = outcome.response_status.map(i32::from);
-    let response_body = outcome.response_body.map(storable);
-    let error = outcome.error.map(storable);
-    let mut conn = state.conn().await?;
-    let row = db::record_attempt(
-        &mut conn,
-        NewDelivery {
-            webhook_id: id,
-            event_type: TEST_EVENT.to_owned(),
-            payload,
-            response_status,
-            response_body: response_body.clone(),
-            status: if outcome.success {
-                delivery_status::SUCCESS
-            } else {
-                delivery_status::FAILED
-            }
-            .to_owned(),
-            error_message: error.clone(),
-            attempt_number: 1,
-            delivered_at: outcome.success.then(Utc::now),
-            next_retry_at: None,
-            event_id: Some(event_id),
-            traceparent,
-        },
-    )
-    .await?;
-    tracing::info!(success = outcome.success, status = ?response_status, "test delivery sent");
+    let (row, latency) = test_delivery::send(&state, &webhook, traceparent).await?;
+    let success = row.status == DeliveryStatus::Success;
+    tracing::info!(success, status = ?row.response_status, "test delivery sent");
     Ok(HttpResponse::Ok().json(TestOut {
-        success: outcome.success,
-        response_status,
-        response_body,
-        error,
-        latency_ms: u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX),
+        success,
+        response_status: row.response_status,
+        response_body: row.response_body,
+        error: row.error_message,
+        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         delivery_id: row.id,
     }))
 }
-
-/// The event type of test deliveries.
-pub const TEST_EVENT: &str = "webhook.test";
 
 /// Queue a new attempt of a delivery for the delivery worker.
 #[utoipa::path(
