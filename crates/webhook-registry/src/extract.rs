@@ -530,6 +530,12 @@ fn out_of_range(loc: &[&str], below: bool, min: i64, max: i64, input: Value) -> 
     }
 }
 
+/// A query struct: the one that documents a route's parameters
+/// (`utoipa::IntoParams`) is the one read from its query string.
+pub trait FromQuery: Sized {
+    fn from_query(q: &mut Query) -> Self;
+}
+
 /// A parsed query string (the last value of a repeated name wins, as in
 /// Starlette).
 pub struct Query {
@@ -655,6 +661,14 @@ impl Query {
             );
         }
         c
+    }
+
+    /// Reads `T` from a query string; every problem in one 422.
+    pub fn read<T: FromQuery>(query_string: &str) -> Result<T, ApiError> {
+        let mut q = Self::parse(query_string);
+        let value = T::from_query(&mut q);
+        q.finish()?;
+        Ok(value)
     }
 
     pub fn finish(self) -> Result<(), ApiError> {

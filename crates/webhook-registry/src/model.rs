@@ -15,6 +15,9 @@ use utoipa::ToSchema;
 use crate::error::FieldError;
 use crate::extract::{BodyRules, Fields, FromBody, Given};
 
+// The API's limits, said once: the validators below and the query structs
+// check them, and the OpenAPI document (`routes::openapi`) states them.
+
 /// Limits of the bot's columns.
 pub const NAME_MAX: usize = 255;
 pub const EVENT_TYPE_MAX: usize = 50;
@@ -23,6 +26,13 @@ pub const SECRET_MAX: usize = 128;
 pub const DESCRIPTION_MAX: usize = 10_000;
 /// URLs are TEXT; capped like common browsers and proxies.
 pub const URL_MAX: usize = 2048;
+
+/// Page size of every list: 50 unless asked, at most 200 (SPEC §2).
+pub const LIMIT_DEFAULT: i64 = 50;
+pub const LIMIT_MAX: i64 = 200;
+/// Window of the hourly counts: a day unless asked, a week at most.
+pub const HOURS_DEFAULT: i64 = 24;
+pub const HOURS_MAX: i64 = 168;
 
 /// Checks a webhook URL: no whitespace or control characters a parser would
 /// drop, an absolute http/https URL with a host and no credentials, no
@@ -143,16 +153,15 @@ pub fn check_event_type(fields: &mut Fields, event_type: &str) -> bool {
 /// `POST /webhooks` (no `Debug`: it holds the secret).
 #[derive(Clone, ToSchema)]
 pub struct WebhookIn {
-    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// Absolute http(s) URL; internal addresses are refused unless allowed.
     #[schema(example = "https://example.com/webhook")]
     pub url: String,
     /// One event type, a family pattern (`ticket.*`) or `*`.
-    #[schema(min_length = 1, max_length = 50, example = "user.created")]
+    #[schema(example = "user.created")]
     pub event_type: String,
     /// HMAC key for signatures; unsigned when absent.
-    #[schema(max_length = 128, nullable)]
+    #[schema(nullable)]
     pub secret: Option<String>,
     #[schema(nullable)]
     pub description: Option<String>,
@@ -218,13 +227,11 @@ fn field_rank(e: &FieldError) -> usize {
 /// `disabled_reason`.
 #[derive(Clone, Default, ToSchema)]
 pub struct WebhookPatch {
-    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     pub url: Option<String>,
     /// One event type, a family pattern (`ticket.*`) or `*`.
-    #[schema(min_length = 1, max_length = 50)]
     pub event_type: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 128, nullable)]
+    #[schema(value_type = Option<String>, nullable)]
     pub secret: Option<Option<String>>,
     #[schema(value_type = Option<String>, nullable)]
     pub description: Option<Option<String>>,
@@ -309,11 +316,9 @@ impl FromBody for WebhookPatch {
 #[derive(Clone, Default, ToSchema)]
 pub struct RotateIn {
     /// The new secret; generated (and returned once) when absent.
-    #[schema(min_length = 1, max_length = 128)]
     pub secret: Option<String>,
     /// How long the previous secret keeps signing; the server default
     /// (`SECRET_ROTATION_GRACE`, 24 h) when absent. 0 drops it at once.
-    #[schema(minimum = 0, maximum = 2592000)]
     pub grace_period_seconds: Option<i64>,
 }
 
@@ -706,7 +711,6 @@ pub struct RecoverIn {
     /// … and before this time; open-ended when absent.
     pub until: Option<DateTime<Utc>>,
     /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
-    #[schema(minimum = 1, maximum = 10000)]
     pub rate_per_s: Option<i32>,
 }
 
@@ -738,13 +742,11 @@ pub struct ReplayIn {
     /// Events stored at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Events after this stream sequence (0: from the first one).
-    #[schema(minimum = 0)]
     pub since_seq: Option<i64>,
     /// Events stored before this time; open-ended (up to the last event
     /// stored when the job starts) when absent.
     pub until: Option<DateTime<Utc>>,
     /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
-    #[schema(minimum = 1, maximum = 10000)]
     pub rate_per_s: Option<i32>,
 }
 
@@ -793,7 +795,6 @@ pub struct BulkRetryIn {
     /// Deliveries created before this time.
     pub until: Option<DateTime<Utc>>,
     /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
-    #[schema(minimum = 1, maximum = 10000)]
     pub rate_per_s: Option<i32>,
 }
 

@@ -11,9 +11,9 @@ use tracing::instrument;
 
 use crate::db;
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
-use crate::extract::{JsonBody, Query, path_id};
+use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{BulkRetryIn, JobOut, JobPage, RecoverIn, ReplayIn};
-use crate::routes::webhooks::{LIMIT_DEFAULT, LIMIT_MAX};
+use crate::model::{LIMIT_DEFAULT, LIMIT_MAX};
 use crate::state::AppState;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
@@ -172,12 +172,20 @@ pub async fn bulk_retry(
 /// Query of `GET /webhooks/{id}/jobs`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct JobParams {
-    #[param(minimum = 1, maximum = 200, default = 50)]
-    limit: Option<i64>,
-    #[param(minimum = 0, default = 0)]
-    offset: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub limit: i64,
+    #[param(value_type = Option<i64>)]
+    pub offset: i64,
+}
+
+impl FromQuery for JobParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
+            offset: q.integer("offset", 0, 0, i64::MAX),
+        }
+    }
 }
 
 /// A webhook's jobs, newest first.
@@ -198,11 +206,9 @@ pub async fn list(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
-    let offset = q.integer("offset", 0, 0, i64::MAX);
+    let params = Query::read::<JobParams>(req.query_string());
     let id = webhook_id(&path)?;
-    q.finish()?;
+    let JobParams { limit, offset } = params?;
     let mut conn = state.conn().await?;
     db::get_webhook(&mut conn, id)
         .await?

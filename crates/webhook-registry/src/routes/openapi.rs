@@ -17,7 +17,10 @@ use crate::model::{
     HourlyOut, JobOut, JobPage, RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
+use crate::model::{
+    DESCRIPTION_MAX, EVENT_TYPE_MAX, HOURS_DEFAULT, HOURS_MAX, JOB_RATE_MAX, LIMIT_DEFAULT,
+    LIMIT_MAX, MAX_GRACE_SECONDS, NAME_MAX, SECRET_MAX, URL_MAX, url_pattern,
+};
 use crate::routes::portal::{self, ServiceReadiness, ServicesReadiness};
 use crate::routes::{events, jobs, webhooks};
 
@@ -127,7 +130,78 @@ fn not_null(doc: &mut Value, pointer: &str) {
     }
 }
 
+/// The parameter `name` of the operation at `pointer`.
+fn param<'a>(doc: &'a mut Value, pointer: &str, name: &str) -> Option<&'a mut Value> {
+    doc.pointer_mut(&format!("{pointer}/parameters"))?
+        .as_array_mut()?
+        .iter_mut()
+        .find(|p| p["name"] == name)
+}
+
+/// The limits of `crate::model`, where the validators and query structs
+/// take them from.
+fn limits(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    for (schema, field, min, max) in [
+        ("WebhookIn", "name", Some(1), NAME_MAX),
+        ("WebhookIn", "url", Some(1), URL_MAX),
+        ("WebhookIn", "event_type", Some(1), EVENT_TYPE_MAX),
+        ("WebhookIn", "secret", None, SECRET_MAX),
+        ("WebhookIn", "description", None, DESCRIPTION_MAX),
+        ("WebhookPatch", "name", Some(1), NAME_MAX),
+        ("WebhookPatch", "url", Some(1), URL_MAX),
+        ("WebhookPatch", "event_type", Some(1), EVENT_TYPE_MAX),
+        ("WebhookPatch", "secret", None, SECRET_MAX),
+        ("WebhookPatch", "description", None, DESCRIPTION_MAX),
+        ("RotateIn", "secret", Some(1), SECRET_MAX),
+    ] {
+        let pointer = format!("{schemas}/{schema}/properties/{field}");
+        if let Some(min) = min {
+            set(doc, &pointer, "minLength", json!(min));
+        }
+        set(doc, &pointer, "maxLength", json!(max));
+    }
+    for (schema, field, min, max) in [
+        ("RotateIn", "grace_period_seconds", 0, MAX_GRACE_SECONDS),
+        ("RecoverIn", "rate_per_s", 1, JOB_RATE_MAX),
+        ("ReplayIn", "rate_per_s", 1, JOB_RATE_MAX),
+        ("ReplayIn", "since_seq", 0, i64::MAX),
+        ("BulkRetryIn", "rate_per_s", 1, JOB_RATE_MAX),
+    ] {
+        let pointer = format!("{schemas}/{schema}/properties/{field}");
+        set(doc, &pointer, "minimum", json!(min));
+        set(doc, &pointer, "maximum", json!(max));
+    }
+    let page = [
+        ("limit", 1, Some(LIMIT_MAX), LIMIT_DEFAULT),
+        ("offset", 0, None, 0),
+    ];
+    let hours = [("hours", 1, Some(HOURS_MAX), HOURS_DEFAULT)];
+    for (operation, params) in [
+        ("/paths/~1webhooks/get", &page[..]),
+        ("/paths/~1webhooks~1{webhook_id}~1deliveries/get", &page[..]),
+        ("/paths/~1webhooks~1{webhook_id}~1jobs/get", &page[..]),
+        (
+            "/paths/~1webhooks~1{webhook_id}~1deliveries~1hourly/get",
+            &hours[..],
+        ),
+    ] {
+        for &(name, min, max, default) in params {
+            if let Some(Value::Object(schema)) =
+                param(doc, operation, name).map(|p| &mut p["schema"])
+            {
+                schema.insert("minimum".to_owned(), json!(min));
+                if let Some(max) = max {
+                    schema.insert("maximum".to_owned(), json!(max));
+                }
+                schema.insert("default".to_owned(), json!(default));
+            }
+        }
+    }
+}
+
 fn refine(doc: &mut Value) {
+    limits(doc);
     let schemas = "/components/schemas";
     // Any JSON value: the string, number, object or null that was refused.
     set(
@@ -159,14 +233,6 @@ fn refine(doc: &mut Value) {
             &format!("{props}/url"),
             "pattern",
             json!(url_pattern()),
-        );
-        set(doc, &format!("{props}/url"), "minLength", json!(1));
-        set(doc, &format!("{props}/url"), "maxLength", json!(URL_MAX));
-        set(
-            doc,
-            &format!("{props}/description"),
-            "maxLength",
-            json!(DESCRIPTION_MAX),
         );
         set(
             doc,
@@ -236,12 +302,6 @@ fn refine(doc: &mut Value) {
         &format!("{schemas}/BulkRetryIn/properties/status"),
         "enum",
         json!(crate::model::BULK_RETRY_STATUSES),
-    );
-    set(
-        doc,
-        &format!("{schemas}/ReplayIn/properties/since_seq"),
-        "maximum",
-        json!(i64::MAX),
     );
     set(
         doc,

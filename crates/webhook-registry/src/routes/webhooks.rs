@@ -9,18 +9,15 @@ use tracing::instrument;
 
 use crate::db::{self, NewWebhook, Retry, WebhookChanges};
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
-use crate::extract::{JsonBody, Query, path_id};
+use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{
     DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
+use crate::model::{HOURS_DEFAULT, HOURS_MAX, LIMIT_DEFAULT, LIMIT_MAX};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
-
-/// Page size bounds (SPEC §2).
-pub const LIMIT_DEFAULT: i64 = 50;
-pub const LIMIT_MAX: i64 = 200;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
     path_id(raw, "webhook_id", ApiError::webhook_not_found())
@@ -65,18 +62,28 @@ pub async fn create(
 /// Query of `GET /webhooks`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct ListParams {
     /// Only webhooks with exactly this `event_type`.
-    event_type: Option<String>,
+    pub event_type: Option<String>,
     /// Only active (`true`) or inactive (`false`) webhooks.
-    is_active: Option<bool>,
+    pub is_active: Option<bool>,
     /// Page size.
-    #[param(minimum = 1, maximum = 200, default = 50)]
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub limit: i64,
     /// Items to skip.
-    #[param(minimum = 0, default = 0)]
-    offset: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub offset: i64,
+}
+
+impl FromQuery for ListParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            event_type: q.string("event_type"),
+            is_active: q.boolean("is_active"),
+            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
+            offset: q.integer("offset", 0, 0, i64::MAX),
+        }
+    }
 }
 
 /// List webhooks, newest first.
@@ -93,12 +100,12 @@ pub struct ListParams {
 )]
 #[instrument(skip_all)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let event_type = q.string("event_type");
-    let is_active = q.boolean("is_active");
-    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
-    let offset = q.integer("offset", 0, 0, i64::MAX);
-    q.finish()?;
+    let ListParams {
+        event_type,
+        is_active,
+        limit,
+        offset,
+    } = Query::read(req.query_string())?;
     let mut conn = state.conn().await?;
     let (items, total) =
         db::list_webhooks(&mut conn, event_type.as_deref(), is_active, limit, offset).await?;
@@ -253,17 +260,29 @@ pub async fn delete(
 /// Query of `GET /webhooks/{id}/deliveries`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DeliveryParams {
     /// `pending`, `success` or `failed`.
-    status: Option<String>,
-    #[param(minimum = 1, maximum = 200, default = 50)]
-    limit: Option<i64>,
-    #[param(minimum = 0, default = 0)]
-    offset: Option<i64>,
+    #[param(value_type = Option<String>)]
+    pub status: Option<DeliveryStatus>,
+    #[param(value_type = Option<i64>)]
+    pub limit: i64,
+    #[param(value_type = Option<i64>)]
+    pub offset: i64,
     /// Start after this point: the `next_cursor` of the previous page.
     /// The same cost at any depth, where `offset` reads every skipped row.
-    cursor: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub cursor: Option<db::Cursor>,
+}
+
+impl FromQuery for DeliveryParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            status: q.one_of("status", DeliveryStatus::VARIANTS),
+            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
+            offset: q.integer("offset", 0, 0, i64::MAX),
+            cursor: q.cursor("cursor"),
+        }
+    }
 }
 
 /// A webhook's delivery history, newest first.
@@ -284,13 +303,14 @@ pub async fn deliveries(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let status = q.one_of("status", DeliveryStatus::VARIANTS);
-    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
-    let offset = q.integer("offset", 0, 0, i64::MAX);
-    let cursor = q.cursor("cursor");
+    let params = Query::read::<DeliveryParams>(req.query_string());
     let id = webhook_id(&path)?;
-    q.finish()?;
+    let DeliveryParams {
+        status,
+        limit,
+        offset,
+        cursor,
+    } = params?;
     let mut conn = state.conn().await?;
     let (items, total) = db::list_deliveries(&mut conn, id, status, cursor, limit, offset)
         .await?
@@ -317,15 +337,19 @@ pub async fn deliveries(
 /// Query of `GET /webhooks/{id}/deliveries/hourly`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct HourlyParams {
     /// Hours to cover, ending with the current hour.
-    #[param(minimum = 1, maximum = 168, default = 24)]
-    hours: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub hours: i64,
 }
 
-/// Longest window of the hourly counts: a week.
-pub const HOURS_MAX: i64 = 168;
+impl FromQuery for HourlyParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            hours: q.integer("hours", HOURS_DEFAULT, 1, HOURS_MAX),
+        }
+    }
+}
 
 /// A webhook's delivery rows per hour (by `created_at`, UTC) and status,
 /// over the last `hours` hours: the portal's chart.
@@ -346,10 +370,9 @@ pub async fn hourly(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let hours = q.integer("hours", 24, 1, HOURS_MAX);
+    let params = Query::read::<HourlyParams>(req.query_string());
     let id = webhook_id(&path)?;
-    q.finish()?;
+    let HourlyParams { hours } = params?;
     let now = Utc::now();
     let this_hour = now
         .duration_trunc(chrono::TimeDelta::hours(1))
