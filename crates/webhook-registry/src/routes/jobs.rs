@@ -36,7 +36,7 @@ async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> 
             "Webhook is disabled; enable it before starting a job".to_owned(),
         ));
     }
-    let job_kind = new.kind.clone();
+    let job_kind = new.kind;
     match jobs::create(&mut conn, new).await? {
         Created::New(job) => {
             tracing::info!(webhook_id = id, job_id = job.id, kind = %job_kind, "job queued");

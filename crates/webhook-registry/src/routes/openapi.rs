@@ -21,8 +21,7 @@ use crate::model::{
     DESCRIPTION_MAX, EVENT_TYPE_MAX, HOURS_DEFAULT, HOURS_MAX, JOB_RATE_MAX, LIMIT_DEFAULT,
     LIMIT_MAX, MAX_GRACE_SECONDS, NAME_MAX, SECRET_MAX, URL_MAX, url_pattern,
 };
-use crate::routes::portal::{self, ServiceReadiness, ServicesReadiness};
-use crate::routes::{events, jobs, webhooks};
+use crate::routes::portal::{ServiceReadiness, ServicesReadiness};
 
 struct SecuritySchemes;
 
@@ -46,12 +45,6 @@ impl Modify for SecuritySchemes {
     info(
         title = "bedolaga-events webhook registry",
         description = "Manage webhooks, their deliveries and secrets. Every /webhooks route needs `Authorization: Bearer <token>` or `X-API-Key: <token>`."
-    ),
-    paths(
-        webhooks::create, webhooks::list, webhooks::stats, webhooks::get, webhooks::update,
-        webhooks::delete, webhooks::deliveries, webhooks::hourly, webhooks::test, webhooks::retry,
-        webhooks::rotate, jobs::recover, jobs::replay, jobs::bulk_retry, jobs::list, jobs::get,
-        jobs::cancel, jobs::pause, jobs::resume, events::types, portal::readiness, serve,
     ),
     components(schemas(
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,
@@ -85,6 +78,10 @@ impl OpenApiJson {
 pub fn document() -> Result<Value, serde_json::Error> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    // The paths of the route table.
+    for op in crate::routes::operations() {
+        doc.paths.add_path_operation(&op.path, op.methods, op.doc);
+    }
     let mut doc = serde_json::to_value(doc)?;
     refine(&mut doc);
     Ok(doc)
