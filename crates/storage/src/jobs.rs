@@ -21,66 +21,26 @@ use crate::StorageError;
 use crate::models::DeliveryStatus;
 use crate::schema::webhook_jobs;
 
-/// What a job does.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    serde::Serialize,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::VariantArray,
-    diesel::expression::AsExpression,
-    diesel::deserialize::FromSqlRow,
-)]
-#[serde(into = "&'static str")]
-#[strum(serialize_all = "lowercase")]
-#[diesel(sql_type = diesel::sql_types::Text)]
-pub enum JobKind {
-    Recover,
-    Replay,
-    Retry,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        self.into()
+crate::text_enum::text_enum! {
+    /// What a job does.
+    pub enum JobKind {
+        Recover,
+        Replay,
+        Retry,
     }
 }
 
-crate::text_enum::text_column!(JobKind);
-
-/// Where a job is. `queued`, `running` and `paused` are unfinished; only
-/// `queued` (and `running` with a lapsed lease) is claimed.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    serde::Serialize,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::VariantArray,
-    diesel::expression::AsExpression,
-    diesel::deserialize::FromSqlRow,
-)]
-#[serde(into = "&'static str")]
-#[strum(serialize_all = "lowercase")]
-#[diesel(sql_type = diesel::sql_types::Text)]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Paused,
-    Completed,
-    Cancelled,
-    Failed,
+crate::text_enum::text_enum! {
+    /// Where a job is. `queued`, `running` and `paused` are unfinished; only
+    /// `queued` (and `running` with a lapsed lease) is claimed.
+    pub enum JobStatus {
+        Queued,
+        Running,
+        Paused,
+        Completed,
+        Cancelled,
+        Failed,
+    }
 }
 
 impl JobStatus {
@@ -88,16 +48,10 @@ impl JobStatus {
     pub const UNFINISHED: [JobStatus; 3] =
         [JobStatus::Queued, JobStatus::Running, JobStatus::Paused];
 
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
     pub fn is_finished(self) -> bool {
         !Self::UNFINISHED.contains(&self)
     }
 }
-
-crate::text_enum::text_column!(JobStatus);
 
 /// A `webhook_jobs` row.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, QueryableByName)]

@@ -115,40 +115,16 @@ pub struct NewDelivery {
     pub traceparent: Option<String>,
 }
 
-/// The status of a `webhook_deliveries` row, stored as the bot stores it
-/// (`pending`, `success`, `failed`) and shown so in the API.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    serde::Serialize,
-    strum::EnumString,
-    strum::IntoStaticStr,
-    strum::Display,
-    strum::VariantArray,
-    diesel::expression::AsExpression,
-    diesel::deserialize::FromSqlRow,
-)]
-#[serde(into = "&'static str")]
-#[strum(serialize_all = "lowercase")]
-#[diesel(sql_type = diesel::sql_types::Text)]
-pub enum DeliveryStatus {
-    /// A queued attempt, due at `next_retry_at`.
-    Pending,
-    Success,
-    Failed,
-}
-
-impl DeliveryStatus {
-    pub fn as_str(self) -> &'static str {
-        self.into()
+crate::text_enum::text_enum! {
+    /// The status of a `webhook_deliveries` row, stored as the bot stores it
+    /// (`pending`, `success`, `failed`) and shown so in the API.
+    pub enum DeliveryStatus {
+        /// A queued attempt, due at `next_retry_at`.
+        Pending,
+        Success,
+        Failed,
     }
 }
-
-crate::text_enum::text_column!(DeliveryStatus);
 
 /// A `web_api_tokens` row. Only the hash of a token is ever stored.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
