@@ -14,9 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use storage::models::delivery_status::{FAILED, PENDING, SUCCESS};
+use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use webhook_client::Verdict;
 
 use crate::db::{self, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
 use crate::metrics::Metrics;
@@ -33,7 +34,7 @@ pub struct Attempted {
     /// The payload as JSON text (the canonical body).
     pub payload: Arc<str>,
     pub attempt_number: i32,
-    pub success: bool,
+    pub verdict: Verdict,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error_message: Option<String>,
@@ -41,8 +42,6 @@ pub struct Attempted {
     pub at: DateTime<Utc>,
     /// When the next attempt is due, if there is one.
     pub next_retry_at: Option<DateTime<Utc>>,
-    /// The receiver answered 410 Gone.
-    pub gone: bool,
     /// The event's W3C `traceparent`, carried to its retries.
     pub traceparent: Option<Arc<str>>,
 }
@@ -265,8 +264,13 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
     for r in records {
         match r {
             Record::Attempted(a) => {
-                let status = if a.success { SUCCESS } else { FAILED };
-                let delivered_at = a.success.then_some(a.at);
+                let success = a.verdict == Verdict::Success;
+                let status = if success {
+                    DeliveryStatus::Success
+                } else {
+                    DeliveryStatus::Failed
+                };
+                let delivered_at = success.then_some(a.at);
                 match a.row {
                     None => batch.inserts.push(NewRow {
                         webhook_id: a.webhook_id,
@@ -305,7 +309,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         a.traceparent.as_ref(),
                     ));
                 }
-                attempts.push((a.webhook_id, a.at, a.success, a.gone));
+                attempts.push((a.webhook_id, a.at, success, a.verdict == Verdict::Gone));
             }
             Record::Queued {
                 webhook_id,
@@ -327,7 +331,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
             )),
             Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
                 row: *row,
-                status: PENDING,
+                status: DeliveryStatus::Pending,
                 response_status: None,
                 response_body: None,
                 error_message: None,
@@ -355,7 +359,7 @@ fn pending_row(
         webhook_id,
         event_type: event_type.to_owned(),
         payload: payload.clone(),
-        status: PENDING,
+        status: DeliveryStatus::Pending,
         response_status: None,
         response_body: None,
         error_message: None,

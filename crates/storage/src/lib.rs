@@ -10,6 +10,7 @@ mod migrate;
 pub mod models;
 mod pool;
 pub mod schema;
+mod text_enum;
 pub mod tokens;
 
 #[cfg(feature = "testing")]

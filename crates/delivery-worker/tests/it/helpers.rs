@@ -233,7 +233,7 @@ where
 pub async fn settled_rows(pool: &DbPool, webhook_id: i32, n: usize) -> Vec<Delivery> {
     eventually(20, "delivery rows", || async {
         let rows = deliveries(pool, webhook_id).await;
-        (rows.len() >= n && rows.iter().all(|r| r.status != "pending")).then_some(rows)
+        (rows.len() >= n && rows.iter().all(|r| r.status.as_str() != "pending")).then_some(rows)
     })
     .await
 }

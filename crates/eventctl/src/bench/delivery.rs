@@ -312,17 +312,18 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
+    use storage::models::DeliveryStatus;
     use storage::schema::webhook_deliveries::dsl as d;
     let mut conn = pool.get().await?;
     let ok: i64 = d::webhook_deliveries
         .filter(d::webhook_id.eq_any(ids))
-        .filter(d::status.eq("success"))
+        .filter(d::status.eq(DeliveryStatus::Success))
         .count()
         .get_result(&mut conn)
         .await?;
     let failed: i64 = d::webhook_deliveries
         .filter(d::webhook_id.eq_any(ids))
-        .filter(d::status.eq("failed"))
+        .filter(d::status.eq(DeliveryStatus::Failed))
         .count()
         .get_result(&mut conn)
         .await?;

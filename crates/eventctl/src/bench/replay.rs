@@ -222,7 +222,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
             &mut conn,
             storage::jobs::NewJob {
                 webhook_id,
-                kind: storage::jobs::kind::REPLAY.to_owned(),
+                kind: storage::jobs::JobKind::Replay,
                 since: None,
                 until: Some(backlog_end),
                 since_seq: Some(0),

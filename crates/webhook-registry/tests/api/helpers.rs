@@ -219,7 +219,7 @@ impl TestApp {
                     500
                 }),
                 response_body: None,
-                status: status.into(),
+                status: status.parse().unwrap(),
                 error_message: None,
                 attempt_number: attempt,
                 delivered_at: None,
