@@ -16,7 +16,7 @@ ensure_rust
 ensure_kubectl
 venv="$(ensure_deploy_check_venv)"
 log "cargo build (the binaries whose --help lists their settings)"
-cargo build -q -p webhook-registry -p gateway -p delivery-worker -p outbox-relay -p eventctl ||
+cargo build -q --workspace --bins ||
     die "cargo build failed"
 bin_dir="$(cargo_target_dir)/debug"
 work="$(mktemp -d)"

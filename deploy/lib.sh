@@ -456,8 +456,8 @@ run_python_client_tests() {
         return 0
     fi
     venv="$(ensure_python_client_venv)"
-    log "cargo build -p outbox-relay (for the Python client tests)"
-    (cd "$BEDOLAGA_REPO_ROOT" && cargo build -q -p outbox-relay) || die "cargo build -p outbox-relay failed"
+    log "cargo build --workspace --bins (outbox-relay for the Python client tests)"
+    (cd "$BEDOLAGA_REPO_ROOT" && cargo build -q --workspace --bins) || die "cargo build failed"
     relay="$(cargo_target_dir)/debug/outbox-relay"
     log "pytest clients/python/tests"
     (

@@ -31,8 +31,8 @@ if [ "${1:-}" = "--e2e" ]; then
     ensure_rust
     ensure_backing_services
     bins=(webhook-registry delivery-worker gateway)
-    log "cargo build -p webhook-registry -p delivery-worker -p gateway (for the e2e tests)"
-    cargo build -q -p webhook-registry -p delivery-worker -p gateway
+    log "cargo build --workspace --bins (for the e2e tests)"
+    cargo build -q --workspace --bins
     bin_dir="$(cargo_target_dir)/debug"
     for b in "${bins[@]}"; do
         [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found after the build"
