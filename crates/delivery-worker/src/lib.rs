@@ -31,7 +31,7 @@ use async_nats::connection::State;
 use futures::FutureExt;
 use proto_events::Namespace;
 use proto_events::nats::FirstConnect;
-use storage::{DbPool, PoolConfig};
+use storage::DbPool;
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -76,13 +76,7 @@ impl Application {
         let ns = config.nats.namespace()?;
         let schedule = config.parsed_schedule()?;
         let metrics = Metrics::new();
-        let pool = storage::build_pool(
-            &config.database_url,
-            &PoolConfig {
-                max_size: config.database_pool_size,
-                ..PoolConfig::default()
-            },
-        )?;
+        let pool = storage::build_pool(config.database.url(), &config.database.pool_config())?;
         let client = config
             .nats
             .connect("delivery-worker", FirstConnect::RetryInBackground)

@@ -15,6 +15,7 @@ use anyhow::Context;
 use futures::FutureExt;
 use proto_events::Namespace;
 use proto_events::nats::FirstConnect;
+use secrecy::ExposeSecret as _;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
 use telemetry::metrics::MetricsRegistry;
@@ -55,7 +56,7 @@ impl Application {
         config.nats.validate()?;
         let ns = config.nats.namespace()?;
         let pool = build_pool(&config)?;
-        let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
+        let hasher = config.token_hasher();
         let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
         let sender = WebhookSender::new(SenderConfig {
             allow_private_targets: config.allow_private_targets,
@@ -149,7 +150,7 @@ impl Application {
         }
         let server = builder.run();
         let handle = server.handle();
-        tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
+        tracing::info!(%addr, database = %config.database.redacted_url(),
             nats = %config.nats.redacted_urls(), "webhook-registry listening");
         Ok(Self {
             addr,
@@ -252,12 +253,11 @@ impl Application {
 /// first (the default costs one extra round trip per request).
 fn build_pool(config: &Config) -> Result<DbPool, storage::StorageError> {
     storage::build_pool(
-        &config.database_url,
+        config.database.url(),
         &PoolConfig {
-            max_size: config.db_pool_size.max(1),
-            wait_timeout: config.db_pool_timeout,
+            max_size: config.database.database_pool_size.max(1),
             fast_recycle: true,
-            ..PoolConfig::default()
+            ..config.database.pool_config()
         },
     )
 }
@@ -339,7 +339,7 @@ async fn bootstrap_once(
     hasher: &TokenHasher,
 ) -> Result<(), storage::StorageError> {
     if config.migrate_at_start() {
-        let applied = storage::run_migrations(&config.database_url).await?;
+        let applied = storage::run_migrations(config.database.url()).await?;
         if applied.is_empty() {
             tracing::info!("migrations: up to date");
         } else {
@@ -349,7 +349,7 @@ async fn bootstrap_once(
         // Someone else migrates (`webhook-registry migrate`, e.g. a
         // Kubernetes Job): the API opens only once the schema is the one
         // this binary expects.
-        let pending = storage::pending_migrations(&config.database_url).await?;
+        let pending = storage::pending_migrations(config.database.url()).await?;
         if !pending.is_empty() {
             return Err(storage::StorageError::Migration(format!(
                 "{} migration(s) not applied yet (first: {}); waiting for `webhook-registry migrate`",
@@ -358,7 +358,12 @@ async fn bootstrap_once(
             )));
         }
     }
-    if let Some(token) = config.default_token.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(token) = config
+        .default_token
+        .as_ref()
+        .map(|t| t.expose_secret())
+        .filter(|t| !t.is_empty())
+    {
         let mut conn = pool.get().await?;
         let row =
             storage::tokens::ensure_token(&mut conn, hasher, token, DEFAULT_TOKEN_NAME).await?;

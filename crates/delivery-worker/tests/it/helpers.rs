@@ -38,7 +38,7 @@ pub struct TestApp {
 /// Test defaults: loopback allowed, short retries and timeouts.
 pub fn test_config(db_url: &str, ns: &Namespace) -> Config {
     let mut c = Config::defaults();
-    c.database_url = db_url.to_owned();
+    c.database.database_url = db_url.into();
     c.nats.nats_url = NATS_URL.to_owned();
     c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = "127.0.0.1:0".parse().unwrap();

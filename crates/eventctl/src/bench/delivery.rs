@@ -404,7 +404,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let worker = match args.worker {
         WorkerMode::InProcess => {
             let mut cfg = delivery_worker::Config::defaults();
-            cfg.database_url = db.url.clone();
+            cfg.database.database_url = db.url.as_str().into();
             cfg.nats = NatsArgs {
                 nats_prefix: ns.prefix().to_owned(),
                 ..nats.clone()

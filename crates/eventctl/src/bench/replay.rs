@@ -158,7 +158,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     println!("backlog    published in {:.1} s", t.elapsed().as_secs_f64());
 
     let mut cfg = delivery_worker::Config::defaults();
-    cfg.database_url = db.url.clone();
+    cfg.database.database_url = db.url.as_str().into();
     cfg.nats = NatsArgs {
         nats_prefix: ns.prefix().to_owned(),
         ..nats.clone()
