@@ -27,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{Envelope, EventType, Namespace};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -458,9 +458,8 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
             client
                 .publish(
                     ns.webhooks_changed_subject(),
-                    json!({"webhook_id": ids.first(), "op": "created"})
-                        .to_string()
-                        .into(),
+                    WebhookChange::new(ids.first().copied().unwrap_or_default(), ChangeOp::Created)
+                        .to_payload(),
                 )
                 .await?;
             client.flush().await?;
@@ -635,9 +634,8 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
         let _ = client
             .publish(
                 ns.webhooks_changed_subject(),
-                json!({"webhook_id": ids.first(), "op": "deleted"})
-                    .to_string()
-                    .into(),
+                WebhookChange::new(ids.first().copied().unwrap_or_default(), ChangeOp::Deleted)
+                    .to_payload(),
             )
             .await;
         let _ = client.flush().await;
