@@ -1,6 +1,7 @@
-//! Logging, metrics, health endpoints and shutdown plumbing shared by the
-//! bedolaga services.
+//! Logging, metrics, health endpoints, shutdown plumbing and the retry
+//! loops' [`backoff::Backoff`] shared by the bedolaga services.
 
+pub mod backoff;
 pub mod metrics;
 pub mod ops;
 #[cfg(feature = "testing")]

@@ -18,6 +18,7 @@ use proto_events::nats::FirstConnect;
 use secrecy::ExposeSecret as _;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
+use telemetry::backoff::Backoff;
 use telemetry::metrics::MetricsRegistry;
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::mpsc;
@@ -312,8 +313,9 @@ async fn bootstrap(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = retry_backoff();
     loop {
+        let delay = backoff.next_delay();
         match bootstrap_once(&config, &pool, &hasher).await {
             Ok(()) => {
                 ready.store(true, Ordering::Release);
@@ -329,8 +331,12 @@ async fn bootstrap(
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(15));
     }
+}
+
+/// The waits of the start-up retries (database, streams).
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(15))
 }
 
 async fn bootstrap_once(
@@ -427,8 +433,9 @@ async fn maintain_once(
 /// event is lost), retrying until NATS is there.
 async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: CancellationToken) {
     let js = async_nats::jetstream::new(nats);
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = retry_backoff();
     loop {
+        let delay = backoff.next_delay();
         // A request to an unreachable server only ends with its timeout:
         // shutdown does not wait for it.
         let created = tokio::select! {
@@ -447,6 +454,5 @@ async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: Cancellat
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(15));
     }
 }
