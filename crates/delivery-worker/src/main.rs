@@ -20,13 +20,5 @@ async fn main() -> std::process::ExitCode {
             .await
     }
     .await;
-    telemetry::flush();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "delivery-worker failed");
-            eprintln!("delivery-worker: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    telemetry::finish("delivery-worker", result)
 }

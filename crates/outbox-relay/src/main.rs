@@ -20,13 +20,5 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Migrate => outbox_relay::migrate(config.database.url()).await,
     };
-    telemetry::flush();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "outbox-relay failed");
-            eprintln!("outbox-relay: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    telemetry::finish("outbox-relay", result)
 }

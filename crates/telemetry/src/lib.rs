@@ -166,6 +166,22 @@ pub fn flush() {
     trace::shutdown();
 }
 
+/// How every binary's `main` ends, whether it failed to start, failed
+/// later or stopped cleanly: a failure is logged and printed to stderr
+/// (`name: error`, with its causes), then telemetry is flushed.
+pub fn finish<E: fmt::Display>(name: &str, result: Result<(), E>) -> std::process::ExitCode {
+    let code = match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "{name} failed");
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    };
+    flush();
+    code
+}
+
 fn default_service_name() -> String {
     std::env::args()
         .next()
