@@ -17,7 +17,7 @@ use crate::model::{
 use crate::notify::Op;
 use crate::state::AppState;
 
-/// Page size bounds (SPEC §2).
+/// Page size bounds (docs/contract.md, "REST API").
 pub const LIMIT_DEFAULT: i64 = 50;
 pub const LIMIT_MAX: i64 = 200;
 
