@@ -20,7 +20,7 @@ if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then
 fi
 HEALTH_WAIT_SECS="${HEALTH_WAIT_SECS:-60}"
 
-# ---- configuration (SPEC §6 defaults) --------------------------------------
+# ---- configuration (defaults of docs/contract.md, "Settings") -------------
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bedolaga_events}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export REGISTRY_BIND="${REGISTRY_BIND:-127.0.0.1:8080}"

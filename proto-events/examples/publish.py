@@ -5,7 +5,7 @@ A minimal, dependency-light example of the contract. For the bot itself use
 the package in clients/python (``bedolaga_events``): the same envelope, plus
 retries across reconnects and the transactional outbox.
 
-The contract (SPEC section 4): subject ``events.<type>`` on the JetStream
+The contract (docs/contract.md, "NATS"): subject ``events.<type>`` on the JetStream
 stream ``EVENTS``, a JSON envelope ``{"id","type","timestamp","payload"}``,
 and the header ``Nats-Msg-Id: <id>`` so JetStream drops duplicate publishes.
 ``publish`` returns only once JetStream has stored the event.

@@ -1,7 +1,7 @@
 //! Canonical JSON: byte-identical to Python's `json.dumps(value, sort_keys=True)`.
 //!
 //! Webhook receivers verify signatures by re-serialising the payload with
-//! `json.dumps(payload, sort_keys=True)` (SPEC §2 "Canonical body"), so the
+//! `json.dumps(payload, sort_keys=True)` (docs/contract.md, "Canonical body"), so the
 //! bytes we sign and POST must be exactly what CPython produces with its
 //! defaults:
 //!

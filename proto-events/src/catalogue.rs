@@ -3,7 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// One of the event types of the catalogue (SPEC §3).
+/// One of the event types of the catalogue (docs/contract.md, "Event
+/// catalogue").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventType {
     UserCreated,

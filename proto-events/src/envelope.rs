@@ -1,4 +1,4 @@
-//! The JSON envelope every event travels in (SPEC §4).
+//! The JSON envelope every event travels in (docs/contract.md, "Envelope").
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};

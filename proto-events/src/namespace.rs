@@ -1,4 +1,4 @@
-//! Subjects and streams (SPEC §4), optionally under a prefix.
+//! Subjects and streams (docs/contract.md, "NATS"), optionally under a prefix.
 //!
 //! Production uses the bare names: stream `EVENTS` on `events.>`, dead
 //! letters on `deadletter.events.<type>` in stream `DEADLETTER`, registry

@@ -1,4 +1,4 @@
-//! Typed payloads of the catalogue (SPEC §3).
+//! Typed payloads of the catalogue (docs/contract.md, "Event catalogue").
 //!
 //! Every struct keeps fields it does not know in `extra`, so a field the bot
 //! adds later passes through the services unchanged. Nullable fields are

@@ -1,4 +1,5 @@
-//! Publishing events onto JetStream with the guarantees of SPEC §4.
+//! Publishing events onto JetStream with the guarantees of docs/contract.md,
+//! "NATS".
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind};

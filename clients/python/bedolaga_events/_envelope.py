@@ -1,4 +1,7 @@
-"""The event envelope (SPEC section 4) and the catalogue, as proto-events has them."""
+"""The event envelope and the catalogue, as proto-events has them.
+
+Both are described in docs/contract.md ("NATS", "Event catalogue").
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-#: The event types of the catalogue (SPEC section 3), in catalogue order.
+#: The event types of the catalogue, in catalogue order.
 EVENT_TYPES: Tuple[str, ...] = (
     "user.created",
     "payment.completed",

@@ -1,4 +1,5 @@
-"""Publishing straight to JetStream, waiting for the ack (SPEC section 4)."""
+"""Publishing straight to JetStream, waiting for the ack (docs/contract.md,
+"NATS")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-//! The worker's configuration: every SPEC §6 setting as a flag and an
-//! environment variable, validated once at start.
+//! The worker's configuration: every setting a flag and an environment
+//! variable (docs/contract.md, "Settings"), validated once at start.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The gateway's configuration: every setting a flag and an environment
-//! variable (SPEC §6).
+//! variable (docs/contract.md, "Settings").
 
 use std::time::Duration;
 

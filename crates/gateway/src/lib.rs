@@ -1,5 +1,5 @@
 //! The bedolaga WebSocket gateway: fans events from the JetStream stream
-//! out to admin UIs over `GET /ws` (SPEC §2), with per-client filters,
+//! out to admin UIs over `GET /ws` (docs/contract.md, "WebSocket"), with per-client filters,
 //! resume after a reconnect, bounded per-client queues, heartbeats, token
 //! re-checks and a live console page at `/`.
 

@@ -1,19 +1,19 @@
-//! The WebSocket messages (SPEC §2 plus subscriptions and resume).
+//! The WebSocket messages (docs/contract.md, "WebSocket").
 
 use bytestring::ByteString;
 use proto_events::{Envelope, EventType, PatternSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-/// The first message of every accepted connection, byte for byte as the
-/// seed sends it.
+/// The first message of every accepted connection, byte for byte as in the
+/// seed.
 pub const WELCOME: &str =
     r#"{"type":"connection","status":"connected","message":"WebSocket connection established"}"#;
 
 /// The answer to a client `{"type":"ping"}`.
 pub const PONG: &str = r#"{"type":"pong"}"#;
 
-/// Close reasons of SPEC §2.
+/// The 1008 close reasons (docs/contract.md, "Close codes").
 pub const NO_TOKEN: &str = "Unauthorized: No token provided";
 pub const INVALID_TOKEN: &str = "Unauthorized: Invalid token";
 

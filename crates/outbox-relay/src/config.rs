@@ -1,5 +1,6 @@
 //! The relay's configuration: every setting a flag and an environment
-//! variable (SPEC §6 names where they exist), validated once at start.
+//! variable (the shared names of docs/contract.md, "Settings", where they
+//! exist), validated once at start.
 
 use std::net::SocketAddr;
 use std::time::Duration;

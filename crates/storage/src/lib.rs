@@ -20,5 +20,5 @@ pub use error::StorageError;
 pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, build_pool, ping, redact_url};
 
-/// The database of an unconfigured deployment (SPEC §6).
+/// The database of an unconfigured deployment (docs/contract.md, "Settings").
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bedolaga_events";

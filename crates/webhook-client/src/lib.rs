@@ -1,7 +1,7 @@
 //! webhook-client: signs and POSTs webhooks.
 //!
 //! Shared by the delivery-worker and the webhook-registry's test endpoint.
-//! Every POST carries the seed's headers (`X-Webhook-Event`, `X-Webhook-Id`,
+//! Every POST carries the bot's headers (`X-Webhook-Event`, `X-Webhook-Id`,
 //! `X-Webhook-Signature: sha256=<hex>`) and the Standard Webhooks headers
 //! (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64>`).
 //! Destinations are checked against an SSRF guard ([`ssrf`]).
@@ -14,8 +14,8 @@ pub use sender::{
     AttemptOutcome, BuildError, Event, Outbound, SenderConfig, Verdict, WebhookSender,
 };
 pub use signing::{
-    message_id, seed_signature, standard_signature, verify_seed_signature,
-    verify_standard_signature,
+    message_id, standard_signature, verify_standard_signature, verify_x_webhook_signature,
+    x_webhook_signature,
 };
 
 /// `User-Agent` of every webhook POST.

@@ -14,7 +14,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
-use crate::signing::{seed_signature, standard_signature};
+use crate::signing::{standard_signature, x_webhook_signature};
 use crate::ssrf::{article, is_forbidden};
 use crate::{MAX_STORED_BODY_CHARS, USER_AGENT};
 
@@ -401,7 +401,7 @@ fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
     };
     if let Some(current) = secrets.first() {
         // Signatures are hex/base64 ASCII: always valid header values.
-        if let Ok(mut v) = HeaderValue::try_from(seed_signature(current, &req.body)) {
+        if let Ok(mut v) = HeaderValue::try_from(x_webhook_signature(current, &req.body)) {
             v.set_sensitive(true);
             h.insert(X_WEBHOOK_SIGNATURE.clone(), v);
         }

@@ -1,26 +1,26 @@
-//! HMAC-SHA256 signatures: the seed's `X-Webhook-Signature` and the Standard
-//! Webhooks `webhook-signature`. Verification is constant-time
+//! HMAC-SHA256 signatures: the bot's `X-Webhook-Signature` and the Standard
+//! Webhooks `webhook-signature` (docs/contract.md, "Webhook POST"). Verification is constant-time
 //! (`ring::hmac::verify`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::hmac;
 
-const SEED_PREFIX: &str = "sha256=";
+const SHA256_PREFIX: &str = "sha256=";
 const V1_PREFIX: &str = "v1,";
 
 fn key(secret: &str) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())
 }
 
-/// `"sha256=<lowercase hex HMAC-SHA256(secret utf-8, body)>"`: the seed's
-/// `X-Webhook-Signature` value.
+/// The `X-Webhook-Signature` value, as in the seed:
+/// `"sha256=<lowercase hex HMAC-SHA256(secret utf-8, body)>"`.
 #[must_use]
-pub fn seed_signature(secret: &str, body: &[u8]) -> String {
+pub fn x_webhook_signature(secret: &str, body: &[u8]) -> String {
     let tag = hmac::sign(&key(secret), body);
     let mut hexed = [0u8; 64];
-    let mut out = String::with_capacity(SEED_PREFIX.len() + hexed.len());
-    out.push_str(SEED_PREFIX);
+    let mut out = String::with_capacity(SHA256_PREFIX.len() + hexed.len());
+    out.push_str(SHA256_PREFIX);
     // A SHA-256 tag is 32 bytes, so 64 hex digits always fit.
     if hex::encode_to_slice(tag.as_ref(), &mut hexed).is_ok() {
         out.extend(hexed.iter().map(|&b| char::from(b)));
@@ -59,12 +59,12 @@ pub fn standard_signature(msg_id: &str, timestamp: i64, body: &[u8], secrets: &[
     out
 }
 
-/// Constant-time check of a seed `X-Webhook-Signature` header
+/// Constant-time check of an `X-Webhook-Signature` header
 /// (`sha256=<hex>`; the prefix may be omitted, hex is case-insensitive).
 #[must_use]
-pub fn verify_seed_signature(secret: &str, body: &[u8], header: &str) -> bool {
+pub fn verify_x_webhook_signature(secret: &str, body: &[u8], header: &str) -> bool {
     let header = header.trim();
-    let hexed = header.strip_prefix(SEED_PREFIX).unwrap_or(header);
+    let hexed = header.strip_prefix(SHA256_PREFIX).unwrap_or(header);
     let mut tag = [0u8; 32];
     if hex::decode_to_slice(hexed, &mut tag).is_err() {
         return false;

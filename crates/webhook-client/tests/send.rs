@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{Receiver, Reply};
 use webhook_client::{
     AttemptOutcome, MAX_STORED_BODY_CHARS, Outbound, SenderConfig, USER_AGENT, Verdict,
-    WebhookSender, message_id, verify_seed_signature, verify_standard_signature,
+    WebhookSender, message_id, verify_standard_signature, verify_x_webhook_signature,
 };
 
 const TS: i64 = 1_760_000_000;
@@ -151,18 +151,26 @@ async fn headers_are_exact_and_signatures_verify() {
         Some(BODY.len().to_string().as_str())
     );
 
-    // Seed signature: raw-body HMAC with the current secret only.
-    let seed = got.header("x-webhook-signature").unwrap();
-    assert!(seed.starts_with("sha256="));
-    assert_eq!(seed.len(), 7 + 64);
+    // X-Webhook-Signature: raw-body HMAC with the current secret only.
+    let x_sig = got.header("x-webhook-signature").unwrap();
+    assert!(x_sig.starts_with("sha256="));
+    assert_eq!(x_sig.len(), 7 + 64);
     assert!(
-        seed[7..]
+        x_sig[7..]
             .bytes()
             .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     );
-    assert!(verify_seed_signature("current-secret", &got.body, seed));
-    assert!(!verify_seed_signature("previous-secret", &got.body, seed));
-    assert!(!verify_seed_signature("current-secret", b"{}", seed));
+    assert!(verify_x_webhook_signature(
+        "current-secret",
+        &got.body,
+        x_sig
+    ));
+    assert!(!verify_x_webhook_signature(
+        "previous-secret",
+        &got.body,
+        x_sig
+    ));
+    assert!(!verify_x_webhook_signature("current-secret", b"{}", x_sig));
 
     // Standard Webhooks: one v1 entry per secret, both verify.
     let std_sig = got.header("webhook-signature").unwrap();
@@ -332,26 +340,26 @@ async fn seed_python_snippet_verifies_cyrillic_and_emoji() {
     assert_eq!(out.verdict, Verdict::Success, "{out:?}");
     let got = rx.next().await;
     assert_eq!(got.body, body.as_bytes());
-    let seed = got.header("x-webhook-signature").unwrap().to_owned();
+    let x_sig = got.header("x-webhook-signature").unwrap().to_owned();
     let std_sig = got.header("webhook-signature").unwrap().to_owned();
     let ts = TS.to_string();
 
     let verdict = run_python(
         PY_VERIFY,
-        &[&seed, secret, &std_sig, "msg_e-42_1", &ts],
+        &[&x_sig, secret, &std_sig, "msg_e-42_1", &ts],
         &got.body,
     );
     assert_eq!(verdict.trim(), "True True True", "python verdict");
-    // The previous secret verifies the Standard Webhooks header but not the seed one.
+    // The previous secret verifies the Standard Webhooks header but not X-Webhook-Signature.
     let verdict = run_python(
         PY_VERIFY,
-        &[&seed, "old-secret", &std_sig, "msg_e-42_1", &ts],
+        &[&x_sig, "old-secret", &std_sig, "msg_e-42_1", &ts],
         &got.body,
     );
     assert_eq!(verdict.trim(), "False False True", "python verdict");
     let verdict = run_python(
         PY_VERIFY,
-        &[&seed, "wrong", &std_sig, "msg_e-42_1", &ts],
+        &[&x_sig, "wrong", &std_sig, "msg_e-42_1", &ts],
         &got.body,
     );
     assert_eq!(verdict.trim(), "False False False", "python verdict");

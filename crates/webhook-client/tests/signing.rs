@@ -3,44 +3,44 @@
 
 use base64::Engine as _;
 use webhook_client::{
-    message_id, seed_signature, standard_signature, verify_seed_signature,
-    verify_standard_signature,
+    message_id, standard_signature, verify_standard_signature, verify_x_webhook_signature,
+    x_webhook_signature,
 };
 
 #[test]
-fn seed_signature_matches_known_hmac_vectors() {
+fn x_webhook_signature_matches_known_hmac_vectors() {
     // Wikipedia / common HMAC-SHA256 vector.
     assert_eq!(
-        seed_signature("key", b"The quick brown fox jumps over the lazy dog"),
+        x_webhook_signature("key", b"The quick brown fox jumps over the lazy dog"),
         "sha256=f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"
     );
     // RFC 4231 test case 2.
     assert_eq!(
-        seed_signature("Jefe", b"what do ya want for nothing?"),
+        x_webhook_signature("Jefe", b"what do ya want for nothing?"),
         "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
 }
 
 #[test]
-fn seed_verification() {
+fn x_webhook_signature_verification() {
     let body = br#"{"a": 1}"#;
-    let sig = seed_signature("s3cret", body);
-    assert!(verify_seed_signature("s3cret", body, &sig));
-    assert!(verify_seed_signature(
+    let sig = x_webhook_signature("s3cret", body);
+    assert!(verify_x_webhook_signature("s3cret", body, &sig));
+    assert!(verify_x_webhook_signature(
         "s3cret",
         body,
         &sig.to_uppercase().replace("SHA256=", "sha256=")
     ));
-    assert!(verify_seed_signature(
+    assert!(verify_x_webhook_signature(
         "s3cret",
         body,
         &sig["sha256=".len()..]
     ));
-    assert!(!verify_seed_signature("s3cret2", body, &sig));
-    assert!(!verify_seed_signature("s3cret", br#"{"a": 2}"#, &sig));
-    assert!(!verify_seed_signature("s3cret", body, "sha256=zz"));
-    assert!(!verify_seed_signature("s3cret", body, ""));
-    assert!(!verify_seed_signature(
+    assert!(!verify_x_webhook_signature("s3cret2", body, &sig));
+    assert!(!verify_x_webhook_signature("s3cret", br#"{"a": 2}"#, &sig));
+    assert!(!verify_x_webhook_signature("s3cret", body, "sha256=zz"));
+    assert!(!verify_x_webhook_signature("s3cret", body, ""));
+    assert!(!verify_x_webhook_signature(
         "s3cret",
         body,
         &sig[..sig.len() - 2]
@@ -50,10 +50,10 @@ fn seed_verification() {
 #[test]
 fn standard_signature_vector() {
     // The signed message is "{msg_id}.{timestamp}.{body}" keyed with the
-    // secret's UTF-8 bytes; check it against the (vector-tested) seed HMAC
+    // secret's UTF-8 bytes; check it against the (vector-tested) X-Webhook-Signature HMAC
     // over the same bytes.
     let sig = standard_signature("what do", 0, b"ya want for nothing?", &["Jefe"]);
-    let expected_hex = seed_signature("Jefe", b"what do.0.ya want for nothing?");
+    let expected_hex = x_webhook_signature("Jefe", b"what do.0.ya want for nothing?");
     let b64 = sig.strip_prefix("v1,").unwrap();
     let raw = base64::engine::general_purpose::STANDARD
         .decode(b64)

@@ -1,4 +1,4 @@
-//! Command line and environment configuration (SPEC §6).
+//! Command line and environment configuration (docs/contract.md, "Settings").
 
 use std::net::SocketAddr;
 use std::time::Duration;

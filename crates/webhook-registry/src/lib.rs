@@ -1,5 +1,5 @@
 //! webhook-registry: the token-protected REST API for webhooks and their
-//! deliveries (SPEC §2, §5), the owner of the migrations, and the token
+//! deliveries (docs/contract.md, "REST API"), the owner of the migrations, and the token
 //! management CLI.
 //!
 //! [`Application::build`] binds the listener (port 0 in tests) and

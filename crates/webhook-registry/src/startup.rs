@@ -429,8 +429,8 @@ async fn maintain_once(
     Ok(())
 }
 
-/// Creates the JetStream streams (SPEC §4: every service does, so no early
-/// event is lost), retrying until NATS is there.
+/// Creates the JetStream streams (every service does, so no early event is
+/// lost: docs/contract.md, "NATS"), retrying until NATS is there.
 async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: CancellationToken) {
     let js = async_nats::jetstream::new(nats);
     let mut backoff = retry_backoff();

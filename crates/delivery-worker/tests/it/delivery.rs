@@ -109,7 +109,7 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     assert_eq!(r.header("traceparent"), Some(traceparent));
     let sig = r.header("x-webhook-signature").unwrap();
     assert!(
-        webhook_client::verify_seed_signature(secret, &r.body, sig),
+        webhook_client::verify_x_webhook_signature(secret, &r.body, sig),
         "raw-body HMAC"
     );
     // The same check by hand with ring.
@@ -164,7 +164,7 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
         &rot.body,
         s
     ));
-    assert!(webhook_client::verify_seed_signature(
+    assert!(webhook_client::verify_x_webhook_signature(
         "new-secret",
         &rot.body,
         rot.header("x-webhook-signature").unwrap()

@@ -203,7 +203,7 @@ async fn a_webhook_created_after_100_events_gets_all_of_them_in_order() {
         let body: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body, json!({"user_id": i}));
         assert_eq!(r.header("x-webhook-event"), Some("user.created"));
-        assert!(webhook_client::verify_seed_signature(
+        assert!(webhook_client::verify_x_webhook_signature(
             "k",
             &r.body,
             r.header("x-webhook-signature").unwrap()

@@ -73,11 +73,14 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
             .all(|r| r.header("traceparent") == Some(traceparent)),
         "traceparent on every attempt"
     );
-    assert!(reqs.iter().all(|r| webhook_client::verify_seed_signature(
-        "k",
-        &r.body,
-        r.header("x-webhook-signature").unwrap()
-    )));
+    assert!(
+        reqs.iter()
+            .all(|r| webhook_client::verify_x_webhook_signature(
+                "k",
+                &r.body,
+                r.header("x-webhook-signature").unwrap()
+            ))
+    );
     let w = webhook(&app.pool, down).await;
     assert_eq!((w.success_count, w.failure_count), (0, 3));
     assert!(w.failing_since.is_some());

@@ -157,7 +157,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
         "only requests in flight at the kill are repeated"
     );
     for r in rx.on("/one") {
-        assert!(webhook_client::verify_seed_signature(
+        assert!(webhook_client::verify_x_webhook_signature(
             "k1",
             &r.body,
             r.header("x-webhook-signature").unwrap()

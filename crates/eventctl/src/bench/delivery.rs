@@ -126,8 +126,8 @@ impl Receiver {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        let seed_ok = get("x-webhook-signature")
-            .is_some_and(|s| webhook_client::verify_seed_signature(&self.secret, body, s));
+        let x_sig_ok = get("x-webhook-signature")
+            .is_some_and(|s| webhook_client::verify_x_webhook_signature(&self.secret, body, s));
         let msg_id = get("webhook-id").unwrap_or_default();
         let std_ok = match (
             get("webhook-timestamp").and_then(|t| t.parse::<i64>().ok()),
@@ -150,7 +150,7 @@ impl Receiver {
             seen.backlog += 1;
         }
         seen.last_receive = Some(Instant::now());
-        if !(seed_ok && std_ok) {
+        if !(x_sig_ok && std_ok) {
             seen.bad_signatures += 1;
         }
         match sent {

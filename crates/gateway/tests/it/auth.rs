@@ -1,4 +1,4 @@
-//! Token rules and close codes of SPEC §2, revocation while connected,
+//! Token rules and close codes (docs/contract.md, "WebSocket"), revocation while connected,
 //! the origin allow-list and the connection cap.
 
 use std::time::Duration;

@@ -31,7 +31,8 @@ pub fn catalogue() -> Result<EventCatalogueOut, serde_json::Error> {
     Ok(EventCatalogueOut { items, patterns })
 }
 
-/// An example payload of each type, shaped as the bot sends it (SPEC §3).
+/// An example payload of each type, shaped as the bot sends it (docs/contract.md,
+/// "Event catalogue").
 pub fn example(t: EventType) -> Value {
     match t {
         EventType::UserCreated => json!({

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use storage::models::{Delivery, Webhook};
 use storage::schema::{webhook_deliveries as d, webhooks as w};
-use webhook_client::{verify_seed_signature, verify_standard_signature};
+use webhook_client::{verify_standard_signature, verify_x_webhook_signature};
 
 use crate::helpers::{Receiver, TestApp, spawn_app};
 
@@ -53,7 +53,7 @@ async fn test_endpoint_sends_a_signed_event_and_records_it() {
     assert_eq!(got.header("x-webhook-event"), Some("webhook.test"));
     assert_eq!(got.header("x-webhook-id"), Some(id.to_string().as_str()));
     assert_eq!(got.header("content-type"), Some("application/json"));
-    assert!(verify_seed_signature(
+    assert!(verify_x_webhook_signature(
         "s3cr3t",
         &got.body,
         got.header("x-webhook-signature").unwrap()
@@ -189,7 +189,7 @@ async fn rotation_keeps_the_old_secret_signing_during_the_grace_period() {
         &got.body,
         sig
     ));
-    assert!(verify_seed_signature(
+    assert!(verify_x_webhook_signature(
         &new_secret,
         &got.body,
         got.header("x-webhook-signature").unwrap()
