@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Run the test suite: makes sure PostgreSQL (127.0.0.1:5432, user postgres)
-# and NATS with JetStream (127.0.0.1:4222) are installed and running, then
-# runs `cargo test --workspace` with any extra arguments passed through, e.g.
+# Run the test suite: makes sure PostgreSQL (127.0.0.1:5432) and NATS with
+# JetStream (127.0.0.1:4222) are installed and running, and that the tests
+# have a PostgreSQL role of their own that may create databases
+# (bedolaga_events_test, its password in .local/postgres/; a TEST_DATABASE_URL
+# in the environment is used instead), then runs `cargo test --workspace`
+# with any extra arguments passed through, e.g.
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
 # then pytest for the Python client (clients/python, against the same
@@ -18,6 +21,7 @@ cd "$BEDOLAGA_REPO_ROOT"
 
 ensure_rust
 ensure_backing_services
+ensure_test_database_url
 ensure_test_tools
 prune_test_streams
 
