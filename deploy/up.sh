@@ -62,7 +62,7 @@ db_re='^postgres(ql)?://([^@/]*@)?(127\.0\.0\.1|localhost)(:5432)?/'
 if [ -z "${DATABASE_URL:-}" ]; then
     ensure_postgres
     DATABASE_URL="$(ensure_local_database)"
-    db_line="$DATABASE_URL   (role '$LOCAL_DB_ROLE', password in .local/postgres/$LOCAL_DB_ROLE.password)"
+    db_line="$DATABASE_URL   (role '$LOCAL_DB_ROLE', password in ${PG_PASSWORD_DIR#"$BEDOLAGA_REPO_ROOT/"}/$LOCAL_DB_ROLE.password)"
 elif [[ "$DATABASE_URL" =~ $db_re ]]; then
     ensure_postgres
     db_line="from your environment"
