@@ -510,8 +510,32 @@ python_client_venv() {
     fi
 }
 
-python_client_venv_ok() {
-    [ -x "$1/bin/python" ] && [ "$(cat "$1/.bedolaga-requirements" 2>/dev/null)" = "$PYTHON_CLIENT_REQUIREMENTS" ]
+# pinned_venv_ok DIR REQUIREMENTS: DIR is a venv installed with exactly these pins.
+pinned_venv_ok() {
+    [ -x "$1/bin/python" ] && [ "$(cat "$1/.bedolaga-requirements" 2>/dev/null)" = "$2" ]
+}
+
+# ensure_pinned_venv DIR REQUIREMENTS WHAT: installs the pinned PyPI
+# packages into the virtualenv DIR unless it already has exactly them (one
+# installer at a time when runs share it); fatal on failure.
+ensure_pinned_venv() {
+    local venv="$1" reqs="$2" what="$3"
+    pinned_venv_ok "$venv" "$reqs" && return 0
+    command -v python3 >/dev/null 2>&1 || apt_install python3
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+    mkdir -p "$(dirname "$venv")"
+    (
+        if command -v flock >/dev/null 2>&1; then flock 9; fi
+        if ! pinned_venv_ok "$venv" "$reqs"; then
+            log "installing $reqs into $venv"
+            rm -rf "$venv"
+            # shellcheck disable=SC2086 # the list is split on purpose
+            python3 -m venv "$venv" >&2 &&
+                "$venv/bin/pip" install -q --disable-pip-version-check $reqs >&2 &&
+                printf '%s' "$reqs" >"$venv/.bedolaga-requirements"
+        fi
+    ) 9>"$venv.lock" || die "could not install $what into $venv"
+    pinned_venv_ok "$venv" "$reqs" || die "$venv is incomplete"
 }
 
 # ensure_python_client_venv: prints the venv's directory, installing it
@@ -519,22 +543,7 @@ python_client_venv_ok() {
 ensure_python_client_venv() {
     local venv
     venv="$(python_client_venv)"
-    if ! python_client_venv_ok "$venv"; then
-        python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
-        mkdir -p "$(dirname "$venv")"
-        (
-            if command -v flock >/dev/null 2>&1; then flock 9; fi
-            if ! python_client_venv_ok "$venv"; then
-                log "installing $PYTHON_CLIENT_REQUIREMENTS into $venv"
-                rm -rf "$venv"
-                # shellcheck disable=SC2086 # the list is split on purpose
-                python3 -m venv "$venv" >&2 &&
-                    "$venv/bin/pip" install -q --disable-pip-version-check $PYTHON_CLIENT_REQUIREMENTS >&2 &&
-                    printf '%s' "$PYTHON_CLIENT_REQUIREMENTS" >"$venv/.bedolaga-requirements"
-            fi
-        ) 9>"$venv.lock" || die "could not install the Python client's test tools into $venv"
-        python_client_venv_ok "$venv" || die "$venv is incomplete"
-    fi
+    ensure_pinned_venv "$venv" "$PYTHON_CLIENT_REQUIREMENTS" "the Python client's test tools"
     printf '%s\n' "$venv"
 }
 
@@ -548,8 +557,8 @@ run_python_client_tests() {
         return 0
     fi
     venv="$(ensure_python_client_venv)"
-    log "cargo build -p outbox-relay (for the Python client tests)"
-    (cd "$BEDOLAGA_REPO_ROOT" && cargo build -q -p outbox-relay) || die "cargo build -p outbox-relay failed"
+    log "cargo build --workspace --bins (outbox-relay for the Python client tests)"
+    (cd "$BEDOLAGA_REPO_ROOT" && cargo build -q --workspace --bins) || die "cargo build failed"
     relay="$(cargo_target_dir)/debug/outbox-relay"
     log "pytest clients/python/tests"
     (
@@ -568,6 +577,66 @@ ensure_promtool() {
         apt_install --no-install-recommends prometheus
         command -v promtool >/dev/null 2>&1 || die "promtool still not found after installing prometheus"
     fi
+}
+
+# Offline checks of the deploy files (deploy/validate-compose.sh,
+# deploy/validate-k8s.sh, deploy/check-env.sh): PyPI tools, pinned, in a
+# virtualenv beside the schemathesis one, and the KEDA and Prometheus
+# operator CRD schemas from npm, pinned, in a directory beside it.
+DEPLOY_CHECK_REQUIREMENTS="kubernetes-validate==1.37.0 check-jsonschema==0.39.0 dockerfile-parse==2.0.1 PyYAML==6.0.3"
+DEPLOY_CHECK_NPM="@kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0"
+deploy_check_venv() { printf '%s\n' "$(dirname "$(schemathesis_venv)")/venv-deploy-check"; }
+deploy_check_node_dir() { printf '%s\n' "$(dirname "$(schemathesis_venv)")/node-deploy-check"; }
+
+deploy_check_node_ok() {
+    [ "$(cat "$1/.bedolaga-requirements" 2>/dev/null)" = "$DEPLOY_CHECK_NPM" ] &&
+        [ -d "$1/node_modules/@kubernetes-models/keda" ] &&
+        [ -d "$1/node_modules/@kubernetes-models/prometheus-operator" ]
+}
+
+# ensure_deploy_check_venv: prints the venv's directory, installing it
+# first when needed. Fatal on failure: these checks are part of the test
+# command.
+ensure_deploy_check_venv() {
+    local venv
+    venv="$(deploy_check_venv)"
+    ensure_pinned_venv "$venv" "$DEPLOY_CHECK_REQUIREMENTS" "the deploy checks' tools"
+    printf '%s\n' "$venv"
+}
+
+# ensure_deploy_check_node: prints the directory holding the CRD models'
+# node_modules, installing them first when needed.
+ensure_deploy_check_node() {
+    local dir
+    dir="$(deploy_check_node_dir)"
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        apt_install nodejs npm
+    fi
+    if ! deploy_check_node_ok "$dir"; then
+        mkdir -p "$dir"
+        (
+            if command -v flock >/dev/null 2>&1; then flock 9; fi
+            if ! deploy_check_node_ok "$dir"; then
+                log "installing $DEPLOY_CHECK_NPM (npm) into $dir"
+                # shellcheck disable=SC2086 # the list is split on purpose
+                npm install --prefix "$dir" --no-audit --no-fund --no-save --loglevel=error \
+                    $DEPLOY_CHECK_NPM >&2 &&
+                    printf '%s' "$DEPLOY_CHECK_NPM" >"$dir/.bedolaga-requirements"
+            fi
+        ) 9>"$dir.lock" || die "npm install $DEPLOY_CHECK_NPM failed"
+        deploy_check_node_ok "$dir" || die "$dir is incomplete"
+    fi
+    printf '%s\n' "$dir"
+}
+
+# ensure_kubectl: kubectl renders the kustomize overlays (its built-in
+# kustomize); installed from the apt sources when missing.
+ensure_kubectl() {
+    if ! command -v kubectl >/dev/null 2>&1; then
+        log "kubectl is not installed; installing it from the apt sources"
+        apt_install kubectl
+    fi
+    command -v kubectl >/dev/null 2>&1 || die "kubectl not found after installing it"
 }
 
 # --------------------------------------------------------------------------

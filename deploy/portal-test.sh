@@ -41,8 +41,8 @@ pp_dir="$(puppeteer_dir)"
 target="$(cargo_target_dir)"
 out="${PORTAL_TEST_OUT:-$target/portal-test}"
 
-log "cargo build -p webhook-registry -p gateway -p delivery-worker -p eventctl"
-cargo build -q -p webhook-registry -p gateway -p delivery-worker -p eventctl
+log "cargo build --workspace --bins"
+cargo build -q --workspace --bins
 bin="$target/debug"
 for b in webhook-registry gateway delivery-worker eventctl; do
     [ -x "$bin/$b" ] || die "$bin/$b not found after the build"

@@ -25,8 +25,8 @@ ensure_backing_services
 ensure_test_database_url
 st="$(ensure_schemathesis)"
 
-log "cargo build -p webhook-registry --bin webhook-registry"
-cargo build -q -p webhook-registry --bin webhook-registry
+log "cargo build --workspace --bins"
+cargo build -q --workspace --bins
 bin="$(cargo_target_dir)/debug/webhook-registry"
 [ -x "$bin" ] || die "$bin not found after the build"
 

@@ -10,14 +10,41 @@
 # then pytest for the Python client (clients/python, against the same
 # PostgreSQL and NATS and the outbox-relay binary), promtool on the
 # Prometheus files (deploy/validate-observability.sh), deploy/schemathesis.sh
-# (the OpenAPI conformance run) and deploy/portal-test.sh (the portal's
-# browser suite), each also when an earlier step failed; the exit status is
-# non-zero when any failed.
+# (the OpenAPI conformance run), deploy/portal-test.sh (the portal's
+# browser suite) and the offline checks of the deploy files
+# (deploy/validate-compose.sh, deploy/validate-k8s.sh, deploy/check-env.sh),
+# each also when an earlier step failed; the exit status is non-zero when
+# any failed.
+#
+#   deploy/test.sh --e2e [FILTER...]
+# instead runs only the end-to-end fault and cluster tests (crates/e2e):
+# builds webhook-registry, delivery-worker and gateway (debug), then runs
+# the e2e tests one at a time against those binaries. They start their own
+# nats-server processes and a private PostgreSQL (initdb/pg_ctl), and use
+# the machine's PostgreSQL and NATS beside them. E2E_TIMEOUT (seconds,
+# default 900) bounds the run.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$BEDOLAGA_REPO_ROOT"
+
+if [ "${1:-}" = "--e2e" ]; then
+    shift
+    ensure_rust
+    ensure_backing_services
+    bins=(webhook-registry delivery-worker gateway)
+    log "cargo build --workspace --bins (for the e2e tests)"
+    cargo build -q --workspace --bins
+    bin_dir="$(cargo_target_dir)/debug"
+    for b in "${bins[@]}"; do
+        [ -x "$bin_dir/$b" ] || die "$bin_dir/$b not found after the build"
+    done
+    log "cargo test -p e2e (end to end, against $bin_dir)"
+    E2E_BIN_DIR="$bin_dir" timeout --kill-after=10 "${E2E_TIMEOUT:-900}" \
+        cargo test -p e2e --test e2e -- --ignored --test-threads=1 "$@"
+    exit
+fi
 
 ensure_rust
 ensure_backing_services
@@ -36,4 +63,9 @@ cargo test --workspace "$@" || status=$?
 "$(dirname "${BASH_SOURCE[0]}")/schemathesis.sh" || status=$?
 # The portal in a real browser against the built services.
 "$(dirname "${BASH_SOURCE[0]}")/portal-test.sh" || status=$?
+# The deploy files, offline: the compose schema, the Kubernetes manifests,
+# and that every variable they set is one its service accepts.
+"$(dirname "${BASH_SOURCE[0]}")/validate-compose.sh" || status=$?
+"$(dirname "${BASH_SOURCE[0]}")/validate-k8s.sh" || status=$?
+"$(dirname "${BASH_SOURCE[0]}")/check-env.sh" || status=$?
 exit "$status"

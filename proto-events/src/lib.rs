@@ -7,17 +7,26 @@
 //! WebSocket clients subscribe with ([`Pattern`]), the canonical JSON that
 //! webhook bodies are signed over ([`canonical`]) and a publisher that returns
 //! only once JetStream stored the event ([`Publisher`]).
+//!
+//! With the `config` feature, [`nats`] holds the NATS settings every binary
+//! shares (`NATS_URL` list, credentials, TLS, stream settings) and the
+//! function that connects with them. It is a feature so that a publisher
+//! embedded in another program does not pull in clap.
 
 pub mod canonical;
 mod catalogue;
 mod envelope;
 mod namespace;
+#[cfg(feature = "config")]
+pub mod nats;
 mod pattern;
 pub mod payload;
 mod publisher;
 
 pub use catalogue::{EventType, UnknownEventType};
 pub use envelope::{Envelope, EnvelopeError, new_event_id};
-pub use namespace::{DEFAULT_STREAM, InvalidPrefix, Namespace};
+pub use namespace::{
+    DEFAULT_MAX_AGE, DEFAULT_STREAM, InvalidPrefix, Namespace, StreamDifference, StreamSettings,
+};
 pub use pattern::{InvalidPattern, Pattern, PatternSet};
 pub use publisher::{PublishError, Published, Publisher};

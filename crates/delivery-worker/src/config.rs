@@ -25,12 +25,8 @@ pub struct Config {
     /// Database connections kept by this replica.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 12)]
     pub database_pool_size: usize,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Prefix of every subject and stream name (empty: the production names).
-    #[arg(long, env = "NATS_PREFIX", default_value = "")]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub nats: proto_events::nats::NatsArgs,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
     #[arg(long, env = "WORKER_BIND", default_value = "127.0.0.1:8082")]
     pub bind: SocketAddr,
@@ -120,8 +116,7 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &storage::redact_url(&self.database_url))
-            .field("nats_url", &storage::redact_url(&self.nats_url))
-            .field("nats_prefix", &self.nats_prefix)
+            .field("nats", &self.nats)
             .field("bind", &self.bind)
             .field("allow_private_targets", &self.allow_private_targets)
             .field("retry_schedule", &self.retry_schedule)
@@ -140,8 +135,8 @@ impl fmt::Debug for Config {
 pub enum ConfigError {
     #[error("DELIVERY_RETRY_SCHEDULE: '{item}' is not a duration: {reason}")]
     Schedule { item: String, reason: String },
-    #[error("NATS_PREFIX: {0}")]
-    Prefix(#[from] proto_events::InvalidPrefix),
+    #[error(transparent)]
+    Nats(#[from] proto_events::nats::NatsError),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error("DELIVERY_ACK_WAIT must be at least 1s")]
@@ -164,7 +159,7 @@ impl Config {
     /// Checks every setting once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.parsed_schedule()?;
-        proto_events::Namespace::new(&self.nats_prefix)?;
+        self.nats.validate()?;
         if self.ack_wait < Duration::from_secs(1) {
             return Err(ConfigError::AckWait);
         }

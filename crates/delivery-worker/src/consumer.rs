@@ -51,6 +51,46 @@ pub struct ConsumerCtx {
     pub tracker: TaskTracker,
     /// Cancelled when in-flight work must be handed back now.
     pub hard_stop: CancellationToken,
+    pub reconnects: Reconnects,
+}
+
+/// Notices reconnects of the NATS client. A server that crashed forgets the
+/// acks and delivery counts it had not written to disk yet, so after a
+/// reconnect it may send work this worker already did as a first delivery
+/// (`delivered == 1`); events published before the reconnect are therefore
+/// checked against the rows like any redelivery.
+#[derive(Default)]
+pub struct Reconnects {
+    /// `(connects seen, when a reconnect was first noticed)`.
+    state: parking_lot::Mutex<(u64, Option<time::OffsetDateTime>)>,
+}
+
+/// Connections the client made so far (the first and every reconnect).
+fn connects(client: &async_nats::Client) -> u64 {
+    // Through a reference: on the field itself, diesel's `RunQueryDsl::load`
+    // (in scope here) would be picked first.
+    use std::sync::atomic::Ordering;
+    let stats = client.statistics();
+    let counter = &stats.connects;
+    counter.load(Ordering::Relaxed)
+}
+
+/// Allowance for the broker's clock running ahead of this host's.
+const CLOCK_SKEW: time::Duration = time::Duration::seconds(2);
+
+impl Reconnects {
+    /// Whether an event published at `published` may have been delivered
+    /// to this worker before the client's latest reconnect.
+    fn may_repeat(&self, client: &async_nats::Client, published: time::OffsetDateTime) -> bool {
+        let connects = connects(client);
+        let mut state = self.state.lock();
+        // The first connect is not a reconnect.
+        if connects > 1 && connects > state.0 {
+            state.1 = Some(time::OffsetDateTime::now_utc());
+        }
+        state.0 = state.0.max(connects);
+        state.1.is_some_and(|at| published < at + CLOCK_SKEW)
+    }
 }
 
 impl ConsumerCtx {
@@ -117,6 +157,15 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
             },
         };
         loop {
+            if ctx.deliverer.recorder.is_failing() {
+                if !wait_for_database(&ctx, &stop).await {
+                    break 'outer;
+                }
+                // Messages fetched before the pause may have been sent
+                // again by the server meanwhile (their ack wait ran out): a
+                // fresh pull leaves those stale copies behind.
+                continue 'outer;
+            }
             let permit = tokio::select! {
                 _ = stop.cancelled() => break 'outer,
                 p = ctx.messages.clone().acquire_owned() => match p {
@@ -158,6 +207,26 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
     }
     ctx.ready.store(false, Ordering::Relaxed);
     tracing::info!("stopped pulling events");
+}
+
+/// While attempts cannot be recorded, takes no new message until the
+/// database answers: a webhook sent now could not be recorded either and
+/// would be sent again when its message comes back. `false` on stop.
+async fn wait_for_database(ctx: &ConsumerCtx, stop: &CancellationToken) -> bool {
+    tracing::warn!("attempts cannot be recorded; taking no new events until the database answers");
+    loop {
+        let ping = tokio::time::timeout(Duration::from_secs(2), storage::ping(&ctx.pool));
+        if matches!(ping.await, Ok(Ok(()))) {
+            break;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+    ctx.deliverer.recorder.clear_failing();
+    tracing::info!("the database answers again; taking events");
+    true
 }
 
 /// What to do with a message once processing ended.
@@ -207,9 +276,13 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
     if targets.is_empty() {
         return Verdict::Ack;
     }
-    // A redelivered message (a replica died or a write failed) skips the
-    // webhooks that already have a row for this event.
-    let redelivered = msg.info().map(|i| i.delivered > 1).unwrap_or(false);
+    // A redelivered message (a replica died, a write failed, or the server
+    // lost its delivery state: see `Reconnects`) skips the webhooks that
+    // already have a row for this event.
+    let redelivered = msg
+        .info()
+        .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
+        .unwrap_or(false);
     if redelivered {
         match recorded_webhooks(&ctx.pool, &event.id).await {
             Ok(done) => targets.retain(|t| !done.contains(&t.id)),

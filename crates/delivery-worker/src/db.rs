@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use storage::counts::{self, CountDelta, CountDeltas};
-use storage::models::delivery_status::PENDING;
+use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 
 /// A stored delivery row: its id and its partition key.
@@ -29,7 +29,7 @@ pub struct NewRow {
     pub event_type: String,
     /// The payload as JSON text.
     pub payload: Arc<str>,
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error_message: Option<String>,
@@ -46,7 +46,7 @@ pub struct NewRow {
 #[derive(Debug, Clone)]
 pub struct ClaimedUpdate {
     pub row: RowRef,
-    pub status: &'static str,
+    pub status: DeliveryStatus,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error_message: Option<String>,
@@ -88,7 +88,7 @@ pub async fn insert_rows(
     let webhook: Vec<i32> = rows.iter().map(|r| r.webhook_id).collect();
     let event_type: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
     let payload: Vec<&str> = rows.iter().map(|r| &*r.payload).collect();
-    let status: Vec<&str> = rows.iter().map(|r| r.status).collect();
+    let status: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
     let response_status: Vec<Option<i32>> = rows.iter().map(|r| r.response_status).collect();
     let response_body: Vec<Option<&str>> =
         rows.iter().map(|r| r.response_body.as_deref()).collect();
@@ -148,7 +148,7 @@ pub async fn update_claimed(
     }
     let id: Vec<i64> = updates.iter().map(|u| u.row.id).collect();
     let created_at: Vec<DateTime<Utc>> = updates.iter().map(|u| u.row.created_at).collect();
-    let status: Vec<&str> = updates.iter().map(|u| u.status).collect();
+    let status: Vec<&str> = updates.iter().map(|u| u.status.as_str()).collect();
     let response_status: Vec<Option<i32>> = updates.iter().map(|u| u.response_status).collect();
     let response_body: Vec<Option<&str>> =
         updates.iter().map(|u| u.response_body.as_deref()).collect();
@@ -187,7 +187,7 @@ pub async fn update_claimed(
     let mut deltas = Vec::with_capacity(changed.len() * 2);
     for d in changed {
         deltas.push(CountDelta {
-            status: PENDING.to_owned(),
+            status: DeliveryStatus::Pending.as_str().to_owned(),
             n: -d.n,
             ..d.clone()
         });

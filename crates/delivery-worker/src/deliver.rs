@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 use tokio::sync::Semaphore;
-use webhook_client::{AttemptOutcome, Outbound, WebhookSender};
+use webhook_client::{AttemptOutcome, Event, Verdict, WebhookSender};
 
 use crate::cache::{Gates, Target};
 use crate::db::RowRef;
@@ -110,30 +110,29 @@ impl Deliverer {
                 &fallback
             }
         };
-        let message_id = webhook_client::message_id(event_key, job.target.id);
         let secrets = job.target.signing_secrets(now);
         let outcome = self
             .sender
-            .send(&Outbound {
-                url: &job.target.url,
-                webhook_id: job.target.id,
-                event_type: job.event_type,
-                message_id: &message_id,
-                timestamp: now.timestamp(),
-                body: job.body.clone(),
-                secrets: &secrets,
-                traceparent: job.traceparent,
-            })
+            .send_event(
+                Event {
+                    url: &job.target.url,
+                    webhook_id: job.target.id,
+                    event_type: job.event_type,
+                    event_id: event_key,
+                    body: job.body.clone(),
+                    secrets: &secrets,
+                    traceparent: job.traceparent,
+                },
+                now,
+            )
             .await;
-        let label = if outcome.success {
-            "success"
-        } else if outcome.refused {
-            "refused"
-        } else {
-            "failed"
+        let label = match outcome.verdict {
+            Verdict::Success => "success",
+            Verdict::Refused => "refused",
+            Verdict::Failed | Verdict::Gone => "failed",
         };
         self.metrics.attempt(label, outcome.latency);
-        if !outcome.success {
+        if !outcome.is_success() {
             tracing::debug!(
                 webhook_id = job.target.id,
                 attempt = job.attempt_number,
@@ -141,7 +140,7 @@ impl Deliverer {
                 "delivery attempt failed"
             );
         }
-        if outcome.refused {
+        if outcome.verdict == Verdict::Refused {
             tracing::warn!(
                 webhook_id = job.target.id,
                 error = outcome.error.as_deref().unwrap_or(""),
@@ -158,8 +157,10 @@ impl Deliverer {
             .next_delay(job.attempt_number, &outcome)
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .map(|d| at + d);
-        let error_message = match (&outcome.error, outcome.gone) {
-            (Some(e), true) => Some(format!("{e}: receiver answered 410 Gone; webhook disabled")),
+        let error_message = match (&outcome.error, outcome.verdict) {
+            (Some(e), Verdict::Gone) => {
+                Some(format!("{e}: receiver answered 410 Gone; webhook disabled"))
+            }
             (e, _) => e.clone(),
         };
         Record::Attempted(Attempted {
@@ -169,13 +170,12 @@ impl Deliverer {
             event_type: job.event_type.to_owned(),
             payload: job.payload,
             attempt_number: job.attempt_number,
-            success: outcome.success,
+            verdict: outcome.verdict,
             response_status: outcome.response_status.map(i32::from),
             response_body: outcome.response_body,
             error_message,
             at,
             next_retry_at,
-            gone: outcome.gone,
             traceparent: job.traceparent.map(Arc::from),
         })
     }

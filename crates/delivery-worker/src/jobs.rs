@@ -36,7 +36,8 @@ use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use proto_events::{Envelope, Namespace, Pattern};
-use storage::jobs::{self, Job, Window, kind};
+use storage::jobs::{self, Job, JobKind, JobStatus, Window};
+use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -73,14 +74,6 @@ pub struct JobCtx {
     pub cfg: JobsConfig,
 }
 
-/// A job kind as a metric label (`other` for one this build does not know).
-fn kind_label(job_kind: &str) -> &'static str {
-    kind::ALL
-        .into_iter()
-        .find(|k| *k == job_kind)
-        .unwrap_or("other")
-}
-
 /// Claims and runs jobs until `stop`; then lets the running ones finish
 /// their in-flight deliveries, store their progress and hand the jobs back.
 pub async fn run(ctx: Arc<JobCtx>, stop: CancellationToken) {
@@ -94,7 +87,7 @@ pub async fn run(ctx: Arc<JobCtx>, stop: CancellationToken) {
                     claimed = true;
                     tracing::info!(job_id = job.id, webhook_id = job.webhook_id, kind = %job.kind,
                         resumed = job.progress_key.is_some(), "job claimed");
-                    ctx.metrics.job_claimed(kind_label(&job.kind));
+                    ctx.metrics.job_claimed(job.kind.as_str());
                     let (ctx, stop) = (ctx.clone(), stop.clone());
                     tasks.spawn(async move {
                         ctx.metrics.jobs_running.inc();
@@ -151,7 +144,7 @@ enum JobError {
 
 async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
     let (id, owner) = (job.id, ctx.cfg.owner.clone());
-    let job_kind = kind_label(&job.kind);
+    let job_kind = job.kind.as_str();
     let ended = match drive(ctx, job, stop).await {
         Ok(e) => e,
         Err(e) => {
@@ -164,10 +157,10 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
         let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
         match &ended {
             Ended::Completed => {
-                jobs::finish(&mut conn, id, &owner, jobs::status::COMPLETED, None).await
+                jobs::finish(&mut conn, id, &owner, JobStatus::Completed, None).await
             }
             Ended::Failed(reason) => {
-                jobs::finish(&mut conn, id, &owner, jobs::status::FAILED, Some(reason)).await
+                jobs::finish(&mut conn, id, &owner, JobStatus::Failed, Some(reason)).await
             }
             Ended::Stopped => jobs::release(&mut conn, id, &owner).await,
             Ended::Lost => Ok(false),
@@ -314,10 +307,9 @@ async fn drive(ctx: &JobCtx, job: Job, stop: &CancellationToken) -> Result<Ended
         return Ok(Ended::Failed("the webhook is disabled".to_owned()));
     }
     let started_at = job.started_at.unwrap_or_else(Utc::now);
-    match job.kind.as_str() {
-        kind::RECOVER | kind::RETRY => drive_rows(ctx, job, started_at, stop).await,
-        kind::REPLAY => drive_replay(ctx, job, &hook, started_at, stop).await,
-        other => Ok(Ended::Failed(format!("unknown job kind '{other}'"))),
+    match job.kind {
+        JobKind::Recover | JobKind::Retry => drive_rows(ctx, job, started_at, stop).await,
+        JobKind::Replay => drive_replay(ctx, job, &hook, started_at, stop).await,
     }
 }
 
@@ -400,7 +392,9 @@ async fn send_chunk(
                 .await;
             drop(permit);
             let outcome = match &record {
-                Record::Attempted(a) => Outcome::Sent { success: a.success },
+                Record::Attempted(a) => Outcome::Sent {
+                    success: a.verdict == webhook_client::Verdict::Success,
+                },
                 _ => Outcome::Queued,
             };
             deliverer
@@ -453,7 +447,7 @@ async fn send_chunk(
                     Outcome::Queued => "queued",
                     Outcome::Skipped => "skipped",
                 };
-                ctx.metrics.job_item(kind_label(&job.kind), label);
+                ctx.metrics.job_item(job.kind.as_str(), label);
                 out.last_key = Some(key);
             }
             Ok(_) => {}
@@ -526,10 +520,10 @@ async fn already_delivered(
 ///   its first attempt lies in the window;
 /// - retry: the event's first row with the status in the window, unless
 ///   the event has a retry pending already.
-fn rows_sql(job_kind: &str, select: &str, tail: &str) -> String {
+fn rows_sql(job_kind: JobKind, select: &str, tail: &str) -> String {
     let common = "r.webhook_id = $1 AND r.event_id IS NOT NULL AND r.event_type <> 'webhook.test' \
                   AND r.id > $2 AND r.id <= $3";
-    let rule = if job_kind == kind::RECOVER {
+    let rule = if job_kind == JobKind::Recover {
         "r.status = 'failed' \
          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l WHERE l.event_id = r.event_id \
            AND l.webhook_id = r.webhook_id AND l.id > r.id AND l.id <= $3) \
@@ -580,10 +574,7 @@ async fn drive_rows(
     started_at: DateTime<Utc>,
     stop: &CancellationToken,
 ) -> Result<Ended, JobError> {
-    let status = job
-        .delivery_status
-        .clone()
-        .unwrap_or_else(|| storage::models::delivery_status::FAILED.to_owned());
+    let status = job.delivery_status.unwrap_or(DeliveryStatus::Failed);
     let end_key = match job.end_key {
         Some(k) => k,
         None => {
@@ -597,13 +588,13 @@ async fn drive_rows(
             .get_result(&mut conn)
             .await
             .map_err(StorageError::from)?;
-            let total: Count = diesel::sql_query(rows_sql(&job.kind, "count(*)::int8 AS n", ""))
+            let total: Count = diesel::sql_query(rows_sql(job.kind, "count(*)::int8 AS n", ""))
                 .bind::<Int4, _>(job.webhook_id)
                 .bind::<BigInt, _>(0i64)
                 .bind::<BigInt, _>(end.n)
                 .bind::<Nullable<Timestamptz>, _>(job.since)
                 .bind::<Nullable<Timestamptz>, _>(job.until)
-                .bind::<Text, _>(&status)
+                .bind::<Text, _>(status)
                 .get_result(&mut conn)
                 .await
                 .map_err(StorageError::from)?;
@@ -628,7 +619,7 @@ async fn drive_rows(
                   r.payload::text AS payload, r.traceparent::text AS traceparent, \
                   (SELECT max(m.attempt_number) FROM webhook_deliveries m \
                    WHERE m.event_id = r.event_id AND m.webhook_id = r.webhook_id) AS last_attempt";
-    let sql = rows_sql(&job.kind, select, "ORDER BY r.id LIMIT $7");
+    let sql = rows_sql(job.kind, select, "ORDER BY r.id LIMIT $7");
     loop {
         if stop.is_cancelled() {
             return Ok(Ended::Stopped);
@@ -641,7 +632,7 @@ async fn drive_rows(
                 .bind::<BigInt, _>(end_key)
                 .bind::<Nullable<Timestamptz>, _>(job.since)
                 .bind::<Nullable<Timestamptz>, _>(job.until)
-                .bind::<Text, _>(&status)
+                .bind::<Text, _>(status)
                 .bind::<BigInt, _>(i64::try_from(chunk).unwrap_or(100))
                 .load(&mut conn)
                 .await

@@ -30,6 +30,7 @@ use anyhow::Context as _;
 use async_nats::connection::State;
 use futures::FutureExt;
 use proto_events::Namespace;
+use proto_events::nats::FirstConnect;
 use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::Semaphore;
@@ -72,7 +73,7 @@ impl Application {
     /// NATS and Postgres may be down: both are retried in the background.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
-        let ns = Namespace::new(&config.nats_prefix)?;
+        let ns = config.nats.namespace()?;
         let schedule = config.parsed_schedule()?;
         let metrics = Metrics::new();
         let pool = storage::build_pool(
@@ -82,17 +83,10 @@ impl Application {
                 ..PoolConfig::default()
             },
         )?;
-        let client = async_nats::ConnectOptions::new()
-            .name("delivery-worker")
-            .retry_on_initial_connect()
-            .connect(config.nats_url.as_str())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot use NATS at {}",
-                    storage::redact_url(&config.nats_url)
-                )
-            })?;
+        let client = config
+            .nats
+            .connect("delivery-worker", FirstConnect::RetryInBackground)
+            .await?;
 
         let sender = WebhookSender::new(SenderConfig {
             connect_timeout: config.connect_timeout,
@@ -248,6 +242,7 @@ impl Application {
             ready: consumer_ready,
             tracker: tracker.clone(),
             hard_stop: hard_stop.clone(),
+            reconnects: consumer::Reconnects::default(),
         });
         let intake = {
             let (ctx, shutdown, pool, deliverer, tracker, hard_stop) = (

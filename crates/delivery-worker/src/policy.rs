@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use rand::Rng;
-use webhook_client::AttemptOutcome;
+use webhook_client::{AttemptOutcome, Verdict};
 
 /// The retry schedule: `delays[k-1]` is the wait after failed attempt `k`.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ impl RetryPolicy {
     /// The scheduled delay gets ±20 % jitter. A `Retry-After` (429/503) is
     /// honoured as given but bounded by the next two schedule steps.
     pub fn next_delay(&self, attempt: i32, outcome: &AttemptOutcome) -> Option<Duration> {
-        if outcome.success || outcome.gone || outcome.refused {
+        if outcome.verdict != Verdict::Failed {
             return None;
         }
         let idx = usize::try_from(attempt).ok()?.checked_sub(1)?;
@@ -80,15 +80,15 @@ mod tests {
     fn final_outcomes_are_not_retried() {
         let p = RetryPolicy::new(vec![Duration::from_secs(5)]);
         let ok = AttemptOutcome {
-            success: true,
+            verdict: Verdict::Success,
             ..AttemptOutcome::default()
         };
         let gone = AttemptOutcome {
-            gone: true,
+            verdict: Verdict::Gone,
             ..failure()
         };
         let refused = AttemptOutcome {
-            refused: true,
+            verdict: Verdict::Refused,
             ..failure()
         };
         assert_eq!(p.next_delay(1, &ok), None);

@@ -10,12 +10,14 @@
 //! 410 or have failed for too long.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use storage::models::delivery_status::{FAILED, PENDING, SUCCESS};
+use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use webhook_client::Verdict;
 
 use crate::db::{self, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
 use crate::metrics::Metrics;
@@ -32,7 +34,7 @@ pub struct Attempted {
     /// The payload as JSON text (the canonical body).
     pub payload: Arc<str>,
     pub attempt_number: i32,
-    pub success: bool,
+    pub verdict: Verdict,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     pub error_message: Option<String>,
@@ -40,8 +42,6 @@ pub struct Attempted {
     pub at: DateTime<Utc>,
     /// When the next attempt is due, if there is one.
     pub next_retry_at: Option<DateTime<Utc>>,
-    /// The receiver answered 410 Gone.
-    pub gone: bool,
     /// The event's W3C `traceparent`, carried to its retries.
     pub traceparent: Option<Arc<str>>,
 }
@@ -94,6 +94,7 @@ pub struct RecorderConfig {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Submission>,
+    failing: Arc<AtomicBool>,
 }
 
 /// Webhooks the recorder disabled in a batch.
@@ -108,8 +109,21 @@ impl Recorder {
         on_disabled: DisabledHook,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
-        let task = tokio::spawn(run(rx, pool, cfg, metrics, on_disabled));
-        (Self { tx }, task)
+        let failing = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(rx, pool, cfg, metrics, on_disabled, failing.clone()));
+        (Self { tx, failing }, task)
+    }
+
+    /// Whether the latest write failed (set at the first failed try of a
+    /// batch, before its retries; cleared by the next write that succeeds
+    /// or by [`Recorder::clear_failing`]).
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Forgets a failure (the database answers again).
+    pub fn clear_failing(&self) {
+        self.failing.store(false, Ordering::Relaxed);
     }
 
     /// Writes `records` and returns once they are committed.
@@ -132,6 +146,7 @@ async fn run(
     cfg: RecorderConfig,
     metrics: Metrics,
     on_disabled: DisabledHook,
+    failing: Arc<AtomicBool>,
 ) {
     let flushes = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let cfg = Arc::new(cfg);
@@ -163,14 +178,15 @@ async fn run(
                 _ = &mut linger, if !lingered => lingered = true,
             }
         };
-        let (pool, cfg, metrics, hook) = (
+        let (pool, cfg, metrics, hook, failing) = (
             pool.clone(),
             cfg.clone(),
             metrics.clone(),
             on_disabled.clone(),
+            failing.clone(),
         );
         tokio::spawn(async move {
-            flush(batch, &pool, &cfg, &metrics, &hook).await;
+            flush(batch, &pool, &cfg, &metrics, &hook, &failing).await;
             drop(permit);
         });
         if !open {
@@ -189,6 +205,7 @@ async fn flush(
     cfg: &RecorderConfig,
     metrics: &Metrics,
     on_disabled: &DisabledHook,
+    failing: &AtomicBool,
 ) {
     let rows = to_batch(batch.iter().flat_map(|s| s.records.iter()));
     let n = rows.inserts.len() + rows.updates.len();
@@ -197,6 +214,7 @@ async fn flush(
         let started = std::time::Instant::now();
         match write(pool, &rows, cfg.disable_after).await {
             Ok(disabled) => {
+                failing.store(false, Ordering::Relaxed);
                 tracing::debug!(
                     rows = n,
                     submissions = batch.len(),
@@ -207,6 +225,7 @@ async fn flush(
                 break;
             }
             Err(e) => {
+                failing.store(true, Ordering::Relaxed);
                 tracing::warn!(error = %e, attempt = attempt + 1, rows = n, "writing delivery rows failed");
                 result = Err(RecordError::Database(Arc::new(e)));
                 tokio::time::sleep(Duration::from_millis(50 * 4u64.pow(attempt))).await;
@@ -245,8 +264,13 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
     for r in records {
         match r {
             Record::Attempted(a) => {
-                let status = if a.success { SUCCESS } else { FAILED };
-                let delivered_at = a.success.then_some(a.at);
+                let success = a.verdict == Verdict::Success;
+                let status = if success {
+                    DeliveryStatus::Success
+                } else {
+                    DeliveryStatus::Failed
+                };
+                let delivered_at = success.then_some(a.at);
                 match a.row {
                     None => batch.inserts.push(NewRow {
                         webhook_id: a.webhook_id,
@@ -285,7 +309,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         a.traceparent.as_ref(),
                     ));
                 }
-                attempts.push((a.webhook_id, a.at, a.success, a.gone));
+                attempts.push((a.webhook_id, a.at, success, a.verdict == Verdict::Gone));
             }
             Record::Queued {
                 webhook_id,
@@ -307,7 +331,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
             )),
             Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
                 row: *row,
-                status: PENDING,
+                status: DeliveryStatus::Pending,
                 response_status: None,
                 response_body: None,
                 error_message: None,
@@ -335,7 +359,7 @@ fn pending_row(
         webhook_id,
         event_type: event_type.to_owned(),
         payload: payload.clone(),
-        status: PENDING,
+        status: DeliveryStatus::Pending,
         response_status: None,
         response_body: None,
         error_message: None,

@@ -7,6 +7,7 @@ use async_nats::jetstream;
 use delivery_worker::consumer::{
     DEADLETTER_ORIGINAL_SIZE, DEADLETTER_REASON, DEADLETTER_STREAM_SEQUENCE, DEADLETTER_TRUNCATED,
 };
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Envelope, EventType, Namespace, Publisher};
 use serde_json::{Value, json};
 
@@ -35,14 +36,12 @@ fn header<'a>(h: &'a async_nats::HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Lists dead letters or re-publishes one.
 pub async fn run(
-    nats_url: &str,
+    nats: &NatsArgs,
     ns: Namespace,
     args: DeadlettersArgs,
     sink: Sink<'_>,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     let js = jetstream::new(client.clone());
     let mut stream = js
         .get_stream(ns.deadletter_stream())

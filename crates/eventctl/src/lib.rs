@@ -1,9 +1,10 @@
 //! The `eventctl` command line: publish one event, simulate the bot's
-//! traffic, tail live events, inspect and re-publish dead letters, and
-//! benchmark the delivery worker and the gateway.
+//! traffic, tail live events, inspect and re-publish dead letters, check
+//! a service's health, and benchmark the delivery worker and the gateway.
 
 pub mod bench;
 pub mod deadletters;
+pub mod health;
 mod publish;
 pub mod tail;
 
@@ -13,17 +14,8 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "eventctl", version, about)]
 pub struct Cli {
-    /// NATS server URL.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    pub nats_url: String,
-    /// Prefix for every subject and stream name (empty: the production names).
-    #[arg(long, env = "NATS_PREFIX", default_value = "", global = true)]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub nats: proto_events::nats::NatsArgs,
     #[command(flatten)]
     pub log: telemetry::LogArgs,
     #[command(subcommand)]
@@ -40,6 +32,9 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// List dead letters with their reasons, or re-publish a fixed one.
     Deadletters(deadletters::DeadlettersArgs),
+    /// GET a service's /healthz or /readyz; exit 0 on a 2xx answer
+    /// (container health checks).
+    Health(health::HealthArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -62,10 +57,11 @@ pub enum BenchCommand {
 
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ns = proto_events::Namespace::new(&cli.nats_prefix)?;
+    cli.nats.validate()?;
+    let ns = cli.nats.namespace()?;
     match cli.command {
-        Command::Publish(args) => publish::publish(&cli.nats_url, ns, args).await,
-        Command::Simulate(args) => publish::simulate(&cli.nats_url, ns, args).await,
+        Command::Publish(args) => publish::publish(&cli.nats, ns, args).await,
+        Command::Simulate(args) => publish::simulate(&cli.nats, ns, args).await,
         Command::Tail(args) => {
             let stop = tokio_util::sync::CancellationToken::new();
             let on_signal = stop.clone();
@@ -74,24 +70,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 on_signal.cancel();
             });
             let mut sink = tail::stdout_sink();
-            tail::tail(&cli.nats_url, ns, args, &mut sink, stop).await
+            tail::tail(&cli.nats, ns, args, &mut sink, stop).await
         }
         Command::Deadletters(args) => {
             let mut sink = tail::stdout_sink();
-            deadletters::run(&cli.nats_url, ns, args, &mut sink).await
+            deadletters::run(&cli.nats, ns, args, &mut sink).await
         }
+        Command::Health(args) => health::check(&args).await,
         Command::Bench(BenchCommand::Delivery(args)) => {
-            bench::delivery::run(&cli.nats_url, ns, args).await
+            bench::delivery::run(&cli.nats, ns, args).await
         }
-        Command::Bench(BenchCommand::Fanout(args)) => {
-            bench::fanout::run(&cli.nats_url, ns, args).await
-        }
-        Command::Bench(BenchCommand::Replay(args)) => {
-            bench::replay::run(&cli.nats_url, ns, args).await
-        }
-        Command::Bench(BenchCommand::History(args)) => {
-            bench::history::run(&cli.nats_url, args).await
-        }
-        Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats_url, args).await,
+        Command::Bench(BenchCommand::Fanout(args)) => bench::fanout::run(&cli.nats, ns, args).await,
+        Command::Bench(BenchCommand::Replay(args)) => bench::replay::run(&cli.nats, ns, args).await,
+        Command::Bench(BenchCommand::History(args)) => bench::history::run(&cli.nats, args).await,
+        Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats, args).await,
     }
 }

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Envelope, EventType, Namespace, Publisher};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -39,17 +40,13 @@ pub struct SimulateArgs {
     pub types: Vec<String>,
 }
 
-async fn connect(nats_url: &str, ns: Namespace) -> anyhow::Result<Publisher> {
-    let client = async_nats::ConnectOptions::new()
-        .name("eventctl")
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+async fn connect(nats: &NatsArgs, ns: Namespace) -> anyhow::Result<Publisher> {
+    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     Ok(Publisher::new(client, ns))
 }
 
 /// Publishes one event and prints `<id> seq=<n>`.
-pub async fn publish(nats_url: &str, ns: Namespace, args: PublishArgs) -> anyhow::Result<()> {
+pub async fn publish(nats: &NatsArgs, ns: Namespace, args: PublishArgs) -> anyhow::Result<()> {
     let event_type: EventType = args.event_type.parse()?;
     let payload: Value = serde_json::from_str(&args.payload).context("--payload is not JSON")?;
     let Value::Object(payload) = payload else {
@@ -63,7 +60,7 @@ pub async fn publish(nats_url: &str, ns: Namespace, args: PublishArgs) -> anyhow
     if let Some(tp) = &args.traceparent {
         headers.insert("traceparent", tp.as_str());
     }
-    let publisher = connect(nats_url, ns).await?;
+    let publisher = connect(nats, ns).await?;
     let published = publisher.publish_with_headers(&envelope, headers).await?;
     println!(
         "{} seq={}{}",
@@ -79,7 +76,7 @@ pub async fn publish(nats_url: &str, ns: Namespace, args: PublishArgs) -> anyhow
 }
 
 /// Publishes `count` generated events at `rate` per second.
-pub async fn simulate(nats_url: &str, ns: Namespace, args: SimulateArgs) -> anyhow::Result<()> {
+pub async fn simulate(nats: &NatsArgs, ns: Namespace, args: SimulateArgs) -> anyhow::Result<()> {
     let types: Vec<EventType> = if args.types.is_empty() {
         EventType::ALL.to_vec()
     } else {
@@ -88,7 +85,7 @@ pub async fn simulate(nats_url: &str, ns: Namespace, args: SimulateArgs) -> anyh
             .map(|t| t.parse())
             .collect::<Result<_, _>>()?
     };
-    let publisher = connect(nats_url, ns).await?;
+    let publisher = connect(nats, ns).await?;
     let started = Instant::now();
     let interval = (args.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / args.rate));
     for i in 0..args.count {

@@ -15,6 +15,7 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull::OrderedConfig},
 };
 use futures::{SinkExt, StreamExt};
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Envelope, Namespace, PatternSet};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -47,7 +48,7 @@ pub type Sink<'a> = &'a mut (dyn FnMut(&str) -> anyhow::Result<()> + Send);
 
 /// Prints events until `stop`, `--max` or a fatal error.
 pub async fn tail(
-    nats_url: &str,
+    nats: &NatsArgs,
     ns: Namespace,
     args: TailArgs,
     sink: Sink<'_>,
@@ -67,21 +68,19 @@ pub async fn tail(
                 .context("--via-gateway needs --token (or EVENTCTL_TOKEN)")?;
             tail_gateway(url, &token, &args, sink, stop).await
         }
-        None => tail_nats(nats_url, ns, &args, filter, sink, stop).await,
+        None => tail_nats(nats, ns, &args, filter, sink, stop).await,
     }
 }
 
 async fn tail_nats(
-    nats_url: &str,
+    nats: &NatsArgs,
     ns: Namespace,
     args: &TailArgs,
     filter: Option<PatternSet>,
     sink: Sink<'_>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     let js = jetstream::new(client);
     let mut stream = js
         .get_stream(ns.stream())

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use eventctl::deadletters::{self, DeadlettersArgs};
 use eventctl::tail::{self, TailArgs};
+use proto_events::nats::NatsArgs;
 use proto_events::{Namespace, Publisher};
 use serde_json::{Value, json};
 use storage::testing::TestDb;
@@ -30,7 +31,7 @@ fn start_tail(ns: &Namespace, args: TailArgs) -> Tail {
             let _ = tx.send(l.to_owned());
             Ok(())
         };
-        tail::tail(NATS_URL, ns, args, &mut sink, s).await
+        tail::tail(&NatsArgs::for_url(NATS_URL), ns, args, &mut sink, s).await
     });
     Tail { lines, stop, task }
 }
@@ -121,8 +122,8 @@ async fn tail_from_nats_filters_types_and_starts_after_since() {
 fn gateway_config(db: &TestDb, ns: &Namespace, bind: &str) -> gateway::Config {
     let mut c = gateway::Config::from_env().unwrap();
     c.database_url = db.url.clone();
-    c.nats_url = NATS_URL.to_owned();
-    c.nats_prefix = ns.prefix().to_owned();
+    c.nats.nats_url = NATS_URL.to_owned();
+    c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = bind.to_owned();
     c.allowed_origins = Vec::new();
     c.shutdown_grace = Duration::from_secs(2);
@@ -270,9 +271,14 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
         republish: None,
         payload: None,
     };
-    deadletters::run(NATS_URL, ns.clone(), list.clone(), &mut sink)
-        .await
-        .unwrap();
+    deadletters::run(
+        &NatsArgs::for_url(NATS_URL),
+        ns.clone(),
+        list.clone(),
+        &mut sink,
+    )
+    .await
+    .unwrap();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let dl = lines[0].clone();
     assert_eq!(dl["reason"], "body is not valid JSON: EOF while parsing");
@@ -295,7 +301,7 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
         ..list.clone()
     };
     assert!(
-        deadletters::run(NATS_URL, ns.clone(), again, &mut sink)
+        deadletters::run(&NatsArgs::for_url(NATS_URL), ns.clone(), again, &mut sink)
             .await
             .is_err()
     );
@@ -305,7 +311,7 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
         payload: Some(r#"{"user_id": 7, "first_name": "Иван"}"#.into()),
         ..list
     };
-    deadletters::run(NATS_URL, ns.clone(), fixed, &mut sink)
+    deadletters::run(&NatsArgs::for_url(NATS_URL), ns.clone(), fixed, &mut sink)
         .await
         .unwrap();
     let done: Value = serde_json::from_str(&out[0]).unwrap();

@@ -14,12 +14,8 @@ pub struct Config {
     /// PostgreSQL URL (API tokens are checked against `web_api_tokens`).
     #[arg(long, env = "DATABASE_URL", default_value = storage::DEFAULT_DATABASE_URL)]
     pub database_url: String,
-    /// NATS server URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Prefix for every subject and stream name (empty: the production names).
-    #[arg(long, env = "NATS_PREFIX", default_value = "")]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub nats: proto_events::nats::NatsArgs,
     /// Address to listen on (WebSocket `/ws`, console `/`, health and metrics).
     #[arg(long, env = "GATEWAY_BIND", default_value = "127.0.0.1:8081")]
     pub bind: String,
@@ -105,8 +101,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &storage::redact_url(&self.database_url))
-            .field("nats_url", &storage::redact_url(&self.nats_url))
-            .field("nats_prefix", &self.nats_prefix)
+            .field("nats", &self.nats)
             .field("bind", &self.bind)
             .field("allowed_origins", &self.allowed_origins)
             .field("max_connections", &self.max_connections)
@@ -164,7 +159,7 @@ impl Config {
         if self.max_connections == 0 {
             return Err("max connections must be positive".into());
         }
-        proto_events::Namespace::new(&self.nats_prefix).map_err(|e| e.to_string())?;
+        self.nats.validate().map_err(|e| e.to_string())?;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use actix_web::{App, HttpResponse, web};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::FutureExt;
-use proto_events::Namespace;
+use proto_events::nats::FirstConnect;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
@@ -44,31 +44,17 @@ impl Application {
     /// broker or database that is down is retried in the background.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
-        let ns = Namespace::new(&config.nats_prefix)?;
+        let ns = config.nats.namespace()?;
         let pool = storage::build_pool(&config.database_url, &PoolConfig::default())?;
         let auth = TokenAuth::new(
             pool.clone(),
             TokenHasher::new(Some(&config.token_hmac_secret)),
             AuthCacheConfig::default(),
         );
-        let nats = async_nats::ConnectOptions::new()
-            .name("bedolaga-gateway")
-            .retry_on_initial_connect()
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected
-                    | async_nats::Event::ClientError(_)
-                    | async_nats::Event::ServerError(_)
-                    | async_nats::Event::SlowConsumer(_) => {
-                        tracing::warn!(%event, "NATS connection problem; retrying in the background")
-                    }
-                    other => tracing::info!(event = %other, "NATS connection event"),
-                }
-            })
-            .connect(&config.nats_url)
-            .await
-            .with_context(|| format!("bad NATS_URL {}", storage::redact_url(&config.nats_url)))?;
+        let nats = config
+            .nats
+            .connect("bedolaga-gateway", FirstConnect::RetryInBackground)
+            .await?;
         let js = jetstream::new(nats.clone());
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(
@@ -158,7 +144,7 @@ impl Application {
             server = server.workers(config.workers);
         }
         let server = server.run();
-        tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %storage::redact_url(&config.nats_url), stream = state.ns.stream(), "gateway listening");
+        tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %config.nats.redacted_urls(), stream = state.ns.stream(), "gateway listening");
         Ok(Self {
             addr,
             server,

@@ -38,17 +38,8 @@ pub struct Config {
     /// Database connections kept by this replica (one more listens for NOTIFY).
     #[arg(long, env = "OUTBOX_DATABASE_POOL_SIZE", default_value_t = 4)]
     pub database_pool_size: usize,
-    /// NATS server URL; a comma-separated list for a cluster.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        hide_env_values = true
-    )]
-    pub nats_url: String,
-    /// Prefix of every subject and stream name (empty: the production names).
-    #[arg(long, env = "NATS_PREFIX", default_value = "")]
-    pub nats_prefix: String,
+    #[command(flatten)]
+    pub nats: proto_events::nats::NatsArgs,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
     #[arg(long, env = "RELAY_BIND", default_value = "127.0.0.1:8083")]
     pub bind: SocketAddr,
@@ -78,8 +69,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database_url", &storage::redact_url(&self.database_url))
             .field("database_pool_size", &self.database_pool_size)
-            .field("nats_url", &redact_list(&self.nats_url))
-            .field("nats_prefix", &self.nats_prefix)
+            .field("nats", &self.nats)
             .field("bind", &self.bind)
             .field("batch_size", &self.batch_size)
             .field("poll_interval", &self.poll_interval)
@@ -90,27 +80,17 @@ impl fmt::Debug for Config {
     }
 }
 
-/// A comma-separated URL list with every password or token hidden.
-pub fn redact_list(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| storage::redact_url(u.trim()))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// A setting that does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("NATS_PREFIX: {0}")]
-    Prefix(#[from] proto_events::InvalidPrefix),
+    #[error(transparent)]
+    Nats(#[from] proto_events::nats::NatsError),
     #[error("RELAY_BATCH_SIZE must be 1 to 5000 (JetStream acks in flight per batch)")]
     BatchSize,
     #[error("{0} must be at least 1")]
     Zero(&'static str),
     #[error("{0} must be at least 1ms")]
     TooShort(&'static str),
-    #[error("NATS_URL: no server given")]
-    NoServer,
 }
 
 impl Config {
@@ -119,19 +99,9 @@ impl Config {
         Cli::parse_from(["outbox-relay", "--database-url", database_url]).config
     }
 
-    /// The NATS servers of `NATS_URL`.
-    pub fn nats_servers(&self) -> Vec<String> {
-        self.nats_url
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect()
-    }
-
     /// Checks every setting once.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        proto_events::Namespace::new(&self.nats_prefix)?;
+        self.nats.validate()?;
         if self.batch_size == 0 || self.batch_size > 5000 {
             return Err(ConfigError::BatchSize);
         }
@@ -146,9 +116,6 @@ impl Config {
             if d < Duration::from_millis(1) {
                 return Err(ConfigError::TooShort(name));
             }
-        }
-        if self.nats_servers().is_empty() {
-            return Err(ConfigError::NoServer);
         }
         Ok(())
     }
@@ -165,8 +132,8 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.bind.port(), 8083);
         assert_eq!(c.batch_size, 1000);
-        c.nats_url = "nats://a:4222, nats://tok3n@b:4222".into();
-        assert_eq!(c.nats_servers(), ["nats://a:4222", "nats://tok3n@b:4222"]);
+        c.nats.nats_url = "nats://a:4222, nats://tok3n@b:4222".into();
+        c.validate().unwrap();
         let debug = format!("{c:?}");
         assert!(
             !debug.contains("hunter2") && !debug.contains("tok3n"),

@@ -22,7 +22,7 @@ use async_nats::connection::State;
 use async_nats::jetstream::context::ContextBuilder;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use futures::FutureExt;
-use proto_events::Namespace;
+use proto_events::nats::FirstConnect;
 use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::Notify;
@@ -66,7 +66,7 @@ impl Application {
         if config.auto_migrate {
             migrate(&config.database_url).await?;
         }
-        let ns = Namespace::new(&config.nats_prefix)?;
+        let ns = config.nats.namespace()?;
         let metrics = Metrics::new();
         let pool = storage::build_pool(
             &config.database_url,
@@ -78,28 +78,10 @@ impl Application {
                 ..PoolConfig::default()
             },
         )?;
-        let servers = config
-            .nats_servers()
-            .iter()
-            .map(|s| s.parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| {
-                format!(
-                    "NATS_URL {} is not valid",
-                    config::redact_list(&config.nats_url)
-                )
-            })?;
-        let client = async_nats::ConnectOptions::new()
-            .name("outbox-relay")
-            .retry_on_initial_connect()
-            .connect(servers)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot use NATS at {}",
-                    config::redact_list(&config.nats_url)
-                )
-            })?;
+        let client = config
+            .nats
+            .connect("outbox-relay", FirstConnect::RetryInBackground)
+            .await?;
         let js = ContextBuilder::new()
             .timeout(config.publish_timeout)
             .build(client.clone());

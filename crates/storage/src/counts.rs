@@ -14,6 +14,7 @@ use diesel::sql_types::{Array, BigInt, Date, Int4, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
+use crate::models::DeliveryStatus;
 
 /// The UTC day of a row: the partition it lives in.
 pub fn day_of(at: DateTime<Utc>) -> NaiveDate {
@@ -123,7 +124,7 @@ pub async fn forget_webhook(
 pub async fn webhook_total(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,
-    status: Option<&str>,
+    status: Option<DeliveryStatus>,
 ) -> Result<i64, StorageError> {
     #[derive(diesel::QueryableByName)]
     struct Total {

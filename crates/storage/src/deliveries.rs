@@ -24,7 +24,7 @@ pub async fn insert(
     deltas.add(
         row.webhook_id,
         counts::day_of(row.created_at),
-        &row.status,
+        row.status.as_str(),
         1,
     );
     counts::apply(conn, &deltas).await?;

@@ -13,32 +13,44 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Double, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use strum::VariantArray;
 
 use crate::StorageError;
+use crate::models::DeliveryStatus;
 use crate::schema::webhook_jobs;
 
-/// Job kinds.
-pub mod kind {
-    pub const RECOVER: &str = "recover";
-    pub const REPLAY: &str = "replay";
-    pub const RETRY: &str = "retry";
-    pub const ALL: [&str; 3] = [RECOVER, REPLAY, RETRY];
+crate::text_enum::text_enum! {
+    /// What a job does.
+    pub enum JobKind {
+        Recover,
+        Replay,
+        Retry,
+    }
 }
 
-/// Job statuses. `queued`, `running` and `paused` are unfinished; only
-/// `queued` (and `running` with a lapsed lease) is claimed.
-pub mod status {
-    pub const QUEUED: &str = "queued";
-    pub const RUNNING: &str = "running";
-    pub const PAUSED: &str = "paused";
-    pub const COMPLETED: &str = "completed";
-    pub const CANCELLED: &str = "cancelled";
-    pub const FAILED: &str = "failed";
-    pub const ALL: [&str; 6] = [QUEUED, RUNNING, PAUSED, COMPLETED, CANCELLED, FAILED];
+crate::text_enum::text_enum! {
+    /// Where a job is. `queued`, `running` and `paused` are unfinished; only
+    /// `queued` (and `running` with a lapsed lease) is claimed.
+    pub enum JobStatus {
+        Queued,
+        Running,
+        Paused,
+        Completed,
+        Cancelled,
+        Failed,
+    }
+}
+
+impl JobStatus {
     /// The statuses of a webhook's one unfinished job.
-    pub const UNFINISHED: [&str; 3] = [QUEUED, RUNNING, PAUSED];
+    pub const UNFINISHED: [JobStatus; 3] =
+        [JobStatus::Queued, JobStatus::Running, JobStatus::Paused];
+
+    pub fn is_finished(self) -> bool {
+        !Self::UNFINISHED.contains(&self)
+    }
 }
 
 /// A `webhook_jobs` row.
@@ -47,12 +59,12 @@ pub mod status {
 pub struct Job {
     pub id: i64,
     pub webhook_id: i32,
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub since_seq: Option<i64>,
-    pub delivery_status: Option<String>,
+    pub delivery_status: Option<DeliveryStatus>,
     pub rate_per_s: i32,
     pub total: Option<i64>,
     pub done: i64,
@@ -71,7 +83,7 @@ pub struct Job {
 
 impl Job {
     pub fn is_finished(&self) -> bool {
-        !status::UNFINISHED.contains(&self.status.as_str())
+        self.status.is_finished()
     }
 }
 
@@ -80,11 +92,11 @@ impl Job {
 #[diesel(table_name = webhook_jobs, check_for_backend(diesel::pg::Pg))]
 pub struct NewJob {
     pub webhook_id: i32,
-    pub kind: String,
+    pub kind: JobKind,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub since_seq: Option<i64>,
-    pub delivery_status: Option<String>,
+    pub delivery_status: Option<DeliveryStatus>,
     pub rate_per_s: i32,
 }
 
@@ -117,7 +129,7 @@ pub async fn create(conn: &mut AsyncPgConnection, new: NewJob) -> Result<Created
         }
         let active: Option<Job> = j::webhook_jobs
             .filter(j::webhook_id.eq(new.webhook_id))
-            .filter(j::status.eq_any(status::UNFINISHED))
+            .filter(j::status.eq_any(JobStatus::UNFINISHED))
             .select(Job::as_select())
             .first(conn)
             .await
@@ -183,10 +195,10 @@ pub async fn cancel(
         j::webhook_jobs
             .filter(j::id.eq(job_id))
             .filter(j::webhook_id.eq(webhook_id))
-            .filter(j::status.eq_any(status::UNFINISHED)),
+            .filter(j::status.eq_any(JobStatus::UNFINISHED)),
     )
     .set((
-        j::status.eq(status::CANCELLED),
+        j::status.eq(JobStatus::Cancelled),
         j::finished_at.eq(diesel::dsl::now),
         j::updated_at.eq(diesel::dsl::now),
         j::lease_owner.eq(None::<String>),
@@ -219,8 +231,8 @@ pub async fn pause(
     webhook_id: i32,
     job_id: i64,
 ) -> Result<Option<Changed>, StorageError> {
-    let from = [status::QUEUED, status::RUNNING];
-    transition(conn, webhook_id, job_id, &from, status::PAUSED, &[]).await
+    let from = [JobStatus::Queued, JobStatus::Running];
+    transition(conn, webhook_id, job_id, &from, JobStatus::Paused, &[]).await
 }
 
 /// Resumes a paused job: queued again, claimable by any replica at once,
@@ -230,13 +242,13 @@ pub async fn resume(
     webhook_id: i32,
     job_id: i64,
 ) -> Result<Option<Changed>, StorageError> {
-    let already = [status::QUEUED, status::RUNNING];
+    let already = [JobStatus::Queued, JobStatus::Running];
     transition(
         conn,
         webhook_id,
         job_id,
-        &[status::PAUSED],
-        status::QUEUED,
+        &[JobStatus::Paused],
+        JobStatus::Queued,
         &already,
     )
     .await
@@ -248,9 +260,9 @@ async fn transition(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,
     job_id: i64,
-    from: &[&str],
-    to: &str,
-    already: &[&str],
+    from: &[JobStatus],
+    to: JobStatus,
+    already: &[JobStatus],
 ) -> Result<Option<Changed>, StorageError> {
     use webhook_jobs::dsl as j;
     let moved: Option<Job> = diesel::update(
@@ -268,7 +280,7 @@ async fn transition(
         return Ok(Some(Changed::Done(job)));
     }
     Ok(get(conn, webhook_id, job_id).await?.map(|job| {
-        if job.status == to || already.contains(&job.status.as_str()) {
+        if job.status == to || already.contains(&job.status) {
             Changed::Done(job)
         } else {
             Changed::Refused(job)
@@ -277,7 +289,8 @@ async fn transition(
 }
 
 /// Claims the oldest job that is queued or whose lease ran out, for
-/// `owner` and `lease`; `started_at` is set the first time.
+/// `owner` and `lease`; `started_at` is set the first time. Only kinds this
+/// build knows are claimed (a newer replica runs the others).
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     owner: &str,
@@ -286,7 +299,8 @@ pub async fn claim(
     Ok(diesel::sql_query(
         "WITH next AS ( \
            SELECT id FROM webhook_jobs \
-           WHERE status = 'queued' OR (status = 'running' AND lease_until < now()) \
+           WHERE (status = 'queued' OR (status = 'running' AND lease_until < now())) \
+             AND kind = ANY($3) \
            ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED \
          ) \
          UPDATE webhook_jobs j SET status = 'running', lease_owner = $1, \
@@ -297,6 +311,12 @@ pub async fn claim(
     )
     .bind::<Text, _>(owner)
     .bind::<Double, _>(lease.as_secs_f64())
+    .bind::<Array<Text>, _>(
+        JobKind::VARIANTS
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>(),
+    )
     .get_result(conn)
     .await
     .optional()?)
@@ -323,7 +343,7 @@ pub async fn set_window(
         j::webhook_jobs
             .filter(j::id.eq(job_id))
             .filter(j::lease_owner.eq(owner))
-            .filter(j::status.eq(status::RUNNING)),
+            .filter(j::status.eq(JobStatus::Running)),
     )
     .set((
         j::total.eq(window.total),
@@ -365,13 +385,13 @@ pub async fn record_progress(
     .get_result::<StatusRow>(conn)
     .await
     .optional()?;
-    Ok(n.is_some_and(|r| r.status == status::RUNNING))
+    Ok(n.is_some_and(|r| r.status == JobStatus::Running))
 }
 
 #[derive(QueryableByName)]
 struct StatusRow {
     #[diesel(sql_type = Text)]
-    status: String,
+    status: JobStatus,
 }
 
 /// Ends a job `owner` holds with `final_status` (`completed` or `failed`).
@@ -380,7 +400,7 @@ pub async fn finish(
     conn: &mut AsyncPgConnection,
     job_id: i64,
     owner: &str,
-    final_status: &str,
+    final_status: JobStatus,
     error: Option<&str>,
 ) -> Result<bool, StorageError> {
     let n = diesel::sql_query(
@@ -415,4 +435,43 @@ pub async fn release(
     .execute(conn)
     .await?;
     Ok(n == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use strum::VariantArray;
+
+    use super::{JobKind, JobStatus};
+
+    fn names<T: Copy + Into<&'static str>>(all: &[T]) -> Vec<&'static str> {
+        all.iter().map(|v| (*v).into()).collect()
+    }
+
+    #[test]
+    fn kinds_and_statuses_keep_the_stored_strings() {
+        assert_eq!(names(JobKind::VARIANTS), ["recover", "replay", "retry"]);
+        assert_eq!(
+            names(JobStatus::VARIANTS),
+            [
+                "queued",
+                "running",
+                "paused",
+                "completed",
+                "cancelled",
+                "failed"
+            ]
+        );
+        assert_eq!(JobKind::Replay.as_str(), "replay");
+        assert_eq!("paused".parse::<JobStatus>().unwrap(), JobStatus::Paused);
+        assert_eq!(
+            serde_json::to_string(&JobStatus::Cancelled).unwrap(),
+            "\"cancelled\""
+        );
+        assert_eq!(
+            names(&JobStatus::UNFINISHED),
+            ["queued", "running", "paused"]
+        );
+        assert!(JobStatus::Completed.is_finished() && !JobStatus::Paused.is_finished());
+    }
 }

@@ -10,13 +10,14 @@ mod migrate;
 pub mod models;
 mod pool;
 pub mod schema;
+mod text_enum;
 pub mod tokens;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use error::StorageError;
-pub use migrate::{MIGRATIONS, run_migrations};
+pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{DbConn, DbPool, PoolConfig, build_pool, ping, redact_url};
 
 /// The database of an unconfigured deployment (docs/contract.md, "Settings").

@@ -86,7 +86,7 @@ pub struct Delivery {
     pub payload: Value,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub error_message: Option<String>,
     pub attempt_number: i32,
     pub created_at: DateTime<Utc>,
@@ -106,7 +106,7 @@ pub struct NewDelivery {
     pub payload: Value,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub error_message: Option<String>,
     pub attempt_number: i32,
     pub delivered_at: Option<DateTime<Utc>>,
@@ -115,12 +115,15 @@ pub struct NewDelivery {
     pub traceparent: Option<String>,
 }
 
-/// Delivery statuses, as the bot stores them.
-pub mod delivery_status {
-    pub const PENDING: &str = "pending";
-    pub const SUCCESS: &str = "success";
-    pub const FAILED: &str = "failed";
-    pub const ALL: [&str; 3] = [PENDING, SUCCESS, FAILED];
+crate::text_enum::text_enum! {
+    /// The status of a `webhook_deliveries` row, stored as the bot stores it
+    /// (`pending`, `success`, `failed`) and shown so in the API.
+    pub enum DeliveryStatus {
+        /// A queued attempt, due at `next_retry_at`.
+        Pending,
+        Success,
+        Failed,
+    }
 }
 
 /// A `web_api_tokens` row. Only the hash of a token is ever stored.
@@ -159,4 +162,34 @@ pub struct NewApiToken {
     pub expires_at: Option<DateTime<Utc>>,
     pub is_active: bool,
     pub created_by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use strum::VariantArray;
+
+    use super::DeliveryStatus;
+
+    #[test]
+    fn delivery_statuses_keep_the_stored_strings() {
+        let names: Vec<&str> = DeliveryStatus::VARIANTS
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(names, ["pending", "success", "failed"]);
+        for (status, text) in [
+            (DeliveryStatus::Pending, "pending"),
+            (DeliveryStatus::Success, "success"),
+            (DeliveryStatus::Failed, "failed"),
+        ] {
+            assert_eq!(status.as_str(), text);
+            assert_eq!(text.parse::<DeliveryStatus>().unwrap(), status);
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{text}\"")
+            );
+        }
+        assert!("Success".parse::<DeliveryStatus>().is_err());
+    }
 }

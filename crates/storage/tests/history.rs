@@ -312,7 +312,8 @@ async fn deleting_a_webhook_keeps_the_totals_exact() {
          ('b', 'https://b.example', '*')",
     )
     .await;
-    for (webhook, status) in [(1, "success"), (1, "failed"), (2, "success")] {
+    use storage::models::DeliveryStatus::{Failed, Success};
+    for (webhook, status) in [(1, Success), (1, Failed), (2, Success)] {
         storage::deliveries::insert(
             &mut conn,
             storage::models::NewDelivery {
@@ -321,7 +322,7 @@ async fn deleting_a_webhook_keeps_the_totals_exact() {
                 payload: serde_json::json!({}),
                 response_status: None,
                 response_body: None,
-                status: status.into(),
+                status,
                 error_message: None,
                 attempt_number: 1,
                 delivered_at: None,
@@ -335,7 +336,7 @@ async fn deleting_a_webhook_keeps_the_totals_exact() {
     }
     assert_eq!(storage::counts::totals(&mut conn).await.unwrap().total, 3);
     assert_eq!(
-        storage::counts::webhook_total(&mut conn, 1, Some("failed"))
+        storage::counts::webhook_total(&mut conn, 1, Some(Failed))
             .await
             .unwrap(),
         1

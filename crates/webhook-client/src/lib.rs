@@ -10,7 +10,9 @@ mod sender;
 mod signing;
 pub mod ssrf;
 
-pub use sender::{AttemptOutcome, BuildError, Outbound, SenderConfig, WebhookSender};
+pub use sender::{
+    AttemptOutcome, BuildError, Event, Outbound, SenderConfig, Verdict, WebhookSender,
+};
 pub use signing::{
     message_id, standard_signature, verify_standard_signature, verify_x_webhook_signature,
     x_webhook_signature,

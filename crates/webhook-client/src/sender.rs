@@ -98,11 +98,40 @@ impl fmt::Debug for Outbound<'_> {
     }
 }
 
+/// One event for one webhook, as every delivery sends it: signed with the
+/// webhook's secrets, `webhook-id` made from the event's id and the webhook
+/// ([`crate::message_id`]). `Debug` is not derived: it holds the secrets.
+pub struct Event<'a> {
+    pub url: &'a str,
+    pub webhook_id: i32,
+    pub event_type: &'a str,
+    /// The event's id, the same on every attempt of the event.
+    pub event_id: &'a str,
+    /// Canonical JSON bytes, POSTed and signed as is.
+    pub body: bytes::Bytes,
+    /// As in [`Outbound::secrets`].
+    pub secrets: &'a [&'a str],
+    pub traceparent: Option<&'a str>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Status 200..=299.
+    Success,
+    /// No response, or a status that is neither 2xx nor 410.
+    #[default]
+    Failed,
+    /// Status 410: the receiver asks to stop.
+    Gone,
+    /// SSRF refusal: no request was sent.
+    Refused,
+}
+
 /// What happened to one attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AttemptOutcome {
-    /// Status 200..=299.
-    pub success: bool,
+    pub verdict: Verdict,
     pub response_status: Option<u16>,
     /// Lossy UTF-8 of at most `max_response_bytes`, cut to
     /// [`MAX_STORED_BODY_CHARS`] characters. `Some` whenever a response arrived.
@@ -113,10 +142,13 @@ pub struct AttemptOutcome {
     pub latency: Duration,
     /// From `Retry-After` (seconds or HTTP date) on 429 and 503 only.
     pub retry_after: Option<Duration>,
-    /// Status 410: the receiver asks to stop.
-    pub gone: bool,
-    /// SSRF refusal: no request was sent.
-    pub refused: bool,
+}
+
+impl AttemptOutcome {
+    /// The receiver answered 2xx.
+    pub fn is_success(&self) -> bool {
+        self.verdict == Verdict::Success
+    }
 }
 
 /// Signs and POSTs webhooks. Cheap to clone (shares the connection pool).
@@ -174,6 +206,22 @@ impl WebhookSender {
         outcome
     }
 
+    /// Makes one attempt of `event`, timestamped `now`.
+    pub async fn send_event(&self, event: Event<'_>, now: DateTime<Utc>) -> AttemptOutcome {
+        let message_id = crate::message_id(event.event_id, event.webhook_id);
+        self.send(&Outbound {
+            url: event.url,
+            webhook_id: event.webhook_id,
+            event_type: event.event_type,
+            message_id: &message_id,
+            timestamp: now.timestamp(),
+            body: event.body,
+            secrets: event.secrets,
+            traceparent: event.traceparent,
+        })
+        .await
+    }
+
     async fn attempt(&self, req: &Outbound<'_>) -> AttemptOutcome {
         let url = match reqwest::Url::parse(req.url) {
             Ok(u) => u,
@@ -194,8 +242,8 @@ impl WebhookSender {
             && let Some(reason) = is_forbidden(ip)
         {
             return AttemptOutcome {
+                verdict: Verdict::Refused,
                 error: Some(Refusal::Literal { ip, reason }.to_string()),
-                refused: true,
                 ..AttemptOutcome::default()
             };
         }
@@ -244,8 +292,14 @@ impl WebhookSender {
         drop(resp);
 
         let code = status.as_u16();
-        let success = status.is_success();
-        let error = if success {
+        let verdict = if status.is_success() {
+            Verdict::Success
+        } else if status == StatusCode::GONE {
+            Verdict::Gone
+        } else {
+            Verdict::Failed
+        };
+        let error = if verdict == Verdict::Success {
             None
         } else if status.is_redirection() {
             Some(format!("redirect ({code}) not followed"))
@@ -253,14 +307,12 @@ impl WebhookSender {
             Some(format!("HTTP {code}"))
         };
         AttemptOutcome {
-            success,
+            verdict,
             response_status: Some(code),
             response_body: Some(stored_body(&buf)),
             error,
             latency: Duration::ZERO,
             retry_after,
-            gone: status == StatusCode::GONE,
-            refused: false,
         }
     }
 
@@ -269,8 +321,8 @@ impl WebhookSender {
             || std::iter::successors(Some(err as &(dyn StdError + 'static)), |&e| e.source());
         if let Some(refusal) = chain().find_map(|e| e.downcast_ref::<Refusal>()) {
             return AttemptOutcome {
+                verdict: Verdict::Refused,
                 error: Some(refusal.to_string()),
-                refused: true,
                 ..AttemptOutcome::default()
             };
         }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Receiver, Reply};
 use webhook_client::{
-    AttemptOutcome, MAX_STORED_BODY_CHARS, Outbound, SenderConfig, USER_AGENT, WebhookSender,
-    message_id, verify_standard_signature, verify_x_webhook_signature,
+    AttemptOutcome, MAX_STORED_BODY_CHARS, Outbound, SenderConfig, USER_AGENT, Verdict,
+    WebhookSender, message_id, verify_standard_signature, verify_x_webhook_signature,
 };
 
 const TS: i64 = 1_760_000_000;
@@ -76,8 +76,7 @@ async fn https_to_a_plain_http_server_fails_cleanly() {
     let url = format!("https://127.0.0.1:{port}/hook?token=abc");
     let out = sender(true).send(&outbound(&url, BODY, &["s"])).await;
     assert_eq!(server.await.unwrap(), 0x16, "a TLS ClientHello was sent");
-    assert!(!out.success);
-    assert!(!out.refused);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, None);
     let err = out.error.expect("error");
     eprintln!("https to plain HTTP: {err}");
@@ -97,11 +96,10 @@ async fn headers_are_exact_and_signatures_verify() {
     let out = sender(true).send(&req).await;
     let got = rx.next().await;
 
-    assert!(out.success, "{out:?}");
+    assert_eq!(out.verdict, Verdict::Success, "{out:?}");
     assert_eq!(out.response_status, Some(200));
     assert_eq!(out.response_body.as_deref(), Some("ok"));
     assert_eq!(out.error, None);
-    assert!(!out.gone && !out.refused);
     assert_eq!(out.retry_after, None);
 
     assert_eq!(got.method, "POST");
@@ -217,7 +215,7 @@ async fn unsigned_when_no_secret() {
     let url = rx.url("/");
     let out = sender(true).send(&outbound(&url, BODY, &[])).await;
     let got = rx.next().await;
-    assert!(out.success, "{out:?}");
+    assert_eq!(out.verdict, Verdict::Success, "{out:?}");
     assert_eq!(out.response_status, Some(204));
     assert_eq!(out.response_body.as_deref(), Some(""));
     assert_eq!(got.header("x-webhook-signature"), None);
@@ -229,7 +227,7 @@ async fn unsigned_when_no_secret() {
     // An empty string secret is "no secret" too.
     let out = sender(true).send(&outbound(&url, BODY, &[""])).await;
     let got = rx.next().await;
-    assert!(out.success);
+    assert_eq!(out.verdict, Verdict::Success);
     assert_eq!(got.header("x-webhook-signature"), None);
     assert_eq!(got.header("webhook-signature"), None);
 }
@@ -339,7 +337,7 @@ async fn seed_python_snippet_verifies_cyrillic_and_emoji() {
         traceparent: None,
     };
     let out = sender(true).send(&req).await;
-    assert!(out.success, "{out:?}");
+    assert_eq!(out.verdict, Verdict::Success, "{out:?}");
     let got = rx.next().await;
     assert_eq!(got.body, body.as_bytes());
     let x_sig = got.header("x-webhook-signature").unwrap().to_owned();
@@ -372,14 +370,13 @@ async fn error_status_keeps_a_body_excerpt_cut_on_characters() {
     let long = "Ошибка🚀".repeat(5000 / 7 + 1); // > 5000 chars, 2- and 4-byte chars
     assert!(long.chars().count() >= 5000);
     let (out, _) = post_to(Reply::with_body(500, long.clone())).await;
-    assert!(!out.success);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, Some(500));
     assert_eq!(out.error.as_deref(), Some("HTTP 500"));
     let stored = out.response_body.unwrap();
     assert_eq!(stored.chars().count(), MAX_STORED_BODY_CHARS);
     let expected: String = long.chars().take(MAX_STORED_BODY_CHARS).collect();
     assert_eq!(stored, expected);
-    assert!(!out.gone && !out.refused);
     assert_eq!(out.retry_after, None);
 }
 
@@ -399,14 +396,14 @@ async fn response_reading_stops_at_the_byte_cap() {
     .unwrap();
     let out = s.send(&outbound(&url, BODY, &[])).await;
     rx.next().await;
-    assert!(out.success, "{out:?}");
+    assert_eq!(out.verdict, Verdict::Success, "{out:?}");
     assert_eq!(out.response_body.as_deref(), Some("abcdefghij"));
 }
 
 #[tokio::test]
 async fn too_many_requests_with_retry_after_seconds() {
     let (out, _) = post_to(Reply::with_header(429, "Retry-After", "7")).await;
-    assert!(!out.success);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, Some(429));
     assert_eq!(out.error.as_deref(), Some("HTTP 429"));
     assert_eq!(out.retry_after, Some(Duration::from_secs(7)));
@@ -417,7 +414,7 @@ async fn unavailable_with_retry_after_http_date() {
     let when = chrono::Utc::now() + chrono::Duration::seconds(120);
     let date = when.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
     let (out, _) = post_to(Reply::with_header(503, "Retry-After", &date)).await;
-    assert!(!out.success);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, Some(503));
     let ra = out.retry_after.expect("retry_after parsed");
     assert!(
@@ -431,19 +428,18 @@ async fn retry_after_ignored_on_other_statuses() {
     let (out, _) = post_to(Reply::with_header(500, "Retry-After", "7")).await;
     assert_eq!(out.retry_after, None);
     let (out, _) = post_to(Reply::with_header(200, "Retry-After", "7")).await;
-    assert!(out.success);
+    assert_eq!(out.verdict, Verdict::Success);
     assert_eq!(out.retry_after, None);
 }
 
 #[tokio::test]
 async fn gone_is_flagged() {
     let (out, _) = post_to(Reply::status(410)).await;
-    assert!(!out.success);
-    assert!(out.gone);
+    assert_eq!(out.verdict, Verdict::Gone);
     assert_eq!(out.response_status, Some(410));
     assert_eq!(out.error.as_deref(), Some("HTTP 410"));
     let (out, _) = post_to(Reply::status(404)).await;
-    assert!(!out.gone);
+    assert_eq!(out.verdict, Verdict::Failed);
 }
 
 #[tokio::test]
@@ -452,7 +448,7 @@ async fn redirects_are_not_followed() {
     let location = target.url("/landing");
     let (out, got) = post_to(Reply::with_header(302, "Location", &location)).await;
     assert_eq!(got.method, "POST");
-    assert!(!out.success);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, Some(302));
     assert_eq!(out.error.as_deref(), Some("redirect (302) not followed"));
     assert!(target.untouched_after(Duration::from_millis(300)).await);
@@ -475,8 +471,7 @@ async fn timeout_when_the_receiver_never_answers() {
     let out = s.send(&outbound(&url, BODY, &["s"])).await;
     let got = rx.next().await;
     assert_eq!(got.body, BODY);
-    assert!(!out.success);
-    assert!(!out.refused);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, None);
     assert_eq!(out.error.as_deref(), Some("timeout after 1s"));
     assert!(
@@ -495,8 +490,7 @@ async fn connection_refused() {
     };
     let url = format!("http://127.0.0.1:{port}/hook?token=secret-token");
     let out = sender(true).send(&outbound(&url, BODY, &["s"])).await;
-    assert!(!out.success);
-    assert!(!out.refused);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert_eq!(out.response_status, None);
     assert_eq!(out.error.as_deref(), Some("connection refused"));
 }
@@ -504,18 +498,17 @@ async fn connection_refused() {
 #[tokio::test]
 async fn invalid_url_is_a_failure() {
     let out = sender(true).send(&outbound("not a url", BODY, &[])).await;
-    assert!(!out.success && !out.refused);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert!(out.error.unwrap().starts_with("invalid URL"));
     let out = sender(true)
         .send(&outbound("ftp://127.0.0.1/x", BODY, &[]))
         .await;
-    assert!(!out.success && !out.refused);
+    assert_eq!(out.verdict, Verdict::Failed);
     assert!(out.error.unwrap().contains("scheme"));
 }
 
 fn assert_refused(out: &AttemptOutcome, needle: &str) {
-    assert!(out.refused, "{out:?}");
-    assert!(!out.success);
+    assert_eq!(out.verdict, Verdict::Refused, "{out:?}");
     assert_eq!(out.response_status, None);
     assert_eq!(out.response_body, None);
     let err = out.error.as_deref().unwrap();
@@ -581,8 +574,7 @@ async fn ssrf_hostname_resolving_to_loopback_is_refused_by_the_resolver() {
 
 async fn assert_delivered(s: &WebhookSender, rx: &mut Receiver, url: &str) {
     let out = s.send(&outbound(url, BODY, &["s"])).await;
-    assert!(out.success, "{url}: {out:?}");
-    assert!(!out.refused);
+    assert_eq!(out.verdict, Verdict::Success, "{url}: {out:?}");
     let got = rx.next().await;
     assert_eq!(got.body, BODY);
 }
@@ -631,7 +623,7 @@ async fn pooled_sender_handles_concurrent_sends() {
         }));
     }
     for t in tasks {
-        assert!(t.await.unwrap().success);
+        assert!(t.await.unwrap().is_success());
     }
     let mut ids = Vec::new();
     for _ in 0..50 {

@@ -94,18 +94,9 @@ pub struct Config {
           value_parser = humantime::parse_duration, global = true)]
     pub db_pool_timeout: Duration,
 
-    /// NATS server (change notices for delivery workers).
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    pub nats_url: String,
-
-    /// Prefix of every NATS subject and stream (empty = production names).
-    #[arg(long, env = "NATS_PREFIX", default_value = "", global = true)]
-    pub nats_prefix: String,
+    /// NATS (change notices for delivery workers, the streams at start).
+    #[command(flatten)]
+    pub nats: proto_events::nats::NatsArgs,
 
     /// Key for HMAC-SHA256 token hashes (the bot's scheme); plain SHA-256 when unset.
     #[arg(
@@ -267,9 +258,13 @@ impl Config {
             database_url: database_url.to_owned(),
             db_pool_size: 8,
             db_pool_timeout: Duration::from_secs(5),
-            nats_url: std::env::var("TEST_NATS_URL")
-                .unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned()),
-            nats_prefix: nats_prefix.to_owned(),
+            nats: proto_events::nats::NatsArgs {
+                nats_prefix: nats_prefix.to_owned(),
+                ..proto_events::nats::NatsArgs::for_url(
+                    &std::env::var("TEST_NATS_URL")
+                        .unwrap_or_else(|_| proto_events::nats::DEFAULT_NATS_URL.to_owned()),
+                )
+            },
             token_hmac_secret: None,
             default_token: None,
             allow_private_targets: true,
@@ -303,8 +298,7 @@ impl fmt::Debug for Config {
             .field("database_url", &storage::redact_url(&self.database_url))
             .field("db_pool_size", &self.db_pool_size)
             .field("db_pool_timeout", &self.db_pool_timeout)
-            .field("nats_url", &storage::redact_url(&self.nats_url))
-            .field("nats_prefix", &self.nats_prefix)
+            .field("nats", &self.nats)
             .field(
                 "token_hmac_secret",
                 &self.token_hmac_secret.as_ref().map(|_| "<redacted>"),

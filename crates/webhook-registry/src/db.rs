@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use storage::StorageError;
-use storage::models::{Delivery, NewDelivery, Webhook, delivery_status};
+use storage::models::{Delivery, DeliveryStatus, NewDelivery, Webhook};
 use storage::schema::{webhook_deliveries as d, webhooks as w};
 
 /// A new `webhooks` row (no `Debug`: it holds the secret).
@@ -207,7 +207,7 @@ impl Cursor {
 pub async fn list_deliveries(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,
-    status: Option<&str>,
+    status: Option<DeliveryStatus>,
     cursor: Option<Cursor>,
     limit: i64,
     offset: i64,
@@ -222,7 +222,7 @@ pub async fn list_deliveries(
         .offset(offset)
         .into_boxed();
     if let Some(s) = status {
-        q = q.filter(d::status.eq(s.to_owned()));
+        q = q.filter(d::status.eq(s));
     }
     if let Some(c) = cursor {
         // The plain bound lets the planner skip newer partitions; the row
@@ -285,7 +285,7 @@ pub struct HourCount {
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     pub hour: DateTime<Utc>,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    pub status: String,
+    pub status: DeliveryStatus,
     #[diesel(sql_type = BigInt)]
     pub n: i64,
 }
@@ -334,7 +334,7 @@ pub async fn record_attempt(
     new: NewDelivery,
 ) -> Result<Delivery, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
-        let success = new.status == delivery_status::SUCCESS;
+        let success = new.status == DeliveryStatus::Success;
         let webhook_id = new.webhook_id;
         let row = storage::deliveries::insert(c, new).await?;
         let bump = diesel::update(w::table.find(webhook_id));
@@ -410,7 +410,7 @@ pub async fn queue_retry(
                 let pending: Option<Delivery> = d::table
                     .filter(d::webhook_id.eq(webhook_id))
                     .filter(d::event_id.eq(event_id))
-                    .filter(d::status.eq(delivery_status::PENDING))
+                    .filter(d::status.eq(DeliveryStatus::Pending))
                     .order(d::id.desc())
                     .select(Delivery::as_select())
                     .first(c)
@@ -425,7 +425,7 @@ pub async fn queue_retry(
                 (pending, max.unwrap_or(original.attempt_number))
             }
             None => (
-                (original.status == delivery_status::PENDING).then(|| original.clone()),
+                (original.status == DeliveryStatus::Pending).then(|| original.clone()),
                 original.attempt_number,
             ),
         };
@@ -443,7 +443,7 @@ pub async fn queue_retry(
                 payload: original.payload.clone(),
                 response_status: None,
                 response_body: None,
-                status: delivery_status::PENDING.to_owned(),
+                status: DeliveryStatus::Pending,
                 error_message: None,
                 attempt_number: max_attempt.saturating_add(1),
                 delivered_at: None,

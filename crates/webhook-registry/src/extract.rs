@@ -379,14 +379,17 @@ impl Fields {
         }
     }
 
-    /// A string field that must be one of `allowed`.
-    pub fn one_of(&mut self, name: &str, allowed: &[&str]) -> Given<String> {
+    /// A string field that must name one of `allowed` (enum values spelled
+    /// by strum).
+    pub fn one_of<T: Copy + Into<&'static str>>(&mut self, name: &str, allowed: &[T]) -> Given<T> {
         match self.take(name) {
             Given::Absent => Given::Absent,
             Given::Null => Given::Null,
-            Given::Value(Value::String(s)) if allowed.contains(&s.as_str()) => Given::Value(s),
             Given::Value(other) => {
-                let expected = expected_list(allowed);
+                if let Some(chosen) = other.as_str().and_then(|s| choose(allowed, s)) {
+                    return Given::Value(chosen);
+                }
+                let expected = expected_list(&names(allowed));
                 self.errors.push(
                     FieldError::new(
                         &["body", name],
@@ -527,6 +530,12 @@ fn out_of_range(loc: &[&str], below: bool, min: i64, max: i64, input: Value) -> 
     }
 }
 
+/// A query struct: the one that documents a route's parameters
+/// (`utoipa::IntoParams`) is the one read from its query string.
+pub trait FromQuery: Sized {
+    fn from_query(q: &mut Query) -> Self;
+}
+
 /// A parsed query string (the last value of a repeated name wins, as in
 /// Starlette).
 pub struct Query {
@@ -619,13 +628,13 @@ impl Query {
         }
     }
 
-    /// One of `allowed`, if given.
-    pub fn one_of(&mut self, name: &str, allowed: &[&str]) -> Option<String> {
+    /// One of `allowed` (enum values spelled by strum), if given.
+    pub fn one_of<T: Copy + Into<&'static str>>(&mut self, name: &str, allowed: &[T]) -> Option<T> {
         let v = self.values.get(name)?;
-        if allowed.contains(&v.as_str()) {
-            return Some(v.clone());
+        if let Some(chosen) = choose(allowed, v) {
+            return Some(chosen);
         }
-        let expected = expected_list(allowed);
+        let expected = expected_list(&names(allowed));
         self.errors.push(
             FieldError::new(
                 &["query", name],
@@ -654,6 +663,14 @@ impl Query {
         c
     }
 
+    /// Reads `T` from a query string; every problem in one 422.
+    pub fn read<T: FromQuery>(query_string: &str) -> Result<T, ApiError> {
+        let mut q = Self::parse(query_string);
+        let value = T::from_query(&mut q);
+        q.finish()?;
+        Ok(value)
+    }
+
     pub fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
             Ok(())
@@ -666,6 +683,15 @@ impl Query {
 fn is_integer_literal(s: &str) -> bool {
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The value of `allowed` spelled `text`.
+fn choose<T: Copy + Into<&'static str>>(allowed: &[T], text: &str) -> Option<T> {
+    allowed.iter().copied().find(|a| (*a).into() == text)
+}
+
+fn names<T: Copy + Into<&'static str>>(allowed: &[T]) -> Vec<&'static str> {
+    allowed.iter().map(|a| (*a).into()).collect()
 }
 
 /// pydantic's "'a', 'b' or 'c'".

@@ -8,11 +8,15 @@ use proto_events::Pattern;
 use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
-use storage::models::{Delivery, Webhook};
+use storage::jobs::{JobKind, JobStatus};
+use storage::models::{Delivery, DeliveryStatus, Webhook};
 use utoipa::ToSchema;
 
 use crate::error::FieldError;
 use crate::extract::{BodyRules, Fields, FromBody, Given};
+
+// The API's limits, said once: the validators below and the query structs
+// check them, and the OpenAPI document (`routes::openapi`) states them.
 
 /// Limits of the bot's columns.
 pub const NAME_MAX: usize = 255;
@@ -22,6 +26,13 @@ pub const SECRET_MAX: usize = 128;
 pub const DESCRIPTION_MAX: usize = 10_000;
 /// URLs are TEXT; capped like common browsers and proxies.
 pub const URL_MAX: usize = 2048;
+
+/// Page size of every list: 50 unless asked, at most 200 (SPEC §2).
+pub const LIMIT_DEFAULT: i64 = 50;
+pub const LIMIT_MAX: i64 = 200;
+/// Window of the hourly counts: a day unless asked, a week at most.
+pub const HOURS_DEFAULT: i64 = 24;
+pub const HOURS_MAX: i64 = 168;
 
 /// Checks a webhook URL: no whitespace or control characters a parser would
 /// drop, an absolute http/https URL with a host and no credentials, no
@@ -142,16 +153,15 @@ pub fn check_event_type(fields: &mut Fields, event_type: &str) -> bool {
 /// `POST /webhooks` (no `Debug`: it holds the secret).
 #[derive(Clone, ToSchema)]
 pub struct WebhookIn {
-    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     /// Absolute http(s) URL; internal addresses are refused unless allowed.
     #[schema(example = "https://example.com/webhook")]
     pub url: String,
     /// One event type, a family pattern (`ticket.*`) or `*`.
-    #[schema(min_length = 1, max_length = 50, example = "user.created")]
+    #[schema(example = "user.created")]
     pub event_type: String,
     /// HMAC key for signatures; unsigned when absent.
-    #[schema(max_length = 128, nullable)]
+    #[schema(nullable)]
     pub secret: Option<String>,
     #[schema(nullable)]
     pub description: Option<String>,
@@ -217,13 +227,11 @@ fn field_rank(e: &FieldError) -> usize {
 /// `disabled_reason`.
 #[derive(Clone, Default, ToSchema)]
 pub struct WebhookPatch {
-    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
     pub url: Option<String>,
     /// One event type, a family pattern (`ticket.*`) or `*`.
-    #[schema(min_length = 1, max_length = 50)]
     pub event_type: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 128, nullable)]
+    #[schema(value_type = Option<String>, nullable)]
     pub secret: Option<Option<String>>,
     #[schema(value_type = Option<String>, nullable)]
     pub description: Option<Option<String>>,
@@ -308,11 +316,9 @@ impl FromBody for WebhookPatch {
 #[derive(Clone, Default, ToSchema)]
 pub struct RotateIn {
     /// The new secret; generated (and returned once) when absent.
-    #[schema(min_length = 1, max_length = 128)]
     pub secret: Option<String>,
     /// How long the previous secret keeps signing; the server default
     /// (`SECRET_ROTATION_GRACE`, 24 h) when absent. 0 drops it at once.
-    #[schema(minimum = 0, maximum = 2592000)]
     pub grace_period_seconds: Option<i64>,
 }
 
@@ -413,7 +419,8 @@ pub struct DeliveryOut {
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
     /// `pending`, `success` or `failed`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: DeliveryStatus,
     pub error_message: Option<String>,
     pub attempt_number: i32,
     #[serde(serialize_with = "rfc3339::ser")]
@@ -704,7 +711,6 @@ pub struct RecoverIn {
     /// … and before this time; open-ended when absent.
     pub until: Option<DateTime<Utc>>,
     /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
-    #[schema(minimum = 1, maximum = 10000)]
     pub rate_per_s: Option<i32>,
 }
 
@@ -736,13 +742,11 @@ pub struct ReplayIn {
     /// Events stored at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Events after this stream sequence (0: from the first one).
-    #[schema(minimum = 0)]
     pub since_seq: Option<i64>,
     /// Events stored before this time; open-ended (up to the last event
     /// stored when the job starts) when absent.
     pub until: Option<DateTime<Utc>>,
     /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
-    #[schema(minimum = 1, maximum = 10000)]
     pub rate_per_s: Option<i32>,
 }
 
@@ -776,7 +780,7 @@ impl FromBody for ReplayIn {
 }
 
 /// Statuses a bulk retry can select.
-pub const BULK_RETRY_STATUSES: [&str; 1] = [storage::models::delivery_status::FAILED];
+pub const BULK_RETRY_STATUSES: [DeliveryStatus; 1] = [DeliveryStatus::Failed];
 
 /// `POST /webhooks/{id}/deliveries/retry`: retry every matching failed
 /// delivery (the first one of each event in the window), unless a retry
@@ -785,13 +789,12 @@ pub const BULK_RETRY_STATUSES: [&str; 1] = [storage::models::delivery_status::FA
 pub struct BulkRetryIn {
     /// Deliveries with this status; `failed` when absent.
     #[schema(value_type = Option<String>)]
-    pub status: Option<String>,
+    pub status: Option<DeliveryStatus>,
     /// Deliveries created at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// Deliveries created before this time.
     pub until: Option<DateTime<Utc>>,
     /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
-    #[schema(minimum = 1, maximum = 10000)]
     pub rate_per_s: Option<i32>,
 }
 
@@ -819,9 +822,11 @@ pub struct JobOut {
     pub id: i64,
     pub webhook_id: i32,
     /// `recover`, `replay` or `retry`.
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: JobKind,
     /// `queued`, `running`, `paused`, `completed`, `cancelled` or `failed`.
-    pub status: String,
+    #[schema(value_type = String)]
+    pub status: JobStatus,
     /// Items in the window; `null` until the job started (for a replay an
     /// estimate while it runs, exact once completed).
     pub total: Option<i64>,
@@ -840,7 +845,8 @@ pub struct JobOut {
     pub until: Option<DateTime<Utc>>,
     pub since_seq: Option<i64>,
     /// Bulk retry: the delivery status it selects.
-    pub delivery_status: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub delivery_status: Option<DeliveryStatus>,
     /// Why a job failed.
     pub error: Option<String>,
     #[serde(serialize_with = "rfc3339::ser")]
@@ -853,7 +859,7 @@ pub struct JobOut {
 
 impl From<storage::jobs::Job> for JobOut {
     fn from(j: storage::jobs::Job) -> Self {
-        let is_replay = j.kind == storage::jobs::kind::REPLAY;
+        let is_replay = j.kind == JobKind::Replay;
         Self {
             id: j.id,
             webhook_id: j.webhook_id,

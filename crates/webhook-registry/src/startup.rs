@@ -14,6 +14,7 @@ use actix_web::{App, web};
 use anyhow::Context;
 use futures::FutureExt;
 use proto_events::Namespace;
+use proto_events::nats::FirstConnect;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
 use telemetry::metrics::MetricsRegistry;
@@ -51,7 +52,8 @@ impl Application {
     /// Connects lazily (Postgres and NATS may be down: both are retried in
     /// the background) and binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let ns = Namespace::new(&config.nats_prefix)?;
+        config.nats.validate()?;
+        let ns = config.nats.namespace()?;
         let pool = build_pool(&config)?;
         let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
         let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
@@ -59,19 +61,26 @@ impl Application {
             allow_private_targets: config.allow_private_targets,
             ..SenderConfig::default()
         })?;
-        let nats = async_nats::ConnectOptions::new()
-            .name("webhook-registry")
-            .retry_on_initial_connect()
-            .connect(config.nats_url.as_str())
-            .await
-            .with_context(|| "invalid NATS_URL".to_owned())?;
+        let nats = config
+            .nats
+            .connect("webhook-registry", FirstConnect::RetryInBackground)
+            .await?;
         let (notifier, notices) = Notifier::new();
         let ready = Arc::new(AtomicBool::new(false));
 
         let metrics = Arc::new(MetricsRegistry::new());
         let http_metrics = HttpMetrics::register(&metrics);
         let ops = Ops {
-            readiness: readiness(pool.clone(), nats.clone(), ready.clone()),
+            readiness: readiness(
+                pool.clone(),
+                nats.clone(),
+                ready.clone(),
+                if config.migrate_at_start() {
+                    "not applied yet (waiting for the database)"
+                } else {
+                    "schema not at the latest migration yet (waiting for `webhook-registry migrate`)"
+                },
+            ),
             metrics,
         };
         let state = web::Data::new(AppState {
@@ -141,7 +150,7 @@ impl Application {
         let server = builder.run();
         let handle = server.handle();
         tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
-            nats = %storage::redact_url(&config.nats_url), "webhook-registry listening");
+            nats = %config.nats.redacted_urls(), "webhook-registry listening");
         Ok(Self {
             addr,
             server,
@@ -253,7 +262,12 @@ fn build_pool(config: &Config) -> Result<DbPool, storage::StorageError> {
     )
 }
 
-fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> Readiness {
+fn readiness(
+    pool: DbPool,
+    nats: async_nats::Client,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+) -> Readiness {
     Readiness::new()
         .with("database", move || {
             let pool = pool.clone();
@@ -272,7 +286,7 @@ fn readiness(pool: DbPool, nats: async_nats::Client, ready: Arc<AtomicBool>) -> 
                 if ok {
                     Ok(())
                 } else {
-                    Err("not applied yet (waiting for the database)".to_owned())
+                    Err(not_ready.to_owned())
                 }
             }
             .boxed()
@@ -332,7 +346,17 @@ async fn bootstrap_once(
             tracing::info!(?applied, "migrations applied");
         }
     } else {
-        storage::ping(pool).await?;
+        // Someone else migrates (`webhook-registry migrate`, e.g. a
+        // Kubernetes Job): the API opens only once the schema is the one
+        // this binary expects.
+        let pending = storage::pending_migrations(&config.database_url).await?;
+        if !pending.is_empty() {
+            return Err(storage::StorageError::Migration(format!(
+                "{} migration(s) not applied yet (first: {}); waiting for `webhook-registry migrate`",
+                pending.len(),
+                pending[0]
+            )));
+        }
     }
     if let Some(token) = config.default_token.as_deref().filter(|t| !t.is_empty()) {
         let mut conn = pool.get().await?;

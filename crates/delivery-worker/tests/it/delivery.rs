@@ -174,7 +174,7 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     let rows = settled_rows(&app.pool, hook, 1).await;
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
-    assert_eq!(row.status, "success");
+    assert_eq!(row.status.as_str(), "success");
     assert_eq!(row.response_status, Some(200));
     assert_eq!(row.attempt_number, 1);
     assert_eq!(row.event_id.as_deref(), Some(env.id.as_str()));
@@ -256,7 +256,7 @@ async fn timeouts_are_recorded_as_failures() {
         .await;
     let rows = settled_rows(&app.pool, hook, 1).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].status.as_str(), "failed");
     assert_eq!(rows[0].response_status, None);
     assert!(
         rows[0]
@@ -359,7 +359,10 @@ async fn a_dead_receiver_does_not_hold_up_the_others() {
     // parked as pending rows (no attempt yet), so their events could be acked.
     let parked = eventually(10, "parked deliveries", || async {
         let rows = deliveries(&app.pool, stuck).await;
-        let pending = rows.iter().filter(|r| r.status == "pending").count();
+        let pending = rows
+            .iter()
+            .filter(|r| r.status.as_str() == "pending")
+            .count();
         (pending >= n - 2).then_some(pending)
     })
     .await;

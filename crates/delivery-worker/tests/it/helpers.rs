@@ -39,8 +39,8 @@ pub struct TestApp {
 pub fn test_config(db_url: &str, ns: &Namespace) -> Config {
     let mut c = Config::defaults();
     c.database_url = db_url.to_owned();
-    c.nats_url = NATS_URL.to_owned();
-    c.nats_prefix = ns.prefix().to_owned();
+    c.nats.nats_url = NATS_URL.to_owned();
+    c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = "127.0.0.1:0".parse().unwrap();
     c.allow_private_targets = true;
     c.retry_schedule = "1s,1s".to_owned();
@@ -233,7 +233,7 @@ where
 pub async fn settled_rows(pool: &DbPool, webhook_id: i32, n: usize) -> Vec<Delivery> {
     eventually(20, "delivery rows", || async {
         let rows = deliveries(pool, webhook_id).await;
-        (rows.len() >= n && rows.iter().all(|r| r.status != "pending")).then_some(rows)
+        (rows.len() >= n && rows.iter().all(|r| r.status.as_str() != "pending")).then_some(rows)
     })
     .await
 }

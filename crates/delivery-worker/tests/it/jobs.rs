@@ -26,14 +26,14 @@ async fn create_job(pool: &DbPool, new: NewJob) -> Job {
     }
 }
 
-fn job(webhook_id: i32, kind: &str, rate_per_s: i32) -> NewJob {
+fn job(webhook_id: i32, kind: jobs::JobKind, rate_per_s: i32) -> NewJob {
     NewJob {
         webhook_id,
-        kind: kind.to_owned(),
+        kind,
         since: None,
         until: None,
         since_seq: None,
-        delivery_status: Some("failed".to_owned()),
+        delivery_status: Some(storage::models::DeliveryStatus::Failed),
         rate_per_s,
     }
 }
@@ -46,7 +46,7 @@ async fn read_job(pool: &DbPool, webhook_id: i32, id: i64) -> Job {
 async fn wait_status(pool: &DbPool, j: &Job, status: &str, secs: u64) -> Job {
     eventually(secs, &format!("job {} {status}", j.id), || async {
         let now = read_job(pool, j.webhook_id, j.id).await;
-        (now.status == status).then_some(now)
+        (now.status.as_str() == status).then_some(now)
     })
     .await
 }
@@ -110,7 +110,12 @@ async fn a_receiver_down_for_a_window_gets_every_event_once_after_recover() {
     }
     // Each event: the first attempt and one retry, both failed.
     let rows = settled_rows(&app.pool, hook, 1 + 20).await;
-    assert_eq!(rows.iter().filter(|r| r.status == "failed").count(), 20);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.status.as_str() == "failed")
+            .count(),
+        20
+    );
     let outage_requests = rx.on("/r").len();
 
     up.store(true, Ordering::SeqCst);
@@ -118,7 +123,7 @@ async fn a_receiver_down_for_a_window_gets_every_event_once_after_recover() {
         &app.pool,
         NewJob {
             since: Some(since - chrono::Duration::seconds(1)),
-            ..job(hook, jobs::kind::RECOVER, 100)
+            ..job(hook, jobs::JobKind::Recover, 100)
         },
     )
     .await;
@@ -141,7 +146,7 @@ async fn a_receiver_down_for_a_window_gets_every_event_once_after_recover() {
     let rows = deliveries(&app.pool, hook).await;
     let recovered: Vec<_> = rows.iter().filter(|r| r.attempt_number == 3).collect();
     assert_eq!(recovered.len(), 10);
-    assert!(recovered.iter().all(|r| r.status == "success"));
+    assert!(recovered.iter().all(|r| r.status.as_str() == "success"));
     assert_counts(&app.pool).await;
 
     // A second recover finds nothing left to do.
@@ -149,7 +154,7 @@ async fn a_receiver_down_for_a_window_gets_every_event_once_after_recover() {
         &app.pool,
         NewJob {
             since: Some(since - chrono::Duration::seconds(1)),
-            ..job(hook, jobs::kind::RECOVER, 100)
+            ..job(hook, jobs::JobKind::Recover, 100)
         },
     )
     .await;
@@ -181,7 +186,7 @@ async fn a_webhook_created_after_100_events_gets_all_of_them_in_order() {
         NewJob {
             since_seq: Some(0),
             delivery_status: None,
-            ..job(hook, jobs::kind::REPLAY, 2000)
+            ..job(hook, jobs::JobKind::Replay, 2000)
         },
     )
     .await;
@@ -208,7 +213,7 @@ async fn a_webhook_created_after_100_events_gets_all_of_them_in_order() {
     assert_eq!(rows.len(), 100);
     assert!(
         rows.iter()
-            .all(|r| r.status == "success" && r.attempt_number == 1)
+            .all(|r| r.status.as_str() == "success" && r.attempt_number == 1)
     );
     assert_counts(&app.pool).await;
     app.cleanup().await;
@@ -228,7 +233,7 @@ async fn a_job_is_paced_and_can_be_cancelled() {
         &app.pool,
         NewJob {
             since_seq: Some(0),
-            ..job(hook, jobs::kind::REPLAY, 10)
+            ..job(hook, jobs::JobKind::Replay, 10)
         },
     )
     .await;
@@ -241,7 +246,7 @@ async fn a_job_is_paced_and_can_be_cancelled() {
     {
         let mut conn = app.pool.get().await.unwrap();
         let c = jobs::cancel(&mut conn, hook, j.id).await.unwrap().unwrap();
-        assert_eq!(c.status, "cancelled");
+        assert_eq!(c.status.as_str(), "cancelled");
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let n = rx.count();
@@ -249,9 +254,9 @@ async fn a_job_is_paced_and_can_be_cancelled() {
     assert_eq!(rx.count(), n, "nothing sent after the cancel took effect");
     assert!(n < 60, "stopped early: {n}");
     let after = read_job(&app.pool, hook, j.id).await;
-    assert_eq!(after.status, "cancelled");
+    assert_eq!(after.status.as_str(), "cancelled");
     // A cancelled webhook's next job may start.
-    let next = create_job(&app.pool, job(hook, jobs::kind::RETRY, 10)).await;
+    let next = create_job(&app.pool, job(hook, jobs::JobKind::Retry, 10)).await;
     wait_status(&app.pool, &next, "completed", 10).await;
     app.cleanup().await;
 }
@@ -277,14 +282,14 @@ async fn a_job_survives_a_restart_mid_way_without_duplicates() {
         &first.pool,
         NewJob {
             since_seq: Some(0),
-            ..job(hook, jobs::kind::REPLAY, 50)
+            ..job(hook, jobs::JobKind::Replay, 50)
         },
     )
     .await;
     rx.wait_for("/r", 40, 20).await;
     let first = first.stop().await;
     let handed_back = read_job(&first.pool, hook, j.id).await;
-    assert_eq!(handed_back.status, "queued", "{handed_back:?}");
+    assert_eq!(handed_back.status.as_str(), "queued", "{handed_back:?}");
     assert!(handed_back.done >= 40 && handed_back.done < 150);
     assert_eq!(
         usize::try_from(handed_back.done).unwrap(),
@@ -344,7 +349,7 @@ async fn a_dead_replicas_job_is_taken_over_and_skips_what_it_sent() {
                     payload: json!({}),
                     response_status: Some(200),
                     response_body: None,
-                    status: "success".into(),
+                    status: storage::models::DeliveryStatus::Success,
                     error_message: None,
                     attempt_number: 1,
                     delivered_at: Some(Utc::now()),
@@ -388,7 +393,7 @@ async fn a_replay_older_than_the_stream_says_what_is_unavailable() {
         NewJob {
             since_seq: Some(0),
             delivery_status: None,
-            ..job(hook, jobs::kind::REPLAY, 1000)
+            ..job(hook, jobs::JobKind::Replay, 1000)
         },
     )
     .await;
@@ -403,7 +408,7 @@ async fn a_replay_older_than_the_stream_says_what_is_unavailable() {
         NewJob {
             since: Some(Utc::now() - chrono::Duration::hours(1)),
             delivery_status: None,
-            ..job(hook, jobs::kind::REPLAY, 1000)
+            ..job(hook, jobs::JobKind::Replay, 1000)
         },
     )
     .await;
@@ -425,7 +430,7 @@ async fn bulk_retry_sends_each_failed_event_once_unless_a_retry_is_pending() {
         payload: json!({"event": event}),
         response_status: None,
         response_body: None,
-        status: status.into(),
+        status: status.parse().unwrap(),
         error_message: None,
         attempt_number: attempt,
         delivered_at: None,
@@ -449,7 +454,7 @@ async fn bulk_retry_sends_each_failed_event_once_unless_a_retry_is_pending() {
             .unwrap();
     }
     drop(conn);
-    let j = create_job(&app.pool, job(hook, jobs::kind::RETRY, 100)).await;
+    let j = create_job(&app.pool, job(hook, jobs::JobKind::Retry, 100)).await;
     let done = wait_status(&app.pool, &j, "completed", 20).await;
     assert_eq!((done.total, done.done), (Some(2), 2));
     let mut got = event_ids(&rx, "/r");
@@ -460,7 +465,7 @@ async fn bulk_retry_sends_each_failed_event_once_unless_a_retry_is_pending() {
         .iter()
         .find(|r| r.event_id.as_deref() == Some("a") && r.attempt_number == 3);
     assert!(
-        a3.is_some_and(|r| r.status == "success"),
+        a3.is_some_and(|r| r.status.as_str() == "success"),
         "next attempt number"
     );
 
@@ -470,7 +475,7 @@ async fn bulk_retry_sends_each_failed_event_once_unless_a_retry_is_pending() {
         &app.pool,
         NewJob {
             since: Some(Utc::now() - chrono::Duration::hours(1)),
-            ..job(hook, jobs::kind::RECOVER, 100)
+            ..job(hook, jobs::JobKind::Recover, 100)
         },
     )
     .await;
@@ -497,7 +502,7 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
         &app.pool,
         NewJob {
             since_seq: Some(0),
-            ..job(hook, jobs::kind::REPLAY, 20)
+            ..job(hook, jobs::JobKind::Replay, 20)
         },
     )
     .await;
@@ -505,7 +510,7 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
     {
         let mut conn = app.pool.get().await.unwrap();
         let changed = jobs::pause(&mut conn, hook, j.id).await.unwrap().unwrap();
-        assert!(matches!(changed, jobs::Changed::Done(ref p) if p.status == "paused"));
+        assert!(matches!(changed, jobs::Changed::Done(ref p) if p.status.as_str() == "paused"));
     }
     // The chunk in flight ends (about a second at 20/s), then nothing more.
     eventually(10, "the worker lets go of the paused job", || async {
@@ -516,7 +521,11 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
     .await;
     let sent = rx.count();
     let now = read_job(&app.pool, hook, j.id).await;
-    assert_eq!(now.status, "paused", "no replica claims a paused job");
+    assert_eq!(
+        now.status.as_str(),
+        "paused",
+        "no replica claims a paused job"
+    );
     assert!(sent < 60, "paused before the end: {sent}");
     assert_eq!(
         usize::try_from(now.done).unwrap(),
@@ -526,7 +535,7 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
     {
         let mut conn = app.pool.get().await.unwrap();
         // A second job of the webhook finds the paused one.
-        match jobs::create(&mut conn, job(hook, jobs::kind::RETRY, 10))
+        match jobs::create(&mut conn, job(hook, jobs::JobKind::Retry, 10))
             .await
             .unwrap()
         {
@@ -534,7 +543,7 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
             Created::New(n) => panic!("a paused job is the webhook's unfinished job: {n:?}"),
         }
         let changed = jobs::resume(&mut conn, hook, j.id).await.unwrap().unwrap();
-        assert!(matches!(changed, jobs::Changed::Done(ref r) if r.status == "queued"));
+        assert!(matches!(changed, jobs::Changed::Done(ref r) if r.status.as_str() == "queued"));
     }
     let done = wait_status(&app.pool, &j, "completed", 30).await;
     assert_eq!((done.done, done.failed), (60, 0));
@@ -543,7 +552,7 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
         let mut conn = app.pool.get().await.unwrap();
         // A finished job is neither paused nor resumed.
         let again = jobs::pause(&mut conn, hook, j.id).await.unwrap().unwrap();
-        assert!(matches!(again, jobs::Changed::Refused(ref f) if f.status == "completed"));
+        assert!(matches!(again, jobs::Changed::Refused(ref f) if f.status.as_str() == "completed"));
         let again = jobs::resume(&mut conn, hook, j.id).await.unwrap().unwrap();
         assert!(matches!(again, jobs::Changed::Refused(_)));
         assert!(
@@ -599,7 +608,7 @@ async fn a_job_survives_kill_9_of_its_worker() {
         NewJob {
             since_seq: Some(0),
             delivery_status: None,
-            ..job(hook, jobs::kind::REPLAY, 100)
+            ..job(hook, jobs::JobKind::Replay, 100)
         },
     )
     .await;
@@ -615,7 +624,11 @@ async fn a_job_survives_kill_9_of_its_worker() {
     let received_before_kill = rx.count();
     let recorded_before_kill = deliveries(&app.pool, hook).await.len();
     let stored = read_job(&app.pool, hook, j.id).await;
-    assert_eq!(stored.status, "running", "the dead worker still holds it");
+    assert_eq!(
+        stored.status.as_str(),
+        "running",
+        "the dead worker still holds it"
+    );
 
     let mut second = start_binary(&app.db, &app.ns, &fast_jobs);
     let done = wait_status(&app.pool, &j, "completed", 60).await;

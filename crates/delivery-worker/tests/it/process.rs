@@ -127,3 +127,49 @@ fn tail(out: &str) -> String {
     let lines: Vec<&str> = out.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
+
+#[test]
+fn help_lists_every_nats_setting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
+        .env_clear()
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for var in [
+        "NATS_URL",
+        "NATS_PREFIX",
+        "NATS_CREDS",
+        "NATS_NKEY",
+        "NATS_TLS_CA",
+        "NATS_TLS_CERT",
+        "NATS_TLS_KEY",
+        "EVENTS_REPLICAS",
+        "EVENTS_MAX_AGE",
+        "EVENTS_MAX_BYTES",
+    ] {
+        assert!(
+            help.contains(&format!("env: {var}")),
+            "--help lacks {var}:\n{help}"
+        );
+    }
+    for default in ["[default: 7d]", "[default: unlimited]", "[default: 1]"] {
+        assert!(help.contains(default), "--help lacks {default}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_list_with_a_dead_first_entry_connects_through_the_next() {
+    let db = TestDb::new().await.unwrap();
+    let live = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let child = start(&db.url, &format!("nats://{NATS_DOWN},{live}"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, code, out) = terminate(child, Duration::from_secs(20)).await;
+    assert_eq!(code, 0, "graceful exit; last lines:\n{}", tail(&out));
+    assert!(
+        out.contains("connected to NATS"),
+        "no connection; last lines:\n{}",
+        tail(&out)
+    );
+}

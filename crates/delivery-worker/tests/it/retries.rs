@@ -45,7 +45,7 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
     assert_eq!(rows.len(), 3, "first attempt + 2 retries");
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r.attempt_number, i as i32 + 1);
-        assert_eq!(r.status, "failed");
+        assert_eq!(r.status.as_str(), "failed");
         assert_eq!(r.response_status, Some(500));
         assert_eq!(r.response_body.as_deref(), Some("boom"));
         assert_eq!(r.error_message.as_deref(), Some("HTTP 500"));
@@ -88,9 +88,9 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
 
     let rows = settled_rows(&app.pool, flaky, 2).await;
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].status.as_str(), "failed");
     assert!(rows[0].next_retry_at.is_some());
-    assert_eq!(rows[1].status, "success");
+    assert_eq!(rows[1].status.as_str(), "success");
     assert_eq!(rows[1].attempt_number, 2);
     assert!(rows[1].delivered_at.is_some());
     let w = webhook(&app.pool, flaky).await;
@@ -123,7 +123,7 @@ async fn retry_after_on_429_is_honoured() {
     assert_eq!(rows[0].response_status, Some(429));
     let due = rows[0].next_retry_at.unwrap();
     assert!((due - rows[0].created_at).num_milliseconds() < 2000);
-    assert_eq!(rows[1].status, "success");
+    assert_eq!(rows[1].status.as_str(), "success");
     app.cleanup().await;
 }
 
@@ -146,7 +146,7 @@ async fn gone_disables_the_webhook() {
         .await;
     let rows = settled_rows(&app.pool, hook, 1).await;
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].status.as_str(), "failed");
     assert_eq!(rows[0].response_status, Some(410));
     assert!(rows[0].next_retry_at.is_none(), "410 is not retried");
     assert!(rows[0].error_message.as_deref().unwrap().contains("410"));
@@ -239,7 +239,7 @@ async fn manual_retries_queued_by_the_registry_run() {
             payload: json!({"user_id": 7, "name": "Ёж"}),
             response_status: None,
             response_body: None,
-            status: "pending".into(),
+            status: storage::models::DeliveryStatus::Pending,
             error_message: None,
             attempt_number: 4,
             delivered_at: None,
@@ -258,7 +258,7 @@ async fn manual_retries_queued_by_the_registry_run() {
     );
     let rows = settled_rows(&app.pool, hook, 1).await;
     assert_eq!(rows.len(), 1, "updated in place");
-    assert_eq!(rows[0].status, "success");
+    assert_eq!(rows[0].status.as_str(), "success");
     assert_eq!(rows[0].attempt_number, 4);
     assert!(rows[0].next_retry_at.is_none());
     assert_eq!(webhook(&app.pool, hook).await.success_count, 1);
@@ -295,7 +295,7 @@ async fn ssrf_guard_refuses_private_destinations() {
     for (hook, url) in hooks.iter().zip(&urls) {
         let rows = settled_rows(&app.pool, *hook, 1).await;
         assert_eq!(rows.len(), 1, "{url}");
-        assert_eq!(rows[0].status, "failed", "{url}");
+        assert_eq!(rows[0].status.as_str(), "failed", "{url}");
         let err = rows[0].error_message.as_deref().unwrap_or_default();
         assert!(err.contains("destination refused"), "{url}: {err}");
         assert!(

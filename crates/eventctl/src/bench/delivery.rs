@@ -26,6 +26,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Envelope, EventType, Namespace};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -311,17 +312,18 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
 async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
+    use storage::models::DeliveryStatus;
     use storage::schema::webhook_deliveries::dsl as d;
     let mut conn = pool.get().await?;
     let ok: i64 = d::webhook_deliveries
         .filter(d::webhook_id.eq_any(ids))
-        .filter(d::status.eq("success"))
+        .filter(d::status.eq(DeliveryStatus::Success))
         .count()
         .get_result(&mut conn)
         .await?;
     let failed: i64 = d::webhook_deliveries
         .filter(d::webhook_id.eq_any(ids))
-        .filter(d::status.eq("failed"))
+        .filter(d::status.eq(DeliveryStatus::Failed))
         .count()
         .get_result(&mut conn)
         .await?;
@@ -329,7 +331,7 @@ async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64,
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.events > 0 && args.webhooks > 0,
         "--events and --webhooks must be positive"
@@ -352,9 +354,9 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
             ns,
         ),
     };
-    let result = bench(nats_url, &ns, &db, &args).await;
+    let result = bench(nats, &ns, &db, &args).await;
     if args.worker != WorkerMode::External {
-        let client = async_nats::connect(nats_url).await;
+        let client = nats.connect("eventctl", FirstConnect::FailFast).await;
         if let Ok(client) = client {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(ns.stream()).await;
@@ -365,16 +367,14 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
     result
 }
 
-async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
     let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
-    let client = async_nats::ConnectOptions::new()
-        .name("eventctl-bench")
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let client = nats
+        .connect("eventctl-bench", FirstConnect::FailFast)
+        .await?;
     let js = async_nats::jetstream::new(client.clone());
     ns.ensure_streams(&js).await?;
 
@@ -406,8 +406,10 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
         WorkerMode::InProcess => {
             let mut cfg = delivery_worker::Config::defaults();
             cfg.database_url = db.url.clone();
-            cfg.nats_url = nats_url.to_owned();
-            cfg.nats_prefix = ns.prefix().to_owned();
+            cfg.nats = NatsArgs {
+                nats_prefix: ns.prefix().to_owned(),
+                ..nats.clone()
+            };
             cfg.bind = "127.0.0.1:0".parse()?;
             cfg.allow_private_targets = true;
             cfg.max_in_flight = args.max_in_flight;
@@ -433,7 +435,7 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
             let worker_addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let child = tokio::process::Command::new(&bin)
                 .env("DATABASE_URL", &db.url)
-                .env("NATS_URL", nats_url)
+                .env("NATS_URL", &nats.nats_url)
                 .env("NATS_PREFIX", ns.prefix())
                 .env("WORKER_BIND", worker_addr.to_string())
                 .env("DELIVERY_ALLOW_PRIVATE_TARGETS", "true")

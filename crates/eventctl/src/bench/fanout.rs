@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use futures::StreamExt;
 use parking_lot::Mutex;
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Namespace, Publisher};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
@@ -233,7 +234,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 #[derive(Debug, Clone)]
 enum Sink {
     /// The gateway's stream, through NATS.
-    Nats { url: String, ns: Namespace },
+    Nats { nats: Box<NatsArgs>, ns: Namespace },
     /// An HTTP publisher endpoint (nchan's `/pub`), one POST per event.
     Http { url: String },
 }
@@ -326,12 +327,10 @@ async fn publish_at_rate(
     let total = (rate as f64 * duration.as_secs_f64()).round() as u64;
     let mut published = 0;
     match sink {
-        Sink::Nats { url, ns } => {
-            let nats = async_nats::ConnectOptions::new()
-                .name("eventctl-bench-fanout-publisher")
-                .connect(&url)
-                .await
-                .with_context(|| format!("cannot connect to NATS at {url}"))?;
+        Sink::Nats { nats, ns } => {
+            let nats = nats
+                .connect("eventctl-bench-fanout-publisher", FirstConnect::FailFast)
+                .await?;
             let publisher = Publisher::new(nats, ns);
             publisher.ensure_stream().await?;
             while published < total {
@@ -606,14 +605,11 @@ fn report_json(r: &Report) -> serde_json::Value {
 
 /// Runs the benchmark (against the gateway, then the peer if asked) and
 /// prints the report.
-pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     // Fail early when NATS is not there.
-    async_nats::ConnectOptions::new()
-        .name("eventctl-bench-fanout")
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    nats.connect("eventctl-bench-fanout", FirstConnect::FailFast)
+        .await?;
     let sep = if args.url.contains('?') { '&' } else { '?' };
     let mut targets = vec![Target {
         name: "gateway",
@@ -621,7 +617,7 @@ pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()
         pids: args.gateway_pid.into_iter().collect(),
         welcome: true,
         sink: Sink::Nats {
-            url: nats_url.to_owned(),
+            nats: Box::new(nats.clone()),
             ns,
         },
     }];

@@ -22,6 +22,7 @@ use chrono::Utc;
 use serde_json::Value;
 
 use super::delivery::{BenchDb, percentile};
+use proto_events::nats::NatsArgs;
 
 /// History benchmark.
 #[derive(Debug, clap::Args)]
@@ -77,7 +78,7 @@ struct SizeResult {
     bytes_per_row: f64,
 }
 
-pub async fn run(nats_url: &str, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
     let bin = match &args.registry_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("webhook-registry"),
@@ -90,7 +91,7 @@ pub async fn run(nats_url: &str, args: Args) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for &rows in &args.rows {
         let db = BenchDb::temporary(&args.database_url).await?;
-        let r = measure(nats_url, &args, &bin, &db, rows).await;
+        let r = measure(nats, &args, &bin, &db, rows).await;
         db.drop_db().await;
         let r = r?;
         print_size(&r);
@@ -220,7 +221,7 @@ async fn fill(
 }
 
 async fn measure(
-    nats_url: &str,
+    nats: &NatsArgs,
     args: &Args,
     bin: &std::path::Path,
     db: &BenchDb,
@@ -245,7 +246,7 @@ async fn measure(
     };
     let mut child = tokio::process::Command::new(bin)
         .env("DATABASE_URL", &db.url)
-        .env("NATS_URL", nats_url)
+        .env("NATS_URL", &nats.nats_url)
         .env(
             "NATS_PREFIX",
             format!("bench{}", uuid::Uuid::new_v4().simple()),

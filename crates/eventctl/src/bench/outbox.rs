@@ -23,6 +23,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures::StreamExt;
 use parking_lot::Mutex;
 use proto_events::Namespace;
+use proto_events::nats::{FirstConnect, NatsArgs};
 
 use super::delivery::{BenchDb, cpu_seconds, percentile};
 
@@ -54,7 +55,7 @@ pub struct Args {
     pub relay_bin: Option<std::path::PathBuf>,
 }
 
-pub async fn run(nats_url: &str, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
     let bin = match &args.relay_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.with_file_name("outbox-relay"),
@@ -66,9 +67,9 @@ pub async fn run(nats_url: &str, args: Args) -> anyhow::Result<()> {
     );
     let db = BenchDb::temporary(&args.database_url).await?;
     let ns = Namespace::unique();
-    let client = async_nats::connect(nats_url).await?;
+    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     let js = jetstream::new(client);
-    let result = bench(nats_url, &js, &ns, &db, &bin, &args).await;
+    let result = bench(nats, &js, &ns, &db, &bin, &args).await;
     let _ = js.delete_stream(ns.stream()).await;
     let _ = js.delete_stream(ns.deadletter_stream()).await;
     db.drop_db().await;
@@ -78,13 +79,13 @@ pub async fn run(nats_url: &str, args: Args) -> anyhow::Result<()> {
 fn start_relay(
     bin: &std::path::Path,
     db: &BenchDb,
-    nats_url: &str,
+    nats: &NatsArgs,
     ns: &Namespace,
     batch_size: usize,
 ) -> anyhow::Result<tokio::process::Child> {
     tokio::process::Command::new(bin)
         .env("OUTBOX_DATABASE_URL", &db.url)
-        .env("NATS_URL", nats_url)
+        .env("NATS_URL", &nats.nats_url)
         .env("NATS_PREFIX", ns.prefix())
         .env("RELAY_BIND", "127.0.0.1:0")
         .env("RELAY_BATCH_SIZE", batch_size.to_string())
@@ -116,7 +117,7 @@ async fn stream_len(js: &jetstream::Context, ns: &Namespace) -> u64 {
 }
 
 async fn bench(
-    nats_url: &str,
+    nats: &NatsArgs,
     js: &jetstream::Context,
     ns: &Namespace,
     db: &BenchDb,
@@ -140,7 +141,7 @@ async fn bench(
         args.events,
         filled.elapsed().as_secs_f64()
     );
-    let mut relay = start_relay(bin, db, nats_url, ns, args.batch_size)?;
+    let mut relay = start_relay(bin, db, nats, ns, args.batch_size)?;
     let pid = relay.id();
     let cpu_before = pid.and_then(|p| cpu_seconds(Some(p)));
     let deadline = Instant::now() + Duration::from_secs(600);

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Envelope, EventType, Namespace};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -53,15 +54,15 @@ pub struct Args {
 }
 
 /// Runs the benchmark and prints the report.
-pub async fn run(nats_url: &str, ns: Namespace, args: Args) -> anyhow::Result<()> {
+pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<()> {
     let ns = if ns.prefix().is_empty() {
         Namespace::unique()
     } else {
         ns
     };
     let db = BenchDb::temporary(&args.database_url).await?;
-    let result = bench(nats_url, &ns, &db, &args).await;
-    if let Ok(client) = async_nats::connect(nats_url).await {
+    let result = bench(nats, &ns, &db, &args).await;
+    if let Ok(client) = nats.connect("eventctl", FirstConnect::FailFast).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(ns.stream()).await;
         let _ = js.delete_stream(ns.deadletter_stream()).await;
@@ -138,14 +139,12 @@ fn take_phase(rx: &super::delivery::Receiver) -> Phase {
     }
 }
 
-async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
     let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
-    let client = async_nats::connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     let js = async_nats::jetstream::new(client.clone());
     ns.ensure_streams(&js).await?;
     println!(
@@ -160,8 +159,10 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
 
     let mut cfg = delivery_worker::Config::defaults();
     cfg.database_url = db.url.clone();
-    cfg.nats_url = nats_url.to_owned();
-    cfg.nats_prefix = ns.prefix().to_owned();
+    cfg.nats = NatsArgs {
+        nats_prefix: ns.prefix().to_owned(),
+        ..nats.clone()
+    };
     cfg.bind = "127.0.0.1:0".parse()?;
     cfg.allow_private_targets = true;
     cfg.job_concurrency = args.job_concurrency;
@@ -221,7 +222,7 @@ async fn bench(nats_url: &str, ns: &Namespace, db: &BenchDb, args: &Args) -> any
             &mut conn,
             storage::jobs::NewJob {
                 webhook_id,
-                kind: storage::jobs::kind::REPLAY.to_owned(),
+                kind: storage::jobs::JobKind::Replay,
                 since: None,
                 until: Some(backlog_end),
                 since_seq: Some(0),

@@ -96,8 +96,8 @@ impl Backing {
     pub fn config(&self) -> Config {
         let mut c = Config::from_env().expect("config");
         c.database_url = self.db.url.clone();
-        c.nats_url = nats_url();
-        c.nats_prefix = self.ns.prefix().to_owned();
+        c.nats.nats_url = nats_url();
+        c.nats.nats_prefix = self.ns.prefix().to_owned();
         c.bind = "127.0.0.1:0".to_owned();
         c.allowed_origins = Vec::new();
         c.max_connections = 1000;

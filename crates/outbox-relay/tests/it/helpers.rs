@@ -42,8 +42,8 @@ impl TestOutbox {
 
     pub fn config(&self) -> Config {
         let mut c = Config::for_database(&self.db.url);
-        c.nats_url = nats_url();
-        c.nats_prefix = self.ns.prefix().to_owned();
+        c.nats.nats_url = nats_url();
+        c.nats.nats_prefix = self.ns.prefix().to_owned();
         c.bind = "127.0.0.1:0".parse().unwrap();
         c.stats_interval = Duration::from_millis(100);
         c

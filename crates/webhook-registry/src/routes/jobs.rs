@@ -5,15 +5,15 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use storage::jobs::{self, Changed, Created, NewJob, kind};
-use storage::models::delivery_status;
+use storage::jobs::{self, Changed, Created, JobKind, NewJob};
+use storage::models::DeliveryStatus;
 use tracing::instrument;
 
 use crate::db;
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
-use crate::extract::{JsonBody, Query, path_id};
+use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{BulkRetryIn, JobOut, JobPage, RecoverIn, ReplayIn};
-use crate::routes::webhooks::{LIMIT_DEFAULT, LIMIT_MAX};
+use crate::model::{LIMIT_DEFAULT, LIMIT_MAX};
 use crate::state::AppState;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
@@ -36,7 +36,7 @@ async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> 
             "Webhook is disabled; enable it before starting a job".to_owned(),
         ));
     }
-    let job_kind = new.kind.clone();
+    let job_kind = new.kind;
     match jobs::create(&mut conn, new).await? {
         Created::New(job) => {
             tracing::info!(webhook_id = id, job_id = job.id, kind = %job_kind, "job queued");
@@ -77,11 +77,11 @@ pub async fn recover(
         &state,
         NewJob {
             webhook_id: id,
-            kind: kind::RECOVER.to_owned(),
+            kind: JobKind::Recover,
             since: Some(input.since),
             until: input.until,
             since_seq: None,
-            delivery_status: Some(delivery_status::FAILED.to_owned()),
+            delivery_status: Some(DeliveryStatus::Failed),
             rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
         },
     )
@@ -120,7 +120,7 @@ pub async fn replay(
         &state,
         NewJob {
             webhook_id: id,
-            kind: kind::REPLAY.to_owned(),
+            kind: JobKind::Replay,
             since: input.since,
             until: input.until,
             since_seq,
@@ -158,15 +158,11 @@ pub async fn bulk_retry(
         &state,
         NewJob {
             webhook_id: id,
-            kind: kind::RETRY.to_owned(),
+            kind: JobKind::Retry,
             since: input.since,
             until: input.until,
             since_seq: None,
-            delivery_status: Some(
-                input
-                    .status
-                    .unwrap_or_else(|| delivery_status::FAILED.to_owned()),
-            ),
+            delivery_status: Some(input.status.unwrap_or(DeliveryStatus::Failed)),
             rate_per_s: input.rate_per_s.unwrap_or(state.job_default_rate_per_s),
         },
     )
@@ -176,12 +172,20 @@ pub async fn bulk_retry(
 /// Query of `GET /webhooks/{id}/jobs`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct JobParams {
-    #[param(minimum = 1, maximum = 200, default = 50)]
-    limit: Option<i64>,
-    #[param(minimum = 0, default = 0)]
-    offset: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub limit: i64,
+    #[param(value_type = Option<i64>)]
+    pub offset: i64,
+}
+
+impl FromQuery for JobParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
+            offset: q.integer("offset", 0, 0, i64::MAX),
+        }
+    }
 }
 
 /// A webhook's jobs, newest first.
@@ -202,11 +206,9 @@ pub async fn list(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
-    let offset = q.integer("offset", 0, 0, i64::MAX);
+    let params = Query::read::<JobParams>(req.query_string());
     let id = webhook_id(&path)?;
-    q.finish()?;
+    let JobParams { limit, offset } = params?;
     let mut conn = state.conn().await?;
     db::get_webhook(&mut conn, id)
         .await?

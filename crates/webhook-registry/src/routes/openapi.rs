@@ -4,7 +4,9 @@
 use actix_web::{HttpResponse, web};
 use proto_events::EventType;
 use serde_json::{Value, json};
-use storage::models::delivery_status;
+use storage::jobs::{JobKind, JobStatus};
+use storage::models::DeliveryStatus;
+use strum::VariantArray;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -15,9 +17,11 @@ use crate::model::{
     HourlyOut, JobOut, JobPage, RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{DESCRIPTION_MAX, URL_MAX, url_pattern};
-use crate::routes::portal::{self, ServiceReadiness, ServicesReadiness};
-use crate::routes::{events, jobs, webhooks};
+use crate::model::{
+    DESCRIPTION_MAX, EVENT_TYPE_MAX, HOURS_DEFAULT, HOURS_MAX, JOB_RATE_MAX, LIMIT_DEFAULT,
+    LIMIT_MAX, MAX_GRACE_SECONDS, NAME_MAX, SECRET_MAX, URL_MAX, url_pattern,
+};
+use crate::routes::portal::{ServiceReadiness, ServicesReadiness};
 
 struct SecuritySchemes;
 
@@ -41,12 +45,6 @@ impl Modify for SecuritySchemes {
     info(
         title = "bedolaga-events webhook registry",
         description = "Manage webhooks, their deliveries and secrets. Every /webhooks route needs `Authorization: Bearer <token>` or `X-API-Key: <token>`."
-    ),
-    paths(
-        webhooks::create, webhooks::list, webhooks::stats, webhooks::get, webhooks::update,
-        webhooks::delete, webhooks::deliveries, webhooks::hourly, webhooks::test, webhooks::retry,
-        webhooks::rotate, jobs::recover, jobs::replay, jobs::bulk_retry, jobs::list, jobs::get,
-        jobs::cancel, jobs::pause, jobs::resume, events::types, portal::readiness, serve,
     ),
     components(schemas(
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,
@@ -80,6 +78,10 @@ impl OpenApiJson {
 pub fn document() -> Result<Value, serde_json::Error> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    // The paths of the route table.
+    for op in crate::routes::operations() {
+        doc.paths.add_path_operation(&op.path, op.methods, op.doc);
+    }
     let mut doc = serde_json::to_value(doc)?;
     refine(&mut doc);
     Ok(doc)
@@ -125,7 +127,78 @@ fn not_null(doc: &mut Value, pointer: &str) {
     }
 }
 
+/// The parameter `name` of the operation at `pointer`.
+fn param<'a>(doc: &'a mut Value, pointer: &str, name: &str) -> Option<&'a mut Value> {
+    doc.pointer_mut(&format!("{pointer}/parameters"))?
+        .as_array_mut()?
+        .iter_mut()
+        .find(|p| p["name"] == name)
+}
+
+/// The limits of `crate::model`, where the validators and query structs
+/// take them from.
+fn limits(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    for (schema, field, min, max) in [
+        ("WebhookIn", "name", Some(1), NAME_MAX),
+        ("WebhookIn", "url", Some(1), URL_MAX),
+        ("WebhookIn", "event_type", Some(1), EVENT_TYPE_MAX),
+        ("WebhookIn", "secret", None, SECRET_MAX),
+        ("WebhookIn", "description", None, DESCRIPTION_MAX),
+        ("WebhookPatch", "name", Some(1), NAME_MAX),
+        ("WebhookPatch", "url", Some(1), URL_MAX),
+        ("WebhookPatch", "event_type", Some(1), EVENT_TYPE_MAX),
+        ("WebhookPatch", "secret", None, SECRET_MAX),
+        ("WebhookPatch", "description", None, DESCRIPTION_MAX),
+        ("RotateIn", "secret", Some(1), SECRET_MAX),
+    ] {
+        let pointer = format!("{schemas}/{schema}/properties/{field}");
+        if let Some(min) = min {
+            set(doc, &pointer, "minLength", json!(min));
+        }
+        set(doc, &pointer, "maxLength", json!(max));
+    }
+    for (schema, field, min, max) in [
+        ("RotateIn", "grace_period_seconds", 0, MAX_GRACE_SECONDS),
+        ("RecoverIn", "rate_per_s", 1, JOB_RATE_MAX),
+        ("ReplayIn", "rate_per_s", 1, JOB_RATE_MAX),
+        ("ReplayIn", "since_seq", 0, i64::MAX),
+        ("BulkRetryIn", "rate_per_s", 1, JOB_RATE_MAX),
+    ] {
+        let pointer = format!("{schemas}/{schema}/properties/{field}");
+        set(doc, &pointer, "minimum", json!(min));
+        set(doc, &pointer, "maximum", json!(max));
+    }
+    let page = [
+        ("limit", 1, Some(LIMIT_MAX), LIMIT_DEFAULT),
+        ("offset", 0, None, 0),
+    ];
+    let hours = [("hours", 1, Some(HOURS_MAX), HOURS_DEFAULT)];
+    for (operation, params) in [
+        ("/paths/~1webhooks/get", &page[..]),
+        ("/paths/~1webhooks~1{webhook_id}~1deliveries/get", &page[..]),
+        ("/paths/~1webhooks~1{webhook_id}~1jobs/get", &page[..]),
+        (
+            "/paths/~1webhooks~1{webhook_id}~1deliveries~1hourly/get",
+            &hours[..],
+        ),
+    ] {
+        for &(name, min, max, default) in params {
+            if let Some(Value::Object(schema)) =
+                param(doc, operation, name).map(|p| &mut p["schema"])
+            {
+                schema.insert("minimum".to_owned(), json!(min));
+                if let Some(max) = max {
+                    schema.insert("maximum".to_owned(), json!(max));
+                }
+                schema.insert("default".to_owned(), json!(default));
+            }
+        }
+    }
+}
+
 fn refine(doc: &mut Value) {
+    limits(doc);
     let schemas = "/components/schemas";
     // Any JSON value: the string, number, object or null that was refused.
     set(
@@ -158,14 +231,6 @@ fn refine(doc: &mut Value) {
             "pattern",
             json!(url_pattern()),
         );
-        set(doc, &format!("{props}/url"), "minLength", json!(1));
-        set(doc, &format!("{props}/url"), "maxLength", json!(URL_MAX));
-        set(
-            doc,
-            &format!("{props}/description"),
-            "maxLength",
-            json!(DESCRIPTION_MAX),
-        );
         set(
             doc,
             &format!("{props}/event_type"),
@@ -183,19 +248,20 @@ fn refine(doc: &mut Value) {
         "is_active",
         lax_bool_schema(),
     );
-    let statuses: Vec<Value> = delivery_status::ALL.iter().map(|s| json!(s)).collect();
+    // The enums serialize as their stored strings.
+    let statuses = json!(DeliveryStatus::VARIANTS);
     set(
         doc,
         &format!("{schemas}/DeliveryOut/properties/status"),
         "enum",
-        json!(statuses),
+        statuses.clone(),
     );
     if let Some(Value::Array(params)) =
         doc.pointer_mut("/paths/~1webhooks~1{webhook_id}~1deliveries/get/parameters")
     {
         for p in params.iter_mut() {
             if p["name"] == "status" {
-                p["schema"]["enum"] = json!(statuses);
+                p["schema"]["enum"] = statuses.clone();
             }
             if p["name"] == "cursor" {
                 p["schema"]["pattern"] = json!(crate::db::Cursor::PATTERN);
@@ -236,12 +302,6 @@ fn refine(doc: &mut Value) {
     );
     set(
         doc,
-        &format!("{schemas}/ReplayIn/properties/since_seq"),
-        "maximum",
-        json!(i64::MAX),
-    );
-    set(
-        doc,
         &format!("{schemas}/ReplayIn"),
         "not",
         json!({"required": ["since", "since_seq"]}),
@@ -250,13 +310,13 @@ fn refine(doc: &mut Value) {
         doc,
         &format!("{schemas}/JobOut/properties/kind"),
         "enum",
-        json!(storage::jobs::kind::ALL),
+        json!(JobKind::VARIANTS),
     );
     set(
         doc,
         &format!("{schemas}/JobOut/properties/status"),
         "enum",
-        json!(storage::jobs::status::ALL),
+        json!(JobStatus::VARIANTS),
     );
     for (path, schema) in [
         ("/paths/~1webhooks~1{webhook_id}~1replay/post", "ReplayIn"),

@@ -3,23 +3,21 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DurationRound, Utc};
 use rand::Rng;
-use serde_json::json;
-use storage::models::{NewDelivery, delivery_status};
+use storage::models::DeliveryStatus;
+use strum::VariantArray;
 use tracing::instrument;
 
 use crate::db::{self, NewWebhook, Retry, WebhookChanges};
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
-use crate::extract::{JsonBody, Query, path_id};
+use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{
     DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
+use crate::model::{HOURS_DEFAULT, HOURS_MAX, LIMIT_DEFAULT, LIMIT_MAX};
 use crate::notify::Op;
 use crate::state::AppState;
-
-/// Page size bounds (docs/contract.md, "REST API").
-pub const LIMIT_DEFAULT: i64 = 50;
-pub const LIMIT_MAX: i64 = 200;
+use crate::test_delivery;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
     path_id(raw, "webhook_id", ApiError::webhook_not_found())
@@ -64,18 +62,28 @@ pub async fn create(
 /// Query of `GET /webhooks`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct ListParams {
     /// Only webhooks with exactly this `event_type`.
-    event_type: Option<String>,
+    pub event_type: Option<String>,
     /// Only active (`true`) or inactive (`false`) webhooks.
-    is_active: Option<bool>,
+    pub is_active: Option<bool>,
     /// Page size.
-    #[param(minimum = 1, maximum = 200, default = 50)]
-    limit: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub limit: i64,
     /// Items to skip.
-    #[param(minimum = 0, default = 0)]
-    offset: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub offset: i64,
+}
+
+impl FromQuery for ListParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            event_type: q.string("event_type"),
+            is_active: q.boolean("is_active"),
+            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
+            offset: q.integer("offset", 0, 0, i64::MAX),
+        }
+    }
 }
 
 /// List webhooks, newest first.
@@ -92,12 +100,12 @@ pub struct ListParams {
 )]
 #[instrument(skip_all)]
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let event_type = q.string("event_type");
-    let is_active = q.boolean("is_active");
-    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
-    let offset = q.integer("offset", 0, 0, i64::MAX);
-    q.finish()?;
+    let ListParams {
+        event_type,
+        is_active,
+        limit,
+        offset,
+    } = Query::read(req.query_string())?;
     let mut conn = state.conn().await?;
     let (items, total) =
         db::list_webhooks(&mut conn, event_type.as_deref(), is_active, limit, offset).await?;
@@ -252,17 +260,29 @@ pub async fn delete(
 /// Query of `GET /webhooks/{id}/deliveries`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct DeliveryParams {
     /// `pending`, `success` or `failed`.
-    status: Option<String>,
-    #[param(minimum = 1, maximum = 200, default = 50)]
-    limit: Option<i64>,
-    #[param(minimum = 0, default = 0)]
-    offset: Option<i64>,
+    #[param(value_type = Option<String>)]
+    pub status: Option<DeliveryStatus>,
+    #[param(value_type = Option<i64>)]
+    pub limit: i64,
+    #[param(value_type = Option<i64>)]
+    pub offset: i64,
     /// Start after this point: the `next_cursor` of the previous page.
     /// The same cost at any depth, where `offset` reads every skipped row.
-    cursor: Option<String>,
+    #[param(value_type = Option<String>)]
+    pub cursor: Option<db::Cursor>,
+}
+
+impl FromQuery for DeliveryParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            status: q.one_of("status", DeliveryStatus::VARIANTS),
+            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
+            offset: q.integer("offset", 0, 0, i64::MAX),
+            cursor: q.cursor("cursor"),
+        }
+    }
 }
 
 /// A webhook's delivery history, newest first.
@@ -283,18 +303,18 @@ pub async fn deliveries(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let status = q.one_of("status", &delivery_status::ALL);
-    let limit = q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX);
-    let offset = q.integer("offset", 0, 0, i64::MAX);
-    let cursor = q.cursor("cursor");
+    let params = Query::read::<DeliveryParams>(req.query_string());
     let id = webhook_id(&path)?;
-    q.finish()?;
+    let DeliveryParams {
+        status,
+        limit,
+        offset,
+        cursor,
+    } = params?;
     let mut conn = state.conn().await?;
-    let (items, total) =
-        db::list_deliveries(&mut conn, id, status.as_deref(), cursor, limit, offset)
-            .await?
-            .ok_or_else(ApiError::webhook_not_found)?;
+    let (items, total) = db::list_deliveries(&mut conn, id, status, cursor, limit, offset)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?;
     let next_cursor = match items.last() {
         Some(last) if items.len() as i64 == limit => Some(
             db::Cursor {
@@ -317,15 +337,19 @@ pub async fn deliveries(
 /// Query of `GET /webhooks/{id}/deliveries/hourly`.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct HourlyParams {
     /// Hours to cover, ending with the current hour.
-    #[param(minimum = 1, maximum = 168, default = 24)]
-    hours: Option<i64>,
+    #[param(value_type = Option<i64>)]
+    pub hours: i64,
 }
 
-/// Longest window of the hourly counts: a week.
-pub const HOURS_MAX: i64 = 168;
+impl FromQuery for HourlyParams {
+    fn from_query(q: &mut Query) -> Self {
+        Self {
+            hours: q.integer("hours", HOURS_DEFAULT, 1, HOURS_MAX),
+        }
+    }
+}
 
 /// A webhook's delivery rows per hour (by `created_at`, UTC) and status,
 /// over the last `hours` hours: the portal's chart.
@@ -346,10 +370,9 @@ pub async fn hourly(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let mut q = Query::parse(req.query_string());
-    let hours = q.integer("hours", 24, 1, HOURS_MAX);
+    let params = Query::read::<HourlyParams>(req.query_string());
     let id = webhook_id(&path)?;
-    q.finish()?;
+    let HourlyParams { hours } = params?;
     let now = Utc::now();
     let this_hour = now
         .duration_trunc(chrono::TimeDelta::hours(1))
@@ -371,10 +394,10 @@ pub async fn hourly(
     for c in counts {
         let i = (c.hour - from).num_hours();
         if let Some(b) = usize::try_from(i).ok().and_then(|i| buckets.get_mut(i)) {
-            match c.status.as_str() {
-                delivery_status::SUCCESS => b.success += c.n,
-                delivery_status::FAILED => b.failed += c.n,
-                _ => b.pending += c.n,
+            match c.status {
+                DeliveryStatus::Success => b.success += c.n,
+                DeliveryStatus::Failed => b.failed += c.n,
+                DeliveryStatus::Pending => b.pending += c.n,
             }
         }
     }
@@ -385,15 +408,6 @@ pub async fn hourly(
         to,
         buckets,
     }))
-}
-
-/// Text stored in Postgres cannot hold NUL characters.
-fn storable(s: String) -> String {
-    if s.contains('\0') {
-        s.replace('\0', "\u{fffd}")
-    } else {
-        s
-    }
 }
 
 /// Send a signed `webhook.test` event to the webhook now and record it.
@@ -421,72 +435,20 @@ pub async fn test(
             .await?
             .ok_or_else(ApiError::webhook_not_found)?
     };
-    let now = Utc::now();
-    let event_id = proto_events::new_event_id();
-    let payload = json!({
-        "webhook_id": id,
-        "event": "webhook.test",
-        "message": "Test delivery from bedolaga-events",
-        "sent_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    });
-    let body = bytes::Bytes::from(proto_events::canonical::to_canonical_vec(&payload));
-    let message_id = webhook_client::message_id(&event_id, id);
-    let secrets = webhook.signing_secrets(now);
+    // The receiver sees the test delivery as part of the request's trace.
     let traceparent = telemetry::trace::traceparent_of(&tracing::Span::current());
-    let outcome = state
-        .sender
-        .send(&webhook_client::Outbound {
-            url: &webhook.url,
-            webhook_id: id,
-            event_type: TEST_EVENT,
-            message_id: &message_id,
-            timestamp: now.timestamp(),
-            body,
-            secrets: &secrets,
-            // The receiver sees the test delivery as part of the request's trace.
-            traceparent: traceparent.as_deref(),
-        })
-        .await;
-    let response_status = outcome.response_status.map(i32::from);
-    let response_body = outcome.response_body.map(storable);
-    let error = outcome.error.map(storable);
-    let mut conn = state.conn().await?;
-    let row = db::record_attempt(
-        &mut conn,
-        NewDelivery {
-            webhook_id: id,
-            event_type: TEST_EVENT.to_owned(),
-            payload,
-            response_status,
-            response_body: response_body.clone(),
-            status: if outcome.success {
-                delivery_status::SUCCESS
-            } else {
-                delivery_status::FAILED
-            }
-            .to_owned(),
-            error_message: error.clone(),
-            attempt_number: 1,
-            delivered_at: outcome.success.then(Utc::now),
-            next_retry_at: None,
-            event_id: Some(event_id),
-            traceparent,
-        },
-    )
-    .await?;
-    tracing::info!(success = outcome.success, status = ?response_status, "test delivery sent");
+    let (row, latency) = test_delivery::send(&state, &webhook, traceparent).await?;
+    let success = row.status == DeliveryStatus::Success;
+    tracing::info!(success, status = ?row.response_status, "test delivery sent");
     Ok(HttpResponse::Ok().json(TestOut {
-        success: outcome.success,
-        response_status,
-        response_body,
-        error,
-        latency_ms: u64::try_from(outcome.latency.as_millis()).unwrap_or(u64::MAX),
+        success,
+        response_status: row.response_status,
+        response_body: row.response_body,
+        error: row.error_message,
+        latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         delivery_id: row.id,
     }))
 }
-
-/// The event type of test deliveries.
-pub const TEST_EVENT: &str = "webhook.test";
 
 /// Queue a new attempt of a delivery for the delivery worker.
 #[utoipa::path(

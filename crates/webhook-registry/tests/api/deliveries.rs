@@ -134,7 +134,7 @@ async fn retry_queues_a_pending_attempt_for_the_worker() {
         .first(&mut conn)
         .await
         .unwrap();
-    assert_eq!(row.status, "pending");
+    assert_eq!(row.status.as_str(), "pending");
     assert_eq!(row.event_id.as_deref(), Some("evt-1"));
     assert_eq!(row.payload, first.payload);
     assert_eq!(row.event_type, first.event_type);

@@ -77,7 +77,7 @@ async fn test_endpoint_sends_a_signed_event_and_records_it() {
         .unwrap();
     assert_eq!(row.webhook_id, id);
     assert_eq!(row.event_type, "webhook.test");
-    assert_eq!(row.status, "success");
+    assert_eq!(row.status.as_str(), "success");
     assert_eq!(row.response_status, Some(200));
     assert_eq!(row.payload, body);
     assert!(row.delivered_at.is_some());
@@ -343,7 +343,7 @@ async fn metrics_count_requests_by_route_method_and_status() {
 #[tokio::test]
 async fn writes_publish_change_notices() {
     let app = spawn_app().await;
-    let nats = async_nats::connect(app.config.nats_url.as_str())
+    let nats = async_nats::connect(app.config.nats.nats_url.as_str())
         .await
         .unwrap();
     let mut sub = nats

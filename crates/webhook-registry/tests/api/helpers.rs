@@ -219,7 +219,7 @@ impl TestApp {
                     500
                 }),
                 response_body: None,
-                status: status.into(),
+                status: status.parse().unwrap(),
                 error_message: None,
                 attempt_number: attempt,
                 delivered_at: None,
@@ -252,7 +252,7 @@ impl Drop for TestApp {
         self.shutdown.cancel();
         // Delete this test's streams (best effort) on a runtime of our own.
         let ns = self.ns.clone();
-        let url = self.config.nats_url.clone();
+        let url = self.config.nats.nats_url.clone();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -65,6 +65,71 @@ async fn database_down_at_start_then_up() {
     assert!(up, "the API did not open once the database was there");
 }
 
+/// With `REGISTRY_AUTO_MIGRATE=false` (migrations run by a separate
+/// `webhook-registry migrate`, e.g. a Kubernetes Job) the registry is not
+/// ready and keeps the API closed until the schema is at the latest
+/// migration, then opens without a restart.
+#[tokio::test]
+async fn without_auto_migrate_the_api_waits_for_the_latest_schema() {
+    telemetry::init_test_logging();
+    let total =
+        diesel::migration::MigrationSource::<diesel::pg::Pg>::migrations(&storage::MIGRATIONS)
+            .unwrap()
+            .len();
+    let db = storage::testing::TestDb::migrated_to(total - 1)
+        .await
+        .unwrap();
+    let pending = storage::pending_migrations(&db.url).await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let mut config = Config::for_tests(&db.url, proto_events::Namespace::unique().prefix());
+    config.auto_migrate = false;
+    config.default_token = Some("waits-for-schema-token".into());
+    let (addr, shutdown, task) = start(config).await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+
+    // The database answers, but the schema is one migration behind: the
+    // registry must neither migrate it nor open the API.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let readyz = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let report: Value = readyz.json().await.unwrap();
+    assert_eq!(report["checks"]["database"], "ok", "{report}");
+    let migrations = report["checks"]["migrations"].to_string();
+    assert!(migrations.contains("webhook-registry migrate"), "{report}");
+    let resp = client
+        .get(format!("{base}/webhooks"))
+        .header("X-API-Key", "waits-for-schema-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(storage::pending_migrations(&db.url).await.unwrap(), pending);
+
+    // `webhook-registry migrate` runs elsewhere: the API opens.
+    storage::run_migrations(&db.url).await.unwrap();
+    assert!(
+        storage::pending_migrations(&db.url)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let up = eventually(30, || async {
+        client
+            .get(format!("{base}/webhooks"))
+            .header("X-API-Key", "waits-for-schema-token")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+    assert!(up, "the API did not open once the schema was migrated");
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn database_going_away_is_a_503_not_a_500() {
     let app = crate::helpers::spawn_app().await;
