@@ -21,7 +21,8 @@
 # builds webhook-registry, delivery-worker and gateway (debug), then runs
 # the e2e tests one at a time against those binaries. They start their own
 # nats-server processes and a private PostgreSQL (initdb/pg_ctl), and use
-# the machine's PostgreSQL and NATS beside them. E2E_TIMEOUT (seconds,
+# the machine's PostgreSQL (through the same test role) and NATS beside
+# them. E2E_TIMEOUT (seconds,
 # default 900) bounds the run.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
@@ -33,6 +34,7 @@ if [ "${1:-}" = "--e2e" ]; then
     shift
     ensure_rust
     ensure_backing_services
+    ensure_test_database_url
     bins=(webhook-registry delivery-worker gateway)
     log "cargo build --workspace --bins (for the e2e tests)"
     cargo build -q --workspace --bins
