@@ -5,8 +5,9 @@
 //! event types and their payloads ([`EventType`], [`payload`]), the NATS
 //! subjects and stream ([`Namespace`]), the event-type patterns webhooks and
 //! WebSocket clients subscribe with ([`Pattern`]), the canonical JSON that
-//! webhook bodies are signed over ([`canonical`]) and a publisher that returns
-//! only once JetStream stored the event ([`Publisher`]).
+//! webhook bodies are signed over ([`canonical`]), a publisher that returns
+//! only once JetStream stored the event ([`Publisher`]) and the notice that
+//! tells delivery workers a webhook changed ([`WebhookChange`]).
 //!
 //! With the `config` feature, [`nats`] holds the NATS settings every binary
 //! shares (`NATS_URL` list, credentials, TLS, stream settings) and the
@@ -15,6 +16,7 @@
 
 pub mod canonical;
 mod catalogue;
+mod change;
 mod envelope;
 mod namespace;
 #[cfg(feature = "config")]
@@ -24,6 +26,7 @@ pub mod payload;
 mod publisher;
 
 pub use catalogue::{EventType, UnknownEventType};
+pub use change::{ChangeOp, WebhookChange};
 pub use envelope::{Envelope, EnvelopeError, new_event_id};
 pub use namespace::{
     DEFAULT_MAX_AGE, DEFAULT_STREAM, InvalidPrefix, Namespace, StreamDifference, StreamSettings,

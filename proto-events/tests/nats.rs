@@ -234,7 +234,9 @@ async fn an_nkey_seed_file_authenticates() {
     ));
     assert!(try_connect(&args).await.is_err());
     // A damaged seed stops the start, and the error does not repeat it.
-    let damaged = format!("{}A{}", &seed[..10], &seed[11..]);
+    // (Another letter at position 10, never the one already there.)
+    let other = if &seed[10..11] == "A" { "B" } else { "A" };
+    let damaged = format!("{}{other}{}", &seed[..10], &seed[11..]);
     args.nats_nkey = Some(write_file(&server.path("bad.nk"), &damaged));
     let e = try_connect(&args).await.unwrap_err().to_string();
     assert!(e.contains("NATS_NKEY") && !e.contains(&damaged[2..]), "{e}");

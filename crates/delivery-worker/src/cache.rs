@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use parking_lot::{Mutex, RwLock};
-use proto_events::{EventType, Namespace, Pattern};
+use proto_events::{EventType, Namespace, Pattern, WebhookChange};
 use storage::{DbPool, StorageError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -202,7 +202,11 @@ impl WebhookCache {
                                 _ = stop.cancelled() => return,
                                 msg = sub.next() => match msg {
                                     Some(m) => {
-                                        tracing::debug!(notice = %String::from_utf8_lossy(&m.payload), "webhook change notice");
+                                        // Any message reloads; the body only says why.
+                                        match WebhookChange::from_payload(&m.payload) {
+                                            Ok(c) => tracing::debug!(webhook_id = c.webhook_id, op = c.op.as_str(), "webhook change notice"),
+                                            Err(e) => tracing::debug!(error = %e, notice = %String::from_utf8_lossy(&m.payload), "unreadable webhook change notice"),
+                                        }
                                         notices.request_reload();
                                     }
                                     None => break,

@@ -1,30 +1,21 @@
 //! The worker's configuration: every setting a flag and an environment
 //! variable (docs/contract.md, "Settings"), validated once at start.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// `delivery-worker` settings.
-#[derive(Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "delivery-worker",
     version,
-    about = "Delivers bedolaga events to webhooks"
+    about = "Delivers bedolaga events to webhooks",
+    mut_arg("database_pool_size", |a| a.default_value("12")),
 )]
 pub struct Config {
-    /// Postgres URL (the password is never logged).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = storage::DEFAULT_DATABASE_URL,
-        hide_default_value = true,
-        hide_env_values = true
-    )]
-    pub database_url: String,
-    /// Database connections kept by this replica.
-    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 12)]
-    pub database_pool_size: usize,
+    /// Postgres (connections kept by this replica: DATABASE_POOL_SIZE).
+    #[command(flatten)]
+    pub database: storage::DatabaseArgs,
     #[command(flatten)]
     pub nats: proto_events::nats::NatsArgs,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
@@ -112,24 +103,6 @@ pub struct Config {
     pub log: telemetry::LogArgs,
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("database_url", &storage::redact_url(&self.database_url))
-            .field("nats", &self.nats)
-            .field("bind", &self.bind)
-            .field("allow_private_targets", &self.allow_private_targets)
-            .field("retry_schedule", &self.retry_schedule)
-            .field("disable_after", &self.disable_after)
-            .field("consumer", &self.consumer)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("max_per_webhook", &self.max_per_webhook)
-            .field("batch_size", &self.batch_size)
-            .field("ack_wait", &self.ack_wait)
-            .finish_non_exhaustive()
-    }
-}
-
 /// A setting that does not make sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -173,7 +146,7 @@ impl Config {
             ("DELIVERY_BATCH_SIZE", self.batch_size),
             ("DELIVERY_RETRY_BATCH", self.retry_batch),
             ("DELIVERY_RECORD_BATCH", self.record_batch),
-            ("DATABASE_POOL_SIZE", self.database_pool_size),
+            ("DATABASE_POOL_SIZE", self.database.database_pool_size),
             ("DELIVERY_MAX_JOBS", self.max_jobs),
             ("DELIVERY_JOB_CONCURRENCY", self.job_concurrency),
         ] {
@@ -230,7 +203,8 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.parsed_schedule().unwrap().len(), 7);
         assert_eq!(c.disable_after, Duration::from_secs(5 * 86400));
-        c.database_url = "postgres://u:hunter2@h/db".into();
+        assert_eq!(c.database.database_pool_size, 12);
+        c.database = storage::DatabaseArgs::for_url("postgres://u:hunter2@h/db");
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

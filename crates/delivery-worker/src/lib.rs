@@ -29,9 +29,9 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use async_nats::connection::State;
 use futures::FutureExt;
-use proto_events::Namespace;
 use proto_events::nats::FirstConnect;
-use storage::{DbPool, PoolConfig};
+use proto_events::{ChangeOp, Namespace, WebhookChange};
+use storage::DbPool;
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -76,13 +76,7 @@ impl Application {
         let ns = config.nats.namespace()?;
         let schedule = config.parsed_schedule()?;
         let metrics = Metrics::new();
-        let pool = storage::build_pool(
-            &config.database_url,
-            &PoolConfig {
-                max_size: config.database_pool_size,
-                ..PoolConfig::default()
-            },
-        )?;
+        let pool = storage::build_pool(config.database.url(), &config.database.pool_config())?;
         let client = config
             .nats
             .connect("delivery-worker", FirstConnect::RetryInBackground)
@@ -103,11 +97,10 @@ impl Application {
             Arc::new(move |disabled: &[db::Disabled]| {
                 cache.request_reload();
                 for d in disabled {
-                    let body = serde_json::json!({"webhook_id": d.webhook_id, "op": "updated"})
-                        .to_string();
+                    let body = WebhookChange::new(d.webhook_id, ChangeOp::Updated).to_payload();
                     let (client, subject) = (client.clone(), subject.clone());
                     tokio::spawn(async move {
-                        let _ = client.publish(subject, body.into()).await;
+                        let _ = client.publish(subject, body).await;
                     });
                 }
             })

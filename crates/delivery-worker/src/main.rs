@@ -13,20 +13,12 @@ async fn main() -> std::process::ExitCode {
     telemetry::install_crypto_provider();
     let config = Config::parse();
     telemetry::init_logging(&config.log);
-    tracing::info!(?config, "starting delivery-worker");
+    tracing::info!(?config, database = %config.database.redacted_url(), "starting delivery-worker");
     let result = async {
         let app = Application::build(config).await?;
         app.run_until_stopped(telemetry::shutdown_on_signals())
             .await
     }
     .await;
-    telemetry::flush();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "delivery-worker failed");
-            eprintln!("delivery-worker: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    telemetry::finish("delivery-worker", result)
 }

@@ -121,14 +121,14 @@ async fn tail_from_nats_filters_types_and_starts_after_since() {
 
 fn gateway_config(db: &TestDb, ns: &Namespace, bind: &str) -> gateway::Config {
     let mut c = gateway::Config::from_env().unwrap();
-    c.database_url = db.url.clone();
+    c.database = storage::DatabaseArgs::for_url(&db.url);
     c.nats.nats_url = NATS_URL.to_owned();
     c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = bind.to_owned();
     c.allowed_origins = Vec::new();
     c.shutdown_grace = Duration::from_secs(2);
     c.workers = 1;
-    c.token_hmac_secret = String::new();
+    c.token_hmac_secret = "".into();
     c
 }
 

@@ -3,17 +3,19 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
+
 /// Settings of one gateway process.
-#[derive(Clone, clap::Parser)]
+#[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "gateway",
     version,
     about = "WebSocket fan-out of bedolaga events"
 )]
 pub struct Config {
-    /// PostgreSQL URL (API tokens are checked against `web_api_tokens`).
-    #[arg(long, env = "DATABASE_URL", default_value = storage::DEFAULT_DATABASE_URL)]
-    pub database_url: String,
+    /// PostgreSQL (API tokens are checked against `web_api_tokens`).
+    #[command(flatten)]
+    pub database: storage::DatabaseArgs,
     #[command(flatten)]
     pub nats: proto_events::nats::NatsArgs,
     /// Address to listen on (WebSocket `/ws`, console `/`, health and metrics).
@@ -92,37 +94,9 @@ pub struct Config {
         hide_env_values = true,
         hide_default_value = true
     )]
-    pub token_hmac_secret: String,
+    pub token_hmac_secret: SecretString,
     #[command(flatten)]
     pub log: telemetry::LogArgs,
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("database_url", &storage::redact_url(&self.database_url))
-            .field("nats", &self.nats)
-            .field("bind", &self.bind)
-            .field("allowed_origins", &self.allowed_origins)
-            .field("max_connections", &self.max_connections)
-            .field("client_queue_messages", &self.client_queue_messages)
-            .field("client_queue_bytes", &self.client_queue_bytes)
-            .field("ping_interval", &self.ping_interval)
-            .field("pong_timeout", &self.pong_timeout)
-            .field("token_recheck", &self.token_recheck)
-            .field("max_frame_bytes", &self.max_frame_bytes)
-            .field("max_replay", &self.max_replay)
-            .field("socket_send_buffer", &self.socket_send_buffer)
-            .field("write_timeout", &self.write_timeout)
-            .field("max_catchup_clients", &self.max_catchup_clients)
-            .field("catchup_max_events", &self.catchup_max_events)
-            .field("catchup_max_age", &self.catchup_max_age)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("workers", &self.workers)
-            .field("token_hmac_secret", &"***")
-            .field("log", &self.log)
-            .finish()
-    }
 }
 
 impl Config {
@@ -196,7 +170,7 @@ mod tests {
     fn secrets_stay_out_of_debug() {
         let mut c = Config::try_parse_from(["gateway"]).unwrap();
         c.token_hmac_secret = "hunter2".into();
-        c.database_url = "postgres://u:pw@h/db".into();
+        c.database = storage::DatabaseArgs::for_url("postgres://u:pw@h/db");
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2") && !s.contains("pw@"), "{s}");
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use futures::StreamExt;
 use proto_events::Namespace;
+use telemetry::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::Hub;
@@ -23,7 +24,9 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    // 200 ms after a consumer that ended; 400 ms, 800 ms, … 5 s after
+    // consecutive failures.
+    let mut backoff = Backoff::new(Duration::from_millis(400), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         // Creating the stream or the consumer waits for JetStream's request
         // timeout while NATS is unreachable; shutdown does not wait for it.
@@ -31,17 +34,20 @@ pub async fn run(
             r = consume(&js, &ns, &hub, &metrics, &shutdown) => r,
             () = shutdown.cancelled() => break,
         };
-        match consumed {
-            Ok(()) => backoff = Duration::from_millis(200),
+        let wait = match consumed {
+            Ok(()) => {
+                backoff.reset();
+                Duration::from_millis(200)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, stream = ns.stream(), "event consumer failed; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.next_delay()
             }
-        }
+        };
         hub.set_live(false);
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
     hub.set_live(false);

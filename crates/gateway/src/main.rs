@@ -9,20 +9,10 @@ async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     telemetry::init_logging(&config.log);
     let shutdown = telemetry::shutdown_on_signals();
-    let app = match Application::build(config).await {
-        Ok(app) => app,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway cannot start");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = app.run_until_stopped(shutdown).await;
-    telemetry::flush();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "gateway failed");
-            std::process::ExitCode::FAILURE
-        }
+    let result = async {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(shutdown).await
     }
+    .await;
+    telemetry::finish("gateway", result)
 }

@@ -15,8 +15,9 @@ use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::FutureExt;
 use proto_events::nats::FirstConnect;
+use secrecy::ExposeSecret as _;
+use storage::DbPool;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
-use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -45,10 +46,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let ns = config.nats.namespace()?;
-        let pool = storage::build_pool(&config.database_url, &PoolConfig::default())?;
+        let pool = storage::build_pool(config.database.url(), &config.database.pool_config())?;
         let auth = TokenAuth::new(
             pool.clone(),
-            TokenHasher::new(Some(&config.token_hmac_secret)),
+            TokenHasher::new(Some(config.token_hmac_secret.expose_secret())),
             AuthCacheConfig::default(),
         );
         let nats = config
@@ -144,7 +145,7 @@ impl Application {
             server = server.workers(config.workers);
         }
         let server = server.run();
-        tracing::info!(%addr, database = %storage::redact_url(&config.database_url), nats = %config.nats.redacted_urls(), stream = state.ns.stream(), "gateway listening");
+        tracing::info!(%addr, database = %config.database.redacted_url(), nats = %config.nats.redacted_urls(), stream = state.ns.stream(), "gateway listening");
         Ok(Self {
             addr,
             server,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use actix_codec::Framed;
 use actix_http::header::{self, HeaderMap};
 use actix_http::{Request, h1};
+use storage::tokens::{Presented, presented_token};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
@@ -71,20 +72,15 @@ impl WsQuery {
 /// `X-API-Key`, in that order; empty values count as absent.
 fn find_token(headers: &HeaderMap, q: &WsQuery) -> Option<String> {
     q.token.clone().or_else(|| q.api_key.clone()).or_else(|| {
-        let bearer = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, rest) = v.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-            })
-            .filter(|t| !t.is_empty());
-        let api_key = headers
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        bearer.or(api_key).map(str::to_owned)
+        // An unreadable header counts as no token here (the close code is
+        // the same as for a missing one).
+        match presented_token(
+            headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+            headers.get("x-api-key").map(|v| v.as_bytes()),
+        ) {
+            Presented::Token(t) => Some(t.to_owned()),
+            Presented::None | Presented::Unreadable => None,
+        }
     })
 }
 

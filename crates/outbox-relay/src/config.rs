@@ -2,7 +2,6 @@
 //! variable (the shared names of docs/contract.md, "Settings", where they
 //! exist), validated once at start.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -29,15 +28,24 @@ pub enum Command {
 }
 
 /// `outbox-relay` settings.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    mut_arg("database_url", |a| a
+        .env("OUTBOX_DATABASE_URL")
+        .help("The bot's PostgreSQL database, which holds `event_outbox` (the password is never logged). Required: it is not this project's database")
+        .default_value(None)
+        .global(false)
+        .required(true)),
+    mut_arg("database_pool_size", |a| a
+        .env("OUTBOX_DATABASE_POOL_SIZE")
+        .help("Database connections kept by this replica (one more listens for NOTIFY)")
+        .default_value("4")),
+    mut_arg("database_pool_timeout", |a| a.env("OUTBOX_DATABASE_POOL_TIMEOUT")),
+)]
 pub struct Config {
-    /// The bot's PostgreSQL database, which holds `event_outbox` (the
-    /// password is never logged). Required: it is not this project's database.
-    #[arg(long, env = "OUTBOX_DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-    /// Database connections kept by this replica (one more listens for NOTIFY).
-    #[arg(long, env = "OUTBOX_DATABASE_POOL_SIZE", default_value_t = 4)]
-    pub database_pool_size: usize,
+    /// The bot's database (`OUTBOX_DATABASE_URL`, `OUTBOX_DATABASE_POOL_*`).
+    #[command(flatten)]
+    pub database: storage::DatabaseArgs,
     #[command(flatten)]
     pub nats: proto_events::nats::NatsArgs,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
@@ -62,22 +70,6 @@ pub struct Config {
     pub auto_migrate: bool,
     #[command(flatten)]
     pub log: telemetry::LogArgs,
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("database_url", &storage::redact_url(&self.database_url))
-            .field("database_pool_size", &self.database_pool_size)
-            .field("nats", &self.nats)
-            .field("bind", &self.bind)
-            .field("batch_size", &self.batch_size)
-            .field("poll_interval", &self.poll_interval)
-            .field("publish_timeout", &self.publish_timeout)
-            .field("stats_interval", &self.stats_interval)
-            .field("auto_migrate", &self.auto_migrate)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A setting that does not make sense.
@@ -105,7 +97,7 @@ impl Config {
         if self.batch_size == 0 || self.batch_size > 5000 {
             return Err(ConfigError::BatchSize);
         }
-        if self.database_pool_size == 0 {
+        if self.database.database_pool_size == 0 {
             return Err(ConfigError::Zero("OUTBOX_DATABASE_POOL_SIZE"));
         }
         for (name, d) in [
@@ -149,5 +141,18 @@ mod tests {
             Cli::try_parse_from(["outbox-relay"]).is_err()
                 || std::env::var("OUTBOX_DATABASE_URL").is_ok()
         );
+        let command = <Cli as clap::CommandFactory>::command();
+        command.clone().debug_assert();
+        let help = command.clone().render_long_help().to_string();
+        for want in [
+            "OUTBOX_DATABASE_URL",
+            "OUTBOX_DATABASE_POOL_SIZE",
+            "OUTBOX_DATABASE_POOL_TIMEOUT",
+            "The bot's PostgreSQL database",
+            "[default: 4]",
+        ] {
+            assert!(help.contains(want), "--help lacks {want}: {help}");
+        }
+        assert!(!help.contains(storage::DEFAULT_DATABASE_URL), "{help}");
     }
 }

@@ -64,18 +64,17 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
         if config.auto_migrate {
-            migrate(&config.database_url).await?;
+            migrate(config.database.url()).await?;
         }
         let ns = config.nats.namespace()?;
         let metrics = Metrics::new();
         let pool = storage::build_pool(
-            &config.database_url,
+            config.database.url(),
             &PoolConfig {
-                max_size: config.database_pool_size,
                 // No `SELECT 1` per checkout: one round trip less per batch;
                 // a dead connection fails its batch, which is retried.
                 fast_recycle: true,
-                ..PoolConfig::default()
+                ..config.database.pool_config()
             },
         )?;
         let client = config
@@ -147,7 +146,7 @@ impl Application {
         let background = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(relay::listen(
-            config.database_url.clone(),
+            config.database.url().to_owned(),
             wake.clone(),
             relay.metrics.clone(),
             background.clone(),

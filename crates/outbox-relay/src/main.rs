@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     telemetry::init_logging(&config.log);
     let result = match command.unwrap_or(Command::Run) {
         Command::Run => {
-            tracing::info!(?config, "starting outbox-relay");
+            tracing::info!(?config, database = %config.database.redacted_url(), "starting outbox-relay");
             async {
                 let app = Application::build(config).await?;
                 app.run_until_stopped(telemetry::shutdown_on_signals())
@@ -18,15 +18,7 @@ async fn main() -> std::process::ExitCode {
             }
             .await
         }
-        Command::Migrate => outbox_relay::migrate(&config.database_url).await,
+        Command::Migrate => outbox_relay::migrate(config.database.url()).await,
     };
-    telemetry::flush();
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "outbox-relay failed");
-            eprintln!("outbox-relay: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    telemetry::finish("outbox-relay", result)
 }

@@ -30,6 +30,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures::StreamExt;
 use proto_events::Namespace;
 use storage::DbPool;
+use telemetry::backoff::Backoff;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -306,7 +307,7 @@ pub async fn run(
     poll: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = backoff();
     while !shutdown.is_cancelled() {
         if client.connection_state() != async_nats::connection::State::Connected {
             // Nothing is claimed while NATS is away (async-nats reconnects).
@@ -322,11 +323,11 @@ pub async fn run(
         };
         match step.await {
             Ok(outcome) if outcome.published >= relay.batch_size => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 continue;
             }
             Ok(_) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = wake.notified() => {}
@@ -335,19 +336,21 @@ pub async fn run(
             }
             Err(e) => {
                 relay.metrics.errors.inc();
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox batch not relayed");
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "outbox batch not relayed");
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
 }
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The waits after failed batches and lost LISTEN connections.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+}
 
 /// How often the LISTEN connection is checked with a query: a dropped
 /// connection ends no stream by itself.
@@ -362,20 +365,20 @@ pub async fn listen(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = backoff();
     while !shutdown.is_cancelled() {
+        let wait = backoff.next_delay();
         match listen_once(&database_url, &wake, &metrics, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 metrics.listening.set(0);
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox LISTEN connection failed");
+                tracing::warn!(error = %e, retry_in = ?wait, "outbox LISTEN connection failed");
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

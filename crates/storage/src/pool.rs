@@ -1,4 +1,5 @@
-//! The Postgres connection pool (diesel-async over deadpool).
+//! The Postgres connection pool (diesel-async over deadpool) and the
+//! database settings every binary reads.
 
 use std::time::Duration;
 
@@ -9,7 +10,69 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 
-use crate::StorageError;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::{DEFAULT_DATABASE_URL, StorageError};
+
+/// The database settings shared by every binary, flattened into each
+/// service's configuration: the URL and the pool's size and wait.
+///
+/// The names here are the common ones (`DATABASE_URL`,
+/// `DATABASE_POOL_SIZE`, `DATABASE_POOL_TIMEOUT`). A binary whose settings
+/// are named or defaulted differently changes them where it flattens this
+/// struct, with `#[command(mut_arg("database_pool_size", |a| …))]`, so
+/// every deployment keeps the names it has.
+///
+/// `Debug` shows no password: the URL is a [`SecretString`]; log
+/// [`DatabaseArgs::redacted_url`] to say which database is meant.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL (the password is never logged).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL,
+          hide_env_values = true, global = true)]
+    pub database_url: SecretString,
+    /// Most database connections this process keeps open.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16, global = true)]
+    pub database_pool_size: usize,
+    /// How long a caller waits for a free database connection before it
+    /// fails (the REST API then answers 503).
+    #[arg(long, env = "DATABASE_POOL_TIMEOUT", default_value = "5s",
+          value_parser = humantime::parse_duration, global = true)]
+    pub database_pool_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The settings for one URL with the pool at [`PoolConfig::default`];
+    /// the environment is not read (tests and benchmarks).
+    pub fn for_url(url: &str) -> Self {
+        let pool = PoolConfig::default();
+        Self {
+            database_url: SecretString::from(url),
+            database_pool_size: pool.max_size,
+            database_pool_timeout: pool.wait_timeout,
+        }
+    }
+
+    /// The URL, password included: for opening connections only.
+    pub fn url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+
+    /// The URL for logs, its password replaced by `***`.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url())
+    }
+
+    /// The pool of these settings; other timeouts and the recycling at
+    /// their defaults.
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            max_size: self.database_pool_size,
+            wait_timeout: self.database_pool_timeout,
+            ..PoolConfig::default()
+        }
+    }
+}
 
 /// The pool every service uses.
 pub type DbPool = Pool<AsyncPgConnection>;
@@ -94,7 +157,32 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    }
+
+    #[test]
+    fn defaults_match_for_url_and_debug_hides_the_password() {
+        let parsed = Cli::try_parse_from(["test", "--database-url", DEFAULT_DATABASE_URL])
+            .unwrap()
+            .database;
+        let built = DatabaseArgs::for_url(DEFAULT_DATABASE_URL);
+        assert_eq!(parsed.url(), built.url());
+        assert_eq!(parsed.database_pool_size, built.database_pool_size);
+        assert_eq!(parsed.database_pool_timeout, built.database_pool_timeout);
+
+        let args = DatabaseArgs::for_url("postgres://u:hunter2@h/db");
+        assert!(!format!("{args:?}").contains("hunter2"));
+        assert_eq!(args.redacted_url(), "postgres://u:***@h/db");
+        assert_eq!(args.pool_config().max_size, 16);
+    }
 
     #[test]
     fn redacts_passwords_only() {

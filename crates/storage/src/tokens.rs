@@ -229,6 +229,63 @@ struct CacheEntry {
     expires_at: Option<DateTime<Utc>>,
 }
 
+/// The token a request carried in its headers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Presented<'a> {
+    None,
+    /// Present but not visible ASCII: can never be a valid token.
+    Unreadable,
+    Token(&'a str),
+}
+
+/// The token of a request, from the raw values of its `Authorization` and
+/// `X-API-Key` headers: `Authorization: Bearer <token>` (scheme in any
+/// case) first, then `X-API-Key`. Surrounding spaces are trimmed and
+/// empty values count as missing; another scheme is ignored. A value that
+/// is not visible ASCII (what HTTP header values may hold) is
+/// [`Presented::Unreadable`] unless the other header has a token.
+pub fn presented_token<'a>(
+    authorization: Option<&'a [u8]>,
+    x_api_key: Option<&'a [u8]>,
+) -> Presented<'a> {
+    let mut unreadable = false;
+    if let Some(v) = authorization {
+        match visible_ascii(v) {
+            Some(s) => {
+                if let Some((scheme, rest)) = s.trim().split_once(' ')
+                    && scheme.eq_ignore_ascii_case("bearer")
+                    && !rest.trim().is_empty()
+                {
+                    return Presented::Token(rest.trim());
+                }
+            }
+            None => unreadable = true,
+        }
+    }
+    if let Some(v) = x_api_key {
+        match visible_ascii(v) {
+            Some(s) if !s.trim().is_empty() => return Presented::Token(s.trim()),
+            Some(_) => {}
+            None => unreadable = true,
+        }
+    }
+    if unreadable {
+        Presented::Unreadable
+    } else {
+        Presented::None
+    }
+}
+
+/// The header value as text when every byte is visible ASCII or a tab
+/// (the rule of `http::HeaderValue::to_str`).
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// Checks tokens against `web_api_tokens`, shared by the registry and the
 /// gateway. Lookups are by hash (the token itself is never kept), cached
 /// briefly, and usage is recorded in memory and written in batches.
@@ -402,6 +459,26 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_sources() {
+        let p =
+            |auth: Option<&'static [u8]>, key: Option<&'static [u8]>| presented_token(auth, key);
+        assert_eq!(p(None, None), Presented::None);
+        assert_eq!(p(Some(b"Bearer abc"), None), Presented::Token("abc"));
+        assert_eq!(p(Some(b"bearer  abc "), None), Presented::Token("abc"));
+        assert_eq!(p(None, Some(b"k1")), Presented::Token("k1"));
+        assert_eq!(p(Some(b"Basic Zm9v"), Some(b"k2")), Presented::Token("k2"));
+        assert_eq!(p(Some(b"Bearer "), None), Presented::None);
+        assert_eq!(p(None, Some(b" ")), Presented::None);
+        assert_eq!(p(None, Some(b"\xff\xfe")), Presented::Unreadable);
+        assert_eq!(p(Some(b"Bearer \x01"), None), Presented::Unreadable);
+        assert_eq!(
+            p(Some(b"Bearer \xc3\xa9"), Some(b"k3")),
+            Presented::Token("k3")
+        );
+        assert_eq!(p(Some(b"Bearer\ta\tb"), None), Presented::None);
+    }
 
     #[test]
     fn hashes_match_the_bot() {

@@ -1,6 +1,7 @@
-//! Logging, metrics, health endpoints and shutdown plumbing shared by the
-//! bedolaga services.
+//! Logging, metrics, health endpoints, shutdown plumbing and the retry
+//! loops' [`backoff::Backoff`] shared by the bedolaga services.
 
+pub mod backoff;
 pub mod metrics;
 pub mod ops;
 #[cfg(feature = "testing")]
@@ -163,6 +164,22 @@ fn is_client_parse_error(event: &Event<'_>) -> bool {
 /// Sends the spans still buffered by the OpenTelemetry exporter.
 pub fn flush() {
     trace::shutdown();
+}
+
+/// How every binary's `main` ends, whether it failed to start, failed
+/// later or stopped cleanly: a failure is logged and printed to stderr
+/// (`name: error`, with its causes), then telemetry is flushed.
+pub fn finish<E: fmt::Display>(name: &str, result: Result<(), E>) -> std::process::ExitCode {
+    let code = match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "{name} failed");
+            eprintln!("{name}: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    };
+    flush();
+    code
 }
 
 fn default_service_name() -> String {

@@ -1,5 +1,6 @@
 //! Token authentication for every `/webhooks` route: `Authorization:
-//! Bearer <token>` or `X-API-Key: <token>`, checked by the shared
+//! Bearer <token>` or `X-API-Key: <token>` (read by
+//! [`storage::tokens::presented_token`]), checked by the shared
 //! [`storage::tokens::TokenAuth`] (3 s cache, batched `last_used_*` writes).
 
 use actix_web::body::MessageBody;
@@ -7,6 +8,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
+use storage::tokens::{self, Presented};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -14,45 +16,12 @@ use crate::state::AppState;
 pub const MISSING: &str = "Missing API key";
 pub const INVALID: &str = "Invalid or expired API key";
 
-/// What the request carried.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Presented<'a> {
-    None,
-    /// Present but not visible ASCII: can never be a valid token.
-    Unreadable,
-    Token(&'a str),
-}
-
-/// The token of a request: a Bearer `Authorization` first, then
-/// `X-API-Key`. Empty values count as missing.
+/// The token of a request ([`tokens::presented_token`]).
 pub fn presented(headers: &HeaderMap) -> Presented<'_> {
-    let mut unreadable = false;
-    if let Some(v) = headers.get(header::AUTHORIZATION) {
-        match v.to_str() {
-            Ok(s) => {
-                let s = s.trim();
-                if let Some((scheme, rest)) = s.split_once(' ')
-                    && scheme.eq_ignore_ascii_case("bearer")
-                    && !rest.trim().is_empty()
-                {
-                    return Presented::Token(rest.trim());
-                }
-            }
-            Err(_) => unreadable = true,
-        }
-    }
-    if let Some(v) = headers.get("x-api-key") {
-        match v.to_str() {
-            Ok(s) if !s.trim().is_empty() => return Presented::Token(s.trim()),
-            Ok(_) => {}
-            Err(_) => unreadable = true,
-        }
-    }
-    if unreadable {
-        Presented::Unreadable
-    } else {
-        Presented::None
-    }
+    tokens::presented_token(
+        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        headers.get("x-api-key").map(|v| v.as_bytes()),
+    )
 }
 
 /// The client address recorded as `last_used_ip`: the peer, or the
@@ -103,53 +72,5 @@ pub async fn require_token(
             next.call(req).await
         }
         None => Err(ApiError::Unauthorized(INVALID).into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use actix_web::http::header::HeaderValue;
-
-    fn map(pairs: &[(&'static str, &'static [u8])]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            if let Ok(v) = HeaderValue::from_bytes(v) {
-                h.insert(header::HeaderName::from_static(k), v);
-            }
-        }
-        h
-    }
-
-    #[test]
-    fn token_sources() {
-        assert_eq!(presented(&map(&[])), Presented::None);
-        assert_eq!(
-            presented(&map(&[("authorization", b"Bearer abc")])),
-            Presented::Token("abc")
-        );
-        assert_eq!(
-            presented(&map(&[("authorization", b"bearer  abc ")])),
-            Presented::Token("abc")
-        );
-        assert_eq!(
-            presented(&map(&[("x-api-key", b"k1")])),
-            Presented::Token("k1")
-        );
-        assert_eq!(
-            presented(&map(&[
-                ("authorization", b"Basic Zm9v"),
-                ("x-api-key", b"k2")
-            ])),
-            Presented::Token("k2")
-        );
-        assert_eq!(
-            presented(&map(&[("authorization", b"Bearer ")])),
-            Presented::None
-        );
-        assert_eq!(
-            presented(&map(&[("x-api-key", b"\xff\xfe")])),
-            Presented::Unreadable
-        );
     }
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use storage::tokens::{self, TokenHasher, TokenSpec};
+use storage::tokens::{self, TokenSpec};
 
 use storage::history::Retention;
 
@@ -14,9 +14,9 @@ use crate::config::{Config, TokenCommand};
 
 /// `webhook-registry migrate`
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let applied = storage::run_migrations(&config.database_url)
+    let applied = storage::run_migrations(config.database.url())
         .await
-        .with_context(|| format!("migrating {}", storage::redact_url(&config.database_url)))?;
+        .with_context(|| format!("migrating {}", config.database.redacted_url()))?;
     if applied.is_empty() {
         eprintln!("migrations: up to date");
     } else {
@@ -94,14 +94,9 @@ fn size(bytes: i64) -> String {
 }
 
 async fn connect(config: &Config) -> anyhow::Result<AsyncPgConnection> {
-    AsyncPgConnection::establish(&config.database_url)
+    AsyncPgConnection::establish(config.database.url())
         .await
-        .with_context(|| {
-            format!(
-                "cannot connect to {}",
-                storage::redact_url(&config.database_url)
-            )
-        })
+        .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))
 }
 
 fn state(t: &storage::models::ApiToken, now: DateTime<Utc>) -> &'static str {
@@ -128,7 +123,7 @@ pub async fn token(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let mut conn = connect(config).await?;
-    let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
+    let hasher = config.token_hasher();
     match command {
         TokenCommand::Create {
             name,

@@ -1,10 +1,10 @@
 //! Command line and environment configuration (docs/contract.md, "Settings").
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
 use telemetry::LogArgs;
 
 /// `webhook-registry`: the REST API for webhooks, deliveries and tokens.
@@ -64,7 +64,11 @@ pub enum TokenCommand {
 
 /// Every setting of the service. Secrets are hidden from `--help` values
 /// and from `Debug`.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("database_pool_size", |a| a.long("db-pool-size").env("REGISTRY_DB_POOL_SIZE")),
+    mut_arg("database_pool_timeout", |a| a.long("db-pool-timeout").env("REGISTRY_DB_POOL_TIMEOUT")),
+)]
 pub struct Config {
     /// Address the REST API listens on.
     #[arg(
@@ -75,24 +79,11 @@ pub struct Config {
     )]
     pub bind: SocketAddr,
 
-    /// PostgreSQL URL.
-    #[arg(long, env = "DATABASE_URL", default_value = storage::DEFAULT_DATABASE_URL,
-          hide_env_values = true, global = true)]
-    pub database_url: String,
-
-    /// Maximum number of database connections.
-    #[arg(
-        long,
-        env = "REGISTRY_DB_POOL_SIZE",
-        default_value_t = 16,
-        global = true
-    )]
-    pub db_pool_size: usize,
-
-    /// How long a request waits for a free database connection before a 503.
-    #[arg(long, env = "REGISTRY_DB_POOL_TIMEOUT", default_value = "5s",
-          value_parser = humantime::parse_duration, global = true)]
-    pub db_pool_timeout: Duration,
+    /// PostgreSQL; the pool's settings are named `--db-pool-size`
+    /// (`REGISTRY_DB_POOL_SIZE`) and `--db-pool-timeout`
+    /// (`REGISTRY_DB_POOL_TIMEOUT`) here.
+    #[command(flatten)]
+    pub database: storage::DatabaseArgs,
 
     /// NATS (change notices for delivery workers, the streams at start).
     #[command(flatten)]
@@ -105,7 +96,7 @@ pub struct Config {
         hide_env_values = true,
         global = true
     )]
-    pub token_hmac_secret: Option<String>,
+    pub token_hmac_secret: Option<SecretString>,
 
     /// A token ensured active at start.
     #[arg(
@@ -114,7 +105,7 @@ pub struct Config {
         hide_env_values = true,
         global = true
     )]
-    pub default_token: Option<String>,
+    pub default_token: Option<SecretString>,
 
     /// Allow webhook URLs on loopback, private, link-local and similar addresses.
     #[arg(long, env = "DELIVERY_ALLOW_PRIVATE_TARGETS", default_value = "false",
@@ -245,6 +236,14 @@ impl Config {
         }
     }
 
+    /// How tokens are hashed: HMAC with `WEB_API_TOKEN_HMAC_SECRET`, or
+    /// plain SHA-256 without it.
+    pub fn token_hasher(&self) -> storage::tokens::TokenHasher {
+        storage::tokens::TokenHasher::new(
+            self.token_hmac_secret.as_ref().map(|s| s.expose_secret()),
+        )
+    }
+
     /// Whether migrations run at start.
     pub fn migrate_at_start(&self) -> bool {
         self.auto_migrate && !self.no_migrate
@@ -255,9 +254,10 @@ impl Config {
     pub fn for_tests(database_url: &str, nats_prefix: &str) -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-            database_url: database_url.to_owned(),
-            db_pool_size: 8,
-            db_pool_timeout: Duration::from_secs(5),
+            database: storage::DatabaseArgs {
+                database_pool_size: 8,
+                ..storage::DatabaseArgs::for_url(database_url)
+            },
             nats: proto_events::nats::NatsArgs {
                 nats_prefix: nats_prefix.to_owned(),
                 ..proto_events::nats::NatsArgs::for_url(
@@ -288,45 +288,6 @@ impl Config {
                 otel_service_name: None,
             },
         }
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("bind", &self.bind)
-            .field("database_url", &storage::redact_url(&self.database_url))
-            .field("db_pool_size", &self.db_pool_size)
-            .field("db_pool_timeout", &self.db_pool_timeout)
-            .field("nats", &self.nats)
-            .field(
-                "token_hmac_secret",
-                &self.token_hmac_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "default_token",
-                &self.default_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("allow_private_targets", &self.allow_private_targets)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("auto_migrate", &self.migrate_at_start())
-            .field("secret_rotation_grace", &self.secret_rotation_grace)
-            .field("trust_forwarded_for", &self.trust_forwarded_for)
-            .field("workers", &self.workers)
-            .field("gateway_url", &storage::redact_url(&self.gateway_url))
-            .field(
-                "gateway_ready_url",
-                &self.gateway_ready_url.as_deref().map(storage::redact_url),
-            )
-            .field(
-                "worker_ready_url",
-                &storage::redact_url(&self.worker_ready_url),
-            )
-            .field("delivery_retention", &self.delivery_retention)
-            .field("partitions_ahead", &self.partitions_ahead)
-            .field("maintenance_every", &self.maintenance_every)
-            .field("log", &self.log)
-            .finish()
     }
 }
 
@@ -393,6 +354,28 @@ mod tests {
         ])
         .unwrap();
         assert!(!cli.config.migrate_at_start());
+        let cli = Cli::try_parse_from([
+            "webhook-registry",
+            "migrate",
+            "--db-pool-size",
+            "3",
+            "--db-pool-timeout",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(cli.config.database.database_pool_size, 3);
+        assert_eq!(
+            cli.config.database.database_pool_timeout,
+            Duration::from_secs(2)
+        );
+        let help = Cli::command_for_tests().render_long_help().to_string();
+        for want in [
+            "REGISTRY_DB_POOL_SIZE",
+            "REGISTRY_DB_POOL_TIMEOUT",
+            "DATABASE_URL",
+        ] {
+            assert!(help.contains(want), "--help lacks {want}");
+        }
         Cli::command_for_tests().debug_assert();
     }
 

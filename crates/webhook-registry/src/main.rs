@@ -2,17 +2,18 @@ use clap::Parser;
 use webhook_registry::{Application, Cli, Command, cli};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     telemetry::install_crypto_provider();
     let Cli { config, command } = Cli::parse();
     telemetry::init_logging(&config.log);
     let result = match command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let shutdown = telemetry::shutdown_on_signals();
-            Application::build(config)
-                .await?
-                .run_until_stopped(shutdown)
-                .await
+            async {
+                let app = Application::build(config).await?;
+                app.run_until_stopped(shutdown).await
+            }
+            .await
         }
         Command::Migrate => cli::migrate(&config).await,
         Command::Prune { older_than } => {
@@ -20,6 +21,5 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Token { command } => cli::token(&config, command, &mut std::io::stdout()).await,
     };
-    telemetry::flush();
-    result
+    telemetry::finish("webhook-registry", result)
 }

@@ -1,6 +1,6 @@
 //! Change notices for delivery workers: after a write that changes which
 //! webhooks match an event or how they are signed, a core-NATS message
-//! `{"webhook_id": <id>, "op": "created|updated|deleted|rotated"}` on
+//! ([`proto_events::WebhookChange`]) on
 //! `Namespace::webhooks_changed_subject()`. Publishing happens on a
 //! background task, so a slow or absent NATS never holds up a request;
 //! failures are logged, not fatal (workers also reload every 30 s).
@@ -11,24 +11,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// What changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Created,
-    Updated,
-    Deleted,
-    Rotated,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Created => "created",
-            Op::Updated => "updated",
-            Op::Deleted => "deleted",
-            Op::Rotated => "rotated",
-        }
-    }
-}
+pub use proto_events::ChangeOp as Op;
+use proto_events::WebhookChange;
 
 /// Notices waiting for NATS, at most; more are dropped with a warning.
 const QUEUE: usize = 1024;
@@ -56,16 +40,13 @@ impl Notifier {
     }
 }
 
-fn body(webhook_id: i32, op: Op) -> bytes::Bytes {
-    serde_json::json!({ "webhook_id": webhook_id, "op": op.as_str() })
-        .to_string()
-        .into()
-}
-
 async fn publish(client: &async_nats::Client, subject: &str, webhook_id: i32, op: Op) {
     let sent = tokio::time::timeout(
         PUBLISH_TIMEOUT,
-        client.publish(subject.to_owned(), body(webhook_id, op)),
+        client.publish(
+            subject.to_owned(),
+            WebhookChange::new(webhook_id, op).to_payload(),
+        ),
     )
     .await;
     match sent {

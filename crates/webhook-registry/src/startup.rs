@@ -15,8 +15,10 @@ use anyhow::Context;
 use futures::FutureExt;
 use proto_events::Namespace;
 use proto_events::nats::FirstConnect;
+use secrecy::ExposeSecret as _;
 use storage::tokens::{AuthCacheConfig, TokenAuth, TokenHasher};
 use storage::{DbPool, PoolConfig};
+use telemetry::backoff::Backoff;
 use telemetry::metrics::MetricsRegistry;
 use telemetry::ops::{Ops, Readiness};
 use tokio::sync::mpsc;
@@ -55,7 +57,7 @@ impl Application {
         config.nats.validate()?;
         let ns = config.nats.namespace()?;
         let pool = build_pool(&config)?;
-        let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
+        let hasher = config.token_hasher();
         let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
         let sender = WebhookSender::new(SenderConfig {
             allow_private_targets: config.allow_private_targets,
@@ -149,7 +151,7 @@ impl Application {
         }
         let server = builder.run();
         let handle = server.handle();
-        tracing::info!(%addr, database = %storage::redact_url(&config.database_url),
+        tracing::info!(%addr, database = %config.database.redacted_url(),
             nats = %config.nats.redacted_urls(), "webhook-registry listening");
         Ok(Self {
             addr,
@@ -252,12 +254,11 @@ impl Application {
 /// first (the default costs one extra round trip per request).
 fn build_pool(config: &Config) -> Result<DbPool, storage::StorageError> {
     storage::build_pool(
-        &config.database_url,
+        config.database.url(),
         &PoolConfig {
-            max_size: config.db_pool_size.max(1),
-            wait_timeout: config.db_pool_timeout,
+            max_size: config.database.database_pool_size.max(1),
             fast_recycle: true,
-            ..PoolConfig::default()
+            ..config.database.pool_config()
         },
     )
 }
@@ -312,8 +313,9 @@ async fn bootstrap(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = retry_backoff();
     loop {
+        let delay = backoff.next_delay();
         match bootstrap_once(&config, &pool, &hasher).await {
             Ok(()) => {
                 ready.store(true, Ordering::Release);
@@ -329,8 +331,12 @@ async fn bootstrap(
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(15));
     }
+}
+
+/// The waits of the start-up retries (database, streams).
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(15))
 }
 
 async fn bootstrap_once(
@@ -339,7 +345,7 @@ async fn bootstrap_once(
     hasher: &TokenHasher,
 ) -> Result<(), storage::StorageError> {
     if config.migrate_at_start() {
-        let applied = storage::run_migrations(&config.database_url).await?;
+        let applied = storage::run_migrations(config.database.url()).await?;
         if applied.is_empty() {
             tracing::info!("migrations: up to date");
         } else {
@@ -349,7 +355,7 @@ async fn bootstrap_once(
         // Someone else migrates (`webhook-registry migrate`, e.g. a
         // Kubernetes Job): the API opens only once the schema is the one
         // this binary expects.
-        let pending = storage::pending_migrations(&config.database_url).await?;
+        let pending = storage::pending_migrations(config.database.url()).await?;
         if !pending.is_empty() {
             return Err(storage::StorageError::Migration(format!(
                 "{} migration(s) not applied yet (first: {}); waiting for `webhook-registry migrate`",
@@ -358,7 +364,12 @@ async fn bootstrap_once(
             )));
         }
     }
-    if let Some(token) = config.default_token.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(token) = config
+        .default_token
+        .as_ref()
+        .map(|t| t.expose_secret())
+        .filter(|t| !t.is_empty())
+    {
         let mut conn = pool.get().await?;
         let row =
             storage::tokens::ensure_token(&mut conn, hasher, token, DEFAULT_TOKEN_NAME).await?;
@@ -422,8 +433,9 @@ async fn maintain_once(
 /// lost: docs/contract.md, "NATS"), retrying until NATS is there.
 async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: CancellationToken) {
     let js = async_nats::jetstream::new(nats);
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = retry_backoff();
     loop {
+        let delay = backoff.next_delay();
         // A request to an unreachable server only ends with its timeout:
         // shutdown does not wait for it.
         let created = tokio::select! {
@@ -442,6 +454,5 @@ async fn ensure_streams(nats: async_nats::Client, ns: Namespace, stop: Cancellat
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(15));
     }
 }

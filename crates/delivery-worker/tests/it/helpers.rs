@@ -12,8 +12,8 @@ use delivery_worker::{Application, Config};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use parking_lot::Mutex;
-use proto_events::{Envelope, EventType, Namespace, Publisher};
-use serde_json::{Value, json};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
+use serde_json::Value;
 use storage::models::{Delivery, Webhook};
 use storage::testing::TestDb;
 use storage::{DbPool, schema};
@@ -38,7 +38,7 @@ pub struct TestApp {
 /// Test defaults: loopback allowed, short retries and timeouts.
 pub fn test_config(db_url: &str, ns: &Namespace) -> Config {
     let mut c = Config::defaults();
-    c.database_url = db_url.to_owned();
+    c.database.database_url = db_url.into();
     c.nats.nats_url = NATS_URL.to_owned();
     c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = "127.0.0.1:0".parse().unwrap();
@@ -130,7 +130,7 @@ impl TestApp {
         self.client
             .publish(
                 self.ns.webhooks_changed_subject(),
-                json!({"webhook_id": 0, "op": "updated"}).to_string().into(),
+                WebhookChange::new(0, ChangeOp::Updated).to_payload(),
             )
             .await
             .unwrap();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use proto_events::EventType;
+use proto_events::{ChangeOp, EventType, WebhookChange};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -163,9 +163,9 @@ async fn gone_disables_the_webhook() {
     let notice = async {
         use futures::StreamExt;
         while let Some(m) = notices.next().await {
-            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-            if v["webhook_id"] == hook {
-                return v;
+            let notice = WebhookChange::from_payload(&m.payload).unwrap();
+            if notice.webhook_id == hook {
+                return notice;
             }
         }
         panic!("notices ended")
@@ -173,7 +173,7 @@ async fn gone_disables_the_webhook() {
     let notice = tokio::time::timeout(Duration::from_secs(5), notice)
         .await
         .expect("the worker announces the disabled webhook");
-    assert_eq!(notice["op"], "updated");
+    assert_eq!(notice.op, ChangeOp::Updated);
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.publish(EventType::UserCreated, json!({"user_id": 2}))
         .await;

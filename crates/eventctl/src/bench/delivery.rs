@@ -27,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{Envelope, EventType, Namespace};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -405,7 +405,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let worker = match args.worker {
         WorkerMode::InProcess => {
             let mut cfg = delivery_worker::Config::defaults();
-            cfg.database_url = db.url.clone();
+            cfg.database.database_url = db.url.as_str().into();
             cfg.nats = NatsArgs {
                 nats_prefix: ns.prefix().to_owned(),
                 ..nats.clone()
@@ -459,9 +459,8 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
             client
                 .publish(
                     ns.webhooks_changed_subject(),
-                    json!({"webhook_id": ids.first(), "op": "created"})
-                        .to_string()
-                        .into(),
+                    WebhookChange::new(ids.first().copied().unwrap_or_default(), ChangeOp::Created)
+                        .to_payload(),
                 )
                 .await?;
             client.flush().await?;
@@ -636,9 +635,8 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
         let _ = client
             .publish(
                 ns.webhooks_changed_subject(),
-                json!({"webhook_id": ids.first(), "op": "deleted"})
-                    .to_string()
-                    .into(),
+                WebhookChange::new(ids.first().copied().unwrap_or_default(), ChangeOp::Deleted)
+                    .to_payload(),
             )
             .await;
         let _ = client.flush().await;

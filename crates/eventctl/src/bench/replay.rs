@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{Envelope, EventType, Namespace};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -158,7 +158,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     println!("backlog    published in {:.1} s", t.elapsed().as_secs_f64());
 
     let mut cfg = delivery_worker::Config::defaults();
-    cfg.database_url = db.url.clone();
+    cfg.database.database_url = db.url.as_str().into();
     cfg.nats = NatsArgs {
         nats_prefix: ns.prefix().to_owned(),
         ..nats.clone()
@@ -203,9 +203,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     client
         .publish(
             ns.webhooks_changed_subject(),
-            json!({"webhook_id": webhook_id, "op": "created"})
-                .to_string()
-                .into(),
+            WebhookChange::new(webhook_id, ChangeOp::Created).to_payload(),
         )
         .await?;
     client.flush().await?;

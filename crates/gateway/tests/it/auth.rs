@@ -162,7 +162,7 @@ async fn database_down_refuses_with_1013_and_reports_not_ready() {
     let b = Backing::new().await;
     let mut cfg = b.config();
     // nothing listens on port 1
-    cfg.database_url = "postgres://postgres@127.0.0.1:1/nope".into();
+    cfg.database = storage::DatabaseArgs::for_url("postgres://postgres@127.0.0.1:1/nope");
     let app = TestApp::spawn_unready(cfg).await;
     let res = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), 503);

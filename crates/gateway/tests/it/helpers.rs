@@ -95,7 +95,7 @@ impl Backing {
 
     pub fn config(&self) -> Config {
         let mut c = Config::from_env().expect("config");
-        c.database_url = self.db.url.clone();
+        c.database = storage::DatabaseArgs::for_url(&self.db.url);
         c.nats.nats_url = nats_url();
         c.nats.nats_prefix = self.ns.prefix().to_owned();
         c.bind = "127.0.0.1:0".to_owned();
@@ -115,7 +115,7 @@ impl Backing {
         c.catchup_max_events = 100_000;
         c.catchup_max_age = Duration::from_secs(300);
         c.workers = 2;
-        c.token_hmac_secret = String::new();
+        c.token_hmac_secret = "".into();
         c
     }
 

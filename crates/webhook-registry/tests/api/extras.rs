@@ -3,6 +3,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
+use proto_events::{ChangeOp, WebhookChange};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use storage::models::{Delivery, Webhook};
@@ -368,11 +369,19 @@ async fn writes_publish_change_notices() {
             .await
             .expect("a change notice")
             .unwrap();
-        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
-        assert_eq!(v["webhook_id"], id);
-        ops.push(v["op"].as_str().unwrap().to_owned());
+        let notice = WebhookChange::from_payload(&msg.payload).unwrap();
+        assert_eq!(i64::from(notice.webhook_id), id);
+        ops.push(notice.op);
     }
-    assert_eq!(ops, ["created", "updated", "rotated", "deleted"]);
+    assert_eq!(
+        ops,
+        [
+            ChangeOp::Created,
+            ChangeOp::Updated,
+            ChangeOp::Rotated,
+            ChangeOp::Deleted
+        ]
+    );
     assert!(
         tokio::time::timeout(Duration::from_millis(300), sub.next())
             .await

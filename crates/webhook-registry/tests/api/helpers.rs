@@ -46,7 +46,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config::for_tests(&db.url, ns.prefix());
     tweak(&mut config);
     let pool = db.pool().expect("pool");
-    let hasher = TokenHasher::new(config.token_hmac_secret.as_deref());
+    let hasher = config.token_hasher();
     let token = create_token(&pool, &hasher, "tests", None).await;
     let app = start(config.clone()).await;
     let (addr, shutdown, task) = app;

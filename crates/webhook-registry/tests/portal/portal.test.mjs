@@ -67,16 +67,24 @@ const field = (name) => `:is(input, select, textarea)::-p-aria(${arg(name)})`;
 const text = (s) => `::-p-text(${arg(s)})`;
 const exactly = (s) => new RegExp("^" + s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&") + "$");
 
+// A cold browser start on a busy machine can take a while (Firefox creates
+// its profile first): up to 90 s, and one more try after a failed start.
+const LAUNCH_TIMEOUT = 90000;
 const launch = {
   chromium: () => puppeteer.launch({
-    executablePath: env("PORTAL_BROWSER_BIN"), headless: true,
+    executablePath: env("PORTAL_BROWSER_BIN"), headless: true, timeout: LAUNCH_TIMEOUT,
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
   }),
-  firefox: () => puppeteer.launch({ browser: "firefox", executablePath: env("PORTAL_BROWSER_BIN"), headless: true }),
+  firefox: () => puppeteer.launch({
+    browser: "firefox", executablePath: env("PORTAL_BROWSER_BIN"), headless: true, timeout: LAUNCH_TIMEOUT,
+  }),
 }[BROWSER];
 if (!launch) throw new Error("PORTAL_BROWSER must be chromium or firefox, not " + BROWSER);
 
-const browser = await launch();
+const browser = await launch().catch((e) => {
+  console.log(`portal (${BROWSER}): the browser did not start (${e.message}); trying once more`);
+  return launch();
+});
 console.log(`portal (${BROWSER}): ${await browser.version()}`);
 const problems = [];
 let page;
