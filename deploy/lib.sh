@@ -15,7 +15,6 @@ BEDOLAGA_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # (docs/contract.md, "Settings") point here, and so do the tests.
 PG_HOST="${PG_HOST:-127.0.0.1}"
 PG_PORT="${PG_PORT:-5432}"
-PG_USER="${PG_USER:-postgres}"
 NATS_HOST="${NATS_HOST:-127.0.0.1}"
 NATS_PORT="${NATS_PORT:-4222}"
 # Bounded waits, in seconds.
@@ -88,12 +87,6 @@ ensure_rust() {
 # --------------------------------------------------------------------------
 pg_ready() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" -t 2; }
 
-# Can we connect as $PG_USER over TCP without a password?
-pg_login_ok() {
-    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -q -tAc 'SELECT 1' \
-        >/dev/null 2>&1
-}
-
 ensure_postgres_installed() {
     if command -v pg_ctlcluster >/dev/null 2>&1 && command -v psql >/dev/null 2>&1 &&
         command -v pg_isready >/dev/null 2>&1; then
@@ -109,43 +102,13 @@ pg_cluster_for_port() {
     pg_lsclusters -h 2>/dev/null | awk -v port="$PG_PORT" '$3 == port { print $1, $2; exit }'
 }
 
-# Make the cluster accept TCP logins of $PG_USER from 127.0.0.1 without a
-# password (Debian's default is scram-sha-256 there). Edits pg_hba.conf only
-# when a login actually fails.
-pg_ensure_trust() {
-    local ver="$1" name="$2" hba line tmp
-    pg_login_ok && return 0
-    hba="/etc/postgresql/$ver/$name/pg_hba.conf"
-    [ -f "$hba" ] || die "cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER and $hba does not exist"
-    line="host    all             $PG_USER             127.0.0.1/32            trust"
-    if grep -Eq "^[[:space:]]*host[[:space:]]+all[[:space:]]+${PG_USER}[[:space:]]+127\.0\.0\.1/32[[:space:]]+trust" "$hba"; then
-        die "cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER although $hba trusts it; check the server log"
-    fi
-    log "allowing passwordless TCP logins of '$PG_USER' from 127.0.0.1 (local dev setup): editing $hba"
-    tmp="$(mktemp)"
-    # The first matching line wins in pg_hba.conf, so ours goes first.
-    { printf '# added by bedolaga-events deploy/lib.sh for local development\n%s\n' "$line"; cat "$hba"; } >"$tmp"
-    as_root cp "$tmp" "$hba"
-    rm -f "$tmp"
-    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" reload >&2 ||
-        die "reloading PostgreSQL $ver/$name failed"
-    wait_until "postgres login" 10 pg_login_ok ||
-        die "still cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER after editing $hba"
-}
-
+# Installs, creates and starts a cluster when there is none answering on
+# $PG_HOST:$PG_PORT. Its configuration is never changed: logins use roles
+# of this project's own (ensure_pg_role below).
 ensure_postgres() {
     ensure_postgres_installed
     local cluster ver name
     if pg_ready; then
-        if pg_login_ok; then
-            log "PostgreSQL is running on $PG_HOST:$PG_PORT"
-            return 0
-        fi
-        cluster="$(pg_cluster_for_port)"
-        [ -n "$cluster" ] ||
-            die "PostgreSQL answers on $PG_HOST:$PG_PORT but refuses '$PG_USER' without a password, and it is not a local Debian cluster this script can configure"
-        read -r ver name <<<"$cluster"
-        pg_ensure_trust "$ver" "$name"
         log "PostgreSQL is running on $PG_HOST:$PG_PORT"
         return 0
     fi
@@ -169,24 +132,162 @@ ensure_postgres() {
         die "could not start PostgreSQL $ver/$name; see /var/log/postgresql/postgresql-$ver-$name.log"
     wait_until "postgres" "$SERVICE_WAIT_SECS" pg_ready ||
         die "PostgreSQL $ver/$name started but does not answer on $PG_HOST:$PG_PORT after ${SERVICE_WAIT_SECS}s (check listen_addresses in /etc/postgresql/$ver/$name/postgresql.conf)"
-    pg_ensure_trust "$ver" "$name"
     log "PostgreSQL is running on $PG_HOST:$PG_PORT"
 }
 
-# ensure_database NAME: create the database when it does not exist yet.
-ensure_database() {
-    local db="$1" exists
-    [[ "$db" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "refusing unusual database name '$db'"
-    exists="$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -tAc \
-        "SELECT 1 FROM pg_database WHERE datname='$db'")" ||
-        die "cannot query PostgreSQL at $PG_HOST:$PG_PORT as $PG_USER"
-    if [ "$exists" = "1" ]; then
+# Roles and databases of this project. The scripts log in as roles of
+# their own, each with a generated password kept in $PG_PASSWORD_DIR (mode
+# 600), over TCP: the server's authentication rules are the user's and
+# stay as they are (Debian's default takes passwords from 127.0.0.1).
+# Creating a role or a database needs the server's administrator, once:
+# over TCP as $PG_ADMIN_USER when that works without a prompt (trust,
+# ~/.pgpass, PGPASSWORD), otherwise as the `postgres` system user on the
+# Unix socket in $PG_SOCKET_DIR (peer authentication), which needs root.
+PG_ADMIN_USER="${PG_ADMIN_USER:-postgres}"
+PG_SOCKET_DIR="${PG_SOCKET_DIR:-/var/run/postgresql}"
+PG_PASSWORD_DIR="${PG_PASSWORD_DIR:-$BEDOLAGA_REPO_ROOT/.local/postgres}"
+# The role and database deploy/up.sh runs the services with.
+LOCAL_DB_ROLE="${LOCAL_DB_ROLE:-bedolaga_events}"
+LOCAL_DB_NAME="${LOCAL_DB_NAME:-bedolaga_events}"
+# The role deploy/test.sh runs the tests with: it creates their databases.
+TEST_DB_ROLE="${TEST_DB_ROLE:-bedolaga_events_test}"
+
+pg_check_name() {
+    [[ "$1" =~ ^[a-z_][a-z0-9_]*$ ]] || die "refusing unusual PostgreSQL name '$1'"
+}
+
+# pg_password FILE: prints the password kept in FILE, generating one (48 hex
+# digits) when the file is missing.
+pg_password() {
+    local file="$1" pw
+    if [ ! -s "$file" ]; then
+        (umask 077 && mkdir -p "$(dirname "$file")" &&
+            od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$file" && echo >>"$file") ||
+            die "cannot write $file"
+    fi
+    pw="$(head -n 1 "$file")"
+    [[ "$pw" =~ ^[A-Za-z0-9_-]{16,}$ ]] ||
+        die "$file does not hold a usable password (16 or more letters, digits, '_' or '-'); delete it to get a new one"
+    printf '%s\n' "$pw"
+}
+
+# pg_as ROLE PASSWORD PSQL_ARGS...: psql over TCP as ROLE (the password goes
+# through the environment, not the command line).
+pg_as() {
+    local role="$1" pw="$2"
+    shift 2
+    PGPASSWORD="$pw" psql -h "$PG_HOST" -p "$PG_PORT" -U "$role" -w -X -q -tA -v ON_ERROR_STOP=1 "$@"
+}
+
+# pg_admin_psql DATABASE PSQL_ARGS...: psql as the server's administrator
+# (see above); SQL on stdin or in -c.
+pg_admin_how=""
+pg_admin_psql() {
+    local db="$1"
+    shift
+    if [ -z "$pg_admin_how" ]; then
+        if psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_ADMIN_USER" -d postgres -w -X -q -tAc 'SELECT 1' >/dev/null 2>&1; then
+            pg_admin_how=tcp
+        elif id postgres >/dev/null 2>&1 && { is_root || sudo -n true 2>/dev/null; } &&
+            (cd / && as_root runuser -u postgres -- psql -h "$PG_SOCKET_DIR" -p "$PG_PORT" -d postgres -X -q -tAc 'SELECT 1') >/dev/null 2>&1; then
+            pg_admin_how=socket
+        else
+            die "cannot log in to PostgreSQL at $PG_HOST:$PG_PORT as an administrator to create this project's role or database: neither as '$PG_ADMIN_USER' over TCP without a password prompt (set PGPASSWORD or ~/.pgpass, or PG_ADMIN_USER) nor as the 'postgres' system user on the socket in $PG_SOCKET_DIR (needs root). Alternatively create them yourself, or point DATABASE_URL / TEST_DATABASE_URL at a database you have"
+        fi
+    fi
+    case "$pg_admin_how" in
+        tcp) psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_ADMIN_USER" -d "$db" -w -X -q -v ON_ERROR_STOP=1 "$@" ;;
+        *) (cd / && as_root runuser -u postgres -- psql -h "$PG_SOCKET_DIR" -p "$PG_PORT" -d "$db" -X -q -v ON_ERROR_STOP=1 "$@") ;;
+    esac
+}
+
+# pg_role_state ROLE PASSWORD: "t" or "f" (whether the role may create
+# databases) when ROLE logs in with PASSWORD over TCP; nothing otherwise.
+pg_role_state() {
+    pg_as "$1" "$2" -d postgres -c 'SELECT rolcreatedb FROM pg_roles WHERE rolname = current_user' 2>/dev/null || true
+}
+
+# ensure_pg_role ROLE CREATEDB|NOCREATEDB: makes sure ROLE logs in over TCP
+# with the password kept in $PG_PASSWORD_DIR/ROLE.password and has the
+# given right; prints the password. The administrator is asked only when
+# the role is missing, its password differs or the right does.
+ensure_pg_role() {
+    local role="$1" right="$2" file pw want
+    pg_check_name "$role"
+    case "$right" in
+        CREATEDB) want=t ;;
+        NOCREATEDB) want=f ;;
+        *) die "ensure_pg_role: CREATEDB or NOCREATEDB, not '$right'" ;;
+    esac
+    file="$PG_PASSWORD_DIR/$role.password"
+    pw="$(pg_password "$file")"
+    if [ "$(pg_role_state "$role" "$pw")" != "$want" ]; then
+        log "setting up PostgreSQL role '$role' ($right, password in $file)"
+        # Another run may create the role at the same moment.
+        pg_admin_psql postgres >/dev/null <<SQL || die "could not create or update PostgreSQL role '$role'"
+DO \$\$
+BEGIN
+    CREATE ROLE "$role" LOGIN NOSUPERUSER NOCREATEROLE $right PASSWORD '$pw';
+EXCEPTION WHEN duplicate_object THEN
+    ALTER ROLE "$role" LOGIN NOSUPERUSER NOCREATEROLE $right PASSWORD '$pw';
+END
+\$\$;
+SQL
+        [ "$(pg_role_state "$role" "$pw")" = "$want" ] ||
+            die "PostgreSQL role '$role' is set up, but logging in as it with its password at $PG_HOST:$PG_PORT fails: the server's pg_hba.conf must accept password logins (scram-sha-256 or md5) from $PG_HOST, as Debian's default does"
+    fi
+    printf '%s\n' "$pw"
+}
+
+# ensure_local_database: the role and database deploy/up.sh runs the
+# services with; prints their DATABASE_URL. A database of that name that
+# belongs to another role is left alone (with a way out in the message).
+ensure_local_database() {
+    local role="$LOCAL_DB_ROLE" db="$LOCAL_DB_NAME" pw owner
+    pg_check_name "$db"
+    pw="$(ensure_pg_role "$role" NOCREATEDB)"
+    owner="$(pg_as "$role" "$pw" -d postgres -c "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '$db'")" ||
+        die "cannot query PostgreSQL at $PG_HOST:$PG_PORT as '$role'"
+    if [ -z "$owner" ]; then
+        log "creating database '$db' owned by '$role'"
+        pg_admin_psql postgres -c "CREATE DATABASE \"$db\" OWNER \"$role\"" >/dev/null ||
+            die "CREATE DATABASE $db failed"
+    elif [ "$owner" = "$role" ]; then
         log "database '$db' exists"
+    else
+        die "database '$db' exists but belongs to '$owner', not to '$role', so it is left as it is. Keep using it with DATABASE_URL set to a URL of '$owner' (e.g. postgres://$owner@$PG_HOST:$PG_PORT/$db), or drop it (dropdb $db) to start afresh, or choose another name with LOCAL_DB_NAME"
+    fi
+    printf 'postgres://%s:%s@%s:%s/%s\n' "$role" "$pw" "$PG_HOST" "$PG_PORT" "$db"
+}
+
+# ensure_test_database_url: exports TEST_DATABASE_URL, the server the tests
+# create their databases on. One given in the environment is used as it is;
+# otherwise the tests get a role of their own that may create databases.
+ensure_test_database_url() {
+    local pw
+    if [ -n "${TEST_DATABASE_URL:-}" ]; then
+        export TEST_DATABASE_URL
         return 0
     fi
-    log "creating database '$db'"
-    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -q -c "CREATE DATABASE \"$db\"" >&2 ||
-        die "CREATE DATABASE $db failed"
+    pw="$(ensure_pg_role "$TEST_DB_ROLE" CREATEDB)"
+    export TEST_DATABASE_URL="postgres://$TEST_DB_ROLE:$pw@$PG_HOST:$PG_PORT/postgres"
+}
+
+# test_psql PSQL_ARGS...: psql on TEST_DATABASE_URL (a postgres:// URL with
+# a user and a host, as ensure_test_database_url makes); the password goes
+# through the environment, not the command line.
+test_psql() {
+    local re='^postgres(ql)?://([^:@/?]+)(:([^@/?]*))?@([^:/?]+)(:([0-9]+))?/([^?]*)$'
+    [[ "$TEST_DATABASE_URL" =~ $re ]] ||
+        die "TEST_DATABASE_URL is not of the form postgres://user[:password]@host[:port]/database"
+    local pw="${BASH_REMATCH[4]}"
+    PGPASSWORD="$(printf '%b' "${pw//%/\\x}")" psql -h "${BASH_REMATCH[5]}" -p "${BASH_REMATCH[7]:-5432}" \
+        -U "${BASH_REMATCH[2]}" -d "${BASH_REMATCH[8]:-postgres}" -w -X -q "$@"
+}
+
+# test_database_url DATABASE: TEST_DATABASE_URL with another database.
+test_database_url() {
+    printf '%s/%s\n' "${TEST_DATABASE_URL%/*}" "$1"
 }
 
 # --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ BROWSERS="${PORTAL_BROWSERS:-chromium firefox}"
 
 ensure_rust
 ensure_backing_services
+ensure_test_database_url
 for browser in $BROWSERS; do
     case "$browser" in
         chromium | firefox) ;;
@@ -53,10 +54,6 @@ db="portal_${id}"
 prefix="t${id}"
 work="$(mktemp -d)"
 pids=()
-
-psql_admin() {
-    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -q "$@"
-}
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -106,7 +103,7 @@ cleanup() {
             fi
         done
     fi
-    psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
+    test_psql -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
         warn "could not drop database $db"
     delete_streams
     rm -rf "$work"
@@ -116,12 +113,13 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-psql_admin -c "CREATE DATABASE \"$db\"" >/dev/null || die "CREATE DATABASE $db failed"
+test_psql -c "CREATE DATABASE \"$db\"" >/dev/null || die "CREATE DATABASE $db failed"
 registry_port="$(free_port)"
 gateway_port="$(free_port)"
 worker_port="$(free_port)"
 
-export DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$db"
+DATABASE_URL="$(test_database_url "$db")"
+export DATABASE_URL
 export NATS_URL="nats://$NATS_HOST:$NATS_PORT"
 export NATS_PREFIX="$prefix"
 export REGISTRY_BIND="127.0.0.1:$registry_port"

@@ -22,6 +22,7 @@ TIMEOUT="${SCHEMATHESIS_TIMEOUT:-240}"
 
 ensure_rust
 ensure_backing_services
+ensure_test_database_url
 st="$(ensure_schemathesis)"
 
 log "cargo build --workspace --bins"
@@ -35,10 +36,6 @@ db="schemathesis_${id}"
 prefix="t${id}"
 work="$(mktemp -d)"
 server_pid=""
-
-psql_admin() {
-    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -w -X -q "$@"
-}
 
 delete_streams() {
     python3 -c 'import nats' >/dev/null 2>&1 || return 0
@@ -78,7 +75,7 @@ cleanup() {
         warn "last lines of the registry's log:"
         tail -n 30 "$work/registry.log" >&2 || true
     fi
-    psql_admin -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
+    test_psql -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
         warn "could not drop database $db"
     delete_streams
     rm -rf "$work"
@@ -88,10 +85,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-psql_admin -c "CREATE DATABASE \"$db\"" >/dev/null || die "CREATE DATABASE $db failed"
+test_psql -c "CREATE DATABASE \"$db\"" >/dev/null || die "CREATE DATABASE $db failed"
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
-export DATABASE_URL="postgres://$PG_USER@$PG_HOST:$PG_PORT/$db"
+DATABASE_URL="$(test_database_url "$db")"
+export DATABASE_URL
 export NATS_URL="nats://$NATS_HOST:$NATS_PORT"
 export NATS_PREFIX="$prefix"
 export REGISTRY_BIND="127.0.0.1:$port"

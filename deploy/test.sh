@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Run the test suite: makes sure PostgreSQL (127.0.0.1:5432, user postgres)
-# and NATS with JetStream (127.0.0.1:4222) are installed and running, then
-# runs `cargo test --workspace` with any extra arguments passed through, e.g.
+# Run the test suite: makes sure PostgreSQL (127.0.0.1:5432) and NATS with
+# JetStream (127.0.0.1:4222) are installed and running, and that the tests
+# have a PostgreSQL role of their own that may create databases
+# (bedolaga_events_test, its password in .local/postgres/; a TEST_DATABASE_URL
+# in the environment is used instead), then runs `cargo test --workspace`
+# with any extra arguments passed through, e.g.
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
 # then pytest for the Python client (clients/python, against the same
@@ -18,7 +21,8 @@
 # builds webhook-registry, delivery-worker and gateway (debug), then runs
 # the e2e tests one at a time against those binaries. They start their own
 # nats-server processes and a private PostgreSQL (initdb/pg_ctl), and use
-# the machine's PostgreSQL and NATS beside them. E2E_TIMEOUT (seconds,
+# the machine's PostgreSQL (through the same test role) and NATS beside
+# them. E2E_TIMEOUT (seconds,
 # default 900) bounds the run.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
@@ -30,6 +34,7 @@ if [ "${1:-}" = "--e2e" ]; then
     shift
     ensure_rust
     ensure_backing_services
+    ensure_test_database_url
     bins=(webhook-registry delivery-worker gateway)
     log "cargo build --workspace --bins (for the e2e tests)"
     cargo build -q --workspace --bins
@@ -45,6 +50,7 @@ fi
 
 ensure_rust
 ensure_backing_services
+ensure_test_database_url
 ensure_test_tools
 prune_test_streams
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run the whole system locally:
-#   PostgreSQL + NATS JetStream (installed and started when missing),
-#   database bedolaga_events, release build, migrations, then
+#   PostgreSQL + NATS JetStream (installed and started when missing), a
+#   PostgreSQL role and database bedolaga_events of the project's own (the
+#   role's password generated into .local/postgres/; the server's
+#   configuration is not touched), release build, migrations, then
 #   webhook-registry, gateway and delivery-worker in the background, and
 #   outbox-relay too when OUTBOX_DATABASE_URL is set (the bot's database;
 #   its event_outbox table is created there when missing).
@@ -21,7 +23,6 @@ fi
 HEALTH_WAIT_SECS="${HEALTH_WAIT_SECS:-60}"
 
 # ---- configuration (defaults of docs/contract.md, "Settings") -------------
-export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/bedolaga_events}"
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export REGISTRY_BIND="${REGISTRY_BIND:-127.0.0.1:8080}"
 export GATEWAY_BIND="${GATEWAY_BIND:-127.0.0.1:8081}"
@@ -54,15 +55,22 @@ declare -A HEALTH_URL=(
 ensure_rust
 command -v curl >/dev/null 2>&1 || apt_install curl
 
-# Manage the local PostgreSQL / NATS only when the URLs point at them.
-db_re='^postgres(ql)?://([^@/]*@)?(127\.0\.0\.1|localhost)(:5432)?/([A-Za-z0-9_]+)([?].*)?$'
-if [[ "$DATABASE_URL" =~ $db_re ]]; then
-    db_name="${BASH_REMATCH[5]}"
+# Without DATABASE_URL: the local PostgreSQL, with a role and database of
+# this project's own. With one: used as given (the database must exist);
+# the local server is started when the URL points at it.
+db_re='^postgres(ql)?://([^@/]*@)?(127\.0\.0\.1|localhost)(:5432)?/'
+if [ -z "${DATABASE_URL:-}" ]; then
     ensure_postgres
-    ensure_database "$db_name"
+    DATABASE_URL="$(ensure_local_database)"
+    db_line="$DATABASE_URL   (role '$LOCAL_DB_ROLE', password in ${PG_PASSWORD_DIR#"$BEDOLAGA_REPO_ROOT/"}/$LOCAL_DB_ROLE.password)"
+elif [[ "$DATABASE_URL" =~ $db_re ]]; then
+    ensure_postgres
+    db_line="from your environment"
 else
     log "DATABASE_URL points elsewhere; not managing a local PostgreSQL (the database must exist)"
+    db_line="from your environment"
 fi
+export DATABASE_URL
 nats_re='^nats://(127\.0\.0\.1|localhost)(:4222)?/?$'
 if [[ "$NATS_URL" =~ $nats_re ]]; then
     ensure_nats
@@ -174,6 +182,7 @@ bedolaga-events is running.
 $(if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then echo "  Outbox relay metrics         http://$relay_addr/metrics"; else echo "  Outbox relay                 not started (set OUTBOX_DATABASE_URL to the bot's database)"; fi)
 
   API token                    $token   (saved in .local/token)
+  DATABASE_URL                 $db_line
   $private_note
 
   Logs: .local/logs/<service>.log    Stop: deploy/down.sh

@@ -1,8 +1,9 @@
 //! Fresh, migrated databases for integration tests.
 //!
 //! Each [`TestDb`] is a new database named `test_<uuid>` on the server of
-//! `TEST_DATABASE_URL` (default: the local Postgres as `postgres`). It is
-//! dropped when the value is dropped.
+//! `TEST_DATABASE_URL` (default: the local Postgres as `postgres`; the
+//! test command, `deploy/test.sh`, sets it to a role of its own that may
+//! create databases). It is dropped when the value is dropped.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -31,6 +32,23 @@ fn with_database(server: &str, db: &str) -> String {
     }
 }
 
+fn with_password(url: &str, fallback: &str) -> (String, String) {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
+        panic!("the test database URL names no user");
+    };
+    match url[start..at].split_once(':') {
+        Some((_, password)) => (url.to_owned(), password.to_owned()),
+        None => (
+            format!("{}:{fallback}{}", &url[..at], &url[at..]),
+            fallback.to_owned(),
+        ),
+    }
+}
+
 impl TestDb {
     /// Creates and migrates a new database.
     pub async fn new() -> Result<Self, StorageError> {
@@ -55,6 +73,18 @@ impl TestDb {
             url,
             admin_url,
         })
+    }
+
+    /// This database's URL with a password in it, and that password: the
+    /// one `TEST_DATABASE_URL` carries, or else `fallback`, written in (a
+    /// server that trusts the test user never checks it). For tests that a
+    /// configured database password stays out of the logs.
+    ///
+    /// # Panics
+    ///
+    /// When the URL names no user.
+    pub fn url_with_password(&self, fallback: &str) -> (String, String) {
+        with_password(&self.url, fallback)
     }
 
     /// A pool on this database.
@@ -159,7 +189,7 @@ impl Drop for TestDb {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_database, with_password};
 
     #[test]
     fn swaps_the_database_name() {
@@ -170,6 +200,24 @@ mod tests {
         assert_eq!(
             with_database("postgres://u@h/postgres?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn writes_in_a_password_unless_there_is_one() {
+        assert_eq!(
+            with_password("postgres://postgres@127.0.0.1:5432/x", "pw"),
+            (
+                "postgres://postgres:pw@127.0.0.1:5432/x".to_owned(),
+                "pw".to_owned()
+            )
+        );
+        assert_eq!(
+            with_password("postgres://u:s3cret@h/x?sslmode=disable", "pw"),
+            (
+                "postgres://u:s3cret@h/x?sslmode=disable".to_owned(),
+                "s3cret".to_owned()
+            )
         );
     }
 }

@@ -27,7 +27,8 @@ pub const DESCRIPTION_MAX: usize = 10_000;
 /// URLs are TEXT; capped like common browsers and proxies.
 pub const URL_MAX: usize = 2048;
 
-/// Page size of every list: 50 unless asked, at most 200 (docs/contract.md, "REST API").
+/// Page size of every list: 50 unless asked, at most 200 (docs/contract.md,
+/// "REST API").
 pub const LIMIT_DEFAULT: i64 = 50;
 pub const LIMIT_MAX: i64 = 200;
 /// Window of the hourly counts: a day unless asked, a week at most.
