@@ -111,6 +111,18 @@ impl DevTools {
         v["result"]["result"]["value"].clone()
     }
 
+    /// Opens the console signed in with `token` and waits until it is
+    /// connected.
+    async fn open_console(&mut self, app: &TestApp, token: &str) {
+        let url = format!("{}#token={token}", app.url("/"));
+        self.call("Page.navigate", json!({"url": url})).await;
+        self.wait_for(
+            "document.getElementById('status')?.textContent === 'connected'",
+            "connecting",
+        )
+        .await;
+    }
+
     /// Polls `expr` until it is true.
     async fn wait_for(&mut self, expr: &str, what: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -219,13 +231,7 @@ async fn console_streams_events_and_resumes_in_headless_chromium() {
         return;
     };
     let mut dt = browser.dt;
-    let url = format!("{}#token={}", app.url("/"), b.token);
-    dt.call("Page.navigate", json!({"url": url})).await;
-    dt.wait_for(
-        "document.getElementById('status')?.textContent === 'connected'",
-        "connecting",
-    )
-    .await;
+    dt.open_console(&app, &b.token).await;
     // the token left the address bar
     assert_eq!(dt.eval("location.hash").await, json!(""));
 
@@ -344,13 +350,7 @@ async fn console_shows_catching_up_when_the_page_falls_behind() {
         return;
     };
     let mut dt = browser.dt;
-    let url = format!("{}#token={}", app.url("/"), b.token);
-    dt.call("Page.navigate", json!({"url": url})).await;
-    dt.wait_for(
-        "document.getElementById('status')?.textContent === 'connected'",
-        "connecting",
-    )
-    .await;
+    dt.open_console(&app, &b.token).await;
 
     // The log keeps only its latest rows: note every status and info line.
     dt.eval(
