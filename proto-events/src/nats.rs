@@ -134,6 +134,15 @@ pub enum FirstConnect {
     FailFast,
 }
 
+/// The readiness of a connection: ready while connected, else the state
+/// it is in (`NATS is disconnected`). For `/readyz`.
+pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("NATS is {other}")),
+    }
+}
+
 /// A NATS setting that cannot work, or a connection that could not be opened.
 /// No variant carries a password, token or seed.
 #[derive(Debug, thiserror::Error)]

@@ -22,13 +22,12 @@ pub mod retries;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use async_nats::connection::State;
-use futures::FutureExt;
 use proto_events::nats::FirstConnect;
 use proto_events::{ChangeOp, Namespace, WebhookChange};
 use storage::DbPool;
@@ -346,54 +345,21 @@ fn readiness(
     consumer_ready: &Arc<AtomicBool>,
     cache: &WebhookCache,
 ) -> Readiness {
-    let (client, pool, consumer_ready, cache) = (
-        client.clone(),
-        pool.clone(),
-        consumer_ready.clone(),
-        cache.clone(),
-    );
+    let (client, pool, cache) = (client.clone(), pool.clone(), cache.clone());
     Readiness::new()
-        .with("nats", move || {
-            let state = client.connection_state();
-            async move {
-                match state {
-                    State::Connected => Ok(()),
-                    other => Err(format!("NATS is {other}")),
-                }
-            }
-            .boxed()
+        .state("nats", move || {
+            proto_events::nats::connection_ready(&client)
         })
-        .with("database", move || {
+        .probe("database", move || {
             let pool = pool.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("database ping timed out".to_owned()),
-                }
-            }
-            .boxed()
+            async move { storage::ping(&pool).await }
         })
-        .with("consumer", move || {
-            let ok = consumer_ready.load(Ordering::Relaxed);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("not consuming yet".to_owned())
-                }
+        .flag("consumer", consumer_ready.clone(), "not consuming yet")
+        .state("webhooks", move || {
+            if cache.is_loaded() {
+                Ok(())
+            } else {
+                Err("webhooks not loaded yet".to_owned())
             }
-            .boxed()
-        })
-        .with("webhooks", move || {
-            let ok = cache.is_loaded();
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("webhooks not loaded yet".to_owned())
-                }
-            }
-            .boxed()
         })
 }

@@ -92,7 +92,7 @@ impl Settings {
             ("DELIVERY_RETRY_POLL", "200ms"),
             ("DELIVERY_TIMEOUT", "3s"),
             ("DELIVERY_CONNECT_TIMEOUT", "2s"),
-            ("SHUTDOWN_GRACE", "10s"),
+            ("DELIVERY_SHUTDOWN_GRACE", "10s"),
         ])
     }
 

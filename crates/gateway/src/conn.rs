@@ -298,7 +298,6 @@ impl Accepted {
             decoder,
             out: Outbox::default(),
             feed: None,
-            last_sent: 0,
         };
         let Ok(permit) = state.connections.clone().try_acquire_owned() else {
             Box::pin(conn.finish(Stop::Close(Close::new(
@@ -384,8 +383,6 @@ struct Conn {
     decoder: wire::Decoder,
     out: Outbox,
     feed: Option<Box<Feed>>,
-    /// The highest event sequence queued for this client.
-    last_sent: u64,
 }
 
 enum Wake {
@@ -551,7 +548,6 @@ impl Conn {
 
     /// Queues one event.
     fn event(&mut self, frame: Arc<EventFrame>) {
-        self.last_sent = self.last_sent.max(frame.seq);
         self.out.push(Out::Event(frame));
     }
 

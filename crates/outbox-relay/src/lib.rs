@@ -18,10 +18,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
-use async_nats::connection::State;
 use async_nats::jetstream::context::ContextBuilder;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use futures::FutureExt;
 use proto_events::nats::FirstConnect;
 use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
@@ -186,36 +184,18 @@ impl Application {
 fn readiness(client: &async_nats::Client, pool: &DbPool, relay: &Arc<Relay>) -> Readiness {
     let (client, pool, relay) = (client.clone(), pool.clone(), relay.clone());
     Readiness::new()
-        .with("nats", move || {
-            let state = client.connection_state();
-            async move {
-                match state {
-                    State::Connected => Ok(()),
-                    other => Err(format!("NATS is {other}")),
-                }
-            }
-            .boxed()
+        .state("nats", move || {
+            proto_events::nats::connection_ready(&client)
         })
-        .with("database", move || {
+        .probe("database", move || {
             let pool = pool.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("database ping timed out".to_owned()),
-                }
-            }
-            .boxed()
+            async move { storage::ping(&pool).await }
         })
-        .with("stream", move || {
-            let ok = AtomicBool::load(&relay.stream_ready, Ordering::Acquire);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("events stream not confirmed yet".to_owned())
-                }
+        .state("stream", move || {
+            if relay.stream_ready.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("events stream not confirmed yet".to_owned())
             }
-            .boxed()
         })
 }

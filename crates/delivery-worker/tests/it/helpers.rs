@@ -486,7 +486,7 @@ pub fn start_binary(db: &TestDb, ns: &Namespace, extra: &[(&str, &str)]) -> Chil
         .env("DELIVERY_RETRY_SCHEDULE", "1s,1s,1s")
         .env("DELIVERY_ACK_WAIT", "2s")
         .env("DELIVERY_RETRY_POLL", "200ms")
-        .env("SHUTDOWN_GRACE", "5s")
+        .env("DELIVERY_SHUTDOWN_GRACE", "5s")
         .env(
             "RUST_LOG",
             std::env::var("TEST_LOG").map(|_| "info").unwrap_or("error"),

@@ -27,7 +27,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -375,8 +375,8 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let client = nats
         .connect("eventctl-bench", FirstConnect::FailFast)
         .await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ns.ensure_streams(&js).await?;
+    let publisher = Publisher::new(client.clone(), ns.clone());
+    publisher.ensure_stream().await?;
 
     // Register the webhooks.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -485,7 +485,6 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     // Publish.
     let cpu_start = (cpu_seconds(None), worker.cpu());
     let started = Instant::now();
-    let subject = ns.event_subject(EventType::TicketMessageAdded.as_str());
     let mut acks = FuturesUnordered::new();
     let mut publish_errors = 0u64;
     for i in 0..args.events {
@@ -502,12 +501,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
             continue;
         };
         let env = Envelope::new(EventType::TicketMessageAdded, map);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", env.id.as_str());
-        match js
-            .publish_with_headers(subject.clone(), headers, env.to_bytes().into())
-            .await
-        {
+        match publisher.send(&env, async_nats::HeaderMap::new()).await {
             Ok(ack) => acks.push(ack.into_future()),
             Err(_) => publish_errors += 1,
         }

@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -87,14 +87,7 @@ fn payload(i: u64, backlog: bool) -> serde_json::Map<String, Value> {
 }
 
 /// Publishes `n` events (at `rate` per second, or as fast as acked when 0).
-async fn publish(
-    js: &async_nats::jetstream::Context,
-    ns: &Namespace,
-    n: u64,
-    rate: f64,
-    backlog: bool,
-) -> anyhow::Result<()> {
-    let subject = ns.event_subject(EventType::TicketMessageAdded.as_str());
+async fn publish(publisher: &Publisher, n: u64, rate: f64, backlog: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
     for i in 0..n {
@@ -103,11 +96,7 @@ async fn publish(
                 .await;
         }
         let env = Envelope::new(EventType::TicketMessageAdded, payload(i, backlog));
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", env.id.as_str());
-        let ack = js
-            .publish_with_headers(subject.clone(), headers, env.to_bytes().into())
-            .await?;
+        let ack = publisher.send(&env, async_nats::HeaderMap::new()).await?;
         acks.push(ack.into_future());
         while acks.len() >= 512 {
             if let Some(r) = acks.next().await {
@@ -145,15 +134,16 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
     let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
     let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ns.ensure_streams(&js).await?;
+    let publisher = Publisher::new(client.clone(), ns.clone());
+    publisher.ensure_stream().await?;
+    let js = publisher.jetstream().clone();
     println!(
         "bench replay: backlog {} events, replay {}/s (job concurrency {}), live {}/s, {} s per phase",
         args.backlog, args.replay_rate, args.job_concurrency, args.live_rate, args.seconds
     );
 
     let t = Instant::now();
-    publish(&js, ns, args.backlog, 0.0, true).await?;
+    publish(&publisher, args.backlog, 0.0, true).await?;
     let backlog_end = chrono::Utc::now();
     println!("backlog    published in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -210,7 +200,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let live_n = (args.live_rate * args.seconds as f64) as u64;
-    publish(&js, ns, live_n, args.live_rate, false).await?;
+    publish(&publisher, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline = take_phase(&rx);
 
@@ -235,7 +225,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     };
     let backlog_before = rx.seen.lock().backlog;
     let t = Instant::now();
-    publish(&js, ns, live_n, args.live_rate, false).await?;
+    publish(&publisher, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let under = take_phase(&rx);
     let replayed = rx.seen.lock().backlog - backlog_before;

@@ -24,6 +24,29 @@ fn job_not_found() -> ApiError {
     ApiError::NotFound("Job not found")
 }
 
+/// What recover, replay and bulk retry answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes the responses; `start` builds them
+enum JobStarted {
+    #[response(status = 202, description = "Job queued; `Location` names it")]
+    Queued(JobOut),
+    #[response(
+        status = 200,
+        description = "The webhook already has an unfinished job: that one"
+    )]
+    Existing(JobOut),
+    #[response(status = 401, description = "Missing or invalid token")]
+    Unauthorized(ErrorOut),
+    #[response(status = 404, description = "No such webhook")]
+    NoWebhook(ErrorOut),
+    #[response(status = 409, description = "The webhook is disabled")]
+    Disabled(ErrorOut),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorOut),
+    #[response(status = 422, description = "Validation error")]
+    Invalid(HttpValidationError),
+}
+
 /// Records a job for an active webhook, or finds its unfinished one.
 async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> {
     let id = new.webhook_id;
@@ -55,15 +78,7 @@ async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> 
     post, path = "/webhooks/{webhook_id}/recover", tag = "jobs",
     params(("webhook_id" = i32, Path, description = "Webhook id")),
     request_body = RecoverIn,
-    responses(
-        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
-        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook", body = ErrorOut),
-        (status = 409, description = "The webhook is disabled", body = ErrorOut),
-        (status = 413, description = "Body too large", body = ErrorOut),
-        (status = 422, description = "Validation error", body = HttpValidationError),
-    ),
+    responses(JobStarted),
     security(("bearer" = []), ("api_key" = []))
 )]
 #[instrument(skip_all)]
@@ -93,15 +108,7 @@ pub async fn recover(
     post, path = "/webhooks/{webhook_id}/replay", tag = "jobs",
     params(("webhook_id" = i32, Path, description = "Webhook id")),
     request_body(content = Option<ReplayIn>, description = "Optional; an empty body replays everything the stream holds"),
-    responses(
-        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
-        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook", body = ErrorOut),
-        (status = 409, description = "The webhook is disabled", body = ErrorOut),
-        (status = 413, description = "Body too large", body = ErrorOut),
-        (status = 422, description = "Validation error", body = HttpValidationError),
-    ),
+    responses(JobStarted),
     security(("bearer" = []), ("api_key" = []))
 )]
 #[instrument(skip_all)]
@@ -136,15 +143,7 @@ pub async fn replay(
     post, path = "/webhooks/{webhook_id}/deliveries/retry", tag = "jobs",
     params(("webhook_id" = i32, Path, description = "Webhook id")),
     request_body(content = Option<BulkRetryIn>, description = "Optional; an empty body retries every failed delivery"),
-    responses(
-        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
-        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook", body = ErrorOut),
-        (status = 409, description = "The webhook is disabled", body = ErrorOut),
-        (status = 413, description = "Body too large", body = ErrorOut),
-        (status = 422, description = "Validation error", body = HttpValidationError),
-    ),
+    responses(JobStarted),
     security(("bearer" = []), ("api_key" = []))
 )]
 #[instrument(skip_all)]
