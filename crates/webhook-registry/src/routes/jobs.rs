@@ -221,19 +221,32 @@ pub async fn list(
     }))
 }
 
-fn ids(path: (String, String)) -> Result<(i32, i64), ApiError> {
-    let id = webhook_id(&path.0)?;
-    let job_id = path_id(&path.1, "job_id", job_not_found())?;
-    Ok((id, job_id))
+/// The path of one job, `/webhooks/{webhook_id}/jobs/{job_id}`: what the
+/// OpenAPI document names and what the handlers parse the raw segments
+/// into (a number out of range is 404, not 422).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JobPath {
+    /// Webhook id
+    pub webhook_id: i32,
+    /// Job id
+    pub job_id: i64,
+}
+
+impl JobPath {
+    fn parse(path: web::Path<(String, String)>) -> Result<Self, ApiError> {
+        let (webhook_id, job_id) = path.into_inner();
+        Ok(Self {
+            webhook_id: self::webhook_id(&webhook_id)?,
+            job_id: path_id(&job_id, "job_id", job_not_found())?,
+        })
+    }
 }
 
 /// One job: its status and progress.
 #[utoipa::path(
     get, path = "/webhooks/{webhook_id}/jobs/{job_id}", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -247,9 +260,9 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let job = jobs::get(&mut conn, id, job_id)
+    let job = jobs::get(&mut conn, webhook_id, job_id)
         .await?
         .ok_or_else(job_not_found)?;
     Ok(HttpResponse::Ok().json(JobOut::from(job)))
@@ -259,10 +272,7 @@ pub async fn get(
 /// finished job is returned as it is.
 #[utoipa::path(
     delete, path = "/webhooks/{webhook_id}/jobs/{job_id}", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job, cancelled unless it had finished", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -276,12 +286,12 @@ pub async fn cancel(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let job = jobs::cancel(&mut conn, id, job_id)
+    let job = jobs::cancel(&mut conn, webhook_id, job_id)
         .await?
         .ok_or_else(job_not_found)?;
-    tracing::info!(webhook_id = id, job_id, status = %job.status, "job cancel requested");
+    tracing::info!(webhook_id, job_id, status = %job.status, "job cancel requested");
     Ok(HttpResponse::Ok().json(JobOut::from(job)))
 }
 
@@ -290,10 +300,7 @@ pub async fn cancel(
 /// resumed. It stays the webhook's one unfinished job.
 #[utoipa::path(
     post, path = "/webhooks/{webhook_id}/jobs/{job_id}/pause", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job, paused", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -308,20 +315,17 @@ pub async fn pause(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let changed = jobs::pause(&mut conn, id, job_id).await?;
-    changed_response(changed, id, job_id, "paused")
+    let changed = jobs::pause(&mut conn, webhook_id, job_id).await?;
+    changed_response(changed, webhook_id, job_id, "paused")
 }
 
 /// Resume a paused job where it stopped. A queued or running job is
 /// returned as it is.
 #[utoipa::path(
     post, path = "/webhooks/{webhook_id}/jobs/{job_id}/resume", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job, queued to run again", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -336,10 +340,10 @@ pub async fn resume(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let changed = jobs::resume(&mut conn, id, job_id).await?;
-    changed_response(changed, id, job_id, "resumed")
+    let changed = jobs::resume(&mut conn, webhook_id, job_id).await?;
+    changed_response(changed, webhook_id, job_id, "resumed")
 }
 
 fn changed_response(
