@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
 use serde_json::{Value, json};
+use storage::testing::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -244,59 +244,19 @@ async fn serve(mut stream: TcpStream, state: &Receiver) -> std::io::Result<()> {
     }
 }
 
-/// `postgres://…/<db>?…` with another database name.
-fn with_database(url: &str, db: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    match base[after_scheme..].find('/') {
-        Some(i) => format!("{}/{db}{query}", &base[..after_scheme + i]),
-        None => format!("{base}/{db}{query}"),
-    }
-}
-
-/// The database the bench works in; a temporary one is dropped at the end.
-pub(crate) struct BenchDb {
-    pub(crate) url: String,
-    admin_url: Option<String>,
-    name: String,
-}
-
-impl BenchDb {
-    pub(crate) async fn temporary(server_url: &str) -> anyhow::Result<Self> {
-        use diesel_async::RunQueryDsl;
-        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-        let admin_url = with_database(server_url, "postgres");
-        let mut conn = AsyncPgConnection::establish(&admin_url)
-            .await
-            .context("cannot reach Postgres")?;
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await?;
-        let url = with_database(server_url, &name);
-        storage::run_migrations(&url).await?;
-        Ok(Self {
-            url,
-            admin_url: Some(admin_url),
-            name,
+/// A fresh, migrated database `bench_<uuid>` on the server of
+/// `server_url` (created through its `postgres` database), dropped with the
+/// value.
+pub(crate) async fn temporary_db(server_url: &str) -> anyhow::Result<TestDb> {
+    let admin_url = storage::testing::with_database(server_url, "postgres")?;
+    TestDb::on_server(&admin_url, "bench")
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create a temporary database on {}",
+                proto_events::redact_url(&admin_url)
+            )
         })
-    }
-
-    pub(crate) async fn drop_db(&self) {
-        use diesel_async::RunQueryDsl;
-        if let Some(admin) = &self.admin_url
-            && let Ok(mut conn) = AsyncPgConnection::establish(admin).await
-        {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await;
-        }
-    }
 }
 
 /// The `p`th percentile (nearest rank) of sorted microseconds, in ms.
@@ -336,25 +296,22 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
         args.events > 0 && args.webhooks > 0,
         "--events and --webhooks must be positive"
     );
-    let (db, ns) = match args.worker {
+    // A temporary database, dropped at the end; or the external worker's.
+    let (temporary, ns) = match args.worker {
         WorkerMode::InProcess | WorkerMode::Spawn => {
             let ns = if ns.prefix().is_empty() {
                 Namespace::unique()
             } else {
                 ns
             };
-            (BenchDb::temporary(&args.database_url).await?, ns)
+            (Some(temporary_db(&args.database_url).await?), ns)
         }
-        WorkerMode::External => (
-            BenchDb {
-                url: args.database_url.clone(),
-                admin_url: None,
-                name: String::new(),
-            },
-            ns,
-        ),
+        WorkerMode::External => (None, ns),
     };
-    let result = bench(nats, &ns, &db, &args).await;
+    let db_url = temporary
+        .as_ref()
+        .map_or(args.database_url.as_str(), |db| db.url.as_str());
+    let result = bench(nats, &ns, db_url, &args).await;
     if args.worker != WorkerMode::External {
         let client = nats.connect("eventctl", FirstConnect::FailFast).await;
         if let Ok(client) = client {
@@ -363,15 +320,15 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
             let _ = js.delete_stream(ns.deadletter_stream()).await;
         }
     }
-    db.drop_db().await;
+    drop(temporary);
     result
 }
 
-async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
-    let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
+    let pool = storage::build_pool(db_url, &storage::PoolConfig::default())?;
     let client = nats
         .connect("eventctl-bench", FirstConnect::FailFast)
         .await?;
@@ -405,7 +362,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let worker = match args.worker {
         WorkerMode::InProcess => {
             let mut cfg = delivery_worker::Config::defaults();
-            cfg.database.database_url = db.url.as_str().into();
+            cfg.database.database_url = db_url.into();
             cfg.nats = NatsArgs {
                 nats_prefix: ns.prefix().to_owned(),
                 ..nats.clone()
@@ -434,7 +391,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
                 .port();
             let worker_addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let child = tokio::process::Command::new(&bin)
-                .env("DATABASE_URL", &db.url)
+                .env("DATABASE_URL", db_url)
                 .env("NATS_URL", &nats.nats_url)
                 .env("NATS_PREFIX", ns.prefix())
                 .env("WORKER_BIND", worker_addr.to_string())
@@ -729,19 +686,6 @@ async fn ready(addr: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn database_names_are_swapped() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/bedolaga_events", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
-            "postgres://u:p@h/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-    }
 
     #[test]
     fn percentiles() {

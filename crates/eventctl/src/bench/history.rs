@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::Utc;
 use serde_json::Value;
+use storage::testing::TestDb;
 
-use super::delivery::{BenchDb, percentile};
+use super::delivery::{percentile, temporary_db};
 use proto_events::nats::NatsArgs;
 
 /// History benchmark.
@@ -90,9 +91,9 @@ pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
     for &rows in &args.rows {
-        let db = BenchDb::temporary(&args.database_url).await?;
+        let db = temporary_db(&args.database_url).await?;
         let r = measure(nats, &args, &bin, &db, rows).await;
-        db.drop_db().await;
+        drop(db);
         let r = r?;
         print_size(&r);
         results.push(r);
@@ -224,7 +225,7 @@ async fn measure(
     nats: &NatsArgs,
     args: &Args,
     bin: &std::path::Path,
-    db: &BenchDb,
+    db: &TestDb,
     rows: u64,
 ) -> anyhow::Result<SizeResult> {
     use diesel_async::AsyncConnection as _;

@@ -24,8 +24,9 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use proto_events::Namespace;
 use proto_events::nats::{FirstConnect, NatsArgs};
+use storage::testing::TestDb;
 
-use super::delivery::{BenchDb, cpu_seconds, percentile};
+use super::delivery::{cpu_seconds, percentile, temporary_db};
 
 /// Outbox relay benchmark.
 #[derive(Debug, clap::Args)]
@@ -65,20 +66,20 @@ pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
         "{} not found: build it (cargo build --release -p outbox-relay) or pass --relay-bin",
         bin.display()
     );
-    let db = BenchDb::temporary(&args.database_url).await?;
+    let db = temporary_db(&args.database_url).await?;
     let ns = Namespace::unique();
     let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     let js = jetstream::new(client);
     let result = bench(nats, &js, &ns, &db, &bin, &args).await;
     let _ = js.delete_stream(ns.stream()).await;
     let _ = js.delete_stream(ns.deadletter_stream()).await;
-    db.drop_db().await;
+    drop(db);
     result
 }
 
 fn start_relay(
     bin: &std::path::Path,
-    db: &BenchDb,
+    db: &TestDb,
     nats: &NatsArgs,
     ns: &Namespace,
     batch_size: usize,
@@ -120,7 +121,7 @@ async fn bench(
     nats: &NatsArgs,
     js: &jetstream::Context,
     ns: &Namespace,
-    db: &BenchDb,
+    db: &TestDb,
     bin: &std::path::Path,
     args: &Args,
 ) -> anyhow::Result<()> {

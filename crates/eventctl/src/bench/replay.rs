@@ -21,9 +21,10 @@ use futures::stream::FuturesUnordered;
 use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
 use serde_json::{Value, json};
+use storage::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{BenchDb, percentile, start_receiver, unix_micros, wait_ready};
+use super::delivery::{percentile, start_receiver, temporary_db, unix_micros, wait_ready};
 
 /// Replay-under-load benchmark.
 #[derive(Debug, clap::Args)]
@@ -60,14 +61,14 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
     } else {
         ns
     };
-    let db = BenchDb::temporary(&args.database_url).await?;
+    let db = temporary_db(&args.database_url).await?;
     let result = bench(nats, &ns, &db, &args).await;
     if let Ok(client) = nats.connect("eventctl", FirstConnect::FailFast).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(ns.stream()).await;
         let _ = js.delete_stream(ns.deadletter_stream()).await;
     }
-    db.drop_db().await;
+    drop(db);
     result
 }
 
@@ -139,7 +140,7 @@ fn take_phase(rx: &super::delivery::Receiver) -> Phase {
     }
 }
 
-async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
