@@ -33,6 +33,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::stats::Latencies;
+
 /// Where the delivery worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkerMode {
@@ -257,16 +259,6 @@ pub(crate) async fn temporary_db(server_url: &str) -> anyhow::Result<TestDb> {
                 proto_events::redact_url(&admin_url)
             )
         })
-}
-
-/// The `p`th percentile (nearest rank) of sorted microseconds, in ms.
-pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    let idx = rank.clamp(1, sorted.len()) - 1;
-    sorted[idx] as f64 / 1000.0
 }
 
 async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
@@ -518,13 +510,13 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    let mut seen = std::mem::take(&mut *rx.seen.lock());
+    let seen = std::mem::take(&mut *rx.seen.lock());
     let received = rx.received.load(Ordering::Relaxed);
     let received_in = seen
         .last_receive
         .map(|t| t.duration_since(started))
         .unwrap_or_default();
-    seen.latencies_us.sort_unstable();
+    let latency = Latencies::of_micros(seen.latencies_us.iter().copied())?;
     let secs = |d: Duration| d.as_secs_f64().max(1e-9);
     println!(
         "published  {} events in {:.2}s ({:.0}/s), {publish_errors} publish errors",
@@ -544,9 +536,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
     );
     println!(
         "latency    publish→receive p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&seen.latencies_us, 50.0),
-        percentile(&seen.latencies_us, 99.0),
-        percentile(&seen.latencies_us, 100.0)
+        latency.percentile_ms(50.0),
+        latency.percentile_ms(99.0),
+        latency.max_ms()
     );
     let cpu_end = (cpu_seconds(None), worker.cpu());
     let per_delivery = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -681,18 +673,4 @@ async fn ready(addr: SocketAddr) -> bool {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     out.starts_with(b"HTTP/1.1 200")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        assert_eq!(percentile(&[], 99.0), 0.0);
-    }
 }

@@ -22,7 +22,8 @@ use chrono::Utc;
 use serde_json::Value;
 use storage::testing::TestDb;
 
-use super::delivery::{percentile, temporary_db};
+use super::delivery::temporary_db;
+use super::stats::Latencies;
 use proto_events::nats::NatsArgs;
 
 /// History benchmark.
@@ -337,12 +338,12 @@ async fn measure_reads(
             let (took, _) = get(path(i)).await?;
             us.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         }
-        us.sort_unstable();
+        let us = Latencies::of_micros(us)?;
         out.push((
             *name,
             Read {
-                p50: percentile(&us, 50.0),
-                p99: percentile(&us, 99.0),
+                p50: us.percentile_ms(50.0),
+                p99: us.percentile_ms(99.0),
             },
         ));
     }
@@ -378,15 +379,14 @@ async fn measure_reads(
     let drop_ms = started.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut lat = writer.await??;
-    lat.sort_unstable();
+    let lat = Latencies::of_micros(writer.await??)?;
     Ok(SizeResult {
         rows,
         reads: out,
         drop_ms,
         dropped_rows: dropped.rows,
-        insert_max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
-        insert_p99_ms: percentile(&lat, 99.0),
+        insert_max_ms: lat.max_ms(),
+        insert_p99_ms: lat.percentile_ms(99.0),
         bytes_per_row,
     })
 }

@@ -26,7 +26,8 @@ use proto_events::Namespace;
 use proto_events::nats::{FirstConnect, NatsArgs};
 use storage::testing::TestDb;
 
-use super::delivery::{cpu_seconds, percentile, temporary_db};
+use super::delivery::{cpu_seconds, temporary_db};
+use super::stats::Latencies;
 
 /// Outbox relay benchmark.
 #[derive(Debug, clap::Args)]
@@ -271,28 +272,27 @@ async fn bench(
     let _ = receiver.await;
     let _ = relay.start_kill();
     let _ = relay.wait().await;
-    let mut lat = std::mem::take(&mut *latencies.lock());
-    lat.sort_unstable();
+    let lat = std::mem::take(&mut *latencies.lock());
     anyhow::ensure!(
         lat.len() as u64 == total,
         "only {} of {total} events arrived",
         lat.len()
     );
+    let lat = Latencies::of_micros(lat)?;
     println!(
         "latency     commit -> stored in stream at {}/s for {:?} ({} events): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.rate,
         args.duration,
         total,
-        percentile(&lat, 50.0),
-        percentile(&lat, 99.0),
-        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        lat.percentile_ms(50.0),
+        lat.percentile_ms(99.0),
+        lat.max_ms()
     );
-    let mut commits = std::mem::take(&mut *commits.lock());
-    commits.sort_unstable();
+    let commits = Latencies::of_micros(std::mem::take(&mut *commits.lock()))?;
     println!(
         "  of which the bot's COMMIT itself: p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&commits, 50.0),
-        percentile(&commits, 99.0)
+        commits.percentile_ms(50.0),
+        commits.percentile_ms(99.0)
     );
     Ok(())
 }

@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use storage::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{percentile, start_receiver, temporary_db, unix_micros, wait_ready};
+use super::delivery::{start_receiver, temporary_db, unix_micros, wait_ready};
+use super::stats::Latencies;
 
 /// Replay-under-load benchmark.
 #[derive(Debug, clap::Args)]
@@ -129,15 +130,16 @@ struct Phase {
     max: f64,
 }
 
-fn take_phase(rx: &super::delivery::Receiver) -> Phase {
-    let mut lat = std::mem::take(&mut rx.seen.lock().latencies_us);
-    lat.sort_unstable();
-    Phase {
-        live: lat.len(),
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        max: percentile(&lat, 100.0),
-    }
+fn take_phase(rx: &super::delivery::Receiver) -> anyhow::Result<Phase> {
+    let us = std::mem::take(&mut rx.seen.lock().latencies_us);
+    let live = us.len();
+    let lat = Latencies::of_micros(us)?;
+    Ok(Phase {
+        live,
+        p50: lat.percentile_ms(50.0),
+        p99: lat.percentile_ms(99.0),
+        max: lat.max_ms(),
+    })
 }
 
 async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> anyhow::Result<()> {
@@ -213,7 +215,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> any
     let live_n = (args.live_rate * args.seconds as f64) as u64;
     publish(&js, ns, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline = take_phase(&rx);
+    let baseline = take_phase(&rx)?;
 
     let job = {
         let mut conn = pool.get().await?;
@@ -238,7 +240,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> any
     let t = Instant::now();
     publish(&js, ns, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let under = take_phase(&rx);
+    let under = take_phase(&rx)?;
     let replayed = rx.seen.lock().backlog - backlog_before;
     let elapsed = t.elapsed().as_secs_f64();
     let state = {
