@@ -39,7 +39,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(database_url)
         .await
-        .with_context(|| format!("cannot connect to {}", storage::redact_url(database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to {}",
+                proto_events::redact_url(database_url)
+            )
+        })?;
     conn.batch_execute(MIGRATION_SQL)
         .await
         .context("the outbox migration failed")?;

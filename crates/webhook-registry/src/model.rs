@@ -51,7 +51,7 @@ pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
     fields.errors.push(
         // Credentials in a refused URL are not echoed back.
         FieldError::value_error(&["body", "url"], &problem)
-            .input(Value::String(storage::redact_url(url))),
+            .input(Value::String(proto_events::redact_url(url))),
     );
     false
 }

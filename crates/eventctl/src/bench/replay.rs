@@ -21,9 +21,11 @@ use futures::stream::FuturesUnordered;
 use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
 use serde_json::{Value, json};
+use storage::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{BenchDb, percentile, start_receiver, unix_micros, wait_ready};
+use super::delivery::{start_receiver, temporary_db, unix_micros, wait_ready};
+use super::stats::Latencies;
 
 /// Replay-under-load benchmark.
 #[derive(Debug, clap::Args)]
@@ -60,14 +62,14 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
     } else {
         ns
     };
-    let db = BenchDb::temporary(&args.database_url).await?;
+    let db = temporary_db(&args.database_url).await?;
     let result = bench(nats, &ns, &db, &args).await;
     if let Ok(client) = nats.connect("eventctl", FirstConnect::FailFast).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(ns.stream()).await;
         let _ = js.delete_stream(ns.deadletter_stream()).await;
     }
-    db.drop_db().await;
+    drop(db);
     result
 }
 
@@ -117,18 +119,19 @@ struct Phase {
     max: f64,
 }
 
-fn take_phase(rx: &super::delivery::Receiver) -> Phase {
-    let mut lat = std::mem::take(&mut rx.seen.lock().latencies_us);
-    lat.sort_unstable();
-    Phase {
-        live: lat.len(),
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        max: percentile(&lat, 100.0),
-    }
+fn take_phase(rx: &super::delivery::Receiver) -> anyhow::Result<Phase> {
+    let us = std::mem::take(&mut rx.seen.lock().latencies_us);
+    let live = us.len();
+    let lat = Latencies::of_micros(us)?;
+    Ok(Phase {
+        live,
+        p50: lat.percentile_ms(50.0),
+        p99: lat.percentile_ms(99.0),
+        max: lat.max_ms(),
+    })
 }
 
-async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
@@ -202,7 +205,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let live_n = (args.live_rate * args.seconds as f64) as u64;
     publish(&publisher, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline = take_phase(&rx);
+    let baseline = take_phase(&rx)?;
 
     let job = {
         let mut conn = pool.get().await?;
@@ -227,7 +230,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let t = Instant::now();
     publish(&publisher, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let under = take_phase(&rx);
+    let under = take_phase(&rx)?;
     let replayed = rx.seen.lock().backlog - backlog_before;
     let elapsed = t.elapsed().as_secs_f64();
     let state = {
