@@ -396,12 +396,6 @@ impl TokenAuth {
         Ok(principal)
     }
 
-    /// Forgets every cached answer (after a revoke in this process).
-    pub fn clear_cache(&self) {
-        self.inner.known.invalidate_all();
-        self.inner.refused.invalidate_all();
-    }
-
     /// Writes the recorded `last_used_at`/`last_used_ip` values; one
     /// statement per token used since the last flush.
     pub async fn flush_last_used(&self) -> Result<usize, StorageError> {
