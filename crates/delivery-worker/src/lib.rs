@@ -20,13 +20,11 @@ pub mod policy;
 pub mod recorder;
 pub mod retries;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
-use anyhow::Context as _;
 use async_nats::connection::State;
 use proto_events::nats::FirstConnect;
 use proto_events::{ChangeOp, Namespace, WebhookChange};
@@ -46,11 +44,6 @@ use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::retries::PollerConfig;
-
-/// The route table: only the ops endpoints.
-pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
-    telemetry::ops::configure(cfg, ops);
-}
 
 /// A built worker: listener bound, connections opening in the background.
 pub struct Application {
@@ -131,18 +124,7 @@ impl Application {
             readiness,
             metrics: metrics.registry.clone(),
         };
-        let listener = TcpListener::bind(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
-        let addr = listener.local_addr()?;
-        let server = HttpServer::new(move || {
-            let ops = ops.clone();
-            App::new().configure(move |cfg| routes(cfg, ops))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(2)
-        .listen(listener)?
-        .run();
+        let (server, addr) = telemetry::ops::serve_ops(config.bind, ops)?;
         Ok(Self {
             config,
             addr,

@@ -11,12 +11,11 @@ pub mod config;
 pub mod metrics;
 pub mod relay;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
 use async_nats::jetstream::context::ContextBuilder;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
@@ -29,11 +28,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Cli, Command, Config};
 pub use metrics::Metrics;
 pub use relay::{MIGRATION_SQL, Relay};
-
-/// The route table: only the ops endpoints.
-pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
-    telemetry::ops::configure(cfg, ops);
-}
 
 /// Creates `event_outbox` and its trigger if missing (idempotent).
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
@@ -100,18 +94,7 @@ impl Application {
             readiness: readiness(&client, &pool, &relay),
             metrics: metrics.registry.clone(),
         };
-        let listener = TcpListener::bind(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
-        let addr = listener.local_addr()?;
-        let server = HttpServer::new(move || {
-            let ops = ops.clone();
-            App::new().configure(move |cfg| routes(cfg, ops))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(2)
-        .listen(listener)?
-        .run();
+        let (server, addr) = telemetry::ops::serve_ops(config.bind, ops)?;
         Ok(Self {
             config,
             addr,

@@ -141,6 +141,29 @@ pub fn configure(cfg: &mut web::ServiceConfig, ops: Ops) {
         .route("/metrics", web::get().to(metrics));
 }
 
+/// An HTTP server with the ops routes only, for a service that serves
+/// nothing else (the delivery worker, the outbox relay): one worker
+/// thread, no signal handling of its own (the service stops it), 2 s for
+/// requests in flight at shutdown. Returns it with the address it listens on.
+pub fn serve_ops(
+    bind: std::net::SocketAddr,
+    ops: Ops,
+) -> std::io::Result<(actix_web::dev::Server, std::net::SocketAddr)> {
+    let listener = std::net::TcpListener::bind(bind)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
+    let addr = listener.local_addr()?;
+    let server = actix_web::HttpServer::new(move || {
+        let ops = ops.clone();
+        actix_web::App::new().configure(move |cfg| configure(cfg, ops))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run();
+    Ok((server, addr))
+}
+
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
