@@ -273,6 +273,13 @@ ensure_test_database_url() {
     export TEST_DATABASE_URL="postgres://$TEST_DB_ROLE:$pw@$PG_HOST:$PG_PORT/postgres"
 }
 
+# ensure_test_nats_url: exports TEST_NATS_URL, the NATS server the tests
+# connect to (test_support::nats_url): one given in the environment is used
+# as it is; otherwise the server ensure_nats runs.
+ensure_test_nats_url() {
+    export TEST_NATS_URL="${TEST_NATS_URL:-nats://$NATS_HOST:$NATS_PORT}"
+}
+
 # test_psql PSQL_ARGS...: psql on TEST_DATABASE_URL (a postgres:// URL with
 # a user and a host, as ensure_test_database_url makes); the password goes
 # through the environment, not the command line.
@@ -362,7 +369,7 @@ ensure_backing_services() {
 prune_test_streams() {
     command -v python3 >/dev/null 2>&1 || return 0
     python3 -c 'import nats' >/dev/null 2>&1 || return 0
-    NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}" python3 - <<'PY' || warn "could not prune leftover test streams"
+    NATS_URL="${TEST_NATS_URL:-nats://$NATS_HOST:$NATS_PORT}" python3 - <<'PY' || warn "could not prune leftover test streams"
 import asyncio, os, re
 import nats
 

@@ -1,6 +1,7 @@
 //! `eventctl bench delivery`: webhook delivery throughput and latency.
 //!
-//! Starts a fast local HTTP/1.1 receiver that checks every signature (the
+//! Starts a fast local HTTP/1.1 receiver (`test_support::Receiver`, lean:
+//! nothing recorded) that checks every signature (the
 //! seed's `X-Webhook-Signature` over the raw body and the Standard Webhooks
 //! `webhook-signature`), registers webhooks pointing at it, publishes N
 //! events at a chosen rate (or as fast as JetStream acknowledges), and
@@ -30,7 +31,7 @@ use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookC
 use serde_json::{Value, json};
 use storage::testing::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::stats::Latencies;
@@ -120,14 +121,10 @@ pub(crate) fn unix_micros() -> u64 {
 }
 
 impl Receiver {
-    fn check(&self, headers: &[(String, String)], body: &[u8]) {
+    fn check(&self, req: &test_support::Request<'_>) {
         let now = unix_micros();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| req.header(name);
+        let body = req.body();
         let x_sig_ok = get("x-webhook-signature")
             .is_some_and(|s| webhook_client::verify_x_webhook_signature(&self.secret, body, s));
         let msg_id = get("webhook-id").unwrap_or_default();
@@ -168,82 +165,28 @@ impl Receiver {
     }
 }
 
+/// The receiver on a free loopback port until `stop` is cancelled.
 pub(crate) async fn start_receiver(
     secret: String,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, Arc<Receiver>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let rx = Arc::new(Receiver {
         secret,
         seen: Mutex::new(Seen::default()),
         received: AtomicU64::new(0),
     });
     let state = rx.clone();
+    let server = test_support::Receiver::start_lean("127.0.0.1:0", move |req| {
+        state.check(req);
+        test_support::Reply::ok()
+    })
+    .await?;
+    let addr = server.addr;
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            if let Ok((stream, _)) = accepted {
-                let _ = stream.set_nodelay(true);
-                let (state, stop) = (state.clone(), stop.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = serve(stream, &state) => {}
-                    }
-                });
-            }
-        }
+        stop.cancelled().await;
+        drop(server);
     });
     Ok((addr, rx))
-}
-
-/// HTTP/1.1 with keep-alive, `Content-Length` bodies only (what reqwest sends).
-async fn serve(mut stream: TcpStream, state: &Receiver) -> std::io::Result<()> {
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut scanned = 0;
-    loop {
-        let head_end = loop {
-            if let Some(pos) = buf[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
-                break scanned + pos;
-            }
-            scanned = buf.len().saturating_sub(3);
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let headers: Vec<(String, String)> = head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body_start = head_end + 4;
-        while buf.len() < body_start + len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        state.check(&headers, &buf[body_start..body_start + len]);
-        stream.write_all(OK).await?;
-        buf.drain(..body_start + len);
-        scanned = 0;
-    }
 }
 
 /// A fresh, migrated database `bench_<uuid>` on the server of
@@ -628,10 +571,7 @@ impl Worker {
             }
             Worker::Child(mut child) => {
                 if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
-                        .status()
-                        .await;
+                    let _ = test_support::terminate(pid);
                 }
                 if tokio::time::timeout(Duration::from_secs(30), child.wait())
                     .await
