@@ -273,6 +273,13 @@ ensure_test_database_url() {
     export TEST_DATABASE_URL="postgres://$TEST_DB_ROLE:$pw@$PG_HOST:$PG_PORT/postgres"
 }
 
+# ensure_test_nats_url: exports TEST_NATS_URL, the NATS server the tests
+# connect to (test_support::nats_url): one given in the environment is used
+# as it is; otherwise the server ensure_nats runs.
+ensure_test_nats_url() {
+    export TEST_NATS_URL="${TEST_NATS_URL:-nats://$NATS_HOST:$NATS_PORT}"
+}
+
 # test_psql PSQL_ARGS...: psql on TEST_DATABASE_URL (a postgres:// URL with
 # a user and a host, as ensure_test_database_url makes); the password goes
 # through the environment, not the command line.
@@ -362,7 +369,7 @@ ensure_backing_services() {
 prune_test_streams() {
     command -v python3 >/dev/null 2>&1 || return 0
     python3 -c 'import nats' >/dev/null 2>&1 || return 0
-    NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}" python3 - <<'PY' || warn "could not prune leftover test streams"
+    NATS_URL="${TEST_NATS_URL:-nats://$NATS_HOST:$NATS_PORT}" python3 - <<'PY' || warn "could not prune leftover test streams"
 import asyncio, os, re
 import nats
 
@@ -727,6 +734,107 @@ bind_to_local() {
         0.0.0.0 | "[::]" | "" | "*") host=127.0.0.1 ;;
     esac
     printf '%s:%s\n' "$host" "$port"
+}
+
+# --------------------------------------------------------------------------
+# A scratch deployment for one scripted test run (deploy/schemathesis.sh,
+# deploy/portal-test.sh): a database and a NATS prefix of its own (the
+# tests' naming, EVENTS_t<uuid>, so prune_test_streams removes leftovers),
+# a work directory for logs, and the processes it starts. scratch_begin
+# installs an EXIT trap that stops them, shows the end of each log when the
+# run failed, drops the database and deletes the streams.
+SCRATCH_PIDS=()
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# scratch_begin NAME: sets SCRATCH_DB, SCRATCH_PREFIX, SCRATCH_WORK and
+# exports DATABASE_URL, NATS_URL and NATS_PREFIX for the services.
+scratch_begin() {
+    local id
+    id="$(python3 -c 'import uuid; print(uuid.uuid4().hex)')"
+    SCRATCH_DB="${1}_${id}"
+    SCRATCH_PREFIX="t${id}"
+    SCRATCH_WORK="$(mktemp -d)"
+    trap scratch_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    test_psql -c "CREATE DATABASE \"$SCRATCH_DB\"" >/dev/null || die "CREATE DATABASE $SCRATCH_DB failed"
+    DATABASE_URL="$(test_database_url "$SCRATCH_DB")"
+    export DATABASE_URL
+    export NATS_URL="nats://$NATS_HOST:$NATS_PORT"
+    export NATS_PREFIX="$SCRATCH_PREFIX"
+    unset WEB_API_DEFAULT_TOKEN WEB_API_TOKEN_HMAC_SECRET
+}
+
+# scratch_spawn LOG BINARY [ARGS...]: runs it in the background, its output
+# in $SCRATCH_WORK/LOG.log.
+scratch_spawn() {
+    local name="$1"
+    shift
+    "$@" >>"$SCRATCH_WORK/$name.log" 2>&1 </dev/null &
+    SCRATCH_PIDS+=($!)
+}
+
+# scratch_wait_ready URL...: waits for each /readyz to answer 2xx.
+scratch_wait_ready() {
+    local url
+    for url in "$@"; do
+        wait_until "$url" "$SERVICE_WAIT_SECS" curl -fs -o /dev/null --max-time 2 "$url" ||
+            die "$url is not ready after ${SERVICE_WAIT_SECS}s"
+    done
+}
+
+scratch_delete_streams() {
+    python3 -c 'import nats' >/dev/null 2>&1 || return 0
+    PREFIX="$SCRATCH_PREFIX" python3 - <<'PY' || true
+import asyncio, os
+import nats
+
+async def main():
+    nc = await nats.connect(os.environ["NATS_URL"])
+    try:
+        js = nc.jetstream()
+        for name in ("EVENTS_", "DEADLETTER_"):
+            try:
+                await js.delete_stream(name + os.environ["PREFIX"])
+            except Exception:
+                pass
+    finally:
+        await nc.close()
+
+asyncio.run(main())
+PY
+}
+
+scratch_cleanup() {
+    local status=$? pid f
+    trap - EXIT INT TERM
+    for pid in "${SCRATCH_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${SCRATCH_PIDS[@]}"; do
+        for _ in $(seq 1 40); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.25
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$status" -ne 0 ]; then
+        for f in "$SCRATCH_WORK"/*.log; do
+            [ -s "$f" ] || continue
+            warn "last lines of $(basename "$f"):"
+            tail -n 20 "$f" >&2 || true
+        done
+    fi
+    test_psql -c "DROP DATABASE IF EXISTS \"$SCRATCH_DB\" WITH (FORCE)" >/dev/null 2>&1 ||
+        warn "could not drop database $SCRATCH_DB"
+    scratch_delete_streams
+    rm -rf "$SCRATCH_WORK"
+    exit "$status"
 }
 
 # Allow `deploy/lib.sh FUNCTION [ARGS]` for one-off use.

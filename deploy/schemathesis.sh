@@ -30,83 +30,21 @@ cargo build -q --workspace --bins
 bin="$(cargo_target_dir)/debug/webhook-registry"
 [ -x "$bin" ] || die "$bin not found after the build"
 
-id="$(python3 -c 'import uuid; print(uuid.uuid4().hex)')"
-db="schemathesis_${id}"
-# The tests' naming (EVENTS_t<uuid>): prune_test_streams removes leftovers.
-prefix="t${id}"
-work="$(mktemp -d)"
-server_pid=""
-
-delete_streams() {
-    python3 -c 'import nats' >/dev/null 2>&1 || return 0
-    NATS_URL="nats://$NATS_HOST:$NATS_PORT" PREFIX="$prefix" python3 - <<'PY' || true
-import asyncio, os
-import nats
-
-async def main():
-    nc = await nats.connect(os.environ["NATS_URL"])
-    try:
-        js = nc.jetstream()
-        for name in ("EVENTS_", "DEADLETTER_"):
-            try:
-                await js.delete_stream(name + os.environ["PREFIX"])
-            except Exception:
-                pass
-    finally:
-        await nc.close()
-
-asyncio.run(main())
-PY
-}
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do
-            kill -0 "$server_pid" 2>/dev/null || break
-            sleep 0.25
-        done
-        kill -KILL "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    if [ "$status" -ne 0 ] && [ -s "$work/registry.log" ]; then
-        warn "last lines of the registry's log:"
-        tail -n 30 "$work/registry.log" >&2 || true
-    fi
-    test_psql -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 ||
-        warn "could not drop database $db"
-    delete_streams
-    rm -rf "$work"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-test_psql -c "CREATE DATABASE \"$db\"" >/dev/null || die "CREATE DATABASE $db failed"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-
-DATABASE_URL="$(test_database_url "$db")"
-export DATABASE_URL
-export NATS_URL="nats://$NATS_HOST:$NATS_PORT"
-export NATS_PREFIX="$prefix"
+scratch_begin schemathesis
+work="$SCRATCH_WORK"
+port="$(free_port)"
 export REGISTRY_BIND="127.0.0.1:$port"
 export REGISTRY_WORKERS=1
 export DELIVERY_ALLOW_PRIVATE_TARGETS=true
 export RUST_LOG="${RUST_LOG:-info}"
-unset WEB_API_DEFAULT_TOKEN WEB_API_TOKEN_HMAC_SECRET
 
 "$bin" migrate 2>>"$work/registry.log" || die "webhook-registry migrate failed"
 token="$("$bin" token create --name schemathesis 2>>"$work/registry.log")" ||
     die "webhook-registry token create failed"
 
-"$bin" >>"$work/registry.log" 2>&1 </dev/null &
-server_pid=$!
+scratch_spawn registry "$bin"
 base="http://127.0.0.1:$port"
-wait_until "registry" "$SERVICE_WAIT_SECS" curl -fs -o /dev/null --max-time 2 "$base/readyz" ||
-    die "webhook-registry is not ready on $base after ${SERVICE_WAIT_SECS}s"
+scratch_wait_ready "$base/readyz"
 
 log "schemathesis run $base/openapi.json --checks all --max-examples $MAX_EXAMPLES (at most ${TIMEOUT}s)"
 started=$SECONDS

@@ -3,7 +3,8 @@
 # JetStream (127.0.0.1:4222) are installed and running, and that the tests
 # have a PostgreSQL role of their own that may create databases
 # (bedolaga_events_test, its password in .local/postgres/; a TEST_DATABASE_URL
-# in the environment is used instead), then runs `cargo test --workspace`
+# in the environment is used instead) and exports TEST_NATS_URL (default the
+# NATS above), then runs `cargo test --workspace`
 # with any extra arguments passed through, e.g.
 #   deploy/test.sh -p webhook-registry
 #   deploy/test.sh -- --nocapture
@@ -35,6 +36,7 @@ if [ "${1:-}" = "--e2e" ]; then
     ensure_rust
     ensure_backing_services
     ensure_test_database_url
+    ensure_test_nats_url
     bins=(webhook-registry delivery-worker gateway)
     log "cargo build --workspace --bins (for the e2e tests)"
     cargo build -q --workspace --bins
@@ -51,6 +53,7 @@ fi
 ensure_rust
 ensure_backing_services
 ensure_test_database_url
+ensure_test_nats_url
 ensure_test_tools
 prune_test_streams
 

@@ -20,6 +20,12 @@
 //!   `1234567890123456.0`), scientific otherwise (`1e-05`, `1e+16`,
 //!   `5e-324`); `-0.0` stays `-0.0`.
 //!
+//! serde_json writes the structure and the integers; the `Python`
+//! formatter changes only what CPython does differently from serde_json's
+//! compact output: the separators, the escaping of DEL and of non-ASCII
+//! characters (serde_json escapes only `"`, `\\` and control characters,
+//! with the same escapes as CPython) and the layout of floats.
+//!
 //! # Limits
 //!
 //! - Integers outside the `i64`/`u64` range cannot be held as integers by
@@ -33,12 +39,16 @@
 //!   written here depend only on the `f64` value.
 //! - NaN and infinities cannot be stored in a `serde_json::Value`, so the
 //!   Python spellings `NaN`/`Infinity` never occur.
-//! - Nesting is handled by recursion. Values parsed by serde_json are limited
-//!   to 128 levels; Python's own encoder stops near its recursion limit
-//!   (about 1000 levels), so payloads deeper than that have no Python
-//!   counterpart anyway.
+//! - Nesting is handled by recursion (serde's). Values parsed by
+//!   serde_json are limited to 128 levels; Python's own encoder stops near
+//!   its recursion limit (about 1000 levels), so payloads deeper than that
+//!   have no Python counterpart anyway.
 
-use serde_json::{Map, Number, Value};
+use std::io::{self, Write as _};
+
+use serde::ser::{Serialize, Serializer};
+use serde_json::Value;
+use serde_json::ser::Formatter;
 
 /// Serialise `value` canonically into a new `String`.
 #[must_use]
@@ -62,54 +72,46 @@ pub fn to_canonical_vec(value: &Value) -> Vec<u8> {
 
 /// Append the canonical serialisation of `value` to `out`.
 ///
-/// Allocates nothing besides growing `out`, except when an object's keys are
-/// not already in sorted order (only possible if some crate in the build
-/// enables serde_json's `preserve_order` feature); then a temporary vector of
-/// key references is sorted.
+/// Allocates nothing besides growing `out` and a small buffer per float,
+/// except when an object's keys are not already in sorted order (only
+/// possible if some crate in the build enables serde_json's `preserve_order`
+/// feature); then a temporary vector of key references is sorted.
 pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::Null => out.extend_from_slice(b"null"),
-        Value::Bool(true) => out.extend_from_slice(b"true"),
-        Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => write_number(out, n),
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push(b'[');
-            let mut first = true;
-            for item in items {
-                if !first {
-                    out.extend_from_slice(b", ");
-                }
-                first = false;
-                write_canonical(out, item);
-            }
-            out.push(b']');
+    let mut ser = serde_json::Serializer::with_formatter(out, Python);
+    // Cannot fail: writing to a `Vec` does not, and every key of a `Value`
+    // is a string.
+    let _ = Sorted(value).serialize(&mut ser);
+}
+
+/// A value whose objects serialise with their keys sorted.
+struct Sorted<'a>(&'a Value);
+
+impl Serialize for Sorted<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Array(items) => serializer.collect_seq(items.iter().map(Sorted)),
+            Value::Object(map) => serialize_sorted_entries(serializer, map.iter()),
+            scalar => scalar.serialize(serializer),
         }
-        Value::Object(map) => write_object(out, map),
     }
 }
 
-fn write_object(out: &mut Vec<u8>, map: &Map<String, Value>) {
-    out.push(b'{');
-    write_sorted_entries(out, map.iter());
-    out.push(b'}');
-}
-
-/// Write `key: value` pairs in code point order of the keys. Entries that
-/// already come sorted (serde_json's default `BTreeMap`) are written
+/// Serialise `key: value` pairs in code point order of the keys. Entries
+/// that already come sorted (serde_json's default `BTreeMap`) are written
 /// directly; otherwise (`preserve_order`) they are sorted first.
-fn write_sorted_entries<'a, I>(out: &mut Vec<u8>, entries: I)
+fn serialize_sorted_entries<'a, S, I>(serializer: S, entries: I) -> Result<S::Ok, S::Error>
 where
+    S: Serializer,
     I: Iterator<Item = (&'a String, &'a Value)> + Clone,
 {
     if keys_sorted(entries.clone().map(|(k, _)| k.as_str())) {
-        write_entries(out, entries);
+        serializer.collect_map(entries.map(|(k, v)| (k, Sorted(v))))
     } else {
         let mut sorted: Vec<(&String, &Value)> = entries.collect();
         // Byte order of UTF-8 equals code point order, which is what
         // Python's `sorted()` uses for `str` keys.
         sorted.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        write_entries(out, sorted.into_iter());
+        serializer.collect_map(sorted.into_iter().map(|(k, v)| (k, Sorted(v))))
     }
 }
 
@@ -126,128 +128,73 @@ fn keys_sorted<'a>(keys: impl Iterator<Item = &'a str>) -> bool {
     true
 }
 
-fn write_entries<'a>(out: &mut Vec<u8>, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
-    let mut first = true;
-    for (key, value) in entries {
-        if !first {
-            out.extend_from_slice(b", ");
+/// What `json.dumps` does differently from serde_json's compact output:
+/// `", "` and `": "` separators, `ensure_ascii` and `repr(float)`.
+struct Python;
+
+impl Formatter for Python {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        let mut out = Vec::with_capacity(32);
+        write_f64(&mut out, value);
+        w.write_all(&out)
+    }
+
+    /// A run of characters serde_json does not escape: everything but `"`,
+    /// `\\` and control characters. CPython also escapes DEL and every
+    /// non-ASCII character (`\uXXXX`, a UTF-16 surrogate pair beyond the BMP).
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let bytes = fragment.as_bytes();
+        let mut start = 0;
+        for (i, ch) in fragment.char_indices() {
+            if ch.is_ascii() && ch != '\x7f' {
+                continue;
+            }
+            w.write_all(&bytes[start..i])?;
+            let mut units = [0u16; 2];
+            for unit in ch.encode_utf16(&mut units) {
+                write_u_escape(w, *unit)?;
+            }
+            start = i + ch.len_utf8();
         }
-        first = false;
-        write_string(out, key);
-        out.extend_from_slice(b": ");
-        write_canonical(out, value);
+        w.write_all(&bytes[start..])
     }
 }
-
-/// What to do with an ASCII byte inside a string.
-/// `0` = copy as is; otherwise the character after the backslash, with `u`
-/// meaning `\u00XX`.
-const ESCAPE: [u8; 128] = {
-    let mut table = [0u8; 128];
-    let mut i = 0;
-    while i < 0x20 {
-        table[i] = b'u';
-        i += 1;
-    }
-    table[b'\n' as usize] = b'n';
-    table[b'\r' as usize] = b'r';
-    table[b'\t' as usize] = b't';
-    table[0x08] = b'b';
-    table[0x0c] = b'f';
-    table[0x7f] = b'u';
-    table[b'"' as usize] = b'"';
-    table[b'\\' as usize] = b'\\';
-    table
-};
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn write_string(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if b < 0x80 {
-            let esc = ESCAPE[usize::from(b)];
-            if esc == 0 {
-                i += 1;
-                continue;
-            }
-            out.extend_from_slice(&bytes[start..i]);
-            if esc == b'u' {
-                write_u_escape(out, u16::from(b));
-            } else {
-                out.push(b'\\');
-                out.push(esc);
-            }
-            i += 1;
-            start = i;
-        } else {
-            out.extend_from_slice(&bytes[start..i]);
-            // `i` is at a char boundary: every earlier byte was ASCII or part
-            // of a whole char consumed below.
-            let ch = s.get(i..).and_then(|rest| rest.chars().next());
-            let Some(ch) = ch else {
-                // Unreachable for a valid `str`; stop rather than panic.
-                start = bytes.len();
-                break;
-            };
-            let mut units = [0u16; 2];
-            for unit in ch.encode_utf16(&mut units) {
-                write_u_escape(out, *unit);
-            }
-            i += ch.len_utf8();
-            start = i;
-        }
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
-}
-
-fn write_u_escape(out: &mut Vec<u8>, unit: u16) {
-    out.extend_from_slice(&[
+fn write_u_escape<W: ?Sized + io::Write>(w: &mut W, unit: u16) -> io::Result<()> {
+    w.write_all(&[
         b'\\',
         b'u',
         HEX[usize::from(unit >> 12)],
         HEX[usize::from((unit >> 8) & 0xf)],
         HEX[usize::from((unit >> 4) & 0xf)],
         HEX[usize::from(unit & 0xf)],
-    ]);
-}
-
-fn write_number(out: &mut Vec<u8>, n: &Number) {
-    if let Some(u) = n.as_u64() {
-        write_u64(out, u, false);
-    } else if let Some(i) = n.as_i64() {
-        write_u64(out, i.unsigned_abs(), i < 0);
-    } else if let Some(f) = n.as_f64() {
-        write_f64(out, f);
-    } else {
-        // Only reachable with serde_json's `arbitrary_precision`: the number
-        // text is kept verbatim, which is what Python prints for integers.
-        out.extend_from_slice(n.to_string().as_bytes());
-    }
-}
-
-fn write_u64(out: &mut Vec<u8>, mut v: u64, negative: bool) {
-    let mut buf = [0u8; 20];
-    let mut pos = buf.len();
-    loop {
-        pos -= 1;
-        // `v % 10` < 10, so the cast cannot truncate.
-        buf[pos] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    if negative {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&buf[pos..]);
+    ])
 }
 
 /// Python `repr(float)` for a finite `f64`.
@@ -355,7 +302,8 @@ fn write_f64(out: &mut Vec<u8>, f: f64) {
         if abs < 10 {
             out.push(b'0');
         }
-        write_u64(out, u64::from(abs), false);
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(out, "{abs}");
     }
 }
 
@@ -375,6 +323,7 @@ fn parse_exp(text: &[u8]) -> i32 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn float(f: f64) -> String {
@@ -424,10 +373,11 @@ mod tests {
         let values: Vec<Value> = (0..keys.len()).map(|i| Value::from(i as u64)).collect();
         let entries: Vec<(&String, &Value)> = keys.iter().zip(&values).collect();
         let mut out = Vec::new();
-        write_sorted_entries(&mut out, entries.iter().copied());
+        let mut ser = serde_json::Serializer::with_formatter(&mut out, Python);
+        serialize_sorted_entries(&mut ser, entries.iter().copied()).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out),
-            r#""": 4, "a": 2, "b": 0, "\uffff": 3, "\ud83d\ude00": 1"#
+            r#"{"": 4, "a": 2, "b": 0, "\uffff": 3, "\ud83d\ude00": 1}"#
         );
         assert!(!keys_sorted(keys.iter().map(String::as_str)));
         assert!(keys_sorted(
@@ -444,15 +394,9 @@ mod tests {
 
     #[test]
     fn integers() {
-        let mut out = Vec::new();
-        write_u64(&mut out, 0, false);
-        out.push(b' ');
-        write_u64(&mut out, u64::MAX, false);
-        out.push(b' ');
-        write_u64(&mut out, i64::MIN.unsigned_abs(), true);
         assert_eq!(
-            String::from_utf8_lossy(&out),
-            "0 18446744073709551615 -9223372036854775808"
+            to_canonical_string(&serde_json::json!([0, u64::MAX, i64::MIN])),
+            "[0, 18446744073709551615, -9223372036854775808]"
         );
     }
 }

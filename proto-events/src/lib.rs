@@ -24,6 +24,7 @@ pub mod nats;
 mod pattern;
 pub mod payload;
 mod publisher;
+mod redact;
 
 pub use catalogue::{EventType, UnknownEventType};
 pub use change::{ChangeOp, WebhookChange};
@@ -33,3 +34,4 @@ pub use namespace::{
 };
 pub use pattern::{InvalidPattern, Pattern, PatternSet};
 pub use publisher::{PublishError, Published, Publisher};
+pub use redact::redact_url;

@@ -134,6 +134,15 @@ pub enum FirstConnect {
     FailFast,
 }
 
+/// The readiness of a connection: ready while connected, else the state
+/// it is in (`NATS is disconnected`). For `/readyz`.
+pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {
+    match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("NATS is {other}")),
+    }
+}
+
 /// A NATS setting that cannot work, or a connection that could not be opened.
 /// No variant carries a password, token or seed.
 #[derive(Debug, thiserror::Error)]
@@ -225,7 +234,10 @@ impl NatsArgs {
 
     /// `NATS_URL` for logs: every entry with its password or token hidden.
     pub fn redacted_urls(&self) -> String {
-        self.entries().map(redact).collect::<Vec<_>>().join(",")
+        self.entries()
+            .map(crate::redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Checks everything that can be checked without a server: the URLs,
@@ -254,7 +266,7 @@ impl NatsArgs {
         for (i, entry) in self.entries().enumerate() {
             let invalid = |reason: String| NatsError::Url {
                 position: i + 1,
-                url: redact(entry),
+                url: crate::redact_url(entry),
                 reason,
             };
             // The parser's messages name the problem, never the input.
@@ -385,23 +397,6 @@ impl fmt::Debug for NatsArgs {
     }
 }
 
-/// One `NATS_URL` entry with the password, or a lone user name (the NATS
-/// token form), replaced by `***`. Works on text that does not parse too.
-fn redact(entry: &str) -> String {
-    let start = entry.find("://").map_or(0, |i| i + 3);
-    let authority_end = entry[start..]
-        .find(['/', '?', '#'])
-        .map_or(entry.len(), |i| start + i);
-    let Some(at) = entry[start..authority_end].rfind('@').map(|i| start + i) else {
-        return entry.to_owned();
-    };
-    let hidden = match entry[start..at].split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None => "***".to_owned(),
-    };
-    format!("{}{hidden}{}", &entry[..start], &entry[at..])
-}
-
 /// A percent-encoded URL user name or password as the server expects it.
 fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
@@ -517,8 +512,6 @@ mod tests {
             !debug.contains("hunter2") && !debug.contains("tok3n"),
             "{debug}"
         );
-        assert_eq!(redact("u:pw@host:4222"), "u:***@host:4222");
-        assert_eq!(redact("nats://host/a@b"), "nats://host/a@b");
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! "NATS".
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::jetstream::{
+    self,
+    context::{PublishAckFuture, PublishErrorKind},
+};
 use serde_json::Value;
 use tokio::sync::OnceCell;
 
@@ -110,21 +113,31 @@ impl Publisher {
     pub async fn publish_with_headers(
         &self,
         event: &Envelope,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
     ) -> Result<Published, PublishError> {
-        self.ensure_stream().await?;
-        headers.insert("Nats-Msg-Id", event.id.as_str());
-        let subject = self.ns.event_subject(event.event_type.as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subject, headers, event.to_bytes().into())
-            .await?
-            .await?;
+        let ack = self.send(event, headers).await?.await?;
         Ok(Published {
             id: event.id.clone(),
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+
+    /// Sends an envelope without waiting for JetStream's acknowledgement:
+    /// the returned future resolves to it. For callers that keep many
+    /// events in flight at once.
+    pub async fn send(
+        &self,
+        event: &Envelope,
+        mut headers: HeaderMap,
+    ) -> Result<PublishAckFuture, PublishError> {
+        self.ensure_stream().await?;
+        headers.insert("Nats-Msg-Id", event.id.as_str());
+        let subject = self.ns.event_subject(event.event_type.as_str());
+        Ok(self
+            .js
+            .publish_with_headers(subject, headers, event.to_bytes().into())
+            .await?)
     }
 }
 

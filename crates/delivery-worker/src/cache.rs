@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use proto_events::{EventType, Namespace, Pattern, WebhookChange};
 use storage::{DbPool, StorageError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -70,10 +71,10 @@ struct Snapshot {
     count: usize,
 }
 
-/// The cache; matching an event is one read lock and a clone of a list.
+/// The cache; matching an event is one lock-free load and a clone of a list.
 #[derive(Clone)]
 pub struct WebhookCache {
-    snapshot: Arc<RwLock<Arc<Snapshot>>>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     loaded: Arc<tokio::sync::watch::Sender<bool>>,
     reload: Arc<Notify>,
 }
@@ -96,7 +97,7 @@ type Row = (
 impl WebhookCache {
     pub fn new() -> Self {
         Self {
-            snapshot: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::default())),
             loaded: Arc::new(tokio::sync::watch::channel(false).0),
             reload: Arc::new(Notify::new()),
         }
@@ -104,12 +105,12 @@ impl WebhookCache {
 
     /// The active webhooks an event of this type goes to.
     pub fn matching(&self, event_type: EventType) -> Vec<Arc<Target>> {
-        self.snapshot.read().by_type[event_type as usize].clone()
+        self.snapshot.load().by_type[event_type as usize].clone()
     }
 
     /// Number of active webhooks known.
     pub fn len(&self) -> usize {
-        self.snapshot.read().count
+        self.snapshot.load().count
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,7 +175,7 @@ impl WebhookCache {
             snap.count += 1;
         }
         let count = snap.count;
-        *self.snapshot.write() = Arc::new(snap);
+        self.snapshot.store(Arc::new(snap));
         self.loaded.send_replace(true);
         Ok(count)
     }

@@ -97,11 +97,17 @@ pub struct Config {
     #[arg(long, env = "DELIVERY_JOB_CONCURRENCY", default_value_t = 1)]
     pub job_concurrency: usize,
     /// How long shutdown waits for in-flight work before handing it back.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "DELIVERY_SHUTDOWN_GRACE", default_value = "15s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub log: telemetry::LogArgs,
 }
+
+/// Variables renamed to the `DELIVERY_` scheme; the old names are still read.
+pub const RENAMED: &[telemetry::settings::Renamed] = &[telemetry::settings::Renamed {
+    old: "SHUTDOWN_GRACE",
+    new: "DELIVERY_SHUTDOWN_GRACE",
+}];
 
 /// A setting that does not make sense.
 #[derive(Debug, thiserror::Error)]

@@ -20,15 +20,12 @@ pub mod policy;
 pub mod recorder;
 pub mod retries;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
-use anyhow::Context as _;
 use async_nats::connection::State;
-use futures::FutureExt;
 use proto_events::nats::FirstConnect;
 use proto_events::{ChangeOp, Namespace, WebhookChange};
 use storage::DbPool;
@@ -47,11 +44,6 @@ use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::retries::PollerConfig;
-
-/// The route table: only the ops endpoints.
-pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
-    telemetry::ops::configure(cfg, ops);
-}
 
 /// A built worker: listener bound, connections opening in the background.
 pub struct Application {
@@ -132,18 +124,7 @@ impl Application {
             readiness,
             metrics: metrics.registry.clone(),
         };
-        let listener = TcpListener::bind(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
-        let addr = listener.local_addr()?;
-        let server = HttpServer::new(move || {
-            let ops = ops.clone();
-            App::new().configure(move |cfg| routes(cfg, ops))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(2)
-        .listen(listener)?
-        .run();
+        let (server, addr) = telemetry::ops::serve_ops(config.bind, ops)?;
         Ok(Self {
             config,
             addr,
@@ -346,54 +327,21 @@ fn readiness(
     consumer_ready: &Arc<AtomicBool>,
     cache: &WebhookCache,
 ) -> Readiness {
-    let (client, pool, consumer_ready, cache) = (
-        client.clone(),
-        pool.clone(),
-        consumer_ready.clone(),
-        cache.clone(),
-    );
+    let (client, pool, cache) = (client.clone(), pool.clone(), cache.clone());
     Readiness::new()
-        .with("nats", move || {
-            let state = client.connection_state();
-            async move {
-                match state {
-                    State::Connected => Ok(()),
-                    other => Err(format!("NATS is {other}")),
-                }
-            }
-            .boxed()
+        .state("nats", move || {
+            proto_events::nats::connection_ready(&client)
         })
-        .with("database", move || {
+        .probe("database", move || {
             let pool = pool.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("database ping timed out".to_owned()),
-                }
-            }
-            .boxed()
+            async move { storage::ping(&pool).await }
         })
-        .with("consumer", move || {
-            let ok = consumer_ready.load(Ordering::Relaxed);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("not consuming yet".to_owned())
-                }
+        .flag("consumer", consumer_ready.clone(), "not consuming yet")
+        .state("webhooks", move || {
+            if cache.is_loaded() {
+                Ok(())
+            } else {
+                Err("webhooks not loaded yet".to_owned())
             }
-            .boxed()
-        })
-        .with("webhooks", move || {
-            let ok = cache.is_loaded();
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("webhooks not loaded yet".to_owned())
-                }
-            }
-            .boxed()
         })
 }

@@ -1,6 +1,5 @@
 //! `delivery-worker`: consumes events and delivers signed webhooks.
 
-use clap::Parser;
 use delivery_worker::{Application, Config};
 
 // glibc malloc spent about a quarter of the worker's CPU under load (many
@@ -11,8 +10,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     telemetry::install_crypto_provider();
-    let config = Config::parse();
+    let (config, renamed) = telemetry::settings::parse::<Config>(delivery_worker::config::RENAMED);
     telemetry::init_logging(&config.log);
+    for warning in renamed {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(?config, database = %config.database.redacted_url(), "starting delivery-worker");
     let result = async {
         let app = Application::build(config).await?;

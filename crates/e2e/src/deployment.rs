@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -15,11 +17,11 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{Namespace, Pattern, Publisher};
 use serde_json::{Value, json};
+use test_support::{Received, Receiver, Reply};
 
 use crate::eventually;
 use crate::process::{Service, binary};
 use crate::publish::Event;
-use crate::receiver::{Received, Receiver};
 
 /// How long a service may take to become ready.
 pub const READY: Duration = Duration::from_secs(30);
@@ -92,7 +94,7 @@ impl Settings {
             ("DELIVERY_RETRY_POLL", "200ms"),
             ("DELIVERY_TIMEOUT", "3s"),
             ("DELIVERY_CONNECT_TIMEOUT", "2s"),
-            ("SHUTDOWN_GRACE", "10s"),
+            ("DELIVERY_SHUTDOWN_GRACE", "10s"),
         ])
     }
 
@@ -105,7 +107,10 @@ pub struct Deployment {
     pub registry: Service,
     pub workers: Vec<Service>,
     pub gateway: Option<Service>,
+    /// Records every request with the status it answered: 200, or 500
+    /// while [`Deployment::set_receiver_failing`] says so.
     pub receiver: Receiver,
+    receiver_failing: Arc<AtomicBool>,
     pub hooks: Vec<Hook>,
     pub token: String,
     pub db_url: String,
@@ -150,11 +155,22 @@ impl Deployment {
             &settings.registry_env(),
             dir,
         );
+        let receiver_failing = Arc::new(AtomicBool::new(false));
+        let failing = receiver_failing.clone();
+        let receiver = Receiver::start_with(move |_, _| {
+            if AtomicBool::load(&failing, Ordering::SeqCst) {
+                Reply::with_body(500, "failing on purpose")
+            } else {
+                Reply::ok()
+            }
+        })
+        .await;
         let mut d = Self {
             registry,
             workers: Vec::new(),
             gateway: None,
-            receiver: Receiver::start(),
+            receiver,
+            receiver_failing,
             hooks: Vec::new(),
             token: String::new(),
             db_url: settings.db_url.clone(),
@@ -221,6 +237,11 @@ impl Deployment {
         assert_eq!(resp.status().as_u16(), 201, "create webhook {name}");
         let body: Value = resp.json().await.expect("webhook JSON");
         body["id"].as_i64().expect("webhook id") as i32
+    }
+
+    /// From now on the receiver answers 500 (`true`) or 200 (`false`).
+    pub fn set_receiver_failing(&self, failing: bool) {
+        self.receiver_failing.store(failing, Ordering::SeqCst);
     }
 
     /// The `NATS_URL` given to services started from now on.
@@ -428,6 +449,12 @@ impl Deployment {
     }
 }
 
+/// The Standard Webhooks `webhook-id` of a request
+/// (`msg_<event id>_<webhook id>`).
+fn webhook_id(r: &Received) -> &str {
+    r.header("webhook-id").unwrap_or_default()
+}
+
 /// What was delivered, from the receiver's and the database's side.
 #[derive(Debug)]
 pub struct Outcome {
@@ -447,12 +474,12 @@ impl Outcome {
         let mut requests: HashMap<&str, usize> = HashMap::new();
         for r in &received {
             assert!(
-                expected.contains(&r.webhook_id),
+                expected.contains(webhook_id(r)),
                 "a request nobody expected: {r:?}"
             );
-            *requests.entry(&r.webhook_id).or_default() += 1;
-            if r.status == 200 {
-                *ok.entry(&r.webhook_id).or_default() += 1;
+            *requests.entry(webhook_id(r)).or_default() += 1;
+            if r.status == Some(200) {
+                *ok.entry(webhook_id(r)).or_default() += 1;
             }
         }
         let answered: HashSet<String> = ok.keys().map(|k| (*k).to_owned()).collect();
@@ -501,7 +528,10 @@ impl Outcome {
     }
 
     pub fn answered(&self, status: u16) -> usize {
-        self.received.iter().filter(|r| r.status == status).count()
+        self.received
+            .iter()
+            .filter(|r| r.status == Some(status))
+            .count()
     }
 
     /// Every request is one row: none lost, none repeated.
@@ -530,7 +560,7 @@ impl Outcome {
             let first = self
                 .received
                 .iter()
-                .filter(|r| &&r.webhook_id == id)
+                .filter(|r| webhook_id(r) == id.as_str())
                 .map(|r| r.at)
                 .min()
                 .expect("a repeated id was received");

@@ -1,9 +1,9 @@
 //! End-to-end test harness: the built `webhook-registry`, `delivery-worker`
 //! and `gateway` binaries as processes, NATS servers and a PostgreSQL of a
 //! test's own (so a test may kill or stop them), a recording webhook
-//! receiver, a resuming WebSocket client, and the checks every fault test
-//! ends with (nothing lost, counters equal rows, duplicates only from
-//! in-flight work).
+//! receiver (`test_support::Receiver`), a resuming WebSocket client, and
+//! the checks every fault test ends with (nothing lost, counters equal
+//! rows, duplicates only from in-flight work).
 //!
 //! The tests live in `tests/e2e` and run with `deploy/test.sh --e2e`, which
 //! builds the binaries first. This crate is test code: a failed step panics
@@ -15,7 +15,6 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod publish;
-pub mod receiver;
 pub mod ws;
 
 use std::future::Future;
@@ -23,20 +22,10 @@ use std::time::Duration;
 
 /// Polls `check` every 100 ms until it gives `Some`; panics naming `what`
 /// after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    test_support::eventually_every(within, Duration::from_millis(100), what, check).await
 }

@@ -83,15 +83,6 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Sends a signal by name (`TERM`, `KILL`) with the `kill` command.
-pub fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
-
 /// Waits for a child to exit; `None` when it is still running after `within`.
 pub async fn wait_exit(child: &mut Child, within: Duration) -> Option<ExitStatus> {
     let deadline = tokio::time::Instant::now() + within;
@@ -252,7 +243,8 @@ impl Service {
     /// SIGTERM, then the exit status (panics when it outlives `within`).
     pub async fn terminate(&mut self, within: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("the service is running");
-        signal(child.id(), "TERM");
+        let pid = child.id();
+        test_support::terminate(pid).unwrap_or_else(|e| panic!("SIGTERM to {pid}: {e}"));
         match wait_exit(&mut child, within).await {
             Some(status) => status,
             None => {

@@ -11,10 +11,9 @@ use proto_events::{Namespace, Publisher};
 use serde_json::{Value, json};
 use storage::testing::TestDb;
 use storage::tokens::{TokenHasher, TokenSpec};
+use test_support::nats_url;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-const NATS_URL: &str = "nats://127.0.0.1:4222";
 
 struct Tail {
     lines: mpsc::UnboundedReceiver<String>,
@@ -31,7 +30,7 @@ fn start_tail(ns: &Namespace, args: TailArgs) -> Tail {
             let _ = tx.send(l.to_owned());
             Ok(())
         };
-        tail::tail(&NatsArgs::for_url(NATS_URL), ns, args, &mut sink, s).await
+        tail::tail(&NatsArgs::for_url(&nats_url()), ns, args, &mut sink, s).await
     });
     Tail { lines, stop, task }
 }
@@ -59,14 +58,14 @@ fn args() -> TailArgs {
 async fn backing() -> (Namespace, Publisher) {
     telemetry::init_test_logging();
     let ns = Namespace::unique();
-    let client = async_nats::connect(NATS_URL).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
     let publisher = Publisher::new(client, ns.clone());
     publisher.ensure_stream().await.unwrap();
     (ns, publisher)
 }
 
 async fn cleanup(ns: &Namespace) {
-    let js = async_nats::jetstream::new(async_nats::connect(NATS_URL).await.unwrap());
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.unwrap());
     let _ = js.delete_stream(ns.stream()).await;
     let _ = js.delete_stream(ns.deadletter_stream()).await;
 }
@@ -122,7 +121,7 @@ async fn tail_from_nats_filters_types_and_starts_after_since() {
 fn gateway_config(db: &TestDb, ns: &Namespace, bind: &str) -> gateway::Config {
     let mut c = gateway::Config::from_env().unwrap();
     c.database = storage::DatabaseArgs::for_url(&db.url);
-    c.nats.nats_url = NATS_URL.to_owned();
+    c.nats.nats_url = nats_url();
     c.nats.nats_prefix = ns.prefix().to_owned();
     c.bind = bind.to_owned();
     c.allowed_origins = Vec::new();
@@ -272,7 +271,7 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
         payload: None,
     };
     deadletters::run(
-        &NatsArgs::for_url(NATS_URL),
+        &NatsArgs::for_url(&nats_url()),
         ns.clone(),
         list.clone(),
         &mut sink,
@@ -301,9 +300,14 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
         ..list.clone()
     };
     assert!(
-        deadletters::run(&NatsArgs::for_url(NATS_URL), ns.clone(), again, &mut sink)
-            .await
-            .is_err()
+        deadletters::run(
+            &NatsArgs::for_url(&nats_url()),
+            ns.clone(),
+            again,
+            &mut sink
+        )
+        .await
+        .is_err()
     );
     // Fixed: the payload alone, wrapped as the subject's type.
     let fixed = DeadlettersArgs {
@@ -311,9 +315,14 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
         payload: Some(r#"{"user_id": 7, "first_name": "Иван"}"#.into()),
         ..list
     };
-    deadletters::run(&NatsArgs::for_url(NATS_URL), ns.clone(), fixed, &mut sink)
-        .await
-        .unwrap();
+    deadletters::run(
+        &NatsArgs::for_url(&nats_url()),
+        ns.clone(),
+        fixed,
+        &mut sink,
+    )
+    .await
+    .unwrap();
     let done: Value = serde_json::from_str(&out[0]).unwrap();
     assert_eq!(done["type"], "user.created");
     let mut t = start_tail(

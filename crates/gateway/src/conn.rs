@@ -79,6 +79,8 @@ struct Outbox {
     /// Bytes of the front item already written.
     offset: usize,
     bytes: usize,
+    /// Event frames written whole so far.
+    events_written: u64,
 }
 
 impl Outbox {
@@ -154,7 +156,9 @@ impl Outbox {
             let left = len - self.offset;
             if n >= left {
                 n -= left;
-                self.items.pop_front();
+                if let Some(Out::Event(_)) = self.items.pop_front() {
+                    self.events_written += 1;
+                }
                 self.offset = 0;
                 self.bytes -= len;
             } else {
@@ -298,7 +302,6 @@ impl Accepted {
             decoder,
             out: Outbox::default(),
             feed: None,
-            last_sent: 0,
         };
         let Ok(permit) = state.connections.clone().try_acquire_owned() else {
             Box::pin(conn.finish(Stop::Close(Close::new(
@@ -384,8 +387,6 @@ struct Conn {
     decoder: wire::Decoder,
     out: Outbox,
     feed: Option<Box<Feed>>,
-    /// The highest event sequence queued for this client.
-    last_sent: u64,
 }
 
 enum Wake {
@@ -413,6 +414,7 @@ impl Conn {
         // made no progress for `write_timeout`.
         let mut last_seen = Instant::now();
         let mut last_progress = last_seen;
+        let mut events_written = self.out.events_written;
         let mut next_ping = last_seen + ping_interval;
         let timer = tokio::time::sleep_until(next_ping.min(last_seen + pong_timeout));
         tokio::pin!(timer);
@@ -421,6 +423,15 @@ impl Conn {
                 Ok(true) => last_progress = Instant::now(),
                 Ok(false) => {}
                 Err(_) => return Stop::Gone,
+            }
+            if self.out.events_written != events_written {
+                // While the queue is full the socket is not read (below),
+                // so pongs wait unseen; a client that takes events is
+                // alive all the same. Only events count: a frozen client
+                // whose kernel still takes a ping now and then times out,
+                // and one whose receive buffer fills hits `write_timeout`.
+                events_written = self.out.events_written;
+                last_seen = last_progress;
             }
             if self.out.is_empty() {
                 last_progress = Instant::now();
@@ -551,7 +562,6 @@ impl Conn {
 
     /// Queues one event.
     fn event(&mut self, frame: Arc<EventFrame>) {
-        self.last_sent = self.last_sent.max(frame.seq);
         self.out.push(Out::Event(frame));
     }
 

@@ -13,7 +13,6 @@ use actix_web::dev::AppConfig;
 use actix_web::{App, HttpResponse, web};
 use anyhow::Context as _;
 use async_nats::jetstream;
-use futures::FutureExt;
 use proto_events::nats::FirstConnect;
 use secrecy::ExposeSecret as _;
 use storage::DbPool;
@@ -309,41 +308,19 @@ async fn live_js() -> HttpResponse {
 }
 
 fn readiness(pool: &DbPool, nats: &async_nats::Client, hub: &Arc<Hub>) -> Readiness {
-    let pool = pool.clone();
-    let nats = nats.clone();
-    let hub = hub.clone();
+    let (pool, nats, hub) = (pool.clone(), nats.clone(), hub.clone());
     Readiness::new()
-        .with("postgres", move || {
+        .probe("postgres", move || {
             let pool = pool.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("timed out".to_owned()),
-                }
-            }
-            .boxed()
+            async move { storage::ping(&pool).await }
         })
-        .with("nats", move || {
-            let state = nats.connection_state();
-            async move {
-                match state {
-                    async_nats::connection::State::Connected => Ok(()),
-                    other => Err(format!("{other}")),
-                }
+        .state("nats", move || proto_events::nats::connection_ready(&nats))
+        .state("fanout", move || {
+            if hub.is_live() {
+                Ok(())
+            } else {
+                Err("the events consumer is not running".to_owned())
             }
-            .boxed()
-        })
-        .with("fanout", move || {
-            let live = hub.is_live();
-            async move {
-                if live {
-                    Ok(())
-                } else {
-                    Err("the events consumer is not running".to_owned())
-                }
-            }
-            .boxed()
         })
 }
 

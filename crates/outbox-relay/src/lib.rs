@@ -11,17 +11,14 @@ pub mod config;
 pub mod metrics;
 pub mod relay;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
-use async_nats::connection::State;
 use async_nats::jetstream::context::ContextBuilder;
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
-use futures::FutureExt;
 use proto_events::nats::FirstConnect;
 use storage::{DbPool, PoolConfig};
 use telemetry::ops::{Ops, Readiness};
@@ -32,16 +29,16 @@ pub use config::{Cli, Command, Config};
 pub use metrics::Metrics;
 pub use relay::{MIGRATION_SQL, Relay};
 
-/// The route table: only the ops endpoints.
-pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
-    telemetry::ops::configure(cfg, ops);
-}
-
 /// Creates `event_outbox` and its trigger if missing (idempotent).
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(database_url)
         .await
-        .with_context(|| format!("cannot connect to {}", storage::redact_url(database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot connect to {}",
+                proto_events::redact_url(database_url)
+            )
+        })?;
     conn.batch_execute(MIGRATION_SQL)
         .await
         .context("the outbox migration failed")?;
@@ -97,18 +94,7 @@ impl Application {
             readiness: readiness(&client, &pool, &relay),
             metrics: metrics.registry.clone(),
         };
-        let listener = TcpListener::bind(config.bind)
-            .with_context(|| format!("cannot listen on {}", config.bind))?;
-        let addr = listener.local_addr()?;
-        let server = HttpServer::new(move || {
-            let ops = ops.clone();
-            App::new().configure(move |cfg| routes(cfg, ops))
-        })
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(2)
-        .listen(listener)?
-        .run();
+        let (server, addr) = telemetry::ops::serve_ops(config.bind, ops)?;
         Ok(Self {
             config,
             addr,
@@ -186,36 +172,18 @@ impl Application {
 fn readiness(client: &async_nats::Client, pool: &DbPool, relay: &Arc<Relay>) -> Readiness {
     let (client, pool, relay) = (client.clone(), pool.clone(), relay.clone());
     Readiness::new()
-        .with("nats", move || {
-            let state = client.connection_state();
-            async move {
-                match state {
-                    State::Connected => Ok(()),
-                    other => Err(format!("NATS is {other}")),
-                }
-            }
-            .boxed()
+        .state("nats", move || {
+            proto_events::nats::connection_ready(&client)
         })
-        .with("database", move || {
+        .probe("database", move || {
             let pool = pool.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("database ping timed out".to_owned()),
-                }
-            }
-            .boxed()
+            async move { storage::ping(&pool).await }
         })
-        .with("stream", move || {
-            let ok = AtomicBool::load(&relay.stream_ready, Ordering::Acquire);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err("events stream not confirmed yet".to_owned())
-                }
+        .state("stream", move || {
+            if relay.stream_ready.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("events stream not confirmed yet".to_owned())
             }
-            .boxed()
         })
 }

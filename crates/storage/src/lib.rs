@@ -18,7 +18,7 @@ pub mod testing;
 
 pub use error::StorageError;
 pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
-pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, build_pool, ping, redact_url};
+pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, build_pool, ping};
 
 /// The database of an unconfigured deployment (docs/contract.md, "Settings").
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bedolaga_events";

@@ -60,7 +60,7 @@ impl DatabaseArgs {
 
     /// The URL for logs, its password replaced by `***`.
     pub fn redacted_url(&self) -> String {
-        redact_url(self.url())
+        proto_events::redact_url(self.url())
     }
 
     /// The pool of these settings; other timeouts and the recycling at
@@ -136,25 +136,6 @@ pub async fn ping(pool: &DbPool) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Hides the password (and, outside PostgreSQL URLs, a lone user name,
-/// which NATS uses as a token) of a URL for log lines.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let scheme = &url[..scheme_end];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                // A user name alone is no secret for PostgreSQL, but it is
-                // the token in `nats://token@host`.
-                None if scheme.starts_with("postgres") => url.to_owned(),
-                None => format!("{}***{}", &url[..scheme_end + 3], &url[at..]),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -182,18 +163,5 @@ mod tests {
         assert!(!format!("{args:?}").contains("hunter2"));
         assert_eq!(args.redacted_url(), "postgres://u:***@h/db");
         assert_eq!(args.pool_config().max_size, 16);
-    }
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
-        assert_eq!(redact_url("nats://s3cret@h:4222"), "nats://***@h:4222");
-        assert_eq!(redact_url("nats://u:p@h:4222"), "nats://u:***@h:4222");
-        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

@@ -4,6 +4,8 @@
 //! `TEST_DATABASE_URL` (default: the local Postgres as `postgres`; the
 //! test command, `deploy/test.sh`, sets it to a role of its own that may
 //! create databases). It is dropped when the value is dropped.
+//! [`TestDb::on_server`] makes one on a server of the caller's choosing
+//! (the benchmarks of `eventctl`).
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
@@ -21,32 +23,28 @@ fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-fn with_database(server: &str, db: &str) -> String {
-    match server.rfind('/') {
-        Some(i) if i > server.find("://").map_or(0, |j| j + 2) => {
-            let (base, rest) = server.split_at(i);
-            let query = rest.find('?').map_or("", |q| &rest[q..]);
-            format!("{base}/{db}{query}")
-        }
-        _ => format!("{server}/{db}"),
-    }
+/// `server` with the database `db` (the URL's path), its query kept.
+pub fn with_database(server: &str, db: &str) -> Result<String, StorageError> {
+    let mut url = url::Url::parse(server)
+        .map_err(|e| StorageError::Config(format!("the database URL does not parse: {e}")))?;
+    url.set_path(&format!("/{db}"));
+    Ok(url.into())
 }
 
 fn with_password(url: &str, fallback: &str) -> (String, String) {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let authority_end = url[start..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| start + i);
-    let Some(at) = url[start..authority_end].rfind('@').map(|i| start + i) else {
-        panic!("the test database URL names no user");
-    };
-    match url[start..at].split_once(':') {
-        Some((_, password)) => (url.to_owned(), password.to_owned()),
-        None => (
-            format!("{}:{fallback}{}", &url[..at], &url[at..]),
-            fallback.to_owned(),
-        ),
+    let mut parsed = url::Url::parse(url)
+        .unwrap_or_else(|e| panic!("the test database URL does not parse: {e}"));
+    assert!(
+        !parsed.username().is_empty(),
+        "the test database URL names no user"
+    );
+    if let Some(password) = parsed.password() {
+        return (url.to_owned(), password.to_owned());
     }
+    if parsed.set_password(Some(fallback)).is_err() {
+        panic!("the test database URL cannot hold a password");
+    }
+    (parsed.into(), fallback.to_owned())
 }
 
 impl TestDb {
@@ -59,19 +57,32 @@ impl TestDb {
 
     /// Creates a new database without running migrations.
     pub async fn empty() -> Result<Self, StorageError> {
-        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let admin_url = server_url();
-        let mut conn = AsyncPgConnection::establish(&admin_url)
+        Self::create(&server_url(), "test").await
+    }
+
+    /// Creates and migrates a new database named `<prefix>_<uuid>` on the
+    /// server of `admin_url`, through the database that URL names (which
+    /// must exist); dropped the same way. For benchmarks, which name their
+    /// own server.
+    pub async fn on_server(admin_url: &str, prefix: &str) -> Result<Self, StorageError> {
+        let db = Self::create(admin_url, prefix).await?;
+        run_migrations(&db.url).await?;
+        Ok(db)
+    }
+
+    async fn create(admin_url: &str, prefix: &str) -> Result<Self, StorageError> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let url = with_database(admin_url, &name)?;
+        let mut conn = AsyncPgConnection::establish(admin_url)
             .await
-            .map_err(|e| StorageError::Config(format!("cannot reach the test server: {e}")))?;
+            .map_err(|e| StorageError::Config(format!("cannot reach the database server: {e}")))?;
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await?;
-        let url = with_database(&admin_url, &name);
         Ok(Self {
             name,
             url,
-            admin_url,
+            admin_url: admin_url.to_owned(),
         })
     }
 
@@ -189,18 +200,30 @@ impl Drop for TestDb {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::{with_database, with_password};
 
     #[test]
     fn swaps_the_database_name() {
+        let swap = |server, db| with_database(server, db).unwrap();
         assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            swap("postgres://postgres@127.0.0.1:5432/postgres", "x"),
             "postgres://postgres@127.0.0.1:5432/x"
         );
         assert_eq!(
-            with_database("postgres://u@h/postgres?sslmode=disable", "x"),
+            swap("postgres://u@h/postgres?sslmode=disable", "x"),
             "postgres://u@h/x?sslmode=disable"
         );
+        assert_eq!(
+            swap("postgres://postgres@127.0.0.1:5432/bedolaga_events", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            swap("postgres://u:p@h/db?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(swap("postgres://h", "x"), "postgres://h/x");
+        assert!(with_database("not a url", "x").is_err());
     }
 
     #[test]

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use moka::sync::Cache;
 use parking_lot::Mutex;
 use rand::RngCore;
 use ring::hmac;
@@ -204,7 +205,9 @@ pub struct AuthCacheConfig {
     pub negative_ttl: Duration,
     /// How often `last_used_at`/`last_used_ip` are written.
     pub last_used_flush: Duration,
-    /// Entries kept at most; the cache is cleared when it grows past this.
+    /// Valid tokens kept at most, and half as many unknown ones (in a cache
+    /// of their own, so that a flood of wrong tokens cannot push out the
+    /// valid ones); past that the least used are evicted.
     pub max_entries: usize,
 }
 
@@ -222,10 +225,10 @@ impl Default for AuthCacheConfig {
 /// When a token was last used, and from where.
 type Usage = (DateTime<Utc>, Option<String>);
 
+/// A valid token as cached: who it is, and when the token itself expires.
 #[derive(Clone)]
-struct CacheEntry {
-    principal: Option<Principal>,
-    fresh_until: Instant,
+struct Known {
+    principal: Principal,
     expires_at: Option<DateTime<Utc>>,
 }
 
@@ -287,8 +290,9 @@ fn visible_ascii(value: &[u8]) -> Option<&str> {
 }
 
 /// Checks tokens against `web_api_tokens`, shared by the registry and the
-/// gateway. Lookups are by hash (the token itself is never kept), cached
-/// briefly, and usage is recorded in memory and written in batches.
+/// gateway. Lookups are by hash (the token itself is never kept, not even
+/// as a cache key), cached briefly, and usage is recorded in memory and
+/// written in batches.
 #[derive(Clone)]
 pub struct TokenAuth {
     inner: Arc<AuthInner>,
@@ -298,18 +302,31 @@ struct AuthInner {
     pool: DbPool,
     hasher: TokenHasher,
     cfg: AuthCacheConfig,
-    cache: Mutex<HashMap<String, CacheEntry>>,
+    /// Valid tokens by hash, for `positive_ttl`.
+    known: Cache<String, Known>,
+    /// Wrong, revoked and expired tokens by hash, for `negative_ttl`.
+    refused: Cache<String, ()>,
     last_used: Mutex<HashMap<i32, Usage>>,
 }
 
 impl TokenAuth {
     pub fn new(pool: DbPool, hasher: TokenHasher, cfg: AuthCacheConfig) -> Self {
+        let capacity = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let known = Cache::builder()
+            .max_capacity(capacity(cfg.max_entries))
+            .time_to_live(cfg.positive_ttl)
+            .build();
+        let refused = Cache::builder()
+            .max_capacity(capacity(cfg.max_entries / 2))
+            .time_to_live(cfg.negative_ttl)
+            .build();
         Self {
             inner: Arc::new(AuthInner {
                 pool,
                 hasher,
                 cfg,
-                cache: Mutex::new(HashMap::new()),
+                known,
+                refused,
                 last_used: Mutex::new(HashMap::new()),
             }),
         }
@@ -329,15 +346,14 @@ impl TokenAuth {
         ip: Option<&str>,
     ) -> Result<Option<Principal>, StorageError> {
         let hash = self.inner.hasher.hash(token);
-        let now = Instant::now();
-        let cached = self.inner.cache.lock().get(&hash).cloned();
+        let cached = match self.inner.known.get(&hash) {
+            Some(k) if k.expires_at.is_none_or(|t| t > Utc::now()) => Some(Some(k.principal)),
+            Some(_) => None,
+            None => self.inner.refused.contains_key(&hash).then_some(None),
+        };
         let principal = match cached {
-            Some(entry)
-                if entry.fresh_until > now && entry.expires_at.is_none_or(|t| t > Utc::now()) =>
-            {
-                entry.principal
-            }
-            _ => self.lookup(&hash).await?,
+            Some(answer) => answer,
+            None => self.lookup(&hash).await?,
         };
         if let Some(p) = &principal {
             self.inner
@@ -361,38 +377,23 @@ impl TokenAuth {
                 name: r.name.clone(),
             })
         });
-        let ttl = if principal.is_some() {
-            self.inner.cfg.positive_ttl
-        } else {
-            self.inner.cfg.negative_ttl
-        };
-        let mut cache = self.inner.cache.lock();
-        if cache.len() >= self.inner.cfg.max_entries {
-            // A flood of wrong tokens must not push out the valid ones:
-            // drop remembered failures first, and do not remember new ones
-            // while the cache is full.
-            cache.retain(|_, e| e.principal.is_some());
-            if principal.is_none() && cache.len() >= self.inner.cfg.max_entries / 2 {
-                return Ok(principal);
+        match (&principal, row) {
+            (Some(p), Some(r)) => {
+                self.inner.refused.invalidate(hash);
+                self.inner.known.insert(
+                    hash.to_owned(),
+                    Known {
+                        principal: p.clone(),
+                        expires_at: r.expires_at,
+                    },
+                );
             }
-            if cache.len() >= self.inner.cfg.max_entries {
-                cache.clear();
+            _ => {
+                self.inner.known.invalidate(hash);
+                self.inner.refused.insert(hash.to_owned(), ());
             }
         }
-        cache.insert(
-            hash.to_owned(),
-            CacheEntry {
-                principal: principal.clone(),
-                fresh_until: Instant::now() + ttl,
-                expires_at: row.and_then(|r| r.expires_at),
-            },
-        );
         Ok(principal)
-    }
-
-    /// Forgets every cached answer (after a revoke in this process).
-    pub fn clear_cache(&self) {
-        self.inner.cache.lock().clear();
     }
 
     /// Writes the recorded `last_used_at`/`last_used_ip` values; one

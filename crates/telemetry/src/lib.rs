@@ -4,6 +4,7 @@
 pub mod backoff;
 pub mod metrics;
 pub mod ops;
+pub mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod trace;

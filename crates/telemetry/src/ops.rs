@@ -5,10 +5,15 @@
 //! `service_ready_check{check}`, so an alert can tell a running but unready
 //! service from one that is down.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
-use futures::future::BoxFuture;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Either};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -16,12 +21,27 @@ use serde_json::{Map, Value, json};
 
 use crate::metrics::MetricsRegistry;
 
-type CheckFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+/// How long a probe may take before it counts as failed.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+type StateFn = dyn Fn() -> Result<(), String> + Send + Sync;
+type ProbeFn = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+
+/// One readiness check.
+#[derive(Clone)]
+enum Check {
+    /// Looks at state the service keeps anyway (a flag, a connection
+    /// state): answered in place, no future, no allocation.
+    State(Arc<StateFn>),
+    /// A round trip to a dependency, bounded by [`PROBE_TIMEOUT`]. Its
+    /// future is boxed inside, once per run of the checks.
+    Probe(Arc<ProbeFn>),
+}
 
 /// Named dependency checks behind `/readyz`.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    checks: Vec<(&'static str, Arc<CheckFn>)>,
+    checks: Vec<(&'static str, Check)>,
 }
 
 impl Readiness {
@@ -29,27 +49,64 @@ impl Readiness {
         Self::default()
     }
 
-    /// Adds a check; it must answer quickly (use timeouts inside).
-    pub fn with<F>(mut self, name: &'static str, check: F) -> Self
+    /// Adds a check of state the service already keeps; it must not block.
+    pub fn state<F>(mut self, name: &'static str, check: F) -> Self
     where
-        F: Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync + 'static,
+        F: Fn() -> Result<(), String> + Send + Sync + 'static,
     {
-        self.checks.push((name, Arc::new(check)));
+        self.checks.push((name, Check::State(Arc::new(check))));
         self
     }
 
-    /// Runs every check concurrently; each check's name and outcome, in
-    /// the order they were added.
+    /// Adds a check that passes once `flag` is set; `not_yet` is the
+    /// report until then.
+    pub fn flag(self, name: &'static str, flag: Arc<AtomicBool>, not_yet: &'static str) -> Self {
+        self.state(name, move || {
+            if flag.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err(not_yet.to_owned())
+            }
+        })
+    }
+
+    /// Adds a round trip to a dependency. An answer later than
+    /// [`PROBE_TIMEOUT`] fails the check.
+    pub fn probe<F, Fut, E>(mut self, name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Display,
+    {
+        let run = move || {
+            let attempt = tokio::time::timeout(PROBE_TIMEOUT, probe());
+            async move {
+                match attempt.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {}s", PROBE_TIMEOUT.as_secs())),
+                }
+            }
+            .boxed()
+        };
+        self.checks.push((name, Check::Probe(Arc::new(run))));
+        self
+    }
+
+    /// Runs every check (the probes concurrently); each check's name and
+    /// outcome, in the order they were added.
     pub async fn results(&self) -> Vec<(&'static str, Result<(), String>)> {
-        futures::future::join_all(
-            self.checks
-                .iter()
-                .map(|(name, check)| async move { (*name, check().await) }),
-        )
+        futures::future::join_all(self.checks.iter().map(|(name, check)| {
+            let outcome = match check {
+                Check::State(state) => Either::Left(futures::future::ready(state())),
+                Check::Probe(probe) => Either::Right(probe()),
+            };
+            outcome.map(move |r| (*name, r))
+        }))
         .await
     }
 
-    /// Runs every check concurrently; `(all ok, per-check report)`.
+    /// Runs every check; `(all ok, per-check report)`.
     pub async fn run(&self) -> (bool, Value) {
         let results = self.results().await;
         let mut report = Map::new();
@@ -82,6 +139,29 @@ pub fn configure(cfg: &mut web::ServiceConfig, ops: Ops) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
+}
+
+/// An HTTP server with the ops routes only, for a service that serves
+/// nothing else (the delivery worker, the outbox relay): one worker
+/// thread, no signal handling of its own (the service stops it), 2 s for
+/// requests in flight at shutdown. Returns it with the address it listens on.
+pub fn serve_ops(
+    bind: std::net::SocketAddr,
+    ops: Ops,
+) -> std::io::Result<(actix_web::dev::Server, std::net::SocketAddr)> {
+    let listener = std::net::TcpListener::bind(bind)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
+    let addr = listener.local_addr()?;
+    let server = actix_web::HttpServer::new(move || {
+        let ops = ops.clone();
+        actix_web::App::new().configure(move |cfg| configure(cfg, ops))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .listen(listener)?
+    .run();
+    Ok((server, addr))
 }
 
 async fn healthz() -> HttpResponse {

@@ -2,9 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use actix_web::{App, test};
-use futures::FutureExt;
 use telemetry::metrics::{Counter, MetricsRegistry};
 use telemetry::ops::{Ops, Readiness, configure};
 
@@ -15,8 +15,8 @@ async fn ready_only_when_every_check_passes() {
     metrics.register("events_seen", "Events seen", events.clone());
     events.inc_by(3);
     let readiness = Readiness::new()
-        .with("postgres", || async { Ok(()) }.boxed())
-        .with("nats", || async { Err("disconnected".to_owned()) }.boxed());
+        .probe("postgres", || async { Ok::<(), String>(()) })
+        .state("nats", || Err("disconnected".to_owned()));
     let app = test::init_service(App::new().configure(|c| {
         configure(
             c,
@@ -59,7 +59,9 @@ async fn ready_only_when_every_check_passes() {
 
 #[actix_web::test]
 async fn ready_when_all_pass() {
-    let readiness = Readiness::new().with("postgres", || async { Ok(()) }.boxed());
+    let readiness = Readiness::new()
+        .probe("postgres", || async { Ok::<(), String>(()) })
+        .flag("migrations", Arc::new(AtomicBool::new(true)), "pending");
     let app = test::init_service(App::new().configure(|c| {
         configure(
             c,
@@ -75,4 +77,40 @@ async fn ready_when_all_pass() {
     let res = test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
     let text = String::from_utf8(test::read_body(res).await.to_vec()).unwrap();
     assert!(text.contains("\nservice_ready 1\n"), "{text}");
+}
+
+#[actix_web::test]
+async fn a_slow_probe_and_an_unset_flag_fail_their_checks() {
+    // Paused time: the probe's timeout elapses as soon as nothing else runs.
+    tokio::time::pause();
+    let migrated = Arc::new(AtomicBool::new(false));
+    let readiness = Readiness::new()
+        .probe("database", || async {
+            tokio::time::sleep(telemetry::ops::PROBE_TIMEOUT * 2).await;
+            Ok::<(), String>(())
+        })
+        .flag("migrations", migrated.clone(), "migrations not applied yet")
+        .state("nats", || Ok(()));
+    let (ok, report) = readiness.run().await;
+    assert!(!ok);
+    assert_eq!(
+        report,
+        serde_json::json!({
+            "database": "no answer within 2s",
+            "migrations": "migrations not applied yet",
+            "nats": "ok",
+        })
+    );
+    // Names keep the order they were added in.
+    let names: Vec<_> = readiness
+        .results()
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["database", "migrations", "nats"]);
+
+    migrated.store(true, std::sync::atomic::Ordering::Release);
+    let (_, report) = readiness.run().await;
+    assert_eq!(report["migrations"], "ok");
 }

@@ -7,9 +7,9 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -331,9 +331,15 @@ impl WebhookSender {
         }
         if err.is_timeout() {
             return failed(if err.is_connect() {
-                format!("connect timeout after {}", human(self.cfg.connect_timeout))
+                format!(
+                    "connect timeout after {}",
+                    humantime::format_duration(self.cfg.connect_timeout)
+                )
             } else {
-                format!("timeout after {}", human(self.cfg.total_timeout))
+                format!(
+                    "timeout after {}",
+                    humantime::format_duration(self.cfg.total_timeout)
+                )
             });
         }
         if let Some(io) = chain().find_map(|e| e.downcast_ref::<io::Error>()) {
@@ -441,31 +447,11 @@ pub(crate) fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Durat
     if v.bytes().all(|b| b.is_ascii_digit()) {
         return v.parse::<u64>().ok().map(Duration::from_secs);
     }
-    let when = DateTime::parse_from_rfc2822(v)
-        .map(|d| d.with_timezone(&Utc))
-        .ok()
-        .or_else(|| {
-            NaiveDateTime::parse_from_str(v, "%A, %d-%b-%y %H:%M:%S GMT")
-                .ok()
-                .map(|n| n.and_utc())
-        })
-        .or_else(|| {
-            NaiveDateTime::parse_from_str(v, "%a %b %e %H:%M:%S %Y")
-                .ok()
-                .map(|n| n.and_utc())
-        })?;
-    Some((when - now).to_std().unwrap_or(Duration::ZERO))
-}
-
-/// "10s", "1.5s", "250ms".
-fn human(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else if d.as_secs() == 0 {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
+    let when = httpdate::parse_http_date(v).ok()?;
+    Some(
+        when.duration_since(SystemTime::from(now))
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// An SSRF refusal. Names the host (never the URL) and the reason.
@@ -619,8 +605,10 @@ mod tests {
 
     #[test]
     fn human_durations() {
+        // The form timeouts take in attempt errors ("timeout after 1s 500ms").
+        let human = |d| humantime::format_duration(d).to_string();
         assert_eq!(human(Duration::from_secs(10)), "10s");
-        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_millis(1500)), "1s 500ms");
         assert_eq!(human(Duration::from_millis(250)), "250ms");
     }
 

@@ -1,13 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! End-to-end tests of `WebhookSender` against real receivers on local sockets.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Receiver, Reply};
+use test_support::{Received, Receiver, Reply};
 use webhook_client::{
     AttemptOutcome, MAX_STORED_BODY_CHARS, Outbound, SenderConfig, USER_AGENT, Verdict,
     WebhookSender, message_id, verify_standard_signature, verify_x_webhook_signature,
@@ -38,7 +36,7 @@ fn outbound<'a>(url: &'a str, body: &'static [u8], secrets: &'a [&'a str]) -> Ou
 
 const BODY: &[u8] = br#"{"first_name": "\u0418\u0432\u0430\u043d", "user_id": 1}"#;
 
-async fn post_to(reply: Reply) -> (AttemptOutcome, common::Received) {
+async fn post_to(reply: Reply) -> (AttemptOutcome, Received) {
     let mut rx = Receiver::start(reply).await;
     let url = rx.url("/hook");
     let out = sender(true).send(&outbound(&url, BODY, &["s"])).await;

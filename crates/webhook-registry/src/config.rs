@@ -64,6 +64,18 @@ pub enum TokenCommand {
 
 /// Every setting of the service. Secrets are hidden from `--help` values
 /// and from `Debug`.
+/// Variables renamed to the `REGISTRY_` scheme; the old names are still read.
+pub const RENAMED: &[telemetry::settings::Renamed] = &[
+    telemetry::settings::Renamed {
+        old: "SECRET_ROTATION_GRACE",
+        new: "REGISTRY_SECRET_ROTATION_GRACE",
+    },
+    telemetry::settings::Renamed {
+        old: "JOB_DEFAULT_RATE_PER_S",
+        new: "REGISTRY_JOB_DEFAULT_RATE_PER_S",
+    },
+];
+
 #[derive(Debug, Clone, Args)]
 #[command(
     mut_arg("database_pool_size", |a| a.long("db-pool-size").env("REGISTRY_DB_POOL_SIZE")),
@@ -126,13 +138,13 @@ pub struct Config {
     pub no_migrate: bool,
 
     /// How long the previous secret keeps signing after a rotation.
-    #[arg(long, env = "SECRET_ROTATION_GRACE", default_value = "24h",
+    #[arg(long, env = "REGISTRY_SECRET_ROTATION_GRACE", default_value = "24h",
           value_parser = humantime::parse_duration, global = true)]
     pub secret_rotation_grace: Duration,
 
     /// Deliveries per second of a recover, replay or bulk retry job whose
     /// request names no `rate_per_s`.
-    #[arg(long, env = "JOB_DEFAULT_RATE_PER_S", default_value_t = 50,
+    #[arg(long, env = "REGISTRY_JOB_DEFAULT_RATE_PER_S", default_value_t = 50,
           value_parser = clap::value_parser!(i32).range(1..=10_000), global = true)]
     pub job_default_rate_per_s: i32,
 

@@ -1,11 +1,14 @@
-use clap::Parser;
 use webhook_registry::{Application, Cli, Command, cli};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     telemetry::install_crypto_provider();
-    let Cli { config, command } = Cli::parse();
+    let (Cli { config, command }, renamed) =
+        telemetry::settings::parse::<Cli>(webhook_registry::config::RENAMED);
     telemetry::init_logging(&config.log);
+    for warning in renamed {
+        tracing::warn!("{warning}");
+    }
     let result = match command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let shutdown = telemetry::shutdown_on_signals();

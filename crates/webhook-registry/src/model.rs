@@ -51,7 +51,7 @@ pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
     fields.errors.push(
         // Credentials in a refused URL are not echoed back.
         FieldError::value_error(&["body", "url"], &problem)
-            .input(Value::String(storage::redact_url(url))),
+            .input(Value::String(proto_events::redact_url(url))),
     );
     false
 }
@@ -319,7 +319,7 @@ pub struct RotateIn {
     /// The new secret; generated (and returned once) when absent.
     pub secret: Option<String>,
     /// How long the previous secret keeps signing; the server default
-    /// (`SECRET_ROTATION_GRACE`, 24 h) when absent. 0 drops it at once.
+    /// (`REGISTRY_SECRET_ROTATION_GRACE`, 24 h) when absent. 0 drops it at once.
     pub grace_period_seconds: Option<i64>,
 }
 
@@ -711,7 +711,7 @@ pub struct RecoverIn {
     pub since: DateTime<Utc>,
     /// … and before this time; open-ended when absent.
     pub until: Option<DateTime<Utc>>,
-    /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
+    /// Deliveries per second; the server default (`REGISTRY_JOB_DEFAULT_RATE_PER_S`) when absent.
     pub rate_per_s: Option<i32>,
 }
 
@@ -747,7 +747,7 @@ pub struct ReplayIn {
     /// Events stored before this time; open-ended (up to the last event
     /// stored when the job starts) when absent.
     pub until: Option<DateTime<Utc>>,
-    /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
+    /// Deliveries per second; the server default (`REGISTRY_JOB_DEFAULT_RATE_PER_S`) when absent.
     pub rate_per_s: Option<i32>,
 }
 
@@ -795,7 +795,7 @@ pub struct BulkRetryIn {
     pub since: Option<DateTime<Utc>>,
     /// Deliveries created before this time.
     pub until: Option<DateTime<Utc>>,
-    /// Deliveries per second; the server default (`JOB_DEFAULT_RATE_PER_S`) when absent.
+    /// Deliveries per second; the server default (`REGISTRY_JOB_DEFAULT_RATE_PER_S`) when absent.
     pub rate_per_s: Option<i32>,
 }
 

@@ -12,7 +12,6 @@ use actix_web::middleware::from_fn;
 use actix_web::rt::net::TcpStream;
 use actix_web::{App, web};
 use anyhow::Context;
-use futures::FutureExt;
 use proto_events::Namespace;
 use proto_events::nats::FirstConnect;
 use secrecy::ExposeSecret as _;
@@ -270,38 +269,12 @@ fn readiness(
     not_ready: &'static str,
 ) -> Readiness {
     Readiness::new()
-        .with("database", move || {
+        .probe("database", move || {
             let pool = pool.clone();
-            async move {
-                match tokio::time::timeout(Duration::from_secs(2), storage::ping(&pool)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("unreachable: {e}")),
-                    Err(_) => Err("no answer within 2s".to_owned()),
-                }
-            }
-            .boxed()
+            async move { storage::ping(&pool).await }
         })
-        .with("migrations", move || {
-            let ok = ready.load(Ordering::Acquire);
-            async move {
-                if ok {
-                    Ok(())
-                } else {
-                    Err(not_ready.to_owned())
-                }
-            }
-            .boxed()
-        })
-        .with("nats", move || {
-            let state = nats.connection_state();
-            async move {
-                match state {
-                    async_nats::connection::State::Connected => Ok(()),
-                    other => Err(format!("{other}")),
-                }
-            }
-            .boxed()
-        })
+        .flag("migrations", ready, not_ready)
+        .state("nats", move || proto_events::nats::connection_ready(&nats))
 }
 
 /// Applies migrations (unless turned off) and ensures the default token,

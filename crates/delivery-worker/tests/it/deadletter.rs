@@ -47,7 +47,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow()
     let good = app
         .publish(EventType::UserCreated, json!({"user_id": 5}))
         .await;
-    rx.wait_for("/h", 1, 10).await;
+    rx.wait_for_path("/h", 1, Duration::from_secs(10)).await;
     settled_rows(&app.pool, hook, 1).await;
 
     let dl = js.get_stream(app.ns.deadletter_stream()).await.unwrap();
@@ -151,7 +151,7 @@ async fn a_bad_message_of_the_maximum_size_is_dead_lettered_truncated_and_acked(
         .await
         .unwrap();
 
-    let got = eventually(15, "the dead letter", || async {
+    let got = eventually(Duration::from_secs(15), "the dead letter", || async {
         let got = dead_letters(&app, 1).await;
         (!got.is_empty()).then_some(got)
     })
@@ -186,7 +186,7 @@ async fn a_bad_message_of_the_maximum_size_is_dead_lettered_truncated_and_acked(
     assert!(m.payload.iter().all(|b| *b == b'z'), "a prefix of the body");
 
     // Acked: the durable consumer's ack floor moves past it, nothing pending.
-    let consumer_acked = eventually(10, "the ack", || async {
+    let consumer_acked = eventually(Duration::from_secs(10), "the ack", || async {
         let stream = js.get_stream(app.ns.stream()).await.unwrap();
         let mut c: async_nats::jetstream::consumer::PullConsumer =
             stream.get_consumer("delivery-worker").await.unwrap();
@@ -219,7 +219,7 @@ async fn a_bad_message_that_cannot_be_dead_lettered_is_given_up_after_a_few_trie
         .unwrap()
         .await
         .unwrap();
-    eventually(30, "the message given up", || async {
+    eventually(Duration::from_secs(30), "the message given up", || async {
         let stream = js.get_stream(app.ns.stream()).await.unwrap();
         let mut c: async_nats::jetstream::consumer::PullConsumer =
             stream.get_consumer("delivery-worker").await.unwrap();

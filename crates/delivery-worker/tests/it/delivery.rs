@@ -97,7 +97,7 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
         .await
         .unwrap();
 
-    let got = rx.wait_for("/hook", 1, 10).await;
+    let got = rx.wait_for_path("/hook", 1, Duration::from_secs(10)).await;
     let r = &got[0];
     let expected_body = proto_events::canonical::to_canonical_vec(&payload);
     assert_eq!(r.body, expected_body, "body is the canonical payload");
@@ -143,7 +143,9 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     }
 
     // Rotation: both secrets sign the Standard Webhooks header.
-    let rot = &rx.wait_for("/rotated", 1, 10).await[0];
+    let rot = &rx
+        .wait_for_path("/rotated", 1, Duration::from_secs(10))
+        .await[0];
     let (id, ts) = (
         rot.header("webhook-id").unwrap(),
         rot.header("webhook-timestamp").unwrap().parse().unwrap(),
@@ -182,7 +184,7 @@ async fn signed_post_verifies_with_the_seed_snippet_raw_hmac_and_standard_webhoo
     assert_eq!(row.payload, payload);
     assert!(row.delivered_at.is_some());
     assert!(row.next_retry_at.is_none());
-    let w = eventually(10, "counters", || async {
+    let w = eventually(Duration::from_secs(10), "counters", || async {
         let w = webhook(&app.pool, hook).await;
         (w.success_count == 1).then_some(w)
     })
@@ -210,9 +212,10 @@ async fn patterns_match_and_inactive_or_invalid_webhooks_get_nothing() {
     app.publish(EventType::PaymentCompleted, json!({"transaction_id": 3}))
         .await;
 
-    rx.wait_for("/all", 3, 10).await;
-    rx.wait_for("/ticket", 1, 10).await;
-    rx.wait_for("/user", 1, 10).await;
+    rx.wait_for_path("/all", 3, Duration::from_secs(10)).await;
+    rx.wait_for_path("/ticket", 1, Duration::from_secs(10))
+        .await;
+    rx.wait_for_path("/user", 1, Duration::from_secs(10)).await;
     settled_rows(&app.pool, all, 3).await;
     settled_rows(&app.pool, ticket, 1).await;
     settled_rows(&app.pool, user, 1).await;
@@ -237,7 +240,7 @@ async fn patterns_match_and_inactive_or_invalid_webhooks_get_nothing() {
     app.notify_changed().await;
     app.publish(EventType::PaymentCompleted, json!({"transaction_id": 4}))
         .await;
-    rx.wait_for("/late", 1, 10).await;
+    rx.wait_for_path("/late", 1, Duration::from_secs(10)).await;
     settled_rows(&app.pool, late, 1).await;
     app.cleanup().await;
 }
@@ -277,13 +280,7 @@ async fn timeouts_are_recorded_as_failures() {
 #[tokio::test]
 async fn long_response_bodies_are_cut_to_1000_characters() {
     let app = spawn_app(|_| {}).await;
-    let rx = Receiver::start(Reply::Respond {
-        status: 200,
-        headers: vec![],
-        body: "я".repeat(3000),
-        delay: Duration::ZERO,
-    })
-    .await;
+    let rx = Receiver::start(Reply::with_body(200, "я".repeat(3000))).await;
     let hook = insert_webhook(&app.pool, &rx.url("/long"), "*", None, true).await;
     app.notify_changed().await;
     app.publish(EventType::TicketCreated, json!({"ticket_id": 1}))
@@ -311,8 +308,8 @@ async fn health_readiness_and_metrics() {
     app.notify_changed().await;
     app.publish(EventType::UserCreated, json!({"user_id": 1}))
         .await;
-    rx.wait_for("/m", 1, 10).await;
-    let metrics = eventually(10, "metrics", || async {
+    rx.wait_for_path("/m", 1, Duration::from_secs(10)).await;
+    let metrics = eventually(Duration::from_secs(10), "metrics", || async {
         let (_, m) = app.get("/metrics").await;
         m.contains("delivery_attempts_total{outcome=\"success\"} 1")
             .then_some(m)
@@ -353,11 +350,12 @@ async fn a_dead_receiver_does_not_hold_up_the_others() {
     }
     // Every event reaches the fast receiver and is recorded well before the
     // dead one could have been tried 20 times two at a time (300 s).
-    fast.wait_for("/fast", n, 10).await;
+    fast.wait_for_path("/fast", n, Duration::from_secs(10))
+        .await;
     settled_rows(&app.pool, fine, n).await;
     // The dead receiver holds two requests; the other deliveries to it were
     // parked as pending rows (no attempt yet), so their events could be acked.
-    let parked = eventually(10, "parked deliveries", || async {
+    let parked = eventually(Duration::from_secs(10), "parked deliveries", || async {
         let rows = deliveries(&app.pool, stuck).await;
         let pending = rows
             .iter()

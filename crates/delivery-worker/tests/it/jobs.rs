@@ -44,10 +44,14 @@ async fn read_job(pool: &DbPool, webhook_id: i32, id: i64) -> Job {
 }
 
 async fn wait_status(pool: &DbPool, j: &Job, status: &str, secs: u64) -> Job {
-    eventually(secs, &format!("job {} {status}", j.id), || async {
-        let now = read_job(pool, j.webhook_id, j.id).await;
-        (now.status.as_str() == status).then_some(now)
-    })
+    eventually(
+        Duration::from_secs(secs),
+        &format!("job {} {status}", j.id),
+        || async {
+            let now = read_job(pool, j.webhook_id, j.id).await;
+            (now.status.as_str() == status).then_some(now)
+        },
+    )
     .await
 }
 
@@ -97,7 +101,7 @@ async fn a_receiver_down_for_a_window_gets_every_event_once_after_recover() {
     let before = app
         .publish(EventType::UserCreated, json!({"user_id": 0}))
         .await;
-    rx.wait_for("/r", 1, 10).await;
+    rx.wait_for_path("/r", 1, Duration::from_secs(10)).await;
 
     up.store(false, Ordering::SeqCst);
     let since = Utc::now();
@@ -237,11 +241,11 @@ async fn a_job_is_paced_and_can_be_cancelled() {
         },
     )
     .await;
-    let got = rx.wait_for("/slow", 15, 10).await;
-    let spread = got[14].at - got[0].at;
+    let got = rx.wait_for_path("/slow", 15, Duration::from_secs(10)).await;
+    let spread = got[14].at.duration_since(got[0].at);
     assert!(
-        spread >= chrono::Duration::milliseconds(1200),
-        "15 deliveries at 10/s take about 1.4 s, took {spread}"
+        spread >= Duration::from_millis(1200),
+        "15 deliveries at 10/s take about 1.4 s, took {spread:?}"
     );
     {
         let mut conn = app.pool.get().await.unwrap();
@@ -286,7 +290,7 @@ async fn a_job_survives_a_restart_mid_way_without_duplicates() {
         },
     )
     .await;
-    rx.wait_for("/r", 40, 20).await;
+    rx.wait_for_path("/r", 40, Duration::from_secs(20)).await;
     let first = first.stop().await;
     let handed_back = read_job(&first.pool, hook, j.id).await;
     assert_eq!(handed_back.status.as_str(), "queued", "{handed_back:?}");
@@ -506,18 +510,22 @@ async fn a_paused_job_keeps_its_progress_and_resumes_where_it_stopped() {
         },
     )
     .await;
-    rx.wait_for("/p", 10, 10).await;
+    rx.wait_for_path("/p", 10, Duration::from_secs(10)).await;
     {
         let mut conn = app.pool.get().await.unwrap();
         let changed = jobs::pause(&mut conn, hook, j.id).await.unwrap().unwrap();
         assert!(matches!(changed, jobs::Changed::Done(ref p) if p.status.as_str() == "paused"));
     }
     // The chunk in flight ends (about a second at 20/s), then nothing more.
-    eventually(10, "the worker lets go of the paused job", || async {
-        let before = rx.count();
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        (rx.count() == before).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the worker lets go of the paused job",
+        || async {
+            let before = rx.count();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            (rx.count() == before).then_some(())
+        },
+    )
     .await;
     let sent = rx.count();
     let now = read_job(&app.pool, hook, j.id).await;
@@ -595,10 +603,14 @@ async fn a_job_survives_kill_9_of_its_worker() {
                 .await,
         );
     }
-    eventually(20, "the live consumer took every event", || async {
-        let (_, text) = app.get("/metrics").await;
-        (metric(&text, "delivery_events_total") == n as u64).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the live consumer took every event",
+        || async {
+            let (_, text) = app.get("/metrics").await;
+            (metric(&text, "delivery_events_total") == n as u64).then_some(())
+        },
+    )
     .await;
     let app = app.stop().await;
     let rx = Receiver::start(Reply::slow(200, Duration::from_millis(30))).await;
@@ -618,7 +630,7 @@ async fn a_job_survives_kill_9_of_its_worker() {
         ("DELIVERY_JOB_CONCURRENCY", "2"),
     ];
     let mut first = start_binary(&app.db, &app.ns, &fast_jobs);
-    rx.wait_for("/k", 50, 30).await;
+    rx.wait_for_path("/k", 50, Duration::from_secs(30)).await;
     first.kill().expect("SIGKILL");
     first.wait().unwrap();
     let received_before_kill = rx.count();

@@ -38,11 +38,7 @@ fn start(database_url: &str, nats_url: &str) -> Running {
 /// process is then killed) and everything it wrote.
 async fn terminate(running: Running, limit: Duration) -> (Option<Duration>, i32, String) {
     let Running { mut child, readers } = running;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    test_support::terminate(child.id()).expect("SIGTERM");
     let sent = Instant::now();
     let exited = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -162,7 +158,7 @@ fn help_lists_every_nats_setting() {
 #[tokio::test]
 async fn a_server_list_with_a_dead_first_entry_connects_through_the_next() {
     let db = TestDb::new().await.unwrap();
-    let live = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let live = test_support::nats_url();
     let child = start(&db.url, &format!("nats://{NATS_DOWN},{live}"));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, code, out) = terminate(child, Duration::from_secs(20)).await;

@@ -15,12 +15,7 @@ async fn failed_attempts_are_retried_on_the_schedule_with_one_message_id() {
         if r.path == "/flaky" && n >= 1 {
             Reply::ok()
         } else {
-            Reply::Respond {
-                status: 500,
-                headers: vec![],
-                body: "boom".into(),
-                delay: Duration::ZERO,
-            }
+            Reply::with_body(500, "boom")
         }
     })
     .await;
@@ -116,8 +111,8 @@ async fn retry_after_on_429_is_honoured() {
     app.notify_changed().await;
     app.publish(EventType::UserCreated, json!({"user_id": 1}))
         .await;
-    let got = rx.wait_for("/rl", 2, 15).await;
-    let gap = (got[1].at - got[0].at).num_milliseconds();
+    let got = rx.wait_for_path("/rl", 2, Duration::from_secs(15)).await;
+    let gap = got[1].at.duration_since(got[0].at).as_millis();
     assert!(gap >= 900, "waited the Retry-After: {gap} ms");
     let rows = settled_rows(&app.pool, hook, 2).await;
     assert_eq!(rows[0].response_status, Some(429));
@@ -150,7 +145,7 @@ async fn gone_disables_the_webhook() {
     assert_eq!(rows[0].response_status, Some(410));
     assert!(rows[0].next_retry_at.is_none(), "410 is not retried");
     assert!(rows[0].error_message.as_deref().unwrap().contains("410"));
-    let w = eventually(10, "disabled", || async {
+    let w = eventually(Duration::from_secs(10), "disabled", || async {
         let w = webhook(&app.pool, hook).await;
         (!w.is_active).then_some(w)
     })
@@ -177,7 +172,9 @@ async fn gone_disables_the_webhook() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.publish(EventType::UserCreated, json!({"user_id": 2}))
         .await;
-    other.wait_for("/fine", 2, 10).await;
+    other
+        .wait_for_path("/fine", 2, Duration::from_secs(10))
+        .await;
     settled_rows(&app.pool, fine, 2).await;
     assert_eq!(
         rx.on("/gone").len(),
@@ -204,7 +201,7 @@ async fn failing_too_long_disables_the_webhook() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     app.publish(EventType::UserCreated, json!({"user_id": 2}))
         .await;
-    let w = eventually(10, "disabled", || async {
+    let w = eventually(Duration::from_secs(10), "disabled", || async {
         let w = webhook(&app.pool, hook).await;
         (!w.is_active).then_some(w)
     })
@@ -250,7 +247,9 @@ async fn manual_retries_queued_by_the_registry_run() {
     )
     .await
     .unwrap();
-    let got = rx.wait_for("/manual", 1, 10).await;
+    let got = rx
+        .wait_for_path("/manual", 1, Duration::from_secs(10))
+        .await;
     assert_eq!(got[0].body, br#"{"name": "\u0401\u0436", "user_id": 7}"#);
     assert_eq!(
         got[0].header("webhook-id"),

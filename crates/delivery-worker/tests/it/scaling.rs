@@ -1,7 +1,6 @@
 //! Several replicas on one consumer; a replica killed mid-run.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,7 @@ async fn two_workers_share_one_consumer_without_duplicates() {
                 .await,
         );
     }
-    rx.wait_for("/h", n, 30).await;
+    rx.wait_for_path("/h", n, Duration::from_secs(30)).await;
     let rows = settled_rows(&a.pool, hook, n).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = rx.on("/h");
@@ -65,7 +64,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     let db = Arc::new(TestDb::new().await.unwrap());
     let ns = Namespace::unique();
     let pool = db.pool().unwrap();
-    let client = async_nats::connect(NATS_URL).await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
     let publisher = Publisher::new(client.clone(), ns.clone());
     publisher.ensure_stream().await.unwrap();
     // A slow receiver holds requests while the worker is killed.
@@ -89,7 +88,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     }
     // Let it get going, then kill -9 while requests are in flight.
     // (some attempts recorded, others still held by the receiver).
-    eventually(20, "first rows", || async {
+    eventually(Duration::from_secs(20), "first rows", || async {
         use storage::schema::webhook_deliveries::dsl as d;
         let mut conn = pool.get().await.ok()?;
         let n: i64 = d::webhook_deliveries
@@ -118,21 +117,25 @@ async fn a_worker_killed_mid_run_loses_nothing() {
         .iter()
         .flat_map(|e| [(e.clone(), h1), (e.clone(), h2)])
         .collect();
-    let success = eventually(60, "every event × webhook delivered", || async {
-        use storage::schema::webhook_deliveries::dsl as d;
-        let mut conn = pool.get().await.ok()?;
-        let rows: Vec<(Option<String>, i32)> = d::webhook_deliveries
-            .filter(d::status.eq("success"))
-            .select((d::event_id, d::webhook_id))
-            .load(&mut conn)
-            .await
-            .ok()?;
-        let got: HashSet<(String, i32)> = rows
-            .iter()
-            .filter_map(|(e, w)| Some((e.clone()?, *w)))
-            .collect();
-        (got == expected).then_some(rows)
-    })
+    let success = eventually(
+        Duration::from_secs(60),
+        "every event × webhook delivered",
+        || async {
+            use storage::schema::webhook_deliveries::dsl as d;
+            let mut conn = pool.get().await.ok()?;
+            let rows: Vec<(Option<String>, i32)> = d::webhook_deliveries
+                .filter(d::status.eq("success"))
+                .select((d::event_id, d::webhook_id))
+                .load(&mut conn)
+                .await
+                .ok()?;
+            let got: HashSet<(String, i32)> = rows
+                .iter()
+                .filter_map(|(e, w)| Some((e.clone()?, *w)))
+                .collect();
+            (got == expected).then_some(rows)
+        },
+    )
     .await;
     // Duplicates only for deliveries that were in flight when the first
     // worker died (receivers de-duplicate them by webhook-id).
@@ -165,11 +168,7 @@ async fn a_worker_killed_mid_run_loses_nothing() {
     }
 
     // SIGTERM: a graceful stop with exit code 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &second.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    test_support::terminate(second.id()).expect("SIGTERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let exit = loop {
         if let Some(s) = second.try_wait().unwrap() {

@@ -9,7 +9,7 @@ use e2e::ws::{ResumingClient, Seen};
 /// The machine's shared NATS (tests that do not stop it use a prefix of
 /// their own there).
 pub fn shared_nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    test_support::nats_url()
 }
 
 /// How long an attempt may have been under way at a fault (the workers'

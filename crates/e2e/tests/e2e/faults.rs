@@ -194,12 +194,12 @@ async fn receiver_failing_for_a_while_gets_every_event_later() {
         .wait_for(DELIVERIES / 4, Duration::from_secs(30))
         .await;
 
-    d.receiver.set_failing(true);
+    d.set_receiver_failing(true);
     tokio::time::sleep(Duration::from_secs(3)).await;
     // A failing receiver is not a dependency: the worker stays ready.
     let (status, body) = d.workers[0].readyz().await.expect("worker /readyz");
     assert_eq!(status, 200, "{body}");
-    d.receiver.set_failing(false);
+    d.set_receiver_failing(false);
 
     let events = run.finish().await;
     let outcome = d.check_delivered(&events, SETTLE).await;

@@ -1,6 +1,7 @@
 //! `eventctl bench delivery`: webhook delivery throughput and latency.
 //!
-//! Starts a fast local HTTP/1.1 receiver that checks every signature (the
+//! Starts a fast local HTTP/1.1 receiver (`test_support::Receiver`, lean:
+//! nothing recorded) that checks every signature (the
 //! seed's `X-Webhook-Signature` over the raw body and the Standard Webhooks
 //! `webhook-signature`), registers webhooks pointing at it, publishes N
 //! events at a chosen rate (or as fast as JetStream acknowledges), and
@@ -22,16 +23,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
 use serde_json::{Value, json};
+use storage::testing::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use super::stats::Latencies;
 
 /// Where the delivery worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,14 +121,10 @@ pub(crate) fn unix_micros() -> u64 {
 }
 
 impl Receiver {
-    fn check(&self, headers: &[(String, String)], body: &[u8]) {
+    fn check(&self, req: &test_support::Request<'_>) {
         let now = unix_micros();
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |name: &str| req.header(name);
+        let body = req.body();
         let x_sig_ok = get("x-webhook-signature")
             .is_some_and(|s| webhook_client::verify_x_webhook_signature(&self.secret, body, s));
         let msg_id = get("webhook-id").unwrap_or_default();
@@ -166,147 +165,43 @@ impl Receiver {
     }
 }
 
+/// The receiver on a free loopback port until `stop` is cancelled.
 pub(crate) async fn start_receiver(
     secret: String,
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, Arc<Receiver>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let rx = Arc::new(Receiver {
         secret,
         seen: Mutex::new(Seen::default()),
         received: AtomicU64::new(0),
     });
     let state = rx.clone();
+    let server = test_support::Receiver::start_lean("127.0.0.1:0", move |req| {
+        state.check(req);
+        test_support::Reply::ok()
+    })
+    .await?;
+    let addr = server.addr;
     tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            if let Ok((stream, _)) = accepted {
-                let _ = stream.set_nodelay(true);
-                let (state, stop) = (state.clone(), stop.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        _ = serve(stream, &state) => {}
-                    }
-                });
-            }
-        }
+        stop.cancelled().await;
+        drop(server);
     });
     Ok((addr, rx))
 }
 
-/// HTTP/1.1 with keep-alive, `Content-Length` bodies only (what reqwest sends).
-async fn serve(mut stream: TcpStream, state: &Receiver) -> std::io::Result<()> {
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 16 * 1024];
-    let mut scanned = 0;
-    loop {
-        let head_end = loop {
-            if let Some(pos) = buf[scanned..].windows(4).position(|w| w == b"\r\n\r\n") {
-                break scanned + pos;
-            }
-            scanned = buf.len().saturating_sub(3);
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let headers: Vec<(String, String)> = head
-            .split("\r\n")
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let body_start = head_end + 4;
-        while buf.len() < body_start + len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        state.check(&headers, &buf[body_start..body_start + len]);
-        stream.write_all(OK).await?;
-        buf.drain(..body_start + len);
-        scanned = 0;
-    }
-}
-
-/// `postgres://…/<db>?…` with another database name.
-fn with_database(url: &str, db: &str) -> String {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    let (base, query) = match url.find('?') {
-        Some(q) => (&url[..q], &url[q..]),
-        None => (url, ""),
-    };
-    match base[after_scheme..].find('/') {
-        Some(i) => format!("{}/{db}{query}", &base[..after_scheme + i]),
-        None => format!("{base}/{db}{query}"),
-    }
-}
-
-/// The database the bench works in; a temporary one is dropped at the end.
-pub(crate) struct BenchDb {
-    pub(crate) url: String,
-    admin_url: Option<String>,
-    name: String,
-}
-
-impl BenchDb {
-    pub(crate) async fn temporary(server_url: &str) -> anyhow::Result<Self> {
-        use diesel_async::RunQueryDsl;
-        let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-        let admin_url = with_database(server_url, "postgres");
-        let mut conn = AsyncPgConnection::establish(&admin_url)
-            .await
-            .context("cannot reach Postgres")?;
-        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await?;
-        let url = with_database(server_url, &name);
-        storage::run_migrations(&url).await?;
-        Ok(Self {
-            url,
-            admin_url: Some(admin_url),
-            name,
+/// A fresh, migrated database `bench_<uuid>` on the server of
+/// `server_url` (created through its `postgres` database), dropped with the
+/// value.
+pub(crate) async fn temporary_db(server_url: &str) -> anyhow::Result<TestDb> {
+    let admin_url = storage::testing::with_database(server_url, "postgres")?;
+    TestDb::on_server(&admin_url, "bench")
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create a temporary database on {}",
+                proto_events::redact_url(&admin_url)
+            )
         })
-    }
-
-    pub(crate) async fn drop_db(&self) {
-        use diesel_async::RunQueryDsl;
-        if let Some(admin) = &self.admin_url
-            && let Ok(mut conn) = AsyncPgConnection::establish(admin).await
-        {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut conn)
-            .await;
-        }
-    }
-}
-
-/// The `p`th percentile (nearest rank) of sorted microseconds, in ms.
-pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    let idx = rank.clamp(1, sorted.len()) - 1;
-    sorted[idx] as f64 / 1000.0
 }
 
 async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
@@ -336,25 +231,22 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
         args.events > 0 && args.webhooks > 0,
         "--events and --webhooks must be positive"
     );
-    let (db, ns) = match args.worker {
+    // A temporary database, dropped at the end; or the external worker's.
+    let (temporary, ns) = match args.worker {
         WorkerMode::InProcess | WorkerMode::Spawn => {
             let ns = if ns.prefix().is_empty() {
                 Namespace::unique()
             } else {
                 ns
             };
-            (BenchDb::temporary(&args.database_url).await?, ns)
+            (Some(temporary_db(&args.database_url).await?), ns)
         }
-        WorkerMode::External => (
-            BenchDb {
-                url: args.database_url.clone(),
-                admin_url: None,
-                name: String::new(),
-            },
-            ns,
-        ),
+        WorkerMode::External => (None, ns),
     };
-    let result = bench(nats, &ns, &db, &args).await;
+    let db_url = temporary
+        .as_ref()
+        .map_or(args.database_url.as_str(), |db| db.url.as_str());
+    let result = bench(nats, &ns, db_url, &args).await;
     if args.worker != WorkerMode::External {
         let client = nats.connect("eventctl", FirstConnect::FailFast).await;
         if let Ok(client) = client {
@@ -363,20 +255,20 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
             let _ = js.delete_stream(ns.deadletter_stream()).await;
         }
     }
-    db.drop_db().await;
+    drop(temporary);
     result
 }
 
-async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
-    let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
+    let pool = storage::build_pool(db_url, &storage::PoolConfig::default())?;
     let client = nats
         .connect("eventctl-bench", FirstConnect::FailFast)
         .await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ns.ensure_streams(&js).await?;
+    let publisher = Publisher::new(client.clone(), ns.clone());
+    publisher.ensure_stream().await?;
 
     // Register the webhooks.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -405,7 +297,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     let worker = match args.worker {
         WorkerMode::InProcess => {
             let mut cfg = delivery_worker::Config::defaults();
-            cfg.database.database_url = db.url.as_str().into();
+            cfg.database.database_url = db_url.into();
             cfg.nats = NatsArgs {
                 nats_prefix: ns.prefix().to_owned(),
                 ..nats.clone()
@@ -434,7 +326,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
                 .port();
             let worker_addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let child = tokio::process::Command::new(&bin)
-                .env("DATABASE_URL", &db.url)
+                .env("DATABASE_URL", db_url)
                 .env("NATS_URL", &nats.nats_url)
                 .env("NATS_PREFIX", ns.prefix())
                 .env("WORKER_BIND", worker_addr.to_string())
@@ -485,7 +377,6 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     // Publish.
     let cpu_start = (cpu_seconds(None), worker.cpu());
     let started = Instant::now();
-    let subject = ns.event_subject(EventType::TicketMessageAdded.as_str());
     let mut acks = FuturesUnordered::new();
     let mut publish_errors = 0u64;
     for i in 0..args.events {
@@ -502,12 +393,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
             continue;
         };
         let env = Envelope::new(EventType::TicketMessageAdded, map);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", env.id.as_str());
-        match js
-            .publish_with_headers(subject.clone(), headers, env.to_bytes().into())
-            .await
-        {
+        match publisher.send(&env, async_nats::HeaderMap::new()).await {
             Ok(ack) => acks.push(ack.into_future()),
             Err(_) => publish_errors += 1,
         }
@@ -561,13 +447,13 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    let mut seen = std::mem::take(&mut *rx.seen.lock());
+    let seen = std::mem::take(&mut *rx.seen.lock());
     let received = rx.received.load(Ordering::Relaxed);
     let received_in = seen
         .last_receive
         .map(|t| t.duration_since(started))
         .unwrap_or_default();
-    seen.latencies_us.sort_unstable();
+    let latency = Latencies::of_micros(seen.latencies_us.iter().copied())?;
     let secs = |d: Duration| d.as_secs_f64().max(1e-9);
     println!(
         "published  {} events in {:.2}s ({:.0}/s), {publish_errors} publish errors",
@@ -587,9 +473,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     );
     println!(
         "latency    publish→receive p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        percentile(&seen.latencies_us, 50.0),
-        percentile(&seen.latencies_us, 99.0),
-        percentile(&seen.latencies_us, 100.0)
+        latency.percentile_ms(50.0),
+        latency.percentile_ms(99.0),
+        latency.max_ms()
     );
     let cpu_end = (cpu_seconds(None), worker.cpu());
     let per_delivery = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -685,10 +571,7 @@ impl Worker {
             }
             Worker::Child(mut child) => {
                 if let Some(pid) = child.id() {
-                    let _ = tokio::process::Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
-                        .status()
-                        .await;
+                    let _ = test_support::terminate(pid);
                 }
                 if tokio::time::timeout(Duration::from_secs(30), child.wait())
                     .await
@@ -724,31 +607,4 @@ async fn ready(addr: SocketAddr) -> bool {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out).await;
     out.starts_with(b"HTTP/1.1 200")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_names_are_swapped() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/bedolaga_events", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "x"),
-            "postgres://u:p@h/x?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
-    }
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<u64> = (1..=100).map(|i| i * 1000).collect();
-        assert_eq!(percentile(&v, 50.0), 50.0);
-        assert_eq!(percentile(&v, 99.0), 99.0);
-        assert_eq!(percentile(&v, 100.0), 100.0);
-        assert_eq!(percentile(&[], 99.0), 0.0);
-    }
 }

@@ -18,6 +18,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::stats::Latencies;
+
 /// Options of `eventctl bench fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -220,14 +222,6 @@ async fn client(
     }
     stats.latencies.lock().extend_from_slice(&local);
     let _ = ws.close(None).await;
-}
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
 /// Where the events of a run are published.
@@ -491,8 +485,7 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Report> {
         let _ = t.await;
     }
     let delivered = stats.delivered.load(Ordering::SeqCst);
-    let mut lat = std::mem::take(&mut *stats.latencies.lock());
-    lat.sort_unstable();
+    let lat = Latencies::of_micros(stats.latencies.lock().drain(..).map(u64::from))?;
     // deliveries per second from the first publish to the last delivery
     let last_delivery = Duration::from_micros(stats.last_delivery_us.load(Ordering::SeqCst));
     let window = last_delivery
@@ -522,9 +515,9 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Report> {
         delivered,
         expected,
         rate,
-        p50: percentile(&lat, 0.50),
-        p99: percentile(&lat, 0.99),
-        max: percentile(&lat, 1.0),
+        p50: lat.percentile_ms(50.0),
+        p99: lat.percentile_ms(99.0),
+        max: lat.max_ms(),
         server_cpu,
         loadgen_cpu,
         us_per_message: server_cpu
@@ -691,12 +684,5 @@ mod tests {
             r#"{"type":"ticket.message_added","payload":{"bench_sent_ns":1234567,"x":1},"seq":3}"#;
         assert_eq!(sent_ns(t), Some(1_234_567));
         assert_eq!(sent_ns("{}"), None);
-    }
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<u32> = (1..=100).map(|x| x * 1000).collect();
-        assert_eq!(percentile(&v, 0.5), 51.0);
-        assert_eq!(percentile(&v, 1.0), 100.0);
     }
 }

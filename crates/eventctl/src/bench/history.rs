@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use chrono::Utc;
 use serde_json::Value;
+use storage::testing::TestDb;
 
-use super::delivery::{BenchDb, percentile};
+use super::delivery::temporary_db;
+use super::stats::Latencies;
 use proto_events::nats::NatsArgs;
 
 /// History benchmark.
@@ -90,9 +92,9 @@ pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
     );
     let mut results = Vec::new();
     for &rows in &args.rows {
-        let db = BenchDb::temporary(&args.database_url).await?;
+        let db = temporary_db(&args.database_url).await?;
         let r = measure(nats, &args, &bin, &db, rows).await;
-        db.drop_db().await;
+        drop(db);
         let r = r?;
         print_size(&r);
         results.push(r);
@@ -224,7 +226,7 @@ async fn measure(
     nats: &NatsArgs,
     args: &Args,
     bin: &std::path::Path,
-    db: &BenchDb,
+    db: &TestDb,
     rows: u64,
 ) -> anyhow::Result<SizeResult> {
     use diesel_async::AsyncConnection as _;
@@ -336,12 +338,12 @@ async fn measure_reads(
             let (took, _) = get(path(i)).await?;
             us.push(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         }
-        us.sort_unstable();
+        let us = Latencies::of_micros(us)?;
         out.push((
             *name,
             Read {
-                p50: percentile(&us, 50.0),
-                p99: percentile(&us, 99.0),
+                p50: us.percentile_ms(50.0),
+                p99: us.percentile_ms(99.0),
             },
         ));
     }
@@ -377,15 +379,14 @@ async fn measure_reads(
     let drop_ms = started.elapsed().as_secs_f64() * 1000.0;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut lat = writer.await??;
-    lat.sort_unstable();
+    let lat = Latencies::of_micros(writer.await??)?;
     Ok(SizeResult {
         rows,
         reads: out,
         drop_ms,
         dropped_rows: dropped.rows,
-        insert_max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
-        insert_p99_ms: percentile(&lat, 99.0),
+        insert_max_ms: lat.max_ms(),
+        insert_p99_ms: lat.percentile_ms(99.0),
         bytes_per_row,
     })
 }

@@ -5,3 +5,4 @@ pub mod fanout;
 pub mod history;
 pub mod outbox;
 pub mod replay;
+mod stats;

@@ -24,8 +24,10 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use proto_events::Namespace;
 use proto_events::nats::{FirstConnect, NatsArgs};
+use storage::testing::TestDb;
 
-use super::delivery::{BenchDb, cpu_seconds, percentile};
+use super::delivery::{cpu_seconds, temporary_db};
+use super::stats::Latencies;
 
 /// Outbox relay benchmark.
 #[derive(Debug, clap::Args)]
@@ -65,20 +67,20 @@ pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
         "{} not found: build it (cargo build --release -p outbox-relay) or pass --relay-bin",
         bin.display()
     );
-    let db = BenchDb::temporary(&args.database_url).await?;
+    let db = temporary_db(&args.database_url).await?;
     let ns = Namespace::unique();
     let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
     let js = jetstream::new(client);
     let result = bench(nats, &js, &ns, &db, &bin, &args).await;
     let _ = js.delete_stream(ns.stream()).await;
     let _ = js.delete_stream(ns.deadletter_stream()).await;
-    db.drop_db().await;
+    drop(db);
     result
 }
 
 fn start_relay(
     bin: &std::path::Path,
-    db: &BenchDb,
+    db: &TestDb,
     nats: &NatsArgs,
     ns: &Namespace,
     batch_size: usize,
@@ -120,7 +122,7 @@ async fn bench(
     nats: &NatsArgs,
     js: &jetstream::Context,
     ns: &Namespace,
-    db: &BenchDb,
+    db: &TestDb,
     bin: &std::path::Path,
     args: &Args,
 ) -> anyhow::Result<()> {
@@ -270,28 +272,27 @@ async fn bench(
     let _ = receiver.await;
     let _ = relay.start_kill();
     let _ = relay.wait().await;
-    let mut lat = std::mem::take(&mut *latencies.lock());
-    lat.sort_unstable();
+    let lat = std::mem::take(&mut *latencies.lock());
     anyhow::ensure!(
         lat.len() as u64 == total,
         "only {} of {total} events arrived",
         lat.len()
     );
+    let lat = Latencies::of_micros(lat)?;
     println!(
         "latency     commit -> stored in stream at {}/s for {:?} ({} events): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.rate,
         args.duration,
         total,
-        percentile(&lat, 50.0),
-        percentile(&lat, 99.0),
-        lat.last().copied().unwrap_or(0) as f64 / 1000.0
+        lat.percentile_ms(50.0),
+        lat.percentile_ms(99.0),
+        lat.max_ms()
     );
-    let mut commits = std::mem::take(&mut *commits.lock());
-    commits.sort_unstable();
+    let commits = Latencies::of_micros(std::mem::take(&mut *commits.lock()))?;
     println!(
         "  of which the bot's COMMIT itself: p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&commits, 50.0),
-        percentile(&commits, 99.0)
+        commits.percentile_ms(50.0),
+        commits.percentile_ms(99.0)
     );
     Ok(())
 }

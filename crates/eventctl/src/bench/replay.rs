@@ -19,11 +19,13 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use proto_events::nats::{FirstConnect, NatsArgs};
-use proto_events::{ChangeOp, Envelope, EventType, Namespace, WebhookChange};
+use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
 use serde_json::{Value, json};
+use storage::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{BenchDb, percentile, start_receiver, unix_micros, wait_ready};
+use super::delivery::{start_receiver, temporary_db, unix_micros, wait_ready};
+use super::stats::Latencies;
 
 /// Replay-under-load benchmark.
 #[derive(Debug, clap::Args)]
@@ -60,14 +62,14 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
     } else {
         ns
     };
-    let db = BenchDb::temporary(&args.database_url).await?;
+    let db = temporary_db(&args.database_url).await?;
     let result = bench(nats, &ns, &db, &args).await;
     if let Ok(client) = nats.connect("eventctl", FirstConnect::FailFast).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(ns.stream()).await;
         let _ = js.delete_stream(ns.deadletter_stream()).await;
     }
-    db.drop_db().await;
+    drop(db);
     result
 }
 
@@ -87,14 +89,7 @@ fn payload(i: u64, backlog: bool) -> serde_json::Map<String, Value> {
 }
 
 /// Publishes `n` events (at `rate` per second, or as fast as acked when 0).
-async fn publish(
-    js: &async_nats::jetstream::Context,
-    ns: &Namespace,
-    n: u64,
-    rate: f64,
-    backlog: bool,
-) -> anyhow::Result<()> {
-    let subject = ns.event_subject(EventType::TicketMessageAdded.as_str());
+async fn publish(publisher: &Publisher, n: u64, rate: f64, backlog: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
     for i in 0..n {
@@ -103,11 +98,7 @@ async fn publish(
                 .await;
         }
         let env = Envelope::new(EventType::TicketMessageAdded, payload(i, backlog));
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", env.id.as_str());
-        let ack = js
-            .publish_with_headers(subject.clone(), headers, env.to_bytes().into())
-            .await?;
+        let ack = publisher.send(&env, async_nats::HeaderMap::new()).await?;
         acks.push(ack.into_future());
         while acks.len() >= 512 {
             if let Some(r) = acks.next().await {
@@ -128,32 +119,34 @@ struct Phase {
     max: f64,
 }
 
-fn take_phase(rx: &super::delivery::Receiver) -> Phase {
-    let mut lat = std::mem::take(&mut rx.seen.lock().latencies_us);
-    lat.sort_unstable();
-    Phase {
-        live: lat.len(),
-        p50: percentile(&lat, 50.0),
-        p99: percentile(&lat, 99.0),
-        max: percentile(&lat, 100.0),
-    }
+fn take_phase(rx: &super::delivery::Receiver) -> anyhow::Result<Phase> {
+    let us = std::mem::take(&mut rx.seen.lock().latencies_us);
+    let live = us.len();
+    let lat = Latencies::of_micros(us)?;
+    Ok(Phase {
+        live,
+        p50: lat.percentile_ms(50.0),
+        p99: lat.percentile_ms(99.0),
+        max: lat.max_ms(),
+    })
 }
 
-async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> anyhow::Result<()> {
+async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
     let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
     let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    ns.ensure_streams(&js).await?;
+    let publisher = Publisher::new(client.clone(), ns.clone());
+    publisher.ensure_stream().await?;
+    let js = publisher.jetstream().clone();
     println!(
         "bench replay: backlog {} events, replay {}/s (job concurrency {}), live {}/s, {} s per phase",
         args.backlog, args.replay_rate, args.job_concurrency, args.live_rate, args.seconds
     );
 
     let t = Instant::now();
-    publish(&js, ns, args.backlog, 0.0, true).await?;
+    publish(&publisher, args.backlog, 0.0, true).await?;
     let backlog_end = chrono::Utc::now();
     println!("backlog    published in {:.1} s", t.elapsed().as_secs_f64());
 
@@ -210,9 +203,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let live_n = (args.live_rate * args.seconds as f64) as u64;
-    publish(&js, ns, live_n, args.live_rate, false).await?;
+    publish(&publisher, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let baseline = take_phase(&rx);
+    let baseline = take_phase(&rx)?;
 
     let job = {
         let mut conn = pool.get().await?;
@@ -235,9 +228,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &BenchDb, args: &Args) -> an
     };
     let backlog_before = rx.seen.lock().backlog;
     let t = Instant::now();
-    publish(&js, ns, live_n, args.live_rate, false).await?;
+    publish(&publisher, live_n, args.live_rate, false).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let under = take_phase(&rx);
+    let under = take_phase(&rx)?;
     let replayed = rx.seen.lock().backlog - backlog_before;
     let elapsed = t.elapsed().as_secs_f64();
     let state = {

@@ -211,3 +211,41 @@ async fn a_client_that_never_reads_is_dropped() {
     app.stop().await;
     b.cleanup().await;
 }
+
+/// A reader slower than the stream keeps the gateway's queue for it full,
+/// so the gateway stops reading its socket (backpressure) and does not see
+/// its pongs; the events it takes still show that it is alive, so it is
+/// not closed for a ping timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_whose_pongs_wait_is_not_timed_out() {
+    let b = Backing::new().await;
+    let mut cfg = b.config();
+    cfg.ping_interval = Duration::from_millis(300);
+    cfg.pong_timeout = Duration::from_secs(1);
+    cfg.socket_send_buffer = 8 * 1024;
+    let app = TestApp::spawn(cfg).await;
+    let url = app.ws_url(&format!("?token={}", b.token));
+    let mut slow = Ws::connect_small_buffer(&url, app.addr).await;
+    assert_eq!(slow.next_json().await["type"], "connection");
+    let total = 1500u64;
+    let published = publish_many(&b, total, |_| true).await;
+    // about 4 s of steady reading, four times the pong timeout
+    let started = tokio::time::Instant::now();
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < total {
+        match slow.next_frame().await {
+            crate::helpers::Frame::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if let Some(seq) = v["seq"].as_u64() {
+                    seqs.push(seq);
+                }
+            }
+            other => panic!("after {} events: {other:?}", seqs.len()),
+        }
+        tokio::time::sleep(Duration::from_micros(2500)).await;
+    }
+    assert!(started.elapsed() > Duration::from_secs(3));
+    assert_eq!(seqs, published, "every event once, in order");
+    app.stop().await;
+    b.cleanup().await;
+}

@@ -20,9 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// How long a test waits for something asynchronous.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
+pub use test_support::nats_url;
 
 /// The shared backing services of one test: a database with a token, a
 /// NATS namespace and a publisher.

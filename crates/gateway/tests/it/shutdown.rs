@@ -99,11 +99,7 @@ async fn sigterm_closes_10000_clients_within_the_grace() {
 
     let pid = child.id().expect("pid");
     let start = tokio::time::Instant::now();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    test_support::terminate(pid).expect("SIGTERM");
     let exit = tokio::time::timeout(GRACE + Duration::from_secs(10), child.wait())
         .await
         .expect("the gateway did not exit")
@@ -143,12 +139,8 @@ async fn sigterm_stops_the_gateway_within_seconds_while_nats_is_unreachable() {
         .expect("start gateway");
     // Long enough to be inside the reconnect and stream-creation loops.
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    let pid = child.id().expect("pid");
+    test_support::terminate(pid).expect("SIGTERM");
     let sent = std::time::Instant::now();
     let exited = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
     let status = exited

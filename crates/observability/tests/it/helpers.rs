@@ -1,32 +1,27 @@
 //! The whole system in one process: the registry, a delivery worker, a
 //! gateway and the outbox relay on port 0, against a fresh database and a
-//! unique NATS namespace; a webhook receiver and a WebSocket client.
+//! unique NATS namespace; a WebSocket client. The webhook receiver and the
+//! NATS URL come from `test_support`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
-use parking_lot::Mutex;
 use proto_events::{Envelope, EventType, Namespace, Publisher};
 use serde_json::{Value, json};
 use storage::testing::TestDb;
 use storage::tokens::{TokenHasher, TokenSpec, create_token};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+pub use test_support::{Receiver, nats_url};
+
 /// How long a test waits for something asynchronous.
 pub const WAIT: Duration = Duration::from_secs(20);
-
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
 
 /// One running service.
 pub struct Service {
@@ -327,97 +322,4 @@ impl Ws {
         let _ = self.0.send(Message::Close(None)).await;
         let _ = tokio::time::timeout(WAIT, async { while self.0.next().await.is_some() {} }).await;
     }
-}
-
-/// One request a [`Receiver`] got.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-/// A webhook receiver on loopback that records requests and answers each
-/// with the next status of its script (200 once the script is used up).
-#[derive(Clone)]
-pub struct Receiver {
-    pub addr: SocketAddr,
-    pub got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    pub async fn start(statuses: Vec<u16>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let script = Arc::new(Mutex::new(statuses.into_iter()));
-        let record = got.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (record, script) = (record.clone(), script.clone());
-                tokio::spawn(async move {
-                    if let Some(req) = read_request(stream, &script).await {
-                        record.lock().push(req);
-                    }
-                });
-            }
-        });
-        Self { addr, got }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Waits until `n` requests have arrived; all of them.
-    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let got = self.got.lock().clone();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the receiver got {} requests, not {n}",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn read_request(
-    stream: TcpStream,
-    script: &Mutex<std::vec::IntoIter<u16>>,
-) -> Option<Received> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await.ok()?;
-    let path = line.split_whitespace().nth(1)?.to_owned();
-    let mut headers = HashMap::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).await.ok()?;
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':')?;
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-    }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).await.ok()?;
-    let status = script.lock().next().unwrap_or(200);
-    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-    reader.get_mut().write_all(answer.as_bytes()).await.ok()?;
-    Some(Received {
-        path,
-        headers,
-        body,
-    })
 }

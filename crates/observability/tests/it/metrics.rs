@@ -49,7 +49,7 @@ fn shown(dir: &Path, path: &Path) -> String {
 /// fails and is retried, a dead letter, a WebSocket client that receives
 /// an event and leaves, one that is refused, and an outbox row.
 async fn traffic(system: &System) {
-    let receiver = Receiver::start(vec![500]).await;
+    let receiver = Receiver::start_scripted(vec![500]).await;
     system
         .create_webhook(&receiver.url("/hook"), "user.created")
         .await;
@@ -79,7 +79,7 @@ async fn traffic(system: &System) {
         .expect("handshake");
     drop(refused);
     // The first attempt answers 500, the retry 200.
-    receiver.wait_for(2).await;
+    receiver.wait_for(2, WAIT).await;
 
     system
         .nats

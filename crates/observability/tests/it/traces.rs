@@ -18,7 +18,7 @@ use prost::Message;
 use proto_events::EventType;
 use serde_json::json;
 
-use crate::helpers::{Receiver, System};
+use crate::helpers::{Receiver, System, WAIT};
 
 /// One exported span, ids in hex.
 #[derive(Debug, Clone)]
@@ -202,7 +202,7 @@ async fn spans_of_every_service_join_the_callers_trace() {
     let system = System::start().await;
     // The test ping succeeds, the event's first attempt fails, its retry
     // succeeds.
-    let receiver = Receiver::start(vec![200, 500, 200]).await;
+    let receiver = Receiver::start_scripted(vec![200, 500, 200]).await;
 
     // The registry: a request span continuing the caller's trace, with the
     // handler's span inside it.
@@ -240,8 +240,8 @@ async fn spans_of_every_service_join_the_callers_trace() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let ping = receiver.wait_for(1).await.remove(0);
-    let (ping_trace, _) = ids(&ping.headers["traceparent"]);
+    let ping = receiver.wait_for(1, WAIT).await.remove(0);
+    let (ping_trace, _) = ids(ping.header("traceparent").unwrap());
     assert_eq!(ping_trace, test_trace);
     spans
         .wait(&test_trace, "POST /webhooks/{webhook_id}/test")
@@ -265,13 +265,13 @@ async fn spans_of_every_service_join_the_callers_trace() {
     assert_eq!(fan_out.attributes["clients"], "1");
     assert_module(&fan_out, "gateway");
 
-    let got = receiver.wait_for(3).await;
+    let got = receiver.wait_for(3, WAIT).await;
     let deliver = spans.wait(&pub_trace, "deliver_event").await;
     assert_eq!(deliver.parent_span_id, pub_parent);
     assert_module(&deliver, "delivery_worker");
     // The receiver sees the worker's span as its parent.
     assert_eq!(
-        ids(&got[1].headers["traceparent"]),
+        ids(got[1].header("traceparent").unwrap()),
         (pub_trace.clone(), deliver.span_id.clone())
     );
     let retry = spans.wait(&pub_trace, "retry_delivery").await;
@@ -279,7 +279,7 @@ async fn spans_of_every_service_join_the_callers_trace() {
     assert_eq!(retry.attributes["attempt_number"], "2");
     assert_module(&retry, "delivery_worker");
     assert_eq!(
-        ids(&got[2].headers["traceparent"]),
+        ids(got[2].header("traceparent").unwrap()),
         (pub_trace.clone(), retry.span_id.clone())
     );
 

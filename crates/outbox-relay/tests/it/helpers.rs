@@ -11,9 +11,7 @@ use std::sync::Arc;
 use storage::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+pub use test_support::nats_url;
 
 /// The bot's database with the outbox migration applied, and a namespace.
 pub struct TestOutbox {

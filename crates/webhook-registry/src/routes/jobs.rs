@@ -24,6 +24,29 @@ fn job_not_found() -> ApiError {
     ApiError::NotFound("Job not found")
 }
 
+/// What recover, replay and bulk retry answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes the responses; `start` builds them
+enum JobStarted {
+    #[response(status = 202, description = "Job queued; `Location` names it")]
+    Queued(JobOut),
+    #[response(
+        status = 200,
+        description = "The webhook already has an unfinished job: that one"
+    )]
+    Existing(JobOut),
+    #[response(status = 401, description = "Missing or invalid token")]
+    Unauthorized(ErrorOut),
+    #[response(status = 404, description = "No such webhook")]
+    NoWebhook(ErrorOut),
+    #[response(status = 409, description = "The webhook is disabled")]
+    Disabled(ErrorOut),
+    #[response(status = 413, description = "Body too large")]
+    TooLarge(ErrorOut),
+    #[response(status = 422, description = "Validation error")]
+    Invalid(HttpValidationError),
+}
+
 /// Records a job for an active webhook, or finds its unfinished one.
 async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> {
     let id = new.webhook_id;
@@ -55,15 +78,7 @@ async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> 
     post, path = "/webhooks/{webhook_id}/recover", tag = "jobs",
     params(("webhook_id" = i32, Path, description = "Webhook id")),
     request_body = RecoverIn,
-    responses(
-        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
-        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook", body = ErrorOut),
-        (status = 409, description = "The webhook is disabled", body = ErrorOut),
-        (status = 413, description = "Body too large", body = ErrorOut),
-        (status = 422, description = "Validation error", body = HttpValidationError),
-    ),
+    responses(JobStarted),
     security(("bearer" = []), ("api_key" = []))
 )]
 #[instrument(skip_all)]
@@ -93,15 +108,7 @@ pub async fn recover(
     post, path = "/webhooks/{webhook_id}/replay", tag = "jobs",
     params(("webhook_id" = i32, Path, description = "Webhook id")),
     request_body(content = Option<ReplayIn>, description = "Optional; an empty body replays everything the stream holds"),
-    responses(
-        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
-        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook", body = ErrorOut),
-        (status = 409, description = "The webhook is disabled", body = ErrorOut),
-        (status = 413, description = "Body too large", body = ErrorOut),
-        (status = 422, description = "Validation error", body = HttpValidationError),
-    ),
+    responses(JobStarted),
     security(("bearer" = []), ("api_key" = []))
 )]
 #[instrument(skip_all)]
@@ -136,15 +143,7 @@ pub async fn replay(
     post, path = "/webhooks/{webhook_id}/deliveries/retry", tag = "jobs",
     params(("webhook_id" = i32, Path, description = "Webhook id")),
     request_body(content = Option<BulkRetryIn>, description = "Optional; an empty body retries every failed delivery"),
-    responses(
-        (status = 202, description = "Job queued; `Location` names it", body = JobOut),
-        (status = 200, description = "The webhook already has an unfinished job: that one", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook", body = ErrorOut),
-        (status = 409, description = "The webhook is disabled", body = ErrorOut),
-        (status = 413, description = "Body too large", body = ErrorOut),
-        (status = 422, description = "Validation error", body = HttpValidationError),
-    ),
+    responses(JobStarted),
     security(("bearer" = []), ("api_key" = []))
 )]
 #[instrument(skip_all)]
@@ -222,19 +221,32 @@ pub async fn list(
     }))
 }
 
-fn ids(path: (String, String)) -> Result<(i32, i64), ApiError> {
-    let id = webhook_id(&path.0)?;
-    let job_id = path_id(&path.1, "job_id", job_not_found())?;
-    Ok((id, job_id))
+/// The path of one job, `/webhooks/{webhook_id}/jobs/{job_id}`: what the
+/// OpenAPI document names and what the handlers parse the raw segments
+/// into (a number out of range is 404, not 422).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct JobPath {
+    /// Webhook id
+    pub webhook_id: i32,
+    /// Job id
+    pub job_id: i64,
+}
+
+impl JobPath {
+    fn parse(path: web::Path<(String, String)>) -> Result<Self, ApiError> {
+        let (webhook_id, job_id) = path.into_inner();
+        Ok(Self {
+            webhook_id: self::webhook_id(&webhook_id)?,
+            job_id: path_id(&job_id, "job_id", job_not_found())?,
+        })
+    }
 }
 
 /// One job: its status and progress.
 #[utoipa::path(
     get, path = "/webhooks/{webhook_id}/jobs/{job_id}", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -248,9 +260,9 @@ pub async fn get(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let job = jobs::get(&mut conn, id, job_id)
+    let job = jobs::get(&mut conn, webhook_id, job_id)
         .await?
         .ok_or_else(job_not_found)?;
     Ok(HttpResponse::Ok().json(JobOut::from(job)))
@@ -260,10 +272,7 @@ pub async fn get(
 /// finished job is returned as it is.
 #[utoipa::path(
     delete, path = "/webhooks/{webhook_id}/jobs/{job_id}", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job, cancelled unless it had finished", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -277,12 +286,12 @@ pub async fn cancel(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let job = jobs::cancel(&mut conn, id, job_id)
+    let job = jobs::cancel(&mut conn, webhook_id, job_id)
         .await?
         .ok_or_else(job_not_found)?;
-    tracing::info!(webhook_id = id, job_id, status = %job.status, "job cancel requested");
+    tracing::info!(webhook_id, job_id, status = %job.status, "job cancel requested");
     Ok(HttpResponse::Ok().json(JobOut::from(job)))
 }
 
@@ -291,10 +300,7 @@ pub async fn cancel(
 /// resumed. It stays the webhook's one unfinished job.
 #[utoipa::path(
     post, path = "/webhooks/{webhook_id}/jobs/{job_id}/pause", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job, paused", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -309,20 +315,17 @@ pub async fn pause(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let changed = jobs::pause(&mut conn, id, job_id).await?;
-    changed_response(changed, id, job_id, "paused")
+    let changed = jobs::pause(&mut conn, webhook_id, job_id).await?;
+    changed_response(changed, webhook_id, job_id, "paused")
 }
 
 /// Resume a paused job where it stopped. A queued or running job is
 /// returned as it is.
 #[utoipa::path(
     post, path = "/webhooks/{webhook_id}/jobs/{job_id}/resume", tag = "jobs",
-    params(
-        ("webhook_id" = i32, Path, description = "Webhook id"),
-        ("job_id" = i64, Path, description = "Job id"),
-    ),
+    params(JobPath),
     responses(
         (status = 200, description = "The job, queued to run again", body = JobOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
@@ -337,10 +340,10 @@ pub async fn resume(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (id, job_id) = ids(path.into_inner())?;
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
     let mut conn = state.conn().await?;
-    let changed = jobs::resume(&mut conn, id, job_id).await?;
-    changed_response(changed, id, job_id, "resumed")
+    let changed = jobs::resume(&mut conn, webhook_id, job_id).await?;
+    changed_response(changed, webhook_id, job_id, "resumed")
 }
 
 fn changed_response(

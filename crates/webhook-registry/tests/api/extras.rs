@@ -8,9 +8,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use storage::models::{Delivery, Webhook};
 use storage::schema::{webhook_deliveries as d, webhooks as w};
+use test_support::{Receiver, Reply};
 use webhook_client::{verify_standard_signature, verify_x_webhook_signature};
 
-use crate::helpers::{Receiver, TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app};
 
 async fn webhook_row(app: &TestApp, id: i32) -> Webhook {
     let mut conn = app.conn().await;
@@ -25,11 +26,11 @@ async fn webhook_row(app: &TestApp, id: i32) -> Webhook {
 #[tokio::test]
 async fn test_endpoint_sends_a_signed_event_and_records_it() {
     let app = spawn_app().await;
-    let mut receiver = Receiver::start(200, "{\"ok\":true}").await;
+    let mut receiver = Receiver::start(Reply::with_body(200, "{\"ok\":true}")).await;
     let (_, hook) = app
         .post(
             "/webhooks",
-            json!({"name": "t", "url": receiver.url(), "event_type": "user.created", "secret": "s3cr3t"}),
+            json!({"name": "t", "url": receiver.url("/hook"), "event_type": "user.created", "secret": "s3cr3t"}),
         )
         .await;
     let id = hook["id"].as_i64().unwrap() as i32;
@@ -92,8 +93,8 @@ async fn test_endpoint_sends_a_signed_event_and_records_it() {
 #[tokio::test]
 async fn test_endpoint_reports_failures() {
     let app = spawn_app().await;
-    let mut receiver = Receiver::start(500, "boom").await;
-    let hook = app.create_webhook("t", &receiver.url(), "*").await;
+    let mut receiver = Receiver::start(Reply::with_body(500, "boom")).await;
+    let hook = app.create_webhook("t", &receiver.url("/hook"), "*").await;
     let id = hook["id"].as_i64().unwrap() as i32;
     let (status, out) = app.post(&format!("/webhooks/{id}/test"), json!({})).await;
     assert_eq!(status, StatusCode::OK);
@@ -132,11 +133,11 @@ async fn test_endpoint_reports_failures() {
 #[tokio::test]
 async fn rotation_keeps_the_old_secret_signing_during_the_grace_period() {
     let app = spawn_app().await;
-    let mut receiver = Receiver::start(204, "").await;
+    let mut receiver = Receiver::start(Reply::with_body(204, "")).await;
     let (_, hook) = app
         .post(
             "/webhooks",
-            json!({"name": "r", "url": receiver.url(), "event_type": "*", "secret": "old-secret"}),
+            json!({"name": "r", "url": receiver.url("/hook"), "event_type": "*", "secret": "old-secret"}),
         )
         .await;
     let id = hook["id"].as_i64().unwrap() as i32;

@@ -7,8 +7,9 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use test_support::{Receiver, Reply};
 
-use crate::helpers::{Receiver, spawn_app, spawn_app_with};
+use crate::helpers::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_portal_is_served_with_a_strict_policy() {
@@ -163,7 +164,11 @@ async fn hourly_counts_cover_every_hour_of_the_window() {
 
 #[tokio::test]
 async fn readiness_of_the_other_services_comes_from_the_configured_urls_only() {
-    let worker = Receiver::start(200, r#"{"status":"ready","checks":{"nats":"ok"}}"#).await;
+    let worker = Receiver::start(Reply::with_body(
+        200,
+        r#"{"status":"ready","checks":{"nats":"ok"}}"#,
+    ))
+    .await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);

@@ -100,13 +100,7 @@ async fn binary_keeps_secrets_out_of_debug_logs_and_stops_within_seconds_without
     // Some NATS reconnect attempts happen meanwhile.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    test_support::terminate(child.id()).expect("SIGTERM");
     let sent = Instant::now();
     let exited = loop {
         if let Some(s) = child.try_wait().unwrap() {
