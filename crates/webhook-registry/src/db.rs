@@ -182,6 +182,12 @@ impl Cursor {
     /// opaque: pass back the `next_cursor` they were given.
     pub const PATTERN: &'static str = "^-?[0-9]{1,18}\\.[0-9]{1,18}$";
 
+    /// PostgreSQL's earliest timestamp (4714-11-24 BC, Julian day 0) in µs
+    /// since 1970. The pattern allows earlier ones, which PostgreSQL
+    /// refuses; no row is that old, so such a cursor means the same as
+    /// this one (nothing older) and is read as it.
+    const EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
+
     pub fn encode(&self) -> String {
         format!("{}.{}", self.created_at.timestamp_micros(), self.id)
     }
@@ -194,7 +200,9 @@ impl Cursor {
         }
         let (micros, id) = s.split_once('.')?;
         Some(Self {
-            created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            created_at: DateTime::from_timestamp_micros(
+                micros.parse::<i64>().ok()?.max(Self::EARLIEST_MICROS),
+            )?,
             id: id.parse().ok()?,
         })
     }
@@ -490,5 +498,13 @@ mod tests {
             assert!(!re.is_match(bad), "{bad:?}");
         }
         assert!(Cursor::decode("-5.0").is_some());
+        // before PostgreSQL's earliest timestamp: read as that one
+        let earliest = Cursor::decode("-210866803200000000.7").unwrap();
+        assert_eq!(
+            Cursor::decode("-214407299781668740.7"),
+            Some(earliest),
+            "clamped"
+        );
+        assert_eq!(Cursor::decode("-999999999999999999.7"), Some(earliest));
     }
 }

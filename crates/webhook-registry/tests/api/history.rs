@@ -103,6 +103,25 @@ async fn cursor_paging_returns_every_row_once_in_order() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["detail"][0]["loc"][1], "cursor");
+    // a cursor the pattern allows but older than PostgreSQL's earliest
+    // timestamp: nothing is older (it was a 500, found by schemathesis)
+    for c in ["-214407299781668740.1241247", "-999999999999999999.1"] {
+        let (status, body) = app
+            .get(&format!(
+                "/webhooks/{id}/deliveries?limit=1&status=success&cursor={c}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(items(&body).len(), 0, "{body}");
+    }
+    // and the latest one the pattern allows: everything is older
+    let (status, body) = app
+        .get(&format!(
+            "/webhooks/{id}/deliveries?limit=5&cursor=999999999999999999.1"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(items(&body), items(&first));
 }
 
 #[tokio::test]
