@@ -105,13 +105,38 @@ mod tests {
         assert!(warnings.is_empty());
     }
 
+    /// A setting renamed from a variable every test process has (`PATH`),
+    /// parsed by clap for real: the old variable's value is read, and a
+    /// flag on the command line still wins over it.
+    #[derive(Debug, Parser)]
+    struct Search {
+        #[arg(long, env = "TEST_SERVICE_SEARCH_PATH")]
+        search_path: Option<String>,
+    }
+
     #[test]
-    fn a_command_line_flag_still_wins() {
-        let only_old = |name: &str| name == "TEST_GRACE";
-        let (command, _) = with_old_names(Settings::command(), RENAMED, only_old);
+    fn clap_reads_the_old_variable_and_a_flag_still_wins() {
+        let path = std::env::var("PATH").unwrap_or_else(|_| panic!("PATH is set in tests"));
+        let renamed = [Renamed {
+            old: "PATH",
+            new: "TEST_SERVICE_SEARCH_PATH",
+        }];
+        let is_set = |name: &str| std::env::var_os(name).is_some();
+
+        let (command, warnings) = with_old_names(Search::command(), &renamed, is_set);
+        assert_eq!(warnings.len(), 1);
         let matches = command
-            .try_get_matches_from(["settings", "--grace", "9"])
+            .try_get_matches_from(["search"])
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(matches.get_one::<u32>("grace"), Some(&9));
+        assert_eq!(matches.get_one::<String>("search_path"), Some(&path));
+
+        let (command, _) = with_old_names(Search::command(), &renamed, is_set);
+        let matches = command
+            .try_get_matches_from(["search", "--search-path", "/opt"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            matches.get_one::<String>("search_path").map(String::as_str),
+            Some("/opt")
+        );
     }
 }
