@@ -420,18 +420,21 @@ impl Conn {
         tokio::pin!(timer);
         loop {
             match self.flush_now() {
-                Ok(true) => last_progress = Instant::now(),
+                Ok(true) => {
+                    last_progress = Instant::now();
+                    if self.out.events_written != events_written {
+                        // While the queue is full the socket is not read
+                        // (below), so pongs wait unseen; a client that takes
+                        // events is alive all the same. Only events count: a
+                        // frozen client whose kernel still takes a ping now
+                        // and then times out, and one whose receive buffer
+                        // fills hits `write_timeout`.
+                        events_written = self.out.events_written;
+                        last_seen = last_progress;
+                    }
+                }
                 Ok(false) => {}
                 Err(_) => return Stop::Gone,
-            }
-            if self.out.events_written != events_written {
-                // While the queue is full the socket is not read (below),
-                // so pongs wait unseen; a client that takes events is
-                // alive all the same. Only events count: a frozen client
-                // whose kernel still takes a ping now and then times out,
-                // and one whose receive buffer fills hits `write_timeout`.
-                events_written = self.out.events_written;
-                last_seen = last_progress;
             }
             if self.out.is_empty() {
                 last_progress = Instant::now();
