@@ -2,7 +2,7 @@
 //! ports, start with an environment, wait for `/readyz`, stop with SIGTERM
 //! or SIGKILL.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -37,13 +37,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
+pub use test_support::free_port;
 
 /// A directory for one test's files, removed when dropped.
 pub struct TempDir {

@@ -6,11 +6,15 @@
 //!   the wire), lean enough to take a benchmark's load;
 //! - [`nats_url`]: the NATS server the tests use (`TEST_NATS_URL`);
 //! - [`terminate`]: SIGTERM to a child process without running `kill`;
+//! - [`free_port`]: a loopback port for a server a test starts;
 //! - [`eventually`]: poll a condition until it holds or time runs out.
 
 mod receiver;
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::net::TcpListener;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 pub use receiver::{Received, Receiver, Reply, Request};
@@ -26,6 +30,28 @@ pub fn nats_url() -> String {
         .ok()
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| DEFAULT_TEST_NATS_URL.to_owned())
+}
+
+/// A loopback port nothing listens on now, never handed out before in
+/// this process. Tests of one binary run in parallel and each may start
+/// servers on ports of its own; the kernel can give a port that was just
+/// released to the next `bind(0)`, and two tests handed the same port had
+/// one's requests answered by the other's server.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"));
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// Sends SIGTERM to the process `pid` (a child the caller started), with a
@@ -101,6 +127,19 @@ mod tests {
             .expect("status");
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(15), "{status:?}");
+    }
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..2000).map(|_| free_port()).collect();
+        let distinct: BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+        // and nothing listens on them
+        assert!(
+            ports[..20]
+                .iter()
+                .all(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        );
     }
 
     #[test]

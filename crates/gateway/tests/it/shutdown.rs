@@ -12,16 +12,10 @@ use tokio::sync::Semaphore;
 
 use crate::helpers::{Backing, nats_url};
 use crate::raw::{OP_CLOSE, RawWs, Read};
+use test_support::free_port;
 
 const CLIENTS: usize = 10_000;
 const GRACE: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_10000_clients_within_the_grace() {

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use storage::testing::TestDb;
 use telemetry::testing::drain;
+use test_support::free_port;
 
 use crate::helpers::eventually;
 
@@ -19,14 +20,6 @@ const HMAC_SECRET: &str = "HmacS3cretXyz";
 const WEBHOOK_SECRET: &str = "WebhookS3cretXyz";
 const ROTATED_SECRET: &str = "RotatedS3cretXyz";
 const PATCHED_SECRET: &str = "PatchedS3cretXyz";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn binary_keeps_secrets_out_of_debug_logs_and_stops_within_seconds_without_nats() {
