@@ -46,6 +46,9 @@ pub enum BenchCommand {
     Delivery(bench::delivery::Args),
     /// WebSocket fan-out through the gateway.
     Fanout(bench::fanout::Args),
+    /// The least work a WebSocket fan-out server can do (one write per
+    /// event per client), as a peer for `bench fanout --peer floor`.
+    FanoutFloor(bench::floor::Args),
     /// Delivery-history reads and retention drops at growing history sizes.
     History(bench::history::Args),
     /// Live delivery latency while a replay job of a large backlog runs.
@@ -81,6 +84,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             bench::delivery::run(&cli.nats, ns, args).await
         }
         Command::Bench(BenchCommand::Fanout(args)) => bench::fanout::run(&cli.nats, ns, args).await,
+        Command::Bench(BenchCommand::FanoutFloor(args)) => {
+            tokio::task::spawn_blocking(move || bench::floor::run(args)).await?
+        }
         Command::Bench(BenchCommand::Replay(args)) => bench::replay::run(&cli.nats, ns, args).await,
         Command::Bench(BenchCommand::History(args)) => bench::history::run(&cli.nats, args).await,
         Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats, args).await,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fan-out benchmark: the gateway and nginx+nchan under the same load, in
-# one run (`eventctl bench fanout --peer nchan`). Needs the release
+# Fan-out benchmark: the gateway, nginx+nchan and the floor server (one
+# write per event per client, `eventctl bench fanout-floor`) under the same
+# load, in one run (`eventctl bench fanout --peer nchan,floor`). Needs the release
 # binaries (cargo build --release -p gateway -p eventctl -p webhook-registry),
 # PostgreSQL and NATS running, and `apt-get install nginx libnginx-mod-nchan`.
 #
@@ -21,6 +22,7 @@ ulimit -n 20000
 
 cleanup() {
     [[ -n ${gw_pid:-} ]] && kill "$gw_pid" 2>/dev/null || true
+    [[ -n ${floor_pid:-} ]] && kill "$floor_pid" 2>/dev/null || true
     [[ -f $work/nginx.pid ]] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
     sleep 1
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $db" postgres >/dev/null 2>&1 || true
@@ -63,6 +65,10 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 
+# the floor: as many writer threads as nginx has workers (one per core)
+"$bin/eventctl" bench fanout-floor --listen 127.0.0.1:8092 &
+floor_pid=$!
+
 if [[ -n ${PERF_OUT:-} ]]; then
     # profile the gateway while its run publishes
     (sleep "${PERF_DELAY:-8}"; perf record -g -p "$gw_pid" -o "$PERF_OUT" -- sleep "${PERF_SECS:-5}" >/dev/null 2>&1) &
@@ -71,4 +77,4 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "date: $(date -u +%FT%TZ)"
 "$bin/eventctl" bench fanout --token "$token" --clients "$clients" --rate "$rate" \
     --duration "$duration" --gateway-pid "$gw_pid" \
-    --peer nchan --peer-pids "$nginx_pids" ${BENCH_ARGS:-}
+    --peer nchan,floor --peer-pids "$nginx_pids" --floor-pids "$floor_pid" ${BENCH_ARGS:-}

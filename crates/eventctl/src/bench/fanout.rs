@@ -53,19 +53,29 @@ pub struct Args {
     /// Print the result as one JSON object as well.
     #[arg(long)]
     pub json: bool,
-    /// Also run the same load, in the same run, against a peer server and
-    /// print both columns (`nchan`: nginx with the nchan module).
-    #[arg(long, value_enum)]
-    pub peer: Option<Peer>,
-    /// The peer's WebSocket subscriber URL.
+    /// Also run the same load, in the same run, against peer servers and
+    /// print their columns (comma-separated; `nchan`: nginx with the nchan
+    /// module; `floor`: `eventctl bench fanout-floor`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub peer: Vec<Peer>,
+    /// nchan's WebSocket subscriber URL.
     #[arg(long, default_value = "ws://127.0.0.1:8090/sub")]
     pub peer_sub_url: String,
-    /// The peer's HTTP publisher URL (each event is POSTed there).
+    /// nchan's HTTP publisher URL (each event is POSTed there).
     #[arg(long, default_value = "http://127.0.0.1:8090/pub")]
     pub peer_pub_url: String,
-    /// The peer's process ids (nginx master and workers), for RSS and CPU.
+    /// nchan's process ids (nginx master and workers), for RSS and CPU.
     #[arg(long, value_delimiter = ',')]
     pub peer_pids: Vec<u32>,
+    /// The floor server's WebSocket subscriber URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8092/sub")]
+    pub floor_sub_url: String,
+    /// The floor server's HTTP publisher URL.
+    #[arg(long, default_value = "http://127.0.0.1:8092/pub")]
+    pub floor_pub_url: String,
+    /// The floor server's process id, for RSS and CPU.
+    #[arg(long, value_delimiter = ',')]
+    pub floor_pids: Vec<u32>,
 }
 
 /// A server to compare the gateway with.
@@ -74,6 +84,9 @@ pub enum Peer {
     /// nginx with the nchan module: `location /sub { nchan_subscriber
     /// websocket; }`, `location /pub { nchan_publisher; }`, one channel.
     Nchan,
+    /// `eventctl bench fanout-floor`: one `write(2)` per event per client
+    /// and nothing else, the kernel's share of any fan-out server.
+    Floor,
 }
 
 /// Shared counters of all client tasks.
@@ -614,14 +627,28 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
             ns,
         },
     }];
-    if args.peer == Some(Peer::Nchan) {
+    for peer in &args.peer {
+        let (name, sub, publish, pids) = match peer {
+            Peer::Nchan => (
+                "nchan",
+                &args.peer_sub_url,
+                &args.peer_pub_url,
+                &args.peer_pids,
+            ),
+            Peer::Floor => (
+                "floor",
+                &args.floor_sub_url,
+                &args.floor_pub_url,
+                &args.floor_pids,
+            ),
+        };
         targets.push(Target {
-            name: "nchan",
-            url: args.peer_sub_url.clone(),
-            pids: args.peer_pids.clone(),
+            name,
+            url: sub.clone(),
+            pids: pids.clone(),
             welcome: false,
             sink: Sink::Http {
-                url: args.peer_pub_url.clone(),
+                url: publish.clone(),
             },
         });
     }
@@ -633,11 +660,19 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
         // let the closed connections of one run go before the next
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    if let [g, p] = reports.as_slice() {
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "n/a".to_owned(),
-        };
+    let report = |name: &str| {
+        targets
+            .iter()
+            .zip(&reports)
+            .find(|(t, _)| t.name == name)
+            .map(|(_, r)| r)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "n/a".to_owned(),
+    };
+    let gateway = report("gateway");
+    if let (Some(g), Some(p)) = (gateway, report("nchan")) {
         println!("gateway / nchan, same run:");
         println!(
             "  CPU per delivered message {} (goal ≤ 0.70)",
@@ -648,6 +683,21 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
             ratio(g.kib_per_idle, p.kib_per_idle)
         );
         println!("  p99 {:.2} ms vs {:.2} ms", g.p99, p.p99);
+    }
+    if let Some(f) = report("floor") {
+        println!("floor (one write per event per client), same run:");
+        if let Some(p) = report("nchan") {
+            println!(
+                "  CPU per delivered message, floor / nchan {}",
+                ratio(f.us_per_message, p.us_per_message)
+            );
+        }
+        if let Some(g) = gateway {
+            println!(
+                "  CPU per delivered message, gateway / floor {}",
+                ratio(g.us_per_message, f.us_per_message)
+            );
+        }
     }
     if args.json {
         let names: Vec<&str> = targets.iter().map(|t| t.name).collect();

@@ -2,6 +2,7 @@
 
 pub mod delivery;
 pub mod fanout;
+pub mod floor;
 pub mod history;
 pub mod outbox;
 pub mod replay;
