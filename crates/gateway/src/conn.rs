@@ -42,7 +42,7 @@ const REPLAY_IDLE: Duration = Duration::from_secs(10);
 /// Stream events and client frames are taken only while less than this
 /// is waiting to be written: the socket sets the pace.
 const OUT_HIGH: usize = 64 * 1024;
-/// Most slices in one vectored write.
+/// Most frames in one vectored write.
 const IOV: usize = 64;
 /// Most bytes read from a socket per wake-up.
 const READ_CHUNK: usize = 8 * 1024;
@@ -56,8 +56,7 @@ pub struct Start {
 
 /// One item waiting to be written.
 enum Out {
-    /// An event frame shared with every other client (header made on the
-    /// fly).
+    /// An event frame shared with every other client.
     Event(Arc<EventFrame>),
     /// A complete frame of this connection (replies, pongs, close).
     Frame(Bytes),
@@ -66,7 +65,7 @@ enum Out {
 impl Out {
     fn len(&self) -> usize {
         match self {
-            Out::Event(f) => wire::header(wire::OP_TEXT, f.text.len()).1 + f.text.len(),
+            Out::Event(f) => f.wire().len(),
             Out::Frame(b) => b.len(),
         }
     }
@@ -111,33 +110,16 @@ impl Outbox {
     /// One vectored write of what is queued; `WouldBlock` when the socket
     /// is full.
     fn write_to(&mut self, tcp: &TcpStream) -> io::Result<usize> {
-        let n_items = self.items.len().min(IOV / 2);
-        let mut heads = [([0u8; wire::MAX_HEADER], 0usize); IOV / 2];
-        for (i, item) in self.items.iter().take(n_items).enumerate() {
-            if let Out::Event(f) = item {
-                heads[i] = wire::header(wire::OP_TEXT, f.text.len());
-            }
-        }
         let mut iov = [IoSlice::new(&[]); IOV];
-        let mut k = 0;
-        let mut skip = self.offset;
-        for (i, item) in self.items.iter().take(n_items).enumerate() {
-            let parts: [&[u8]; 2] = match item {
-                Out::Event(f) => [&heads[i].0[..heads[i].1], f.text.as_bytes()],
-                Out::Frame(b) => [&b[..], &[]],
+        let k = self.items.len().min(IOV);
+        for (i, item) in self.items.iter().take(k).enumerate() {
+            let bytes = match item {
+                Out::Event(f) => f.wire(),
+                Out::Frame(b) => &b[..],
             };
-            for p in parts {
-                if p.is_empty() {
-                    continue;
-                }
-                if skip >= p.len() {
-                    skip -= p.len();
-                    continue;
-                }
-                iov[k] = IoSlice::new(&p[skip..]);
-                skip = 0;
-                k += 1;
-            }
+            // the front item may be partly written already
+            let skip = if i == 0 { self.offset } else { 0 };
+            iov[i] = IoSlice::new(&bytes[skip..]);
         }
         let n = tcp.try_write_vectored(&iov[..k])?;
         if n == 0 && k > 0 {
@@ -959,18 +941,17 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use bytestring::ByteString;
     use proto_events::EventType;
 
     use super::*;
 
     fn ev(seq: u64, len: usize) -> Arc<EventFrame> {
-        Arc::new(EventFrame {
+        Arc::new(EventFrame::new(
             seq,
-            event_type: EventType::UserCreated,
-            text: ByteString::from("e".repeat(len)),
-            published: None,
-        })
+            EventType::UserCreated,
+            &"e".repeat(len),
+            None,
+        ))
     }
 
     #[test]

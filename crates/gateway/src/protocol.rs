@@ -1,9 +1,11 @@
 //! The WebSocket messages (docs/contract.md, "WebSocket").
 
-use bytestring::ByteString;
+use bytes::Bytes;
 use proto_events::{Envelope, EventType, PatternSet};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::wire;
 
 /// The first message of every accepted connection, byte for byte as in the
 /// seed.
@@ -17,23 +19,52 @@ pub const PONG: &str = r#"{"type":"pong"}"#;
 pub const NO_TOKEN: &str = "Unauthorized: No token provided";
 pub const INVALID_TOKEN: &str = "Unauthorized: Invalid token";
 
-/// One event as clients receive it, serialised once and shared.
+/// One event as clients receive it, serialised and framed once and shared.
 #[derive(Debug, Clone)]
 pub struct EventFrame {
     /// The JetStream stream sequence.
     pub seq: u64,
     pub event_type: EventType,
-    /// The JSON text sent to clients.
-    pub text: ByteString,
+    /// The whole WebSocket text frame (header and JSON), written as is into
+    /// every client's socket.
+    wire: Bytes,
+    /// Bytes of the header at the start of `wire`.
+    head: usize,
     /// When the event was published (its envelope timestamp), for the
     /// event→send latency histogram.
     pub published: Option<std::time::SystemTime>,
 }
 
 impl EventFrame {
-    /// Bytes this frame occupies in a client queue.
+    pub fn new(
+        seq: u64,
+        event_type: EventType,
+        json: &str,
+        published: Option<std::time::SystemTime>,
+    ) -> Self {
+        let wire = wire::frame(wire::OP_TEXT, json.as_bytes());
+        Self {
+            seq,
+            event_type,
+            head: wire.len() - json.len(),
+            wire,
+            published,
+        }
+    }
+
+    /// The frame as sent: header and JSON.
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// The JSON text the frame carries.
+    pub fn json(&self) -> &[u8] {
+        &self.wire[self.head..]
+    }
+
+    /// Bytes this frame occupies in a client queue: its JSON.
     pub fn cost(&self) -> usize {
-        self.text.len()
+        self.wire.len() - self.head
     }
 }
 
@@ -81,12 +112,7 @@ pub fn event_frame(body: &[u8], seq: u64, epoch: &str) -> Result<EventFrame, Fra
     let published = chrono::DateTime::parse_from_rfc3339(&env.timestamp)
         .ok()
         .map(std::time::SystemTime::from);
-    Ok(EventFrame {
-        seq,
-        event_type: env.event_type,
-        text: ByteString::from(text),
-        published,
-    })
+    Ok(EventFrame::new(seq, env.event_type, &text, published))
 }
 
 #[derive(Serialize)]
@@ -274,7 +300,7 @@ mod tests {
         let body = br#"{"id":"e1","type":"ticket.created","timestamp":"2024-01-15T10:30:00Z","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"}}"#;
         let f = event_frame(body, 42, "1700000000").unwrap();
         assert_eq!(
-            &*f.text,
+            std::str::from_utf8(f.json()).unwrap(),
             r#"{"type":"ticket.created","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"},"timestamp":"2024-01-15T10:30:00Z","id":"e1","seq":42,"epoch":"1700000000"}"#
         );
         assert_eq!(f.event_type, EventType::TicketCreated);
