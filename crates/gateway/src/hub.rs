@@ -143,8 +143,9 @@ impl DirectSent<'_> {
 /// the leanest the kernel offers: `send(2)` of the prebuilt frame (or
 /// `sendmsg(2)` of several), not `writev(2)` through the VFS, and not
 /// through tokio's readiness cache (`try_write_vectored`). Measured at
-/// 1,000 and 2,000 clients × 20/s it cuts the gateway's CPU per message
-/// by a third (BENCHMARKS.md, "Sending the prebuilt frame"). A full socket
+/// 1,000 and 2,000 clients × 20/s it cut the gateway's CPU per message by
+/// 16–29 % (BENCHMARKS.md, "A floor column, prebuilt frames, overlapped
+/// cache misses"). A full socket
 /// leaves tokio's cache saying "writable"; the connection task's first
 /// write then meets `EAGAIN` and waits for the socket's next edge, so no
 /// wake-up is lost.
@@ -440,7 +441,9 @@ impl Shard {
             // client's memory out of the cache, so every `offer` would start
             // with a miss on the client and one on its socket, one after
             // the other (the lock's atomic waits for each). Plain loads of
-            // both for a few clients first let those misses overlap.
+            // both for a few clients first let those misses overlap: 11 %
+            // less CPU per message at 2,000 clients × 20/s (BENCHMARKS.md,
+            // the A/B rows of "A floor column, prebuilt frames, …").
             let mut touched = 0u64;
             for c in chunk.iter().flatten() {
                 touched ^= u64::from(c.state.is_locked());

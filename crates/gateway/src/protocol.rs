@@ -304,6 +304,11 @@ mod tests {
             r#"{"type":"ticket.created","payload":{"z":1,"a":"\u043f\u0440\u0438\u0432\u0435\u0442"},"timestamp":"2024-01-15T10:30:00Z","id":"e1","seq":42,"epoch":"1700000000"}"#
         );
         assert_eq!(f.event_type, EventType::TicketCreated);
+        // framed once: a final text frame with a 16-bit length, then the JSON
+        let n = u16::try_from(f.json().len()).unwrap().to_be_bytes();
+        assert_eq!(&f.wire()[..4], &[0x81, 126, n[0], n[1]]);
+        assert_eq!(&f.wire()[4..], f.json());
+        assert_eq!(f.cost(), f.json().len());
         assert!(f.published.is_some());
         assert!(event_frame(b"{", 1, "e").is_err());
         assert!(
