@@ -46,7 +46,7 @@ pub enum BenchCommand {
     Delivery(bench::delivery::Args),
     /// WebSocket fan-out through the gateway.
     Fanout(bench::fanout::Args),
-    /// The least work a WebSocket fan-out server can do (one write per
+    /// The least work a WebSocket fan-out server can do (one send per
     /// event per client), as a peer for `bench fanout --peer floor`.
     FanoutFloor(bench::floor::Args),
     /// Delivery-history reads and retention drops at growing history sizes.

@@ -35,11 +35,13 @@ pub struct Config {
     /// with 1013 right after the handshake.
     #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
-    /// Most messages queued for one client; past it the client is closed
-    /// with 1013.
+    /// Most messages queued for one client; past it the client switches to
+    /// catch-up from the stream (closed with 1013 only when
+    /// `GATEWAY_MAX_CATCHUP_CLIENTS` are catching up already).
     #[arg(long, env = "GATEWAY_CLIENT_QUEUE_MESSAGES", default_value_t = 1024)]
     pub client_queue_messages: usize,
-    /// Most bytes queued for one client; past it the client is closed with 1013.
+    /// Most bytes queued for one client; past it the client switches to
+    /// catch-up, as for `GATEWAY_CLIENT_QUEUE_MESSAGES`.
     #[arg(long, env = "GATEWAY_CLIENT_QUEUE_BYTES", default_value_t = 1024 * 1024)]
     pub client_queue_bytes: usize,
     /// How often the server pings each client.

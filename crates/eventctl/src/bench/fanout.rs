@@ -84,7 +84,7 @@ pub enum Peer {
     /// nginx with the nchan module: `location /sub { nchan_subscriber
     /// websocket; }`, `location /pub { nchan_publisher; }`, one channel.
     Nchan,
-    /// `eventctl bench fanout-floor`: one `write(2)` per event per client
+    /// `eventctl bench fanout-floor`: one `send(2)` per event per client
     /// and nothing else, the kernel's share of any fan-out server.
     Floor,
 }

@@ -4,7 +4,7 @@
 //! It takes WebSocket clients on `GET /sub` and events on `POST /pub` (the
 //! interface of the nchan set-up, so `bench fanout --peer floor` drives it
 //! the same way) and writes each event, as one prebuilt text frame, to
-//! every client with one `write(2)`. Nothing else: no per-client state,
+//! every client with one `send(2)`. Nothing else: no per-client state,
 //! filter, queue or timer, no reads after the handshake, one blocking
 //! channel wake per event per thread. Its CPU per delivered message is
 //! what the kernel charges for one loopback TCP write to one reader: the
@@ -72,8 +72,9 @@ fn spawn_writer() -> Writer {
     let mine = clients.clone();
     std::thread::spawn(move || {
         for frame in rx {
-            // A client that does not take the whole frame (or is gone) is
-            // dropped: a partial frame would break its stream.
+            // `TcpStream::write` is one `send(2)` on Linux. A client that
+            // does not take the whole frame (or is gone) is dropped: a
+            // partial frame would break its stream.
             mine.lock()
                 .retain_mut(|c| matches!(c.write(&frame), Ok(n) if n == frame.len()));
         }
