@@ -29,7 +29,7 @@ use crate::wire::code;
 /// Most frames in one direct write.
 const DIRECT_MAX: usize = 16;
 /// Clients whose memory is loaded ahead, together, before writing to them.
-const PREFETCH: usize = 16;
+const PREFETCH: usize = 64;
 
 /// Per-client outbound limits.
 #[derive(Debug, Clone, Copy)]
@@ -442,8 +442,9 @@ impl Shard {
             // with a miss on the client and one on its socket, one after
             // the other (the lock's atomic waits for each). Plain loads of
             // both for a few clients first let those misses overlap: 11 %
-            // less CPU per message at 2,000 clients × 20/s (BENCHMARKS.md,
-            // the A/B rows of "A floor column, prebuilt frames, …").
+            // less CPU per message at 2,000 clients × 20/s with 16 clients
+            // at a time, 2–8 % less again with 64 (BENCHMARKS.md, the A/B
+            // rows of "A floor column, prebuilt frames, …").
             let mut touched = 0u64;
             for c in chunk.iter().flatten() {
                 touched ^= u64::from(c.state.is_locked());
