@@ -19,6 +19,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
+use gateway::wire;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -39,7 +41,7 @@ const MAX_HEAD: usize = 8 * 1024;
 /// One writer thread's clients and its event channel.
 struct Writer {
     clients: Arc<Mutex<Vec<TcpStream>>>,
-    events: mpsc::Sender<Arc<[u8]>>,
+    events: mpsc::Sender<Bytes>,
 }
 
 /// Serves until the process is killed.
@@ -68,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn spawn_writer() -> Writer {
     let clients = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
-    let (events, rx) = mpsc::channel::<Arc<[u8]>>();
+    let (events, rx) = mpsc::channel::<Bytes>();
     let mine = clients.clone();
     std::thread::spawn(move || {
         for frame in rx {
@@ -178,7 +180,8 @@ fn publish(
     loop {
         let mut body = vec![0u8; length];
         reader.read_exact(&mut body)?;
-        let frame = text_frame(&body);
+        // the gateway's own framing, so both send the same bytes
+        let frame = wire::frame(wire::OP_TEXT, &body);
         for w in writers {
             w.events
                 .send(frame.clone())
@@ -195,39 +198,10 @@ fn publish(
     }
 }
 
-/// An unmasked, final text frame.
-fn text_frame(payload: &[u8]) -> Arc<[u8]> {
-    let mut f = Vec::with_capacity(payload.len() + 10);
-    f.push(0x81);
-    if let Ok(n) = u8::try_from(payload.len())
-        && n < 126
-    {
-        f.push(n);
-    } else if let Ok(n) = u16::try_from(payload.len()) {
-        f.push(126);
-        f.extend_from_slice(&n.to_be_bytes());
-    } else {
-        f.push(127);
-        f.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-    }
-    f.extend_from_slice(payload);
-    f.into()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn frame_lengths() {
-        assert_eq!(&text_frame(b"hi")[..], b"\x81\x02hi");
-        let f = text_frame(&[b'x'; 126]);
-        assert_eq!(&f[..4], b"\x81\x7e\x00\x7e");
-        let f = text_frame(&vec![b'x'; 70_000]);
-        assert_eq!(&f[..10], b"\x81\x7f\x00\x00\x00\x00\x00\x01\x11\x70");
-        assert_eq!(f.len(), 70_010);
-    }
 
     #[test]
     fn reads_a_request_head() {
