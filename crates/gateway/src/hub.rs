@@ -191,9 +191,9 @@ fn write_frames(tcp: &TcpStream, frames: &[&Arc<EventFrame>]) -> usize {
 /// the first 64 bytes, on one cache line, so the shard's look-ahead load
 /// of the lock byte brings in everything the write then reads. In
 /// alternating runs at 2,000 clients × 20/s it took the gateway from a
-/// median 1.17× the floor server's CPU per message to 1.02–1.04× (BENCHMARKS.md,
-/// "At the kernel floor"), for 0.4 KiB more RSS per idle connection
-/// (4.7 → 5.1 KiB at 10,000 clients).
+/// median 1.17× the floor server's CPU per message to 1.02–1.04×
+/// (BENCHMARKS.md, "At the kernel floor"), for 0.4 KiB more RSS per idle
+/// connection (4.7 → 5.1 KiB at 10,000 clients).
 #[repr(C, align(64))]
 pub struct Client {
     /// The connection's socket, for direct writes (none in unit tests of
