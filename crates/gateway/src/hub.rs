@@ -5,8 +5,8 @@
 //! While a connection task is idle (nothing of its own to write, no
 //! replay running) its client is *direct*: the shard task of its thread
 //! writes live frames straight into the socket with one non-blocking
-//! `writev`, so a live event costs one wake-up per thread, not one per
-//! client. Only when the socket does not take a whole frame does the rest
+//! `send` (`sendmsg` for several), so a live event costs one wake-up per
+//! thread, not one per client. Only when the socket does not take a whole frame does the rest
 //! go to the client's queue and the connection task wake up to finish it
 //! (and everything after it) at the socket's pace.
 
