@@ -27,6 +27,19 @@ pub struct Webhook {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub failing_since: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
+    pub body_format: BodyFormat,
+}
+
+crate::text_enum::text_enum! {
+    /// How a webhook's POST body is written (docs/contract.md, "Body
+    /// formats"). Signatures are always over the bytes sent.
+    pub enum BodyFormat {
+        /// `json.dumps(payload, sort_keys=True)`: keys sorted, ASCII only.
+        Canonical,
+        /// The bot's `json.dumps(payload, default=str, ensure_ascii=False)`:
+        /// the payload's key order as emitted, raw UTF-8.
+        Bot,
+    }
 }
 
 impl Webhook {
@@ -95,6 +108,9 @@ pub struct Delivery {
     pub event_id: Option<String>,
     /// The W3C `traceparent` the event was published with.
     pub traceparent: Option<String>,
+    /// The exact bytes sent when they are not the canonical body of
+    /// `payload` (a `bot` body format); a retry sends them again.
+    pub body: Option<String>,
 }
 
 /// A new `webhook_deliveries` row.
@@ -113,6 +129,7 @@ pub struct NewDelivery {
     pub next_retry_at: Option<DateTime<Utc>>,
     pub event_id: Option<String>,
     pub traceparent: Option<String>,
+    pub body: Option<String>,
 }
 
 crate::text_enum::text_enum! {
@@ -142,6 +159,8 @@ pub struct ApiToken {
     pub last_used_ip: Option<String>,
     pub is_active: bool,
     pub created_by: Option<String>,
+    /// Its id in the bot's `web_api_tokens`, for a token copied from there.
+    pub bot_token_id: Option<i32>,
 }
 
 impl ApiToken {

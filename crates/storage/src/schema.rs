@@ -21,6 +21,7 @@ diesel::table! {
         is_active -> Bool,
         #[max_length = 255]
         created_by -> Nullable<Varchar>,
+        bot_token_id -> Nullable<Int4>,
     }
 }
 
@@ -46,6 +47,8 @@ diesel::table! {
         previous_secret_expires_at -> Nullable<Timestamptz>,
         failing_since -> Nullable<Timestamptz>,
         disabled_reason -> Nullable<Text>,
+        #[max_length = 20]
+        body_format -> Varchar,
     }
 }
 
@@ -69,6 +72,7 @@ diesel::table! {
         event_id -> Nullable<Varchar>,
         #[max_length = 128]
         traceparent -> Nullable<Varchar>,
+        body -> Nullable<Text>,
     }
 }
 

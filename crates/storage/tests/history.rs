@@ -329,6 +329,7 @@ async fn deleting_a_webhook_keeps_the_totals_exact() {
                 next_retry_at: None,
                 event_id: None,
                 traceparent: None,
+                body: None,
             },
         )
         .await

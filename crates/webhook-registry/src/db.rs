@@ -458,6 +458,7 @@ pub async fn queue_retry(
                 next_retry_at: Some(Utc::now()),
                 event_id: original.event_id.clone(),
                 traceparent: original.traceparent.clone(),
+                body: original.body.clone(),
             },
         )
         .await?;

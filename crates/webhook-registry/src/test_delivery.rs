@@ -70,6 +70,7 @@ pub async fn send(
             next_retry_at: None,
             event_id: Some(event_id),
             traceparent,
+            body: None,
         },
     )
     .await?;

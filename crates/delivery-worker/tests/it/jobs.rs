@@ -360,6 +360,7 @@ async fn a_dead_replicas_job_is_taken_over_and_skips_what_it_sent() {
                     next_retry_at: None,
                     event_id: Some(e.clone()),
                     traceparent: None,
+                    body: None,
                 },
             )
             .await
@@ -441,6 +442,7 @@ async fn bulk_retry_sends_each_failed_event_once_unless_a_retry_is_pending() {
         next_retry_at: (status == "pending").then(|| Utc::now() + chrono::Duration::hours(5)),
         event_id: Some(event.into()),
         traceparent: None,
+        body: None,
     };
     for (event, status, attempt) in [
         ("a", "failed", 1),

@@ -243,6 +243,7 @@ async fn manual_retries_queued_by_the_registry_run() {
             next_retry_at: Some(chrono::Utc::now()),
             event_id: Some("ev-manual".into()),
             traceparent: None,
+            body: None,
         },
     )
     .await

@@ -223,6 +223,7 @@ impl TestApp {
                 next_retry_at: None,
                 event_id: Some(event_id.into()),
                 traceparent: Some(TRACEPARENT.into()),
+                body: None,
             },
         )
         .await
