@@ -130,14 +130,16 @@ pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Accepts RFC 3339 and, for the bot's older messages, a naive ISO time
-/// read as UTC (the seed's example is `2024-01-15T10:30:00`).
-fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+/// Accepts RFC 3339 (with `T` or, as Python's `str(datetime)` writes it, a
+/// space between date and time) and, for the bot's older messages, a naive
+/// ISO time read as UTC (`2024-01-15T10:30:00`, `2024-01-15 10:30:00.123456`).
+pub(crate) fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(s, f).ok())
         .map(|n| n.and_utc())
 }
 
@@ -156,6 +158,24 @@ mod tests {
         assert_eq!(e.payload["x"]["y"], 2);
         let back = Envelope::parse(&e.to_bytes()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn reads_the_bots_timestamps() {
+        let utc = |s: &str| parse_timestamp(s).map(format_timestamp);
+        let want = Some("2024-01-15T10:30:00.123456Z".to_owned());
+        // Naive (the bot before 2026-02), read as UTC.
+        assert_eq!(utc("2024-01-15 10:30:00.123456"), want);
+        assert_eq!(utc("2024-01-15T10:30:00.123456"), want);
+        // Python's str(datetime.now(UTC)).
+        assert_eq!(utc("2024-01-15 10:30:00.123456+00:00"), want);
+        assert_eq!(utc("2024-01-15 13:30:00.123456+03:00"), want);
+        assert_eq!(
+            utc("2024-01-15 10:30:00"),
+            Some("2024-01-15T10:30:00.000000Z".to_owned())
+        );
+        assert_eq!(utc("2024-01-15"), None);
+        assert_eq!(utc("15.01.2024 10:30"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! function that connects with them. It is a feature so that a publisher
 //! embedded in another program does not pull in clap.
 
+pub mod bot_json;
 pub mod canonical;
 mod catalogue;
 mod change;

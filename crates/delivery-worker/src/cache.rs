@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use proto_events::{EventType, Namespace, Pattern, WebhookChange};
+use storage::models::BodyFormat;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,8 @@ pub struct Target {
     secret: Option<String>,
     previous_secret: Option<String>,
     previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// How its POST bodies are written.
+    pub body_format: BodyFormat,
 }
 
 impl Target {
@@ -40,7 +43,14 @@ impl Target {
             secret,
             previous_secret,
             previous_secret_expires_at,
+            body_format: BodyFormat::Canonical,
         }
+    }
+
+    /// The same target with its bodies written in `format`.
+    pub fn with_body_format(mut self, format: BodyFormat) -> Self {
+        self.body_format = format;
+        self
     }
 
     /// The secrets valid now: the current one, then the previous one while
@@ -92,6 +102,7 @@ type Row = (
     Option<String>,
     Option<String>,
     Option<DateTime<Utc>>,
+    BodyFormat,
 );
 
 impl WebhookCache {
@@ -148,13 +159,14 @@ impl WebhookCache {
                 w::secret,
                 w::previous_secret,
                 w::previous_secret_expires_at,
+                w::body_format,
             ))
             .order(w::id.asc())
             .load(&mut conn)
             .await?;
         drop(conn);
         let mut snap = Snapshot::default();
-        for (id, url, event_type, secret, previous_secret, previous_expires) in rows {
+        for (id, url, event_type, secret, previous_secret, previous_expires, body_format) in rows {
             let pattern = match Pattern::parse(&event_type) {
                 Ok(p) => p,
                 Err(e) => {
@@ -162,13 +174,10 @@ impl WebhookCache {
                     continue;
                 }
             };
-            let target = Arc::new(Target::new(
-                id,
-                url,
-                secret,
-                previous_secret,
-                previous_expires,
-            ));
+            let target = Arc::new(
+                Target::new(id, url, secret, previous_secret, previous_expires)
+                    .with_body_format(body_format),
+            );
             for t in pattern.types() {
                 snap.by_type[t as usize].push(target.clone());
             }

@@ -18,13 +18,14 @@ use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use proto_events::{Envelope, Namespace};
 use storage::DbPool;
+use storage::models::BodyFormat;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::cache::WebhookCache;
-use crate::deliver::{Deliverer, Job};
+use crate::cache::{Target, WebhookCache};
+use crate::deliver::{Body, Deliverer, Job};
 
 /// Header naming why a message was dead-lettered.
 pub const DEADLETTER_REASON: &str = "Bedolaga-Deadletter-Reason";
@@ -295,10 +296,12 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
             return Verdict::Ack;
         }
     }
-    let body = proto_events::canonical::to_canonical_vec(&serde_json::Value::Object(event.payload));
-    // Canonical JSON is ASCII, so this never replaces anything.
-    let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
-    let body = Bytes::from(body);
+    let canonical = Body::canonical(&serde_json::Value::Object(event.payload));
+    // Written once per event, and only when a webhook asks for it.
+    let bot = targets
+        .iter()
+        .any(|t| t.body_format == BodyFormat::Bot)
+        .then(|| Body::of_event(&canonical, &msg.payload, BodyFormat::Bot));
     let traceparent = msg
         .headers
         .as_ref()
@@ -317,16 +320,18 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         telemetry::trace::set_remote_parent(&span, tp, None);
     }
     let traceparent = telemetry::trace::traceparent_of(&span).or(traceparent);
-    let job = |target| Job {
+    let job = job_builder(|target| Job {
         target,
         row: None,
         event_id: Some(&event.id),
         event_type,
-        body: body.clone(),
-        payload: payload.clone(),
+        body: match (&bot, target.body_format) {
+            (Some(bot), BodyFormat::Bot) => bot.clone(),
+            _ => canonical.clone(),
+        },
         attempt_number: 1,
         traceparent: traceparent.as_deref(),
-    };
+    });
     // Each delivery is recorded as soon as it ends (a slow receiver does not
     // hold back the rows of the others); the event is acked once all are.
     let deliver_and_record = |target| {
@@ -351,6 +356,11 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
             Verdict::Retry(Duration::from_secs(5))
         }
     }
+}
+
+/// Names the closure's argument type, so that its body may read the target.
+fn job_builder<'a, F: Fn(&'a Target) -> Job<'a>>(f: F) -> F {
+    f
 }
 
 async fn recorded_webhooks(

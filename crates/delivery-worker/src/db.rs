@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use storage::counts::{self, CountDelta, CountDeltas};
-use storage::models::DeliveryStatus;
+use storage::models::{BodyFormat, DeliveryStatus};
 use storage::{DbPool, StorageError};
 
 /// A stored delivery row: its id and its partition key.
@@ -29,6 +29,8 @@ pub struct NewRow {
     pub event_type: String,
     /// The payload as JSON text.
     pub payload: Arc<str>,
+    /// The bytes sent, when they are not the canonical body of `payload`.
+    pub body: Option<Arc<str>>,
     pub status: DeliveryStatus,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
@@ -99,20 +101,21 @@ pub async fn insert_rows(
     let event_id: Vec<Option<&str>> = rows.iter().map(|r| r.event_id.as_deref()).collect();
     let created_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let traceparent: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
+    let body: Vec<Option<&str>> = rows.iter().map(|r| r.body.as_deref()).collect();
     Ok(diesel::sql_query(
         "WITH ins AS ( \
            INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
              response_status, response_body, error_message, attempt_number, delivered_at, \
-             next_retry_at, event_id, created_at, traceparent) \
+             next_retry_at, event_id, created_at, traceparent, body) \
            SELECT v.webhook_id, v.event_type, v.payload::jsonb, v.status, v.response_status, \
              v.response_body, v.error_message, v.attempt_number, v.delivered_at, \
-             v.next_retry_at, v.event_id, v.created_at, v.traceparent \
+             v.next_retry_at, v.event_id, v.created_at, v.traceparent, v.body \
            FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], \
              $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
-             $12::timestamptz[], $13::text[]) \
+             $12::timestamptz[], $13::text[], $14::text[]) \
              AS v(webhook_id, event_type, payload, status, response_status, response_body, \
                error_message, attempt_number, delivered_at, next_retry_at, event_id, \
-               created_at, traceparent) \
+               created_at, traceparent, body) \
            WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = v.webhook_id) \
            RETURNING webhook_id, created_at, status \
          ) \
@@ -133,6 +136,7 @@ pub async fn insert_rows(
     .bind::<Array<Nullable<Text>>, _>(&event_id)
     .bind::<Array<Timestamptz>, _>(&created_at)
     .bind::<Array<Nullable<Text>>, _>(&traceparent)
+    .bind::<Array<Nullable<Text>>, _>(&body)
     .load(conn)
     .await?)
 }
@@ -337,6 +341,10 @@ pub struct Claimed {
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
     pub traceparent: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub body: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub body_format: BodyFormat,
 }
 
 const CLAIM: &str = "WITH due AS ( \
@@ -350,7 +358,7 @@ const CLAIM: &str = "WITH due AS ( \
      WHERE d.id = due.id AND d.created_at = due.created_at AND w.id = d.webhook_id \
      RETURNING d.id, d.created_at, d.webhook_id, d.event_type, d.payload::text AS payload, d.attempt_number, \
        d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, \
-       d.traceparent";
+       d.traceparent, d.body, w.body_format";
 
 /// Claims up to `limit` due pending rows of active webhooks for `lease`.
 pub async fn claim_due(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
+use storage::models::BodyFormat;
 use tokio::sync::Semaphore;
 use webhook_client::{AttemptOutcome, Event, Verdict, WebhookSender};
 
@@ -22,12 +23,85 @@ pub struct Job<'a> {
     pub row: Option<RowRef>,
     pub event_id: Option<&'a str>,
     pub event_type: &'a str,
-    /// Canonical JSON of the payload: the body POSTed and signed.
-    pub body: Bytes,
-    /// The same bytes as text, stored as the row's payload.
-    pub payload: Arc<str>,
+    pub body: Body,
     pub attempt_number: i32,
     pub traceparent: Option<&'a str>,
+}
+
+/// What one delivery POSTs, and what its row keeps of it.
+#[derive(Clone)]
+pub struct Body {
+    /// The bytes POSTed and signed.
+    pub bytes: Bytes,
+    /// The payload as JSON text, stored as the row's `payload` (jsonb).
+    pub payload: Arc<str>,
+    /// `bytes` as text when they are not the canonical body of `payload`
+    /// (the `bot` format, whose key order jsonb does not keep): stored as
+    /// the row's `body`, so that a retry sends the same bytes.
+    pub raw: Option<Arc<str>>,
+}
+
+impl Body {
+    /// The canonical body of a payload.
+    pub fn canonical(payload: &serde_json::Value) -> Self {
+        let bytes = proto_events::canonical::to_canonical_vec(payload);
+        // Canonical JSON is ASCII, so this never replaces anything.
+        let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&bytes).as_ref());
+        Self {
+            bytes: Bytes::from(bytes),
+            payload,
+            raw: None,
+        }
+    }
+
+    /// The same payload in the bot's format, `text` being its bytes
+    /// (`proto_events::bot_json`).
+    pub fn bot(&self, text: String) -> Self {
+        Self {
+            raw: Some(Arc::from(text.as_str())),
+            bytes: Bytes::from(text),
+            payload: self.payload.clone(),
+        }
+    }
+
+    /// The body of an event (its envelope as published, and the canonical
+    /// body of its payload) for a webhook of `format`.
+    pub fn of_event(canonical: &Body, envelope: &[u8], format: BodyFormat) -> Self {
+        match format {
+            BodyFormat::Canonical => canonical.clone(),
+            // `payload_of` fails only for a message that has no payload
+            // object, which was dead-lettered before this.
+            BodyFormat::Bot => match proto_events::bot_json::payload_of(envelope) {
+                Some(text) => canonical.bot(text),
+                None => canonical.clone(),
+            },
+        }
+    }
+
+    /// The body of a stored row (`payload` as text, and the bytes an earlier
+    /// attempt sent, if the row kept them) for a webhook that is now of
+    /// `format`. A row of a `bot` webhook sends its stored bytes; without
+    /// them (the format was changed since) the stored payload is written in
+    /// the bot's format in the order jsonb keeps.
+    pub fn of_row(payload: String, stored: Option<String>, format: BodyFormat) -> Self {
+        match (format, serde_json::from_str::<serde_json::Value>(&payload)) {
+            (BodyFormat::Canonical, Ok(v)) => Self::canonical(&v),
+            (BodyFormat::Bot, Ok(_)) => {
+                let text = stored.unwrap_or_else(|| proto_events::bot_json::reformat(&payload));
+                Self {
+                    raw: Some(Arc::from(text.as_str())),
+                    bytes: Bytes::from(text),
+                    payload: Arc::from(payload),
+                }
+            }
+            // Not JSON: never written by this project; sent as it is.
+            (_, Err(_)) => Self {
+                payload: Arc::from(payload.as_str()),
+                bytes: Bytes::from(payload),
+                raw: None,
+            },
+        }
+    }
 }
 
 /// Everything a delivery needs; shared by the consumer and the retry poller.
@@ -92,7 +166,8 @@ impl Deliverer {
                 webhook_id: job.target.id,
                 event_id: job.event_id.map(str::to_owned),
                 event_type: job.event_type.to_owned(),
-                payload: job.payload,
+                payload: job.body.payload,
+                body: job.body.raw,
                 attempt_number: job.attempt_number,
                 due,
                 traceparent: job.traceparent.map(Arc::from),
@@ -119,7 +194,7 @@ impl Deliverer {
                     webhook_id: job.target.id,
                     event_type: job.event_type,
                     event_id: event_key,
-                    body: job.body.clone(),
+                    body: job.body.bytes.clone(),
                     secrets: &secrets,
                     traceparent: job.traceparent,
                 },
@@ -168,7 +243,8 @@ impl Deliverer {
             webhook_id: job.target.id,
             event_id: job.event_id.map(str::to_owned),
             event_type: job.event_type.to_owned(),
-            payload: job.payload,
+            payload: job.body.payload,
+            body: job.body.raw,
             attempt_number: job.attempt_number,
             verdict: outcome.verdict,
             response_status: outcome.response_status.map(i32::from),

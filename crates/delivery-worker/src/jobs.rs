@@ -30,14 +30,13 @@ use async_nats::jetstream::{
     self,
     consumer::{DeliverPolicy, pull::OrderedConfig},
 };
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use proto_events::{Envelope, Namespace, Pattern};
 use storage::jobs::{self, Job, JobKind, JobStatus, Window};
-use storage::models::DeliveryStatus;
+use storage::models::{BodyFormat, DeliveryStatus};
 use storage::{DbPool, StorageError};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -45,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Target;
-use crate::deliver::{Deliverer, Job as Delivery};
+use crate::deliver::{Body, Deliverer, Job as Delivery};
 use crate::metrics::Metrics;
 use crate::recorder::Record;
 
@@ -212,6 +211,8 @@ struct HookRow {
     previous_secret: Option<String>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     previous_secret_expires_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Text)]
+    body_format: BodyFormat,
 }
 
 async fn load_hook(pool: &DbPool, webhook_id: i32) -> Result<Option<Hook>, StorageError> {
@@ -219,7 +220,7 @@ async fn load_hook(pool: &DbPool, webhook_id: i32) -> Result<Option<Hook>, Stora
     let mut conn = pool.get().await?;
     let row: Option<HookRow> = diesel::sql_query(
         "SELECT url, event_type::text AS event_type, is_active, secret::text AS secret, \
-           previous_secret::text AS previous_secret, previous_secret_expires_at \
+           previous_secret::text AS previous_secret, previous_secret_expires_at, body_format \
          FROM webhooks WHERE id = $1",
     )
     .bind::<Int4, _>(webhook_id)
@@ -233,7 +234,8 @@ async fn load_hook(pool: &DbPool, webhook_id: i32) -> Result<Option<Hook>, Stora
             r.secret,
             r.previous_secret,
             r.previous_secret_expires_at,
-        ),
+        )
+        .with_body_format(r.body_format),
         event_type: r.event_type,
         is_active: r.is_active,
     }))
@@ -245,8 +247,7 @@ struct Item {
     key: i64,
     event_id: String,
     event_type: String,
-    /// Canonical JSON of the payload.
-    body: Bytes,
+    body: Body,
     attempt_number: i32,
     traceparent: Option<String>,
 }
@@ -308,7 +309,7 @@ async fn drive(ctx: &JobCtx, job: Job, stop: &CancellationToken) -> Result<Ended
     }
     let started_at = job.started_at.unwrap_or_else(Utc::now);
     match job.kind {
-        JobKind::Recover | JobKind::Retry => drive_rows(ctx, job, started_at, stop).await,
+        JobKind::Recover | JobKind::Retry => drive_rows(ctx, job, &hook, started_at, stop).await,
         JobKind::Replay => drive_replay(ctx, job, &hook, started_at, stop).await,
     }
 }
@@ -377,7 +378,6 @@ async fn send_chunk(
             let Some(permit) = permit else {
                 return Ok((item.key, Outcome::Skipped));
             };
-            let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&item.body).as_ref());
             let record = deliverer
                 .deliver(Delivery {
                     target,
@@ -385,7 +385,6 @@ async fn send_chunk(
                     event_id: Some(&item.event_id),
                     event_type: &item.event_type,
                     body: item.body.clone(),
-                    payload,
                     attempt_number: item.attempt_number,
                     traceparent: item.traceparent.as_deref(),
                 })
@@ -558,6 +557,8 @@ struct RowItem {
     payload: String,
     #[diesel(sql_type = Nullable<Text>)]
     traceparent: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    body: Option<String>,
     #[diesel(sql_type = Int4)]
     last_attempt: i32,
 }
@@ -571,9 +572,11 @@ struct Count {
 async fn drive_rows(
     ctx: &JobCtx,
     mut job: Job,
+    hook: &Hook,
     started_at: DateTime<Utc>,
     stop: &CancellationToken,
 ) -> Result<Ended, JobError> {
+    let format = hook.target.body_format;
     let status = job.delivery_status.unwrap_or(DeliveryStatus::Failed);
     let end_key = match job.end_key {
         Some(k) => k,
@@ -616,7 +619,7 @@ async fn drive_rows(
     let mut pacer = Pacer::new(job.rate_per_s);
     let mut after = job.progress_key.unwrap_or(0);
     let select = "r.id, r.event_id::text AS event_id, r.event_type::text AS event_type, \
-                  r.payload::text AS payload, r.traceparent::text AS traceparent, \
+                  r.payload::text AS payload, r.traceparent::text AS traceparent, r.body, \
                   (SELECT max(m.attempt_number) FROM webhook_deliveries m \
                    WHERE m.event_id = r.event_id AND m.webhook_id = r.webhook_id) AS last_attempt";
     let sql = rows_sql(job.kind, select, "ORDER BY r.id LIMIT $7");
@@ -643,19 +646,13 @@ async fn drive_rows(
         }
         let items = rows
             .into_iter()
-            .map(|r| {
-                let body = match serde_json::from_str::<serde_json::Value>(&r.payload) {
-                    Ok(v) => proto_events::canonical::to_canonical_vec(&v),
-                    Err(_) => r.payload.into_bytes(),
-                };
-                Item {
-                    key: r.id,
-                    event_id: r.event_id,
-                    event_type: r.event_type,
-                    body: Bytes::from(body),
-                    attempt_number: r.last_attempt.saturating_add(1),
-                    traceparent: r.traceparent,
-                }
+            .map(|r| Item {
+                key: r.id,
+                event_id: r.event_id,
+                event_type: r.event_type,
+                body: Body::of_row(r.payload, r.body, format),
+                attempt_number: r.last_attempt.saturating_add(1),
+                traceparent: r.traceparent,
             })
             .collect();
         match send_chunk(ctx, &job, started_at, items, &mut pacer, stop).await {
@@ -716,6 +713,7 @@ async fn drive_replay(
         Ok(p) => p,
         Err(e) => return Ok(Ended::Failed(e.to_string())),
     };
+    let format = hook.target.body_format;
     let mut stream = match ctx.js.get_stream(ctx.ns.stream()).await {
         Ok(s) => s,
         Err(e) => {
@@ -847,14 +845,12 @@ async fn drive_replay(
                         .and_then(|h| h.get("traceparent"))
                         .map(|v| v.as_str().to_owned())
                         .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-                    let body = proto_events::canonical::to_canonical_vec(
-                        &serde_json::Value::Object(env.payload),
-                    );
+                    let canonical = Body::canonical(&serde_json::Value::Object(env.payload));
                     items.push(Item {
                         key: seq_key,
                         event_id: env.id,
                         event_type: env.event_type.as_str().to_owned(),
-                        body: Bytes::from(body),
+                        body: Body::of_event(&canonical, &msg.payload, format),
                         attempt_number: 1,
                         traceparent,
                     });

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::Utc;
 use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
@@ -22,7 +21,7 @@ use tracing::Instrument;
 
 use crate::cache::Target;
 use crate::db::{Claimed, RowRef, claim_due};
-use crate::deliver::{Deliverer, Job};
+use crate::deliver::{Body, Deliverer, Job};
 use crate::metrics::Metrics;
 use crate::recorder::Record;
 
@@ -85,12 +84,9 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         row.secret,
         row.previous_secret,
         row.previous_secret_expires_at,
-    );
-    let body = match serde_json::from_str::<serde_json::Value>(&row.payload) {
-        Ok(v) => proto_events::canonical::to_canonical_vec(&v),
-        Err(_) => row.payload.into_bytes(),
-    };
-    let payload: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
+    )
+    .with_body_format(row.body_format);
+    let body = Body::of_row(row.payload, row.body, row.body_format);
     // With trace export on, the attempt is a span in the event's trace (a
     // child of the attempt before it) and names itself to the receiver;
     // otherwise the stored traceparent is passed on as it is.
@@ -110,8 +106,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         row: Some(id),
         event_id: row.event_id.as_deref(),
         event_type: &row.event_type,
-        body: Bytes::from(body),
-        payload,
+        body,
         attempt_number: row.attempt_number,
         traceparent: traceparent.as_deref(),
     });

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use storage::StorageError;
-use storage::models::{Delivery, DeliveryStatus, NewDelivery, Webhook};
+use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
 use storage::schema::{webhook_deliveries as d, webhooks as w};
 
 /// A new `webhooks` row (no `Debug`: it holds the secret).
@@ -20,6 +20,7 @@ pub struct NewWebhook {
     pub event_type: String,
     pub is_active: bool,
     pub description: Option<String>,
+    pub body_format: BodyFormat,
 }
 
 /// The columns a PATCH may change (`None` = unchanged, `Some(None)` = NULL).
@@ -36,6 +37,7 @@ pub struct WebhookChanges {
     pub failing_since: Option<Option<DateTime<Utc>>>,
     pub previous_secret: Option<Option<String>>,
     pub previous_secret_expires_at: Option<Option<DateTime<Utc>>>,
+    pub body_format: Option<BodyFormat>,
 }
 
 pub async fn insert_webhook(

@@ -9,7 +9,8 @@ use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
 use storage::jobs::{JobKind, JobStatus};
-use storage::models::{Delivery, DeliveryStatus, Webhook};
+use storage::models::{BodyFormat, Delivery, DeliveryStatus, Webhook};
+use strum::VariantArray;
 use utoipa::ToSchema;
 
 use crate::error::FieldError;
@@ -166,6 +167,10 @@ pub struct WebhookIn {
     pub secret: Option<String>,
     #[schema(nullable)]
     pub description: Option<String>,
+    /// How the POST body is written: `canonical` (the default) or `bot`
+    /// (docs/contract.md, "Body formats").
+    #[schema(value_type = Option<String>, example = "canonical")]
+    pub body_format: BodyFormat,
 }
 
 impl FromBody for WebhookIn {
@@ -182,6 +187,10 @@ impl FromBody for WebhookIn {
             Given::Value(s) => Some(s),
             _ => None,
         };
+        let body_format = match f.one_of("body_format", BodyFormat::VARIANTS) {
+            Given::Value(b) => b,
+            _ => BodyFormat::Canonical,
+        };
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
@@ -195,6 +204,7 @@ impl FromBody for WebhookIn {
                 event_type,
                 secret: secret.filter(|s| !s.is_empty()),
                 description,
+                body_format,
             }),
             _ => {
                 // Report in field order, as FastAPI does.
@@ -207,13 +217,14 @@ impl FromBody for WebhookIn {
 }
 
 fn field_rank(e: &FieldError) -> usize {
-    const ORDER: [&str; 6] = [
+    const ORDER: [&str; 7] = [
         "name",
         "url",
         "event_type",
         "secret",
         "description",
         "is_active",
+        "body_format",
     ];
     match e.loc.get(1) {
         Some(crate::error::LocItem::Name(n)) => {
@@ -223,84 +234,57 @@ fn field_rank(e: &FieldError) -> usize {
     }
 }
 
-/// `PATCH /webhooks/{id}`: only the given fields change. `secret` or
-/// `description` set to `null` clear them; `is_active: true` also clears
+/// `PATCH /webhooks/{id}`: only the given fields change; a field that is
+/// absent or `null` is left as it is (as in the bot, so a client may send
+/// back the object it read). An empty `secret` switches signing off and an
+/// empty `description` clears it; `is_active: true` also clears
 /// `disabled_reason`.
 #[derive(Clone, Default, ToSchema)]
 pub struct WebhookPatch {
+    #[schema(nullable)]
     pub name: Option<String>,
+    #[schema(nullable)]
     pub url: Option<String>,
     /// One event type, a family pattern (`ticket.*`) or `*`.
+    #[schema(nullable)]
     pub event_type: Option<String>,
+    /// A new secret; `""` removes it (unsigned deliveries).
     #[schema(value_type = Option<String>, nullable)]
     pub secret: Option<Option<String>>,
+    /// A new description; `""` clears it.
     #[schema(value_type = Option<String>, nullable)]
     pub description: Option<Option<String>>,
+    #[schema(nullable)]
     pub is_active: Option<bool>,
+    /// `canonical` or `bot`.
+    #[schema(value_type = Option<String>, nullable)]
+    pub body_format: Option<BodyFormat>,
 }
 
 impl FromBody for WebhookPatch {
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
-        let mut p = WebhookPatch::default();
-        match f.string("name", 1, NAME_MAX, false) {
-            Given::Value(s) => p.name = Some(s),
-            Given::Null => f.errors.push(
-                FieldError::new(
-                    &["body", "name"],
-                    "string_type",
-                    "Input should be a valid string",
-                )
-                .input(Value::Null),
-            ),
-            Given::Absent => {}
-        }
-        match f.string("url", 1, URL_MAX, false) {
-            Given::Value(s) => p.url = Some(s),
-            Given::Null => f.errors.push(
-                FieldError::new(
-                    &["body", "url"],
-                    "string_type",
-                    "Input should be a valid string",
-                )
-                .input(Value::Null),
-            ),
-            Given::Absent => {}
-        }
-        match f.string("event_type", 1, EVENT_TYPE_MAX, false) {
-            Given::Value(s) => p.event_type = Some(s),
-            Given::Null => f.errors.push(
-                FieldError::new(
-                    &["body", "event_type"],
-                    "string_type",
-                    "Input should be a valid string",
-                )
-                .input(Value::Null),
-            ),
-            Given::Absent => {}
-        }
-        match f.string("secret", 0, SECRET_MAX, true) {
-            Given::Value(s) => p.secret = Some(Some(s).filter(|s| !s.is_empty())),
-            Given::Null => p.secret = Some(None),
-            Given::Absent => {}
-        }
-        match f.string("description", 0, DESCRIPTION_MAX, false) {
-            Given::Value(s) => p.description = Some(Some(s)),
-            Given::Null => p.description = Some(None),
-            Given::Absent => {}
-        }
-        match f.boolean("is_active") {
-            Given::Value(b) => p.is_active = Some(b),
-            Given::Null => f.errors.push(
-                FieldError::new(
-                    &["body", "is_active"],
-                    "bool_type",
-                    "Input should be a valid boolean",
-                )
-                .input(Value::Null),
-            ),
-            Given::Absent => {}
-        }
+        let given = |g: Given<String>| match g {
+            Given::Value(s) => Some(s),
+            Given::Null | Given::Absent => None,
+        };
+        // An empty string clears the column; `null` leaves it unchanged.
+        let clearable = |s: Option<String>| s.map(|s| Some(s).filter(|s| !s.is_empty()));
+        let p = WebhookPatch {
+            name: given(f.string("name", 1, NAME_MAX, false)),
+            url: given(f.string("url", 1, URL_MAX, false)),
+            event_type: given(f.string("event_type", 1, EVENT_TYPE_MAX, false)),
+            secret: clearable(given(f.string("secret", 0, SECRET_MAX, true))),
+            description: clearable(given(f.string("description", 0, DESCRIPTION_MAX, false))),
+            is_active: match f.boolean("is_active") {
+                Given::Value(b) => Some(b),
+                Given::Null | Given::Absent => None,
+            },
+            body_format: match f.one_of("body_format", BodyFormat::VARIANTS) {
+                Given::Value(b) => Some(b),
+                Given::Null | Given::Absent => None,
+            },
+        };
         if let Some(u) = &p.url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
@@ -387,6 +371,9 @@ pub struct WebhookOut {
     /// success); `null` while it succeeds.
     #[serde(serialize_with = "rfc3339::ser_opt")]
     pub failing_since: Option<DateTime<Utc>>,
+    /// How the POST body is written: `canonical` or `bot`.
+    #[schema(value_type = String, example = "canonical")]
+    pub body_format: BodyFormat,
 }
 
 impl From<Webhook> for WebhookOut {
@@ -405,6 +392,7 @@ impl From<Webhook> for WebhookOut {
             success_count: w.success_count,
             disabled_reason: w.disabled_reason,
             failing_since: w.failing_since,
+            body_format: w.body_format,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
-use storage::models::{Delivery, DeliveryStatus, NewDelivery, Webhook};
+use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
 use webhook_client::{Event, Verdict};
 
 use crate::db;
@@ -32,7 +32,16 @@ pub async fn send(
         "message": "Test delivery from bedolaga-events",
         "sent_at": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
-    let body = bytes::Bytes::from(proto_events::canonical::to_canonical_vec(&payload));
+    // Written in the webhook's body format, as its events are; a `bot` body
+    // is kept with the row, like the worker's.
+    let (body, raw) = match webhook.body_format {
+        BodyFormat::Canonical => (proto_events::canonical::to_canonical_vec(&payload), None),
+        BodyFormat::Bot => {
+            let text = proto_events::bot_json::reformat(&payload.to_string());
+            (text.clone().into_bytes(), Some(text))
+        }
+    };
+    let body = bytes::Bytes::from(body);
     let secrets = webhook.signing_secrets(now);
     let outcome = state
         .sender
@@ -70,7 +79,7 @@ pub async fn send(
             next_retry_at: None,
             event_id: Some(event_id),
             traceparent,
-            body: None,
+            body: raw,
         },
     )
     .await?;

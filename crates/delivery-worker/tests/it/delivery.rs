@@ -374,3 +374,116 @@ async fn a_dead_receiver_does_not_hold_up_the_others() {
     assert!(metrics.contains("delivery_consumer_lag"), "{metrics}");
     app.cleanup().await;
 }
+
+/// What receivers written against the bot do: parse the body, serialise it
+/// again as the bot does, HMAC that.
+const BOT_CHECK: &str = r#"
+import hmac, hashlib, json, os, sys
+body = sys.stdin.buffer.read()
+payload_json = json.dumps(json.loads(body), ensure_ascii=False)
+expected = hmac.new(os.environ["SECRET"].encode(), payload_json.encode(), hashlib.sha256).hexdigest()
+sys.exit(0 if hmac.compare_digest(expected, os.environ["SIG"].replace("sha256=", "")) else 3)
+"#;
+
+fn bot_receiver_verifies(body: &[u8], sig: &str, secret: &str) -> bool {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(BOT_CHECK)
+        .env("SIG", sig)
+        .env("SECRET", secret)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    child.wait().unwrap().success()
+}
+
+#[tokio::test]
+async fn a_bot_format_webhook_gets_the_bots_bytes_and_its_retry_sends_them_again() {
+    let app = spawn_app(|c| c.retry_schedule = "1s".into()).await;
+    // The first attempt fails, the retry succeeds.
+    let rx = Receiver::start_with(|_, n| {
+        if n >= 1 {
+            Reply::ok()
+        } else {
+            Reply::with_body(500, "not yet")
+        }
+    })
+    .await;
+    let canonical = Receiver::start(Reply::ok()).await;
+    let secret = "секрет-бота";
+    let hook = insert_webhook(&app.pool, &rx.url("/bot"), "payment.*", Some(secret), true).await;
+    exec(
+        &app.pool,
+        &format!("UPDATE webhooks SET body_format = 'bot' WHERE id = {hook}"),
+    )
+    .await;
+    let other = insert_webhook(
+        &app.pool,
+        &canonical.url("/canonical"),
+        "payment.*",
+        Some(secret),
+        true,
+    )
+    .await;
+    app.notify_changed().await;
+
+    // An envelope as the bot's package writes it: Python's json.dumps of
+    // the envelope, keys in the bot's order, Cyrillic unescaped, the bot's
+    // own timestamp format.
+    let payload_text = r#"{"user_id": 7, "amount_kopeks": 150000, "description": "Пополнение баланса 💳", "is_completed": false, "note": "tab\tand \"quotes\"", "a": 2.5}"#;
+    let envelope = format!(
+        r#"{{"id": "{}", "type": "payment.completed", "timestamp": "2026-08-20 09:39:04.123456+00:00", "payload": {payload_text}}}"#,
+        proto_events::new_event_id()
+    );
+    app.publisher
+        .jetstream()
+        .publish(
+            app.publisher
+                .namespace()
+                .event_subject(EventType::PaymentCompleted.as_str()),
+            envelope.clone().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let got = rx.wait_for_path("/bot", 2, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 2, "first attempt and its retry");
+    for r in &got {
+        assert_eq!(
+            std::str::from_utf8(&r.body).unwrap(),
+            payload_text,
+            "the bot's bytes, also on the retry"
+        );
+        let sig = r.header("x-webhook-signature").unwrap();
+        assert!(webhook_client::verify_x_webhook_signature(
+            secret, &r.body, sig
+        ));
+        if python_available() {
+            assert!(
+                bot_receiver_verifies(&r.body, sig, secret),
+                "the bot's receivers verify"
+            );
+            assert!(!bot_receiver_verifies(&r.body, sig, "wrong"));
+        }
+    }
+    // The canonical webhook beside it gets the canonical body of the same event.
+    let c = &canonical
+        .wait_for_path("/canonical", 1, Duration::from_secs(10))
+        .await[0];
+    let parsed: Value = serde_json::from_str(payload_text).unwrap();
+    assert_eq!(c.body, proto_events::canonical::to_canonical_vec(&parsed));
+    // Rows: the payload as an object, the bot's bytes kept for the retry.
+    let rows = settled_rows(&app.pool, hook, 2).await;
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r.payload, parsed);
+        assert_eq!(r.body.as_deref(), Some(payload_text));
+    }
+    let rows = settled_rows(&app.pool, other, 1).await;
+    assert_eq!(rows[0].body, None, "canonical rows keep no body");
+    app.cleanup().await;
+}

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use proto_events::EventType;
 use serde_json::{Value, json};
 use storage::jobs::{JobKind, JobStatus};
-use storage::models::DeliveryStatus;
+use storage::models::{BodyFormat, DeliveryStatus};
 use strum::VariantArray;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -231,22 +231,44 @@ fn refine(doc: &mut Value) {
             "pattern",
             json!(url_pattern()),
         );
+        let mut types = event_type_values();
+        if schema == "WebhookPatch" {
+            // `null` leaves it unchanged.
+            types.push(Value::Null);
+        }
         set(
             doc,
             &format!("{props}/event_type"),
             "enum",
-            Value::Array(event_type_values()),
+            Value::Array(types),
         );
     }
-    for field in ["name", "url", "event_type"] {
-        not_null(doc, &format!("{schemas}/WebhookPatch/properties/{field}"));
-    }
-    // Lax booleans, as the server reads them (never `null`).
+    // Lax booleans, as the server reads them; `null` leaves it unchanged.
     set(
         doc,
         &format!("{schemas}/WebhookPatch/properties"),
         "is_active",
-        lax_bool_schema(),
+        json!({"anyOf": [lax_bool_schema(), {"type": "null"}]}),
+    );
+    let formats = json!(BodyFormat::VARIANTS);
+    for schema in ["WebhookIn", "WebhookOut"] {
+        set(
+            doc,
+            &format!("{schemas}/{schema}/properties/body_format"),
+            "enum",
+            formats.clone(),
+        );
+    }
+    let mut or_null = BodyFormat::VARIANTS
+        .iter()
+        .map(|f| json!(f))
+        .collect::<Vec<_>>();
+    or_null.push(Value::Null);
+    set(
+        doc,
+        &format!("{schemas}/WebhookPatch/properties/body_format"),
+        "enum",
+        Value::Array(or_null),
     );
     // The enums serialize as their stored strings.
     let statuses = json!(DeliveryStatus::VARIANTS);
@@ -420,10 +442,21 @@ mod tests {
                 .is_none()
         );
         let patch = &schemas["WebhookPatch"]["properties"];
-        for field in ["name", "url", "event_type"] {
-            assert_eq!(patch[field]["type"], "string", "{field}");
+        for field in ["name", "url", "event_type", "secret", "description"] {
+            assert_eq!(patch[field]["type"], json!(["string", "null"]), "{field}");
         }
-        assert_eq!(patch["is_active"], crate::extract::lax_bool_schema());
+        assert_eq!(
+            patch["is_active"],
+            json!({"anyOf": [crate::extract::lax_bool_schema(), {"type": "null"}]})
+        );
+        assert_eq!(
+            patch["body_format"]["enum"],
+            json!(["canonical", "bot", null])
+        );
+        assert_eq!(
+            schemas["WebhookOut"]["properties"]["body_format"]["enum"],
+            json!(["canonical", "bot"])
+        );
         let list = doc["paths"]["/webhooks"]["get"]["parameters"]
             .as_array()
             .unwrap()
@@ -445,7 +478,7 @@ mod tests {
             let types = props["event_type"]["enum"].as_array().unwrap();
             assert!(types.contains(&json!("ticket.*")) && types.contains(&json!("*")));
             assert!(!types.contains(&json!("user.deleted")));
-            for t in types {
+            for t in types.iter().filter(|t| !t.is_null()) {
                 assert!(
                     proto_events::Pattern::parse(t.as_str().unwrap()).is_ok(),
                     "{t}"

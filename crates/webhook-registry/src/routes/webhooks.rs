@@ -51,6 +51,7 @@ pub async fn create(
             event_type: input.event_type,
             is_active: true,
             description: input.description,
+            body_format: input.body_format,
         },
     )
     .await?;
@@ -208,6 +209,7 @@ pub async fn update(
         event_type: patch.event_type,
         description: patch.description,
         is_active: patch.is_active,
+        body_format: patch.body_format,
         ..WebhookChanges::default()
     };
     if let Some(secret) = patch.secret {

@@ -176,11 +176,11 @@ async fn patch_bodies_are_validated() {
     let path = format!("/webhooks/{}", hook["id"]);
     for (body, kind, field) in [
         (json!({"name": ""}), "string_too_short", "name"),
-        (json!({"name": null}), "string_type", "name"),
+        (json!({"name": 5}), "string_type", "name"),
         (json!({"url": "http://10.0.0.1/x"}), "value_error", "url"),
         (json!({"is_active": "maybe"}), "bool_parsing", "is_active"),
-        (json!({"is_active": null}), "bool_type", "is_active"),
         (json!({"is_active": [1]}), "bool_type", "is_active"),
+        (json!({"body_format": "xml"}), "enum", "body_format"),
         (
             json!({"secret": "s".repeat(129)}),
             "string_too_long",
@@ -197,6 +197,21 @@ async fn patch_bodies_are_validated() {
     // Nothing changed.
     let (_, now) = app.get(&path).await;
     assert_eq!(now, hook);
+    // `null` leaves every field as it is (the bot's rule).
+    let nulls = json!({"name": null, "url": null, "event_type": null, "secret": null,
+                       "description": null, "is_active": null, "body_format": null});
+    let (status, resp) = app.patch(&path, nulls).await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    for same in [
+        "name",
+        "url",
+        "event_type",
+        "description",
+        "is_active",
+        "body_format",
+    ] {
+        assert_eq!(resp[same], hook[same], "{same}");
+    }
 }
 
 #[tokio::test]
@@ -518,7 +533,7 @@ async fn patch_changes_the_event_type_and_validates_it() {
     assert_eq!(resp["event_type"], "ticket.*");
     for (body, kind) in [
         (json!({"event_type": "user.deleted"}), "value_error"),
-        (json!({"event_type": null}), "string_type"),
+        (json!({"event_type": 7}), "string_type"),
         (json!({"event_type": ""}), "string_too_short"),
         (json!({"event_type": "x".repeat(51)}), "string_too_long"),
     ] {

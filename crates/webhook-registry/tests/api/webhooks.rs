@@ -6,7 +6,7 @@ use storage::schema::{webhook_deliveries as d, webhooks as w};
 
 use crate::helpers::spawn_app;
 
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "id",
     "name",
     "url",
@@ -20,6 +20,7 @@ const FIELDS: [&str; 13] = [
     "success_count",
     "disabled_reason",
     "failing_since",
+    "body_format",
 ];
 
 fn keys(v: &Value) -> Vec<String> {
@@ -61,6 +62,10 @@ async fn create_returns_the_webhook_without_its_secret() {
     assert_eq!(body["success_count"], 0);
     assert_eq!(body["last_triggered_at"], Value::Null);
     assert_eq!(body["disabled_reason"], Value::Null);
+    assert_eq!(
+        body["body_format"], "canonical",
+        "the default for new webhooks"
+    );
     let created = body["created_at"].as_str().unwrap();
     assert!(
         chrono::DateTime::parse_from_rfc3339(created).is_ok(),
@@ -83,6 +88,17 @@ async fn create_returns_the_webhook_without_its_secret() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(got, body);
     assert!(!got.to_string().contains("optional-secret"));
+
+    // The bot's body format can be asked for.
+    let (status, bot) = app
+        .post(
+            "/webhooks",
+            json!({"name": "b", "url": "https://example.com/b", "event_type": "user.created",
+                   "body_format": "bot"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bot}");
+    assert_eq!(bot["body_format"], "bot");
 
     // Patterns are accepted too.
     for pattern in ["ticket.*", "*"] {
@@ -156,18 +172,36 @@ async fn patch_changes_only_the_given_fields() {
     }
     assert!(patched["updated_at"].as_str().unwrap() > created["updated_at"].as_str().unwrap());
 
-    // null clears the description and the secret; a new URL is validated and kept.
+    // A client that sends back the object it read (no secret, or a null
+    // one) keeps signing: null leaves a field unchanged, as in the bot.
+    let mut read_back = patched.clone();
+    read_back["secret"] = Value::Null;
+    let (status, same) = app.patch(&format!("/webhooks/{id}"), read_back).await;
+    assert_eq!(status, StatusCode::OK, "{same}");
+    let mut conn = app.conn().await;
+    let secret: Option<String> = w::table
+        .find(id)
+        .select(w::secret)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(secret.as_deref(), Some("s1"), "null kept the secret");
+    assert_eq!(same["description"], "d");
+
+    // An empty string clears the description and the secret; a new URL is
+    // validated and kept; the body format can be switched.
     let (status, patched) = app
         .patch(
             &format!("/webhooks/{id}"),
-            json!({"description": null, "secret": null, "url": "https://example.org/new"}),
+            json!({"description": "", "secret": "", "url": "https://example.org/new",
+                   "body_format": "bot"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{patched}");
     assert_eq!(patched["description"], Value::Null);
     assert_eq!(patched["url"], "https://example.org/new");
     assert_eq!(patched["name"], "Updated Name");
-    let mut conn = app.conn().await;
+    assert_eq!(patched["body_format"], "bot");
     let secret: Option<String> = w::table
         .find(id)
         .select(w::secret)
