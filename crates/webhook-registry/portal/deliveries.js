@@ -82,6 +82,7 @@ export async function deliveriesPage(root, { id, params }) {
       el("dl", { class: "facts" },
         el("dt", { text: "URL" }), el("dd", { class: "url", text: w.url }),
         el("dt", { text: "Event type" }), el("dd", {}, el("code", { text: w.event_type })),
+        el("dt", { text: "Body format" }), el("dd", { text: w.body_format }),
         el("dt", { text: "Success rate" }), el("dd", { text: `${rate(w)} (${w.success_count} ok, ${w.failure_count} failed)` }),
         el("dt", { text: "Last triggered" }), el("dd", { text: fmtTime(w.last_triggered_at) }),
         w.failing_since ? [el("dt", { text: "Failing since" }), el("dd", { text: fmtTime(w.failing_since) })] : null,

@@ -88,6 +88,10 @@ export async function webhookForm(root, { id }) {
   const desc = el("textarea", { rows: 2 });
   desc.value = w ? w.description || "" : "";
   const secret = el("input", { type: "password", autocomplete: "new-password" });
+  const format = el("select", {},
+    el("option", { value: "canonical", text: "canonical: keys sorted, ASCII (default)" }),
+    el("option", { value: "bot", text: "bot: the bot's own bytes (key order, raw UTF-8)" }));
+  format.value = w ? w.body_format : "canonical";
   const activeBox = el("input", { type: "checkbox" });
   if (w) activeBox.checked = w.is_active;
   const general = el("p", { class: "error", role: "alert" });
@@ -99,6 +103,7 @@ export async function webhookForm(root, { id }) {
     field("description", "Description", desc),
     field("secret", w ? "New secret (leave empty to keep the current one)" : "Secret (optional)", secret,
       w ? "Replaces the secret at once; use Rotate secret for a grace period." : "Signs every delivery (HMAC-SHA256)."),
+    field("body_format", "Body format", format, "How the POSTed JSON is written; signatures cover the bytes sent."),
     w ? el("div", { class: "field check" }, activeBox, el("label", { for: "f-is_active", text: "Active" })) : null,
     general,
     el("div", { class: "actions" }, el("button", { type: "submit", text: w ? "Save changes" : "Create webhook" }),
@@ -108,7 +113,9 @@ export async function webhookForm(root, { id }) {
     e.preventDefault();
     general.textContent = "";
     const body = { name: name.value, url: url.value, event_type: type.value };
-    if (desc.value || w) body.description = desc.value || null;
+    // On an edit an empty description clears it (null would keep it).
+    if (desc.value || w) body.description = desc.value;
+    body.body_format = format.value;
     if (secret.value) body.secret = secret.value;
     if (w) body.is_active = activeBox.checked;
     try {
