@@ -680,18 +680,15 @@ async fn move_id_sequence(
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
-    let action = if dry_run {
-        "m.max_id"
-    } else {
-        "setval(s.seq, m.max_id)"
-    };
-    let moved: Option<Moved> = diesel::sql_query(format!(
-        "SELECT {action}::int8 AS n \
+    // $1 is false in a dry run: the CASE then only reports the value.
+    let moved: Option<Moved> = diesel::sql_query(
+        "SELECT (CASE WHEN $1 THEN setval(s.seq, m.max_id) ELSE m.max_id END)::int8 AS n \
          FROM (SELECT pg_get_serial_sequence('webhooks', 'id')::regclass AS seq) s, \
               (SELECT max(id)::int8 AS max_id FROM webhooks) m \
          WHERE m.max_id IS NOT NULL \
-           AND m.max_id >= COALESCE(pg_sequence_last_value(s.seq) + 1, 1)"
-    ))
+           AND m.max_id >= COALESCE(pg_sequence_last_value(s.seq) + 1, 1)",
+    )
+    .bind::<Bool, _>(!dry_run)
     .get_result(ours)
     .await
     .optional()?;

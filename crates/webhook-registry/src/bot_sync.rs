@@ -39,6 +39,7 @@ pub async fn run(
     };
     tracing::info!(bot_database = %shown, every = ?every, "syncing the bot's API tokens");
     let mut failing = false;
+    let mut conflicts: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -70,8 +71,12 @@ pub async fn run(
                         "bot tokens synced"
                     );
                 }
-                for c in &report.conflicts {
-                    tracing::warn!(conflict = %c, "bot token not synced");
+                // Warned when they change, not at every tick.
+                if report.conflicts != conflicts {
+                    for c in &report.conflicts {
+                        tracing::warn!(conflict = %c, "bot token not synced");
+                    }
+                    conflicts = report.conflicts;
                 }
             }
             Err(e) => {
