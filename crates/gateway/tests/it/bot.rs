@@ -28,11 +28,11 @@ async fn imported_sha512_hmac_tokens_open_the_websocket() {
 
     // What `import-bot` does, through the same storage functions.
     let bot_pool = bot.pool().unwrap();
-    let data = storage::bot::read(&mut *bot_pool.get().await.unwrap(), None)
+    let data = storage::bot::read(&mut bot_pool.get().await.unwrap(), None)
         .await
         .unwrap();
     let ours = b.db.pool().unwrap();
-    let report = storage::bot::import(&mut *ours.get().await.unwrap(), &data, false)
+    let report = storage::bot::import(&mut ours.get().await.unwrap(), &data, false)
         .await
         .unwrap();
     assert_eq!(report.tokens.tally.created, 3);

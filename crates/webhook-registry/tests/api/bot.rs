@@ -22,6 +22,11 @@ use crate::helpers::{TestApp, eventually, spawn_app_with};
 const HMAC_KEY: &str = "bot-hmac-ключ";
 const BOOTSTRAP: &str = "bootstrap-token-of-the-bot-0123456789";
 
+/// name, bot_token_id, last_used_ip, created_by
+type TokenCols = (String, Option<i32>, Option<String>, Option<String>);
+/// webhook_id, status, next_retry_at, error_message
+type DeliveryCols = (i32, DeliveryStatus, Option<DateTime<Utc>>, Option<String>);
+
 fn bot_hasher() -> TokenHasher {
     TokenHasher::with_algorithm(HashAlgorithm::Sha512, Some(HMAC_KEY))
 }
@@ -297,18 +302,17 @@ async fn import_bot_copies_tokens_webhooks_and_history() {
     }
     assert_eq!(status_of(&app, &revoked).await, StatusCode::UNAUTHORIZED);
     let mut conn = app.conn().await;
-    let rows: Vec<(String, Option<i32>, Option<String>, Option<String>)> =
-        storage::schema::web_api_tokens::table
-            .order(storage::schema::web_api_tokens::id)
-            .select((
-                storage::schema::web_api_tokens::name,
-                storage::schema::web_api_tokens::bot_token_id,
-                storage::schema::web_api_tokens::last_used_ip,
-                storage::schema::web_api_tokens::created_by,
-            ))
-            .load(&mut conn)
-            .await
-            .unwrap();
+    let rows: Vec<TokenCols> = storage::schema::web_api_tokens::table
+        .order(storage::schema::web_api_tokens::id)
+        .select((
+            storage::schema::web_api_tokens::name,
+            storage::schema::web_api_tokens::bot_token_id,
+            storage::schema::web_api_tokens::last_used_ip,
+            storage::schema::web_api_tokens::created_by,
+        ))
+        .load(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), 5, "ours: tests, bootstrap (adopted), 3 copied");
     assert!(rows.contains(&(
         "Bootstrap Token".into(),
@@ -370,7 +374,7 @@ async fn import_bot_copies_tokens_webhooks_and_history() {
     // History: 4 rows in the window of imported webhooks, none due; the
     // bot's pending row is a failed row; counters count each row once and
     // the webhooks' own counters are the bot's.
-    let imported: Vec<(i32, DeliveryStatus, Option<DateTime<Utc>>, Option<String>)> = d::table
+    let imported: Vec<DeliveryCols> = d::table
         .filter(d::event_id.like("bot:%"))
         .order(d::created_at)
         .select((d::webhook_id, d::status, d::next_retry_at, d::error_message))
