@@ -766,7 +766,7 @@ scratch_begin() {
     export DATABASE_URL
     export NATS_URL="nats://$NATS_HOST:$NATS_PORT"
     export NATS_PREFIX="$SCRATCH_PREFIX"
-    unset WEB_API_DEFAULT_TOKEN WEB_API_TOKEN_HMAC_SECRET
+    unset WEB_API_DEFAULT_TOKEN WEB_API_TOKEN_HMAC_SECRET WEB_API_TOKEN_HASH_ALGORITHM BOT_DATABASE_URL
 }
 
 # scratch_spawn LOG BINARY [ARGS...]: runs it in the background, its output

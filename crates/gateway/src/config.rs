@@ -88,7 +88,11 @@ pub struct Config {
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "GATEWAY_WORKERS", default_value_t = 0)]
     pub workers: usize,
-    /// Key for the bot's HMAC token hashes (empty: plain SHA-256).
+    /// Digest of token hashes, as the bot's setting: sha256, sha384 or sha512.
+    #[arg(long, env = "WEB_API_TOKEN_HASH_ALGORITHM", default_value = "sha256")]
+    pub token_hash_algorithm: storage::tokens::HashAlgorithm,
+    /// Key for the bot's HMAC token hashes (empty: plain digests). With a
+    /// key, plain digests (legacy) are still accepted.
     #[arg(
         long,
         env = "WEB_API_TOKEN_HMAC_SECRET",
@@ -161,11 +165,25 @@ mod tests {
             "GATEWAY_MAX_CONNECTIONS",
             "GATEWAY_TOKEN_RECHECK",
             "WEB_API_TOKEN_HMAC_SECRET",
+            "WEB_API_TOKEN_HASH_ALGORITHM",
             "[default: 25s]",
             "[default: 60s]",
         ] {
             assert!(help.contains(want), "--help lacks {want}");
         }
+    }
+
+    #[test]
+    fn the_hash_algorithm_is_checked_at_start() {
+        let c = Config::try_parse_from(["gateway", "--token-hash-algorithm", "SHA384"]).unwrap();
+        assert_eq!(
+            c.token_hash_algorithm,
+            storage::tokens::HashAlgorithm::Sha384
+        );
+        let err = Config::try_parse_from(["gateway", "--token-hash-algorithm", "md5"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sha256, sha384 or sha512"), "{err}");
     }
 
     #[test]

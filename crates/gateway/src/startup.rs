@@ -48,7 +48,10 @@ impl Application {
         let pool = storage::build_pool(config.database.url(), &config.database.pool_config())?;
         let auth = TokenAuth::new(
             pool.clone(),
-            TokenHasher::new(Some(config.token_hmac_secret.expose_secret())),
+            TokenHasher::with_algorithm(
+                config.token_hash_algorithm,
+                Some(config.token_hmac_secret.expose_secret()),
+            ),
             AuthCacheConfig::default(),
         );
         let nats = config

@@ -12,6 +12,9 @@ pub enum StorageError {
     Pool(#[from] PoolError),
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The database belongs to someone else (the bot): not retried.
+    #[error("{0}")]
+    ForeignDatabase(String),
     #[error("invalid database configuration: {0}")]
     Config(String),
 }

@@ -1,6 +1,7 @@
 //! Postgres storage shared by the bedolaga services: the diesel schema of
 //! the migrations in `migrations/`, row types, the pool, and API tokens.
 
+pub mod bot;
 pub mod counts;
 pub mod deliveries;
 mod error;
@@ -17,7 +18,7 @@ pub mod tokens;
 pub mod testing;
 
 pub use error::StorageError;
-pub use migrate::{MIGRATIONS, pending_migrations, run_migrations};
+pub use migrate::{BOTS_DATABASE, MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, build_pool, ping};
 
 /// The database of an unconfigured deployment (docs/contract.md, "Settings").

@@ -135,6 +135,101 @@ impl TestDb {
     }
 }
 
+/// The bot's own tables as its models create them (`web_api_tokens`,
+/// `webhooks`, `webhook_deliveries`), plus one more of its tables and
+/// alembic's version table, so that a database made with it looks like the
+/// bot's.
+pub const BOT_DDL: &str = "\
+CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY);
+INSERT INTO alembic_version VALUES ('0001');
+CREATE TABLE users (id serial PRIMARY KEY, telegram_id bigint, first_name varchar(255));
+CREATE TABLE web_api_tokens (
+    id serial PRIMARY KEY,
+    name varchar(255) NOT NULL,
+    token_hash varchar(128) NOT NULL UNIQUE,
+    token_prefix varchar(32) NOT NULL,
+    description text,
+    created_at timestamptz,
+    updated_at timestamptz,
+    expires_at timestamptz,
+    last_used_at timestamptz,
+    last_used_ip varchar(64),
+    is_active boolean NOT NULL DEFAULT true,
+    created_by varchar(255)
+);
+CREATE TABLE webhooks (
+    id serial PRIMARY KEY,
+    name varchar(255) NOT NULL,
+    url text NOT NULL,
+    secret varchar(128),
+    event_type varchar(50) NOT NULL,
+    is_active boolean NOT NULL,
+    description text,
+    created_at timestamptz,
+    updated_at timestamptz,
+    last_triggered_at timestamptz,
+    failure_count integer NOT NULL,
+    success_count integer NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id serial PRIMARY KEY,
+    webhook_id integer NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+    event_type varchar(50) NOT NULL,
+    payload json NOT NULL,
+    response_status integer,
+    response_body text,
+    status varchar(20) NOT NULL,
+    error_message text,
+    attempt_number integer NOT NULL,
+    created_at timestamptz,
+    delivered_at timestamptz,
+    next_retry_at timestamptz
+);";
+
+impl TestDb {
+    /// A new database holding the bot's tables (empty), not ours.
+    pub async fn bot() -> Result<Self, StorageError> {
+        use diesel_async::SimpleAsyncConnection as _;
+        let db = Self::create(&server_url(), "testbot").await?;
+        let mut conn = AsyncPgConnection::establish(&db.url)
+            .await
+            .map_err(|e| StorageError::Config(format!("cannot reach the bot database: {e}")))?;
+        conn.batch_execute(BOT_DDL).await?;
+        Ok(db)
+    }
+
+    /// Inserts a token into the bot's `web_api_tokens` of a database made
+    /// by [`TestDb::bot`], as the bot does (`hash` computed by the caller);
+    /// returns its id.
+    pub async fn add_bot_token(
+        &self,
+        name: &str,
+        hash: &str,
+        is_active: bool,
+    ) -> Result<i32, StorageError> {
+        use diesel::sql_types::{Bool, Int4, Text};
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = Int4)]
+            id: i32,
+        }
+        let mut conn = AsyncPgConnection::establish(&self.url)
+            .await
+            .map_err(|e| StorageError::Config(format!("cannot reach the bot database: {e}")))?;
+        let id: Id = diesel::sql_query(
+            "INSERT INTO web_api_tokens (name, token_hash, token_prefix, created_at, updated_at, \
+               is_active, created_by) \
+             VALUES ($1, $2, left($2, 8), now(), now(), $3, 'admin') RETURNING id",
+        )
+        .bind::<Text, _>(name)
+        .bind::<Text, _>(hash)
+        .bind::<Bool, _>(is_active)
+        .get_result(&mut conn)
+        .await?;
+        Ok(id.id)
+    }
+}
+
 /// Panics unless the delivery counters equal the rows they count, per
 /// webhook, day and status and per day and status.
 pub async fn assert_counts_match_rows(conn: &mut AsyncPgConnection) {

@@ -17,40 +17,129 @@ use crate::models::{ApiToken, NewApiToken};
 use crate::schema::web_api_tokens::dsl as t;
 use crate::{DbPool, StorageError};
 
-/// How a token becomes its stored `token_hash`: hex SHA-256, or hex
-/// HMAC-SHA256 keyed with `WEB_API_TOKEN_HMAC_SECRET` (the bot's schemes).
+/// The digest behind token hashes: `WEB_API_TOKEN_HASH_ALGORITHM`, as in
+/// the bot (`sha256`, `sha384` or `sha512`, any case).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HashAlgorithm {
+    #[default]
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl HashAlgorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::Sha384 => "sha384",
+            HashAlgorithm::Sha512 => "sha512",
+        }
+    }
+
+    fn digest(self) -> &'static ring::digest::Algorithm {
+        match self {
+            HashAlgorithm::Sha256 => &ring::digest::SHA256,
+            HashAlgorithm::Sha384 => &ring::digest::SHA384,
+            HashAlgorithm::Sha512 => &ring::digest::SHA512,
+        }
+    }
+
+    fn hmac(self) -> hmac::Algorithm {
+        match self {
+            HashAlgorithm::Sha256 => hmac::HMAC_SHA256,
+            HashAlgorithm::Sha384 => hmac::HMAC_SHA384,
+            HashAlgorithm::Sha512 => hmac::HMAC_SHA512,
+        }
+    }
+}
+
+impl std::fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for HashAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sha256" => Ok(HashAlgorithm::Sha256),
+            "sha384" => Ok(HashAlgorithm::Sha384),
+            "sha512" => Ok(HashAlgorithm::Sha512),
+            _ => Err(format!(
+                "unsupported token hash algorithm {s:?}; use sha256, sha384 or sha512"
+            )),
+        }
+    }
+}
+
+/// How a token becomes its stored `token_hash`, by the bot's rules: the hex
+/// digest of the token with `WEB_API_TOKEN_HASH_ALGORITHM`, or the hex HMAC
+/// with the same algorithm keyed with `WEB_API_TOKEN_HMAC_SECRET` when that
+/// is set. With a key, the plain digest is still accepted (a legacy hash
+/// stored before the key was set), as the bot does.
 #[derive(Clone)]
 pub struct TokenHasher {
+    algorithm: HashAlgorithm,
     hmac_key: Option<hmac::Key>,
 }
 
 impl std::fmt::Debug for TokenHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenHasher")
+            .field("algorithm", &self.algorithm)
             .field("hmac", &self.hmac_key.is_some())
             .finish()
     }
 }
 
 impl TokenHasher {
-    /// Plain SHA-256 when `hmac_secret` is `None` or empty.
+    /// SHA-256 (the default algorithm); plain when `hmac_secret` is `None`
+    /// or empty.
     pub fn new(hmac_secret: Option<&str>) -> Self {
+        Self::with_algorithm(HashAlgorithm::Sha256, hmac_secret)
+    }
+
+    /// `algorithm`, HMAC-keyed with `hmac_secret` unless it is `None` or
+    /// empty (the key is the secret's UTF-8 bytes).
+    pub fn with_algorithm(algorithm: HashAlgorithm, hmac_secret: Option<&str>) -> Self {
         Self {
+            algorithm,
             hmac_key: hmac_secret
                 .filter(|s| !s.is_empty())
-                .map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes())),
+                .map(|s| hmac::Key::new(algorithm.hmac(), s.as_bytes())),
         }
     }
 
-    /// The hex hash stored for `token`.
+    pub fn algorithm(&self) -> HashAlgorithm {
+        self.algorithm
+    }
+
+    /// The hex hash stored for `token` now.
     pub fn hash(&self, token: &str) -> String {
         match &self.hmac_key {
             Some(key) => hex::encode(hmac::sign(key, token.as_bytes()).as_ref()),
-            None => hex::encode(ring::digest::digest(
-                &ring::digest::SHA256,
-                token.as_bytes(),
-            )),
+            None => self.plain_hash(token),
         }
+    }
+
+    /// The hex digest without a key (what the bot stored before a key was
+    /// set).
+    pub fn plain_hash(&self, token: &str) -> String {
+        hex::encode(ring::digest::digest(
+            self.algorithm.digest(),
+            token.as_bytes(),
+        ))
+    }
+
+    /// The hashes under which `token` may be stored: [`Self::hash`], then
+    /// the legacy plain digest when a key is set.
+    pub fn accepted_hashes(&self, token: &str) -> Vec<String> {
+        let mut out = vec![self.hash(token)];
+        if self.hmac_key.is_some() {
+            out.push(self.plain_hash(token));
+        }
+        out
     }
 }
 
@@ -165,6 +254,18 @@ pub async fn find_by_hash(
         .first(conn)
         .await
         .optional()?)
+}
+
+/// The rows stored under any of `hashes` (one query), whatever their state.
+pub async fn find_by_hashes(
+    conn: &mut AsyncPgConnection,
+    hashes: &[String],
+) -> Result<Vec<ApiToken>, StorageError> {
+    Ok(t::web_api_tokens
+        .filter(t::token_hash.eq_any(hashes))
+        .select(ApiToken::as_select())
+        .load(conn)
+        .await?)
 }
 
 /// Of the given ids, those that are active and unexpired now.
@@ -353,7 +454,7 @@ impl TokenAuth {
         };
         let principal = match cached {
             Some(answer) => answer,
-            None => self.lookup(&hash).await?,
+            None => self.lookup(token, &hash).await?,
         };
         if let Some(p) = &principal {
             self.inner
@@ -364,15 +465,24 @@ impl TokenAuth {
         Ok(principal)
     }
 
-    async fn lookup(&self, hash: &str) -> Result<Option<Principal>, StorageError> {
+    /// Asks the database for the row of `token`, whose current hash is
+    /// `hash` (the cache key): one query for every hash it may be stored
+    /// under (the legacy plain digest too when an HMAC key is set), the
+    /// current hash preferred, as in the bot.
+    async fn lookup(&self, token: &str, hash: &str) -> Result<Option<Principal>, StorageError> {
+        let hashes = self.inner.hasher.accepted_hashes(token);
         let mut conn = self.inner.pool.get().await?;
-        let row = find_by_hash(&mut conn, hash).await?;
+        let rows = find_by_hashes(&mut conn, &hashes).await?;
+        drop(conn);
         let now = Utc::now();
         // The database matched on the hash; compare again in constant time
         // so no code path branches on a partial match.
-        let principal = row.as_ref().and_then(|r| {
-            let same = constant_time_eq::constant_time_eq(r.token_hash.as_bytes(), hash.as_bytes());
-            (same && r.is_usable(now)).then(|| Principal {
+        let row = hashes.iter().find_map(|h| {
+            rows.iter()
+                .find(|r| constant_time_eq::constant_time_eq(r.token_hash.as_bytes(), h.as_bytes()))
+        });
+        let principal = row.and_then(|r| {
+            r.is_usable(now).then(|| Principal {
                 token_id: r.id,
                 name: r.name.clone(),
             })
@@ -495,6 +605,62 @@ mod tests {
             TokenHasher::new(Some("key")).hash("abc"),
             "9c196e32dc0175f86f4b1cb89289d6619de6bee699e4c378e68309ed97a1a6ab"
         );
+    }
+
+    #[test]
+    fn every_algorithm_matches_python() {
+        // Vectors from python3: hashlib.<alg>(token.encode()).hexdigest() and
+        // hmac.new(key.encode(), token.encode(), "<alg>").hexdigest() with
+        // token = "bdl_tokén-1", key = "ключ-k3y".
+        let token = "bdl_tokén-1";
+        let key = "ключ-k3y";
+        let cases = [
+            (
+                "sha256",
+                "7c3de1fac40454ea1282d6b70dca078f81e112c2789f53b261834de63b5f90d5",
+                "0c0756bb9086a6a5f410dc20c6021b9493941327017b0d2c0f218e7f1bdc72fc",
+            ),
+            (
+                "SHA384",
+                "a10ab81fd79835f1eef614663fb80ed909f798b06a08201525d9a11aa6ffa669fed866b898072ff0127f23a1cb935a86",
+                "504ded785975cf513b8064338844d2a2111573e55067652e99100293df2b4e3e4998ac3c63d84dfaaabdb9173ae3c4f2",
+            ),
+            (
+                "Sha512",
+                "82dd77acef41efa8b3f2d4f95b046d6b0c4fed85c18b561cc79fa0b23b247af805763563ec52680fda1658bc41170af5200759a2cf24649b1ef132bb3f598413",
+                "4c663ad9c4e34208979170a44ccdad7f4ee9f2b1d804d21fc2dce3ef23c1c48bb1368622198ada56758712401cf18a92b238d0220a760217b3d94efb371da2c9",
+            ),
+        ];
+        for (name, plain, keyed) in cases {
+            let alg: HashAlgorithm = name.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(alg.as_str(), name.to_ascii_lowercase());
+            let unkeyed = TokenHasher::with_algorithm(alg, None);
+            assert_eq!(unkeyed.hash(token), plain, "{name}");
+            assert_eq!(unkeyed.accepted_hashes(token), vec![plain.to_owned()]);
+            let hmac = TokenHasher::with_algorithm(alg, Some(key));
+            assert_eq!(hmac.hash(token), keyed, "{name} hmac");
+            assert_eq!(hmac.plain_hash(token), plain);
+            // With a key, the legacy plain digest is accepted after the keyed one.
+            assert_eq!(
+                hmac.accepted_hashes(token),
+                vec![keyed.to_owned(), plain.to_owned()]
+            );
+            // An empty key means no key, as in the bot.
+            assert_eq!(
+                TokenHasher::with_algorithm(alg, Some("")).hash(token),
+                plain
+            );
+        }
+        for bad in ["md5", "sha1", "", "sha-256"] {
+            let err = bad.parse::<HashAlgorithm>().err().unwrap_or_default();
+            assert!(err.contains("sha256, sha384 or sha512"), "{bad}: {err}");
+        }
+        assert_eq!(HashAlgorithm::default(), HashAlgorithm::Sha256);
+        let debug = format!(
+            "{:?}",
+            TokenHasher::with_algorithm(HashAlgorithm::Sha512, Some(key))
+        );
+        assert!(!debug.contains(key) && debug.contains("Sha512"), "{debug}");
     }
 
     #[test]

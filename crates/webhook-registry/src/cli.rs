@@ -1,4 +1,4 @@
-//! The non-serving subcommands: `migrate`, `prune` and
+//! The non-serving subcommands: `migrate`, `prune`, `import-bot` and
 //! `token create|list|revoke`.
 
 use std::io::Write;
@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use storage::tokens::{self, TokenSpec};
 
+use secrecy::{ExposeSecret as _, SecretString};
+use storage::bot::{ImportReport, Tally};
 use storage::history::Retention;
 
 use crate::config::{Config, TokenCommand};
@@ -85,6 +87,129 @@ pub async fn prune(
         size(bytes),
         cutoff.format("%Y-%m-%dT%H:%M:%SZ")
     )?;
+    Ok(())
+}
+
+/// `webhook-registry import-bot [--from URL] [--history D] [--dry-run]`:
+/// migrates our database, reads the bot's tables in one read-only snapshot
+/// and copies them in one transaction (rolled back with `--dry-run`), then
+/// prints the summary on `out`. Never prints secrets or hashes.
+pub async fn import_bot(
+    config: &Config,
+    from: Option<SecretString>,
+    history: Option<std::time::Duration>,
+    dry_run: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let from = match &from {
+        Some(url) => url.expose_secret().to_owned(),
+        None => config
+            .bot_database_url()
+            .context("name the bot's database: --from <its DATABASE_URL> (or BOT_DATABASE_URL)")?
+            .to_owned(),
+    };
+    let shown = proto_events::redact_url(&from);
+    if from.trim() == config.database.url().trim() {
+        bail!("--from names this service's own database ({shown}); it must be the bot's database");
+    }
+    let since = match history {
+        Some(h) => Some(
+            chrono::Duration::from_std(h)
+                .ok()
+                .and_then(|h| Utc::now().checked_sub_signed(h))
+                .context("--history is too long")?,
+        ),
+        None => None,
+    };
+    storage::run_migrations(config.database.url())
+        .await
+        .with_context(|| format!("migrating {}", config.database.redacted_url()))?;
+    let mut bot = AsyncPgConnection::establish(&from)
+        .await
+        .with_context(|| format!("cannot connect to the bot's database {shown}"))?;
+    if !storage::bot::has_bot_tables(&mut bot).await? {
+        bail!("{shown} has no web_api_tokens and webhooks tables: is it the bot's database?");
+    }
+    let data = storage::bot::read(&mut bot, since)
+        .await
+        .with_context(|| format!("reading the bot's tables from {shown}"))?;
+    drop(bot);
+    let mut conn = connect(config).await?;
+    let report = storage::bot::import(&mut conn, &data, dry_run)
+        .await
+        .with_context(|| format!("importing into {}", config.database.redacted_url()))?;
+    write_import_report(out, &report)?;
+    if let (Some(h), Retention(Some(keep))) = (history, config.delivery_retention)
+        && h > keep
+    {
+        eprintln!(
+            "note: --history ({}) is longer than DELIVERY_RETENTION ({}): the older days are \
+             dropped at the next history maintenance",
+            humantime::format_duration(h),
+            humantime::format_duration(keep)
+        );
+    }
+    Ok(())
+}
+
+fn tally(t: &Tally) -> String {
+    format!(
+        "{} created, {} updated, {} unchanged, {} skipped",
+        t.created, t.updated, t.unchanged, t.skipped
+    )
+}
+
+/// The summary of an import: counts per table, then the webhooks imported
+/// switched off and the conflicts, by name and id.
+pub fn write_import_report(out: &mut impl Write, r: &ImportReport) -> std::io::Result<()> {
+    if r.dry_run {
+        writeln!(
+            out,
+            "dry run: nothing was written; this is what an import would do"
+        )?;
+    }
+    writeln!(
+        out,
+        "tokens:     {} ({} adopted), {} deactivated (gone from the bot)",
+        tally(&r.tokens.tally),
+        r.tokens.adopted,
+        r.tokens.deactivated
+    )?;
+    writeln!(out, "webhooks:   {}", tally(&r.webhooks.tally))?;
+    match &r.deliveries {
+        Some(d) => writeln!(
+            out,
+            "deliveries: {} ({} pending in the bot, imported as failed)",
+            tally(&d.tally),
+            d.pending_as_failed
+        )?,
+        None => writeln!(out, "deliveries: not imported (no --history)")?,
+    }
+    if let Some(n) = r.webhooks.sequence_moved_to {
+        writeln!(out, "webhook ids: the id sequence moved to {n}")?;
+    }
+    if !r.webhooks.disabled.is_empty() {
+        writeln!(
+            out,
+            "disabled webhooks (event type not in the catalogue; fix it with PATCH, then switch it on):"
+        )?;
+        for d in &r.webhooks.disabled {
+            writeln!(out, "  webhook {} {:?}: {:?}", d.id, d.name, d.event_type)?;
+        }
+    }
+    if !r.webhooks.conflicts.is_empty() || !r.tokens.conflicts.is_empty() {
+        writeln!(out, "conflicts (not imported):")?;
+        for c in &r.webhooks.conflicts {
+            writeln!(
+                out,
+                "  webhook {} {:?}: id {} is already webhook {:?} here",
+                c.id, c.bot_name, c.id, c.our_name
+            )?;
+        }
+        for c in &r.tokens.conflicts {
+            writeln!(out, "  {c}")?;
+        }
+    }
     Ok(())
 }
 

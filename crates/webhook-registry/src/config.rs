@@ -31,6 +31,22 @@ pub enum Command {
         #[arg(long)]
         older_than: Option<storage::history::Retention>,
     },
+    /// Copy the bot's tokens, webhooks and (with `--history`) delivery
+    /// history into this database (migrated first); safe to run again.
+    /// Prints what was created, updated, unchanged and skipped.
+    ImportBot {
+        /// The bot's PostgreSQL URL (read only); `BOT_DATABASE_URL` when
+        /// omitted.
+        #[arg(long, hide_env_values = true)]
+        from: Option<SecretString>,
+        /// Also copy the delivery rows created within this duration, e.g. `30d`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        history: Option<Duration>,
+        /// Do everything in one transaction and roll it back: print what
+        /// would be done, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -101,7 +117,8 @@ pub struct Config {
     #[command(flatten)]
     pub nats: proto_events::nats::NatsArgs,
 
-    /// Key for HMAC-SHA256 token hashes (the bot's scheme); plain SHA-256 when unset.
+    /// Key for HMAC token hashes (the bot's scheme); plain digests when
+    /// unset. With a key, plain digests (legacy) are still accepted.
     #[arg(
         long,
         env = "WEB_API_TOKEN_HMAC_SECRET",
@@ -109,6 +126,26 @@ pub struct Config {
         global = true
     )]
     pub token_hmac_secret: Option<SecretString>,
+
+    /// Digest of token hashes, as the bot's setting: sha256, sha384 or sha512.
+    #[arg(
+        long,
+        env = "WEB_API_TOKEN_HASH_ALGORITHM",
+        default_value = "sha256",
+        global = true
+    )]
+    pub token_hash_algorithm: storage::tokens::HashAlgorithm,
+
+    /// The bot's PostgreSQL: when set, the bot's API tokens are copied
+    /// into ours every BOT_TOKEN_SYNC_INTERVAL (read only), and it is
+    /// `import-bot`'s default `--from`.
+    #[arg(long, env = "BOT_DATABASE_URL", hide_env_values = true, global = true)]
+    pub bot_database_url: Option<SecretString>,
+
+    /// How often the bot's tokens are synced (with BOT_DATABASE_URL).
+    #[arg(long, env = "BOT_TOKEN_SYNC_INTERVAL", default_value = "2s",
+          value_parser = parse_positive_duration, global = true)]
+    pub bot_token_sync_interval: Duration,
 
     /// A token ensured active at start.
     #[arg(
@@ -205,6 +242,15 @@ pub struct Config {
     pub log: LogArgs,
 }
 
+/// A duration above zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be above zero".to_owned()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `REGISTRY_GATEWAY_URL`: an absolute `ws://` or `wss://` URL.
 fn parse_ws_url(s: &str) -> Result<String, String> {
     match url::Url::parse(s) {
@@ -248,12 +294,21 @@ impl Config {
         }
     }
 
-    /// How tokens are hashed: HMAC with `WEB_API_TOKEN_HMAC_SECRET`, or
-    /// plain SHA-256 without it.
+    /// How tokens are hashed: `WEB_API_TOKEN_HASH_ALGORITHM`, HMAC-keyed
+    /// with `WEB_API_TOKEN_HMAC_SECRET` when that is set.
     pub fn token_hasher(&self) -> storage::tokens::TokenHasher {
-        storage::tokens::TokenHasher::new(
+        storage::tokens::TokenHasher::with_algorithm(
+            self.token_hash_algorithm,
             self.token_hmac_secret.as_ref().map(|s| s.expose_secret()),
         )
+    }
+
+    /// `BOT_DATABASE_URL`, when set and not empty.
+    pub fn bot_database_url(&self) -> Option<&str> {
+        self.bot_database_url
+            .as_ref()
+            .map(|s| s.expose_secret())
+            .filter(|s| !s.trim().is_empty())
     }
 
     /// Whether migrations run at start.
@@ -278,6 +333,9 @@ impl Config {
                 )
             },
             token_hmac_secret: None,
+            token_hash_algorithm: storage::tokens::HashAlgorithm::Sha256,
+            bot_database_url: None,
+            bot_token_sync_interval: Duration::from_secs(2),
             default_token: None,
             allow_private_targets: true,
             max_body_bytes: 64 * 1024,
@@ -334,8 +392,18 @@ mod tests {
         let mut c = Config::for_tests("postgres://u:pw@h/db", "");
         c.token_hmac_secret = Some("hmac-key-value".into());
         c.default_token = Some("default-token-value".into());
+        c.bot_database_url = Some("postgres://bot:botpw@h/bot".into());
         let s = format!("{c:?}");
         assert!(!s.contains("hmac-key-value") && !s.contains("default-token-value"));
+        assert!(!s.contains("botpw"), "{s}");
+        let cli = Cli::try_parse_from([
+            "webhook-registry",
+            "import-bot",
+            "--from",
+            "postgres://bot:frompw@h/bot",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("frompw"));
         assert!(!s.contains(":pw@"));
     }
 
@@ -380,11 +448,43 @@ mod tests {
             cli.config.database.database_pool_timeout,
             Duration::from_secs(2)
         );
+        let cli = Cli::try_parse_from([
+            "webhook-registry",
+            "import-bot",
+            "--history",
+            "30d",
+            "--dry-run",
+            "--token-hash-algorithm",
+            "SHA512",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.token_hash_algorithm,
+            storage::tokens::HashAlgorithm::Sha512
+        );
+        match cli.command {
+            Some(Command::ImportBot {
+                from: None,
+                history,
+                dry_run: true,
+            }) => assert_eq!(history, Some(Duration::from_secs(30 * 86400))),
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["webhook-registry", "--token-hash-algorithm", "md5"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sha256, sha384 or sha512"), "{err}");
+        assert!(
+            Cli::try_parse_from(["webhook-registry", "--bot-token-sync-interval", "0s"]).is_err()
+        );
         let help = Cli::command_for_tests().render_long_help().to_string();
         for want in [
             "REGISTRY_DB_POOL_SIZE",
             "REGISTRY_DB_POOL_TIMEOUT",
             "DATABASE_URL",
+            "WEB_API_TOKEN_HASH_ALGORITHM",
+            "BOT_DATABASE_URL",
+            "BOT_TOKEN_SYNC_INTERVAL",
         ] {
             assert!(help.contains(want), "--help lacks {want}");
         }

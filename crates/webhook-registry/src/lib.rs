@@ -7,6 +7,7 @@
 //! fires. The route table is [`routes::configure`].
 
 pub mod auth;
+pub mod bot_sync;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -22,6 +22,11 @@ async fn main() -> std::process::ExitCode {
         Command::Prune { older_than } => {
             cli::prune(&config, older_than, &mut std::io::stdout()).await
         }
+        Command::ImportBot {
+            from,
+            history,
+            dry_run,
+        } => cli::import_bot(&config, from, history, dry_run, &mut std::io::stdout()).await,
         Command::Token { command } => cli::token(&config, command, &mut std::io::stdout()).await,
     };
     telemetry::finish("webhook-registry", result)

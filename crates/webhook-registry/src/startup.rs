@@ -197,11 +197,22 @@ impl Application {
             ready.clone(),
             background.clone(),
         ));
+        let bot_sync = config.bot_database_url().map(|url| {
+            tokio::spawn(crate::bot_sync::run(
+                pool.clone(),
+                url.to_owned(),
+                config.bot_token_sync_interval,
+                ready.clone(),
+                background.clone(),
+            ))
+        });
+        let (fatal_tx, mut fatal) = tokio::sync::oneshot::channel();
         let bootstrap = tokio::spawn(bootstrap(
             config.clone(),
             pool,
             auth.hasher().clone(),
             ready,
+            fatal_tx,
             background.clone(),
         ));
         let streams = tokio::spawn(ensure_streams(nats.clone(), ns.clone(), background.clone()));
@@ -225,6 +236,12 @@ impl Application {
                 handle.stop(true).await;
                 server.await.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
             }
+            Ok(e) = &mut fatal => {
+                tracing::error!(error = %e, "cannot start");
+                handle.stop(true).await;
+                let _ = server.await;
+                Err(e)
+            }
         };
         background.cancel();
         let _ = bootstrap.await;
@@ -232,6 +249,9 @@ impl Application {
         let _ = streams.await;
         let _ = notifier.await;
         let _ = flusher.await;
+        if let Some(sync) = bot_sync {
+            let _ = sync.await;
+        }
         // Connections opened on the HTTP workers' runtimes die with them, so
         // the flusher's last write can hit one; the pool then drops it and a
         // retry opens a fresh connection here.
@@ -279,11 +299,14 @@ fn readiness(
 
 /// Applies migrations (unless turned off) and ensures the default token,
 /// retrying with backoff until the database answers; then opens the API.
+/// A database that is the bot's own (docs/contract.md, "Settings") is not
+/// retried: the error goes to `fatal` and the registry stops.
 async fn bootstrap(
     config: Config,
     pool: DbPool,
     hasher: TokenHasher,
     ready: Arc<AtomicBool>,
+    fatal: tokio::sync::oneshot::Sender<anyhow::Error>,
     stop: CancellationToken,
 ) {
     let mut backoff = retry_backoff();
@@ -293,6 +316,13 @@ async fn bootstrap(
             Ok(()) => {
                 ready.store(true, Ordering::Release);
                 tracing::info!("database ready; API open");
+                return;
+            }
+            Err(e @ storage::StorageError::ForeignDatabase(_)) => {
+                let _ = fatal.send(anyhow::Error::new(e).context(format!(
+                    "refusing to migrate {}",
+                    config.database.redacted_url()
+                )));
                 return;
             }
             Err(e) => {

@@ -210,10 +210,17 @@ async fn hmac_hashed_tokens_when_the_key_is_set() {
         TokenHasher::new(Some("bot-hmac-key")).hash(&app.token)
     );
     assert_ne!(stored, TokenHasher::new(None).hash(&app.token));
-    // A token stored with plain SHA-256 does not match under HMAC.
+    // A token stored with plain SHA-256 (before the key was set) is still
+    // accepted, as the bot accepts it (its legacy fallback).
     let plain = create_token(&app.pool, &TokenHasher::new(None), "plain", None).await;
     assert_eq!(
         status_with(&app, Some(("X-API-Key", plain))).await.0,
+        StatusCode::OK
+    );
+    // One keyed with another secret is not.
+    let other = create_token(&app.pool, &TokenHasher::new(Some("other")), "other", None).await;
+    assert_eq!(
+        status_with(&app, Some(("X-API-Key", other))).await.0,
         StatusCode::UNAUTHORIZED
     );
 }

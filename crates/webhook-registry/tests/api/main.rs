@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod bot;
 mod cli;
 mod deliveries;
 mod extras;
