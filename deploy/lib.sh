@@ -508,7 +508,7 @@ ensure_schemathesis() {
 # The Python client's tests (clients/python): pytest with nats-py,
 # SQLAlchemy and asyncpg, pinned, in a virtualenv beside the schemathesis
 # one. An existing venv with exactly these pins is reused.
-PYTHON_CLIENT_REQUIREMENTS="pytest==9.2.0 nats-py==2.16.0 SQLAlchemy==2.1.9 asyncpg==0.32.0 greenlet==3.5.6"
+PYTHON_CLIENT_REQUIREMENTS="pytest==9.2.0 nats-py==2.16.0 SQLAlchemy==2.1.9 asyncpg==0.32.0 greenlet==3.5.6 websockets==17.4"
 python_client_venv() {
     if [ -n "${PYTHON_CLIENT_VENV:-}" ]; then
         printf '%s\n' "$PYTHON_CLIENT_VENV"
