@@ -95,6 +95,7 @@ class EventEmitter:
         self._pump: Optional["asyncio.Task[None]"] = None
         self._pump_stop: Optional[asyncio.Event] = None
         self._pump_generation = 0
+        self._feeding: Optional[asyncio.Event] = None
         self._seen: "OrderedDict[str, None]" = OrderedDict()
 
     # -- listeners ---------------------------------------------------------
@@ -218,6 +219,18 @@ class EventEmitter:
     def websocket_count(self) -> int:
         return len(self._sockets)
 
+    async def wait_websocket_feed(self, timeout: float = 10.0) -> bool:
+        """Waits until registered sockets are fed (the stream subscription is
+        in place at the server); False after ``timeout`` or without sockets.
+        Events published before that are not sent to the sockets."""
+        if self._feeding is None:
+            return False
+        try:
+            await asyncio.wait_for(self._feeding.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
     def _ensure_pump(self) -> None:
         """Starts the subscription and the socket writers that are missing;
         a no-op without sockets or outside an event loop (``connect`` or the
@@ -234,7 +247,10 @@ class EventEmitter:
         if self._pump is None or self._pump.done():
             self._pump_generation += 1
             self._pump_stop = asyncio.Event()
-            self._pump = loop.create_task(self._run_pump(self._pump_generation, self._pump_stop))
+            self._feeding = asyncio.Event()
+            self._pump = loop.create_task(
+                self._run_pump(self._pump_generation, self._pump_stop, self._feeding)
+            )
         elif self._pump_stop is not None:
             self._pump_stop.clear()
 
@@ -256,7 +272,7 @@ class EventEmitter:
             except Exception:  # noqa: BLE001 - it only logs
                 pass
 
-    async def _run_pump(self, generation: int, stop: asyncio.Event) -> None:
+    async def _run_pump(self, generation: int, stop: asyncio.Event, feeding: asyncio.Event) -> None:
         """Holds a core NATS subscription on ``<root>.>`` while sockets are
         registered. JetStream stores those subjects and core subscribers get
         the same messages; the connection reconnects by itself."""
@@ -275,6 +291,11 @@ class EventEmitter:
                             self._fan_out(msg, root)
 
                     sub = await nc.subscribe(f"{root}.>", cb=on_message)
+                    try:
+                        await nc.flush(timeout=2)  # the server has the subscription now
+                    except Exception as e:  # noqa: BLE001 - resent on reconnect
+                        log.debug("flush after subscribing failed: %r", e)
+                    feeding.set()
                     log.debug("feeding WebSockets from %s.>", root)
                 except Exception as e:  # noqa: BLE001 - retried
                     log.warning("WebSocket feed cannot subscribe (retrying in %.1fs): %r", delay, e)
