@@ -154,8 +154,8 @@ def migration_sql(direction: str = "up") -> str:
 async def install_outbox(conn: Any) -> None:
     """Runs the (idempotent) migration on an ``AsyncConnection`` or
     ``AsyncSession`` over asyncpg, in its current transaction."""
-    if hasattr(conn, "connection") and not hasattr(conn, "get_raw_connection"):
-        conn = await conn.connection()  # an AsyncSession
+    if _is_session(conn):
+        conn = await conn.connection()
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
     # asyncpg runs a script of several statements only without parameters,
