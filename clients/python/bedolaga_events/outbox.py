@@ -11,6 +11,8 @@ Needs SQLAlchemy 2 (``pip install 'bedolaga-events[sqlalchemy]'``)."""
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from datetime import datetime
 from importlib import resources
 from typing import Any, Dict, Mapping, Optional
@@ -114,6 +116,57 @@ def engine_of(db: Any) -> Any:
     raise TypeError(f"cannot find the engine of {db!r}")
 
 
+#: At most this many after-commit writes of one engine run at once (each
+#: holds a connection of the side pool for one INSERT + COMMIT).
+SIDE_WRITES = 8
+
+
+class _Side:
+    """The side engine of one of the bot's engines, and its write limit."""
+
+    __slots__ = ("engine", "limit", "loop", "__weakref__")
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.limit: Optional[asyncio.Semaphore] = None
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    def semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self.limit is None or self.loop is not loop:
+            self.limit, self.loop = asyncio.Semaphore(SIDE_WRITES), loop
+        return self.limit
+
+
+_sides: "weakref.WeakKeyDictionary[Any, _Side]" = weakref.WeakKeyDictionary()
+
+
+def _side(engine: Any) -> _Side:
+    """The engine after-commit writes use for ``engine``: the same URL,
+    connect arguments and dialect (``pool.recreate()``), but a pool of its
+    own. Taking the second connection from the bot's own pool would
+    deadlock once every pooled connection belongs to a session that is
+    waiting in ``emit`` for one more (each holds its read transaction after
+    ``refresh``). Disposed with the bot's engine."""
+    sync = engine.sync_engine
+    side = _sides.get(sync)
+    if side is None:
+        from sqlalchemy import event
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        side_engine = create_async_engine(sync.url, pool=sync.pool.recreate())
+        side = _Side(side_engine)
+        _sides[sync] = side
+
+        def disposed(_engine: Any, side_sync: Any = side_engine.sync_engine) -> None:
+            # Runs inside AsyncEngine.dispose()'s greenlet: the async pool
+            # can close its connections from here.
+            side_sync.dispose()
+
+        event.listen(sync, "engine_disposed", disposed)
+    return side
+
+
 async def store(db: Any, body: str) -> str:
     """Writes a serialised envelope to the outbox for ``db`` (an
     ``AsyncSession`` or ``AsyncConnection``); returns :data:`JOINED` or
@@ -127,12 +180,17 @@ async def store(db: Any, body: str) -> str:
       another connection of the same engine before this returns, so what
       the caller does next with ``db`` (commit, rollback, close) cannot
       lose it. ``db`` itself is not touched: no transaction is begun on it.
+      The connection comes from a side pool of the same engine
+      configuration (see :func:`_side`), at most :data:`SIDE_WRITES` at a
+      time per engine.
     """
     if await transaction_has_written(db):
         await db.execute(_INSERT, {"envelope": body})
         return JOINED
-    async with engine_of(db).begin() as conn:
-        await conn.execute(_INSERT, {"envelope": body})
+    side = _side(engine_of(db))
+    async with side.semaphore():
+        async with side.engine.begin() as conn:
+            await conn.execute(_INSERT, {"envelope": body})
     return OWN_TRANSACTION
 
 

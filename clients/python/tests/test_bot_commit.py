@@ -59,28 +59,28 @@ def test_events_emitted_after_the_bots_commit_survive_what_the_caller_does_next(
         engine, Session = bot_sessions(sqlalchemy_url(bot_database))
         # 1. The caller rolls back after the CRUD function committed.
         async with Session() as db:
-            u1 = await create_user(db, 1001, "Иван")
+            u1 = (await create_user(db, 1001, "Иван")).id  # rollback expires the object
             await db.rollback()
         # 2. The caller just closes the session.
         db = Session()
-        u2 = await create_user(db, 1002, "Мария")
+        u2 = (await create_user(db, 1002, "Мария")).id
         await db.close()
         # 3. The caller commits again.
         async with Session() as db:
-            u3 = await create_user(db, 1003, "Пётр")
+            u3 = (await create_user(db, 1003, "Пётр")).id
             await db.commit()
         # 4. Two CRUD calls in one session, then the caller writes more and
         #    rolls that back: both committed events stay, the extra row goes.
         async with Session() as db:
-            u4 = await create_user(db, 1004, "Анна")
-            t4 = await create_transaction(db, u4.id, "deposit", 15050)
+            u4 = (await create_user(db, 1004, "Анна")).id
+            t4 = (await create_transaction(db, u4, "deposit", 15050)).id
             db.add(User(telegram_id=9999, first_name="никогда"))
             await db.flush()
             await db.rollback()
         # 5. A withdrawal: transaction.created, then the session is left to
         #    the garbage collector after a failed statement.
         async with Session() as db:
-            t5 = await create_transaction(db, u4.id, "withdrawal", -500, description="Списание")
+            t5 = (await create_transaction(db, u4, "withdrawal", -500, description="Списание")).id
             with pytest.raises(Exception):
                 await db.execute(text("SELECT * FROM no_such_table"))
             await db.rollback()
@@ -90,12 +90,12 @@ def test_events_emitted_after_the_bots_commit_survive_what_the_caller_does_next(
         got = [(m["envelope"]["type"], m["envelope"]["payload"]) for m in msgs]
         users = sorted(p["telegram_id"] for t, p in got if t == "user.created")
         assert users == [1001, 1002, 1003, 1004], got
-        assert [p["transaction_id"] for t, p in got if t == "payment.completed"] == [t4.id]
-        assert [p["transaction_id"] for t, p in got if t == "transaction.created"] == [t5.id]
+        assert [p["transaction_id"] for t, p in got if t == "payment.completed"] == [t4]
+        assert [p["transaction_id"] for t, p in got if t == "transaction.created"] == [t5]
         assert len(msgs) == 6, "each committed event exactly once"
         assert len({m["msg_id"] for m in msgs}) == 6
         # The ids the bot's rows got after commit + refresh are in the payloads.
-        assert {p["user_id"] for t, p in got if t == "user.created"} == {u1.id, u2.id, u3.id, u4.id}
+        assert {p["user_id"] for t, p in got if t == "user.created"} == {u1, u2, u3, u4}
         assert await outbox_len(bot_database) == 0
         await engine.dispose()
 

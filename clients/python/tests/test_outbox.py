@@ -16,7 +16,7 @@ import asyncpg
 import nats
 import nats.js.errors
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from bedolaga_events import EventEmitter, names
@@ -56,6 +56,10 @@ def test_a_rolled_back_transaction_publishes_nothing(database: str, prefix: str,
         engine, Session = sessions(database)
         emitter = EventEmitter()
         async with Session() as db:
+            # The change the events describe: the transaction has written,
+            # so the outbox rows join it.
+            await db.execute(text("CREATE TEMP TABLE bot_change (x int)"))
+            await db.execute(text("INSERT INTO bot_change VALUES (1)"))
             await emitter.emit("user.created", {"user_id": 1}, db=db)
             await emitter.emit("payment.completed", {"transaction_id": 1}, db=db)
             await db.rollback()

@@ -218,13 +218,13 @@ def test_committed_bot_events_reach_webhooks_and_the_gateway_once(
             # Emitted after the bot's commit; the caller rolls back, closes,
             # commits again.
             async with Session() as db:
-                u1 = await create_user(db, 7001, "Иван")
+                u1 = (await create_user(db, 7001, "Иван")).id  # rollback expires the object
                 await db.rollback()
             db = Session()
-            await create_transaction(db, u1.id, "deposit", 15050)
+            await create_transaction(db, u1, "deposit", 15050)
             await db.close()
             async with Session() as db:
-                await create_transaction(db, u1.id, "subscription_payment", -9900, description="Подписка")
+                await create_transaction(db, u1, "subscription_payment", -9900, description="Подписка")
                 await db.commit()
             # Emitted inside a transaction that wrote: rolled back, then committed.
             async with Session() as db:
