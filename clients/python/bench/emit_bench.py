@@ -151,13 +151,13 @@ class Arrivals(threading.Thread):
         self.duplicates = 0
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
-        self._stop: Optional[asyncio.Event] = None
+        self._stopping: Optional[asyncio.Event] = None
 
     def run(self) -> None:
         self.loop.run_until_complete(self._main())
 
     async def _main(self) -> None:
-        self._stop = asyncio.Event()
+        self._stopping = asyncio.Event()
         nc = await nats.connect(self.nats_url)
 
         async def on_msg(msg) -> None:
@@ -171,12 +171,12 @@ class Arrivals(threading.Thread):
         await nc.subscribe(self.subject, cb=on_msg)
         await nc.flush()
         self.ready.set()
-        await self._stop.wait()
+        await self._stopping.wait()
         await nc.close()
 
     def stop(self) -> None:
-        if self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
+        if self._stopping is not None:
+            self.loop.call_soon_threadsafe(self._stopping.set)
         self.join(10)
 
 
