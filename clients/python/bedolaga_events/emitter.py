@@ -51,8 +51,9 @@ class EventEmitter:
       if the caller commits;
     - otherwise (the bot's usual case: ``emit`` after its own ``commit()``,
       maybe after a ``refresh()``) the row is committed in a transaction of
-      its own, on another connection of ``db``'s engine, before ``emit``
-      returns. Whatever the caller does with ``db`` next, the event stays.
+      its own, on a side connection to ``db``'s database (a pool made from
+      ``db``'s engine, see :func:`bedolaga_events.outbox.store`), before
+      ``emit`` returns. Whatever the caller does with ``db`` next, the event stays.
 
     Without ``db`` the event is published to JetStream directly and ``emit``
     waits for the ack; a failure after the publisher's timeout is logged and
@@ -256,7 +257,7 @@ class EventEmitter:
 
     async def _stop_pump(self) -> None:
         pump, stop = self._pump, self._pump_stop
-        self._pump, self._pump_stop = None, None
+        self._pump, self._pump_stop, self._feeding = None, None, None
         self._pump_generation += 1
         for feed in self._sockets.values():
             if feed.task is not None and feed.task is not _current_task():
@@ -313,6 +314,8 @@ class EventEmitter:
         finally:
             if self._pump is _current_task():
                 self._pump = None
+            if self._feeding is feeding:
+                self._feeding = None
             if sub is not None:
                 try:
                     await sub.unsubscribe()

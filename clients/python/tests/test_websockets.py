@@ -325,3 +325,36 @@ def test_a_socket_registered_before_connect_is_fed_after_it(prefix: str) -> None
             await emitter.close()
 
     run(go())
+
+
+def test_the_feed_resumes_after_nats_comes_back(private_nats) -> None:
+    """Events published while NATS is away are not replayed to sockets (a
+    documented limit); those after the reconnect arrive."""
+
+    async def go() -> None:
+        emitter = EventEmitter()
+        await emitter.connect(private_nats.url, "", reconnect_time_wait=0.2)
+        ws = FakeSocket()
+        try:
+            emitter.register_websocket(ws)
+            assert await emitter.wait_websocket_feed()
+            await emitter.emit("user.created", {"user_id": 1})
+            assert await eventually(lambda: len(ws.texts) == 1)
+            private_nats.stop()
+            await asyncio.sleep(0.5)
+            await asyncio.get_running_loop().run_in_executor(None, private_nats.start)
+            pub = await Publisher().connect(private_nats.url)
+            deadline = time.monotonic() + 20
+            n = 2
+            # Publish until the emitter's connection is back and subscribed.
+            while len(ws.texts) < 2 and time.monotonic() < deadline:
+                await pub.publish("user.created", {"user_id": n})
+                n += 1
+                await asyncio.sleep(0.2)
+            await pub.close()
+            assert len(ws.texts) >= 2
+            assert emitter.websocket_count == 1
+        finally:
+            await emitter.close()
+
+    run(go())
