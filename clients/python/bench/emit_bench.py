@@ -375,14 +375,19 @@ async def main() -> None:
         if r["latency"]:
             print(f"  mean commit -> NATS {ms(statistics.mean(r['latency']))} ms")
     finally:
-        if arrivals is not None:
-            arrivals.stop()
+        # The relay first: nothing below may leave it running.
         if relay is not None and relay.poll() is None:
             relay.send_signal(signal.SIGTERM)
             try:
                 relay.wait(10)
             except subprocess.TimeoutExpired:
                 relay.kill()
+                relay.wait(5)
+        if arrivals is not None:
+            try:
+                arrivals.stop()
+            except Exception as e:  # noqa: BLE001 - best effort
+                print("arrivals thread did not stop:", repr(e), file=sys.stderr)
         try:
             nc = await nats.connect(args.nats_url)
             js = nc.jetstream()
