@@ -508,7 +508,7 @@ ensure_schemathesis() {
 # The Python client's tests (clients/python): pytest with nats-py,
 # SQLAlchemy and asyncpg, pinned, in a virtualenv beside the schemathesis
 # one. An existing venv with exactly these pins is reused.
-PYTHON_CLIENT_REQUIREMENTS="pytest==9.2.0 nats-py==2.16.0 SQLAlchemy==2.1.9 asyncpg==0.32.0 greenlet==3.5.6"
+PYTHON_CLIENT_REQUIREMENTS="pytest==9.2.0 nats-py==2.16.0 SQLAlchemy==2.1.9 asyncpg==0.32.0 greenlet==3.5.6 websockets==17.4"
 python_client_venv() {
     if [ -n "${PYTHON_CLIENT_VENV:-}" ]; then
         printf '%s\n' "$PYTHON_CLIENT_VENV"
@@ -555,7 +555,9 @@ ensure_python_client_venv() {
 }
 
 # run_python_client_tests: pytest for clients/python against the local
-# NATS and PostgreSQL, driving the outbox-relay binary of this build.
+# NATS and PostgreSQL, driving the binaries of this build (outbox-relay;
+# webhook-registry, delivery-worker and gateway for the end-to-end module,
+# found through BEDOLAGA_BIN_DIR).
 # Without python3 it is skipped with a warning (nothing else can run it).
 run_python_client_tests() {
     local venv relay
@@ -564,13 +566,13 @@ run_python_client_tests() {
         return 0
     fi
     venv="$(ensure_python_client_venv)"
-    log "cargo build --workspace --bins (outbox-relay for the Python client tests)"
+    log "cargo build --workspace --bins (the services the Python client tests drive)"
     (cd "$BEDOLAGA_REPO_ROOT" && cargo build -q --workspace --bins) || die "cargo build failed"
     relay="$(cargo_target_dir)/debug/outbox-relay"
     log "pytest clients/python/tests"
     (
         cd "$BEDOLAGA_REPO_ROOT/clients/python" &&
-            OUTBOX_RELAY_BIN="$relay" BEDOLAGA_REQUIRE_RELAY=1 \
+            OUTBOX_RELAY_BIN="$relay" BEDOLAGA_BIN_DIR="$(cargo_target_dir)/debug" BEDOLAGA_REQUIRE_RELAY=1 \
                 "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs tests
     )
 }

@@ -2,8 +2,9 @@
 (:class:`Publisher`) or through the transactional outbox
 (:class:`EventEmitter` with ``db=session``, relayed by ``outbox-relay``).
 
-The bot replaces ``from app.services.event_emitter import event_emitter``
-with ``from bedolaga_events import event_emitter``."""
+The bot's ``app/services/event_emitter.py`` becomes the one line
+``from bedolaga_events import event_emitter, EventEmitter``: every
+``from app.services.event_emitter import event_emitter`` keeps working."""
 
 from ._envelope import EVENT_TYPES, InvalidEvent, dumps, names, new_event_id
 from .emitter import ALL, EventEmitter, Listener

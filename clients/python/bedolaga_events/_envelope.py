@@ -10,7 +10,7 @@ import os
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 #: The event types of the catalogue, in catalogue order.
@@ -54,9 +54,43 @@ def new_event_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+def rfc3339(moment: datetime) -> str:
+    """An aware datetime as RFC 3339 in UTC with microseconds and a ``Z``."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
 def now_timestamp() -> str:
     """RFC 3339 in UTC with microseconds and a ``Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return rfc3339(datetime.now(timezone.utc))
+
+
+_RFC3339_RE = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$"
+)
+
+
+def bot_timestamp(timestamp: str) -> str:
+    """An envelope timestamp written the way the bot writes its events'
+    ``timestamp``: ``str(datetime.now(UTC))``, e.g.
+    ``2026-08-20 09:39:04.123456+00:00`` (no fraction when it is zero, as
+    ``str`` does). A time without an offset is read as UTC (docs/contract.md,
+    "Conventions"); digits past microseconds are cut. Text that is not a
+    time is returned as it is."""
+    m = _RFC3339_RE.match(timestamp)
+    if m is None:
+        return timestamp
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    micro = int((m.group(7) or "0")[:6].ljust(6, "0"))
+    offset = timezone.utc
+    if m.group(9):
+        minutes = int(m.group(10)) * 60 + int(m.group(11))
+        offset = timezone(timedelta(minutes=-minutes if m.group(9) == "-" else minutes))
+    try:
+        moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=offset)
+    except ValueError:
+        return timestamp
+    return str(moment.astimezone(timezone.utc))
 
 
 def dumps(value: Any) -> str:

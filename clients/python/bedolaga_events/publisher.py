@@ -87,6 +87,16 @@ class Publisher:
     def stream(self) -> str:
         return self._stream
 
+    @property
+    def subject_root(self) -> str:
+        """``events`` or ``<prefix>.events``: every event subject starts with it."""
+        return self._root
+
+    @property
+    def connection(self) -> Optional[NATS]:
+        """The NATS connection (``None`` before :meth:`connect` or :meth:`use`)."""
+        return self._nc
+
     def subject(self, event_type: str) -> str:
         return f"{self._root}.{event_type}"
 

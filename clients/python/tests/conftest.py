@@ -77,6 +77,31 @@ def database() -> Iterator[str]:
     run(drop())
 
 
+@pytest.fixture
+def empty_database() -> Iterator[str]:
+    """A new database with nothing in it (e.g. for the Rust services, which
+    migrate their own schema); its URL."""
+    name = f"test_{uuid.uuid4().hex}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(PG_SERVER)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(PG_SERVER)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    run(create())
+    yield _with_db(PG_SERVER, name)
+    run(drop())
+
+
 def sqlalchemy_url(url: str) -> str:
     return url.replace("postgres://", "postgresql+asyncpg://", 1)
 
@@ -110,9 +135,19 @@ def relay_bin() -> Optional[str]:
     env = os.environ.get("OUTBOX_RELAY_BIN")
     if env:
         return env
-    target = os.environ.get("CARGO_TARGET_DIR", str(REPO / "target"))
-    for profile in ("debug", "release"):
-        p = Path(target) / profile / "outbox-relay"
+    return service_bin("outbox-relay")
+
+
+def service_bin(name: str) -> Optional[str]:
+    """A binary of this workspace: in BEDOLAGA_BIN_DIR when set, else in
+    $CARGO_TARGET_DIR (or target/) debug, then release."""
+    dirs = []
+    if os.environ.get("BEDOLAGA_BIN_DIR"):
+        dirs.append(Path(os.environ["BEDOLAGA_BIN_DIR"]))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", str(REPO / "target")))
+    dirs += [target / "debug", target / "release"]
+    for d in dirs:
+        p = d / name
         if p.exists():
             return str(p)
     return None

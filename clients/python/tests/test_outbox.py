@@ -15,7 +15,8 @@ from typing import Any, Dict, List
 import asyncpg
 import nats
 import nats.js.errors
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from bedolaga_events import EventEmitter, names
@@ -55,6 +56,10 @@ def test_a_rolled_back_transaction_publishes_nothing(database: str, prefix: str,
         engine, Session = sessions(database)
         emitter = EventEmitter()
         async with Session() as db:
+            # The change the events describe: the transaction has written,
+            # so the outbox rows join it.
+            await db.execute(text("CREATE TEMP TABLE bot_change (x int)"))
+            await db.execute(text("INSERT INTO bot_change VALUES (1)"))
             await emitter.emit("user.created", {"user_id": 1}, db=db)
             await emitter.emit("payment.completed", {"transaction_id": 1}, db=db)
             await db.rollback()
@@ -151,7 +156,7 @@ async def fill_outbox(database: str, n: int) -> List[str]:
                 env, body = build("user.created", {"user_id": i, "first_name": "Пётр 🚀"})
                 ids.append(env["id"])
                 rows.append((body,))
-            await conn.executemany("INSERT INTO event_outbox (envelope) VALUES ($1::jsonb)", rows)
+            await conn.executemany("INSERT INTO event_outbox (envelope) VALUES ($1::json)", rows)
     finally:
         await conn.close()
     return ids
@@ -325,7 +330,6 @@ def test_the_emitter_takes_the_bots_call_shapes(database: str, prefix: str, rela
 
 
 def test_an_invalid_event_fails_inside_the_callers_transaction(database: str) -> None:
-    import pytest
 
     from bedolaga_events import InvalidEvent
 
@@ -339,6 +343,92 @@ def test_an_invalid_event_fails_inside_the_callers_transaction(database: str) ->
                 await emitter.emit("user.created", "not a dict", db=db)  # type: ignore[arg-type]
             await db.commit()
         assert await outbox_len(database) == 0
+        await engine.dispose()
+
+    run(go())
+
+
+# The outbox as the first version of the migration created it.
+JSONB_OUTBOX = r"""
+DROP TABLE event_outbox;
+CREATE TABLE event_outbox (
+    id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    envelope   JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT event_outbox_id_ok CHECK (coalesce(
+        jsonb_typeof(envelope -> 'id') = 'string'
+        AND length(envelope ->> 'id') BETWEEN 1 AND 64, false)),
+    CONSTRAINT event_outbox_type_ok CHECK (coalesce(
+        (envelope ->> 'type') ~ '^[a-z0-9_]+(\.[a-z0-9_]+)+$', false)),
+    CONSTRAINT event_outbox_timestamp_ok CHECK (coalesce(jsonb_typeof(envelope -> 'timestamp') = 'string', false)),
+    CONSTRAINT event_outbox_payload_ok CHECK (coalesce(jsonb_typeof(envelope -> 'payload') = 'object', false))
+);
+CREATE TRIGGER event_outbox_notify AFTER INSERT ON event_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION event_outbox_notify();
+"""
+
+
+def test_install_outbox_upgrades_a_jsonb_outbox_to_json_and_keeps_its_rows(database: str) -> None:
+    from bedolaga_events.outbox import install_outbox
+
+    async def column_type(conn: asyncpg.Connection) -> str:
+        return str(
+            await conn.fetchval(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'event_outbox'::regclass AND attname = 'envelope'"
+            )
+        )
+
+    async def go() -> None:
+        conn = await asyncpg.connect(database)
+        try:
+            assert await column_type(conn) == "json", "a new install is json"
+            await conn.execute(JSONB_OUTBOX)
+            assert await column_type(conn) == "jsonb"
+            await conn.execute(
+                "INSERT INTO event_outbox (envelope) VALUES ($1::jsonb)",
+                '{"id": "old", "type": "user.created", "timestamp": "t", "payload": {"b": 1, "a": 2}}',
+            )
+        finally:
+            await conn.close()
+        engine, Session = sessions(database)
+        async with engine.begin() as c:  # an AsyncConnection
+            await install_outbox(c)
+        async with Session() as s:  # an AsyncSession, again: idempotent
+            await install_outbox(s)
+            await s.commit()
+        conn = await asyncpg.connect(database)
+        try:
+            assert await column_type(conn) == "json"
+            assert await conn.fetchval("SELECT envelope ->> 'id' FROM event_outbox") == "old"
+            checks = await conn.fetch(
+                "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+                "WHERE conrelid = 'event_outbox'::regclass AND contype = 'c' ORDER BY conname"
+            )
+            assert [r["conname"] for r in checks] == [
+                "event_outbox_id_ok",
+                "event_outbox_payload_ok",
+                "event_outbox_timestamp_ok",
+                "event_outbox_type_ok",
+            ]
+            assert all("jsonb" not in r["def"] for r in checks)
+            with pytest.raises(asyncpg.CheckViolationError):
+                await conn.execute(
+                    "INSERT INTO event_outbox (envelope) VALUES ($1::json)",
+                    '{"id": "x", "type": "user.created", "timestamp": "t", "payload": []}',
+                )
+        finally:
+            await conn.close()
+        # The emitter's row is stored as the text Python wrote.
+        async with Session() as db:
+            await EventEmitter().emit("user.created", {"z": 1, "a": "Иван", "m": None}, db=db)
+        conn = await asyncpg.connect(database)
+        try:
+            text_ = await conn.fetchval("SELECT envelope::text FROM event_outbox ORDER BY id DESC LIMIT 1")
+        finally:
+            await conn.close()
+        assert text_.endswith('"payload": {"z": 1, "a": "Иван", "m": null}}')
+        assert json.dumps(json.loads(text_), ensure_ascii=False) == text_
         await engine.dispose()
 
     run(go())

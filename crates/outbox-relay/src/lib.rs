@@ -29,7 +29,9 @@ pub use config::{Cli, Command, Config};
 pub use metrics::Metrics;
 pub use relay::{MIGRATION_SQL, Relay};
 
-/// Creates `event_outbox` and its trigger if missing (idempotent).
+/// Creates `event_outbox` and its trigger if missing, and upgrades an
+/// outbox of an earlier version (an `envelope jsonb` column becomes `json`,
+/// which keeps the text the bot wrote); idempotent.
 pub async fn migrate(database_url: &str) -> anyhow::Result<()> {
     let mut conn = AsyncPgConnection::establish(database_url)
         .await

@@ -39,7 +39,10 @@ use crate::metrics::Metrics;
 /// The NOTIFY channel of the migration's trigger.
 pub const CHANNEL: &str = "event_outbox";
 
-/// The outbox table and trigger, as the Python package ships them.
+/// The outbox table and trigger, as the Python package ships them (one
+/// idempotent script that also upgrades older outboxes). The envelope
+/// column is `json`: `envelope::text` below is the text the bot wrote, key
+/// order included.
 pub const MIGRATION_SQL: &str =
     include_str!("../../../clients/python/bedolaga_events/migrations/0001_event_outbox.up.sql");
 

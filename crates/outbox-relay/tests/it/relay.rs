@@ -212,3 +212,86 @@ async fn shutdown_finishes_and_leaves_unrelayed_rows_in_place() {
     relay.stop().await;
     t.cleanup().await;
 }
+
+/// The outbox as issue 14 created it: `envelope jsonb`, checks on jsonb.
+const JSONB_OUTBOX: &str = r"
+DROP TABLE event_outbox;
+CREATE TABLE event_outbox (
+    id         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    envelope   JSONB NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT event_outbox_id_ok CHECK (coalesce(
+        jsonb_typeof(envelope -> 'id') = 'string'
+        AND length(envelope ->> 'id') BETWEEN 1 AND 64, false)),
+    CONSTRAINT event_outbox_type_ok CHECK (coalesce(
+        (envelope ->> 'type') ~ '^[a-z0-9_]+(\.[a-z0-9_]+)+$', false)),
+    CONSTRAINT event_outbox_timestamp_ok CHECK (coalesce(jsonb_typeof(envelope -> 'timestamp') = 'string', false)),
+    CONSTRAINT event_outbox_payload_ok CHECK (coalesce(jsonb_typeof(envelope -> 'payload') = 'object', false))
+);
+CREATE TRIGGER event_outbox_notify
+    AFTER INSERT ON event_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION event_outbox_notify();
+";
+
+#[tokio::test]
+async fn migrate_turns_a_jsonb_outbox_into_json_and_the_text_is_published_as_written() {
+    use diesel::sql_types::Text;
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+    #[derive(diesel::QueryableByName)]
+    struct ColumnType {
+        #[diesel(sql_type = Text)]
+        t: String,
+    }
+    let t = TestOutbox::new().await;
+    let mut conn = t.conn().await;
+    conn.batch_execute(JSONB_OUTBOX).await.unwrap();
+    // A row waiting in the old outbox survives the upgrade.
+    t.insert(1, 1).await;
+    let column_type = "SELECT format_type(atttypid, atttypmod) AS t FROM pg_attribute \
+         WHERE attrelid = 'event_outbox'::regclass AND attname = 'envelope'";
+    let before: ColumnType = diesel::sql_query(column_type)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(before.t, "jsonb");
+    outbox_relay::migrate(&t.db.url).await.unwrap();
+    outbox_relay::migrate(&t.db.url).await.unwrap();
+    let after: ColumnType = diesel::sql_query(column_type)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after.t, "json");
+    assert_eq!(t.outbox_len().await, 1);
+    // The checks hold on the json column.
+    for bad in [
+        r#"{"id":"","type":"user.created","timestamp":"x","payload":{}}"#,
+        r#"{"id":"a","type":"user created","timestamp":"x","payload":{}}"#,
+        r#"{"id":"a","type":"user.created","timestamp":"x","payload":[]}"#,
+        r#"{"id":"a","type":"user.created","payload":{}}"#,
+    ] {
+        let r = diesel::sql_query("INSERT INTO event_outbox (envelope) VALUES ($1::json)")
+            .bind::<Text, _>(bad)
+            .execute(&mut conn)
+            .await;
+        assert!(r.is_err(), "{bad} was accepted");
+    }
+    // Unsorted keys, Python's spacing, raw UTF-8: published byte for byte.
+    let body = r#"{"id": "order-1", "type": "user.created", "timestamp": "2026-01-01T00:00:00Z", "payload": {"user_id": 2, "telegram_id": 5, "username": null, "first_name": "Иван 👋", "a": [3, 1]}}"#;
+    diesel::sql_query("INSERT INTO event_outbox (envelope) VALUES ($1::json)")
+        .bind::<Text, _>(body)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let relay = TestRelay::spawn(t.config()).await;
+    assert_eq!(t.wait_stream_len(2, Duration::from_secs(10)).await, 2);
+    let stream = t.js.get_stream(t.ns.stream()).await.unwrap();
+    let m = stream.get_raw_message(2).await.unwrap();
+    assert_eq!(std::str::from_utf8(&m.payload).unwrap(), body);
+    assert_eq!(
+        m.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some("order-1")
+    );
+    relay.stop().await;
+    t.cleanup().await;
+}

@@ -1,0 +1,271 @@
+"""End to end through this project's services: the bot-like CRUD functions
+emit with ``db=``, outbox-relay publishes, and the real webhook-registry,
+delivery-worker and gateway binaries deliver. Every committed event reaches
+the webhook receiver and the gateway WebSocket exactly once; rolled-back
+ones never do.
+
+Skipped when the binaries are not built (``cargo build --bins``); with
+BEDOLAGA_REQUIRE_RELAY set (deploy/test.sh) a missing binary fails."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from botlike import bot_sessions, create_oauth_user, create_transaction, create_user, install_bot_tables
+from conftest import NATS_URL, RelayProcess, free_port, run, service_bin, sqlalchemy_url, stream_messages
+
+SERVICES = ("webhook-registry", "delivery-worker", "gateway")
+
+
+def binaries() -> Dict[str, str]:
+    found = {name: service_bin(name) for name in SERVICES}
+    missing = [n for n, p in found.items() if p is None]
+    if missing:
+        if os.environ.get("BEDOLAGA_REQUIRE_RELAY"):
+            pytest.fail(f"not built: {', '.join(missing)} (cargo build --workspace --bins)")
+        pytest.skip(f"not built: {', '.join(missing)} (cargo build --workspace --bins)")
+    return {n: str(p) for n, p in found.items()}
+
+
+class Service:
+    """One of the services as a process on a free port of 127.0.0.1."""
+
+    def __init__(self, binary: str, bind_var: str, env: Dict[str, str]) -> None:
+        self.name = os.path.basename(binary)
+        self.port = free_port()
+        self.log = tempfile.TemporaryFile()
+        full_env = {"PATH": os.environ.get("PATH", ""), **env, bind_var: f"127.0.0.1:{self.port}"}
+        self.proc = subprocess.Popen([binary], env=full_env, stdout=self.log, stderr=self.log)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-4000:]
+
+    def wait_ready(self, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.output()}")
+            try:
+                with urllib.request.urlopen(self.url("/readyz"), timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {within}s: {self.output()}")
+
+    def metric(self, name: str) -> Optional[float]:
+        with urllib.request.urlopen(self.url("/metrics"), timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records every POST and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: List[Tuple[str, Dict[str, str], bytes]] = []
+        lock = threading.Lock()
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def services(empty_database: str, prefix: str):
+    """Registry, worker and gateway on their own database and the test's
+    NATS prefix, a token, and a `*` webhook to a local receiver."""
+    bins = binaries()
+    common = {
+        "DATABASE_URL": empty_database,
+        "NATS_URL": NATS_URL,
+        "NATS_PREFIX": prefix,
+        "DELIVERY_ALLOW_PRIVATE_TARGETS": "true",
+        "RUST_LOG": os.environ.get("SERVICES_LOG", "warn"),
+    }
+    started: List[Service] = []
+    receiver = Receiver()
+    try:
+        registry = Service(bins["webhook-registry"], "REGISTRY_BIND", {**common, "REGISTRY_WORKERS": "1"})
+        started.append(registry)
+        registry.wait_ready()
+        out = subprocess.run(
+            [bins["webhook-registry"], "token", "create", "--name", "python-e2e"],
+            env={"PATH": os.environ.get("PATH", ""), "DATABASE_URL": empty_database, "RUST_LOG": "warn"},
+            capture_output=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr.decode("utf-8", "replace")
+        token = out.stdout.decode().strip()
+        request = urllib.request.Request(
+            registry.url("/webhooks"),
+            data=json.dumps(
+                {
+                    "name": "all",
+                    "url": f"http://127.0.0.1:{receiver.port}/all",
+                    "event_type": "*",
+                    "secret": "s3cret",
+                }
+            ).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert r.status == 201
+            hook_id = json.loads(r.read())["id"]
+        worker = Service(
+            bins["delivery-worker"],
+            "WORKER_BIND",
+            {**common, "DELIVERY_RETRY_SCHEDULE": "1s,1s,1s", "DELIVERY_RETRY_POLL": "200ms"},
+        )
+        started.append(worker)
+        worker.wait_ready()
+        deadline = time.monotonic() + 30
+        while worker.metric("delivery_webhooks_cached") != 1.0:
+            assert time.monotonic() < deadline, "the worker did not load the webhook"
+            time.sleep(0.1)
+        gateway = Service(bins["gateway"], "GATEWAY_BIND", {**common, "GATEWAY_WORKERS": "1"})
+        started.append(gateway)
+        gateway.wait_ready()
+        yield {
+            "token": token,
+            "hook_id": hook_id,
+            "receiver": receiver,
+            "ws_url": f"ws://127.0.0.1:{gateway.port}/ws",
+            "services": started,
+        }
+    finally:
+        for s in reversed(started):
+            s.stop()
+        receiver.close()
+
+
+def test_committed_bot_events_reach_webhooks_and_the_gateway_once(
+    database: str, prefix: str, relays, services: Dict[str, Any]
+) -> None:
+    import websockets
+
+    bot_db = database
+    run(install_bot_tables(bot_db))
+    relays.append(RelayProcess(bot_db, NATS_URL, prefix))
+
+    async def go() -> None:
+        ws_events: List[Dict[str, Any]] = []
+        url = f"{services['ws_url']}?token={services['token']}"
+        async with websockets.connect(url, open_timeout=10) as ws:
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert welcome == {
+                "type": "connection",
+                "status": "connected",
+                "message": "WebSocket connection established",
+            }
+
+            async def read() -> None:
+                async for frame in ws:
+                    msg = json.loads(frame)
+                    if msg.get("type") in ("user.created", "payment.completed", "transaction.created"):
+                        ws_events.append(msg)
+
+            reader = asyncio.create_task(read())
+            engine, Session = bot_sessions(sqlalchemy_url(bot_db))
+            # Emitted after the bot's commit; the caller rolls back, closes,
+            # commits again.
+            async with Session() as db:
+                u1 = (await create_user(db, 7001, "Иван")).id  # rollback expires the object
+                await db.rollback()
+            db = Session()
+            await create_transaction(db, u1, "deposit", 15050)
+            await db.close()
+            async with Session() as db:
+                await create_transaction(db, u1, "subscription_payment", -9900, description="Подписка")
+                await db.commit()
+            # Emitted inside a transaction that wrote: rolled back, then committed.
+            async with Session() as db:
+                await create_oauth_user(db, "never@example.com")
+                await db.rollback()
+            async with Session() as db:
+                await create_oauth_user(db, "kept@example.com")
+                await db.commit()
+            await engine.dispose()
+
+            receiver: Receiver = services["receiver"]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (len(receiver.requests) < 4 or len(ws_events) < 4):
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(2.0)  # a duplicate or a rolled-back event would arrive meanwhile
+            reader.cancel()
+
+        stored = await stream_messages(NATS_URL, prefix)
+        ids = [m["msg_id"] for m in stored]
+        assert len(ids) == 4 and len(set(ids)) == 4
+        assert "never@example.com" not in json.dumps([m["envelope"] for m in stored])
+
+        # The gateway: each event once, the payload as the bot wrote it
+        # (key order included).
+        assert sorted(e["id"] for e in ws_events) == sorted(ids)
+        by_id = {m["msg_id"]: m["envelope"] for m in stored}
+        for e in ws_events:
+            assert list(e)[:3] == ["type", "payload", "timestamp"]
+            assert list(e["payload"]) == list(by_id[e["id"]]["payload"])
+            assert e["payload"] == by_id[e["id"]]["payload"]
+        user_event = next(e for e in ws_events if e["payload"].get("telegram_id") == 7001)
+        assert list(user_event["payload"])[:3] == ["user_id", "telegram_id", "username"]
+
+        # The webhook: each event once (webhook-id is msg_<event id>_<hook id>).
+        hook = services["hook_id"]
+        posted = [(h["webhook-id"], h["x-webhook-event"], json.loads(b)) for _, h, b in receiver.requests]
+        assert sorted(w for w, _, _ in posted) == sorted(f"msg_{i}_{hook}" for i in ids)
+        for webhook_id, event_type, body in posted:
+            env = by_id[webhook_id[len("msg_") : -len(f"_{hook}")]]
+            assert event_type == env["type"]
+            assert body == env["payload"]
+        assert "never@example.com" not in json.dumps([b for _, _, b in posted])
+
+    run(go())
