@@ -163,7 +163,13 @@ def services(empty_database: str, prefix: str):
         worker = Service(
             bins["delivery-worker"],
             "WORKER_BIND",
-            {**common, "DELIVERY_RETRY_SCHEDULE": "1s,1s,1s", "DELIVERY_RETRY_POLL": "200ms"},
+            {
+                **common,
+                "DELIVERY_RETRY_SCHEDULE": "1s,1s,1s",
+                "DELIVERY_RETRY_POLL": "200ms",
+                # Webhooks imported from the bot (no change notice) are seen soon.
+                "DELIVERY_CACHE_REFRESH": "500ms",
+            },
         )
         started.append(worker)
         worker.wait_ready()
@@ -180,6 +186,9 @@ def services(empty_database: str, prefix: str):
             "receiver": receiver,
             "ws_url": f"ws://127.0.0.1:{gateway.port}/ws",
             "services": started,
+            "registry_bin": bins["webhook-registry"],
+            "database": empty_database,
+            "worker": worker,
         }
     finally:
         for s in reversed(started):
@@ -187,13 +196,77 @@ def services(empty_database: str, prefix: str):
         receiver.close()
 
 
+# The bot's own webhook tables (its migration 0001, as ../shared/BOT.md
+# describes them), for `import-bot`.
+BOT_WEBHOOK_DDL = """
+CREATE TABLE web_api_tokens (
+    id serial PRIMARY KEY, name varchar(255) NOT NULL, token_hash varchar(128) NOT NULL UNIQUE,
+    token_prefix varchar(32) NOT NULL, description text, created_at timestamptz DEFAULT now(),
+    updated_at timestamptz DEFAULT now(), expires_at timestamptz, last_used_at timestamptz,
+    last_used_ip varchar(64), is_active boolean NOT NULL DEFAULT true, created_by varchar(255));
+CREATE TABLE webhooks (
+    id serial PRIMARY KEY, name varchar(255) NOT NULL, url text NOT NULL, secret varchar(128),
+    event_type varchar(50) NOT NULL, is_active boolean NOT NULL, description text,
+    created_at timestamptz DEFAULT now(), updated_at timestamptz DEFAULT now(),
+    last_triggered_at timestamptz, failure_count integer NOT NULL, success_count integer NOT NULL);
+CREATE TABLE webhook_deliveries (
+    id serial PRIMARY KEY, webhook_id integer NOT NULL REFERENCES webhooks ON DELETE CASCADE,
+    event_type varchar(50) NOT NULL, payload json NOT NULL, response_status integer,
+    response_body text, status varchar(20) NOT NULL, error_message text,
+    attempt_number integer NOT NULL, created_at timestamptz DEFAULT now(),
+    delivered_at timestamptz, next_retry_at timestamptz);
+"""
+
+BOT_SECRET = "секрет-бота"
+
+
+def import_bot_webhook(bot_db: str, services: Dict[str, Any]) -> int:
+    """A webhook of the bot's own (payment.completed, with a secret) brought
+    over by `webhook-registry import-bot`, as an operator moving over does;
+    returns its id once the worker has loaded it."""
+    import asyncpg
+
+    receiver: Receiver = services["receiver"]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(bot_db)
+        try:
+            await conn.execute(BOT_WEBHOOK_DDL)
+            await conn.execute(
+                "INSERT INTO webhooks (id, name, url, secret, event_type, is_active, failure_count, success_count) "
+                "VALUES (50, 'CRM', $1, $2, 'payment.completed', true, 3, 40)",
+                f"http://127.0.0.1:{receiver.port}/bot",
+                BOT_SECRET,
+            )
+        finally:
+            await conn.close()
+
+    run(create())
+    out = subprocess.run(
+        [services["registry_bin"], "import-bot", "--from", bot_db],
+        env={"PATH": os.environ.get("PATH", ""), "DATABASE_URL": services["database"], "RUST_LOG": "warn"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr.decode("utf-8", "replace")
+    deadline = time.monotonic() + 30
+    while services["worker"].metric("delivery_webhooks_cached") != 2.0:
+        assert time.monotonic() < deadline, "the worker did not load the imported webhook"
+        time.sleep(0.1)
+    return 50
+
+
 def test_committed_bot_events_reach_webhooks_and_the_gateway_once(
     database: str, prefix: str, relays, services: Dict[str, Any]
 ) -> None:
+    import hashlib
+    import hmac
+
     import websockets
 
     bot_db = database
     run(install_bot_tables(bot_db))
+    bot_hook = import_bot_webhook(bot_db, services)
     relays.append(RelayProcess(bot_db, NATS_URL, prefix))
 
     async def go() -> None:
@@ -237,7 +310,7 @@ def test_committed_bot_events_reach_webhooks_and_the_gateway_once(
 
             receiver: Receiver = services["receiver"]
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and (len(receiver.requests) < 4 or len(ws_events) < 4):
+            while time.monotonic() < deadline and (len(receiver.requests) < 5 or len(ws_events) < 4):
                 await asyncio.sleep(0.1)
             await asyncio.sleep(2.0)  # a duplicate or a rolled-back event would arrive meanwhile
             reader.cancel()
@@ -260,12 +333,26 @@ def test_committed_bot_events_reach_webhooks_and_the_gateway_once(
 
         # The webhook: each event once (webhook-id is msg_<event id>_<hook id>).
         hook = services["hook_id"]
-        posted = [(h["webhook-id"], h["x-webhook-event"], json.loads(b)) for _, h, b in receiver.requests]
+        posted = [(h["webhook-id"], h["x-webhook-event"], json.loads(b)) for p, h, b in receiver.requests if p == "/all"]
         assert sorted(w for w, _, _ in posted) == sorted(f"msg_{i}_{hook}" for i in ids)
         for webhook_id, event_type, body in posted:
             env = by_id[webhook_id[len("msg_") : -len(f"_{hook}")]]
             assert event_type == env["type"]
             assert body == env["payload"]
         assert "never@example.com" not in json.dumps([b for _, _, b in posted])
+
+        # The webhook imported from the bot (body_format "bot"): its one
+        # payment.completed carries exactly the bot's bytes (the payload's
+        # order, Cyrillic unescaped), and a receiver verifying the bot's way
+        # (re-serialise with ensure_ascii=False, HMAC that) accepts it.
+        to_bot = [(h, b) for p, h, b in receiver.requests if p == "/bot"]
+        payments = [m["envelope"] for m in stored if m["envelope"]["type"] == "payment.completed"]
+        assert len(to_bot) == 1 and len(payments) == 1, to_bot
+        headers, body = to_bot[0]
+        assert headers["webhook-id"].endswith(f"_{bot_hook}")
+        assert body == json.dumps(payments[0]["payload"], default=str, ensure_ascii=False).encode()
+        again = json.dumps(json.loads(body), ensure_ascii=False).encode()
+        expected = hmac.new(BOT_SECRET.encode(), again, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(expected, headers["x-webhook-signature"].replace("sha256=", ""))
 
     run(go())
