@@ -6,6 +6,15 @@
 //! committed, then ack. While that runs, progress acks keep JetStream from
 //! redelivering it. A message whose rows cannot be written is nak'ed and
 //! comes back later: at-least-once.
+//!
+//! A message that may have been handed out again meanwhile (redelivered;
+//! held longer than the ack wait since this process took it; or held
+//! across a pause of this process, see [`PauseWatch`]) is checked against
+//! the recorded rows first: webhooks that already have a row for the event
+//! are skipped. The recorder refuses a second success anyway; this check
+//! keeps the duplicate POSTs down. While attempts cannot be recorded the
+//! worker takes no new message and hands back what it still receives (nak
+//! with a short delay) instead of letting it wait out the ack wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +62,55 @@ pub struct ConsumerCtx {
     /// Cancelled when in-flight work must be handed back now.
     pub hard_stop: CancellationToken,
     pub reconnects: Reconnects,
+    pub pauses: Arc<PauseWatch>,
+}
+
+/// How long a message handed back while the database is away waits before
+/// JetStream offers it again (to any replica).
+const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Notices that this process did not run for a while (SIGSTOP, a VM or
+/// swap stall, a starved runtime): a ticker on the monotonic clock, which
+/// keeps running while the process is stopped, sees a gap.
+#[derive(Default)]
+pub struct PauseWatch {
+    /// When the latest pause ended.
+    last: parking_lot::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// The ticker's period, and the gap beyond it that counts as a pause.
+const PAUSE_TICK: Duration = Duration::from_millis(200);
+const PAUSE_MIN: Duration = Duration::from_secs(1);
+
+impl PauseWatch {
+    /// Ticks until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(PAUSE_TICK) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let gap = now - last;
+            if gap > PAUSE_TICK + PAUSE_MIN {
+                *self.last.lock() = Some(now);
+                tracing::warn!(
+                    paused_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                    "this process did not run for a while; messages held across the pause \
+                     are checked against the recorded rows before sending"
+                );
+            }
+            last = now;
+        }
+    }
+
+    /// Whether a message taken at `taken` may have been handed out again
+    /// because of a pause: one ended after it was taken, or less than
+    /// `ack_wait` before (it may have waited in the client's buffer).
+    fn held_across(&self, taken: tokio::time::Instant, ack_wait: Duration) -> bool {
+        self.last.lock().is_some_and(|end| end + ack_wait >= taken)
+    }
 }
 
 /// Notices reconnects of the NATS client. A server that crashed forgets the
@@ -159,13 +217,10 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
         };
         loop {
             if ctx.deliverer.recorder.is_failing() {
-                if !wait_for_database(&ctx, &stop).await {
+                if !wait_for_database(&ctx, &mut messages, &stop).await {
                     break 'outer;
                 }
-                // Messages fetched before the pause may have been sent
-                // again by the server meanwhile (their ack wait ran out): a
-                // fresh pull leaves those stale copies behind.
-                continue 'outer;
+                continue;
             }
             let permit = tokio::select! {
                 _ = stop.cancelled() => break 'outer,
@@ -181,9 +236,10 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
             match next {
                 Some(Ok(msg)) => {
                     let ctx2 = ctx.clone();
+                    let taken = tokio::time::Instant::now();
                     ctx.tracker.spawn(async move {
                         ctx2.deliverer.metrics.messages_in_flight.inc();
-                        handle(&ctx2, msg).await;
+                        handle(&ctx2, msg, taken).await;
                         ctx2.deliverer.metrics.messages_in_flight.dec();
                         drop(permit);
                     });
@@ -210,24 +266,50 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
     tracing::info!("stopped pulling events");
 }
 
-/// While attempts cannot be recorded, takes no new message until the
+/// While attempts cannot be recorded, works no new message until the
 /// database answers: a webhook sent now could not be recorded either and
-/// would be sent again when its message comes back. `false` on stop.
-async fn wait_for_database(ctx: &ConsumerCtx, stop: &CancellationToken) -> bool {
+/// would be sent again when its message comes back. What the pull still
+/// brings is handed back at once (nak, redelivered after
+/// [`GIVE_BACK_DELAY`], to any replica) rather than held until its ack
+/// wait runs out. `false` on stop.
+async fn wait_for_database(
+    ctx: &ConsumerCtx,
+    messages: &mut pull::Stream,
+    stop: &CancellationToken,
+) -> bool {
     tracing::warn!("attempts cannot be recorded; taking no new events until the database answers");
-    loop {
-        let ping = tokio::time::timeout(Duration::from_secs(2), storage::ping(&ctx.pool));
-        if matches!(ping.await, Ok(Ok(()))) {
-            break;
-        }
+    let mut handed_back = 0u64;
+    let mut ping = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let answered = loop {
         tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => break false,
+            next = messages.next() => {
+                if let Some(Ok(msg)) = next {
+                    if let Err(e) = msg.ack_with(AckKind::Nak(Some(GIVE_BACK_DELAY))).await {
+                        tracing::debug!(error = %e, "cannot hand a message back");
+                    } else {
+                        handed_back += 1;
+                    }
+                }
+            }
+            _ = &mut ping => {
+                let probe = tokio::time::timeout(Duration::from_secs(2), storage::ping(&ctx.pool));
+                if matches!(probe.await, Ok(Ok(()))) {
+                    break true;
+                }
+                ping.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
         }
+    };
+    ctx.deliverer.metrics.handed_back.inc_by(handed_back);
+    if handed_back > 0 {
+        tracing::info!(handed_back, "messages handed back while the database was away");
     }
-    ctx.deliverer.recorder.clear_failing();
-    tracing::info!("the database answers again; taking events");
-    true
+    if answered {
+        ctx.deliverer.recorder.clear_failing();
+        tracing::info!("the database answers again; taking events");
+    }
+    answered
 }
 
 /// What to do with a message once processing ended.
@@ -239,8 +321,8 @@ enum Verdict {
     GiveUp,
 }
 
-async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
-    let work = process(ctx, &msg);
+async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message, taken: tokio::time::Instant) {
+    let work = process(ctx, &msg, taken);
     tokio::pin!(work);
     let mut progress = tokio::time::interval(ctx.ack_wait / 3);
     progress.tick().await;
@@ -267,7 +349,11 @@ async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
     }
 }
 
-async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
+async fn process(
+    ctx: &ConsumerCtx,
+    msg: &jetstream::Message,
+    taken: tokio::time::Instant,
+) -> Verdict {
     let event = match Envelope::parse(&msg.payload) {
         Ok(e) => e,
         Err(e) => return dead_letter(ctx, msg, &e.to_string()).await,
@@ -277,16 +363,28 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
     if targets.is_empty() {
         return Verdict::Ack;
     }
-    // A redelivered message (a replica died, a write failed, or the server
-    // lost its delivery state: see `Reconnects`) skips the webhooks that
-    // already have a row for this event.
-    let redelivered = msg
-        .info()
-        .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
-        .unwrap_or(false);
+    // A message that may have been handed out again (a replica died, a
+    // write failed, the server lost its delivery state: see `Reconnects`;
+    // or this process held it past the ack wait, or across a pause, while
+    // another replica got it) skips the webhooks that already have a row
+    // for this event.
+    let held_too_long =
+        taken.elapsed() >= ctx.ack_wait || ctx.pauses.held_across(taken, ctx.ack_wait);
+    let redelivered = held_too_long
+        || msg
+            .info()
+            .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
+            .unwrap_or(false);
     if redelivered {
         match recorded_webhooks(&ctx.pool, &event.id).await {
-            Ok(done) => targets.retain(|t| !done.contains(&t.id)),
+            Ok(done) => {
+                let before = targets.len();
+                targets.retain(|t| !done.contains(&t.id));
+                let metrics = &ctx.deliverer.metrics;
+                let skipped = (before - targets.len()) as u64;
+                metrics.redelivery_check("skipped", skipped);
+                metrics.redelivery_check("sent", targets.len() as u64);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check earlier deliveries; retrying the event later");
                 return Verdict::Retry(Duration::from_secs(5));
@@ -331,6 +429,7 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         },
         attempt_number: 1,
         traceparent: traceparent.as_deref(),
+        from_stream: true,
     });
     // Each delivery is recorded as soon as it ends (a slow receiver does not
     // hold back the rows of the others); the event is acked once all are.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use storage::counts::{self, CountDelta, CountDeltas};
 use storage::models::{BodyFormat, DeliveryStatus};
 use storage::{DbPool, StorageError};
@@ -292,26 +292,58 @@ pub async fn bump_webhooks(
 pub struct Batch {
     pub inserts: Vec<NewRow>,
     pub updates: Vec<ClaimedUpdate>,
+    /// Claimed pending rows made redundant by a success recorded after
+    /// they were queued: removed.
+    pub deletes: Vec<RowRef>,
     /// Sorted by webhook id.
     pub bumps: Vec<WebhookBump>,
 }
 
-/// Writes a batch in one transaction: the rows, their counters, then the
-/// webhooks. Every writer locks counter rows before webhook rows, each in
-/// key order, so concurrent batches wait for each other but never deadlock.
+/// Writes a batch inside the caller's transaction: the rows, their
+/// counters, then the webhooks. Every writer takes the success locks
+/// (`storage::deliveries::lock_successes`) first, then counter rows, then
+/// webhook rows, each in key order, so concurrent batches wait for each
+/// other but never deadlock.
 pub async fn write_batch(
-    conn: &mut AsyncPgConnection,
+    c: &mut AsyncPgConnection,
     batch: &Batch,
     disable_after: Duration,
 ) -> Result<Vec<Disabled>, StorageError> {
-    conn.transaction::<_, StorageError, _>(async |c| {
-        let mut deltas = CountDeltas::default();
-        deltas.extend(insert_rows(c, &batch.inserts).await?);
-        deltas.extend(update_claimed(c, &batch.updates).await?);
-        counts::apply(c, &deltas).await?;
-        bump_webhooks(c, &batch.bumps, disable_after).await
-    })
-    .await
+    let mut deltas = CountDeltas::default();
+    deltas.extend(insert_rows(c, &batch.inserts).await?);
+    deltas.extend(update_claimed(c, &batch.updates).await?);
+    deltas.extend(delete_claimed(c, &batch.deletes).await?);
+    counts::apply(c, &deltas).await?;
+    bump_webhooks(c, &batch.bumps, disable_after).await
+}
+
+/// Deletes claimed rows that are still pending and returns what that
+/// takes off the counters.
+pub async fn delete_claimed(
+    conn: &mut AsyncPgConnection,
+    rows: &[RowRef],
+) -> Result<Vec<CountDelta>, StorageError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let created_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let gone: Vec<CountDelta> = diesel::sql_query(
+        "WITH del AS ( \
+           DELETE FROM webhook_deliveries d \
+           USING unnest($1::int8[], $2::timestamptz[]) AS v(id, created_at) \
+           WHERE d.id = v.id AND d.created_at = v.created_at AND d.status = 'pending' \
+           RETURNING d.webhook_id, d.created_at, d.status \
+         ) \
+         SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
+           -count(*)::int8 AS n \
+         FROM del GROUP BY 1, 2, 3",
+    )
+    .bind::<Array<Int8>, _>(&id)
+    .bind::<Array<Timestamptz>, _>(&created_at)
+    .load(conn)
+    .await?;
+    Ok(gone)
 }
 
 /// A due pending row claimed for an attempt, with its webhook.

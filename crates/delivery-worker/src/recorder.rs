@@ -8,12 +8,24 @@
 //! `last_triggered_at` and `failing_since` bumped in SQL (no
 //! read-modify-write between replicas), disabling webhooks that answered
 //! 410 or have failed for too long.
+//!
+//! At most one `success` per event and webhook from the stream path: the
+//! transaction first locks and reads the successes already recorded for
+//! the batch's keys (`storage::deliveries::lock_successes`); a second
+//! success of a stream delivery, or of a retry queued before the first
+//! success, is refused (not written, not counted, counted in
+//! `delivery_duplicates_refused`: the receiver got that `webhook-id`
+//! twice), and such a redundant delivery schedules no further retry.
+//! Deliveries an operator asks for again (manual retry, recover, bulk
+//! retry, replay) are new deliveries and keep their rows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -46,6 +58,9 @@ pub struct Attempted {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// The event's W3C `traceparent`, carried to its retries.
     pub traceparent: Option<Arc<str>>,
+    /// A first attempt from the event stream (its message may have been
+    /// handed to another replica too).
+    pub from_stream: bool,
 }
 
 /// One row change.
@@ -62,6 +77,8 @@ pub enum Record {
         attempt_number: i32,
         due: DateTime<Utc>,
         traceparent: Option<Arc<str>>,
+        /// Parked from the event stream.
+        from_stream: bool,
     },
     /// A claimed pending row given back unattempted, due again at `due`.
     Deferred {
@@ -210,13 +227,21 @@ async fn flush(
     on_disabled: &DisabledHook,
     failing: &AtomicBool,
 ) {
-    let rows = to_batch(batch.iter().flat_map(|s| s.records.iter()));
-    let n = rows.inserts.len() + rows.updates.len();
+    let records: Vec<&Record> = batch.iter().flat_map(|s| s.records.iter()).collect();
+    let n = records.len();
     let mut result = Err(RecordError::Stopped);
     for attempt in 0..4u32 {
         let started = std::time::Instant::now();
-        match write(pool, &rows, cfg.disable_after).await {
-            Ok(disabled) => {
+        match write(pool, &records, cfg.disable_after).await {
+            Ok(Written { disabled, refused }) => {
+                if refused > 0 {
+                    metrics.duplicates_refused.inc_by(refused);
+                    tracing::warn!(
+                        refused,
+                        "successes not recorded: the event already had one for the webhook \
+                         (the receiver got it twice, same webhook-id)"
+                    );
+                }
                 failing.store(false, Ordering::Relaxed);
                 tracing::debug!(
                     rows = n,
@@ -259,15 +284,66 @@ async fn flush(
     }
 }
 
-/// Turns the records of a batch into rows, updates and per-webhook bumps.
-fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
+/// What a batch wrote.
+struct Written {
+    disabled: Vec<Disabled>,
+    /// Successes refused as duplicates.
+    refused: u64,
+}
+
+/// The (webhook, event) keys whose successes the batch must check.
+fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Attempted(a) => Some((a.webhook_id, a.event_id.as_deref()?)),
+            Record::Queued {
+                webhook_id,
+                event_id,
+                from_stream: true,
+                ..
+            } => Some((*webhook_id, event_id.as_deref()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Turns the records of a batch into rows, updates and per-webhook bumps,
+/// given the successes recorded before (`succeeded`: when the latest of
+/// each key was created); returns the batch and the successes refused.
+fn to_batch<'a>(
+    records: impl Iterator<Item = &'a Record>,
+    mut succeeded: HashMap<(i32, String), DateTime<Utc>>,
+) -> (db::Batch, u64) {
     let mut batch = db::Batch::default();
+    let mut refused = 0u64;
     // (webhook, end of attempt, success, gone) of every attempt.
     let mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)> = Vec::new();
     for r in records {
         match r {
             Record::Attempted(a) => {
                 let success = a.verdict == Verdict::Success;
+                let key = a.event_id.as_ref().map(|e| (a.webhook_id, e.clone()));
+                let earlier = key.as_ref().and_then(|k| succeeded.get(k)).copied();
+                // A stream delivery of an event that already succeeded, or
+                // a retry queued before the event's latest success.
+                let redundant = match a.row {
+                    None => a.from_stream && earlier.is_some(),
+                    Some(row) => earlier.is_some_and(|at| at > row.created_at),
+                };
+                if redundant && success {
+                    refused += 1;
+                    if let Some(row) = a.row {
+                        batch.deletes.push(row);
+                    }
+                    continue;
+                }
+                if success && let Some(k) = key {
+                    let created = a.row.map_or(a.at, |r| r.created_at);
+                    succeeded.insert(k, created);
+                }
+                // A redundant failure is history, but not retried.
+                let next_retry_at = if redundant { None } else { a.next_retry_at };
                 let status = if success {
                     DeliveryStatus::Success
                 } else {
@@ -286,7 +362,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         error_message: a.error_message.clone(),
                         attempt_number: a.attempt_number,
                         delivered_at,
-                        next_retry_at: a.next_retry_at,
+                        next_retry_at,
                         event_id: a.event_id.clone(),
                         created_at: a.at,
                         traceparent: a.traceparent.clone(),
@@ -298,10 +374,10 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         response_body: a.response_body.clone(),
                         error_message: a.error_message.clone(),
                         delivered_at,
-                        next_retry_at: a.next_retry_at,
+                        next_retry_at,
                     }),
                 }
-                if let Some(due) = a.next_retry_at {
+                if let Some(due) = next_retry_at {
                     batch.inserts.push(pending_row(
                         a.webhook_id,
                         &a.event_type,
@@ -325,7 +401,16 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                 attempt_number,
                 due,
                 traceparent,
-            } => batch.inserts.push(pending_row(
+                from_stream,
+            } => {
+                let done = event_id
+                    .as_ref()
+                    .is_some_and(|e| succeeded.contains_key(&(*webhook_id, e.clone())));
+                if *from_stream && done {
+                    // Parked from a stale copy of an event already delivered.
+                    continue;
+                }
+                batch.inserts.push(pending_row(
                 *webhook_id,
                 event_type,
                 payload,
@@ -335,7 +420,8 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                 Utc::now(),
                 *due,
                 traceparent.as_ref(),
-            )),
+            ))
+            }
             Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
                 row: *row,
                 status: DeliveryStatus::Pending,
@@ -348,7 +434,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
         }
     }
     batch.bumps = fold_attempts(attempts);
-    batch
+    (batch, refused)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -415,16 +501,16 @@ fn fold_attempts(mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)>) -> Vec<Web
     bumps
 }
 
-/// Writes a batch; when a row found no partition (the registry, which
-/// creates them ahead, has not run for a while), creates the partitions
-/// around today and writes again.
+/// Writes the records in one transaction (see the module docs); when a
+/// row found no partition (the registry, which creates them ahead, has not
+/// run for a while), creates the partitions around today and writes again.
 async fn write(
     pool: &DbPool,
-    batch: &db::Batch,
+    records: &[&Record],
     disable_after: Duration,
-) -> Result<Vec<Disabled>, StorageError> {
+) -> Result<Written, StorageError> {
     let mut conn = pool.get().await?;
-    match db::write_batch(&mut conn, batch, disable_after).await {
+    match write_once(&mut conn, records, disable_after).await {
         Err(StorageError::Query(e)) if storage::history::is_missing_partition(&e) => {
             let today = Utc::now().date_naive();
             let created = storage::history::ensure_partitions(
@@ -437,8 +523,23 @@ async fn write(
                 created,
                 "delivery rows found no partition; created partitions"
             );
-            db::write_batch(&mut conn, batch, disable_after).await
+            write_once(&mut conn, records, disable_after).await
         }
         other => other,
     }
+}
+
+async fn write_once(
+    conn: &mut AsyncPgConnection,
+    records: &[&Record],
+    disable_after: Duration,
+) -> Result<Written, StorageError> {
+    conn.transaction::<_, StorageError, _>(async |c| {
+        let keys = success_keys(records);
+        let succeeded = storage::deliveries::lock_successes(c, &keys).await?;
+        let (batch, refused) = to_batch(records.iter().copied(), succeeded);
+        let disabled = db::write_batch(c, &batch, disable_after).await?;
+        Ok(Written { disabled, refused })
+    })
+    .await
 }

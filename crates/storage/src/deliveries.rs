@@ -1,6 +1,10 @@
 //! Writing single delivery rows with their counters (the worker writes
 //! batches with its own queries; the registry and tests write one row).
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Int4, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
@@ -29,4 +33,64 @@ pub async fn insert(
     );
     counts::apply(conn, &deltas).await?;
     Ok(row)
+}
+
+/// The `success` rows already recorded for these (webhook, event) keys:
+/// for each key that has one, when the latest was created.
+///
+/// First takes a transaction-level advisory lock per key, in key order, so
+/// two writers of the same key (two worker replicas recording copies of
+/// one event) wait for each other and the second sees the first's row:
+/// `webhook_deliveries` is partitioned by `created_at`, so no unique index
+/// on (event, webhook) can hold this rule. Call it inside the transaction
+/// that writes the rows.
+pub async fn lock_successes(
+    conn: &mut AsyncPgConnection,
+    keys: &[(i32, &str)],
+) -> Result<HashMap<(i32, String), DateTime<Utc>>, StorageError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let webhook: Vec<i32> = keys.iter().map(|k| k.0).collect();
+    let event: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    diesel::sql_query(
+        "SELECT count(pg_advisory_xact_lock(s.k))::int8 AS n FROM ( \
+           SELECT DISTINCT hashtextextended(v.w::text || '/' || v.e, $3) AS k \
+           FROM unnest($1::int4[], $2::text[]) AS v(w, e) ORDER BY 1 \
+         ) s",
+    )
+    .bind::<Array<Int4>, _>(&webhook)
+    .bind::<Array<Text>, _>(&event)
+    .bind::<BigInt, _>(SUCCESS_LOCK_SEED)
+    .execute(conn)
+    .await?;
+    let found: Vec<Success> = diesel::sql_query(
+        "SELECT d.webhook_id, d.event_id::text AS event_id, max(d.created_at) AS created_at \
+         FROM webhook_deliveries d \
+         JOIN (SELECT DISTINCT w, e FROM unnest($1::int4[], $2::text[]) AS v(w, e)) v \
+           ON d.event_id = v.e AND d.webhook_id = v.w \
+         WHERE d.status = 'success' GROUP BY 1, 2",
+    )
+    .bind::<Array<Int4>, _>(&webhook)
+    .bind::<Array<Text>, _>(&event)
+    .load(conn)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|s| ((s.webhook_id, s.event_id), s.created_at))
+        .collect())
+}
+
+/// Seed of the advisory-lock keys of [`lock_successes`] (keeps them apart
+/// from the project's other advisory locks).
+const SUCCESS_LOCK_SEED: i64 = 7_263_541;
+
+#[derive(diesel::QueryableByName)]
+struct Success {
+    #[diesel(sql_type = Int4)]
+    webhook_id: i32,
+    #[diesel(sql_type = Text)]
+    event_id: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
 }
