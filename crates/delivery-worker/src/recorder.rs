@@ -26,12 +26,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
+use storage::deliveries::Recorded;
 use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use webhook_client::Verdict;
 
-use crate::db::{self, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
+use crate::db::{self, AttemptSummary, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
 use crate::metrics::Metrics;
 
 /// A finished attempt.
@@ -309,22 +310,33 @@ fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
 }
 
 /// Turns the records of a batch into rows, updates and per-webhook bumps,
-/// given the successes recorded before (`succeeded`: when the latest of
-/// each key was created); returns the batch and the successes refused.
+/// given what is recorded for their keys (`storage::deliveries::lock_successes`);
+/// returns the batch and the successes refused.
+///
+/// A success is refused when it is redundant: a stream delivery of an
+/// event that already succeeded for the webhook, or a claimed retry queued
+/// before the latest success was delivered (its row is removed). A
+/// redundant failure is kept as history but schedules no retry; a stream
+/// delivery parked while the key already has a success or a pending
+/// attempt is dropped, and so is the retry of a stream failure whose key
+/// has one pending already.
 fn to_batch<'a>(
     records: impl Iterator<Item = &'a Record>,
-    mut succeeded: HashMap<(i32, String), DateTime<Utc>>,
+    mut recorded: HashMap<(i32, String), Recorded>,
 ) -> (db::Batch, u64) {
     let mut batch = db::Batch::default();
     let mut refused = 0u64;
-    // (webhook, end of attempt, success, gone) of every attempt.
-    let mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)> = Vec::new();
     for r in records {
         match r {
             Record::Attempted(a) => {
                 let success = a.verdict == Verdict::Success;
                 let key = a.event_id.as_ref().map(|e| (a.webhook_id, e.clone()));
-                let earlier = key.as_ref().and_then(|k| succeeded.get(k)).copied();
+                let known = key
+                    .as_ref()
+                    .and_then(|k| recorded.get(k))
+                    .copied()
+                    .unwrap_or_default();
+                let earlier = known.last_success;
                 // A stream delivery of an event that already succeeded, or
                 // a retry queued before the event's latest success.
                 let redundant = match a.row {
@@ -338,12 +350,27 @@ fn to_batch<'a>(
                     }
                     continue;
                 }
-                if success && let Some(k) = key {
-                    let created = a.row.map_or(a.at, |r| r.created_at);
-                    succeeded.insert(k, created);
+                // A redundant failure is history, but not retried; nor is a
+                // stream failure whose key has an attempt pending already.
+                let retry_pending = a.row.is_none() && a.from_stream && known.pending;
+                let next_retry_at = if redundant || retry_pending {
+                    None
+                } else {
+                    a.next_retry_at
+                };
+                if let Some(k) = key {
+                    let entry = recorded.entry(k.clone()).or_default();
+                    if success {
+                        entry.last_success = Some(entry.last_success.map_or(a.at, |t| t.max(a.at)));
+                        // The event is delivered: attempts still pending
+                        // for it (parked or retried copies) are redundant.
+                        if a.row.is_none() && a.from_stream && entry.pending {
+                            batch.superseded.push(k);
+                            entry.pending = false;
+                        }
+                    }
+                    entry.pending |= next_retry_at.is_some();
                 }
-                // A redundant failure is history, but not retried.
-                let next_retry_at = if redundant { None } else { a.next_retry_at };
                 let status = if success {
                     DeliveryStatus::Success
                 } else {
@@ -390,7 +417,13 @@ fn to_batch<'a>(
                         a.traceparent.as_ref(),
                     ));
                 }
-                attempts.push((a.webhook_id, a.at, success, a.verdict == Verdict::Gone));
+                batch.attempts.push(AttemptSummary {
+                    webhook_id: a.webhook_id,
+                    at: a.at,
+                    success,
+                    gone: a.verdict == Verdict::Gone,
+                    claimed: a.row.map(|r| r.id),
+                });
             }
             Record::Queued {
                 webhook_id,
@@ -403,12 +436,15 @@ fn to_batch<'a>(
                 traceparent,
                 from_stream,
             } => {
-                let done = event_id
-                    .as_ref()
-                    .is_some_and(|e| succeeded.contains_key(&(*webhook_id, e.clone())));
-                if *from_stream && done {
-                    // Parked from a stale copy of an event already delivered.
-                    continue;
+                let key = event_id.as_ref().map(|e| (*webhook_id, e.clone()));
+                if *from_stream && let Some(k) = key {
+                    let entry = recorded.entry(k).or_default();
+                    if entry.last_success.is_some() || entry.pending {
+                        // Parked from a second copy of the event: the first
+                        // was delivered or is queued already.
+                        continue;
+                    }
+                    entry.pending = true;
                 }
                 batch.inserts.push(pending_row(
                 *webhook_id,
@@ -433,7 +469,6 @@ fn to_batch<'a>(
             }),
         }
     }
-    batch.bumps = fold_attempts(attempts);
     (batch, refused)
 }
 
@@ -469,10 +504,17 @@ fn pending_row(
 
 /// Folds the attempts into one bump per webhook, in id order (a stable
 /// lock order between concurrent batches).
-fn fold_attempts(mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)>) -> Vec<WebhookBump> {
-    attempts.sort_by_key(|&(id, at, _, _)| (id, at));
+fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
+    attempts.sort_by_key(|a| (a.webhook_id, a.at));
     let mut bumps: Vec<WebhookBump> = Vec::new();
-    for (id, at, ok, gone) in attempts {
+    for AttemptSummary {
+        webhook_id: id,
+        at,
+        success: ok,
+        gone,
+        ..
+    } in attempts
+    {
         if bumps.last().map(|b| b.webhook_id) != Some(id) {
             bumps.push(WebhookBump {
                 webhook_id: id,
@@ -536,10 +578,14 @@ async fn write_once(
 ) -> Result<Written, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
         let keys = success_keys(records);
-        let succeeded = storage::deliveries::lock_successes(c, &keys).await?;
-        let (batch, refused) = to_batch(records.iter().copied(), succeeded);
-        let disabled = db::write_batch(c, &batch, disable_after).await?;
-        Ok(Written { disabled, refused })
+        let recorded = storage::deliveries::lock_successes(c, &keys).await?;
+        let (batch, refused) = to_batch(records.iter().copied(), recorded);
+        let (disabled, missed) =
+            db::write_batch(c, &batch, disable_after, fold_attempts).await?;
+        Ok(Written {
+            disabled,
+            refused: refused + missed,
+        })
     })
     .await
 }

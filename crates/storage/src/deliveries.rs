@@ -35,8 +35,9 @@ pub async fn insert(
     Ok(row)
 }
 
-/// The `success` rows already recorded for these (webhook, event) keys:
-/// for each key that has one, when the latest was created.
+/// What is recorded for these (webhook, event) keys: for each key with a
+/// `success` or `pending` row, when the latest success was delivered and
+/// whether an attempt is pending.
 ///
 /// First takes a transaction-level advisory lock per key, in key order, so
 /// two writers of the same key (two worker replicas recording copies of
@@ -47,7 +48,7 @@ pub async fn insert(
 pub async fn lock_successes(
     conn: &mut AsyncPgConnection,
     keys: &[(i32, &str)],
-) -> Result<HashMap<(i32, String), DateTime<Utc>>, StorageError> {
+) -> Result<HashMap<(i32, String), Recorded>, StorageError> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
@@ -65,11 +66,14 @@ pub async fn lock_successes(
     .execute(conn)
     .await?;
     let found: Vec<Success> = diesel::sql_query(
-        "SELECT d.webhook_id, d.event_id::text AS event_id, max(d.created_at) AS created_at \
+        "SELECT d.webhook_id, d.event_id::text AS event_id, \
+           max(COALESCE(d.delivered_at, d.created_at)) FILTER (WHERE d.status = 'success') \
+             AS delivered_at, \
+           bool_or(d.status = 'pending') AS pending \
          FROM webhook_deliveries d \
          JOIN (SELECT DISTINCT w, e FROM unnest($1::int4[], $2::text[]) AS v(w, e)) v \
            ON d.event_id = v.e AND d.webhook_id = v.w \
-         WHERE d.status = 'success' GROUP BY 1, 2",
+         WHERE d.status IN ('success', 'pending') GROUP BY 1, 2",
     )
     .bind::<Array<Int4>, _>(&webhook)
     .bind::<Array<Text>, _>(&event)
@@ -77,8 +81,23 @@ pub async fn lock_successes(
     .await?;
     Ok(found
         .into_iter()
-        .map(|s| ((s.webhook_id, s.event_id), s.created_at))
+        .map(|s| {
+            let recorded = Recorded {
+                last_success: s.delivered_at,
+                pending: s.pending,
+            };
+            ((s.webhook_id, s.event_id), recorded)
+        })
         .collect())
+}
+
+/// What [`lock_successes`] found for one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// When the latest success was delivered.
+    pub last_success: Option<DateTime<Utc>>,
+    /// An attempt is pending (a retry or a parked delivery).
+    pub pending: bool,
 }
 
 /// Seed of the advisory-lock keys of [`lock_successes`] (keeps them apart
@@ -91,6 +110,8 @@ struct Success {
     webhook_id: i32,
     #[diesel(sql_type = Text)]
     event_id: String,
-    #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+    delivered_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pending: bool,
 }
