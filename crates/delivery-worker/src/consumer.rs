@@ -74,13 +74,15 @@ const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
 /// keeps running while the process is stopped, sees a gap.
 #[derive(Default)]
 pub struct PauseWatch {
-    /// When the latest pause ended.
-    last: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    /// When the latest pause ended, and how long it was.
+    last: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
 }
 
 /// The ticker's period, and the gap beyond it that counts as a pause.
 const PAUSE_TICK: Duration = Duration::from_millis(200);
 const PAUSE_MIN: Duration = Duration::from_secs(1);
+/// How soon after a pause the messages received before it are read.
+const BUFFER_GRACE: Duration = Duration::from_secs(1);
 
 impl PauseWatch {
     /// Ticks until `stop`.
@@ -94,7 +96,7 @@ impl PauseWatch {
             let now = tokio::time::Instant::now();
             let gap = now - last;
             if gap > PAUSE_TICK + PAUSE_MIN {
-                *self.last.lock() = Some(now);
+                *self.last.lock() = Some((now, gap));
                 tracing::warn!(
                     paused_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
                     "this process did not run for a while; messages held across the pause \
@@ -105,11 +107,15 @@ impl PauseWatch {
         }
     }
 
-    /// Whether a message taken at `taken` may have been handed out again
-    /// because of a pause: one ended after it was taken, or less than
-    /// `ack_wait` before (it may have waited in the client's buffer).
-    fn held_across(&self, taken: tokio::time::Instant, ack_wait: Duration) -> bool {
-        self.last.lock().is_some_and(|end| end + ack_wait >= taken)
+    /// The length of a pause that may have let a message taken at `taken`
+    /// be handed out again: one that ended after it was taken, or just
+    /// before (it waited in the client's or the kernel's buffer, which is
+    /// read within [`BUFFER_GRACE`] of the resume).
+    fn held_across(&self, taken: tokio::time::Instant) -> Option<Duration> {
+        self.last
+            .lock()
+            .filter(|(end, _)| *end + BUFFER_GRACE >= taken)
+            .map(|(_, len)| len)
     }
 }
 
@@ -319,6 +325,9 @@ enum Verdict {
     Retry(Duration),
     /// Never redeliver it (`AckKind::Term`).
     GiveUp,
+    /// Neither ack nor nak: a stale copy the server has handed out again
+    /// (or will, once its ack wait runs out).
+    Leave,
 }
 
 async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message, taken: tokio::time::Instant) {
@@ -341,6 +350,7 @@ async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message, taken: tokio::time::
         Some(Verdict::Ack) => msg.ack().await,
         Some(Verdict::Retry(delay)) => msg.ack_with(AckKind::Nak(Some(delay))).await,
         Some(Verdict::GiveUp) => msg.ack_with(AckKind::Term).await,
+        Some(Verdict::Leave) => Ok(()),
         // Shutting down: hand the message back for another replica.
         None => msg.ack_with(AckKind::Nak(None)).await,
     };
@@ -368,8 +378,17 @@ async fn process(
     // or this process held it past the ack wait, or across a pause, while
     // another replica got it) skips the webhooks that already have a row
     // for this event.
-    let held_too_long =
-        taken.elapsed() >= ctx.ack_wait || ctx.pauses.held_across(taken, ctx.ack_wait);
+    let pause = ctx.pauses.held_across(taken);
+    if pause.is_some_and(|p| p >= ctx.ack_wait / 2) {
+        // Held across a pause of half the ack wait or more: the server has
+        // most likely handed this copy to another replica already, which
+        // may still be sending it (not recorded yet, so a check would not
+        // see it). Left alone, it comes back after its ack wait if nobody
+        // acked it.
+        ctx.deliverer.metrics.redelivery_check("left", 1);
+        return Verdict::Leave;
+    }
+    let held_too_long = taken.elapsed() >= ctx.ack_wait || pause.is_some();
     let redelivered = held_too_long
         || msg
             .info()
