@@ -151,7 +151,10 @@ pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {
 /// out (`telemetry::ops::PROBE_TIMEOUT` in `/readyz`).
 pub async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
     connection_ready(client)?;
-    match client.request(client.new_inbox(), bytes::Bytes::new()).await {
+    match client
+        .request(client.new_inbox(), bytes::Bytes::new())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
         Err(e) => Err(format!("NATS does not answer: {e}")),

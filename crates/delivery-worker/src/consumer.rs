@@ -309,7 +309,10 @@ async fn wait_for_database(
     };
     ctx.deliverer.metrics.handed_back.inc_by(handed_back);
     if handed_back > 0 {
-        tracing::info!(handed_back, "messages handed back while the database was away");
+        tracing::info!(
+            handed_back,
+            "messages handed back while the database was away"
+        );
     }
     if answered {
         ctx.deliverer.recorder.clear_failing();

@@ -447,16 +447,16 @@ fn to_batch<'a>(
                     entry.pending = true;
                 }
                 batch.inserts.push(pending_row(
-                *webhook_id,
-                event_type,
-                payload,
-                body.as_ref(),
-                *attempt_number,
-                event_id.as_ref(),
-                Utc::now(),
-                *due,
-                traceparent.as_ref(),
-            ))
+                    *webhook_id,
+                    event_type,
+                    payload,
+                    body.as_ref(),
+                    *attempt_number,
+                    event_id.as_ref(),
+                    Utc::now(),
+                    *due,
+                    traceparent.as_ref(),
+                ))
             }
             Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
                 row: *row,
@@ -580,8 +580,7 @@ async fn write_once(
         let keys = success_keys(records);
         let recorded = storage::deliveries::lock_successes(c, &keys).await?;
         let (batch, refused) = to_batch(records.iter().copied(), recorded);
-        let (disabled, missed) =
-            db::write_batch(c, &batch, disable_after, fold_attempts).await?;
+        let (disabled, missed) = db::write_batch(c, &batch, disable_after, fold_attempts).await?;
         Ok(Written {
             disabled,
             refused: refused + missed,

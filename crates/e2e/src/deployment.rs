@@ -556,7 +556,7 @@ impl Outcome {
         let twice: Vec<(&String, usize)> = success_rows
             .iter()
             .filter(|(_, n)| **n > 1)
-            .map(|(id, n)| (id, requests.get(id.as_str()).copied().unwrap_or(0)))
+            .map(|(id, _)| (id, requests.get(id.as_str()).copied().unwrap_or(0)))
             .take(5)
             .collect();
         assert!(
@@ -574,7 +574,10 @@ impl Outcome {
         // network).
         for (id, n) in &success_rows {
             let answered = ok.get(id.as_str()).copied().unwrap_or(0);
-            assert!(*n <= answered, "{id}: {n} success rows but {answered} answered requests");
+            assert!(
+                *n <= answered,
+                "{id}: {n} success rows but {answered} answered requests"
+            );
         }
         let duplicates = ok
             .iter()

@@ -183,7 +183,10 @@ impl NatsServers {
 
     /// The process id of node `i` (0 when it is not running).
     pub fn pid(&self, i: usize) -> u32 {
-        self.nodes[i].child.as_ref().map_or(0, std::process::Child::id)
+        self.nodes[i]
+            .child
+            .as_ref()
+            .map_or(0, std::process::Child::id)
     }
 
     /// SIGKILL node `i` (its store stays for a restart).

@@ -66,10 +66,20 @@ impl Framer {
                 return;
             }
             let (kind, len) = if self.untyped_next {
-                let len = [self.header[0], self.header[1], self.header[2], self.header[3]];
+                let len = [
+                    self.header[0],
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                ];
                 (0, u32::from_be_bytes(len))
             } else {
-                let len = [self.header[1], self.header[2], self.header[3], self.header[4]];
+                let len = [
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ];
                 (self.header[0], u32::from_be_bytes(len))
             };
             // The length counts itself.
@@ -211,7 +221,11 @@ mod tests {
         for split in 0..stream.len() {
             let mut f = Framer::new(true);
             let (a, b) = stream.split_at(split);
-            assert_eq!(kinds(&mut f, &[a, b]), vec![0, b'Q', b'S'], "split at {split}");
+            assert_eq!(
+                kinds(&mut f, &[a, b]),
+                vec![0, b'Q', b'S'],
+                "split at {split}"
+            );
         }
         let mut f = Framer::new(true);
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();

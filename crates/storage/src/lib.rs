@@ -3,13 +3,13 @@
 
 pub mod bot;
 pub mod counts;
+mod deadline;
 pub mod deliveries;
 mod error;
 pub mod history;
 pub mod jobs;
 mod migrate;
 pub mod models;
-mod deadline;
 mod pool;
 pub mod schema;
 mod text_enum;

@@ -80,8 +80,7 @@ impl DatabaseArgs {
         PoolConfig {
             max_size: self.database_pool_size,
             wait_timeout: self.database_pool_timeout,
-            statement_timeout: Some(self.database_statement_timeout)
-                .filter(|t| !t.is_zero()),
+            statement_timeout: Some(self.database_statement_timeout).filter(|t| !t.is_zero()),
             ..PoolConfig::default()
         }
     }
@@ -173,7 +172,11 @@ async fn connect_guarded(url: String, limit: Duration) -> ConnectionResult<Async
     let ports = config.get_ports().to_vec();
     let mut last = String::from("no host in the database URL");
     for (i, host) in hosts.iter().enumerate() {
-        let port = ports.get(i).or(ports.as_slice().first()).copied().unwrap_or(5432);
+        let port = ports
+            .get(i)
+            .or(ports.as_slice().first())
+            .copied()
+            .unwrap_or(5432);
         let client = match host {
             tokio_postgres::config::Host::Tcp(name) => {
                 match tokio::net::TcpStream::connect((name.as_str(), port)).await {

@@ -19,7 +19,11 @@ struct FreezableProxy {
     frozen: Arc<AtomicBool>,
 }
 
-async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, frozen: Arc<AtomicBool>) {
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         while frozen.load(Ordering::SeqCst) {
@@ -129,5 +133,8 @@ async fn a_slow_statement_is_cancelled_by_the_server_and_the_connection_kept() {
         .unwrap_err();
     assert!(err.to_string().contains("statement timeout"), "{err}");
     // The same connection answers the next query.
-    diesel::sql_query("SELECT 1").execute(&mut conn).await.unwrap();
+    diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

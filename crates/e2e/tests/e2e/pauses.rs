@@ -57,9 +57,7 @@ async fn worker_paused_past_the_ack_wait_records_each_success_once() {
         .await;
 
     let paused_at = Instant::now();
-    let held = d.workers[0]
-        .metric("delivery_messages_in_flight")
-        .await;
+    let held = d.workers[0].metric("delivery_messages_in_flight").await;
     let paused = signal::pause(vec![d.workers[0].pid()]);
     // Well past the ack wait: the other worker gets the held messages.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -118,7 +116,8 @@ async fn nats_server_frozen_is_noticed_and_loses_nothing() {
     let events = run.finish().await;
     assert_eq!(events.len(), EVENTS as usize);
     let outcome = d.check_delivered(&events, SETTLE).await;
-    let repeated = outcome.assert_repeats_within(window(frozen_at, thawed_at, IN_FLIGHT, IN_FLIGHT));
+    let repeated =
+        outcome.assert_repeats_within(window(frozen_at, thawed_at, IN_FLIGHT, IN_FLIGHT));
     let seen = assert_ws_saw_every_event_once(ws, &events).await;
     eprintln!(
         "nats frozen for {:?}: every service unready after {noticed:?}, ready {ready_again:?} \
@@ -164,7 +163,10 @@ async fn postgres_frozen_bounds_requests_and_hands_back_held_messages() {
         "a REST request on a frozen database answers 503 (after {took:?})"
     );
     assert!(retry_after.is_some(), "the 503 says when to retry");
-    assert!(took <= REST_BOUND, "the 503 took {took:?}, more than {REST_BOUND:?}");
+    assert!(
+        took <= REST_BOUND,
+        "the 503 took {took:?}, more than {REST_BOUND:?}"
+    );
     d.wait_all_not_ready(Dependency::Postgres, NOTICED).await;
     tokio::time::sleep(Duration::from_secs(12).saturating_sub(frozen_at.elapsed())).await;
     frozen.resume();
@@ -175,18 +177,22 @@ async fn postgres_frozen_bounds_requests_and_hands_back_held_messages() {
     // Everything arrives well before the 30 s ack wait would have run out
     // for messages the worker held while it could not record.
     let expected = d.expected_ids(&events);
-    let drained = eventually(Duration::from_secs(25), "every delivery after the freeze", || {
-        let expected = &expected;
-        let received = d.receiver.received();
-        async move {
-            let ok: HashSet<String> = received
-                .iter()
-                .filter(|r| r.status == Some(200))
-                .filter_map(|r| r.header("webhook-id").map(str::to_owned))
-                .collect();
-            expected.is_subset(&ok).then_some(())
-        }
-    });
+    let drained = eventually(
+        Duration::from_secs(25),
+        "every delivery after the freeze",
+        || {
+            let expected = &expected;
+            let received = d.receiver.received();
+            async move {
+                let ok: HashSet<String> = received
+                    .iter()
+                    .filter(|r| r.status == Some(200))
+                    .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+                    .collect();
+                expected.is_subset(&ok).then_some(())
+            }
+        },
+    );
     drained.await;
     let drain_took = thawed_at.elapsed();
     let outcome = d.check_delivered(&events, SETTLE).await;
@@ -250,7 +256,10 @@ async fn receiver_behind_a_silent_network_gets_every_event_later() {
     let outcome = d.check_delivered(&events, SETTLE).await;
     let repeated = outcome.assert_repeats_within(window(cut_at, lifted_at, IN_FLIGHT, IN_FLIGHT));
     let failed = outcome.rows_with("failed");
-    assert!(failed > 0, "attempts into the silent network failed and were retried");
+    assert!(
+        failed > 0,
+        "attempts into the silent network failed and were retried"
+    );
     eprintln!(
         "receiver cut off for {:?} ({during} requests got through meanwhile): {} requests for \
          {DELIVERIES} deliveries, {} rows ({failed} failed), {repeated} repeated",
