@@ -142,6 +142,31 @@ impl Deployment {
         ns: Namespace,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::start_inner(dir, db_url, nats_url, ns, extra_env, None).await
+    }
+
+    /// Like [`Deployment::start`] with webhooks to `receiver` (e.g. a lean
+    /// one for a long run: the recording receiver keeps every request);
+    /// the failing and delay switches then do nothing.
+    pub async fn start_with_receiver(
+        dir: &Path,
+        db_url: &str,
+        nats_url: &str,
+        ns: Namespace,
+        extra_env: &[(&str, &str)],
+        receiver: Receiver,
+    ) -> Self {
+        Self::start_inner(dir, db_url, nats_url, ns, extra_env, Some(receiver)).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        db_url: &str,
+        nats_url: &str,
+        ns: Namespace,
+        extra_env: &[(&str, &str)],
+        receiver: Option<Receiver>,
+    ) -> Self {
         let settings = Settings {
             db_url: db_url.to_owned(),
             nats_url: nats_url.to_owned(),
@@ -161,17 +186,22 @@ impl Deployment {
         let receiver_failing = Arc::new(AtomicBool::new(false));
         let receiver_delay_ms = Arc::new(AtomicU64::new(0));
         let (failing, delay) = (receiver_failing.clone(), receiver_delay_ms.clone());
-        let receiver = Receiver::start_with(move |_, _| {
-            let delay = Duration::from_millis(AtomicU64::load(&delay, Ordering::SeqCst));
-            if AtomicBool::load(&failing, Ordering::SeqCst) {
-                Reply::with_body(500, "failing on purpose")
-            } else if delay.is_zero() {
-                Reply::ok()
-            } else {
-                Reply::slow(200, delay)
+        let receiver = match receiver {
+            Some(r) => r,
+            None => {
+                Receiver::start_with(move |_, _| {
+                    let delay = Duration::from_millis(AtomicU64::load(&delay, Ordering::SeqCst));
+                    if AtomicBool::load(&failing, Ordering::SeqCst) {
+                        Reply::with_body(500, "failing on purpose")
+                    } else if delay.is_zero() {
+                        Reply::ok()
+                    } else {
+                        Reply::slow(200, delay)
+                    }
+                })
+                .await
             }
-        })
-        .await;
+        };
         let mut d = Self {
             registry,
             workers: Vec::new(),
