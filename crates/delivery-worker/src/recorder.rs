@@ -588,3 +588,139 @@ async fn write_once(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(event: &str, ok: bool, row: Option<RowRef>, from_stream: bool) -> Record {
+        let at = Utc::now();
+        Record::Attempted(Attempted {
+            row,
+            webhook_id: 7,
+            event_id: Some(event.to_owned()),
+            event_type: "user.created".to_owned(),
+            payload: Arc::from("{}"),
+            body: None,
+            attempt_number: 1,
+            verdict: if ok {
+                Verdict::Success
+            } else {
+                Verdict::Failed
+            },
+            response_status: Some(if ok { 200 } else { 500 }),
+            response_body: None,
+            error_message: None,
+            at,
+            next_retry_at: (!ok).then(|| at + chrono::Duration::seconds(5)),
+            traceparent: None,
+            from_stream,
+        })
+    }
+
+    fn parked(event: &str) -> Record {
+        Record::Queued {
+            webhook_id: 7,
+            event_id: Some(event.to_owned()),
+            event_type: "user.created".to_owned(),
+            payload: Arc::from("{}"),
+            body: None,
+            attempt_number: 1,
+            due: Utc::now(),
+            traceparent: None,
+            from_stream: true,
+        }
+    }
+
+    fn delivered(event: &str, at: DateTime<Utc>) -> HashMap<(i32, String), Recorded> {
+        HashMap::from([(
+            (7, event.to_owned()),
+            Recorded {
+                last_success: Some(at),
+                pending: false,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_second_stream_success_is_refused_and_not_counted() {
+        let recorded = delivered("e1", Utc::now());
+        let records = [attempt("e1", true, None, true)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 1);
+        assert!(batch.inserts.is_empty());
+        assert!(
+            batch.attempts.is_empty(),
+            "the webhook's counters do not move"
+        );
+    }
+
+    #[test]
+    fn two_successes_of_one_event_in_a_batch_record_one() {
+        let records = [
+            attempt("e1", true, None, true),
+            attempt("e1", true, None, true),
+        ];
+        let (batch, refused) = to_batch(records.iter(), HashMap::new());
+        assert_eq!((batch.inserts.len(), refused), (1, 1));
+        assert_eq!(batch.attempts.len(), 1);
+    }
+
+    #[test]
+    fn a_replay_job_success_is_a_new_delivery() {
+        let recorded = delivered("e1", Utc::now());
+        let records = [attempt("e1", true, None, false)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!((batch.inserts.len(), refused), (1, 0));
+    }
+
+    #[test]
+    fn a_retry_queued_before_the_success_is_removed_and_a_later_one_kept() {
+        let queued = Utc::now() - chrono::Duration::seconds(60);
+        let row = RowRef {
+            id: 1,
+            created_at: queued,
+        };
+        let recorded = delivered("e1", queued + chrono::Duration::seconds(1));
+        let records = [attempt("e1", true, Some(row), false)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 1);
+        assert_eq!(batch.deletes.len(), 1);
+        assert!(batch.updates.is_empty());
+
+        // A manual retry queued after the success: a deliberate new delivery.
+        let recorded = delivered("e1", queued - chrono::Duration::seconds(1));
+        let records = [attempt("e1", true, Some(row), false)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!((batch.updates.len(), refused), (1, 0));
+    }
+
+    #[test]
+    fn a_stale_failure_is_history_without_a_retry_and_a_stale_park_is_dropped() {
+        let recorded = delivered("e1", Utc::now());
+        let records = [attempt("e1", false, None, true), parked("e1")];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 0);
+        assert_eq!(batch.inserts.len(), 1, "only the failed row");
+        assert_eq!(batch.inserts[0].next_retry_at, None);
+        assert_eq!(batch.attempts.len(), 1, "the failure counts");
+    }
+
+    #[test]
+    fn a_stream_success_supersedes_pending_copies() {
+        let recorded = HashMap::from([(
+            (7, "e1".to_owned()),
+            Recorded {
+                last_success: None,
+                pending: true,
+            },
+        )]);
+        let records = [parked("e1"), attempt("e1", true, None, true)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 0);
+        // The park is dropped (one is pending already); the success is
+        // written and the pending copies go.
+        assert_eq!(batch.inserts.len(), 1);
+        assert_eq!(batch.superseded, vec![(7, "e1".to_owned())]);
+    }
+}

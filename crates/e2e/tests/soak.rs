@@ -252,7 +252,10 @@ async fn soak() {
     for f in &faults {
         let _ = writeln!(report, "  fault {f}");
     }
-    let _ = writeln!(report, "  events lost (deliveries without a success): {lost}");
+    let _ = writeln!(
+        report,
+        "  events lost (deliveries without a success): {lost}"
+    );
     let _ = writeln!(report, "  duplicate success rows: {duplicate_rows}");
     let _ = writeln!(
         report,
@@ -264,7 +267,10 @@ async fn soak() {
          {counters_off}; counter tables equal the rows"
     );
     let _ = writeln!(report, " {worker_metrics}");
-    let _ = writeln!(report, "  service (pid): RSS KiB / open files, start -> end");
+    let _ = writeln!(
+        report,
+        "  service (pid): RSS KiB / open files, start -> end"
+    );
     for (name, pid, rss, fds) in &at_end {
         let start = at_start.iter().find(|s| &s.0 == name);
         match start {
@@ -272,7 +278,10 @@ async fn soak() {
                 let _ = writeln!(report, "    {name} ({pid}): {r0} / {f0} -> {rss} / {fds}");
             }
             _ => {
-                let _ = writeln!(report, "    {name} ({pid}, started mid-run): {rss} / {fds} at the end");
+                let _ = writeln!(
+                    report,
+                    "    {name} ({pid}, started mid-run): {rss} / {fds} at the end"
+                );
             }
         }
     }
