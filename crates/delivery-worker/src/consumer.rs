@@ -65,6 +65,10 @@ pub struct ConsumerCtx {
     pub pauses: Arc<PauseWatch>,
 }
 
+/// How often the pull loop, waiting for a free message slot, looks whether
+/// attempts can still be recorded.
+const RECHECK: Duration = Duration::from_millis(250);
+
 /// How long a message handed back while the database is away waits before
 /// JetStream offers it again (to any replica).
 const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
@@ -228,18 +232,25 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
                 }
                 continue;
             }
+            // Every message slot may be taken by work waiting to be
+            // recorded: look at the recorder again now and then, so that
+            // what the pull brings meanwhile is handed back.
             let permit = tokio::select! {
                 _ = stop.cancelled() => break 'outer,
                 p = ctx.messages.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break 'outer,
                 },
+                _ = tokio::time::sleep(RECHECK) => continue,
             };
             let next = tokio::select! {
                 _ = stop.cancelled() => break 'outer,
                 next = messages.next() => next,
             };
             match next {
+                Some(Ok(msg)) if ctx.deliverer.recorder.is_failing() => {
+                    hand_back(&ctx, &msg).await;
+                }
                 Some(Ok(msg)) => {
                     let ctx2 = ctx.clone();
                     let taken = tokio::time::Instant::now();
@@ -291,11 +302,8 @@ async fn wait_for_database(
             _ = stop.cancelled() => break false,
             next = messages.next() => {
                 if let Some(Ok(msg)) = next {
-                    if let Err(e) = msg.ack_with(AckKind::Nak(Some(GIVE_BACK_DELAY))).await {
-                        tracing::debug!(error = %e, "cannot hand a message back");
-                    } else {
-                        handed_back += 1;
-                    }
+                    hand_back(ctx, &msg).await;
+                    handed_back += 1;
                 }
             }
             _ = &mut ping => {
@@ -307,7 +315,6 @@ async fn wait_for_database(
             }
         }
     };
-    ctx.deliverer.metrics.handed_back.inc_by(handed_back);
     if handed_back > 0 {
         tracing::info!(
             handed_back,
@@ -319,6 +326,17 @@ async fn wait_for_database(
         tracing::info!("the database answers again; taking events");
     }
     answered
+}
+
+/// Gives a message back to JetStream unworked: offered again (to any
+/// replica) after [`GIVE_BACK_DELAY`].
+async fn hand_back(ctx: &ConsumerCtx, msg: &jetstream::Message) {
+    match msg.ack_with(AckKind::Nak(Some(GIVE_BACK_DELAY))).await {
+        Ok(()) => {
+            ctx.deliverer.metrics.handed_back.inc();
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot hand a message back"),
+    }
 }
 
 /// What to do with a message once processing ended.
