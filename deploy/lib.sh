@@ -396,6 +396,15 @@ PY
 # Chromium (the gateway console's browser test) are optional: failing to
 # install them is a warning, and those tests then say they were skipped.
 # Schemathesis (deploy/schemathesis.sh) is required.
+# What the end-to-end fault tests need beyond the services: iptables, to
+# cut a receiver off behind a silent network (the test skips, saying why,
+# when it cannot add the rule).
+ensure_e2e_tools() {
+    if ! command -v iptables >/dev/null 2>&1 && [ ! -x /usr/sbin/iptables ]; then
+        (apt_install iptables) || warn "could not install iptables; the blackhole test will be skipped"
+    fi
+}
+
 ensure_test_tools() {
     if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
         (apt_install chromium) || warn "could not install chromium; the console browser test will be skipped"

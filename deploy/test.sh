@@ -18,7 +18,8 @@
 # any failed.
 #
 #   deploy/test.sh --e2e [FILTER...]
-# instead runs only the end-to-end fault and cluster tests (crates/e2e):
+# instead runs only the end-to-end fault and cluster tests (crates/e2e,
+# with iptables installed for the blackhole test):
 # builds webhook-registry, delivery-worker and gateway (debug), then runs
 # the e2e tests one at a time against those binaries. They start their own
 # nats-server processes and a private PostgreSQL (initdb/pg_ctl), and use
@@ -37,6 +38,7 @@ if [ "${1:-}" = "--e2e" ]; then
     ensure_backing_services
     ensure_test_database_url
     ensure_test_nats_url
+    ensure_e2e_tools
     bins=(webhook-registry delivery-worker gateway)
     log "cargo build --workspace --bins (for the e2e tests)"
     cargo build -q --workspace --bins

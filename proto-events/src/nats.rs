@@ -143,6 +143,24 @@ pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {
     }
 }
 
+/// The readiness of the server itself: a request to a fresh inbox nobody
+/// listens on, which a live server answers at once with "no responders".
+/// A connection that looks open to a server that is frozen or cut off
+/// (its kernel still acknowledges, so the client notices nothing for up
+/// to two missed pings) fails this as soon as the caller's timeout runs
+/// out (`telemetry::ops::PROBE_TIMEOUT` in `/readyz`).
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), String> {
+    connection_ready(client)?;
+    match client
+        .request(client.new_inbox(), bytes::Bytes::new())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(format!("NATS does not answer: {e}")),
+    }
+}
+
 /// A NATS setting that cannot work, or a connection that could not be opened.
 /// No variant carries a password, token or seed.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,15 @@
 //! committed, then ack. While that runs, progress acks keep JetStream from
 //! redelivering it. A message whose rows cannot be written is nak'ed and
 //! comes back later: at-least-once.
+//!
+//! A message that may have been handed out again meanwhile (redelivered;
+//! held longer than the ack wait since this process took it; or held
+//! across a pause of this process, see [`PauseWatch`]) is checked against
+//! the recorded rows first: webhooks that already have a row for the event
+//! are skipped. The recorder refuses a second success anyway; this check
+//! keeps the duplicate POSTs down. While attempts cannot be recorded the
+//! worker takes no new message and hands back what it still receives (nak
+//! with a short delay) instead of letting it wait out the ack wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +62,65 @@ pub struct ConsumerCtx {
     /// Cancelled when in-flight work must be handed back now.
     pub hard_stop: CancellationToken,
     pub reconnects: Reconnects,
+    pub pauses: Arc<PauseWatch>,
+}
+
+/// How often the pull loop, waiting for a free message slot, looks whether
+/// attempts can still be recorded.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// How long a message handed back while the database is away waits before
+/// JetStream offers it again (to any replica).
+const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
+
+/// Notices that this process did not run for a while (SIGSTOP, a VM or
+/// swap stall, a starved runtime): a ticker on the monotonic clock, which
+/// keeps running while the process is stopped, sees a gap.
+#[derive(Default)]
+pub struct PauseWatch {
+    /// When the latest pause ended, and how long it was.
+    last: parking_lot::Mutex<Option<(tokio::time::Instant, Duration)>>,
+}
+
+/// The ticker's period, and the gap beyond it that counts as a pause.
+const PAUSE_TICK: Duration = Duration::from_millis(200);
+const PAUSE_MIN: Duration = Duration::from_secs(1);
+/// How soon after a pause the messages received before it are read.
+const BUFFER_GRACE: Duration = Duration::from_secs(1);
+
+impl PauseWatch {
+    /// Ticks until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(PAUSE_TICK) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let gap = now - last;
+            if gap > PAUSE_TICK + PAUSE_MIN {
+                *self.last.lock() = Some((now, gap));
+                tracing::warn!(
+                    paused_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                    "this process did not run for a while; messages held across the pause \
+                     are checked against the recorded rows before sending"
+                );
+            }
+            last = now;
+        }
+    }
+
+    /// The length of a pause that may have let a message taken at `taken`
+    /// be handed out again: one that ended after it was taken, or just
+    /// before (it waited in the client's or the kernel's buffer, which is
+    /// read within [`BUFFER_GRACE`] of the resume).
+    fn held_across(&self, taken: tokio::time::Instant) -> Option<Duration> {
+        self.last
+            .lock()
+            .filter(|(end, _)| *end + BUFFER_GRACE >= taken)
+            .map(|(_, len)| len)
+    }
 }
 
 /// Notices reconnects of the NATS client. A server that crashed forgets the
@@ -159,31 +227,36 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
         };
         loop {
             if ctx.deliverer.recorder.is_failing() {
-                if !wait_for_database(&ctx, &stop).await {
+                if !wait_for_database(&ctx, &mut messages, &stop).await {
                     break 'outer;
                 }
-                // Messages fetched before the pause may have been sent
-                // again by the server meanwhile (their ack wait ran out): a
-                // fresh pull leaves those stale copies behind.
-                continue 'outer;
+                continue;
             }
+            // Every message slot may be taken by work waiting to be
+            // recorded: look at the recorder again now and then, so that
+            // what the pull brings meanwhile is handed back.
             let permit = tokio::select! {
                 _ = stop.cancelled() => break 'outer,
                 p = ctx.messages.clone().acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break 'outer,
                 },
+                _ = tokio::time::sleep(RECHECK) => continue,
             };
             let next = tokio::select! {
                 _ = stop.cancelled() => break 'outer,
                 next = messages.next() => next,
             };
             match next {
+                Some(Ok(msg)) if ctx.deliverer.recorder.is_failing() => {
+                    hand_back(&ctx, &msg).await;
+                }
                 Some(Ok(msg)) => {
                     let ctx2 = ctx.clone();
+                    let taken = tokio::time::Instant::now();
                     ctx.tracker.spawn(async move {
                         ctx2.deliverer.metrics.messages_in_flight.inc();
-                        handle(&ctx2, msg).await;
+                        handle(&ctx2, msg, taken).await;
                         ctx2.deliverer.metrics.messages_in_flight.dec();
                         drop(permit);
                     });
@@ -210,24 +283,60 @@ pub async fn run(ctx: Arc<ConsumerCtx>, stop: CancellationToken) {
     tracing::info!("stopped pulling events");
 }
 
-/// While attempts cannot be recorded, takes no new message until the
+/// While attempts cannot be recorded, works no new message until the
 /// database answers: a webhook sent now could not be recorded either and
-/// would be sent again when its message comes back. `false` on stop.
-async fn wait_for_database(ctx: &ConsumerCtx, stop: &CancellationToken) -> bool {
+/// would be sent again when its message comes back. What the pull still
+/// brings is handed back at once (nak, redelivered after
+/// [`GIVE_BACK_DELAY`], to any replica) rather than held until its ack
+/// wait runs out. `false` on stop.
+async fn wait_for_database(
+    ctx: &ConsumerCtx,
+    messages: &mut pull::Stream,
+    stop: &CancellationToken,
+) -> bool {
     tracing::warn!("attempts cannot be recorded; taking no new events until the database answers");
-    loop {
-        let ping = tokio::time::timeout(Duration::from_secs(2), storage::ping(&ctx.pool));
-        if matches!(ping.await, Ok(Ok(()))) {
-            break;
-        }
+    let mut handed_back = 0u64;
+    let mut ping = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let answered = loop {
         tokio::select! {
-            _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => break false,
+            next = messages.next() => {
+                if let Some(Ok(msg)) = next {
+                    hand_back(ctx, &msg).await;
+                    handed_back += 1;
+                }
+            }
+            _ = &mut ping => {
+                let probe = tokio::time::timeout(Duration::from_secs(2), storage::ping(&ctx.pool));
+                if matches!(probe.await, Ok(Ok(()))) {
+                    break true;
+                }
+                ping.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
         }
+    };
+    if handed_back > 0 {
+        tracing::info!(
+            handed_back,
+            "messages handed back while the database was away"
+        );
     }
-    ctx.deliverer.recorder.clear_failing();
-    tracing::info!("the database answers again; taking events");
-    true
+    if answered {
+        ctx.deliverer.recorder.clear_failing();
+        tracing::info!("the database answers again; taking events");
+    }
+    answered
+}
+
+/// Gives a message back to JetStream unworked: offered again (to any
+/// replica) after [`GIVE_BACK_DELAY`].
+async fn hand_back(ctx: &ConsumerCtx, msg: &jetstream::Message) {
+    match msg.ack_with(AckKind::Nak(Some(GIVE_BACK_DELAY))).await {
+        Ok(()) => {
+            ctx.deliverer.metrics.handed_back.inc();
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot hand a message back"),
+    }
 }
 
 /// What to do with a message once processing ended.
@@ -237,10 +346,13 @@ enum Verdict {
     Retry(Duration),
     /// Never redeliver it (`AckKind::Term`).
     GiveUp,
+    /// Neither ack nor nak: a stale copy the server has handed out again
+    /// (or will, once its ack wait runs out).
+    Leave,
 }
 
-async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
-    let work = process(ctx, &msg);
+async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message, taken: tokio::time::Instant) {
+    let work = process(ctx, &msg, taken);
     tokio::pin!(work);
     let mut progress = tokio::time::interval(ctx.ack_wait / 3);
     progress.tick().await;
@@ -259,6 +371,7 @@ async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
         Some(Verdict::Ack) => msg.ack().await,
         Some(Verdict::Retry(delay)) => msg.ack_with(AckKind::Nak(Some(delay))).await,
         Some(Verdict::GiveUp) => msg.ack_with(AckKind::Term).await,
+        Some(Verdict::Leave) => Ok(()),
         // Shutting down: hand the message back for another replica.
         None => msg.ack_with(AckKind::Nak(None)).await,
     };
@@ -267,7 +380,11 @@ async fn handle(ctx: &ConsumerCtx, msg: jetstream::Message) {
     }
 }
 
-async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
+async fn process(
+    ctx: &ConsumerCtx,
+    msg: &jetstream::Message,
+    taken: tokio::time::Instant,
+) -> Verdict {
     let event = match Envelope::parse(&msg.payload) {
         Ok(e) => e,
         Err(e) => return dead_letter(ctx, msg, &e.to_string()).await,
@@ -277,16 +394,37 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
     if targets.is_empty() {
         return Verdict::Ack;
     }
-    // A redelivered message (a replica died, a write failed, or the server
-    // lost its delivery state: see `Reconnects`) skips the webhooks that
-    // already have a row for this event.
-    let redelivered = msg
-        .info()
-        .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
-        .unwrap_or(false);
+    // A message that may have been handed out again (a replica died, a
+    // write failed, the server lost its delivery state: see `Reconnects`;
+    // or this process held it past the ack wait, or across a pause, while
+    // another replica got it) skips the webhooks that already have a row
+    // for this event.
+    let pause = ctx.pauses.held_across(taken);
+    if pause.is_some_and(|p| p >= ctx.ack_wait / 2) {
+        // Held across a pause of half the ack wait or more: the server has
+        // most likely handed this copy to another replica already, which
+        // may still be sending it (not recorded yet, so a check would not
+        // see it). Left alone, it comes back after its ack wait if nobody
+        // acked it.
+        ctx.deliverer.metrics.redelivery_check("left", 1);
+        return Verdict::Leave;
+    }
+    let held_too_long = taken.elapsed() >= ctx.ack_wait || pause.is_some();
+    let redelivered = held_too_long
+        || msg
+            .info()
+            .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
+            .unwrap_or(false);
     if redelivered {
         match recorded_webhooks(&ctx.pool, &event.id).await {
-            Ok(done) => targets.retain(|t| !done.contains(&t.id)),
+            Ok(done) => {
+                let before = targets.len();
+                targets.retain(|t| !done.contains(&t.id));
+                let metrics = &ctx.deliverer.metrics;
+                let skipped = (before - targets.len()) as u64;
+                metrics.redelivery_check("skipped", skipped);
+                metrics.redelivery_check("sent", targets.len() as u64);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check earlier deliveries; retrying the event later");
                 return Verdict::Retry(Duration::from_secs(5));
@@ -331,6 +469,7 @@ async fn process(ctx: &ConsumerCtx, msg: &jetstream::Message) -> Verdict {
         },
         attempt_number: 1,
         traceparent: traceparent.as_deref(),
+        from_stream: true,
     });
     // Each delivery is recorded as soon as it ends (a slow receiver does not
     // hold back the rows of the others); the event is acked once all are.

@@ -5,12 +5,13 @@
 //! Rows are passed as column arrays and expanded with `unnest`, so a batch
 //! of any size is one statement per table.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use storage::counts::{self, CountDelta, CountDeltas};
 use storage::models::{BodyFormat, DeliveryStatus};
 use storage::{DbPool, StorageError};
@@ -141,14 +142,27 @@ pub async fn insert_rows(
     .await?)
 }
 
+#[derive(diesel::QueryableByName)]
+struct Updated {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Int4)]
+    webhook_id: i32,
+    #[diesel(sql_type = diesel::sql_types::Date)]
+    day: chrono::NaiveDate,
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
 /// Updates claimed rows that are still pending and returns what that
-/// changes in the counters (each row leaves `pending` for its new status).
+/// changes in the counters (each row leaves `pending` for its new status)
+/// and the ids of the rows updated (a row no longer pending is left).
 pub async fn update_claimed(
     conn: &mut AsyncPgConnection,
     updates: &[ClaimedUpdate],
-) -> Result<Vec<CountDelta>, StorageError> {
+) -> Result<(Vec<CountDelta>, HashSet<i64>), StorageError> {
     if updates.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashSet::new()));
     }
     let id: Vec<i64> = updates.iter().map(|u| u.row.id).collect();
     let created_at: Vec<DateTime<Utc>> = updates.iter().map(|u| u.row.created_at).collect();
@@ -161,7 +175,7 @@ pub async fn update_claimed(
     let next_retry_at: Vec<Option<DateTime<Utc>>> =
         updates.iter().map(|u| u.next_retry_at).collect();
     // `created_at` names the partition, so each row is found in one index.
-    let changed: Vec<CountDelta> = diesel::sql_query(
+    let changed: Vec<Updated> = diesel::sql_query(
         "WITH upd AS ( \
            UPDATE webhook_deliveries d SET status = v.status, \
              response_status = v.response_status, response_body = v.response_body, \
@@ -172,11 +186,11 @@ pub async fn update_claimed(
              AS v(id, created_at, status, response_status, response_body, error_message, \
                delivered_at, next_retry_at) \
            WHERE d.id = v.id AND d.created_at = v.created_at AND d.status = 'pending' \
-           RETURNING d.webhook_id, d.created_at, d.status \
+           RETURNING d.id, d.webhook_id, d.created_at, d.status \
          ) \
-         SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
-           count(*)::int8 AS n \
-         FROM upd GROUP BY 1, 2, 3",
+         SELECT id, webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, \
+           status::text AS status \
+         FROM upd",
     )
     .bind::<Array<Int8>, _>(&id)
     .bind::<Array<Timestamptz>, _>(&created_at)
@@ -189,15 +203,23 @@ pub async fn update_claimed(
     .load(conn)
     .await?;
     let mut deltas = Vec::with_capacity(changed.len() * 2);
-    for d in changed {
+    let mut ids = HashSet::with_capacity(changed.len());
+    for u in changed {
+        ids.insert(u.id);
         deltas.push(CountDelta {
+            webhook_id: u.webhook_id,
+            day: u.day,
             status: DeliveryStatus::Pending.as_str().to_owned(),
-            n: -d.n,
-            ..d.clone()
+            n: -1,
         });
-        deltas.push(d);
+        deltas.push(CountDelta {
+            webhook_id: u.webhook_id,
+            day: u.day,
+            status: u.status,
+            n: 1,
+        });
     }
-    Ok(deltas)
+    Ok((deltas, ids))
 }
 
 #[derive(diesel::QueryableByName)]
@@ -292,26 +314,122 @@ pub async fn bump_webhooks(
 pub struct Batch {
     pub inserts: Vec<NewRow>,
     pub updates: Vec<ClaimedUpdate>,
-    /// Sorted by webhook id.
-    pub bumps: Vec<WebhookBump>,
+    /// Claimed pending rows made redundant by a success recorded after
+    /// they were queued: removed.
+    pub deletes: Vec<RowRef>,
+    /// (webhook, event) keys a stream delivery just succeeded for: their
+    /// pending attempts are redundant and removed.
+    pub superseded: Vec<(i32, String)>,
+    /// Every attempt, for the webhooks' counters.
+    pub attempts: Vec<AttemptSummary>,
 }
 
-/// Writes a batch in one transaction: the rows, their counters, then the
-/// webhooks. Every writer locks counter rows before webhook rows, each in
-/// key order, so concurrent batches wait for each other but never deadlock.
+/// One attempt as the webhook's counters see it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSummary {
+    pub webhook_id: i32,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+    pub success: bool,
+    pub gone: bool,
+    /// The claimed row it updates, if any: it counts only when that row
+    /// was still pending.
+    pub claimed: Option<i64>,
+}
+
+/// Writes a batch inside the caller's transaction: the rows and their
+/// counters, then the webhooks (`bumps` folds the attempts that counted).
+/// Every writer takes the success locks
+/// (`storage::deliveries::lock_successes`) first, then counter rows, then
+/// webhook rows, each in key order, so concurrent batches wait for each
+/// other but never deadlock. Returns the webhooks disabled and how many
+/// claimed successes found their row no longer pending (superseded by a
+/// stream delivery: duplicates, not counted).
 pub async fn write_batch(
-    conn: &mut AsyncPgConnection,
+    c: &mut AsyncPgConnection,
     batch: &Batch,
     disable_after: Duration,
-) -> Result<Vec<Disabled>, StorageError> {
-    conn.transaction::<_, StorageError, _>(async |c| {
-        let mut deltas = CountDeltas::default();
-        deltas.extend(insert_rows(c, &batch.inserts).await?);
-        deltas.extend(update_claimed(c, &batch.updates).await?);
-        counts::apply(c, &deltas).await?;
-        bump_webhooks(c, &batch.bumps, disable_after).await
-    })
-    .await
+    bumps: impl FnOnce(Vec<AttemptSummary>) -> Vec<WebhookBump>,
+) -> Result<(Vec<Disabled>, u64), StorageError> {
+    let mut deltas = CountDeltas::default();
+    deltas.extend(insert_rows(c, &batch.inserts).await?);
+    let (updated, ids) = update_claimed(c, &batch.updates).await?;
+    deltas.extend(updated);
+    deltas.extend(delete_claimed(c, &batch.deletes).await?);
+    deltas.extend(delete_pending(c, &batch.superseded).await?);
+    counts::apply(c, &deltas).await?;
+    let mut missed = 0u64;
+    let counted: Vec<AttemptSummary> = batch
+        .attempts
+        .iter()
+        .filter(|a| {
+            let counts = a.claimed.is_none_or(|id| ids.contains(&id));
+            if !counts && a.success {
+                missed += 1;
+            }
+            counts
+        })
+        .copied()
+        .collect();
+    let disabled = bump_webhooks(c, &bumps(counted), disable_after).await?;
+    Ok((disabled, missed))
+}
+
+/// Deletes the pending rows of these (webhook, event) keys and returns
+/// what that takes off the counters.
+pub async fn delete_pending(
+    conn: &mut AsyncPgConnection,
+    keys: &[(i32, String)],
+) -> Result<Vec<CountDelta>, StorageError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let webhook: Vec<i32> = keys.iter().map(|k| k.0).collect();
+    let event: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    Ok(diesel::sql_query(
+        "WITH del AS ( \
+           DELETE FROM webhook_deliveries d \
+           USING unnest($1::int4[], $2::text[]) AS v(w, e) \
+           WHERE d.webhook_id = v.w AND d.event_id = v.e AND d.status = 'pending' \
+           RETURNING d.webhook_id, d.created_at, d.status \
+         ) \
+         SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
+           -count(*)::int8 AS n \
+         FROM del GROUP BY 1, 2, 3",
+    )
+    .bind::<Array<Int4>, _>(&webhook)
+    .bind::<Array<Text>, _>(&event)
+    .load(conn)
+    .await?)
+}
+
+/// Deletes claimed rows that are still pending and returns what that
+/// takes off the counters.
+pub async fn delete_claimed(
+    conn: &mut AsyncPgConnection,
+    rows: &[RowRef],
+) -> Result<Vec<CountDelta>, StorageError> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let created_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let gone: Vec<CountDelta> = diesel::sql_query(
+        "WITH del AS ( \
+           DELETE FROM webhook_deliveries d \
+           USING unnest($1::int8[], $2::timestamptz[]) AS v(id, created_at) \
+           WHERE d.id = v.id AND d.created_at = v.created_at AND d.status = 'pending' \
+           RETURNING d.webhook_id, d.created_at, d.status \
+         ) \
+         SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
+           -count(*)::int8 AS n \
+         FROM del GROUP BY 1, 2, 3",
+    )
+    .bind::<Array<Int8>, _>(&id)
+    .bind::<Array<Timestamptz>, _>(&created_at)
+    .load(conn)
+    .await?;
+    Ok(gone)
 }
 
 /// A due pending row claimed for an attempt, with its webhook.

@@ -26,6 +26,8 @@ pub struct Job<'a> {
     pub body: Body,
     pub attempt_number: i32,
     pub traceparent: Option<&'a str>,
+    /// A first delivery from the event stream (see `recorder`).
+    pub from_stream: bool,
 }
 
 /// What one delivery POSTs, and what its row keeps of it.
@@ -171,6 +173,7 @@ impl Deliverer {
                 attempt_number: job.attempt_number,
                 due,
                 traceparent: job.traceparent.map(Arc::from),
+                from_stream: job.from_stream,
             },
         }
     }
@@ -253,6 +256,7 @@ impl Deliverer {
             at,
             next_retry_at,
             traceparent: job.traceparent.map(Arc::from),
+            from_stream: job.from_stream,
         })
     }
 }

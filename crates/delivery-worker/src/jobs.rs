@@ -387,6 +387,7 @@ async fn send_chunk(
                     body: item.body.clone(),
                     attempt_number: item.attempt_number,
                     traceparent: item.traceparent.as_deref(),
+                    from_stream: false,
                 })
                 .await;
             drop(permit);

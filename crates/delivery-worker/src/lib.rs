@@ -188,6 +188,8 @@ impl Application {
             background.clone(),
         ));
 
+        let pauses = Arc::new(consumer::PauseWatch::default());
+        let pause_watch = tokio::spawn(pauses.clone().run(background.clone()));
         let job_ctx = Arc::new(jobs::JobCtx {
             pool: pool.clone(),
             js: js.clone(),
@@ -217,6 +219,7 @@ impl Application {
             tracker: tracker.clone(),
             hard_stop: hard_stop.clone(),
             reconnects: consumer::Reconnects::default(),
+            pauses: pauses.clone(),
         });
         let intake = {
             let (ctx, shutdown, pool, deliverer, tracker, hard_stop) = (
@@ -282,7 +285,8 @@ impl Application {
         // (an unreachable server): they get a moment, then they are dropped.
         tokio::join!(
             stop_within(refresher, BACKGROUND_STOP),
-            stop_within(stats, BACKGROUND_STOP)
+            stop_within(stats, BACKGROUND_STOP),
+            stop_within(pause_watch, BACKGROUND_STOP)
         );
         // A flush waits for a connection, which may never come.
         if client.connection_state() != State::Connected
@@ -329,8 +333,9 @@ fn readiness(
 ) -> Readiness {
     let (client, pool, cache) = (client.clone(), pool.clone(), cache.clone());
     Readiness::new()
-        .state("nats", move || {
-            proto_events::nats::connection_ready(&client)
+        .probe("nats", move || {
+            let client = client.clone();
+            async move { proto_events::nats::round_trip(&client).await }
         })
         .probe("database", move || {
             let pool = pool.clone();

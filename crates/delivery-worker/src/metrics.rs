@@ -33,6 +33,14 @@ pub struct Metrics {
     pub webhooks_cached: Gauge,
     pub record_batches: Counter,
     pub record_errors: Counter,
+    /// Successes not recorded because the event already had one for the
+    /// webhook (a duplicate POST: the receiver got the webhook-id twice).
+    pub duplicates_refused: Counter,
+    /// Messages handed back (nak) while attempts could not be recorded.
+    pub handed_back: Counter,
+    /// Messages checked against the recorded rows before sending because
+    /// they may have been handed to another replica meanwhile, by outcome.
+    stale_checks: Family<Labels, Counter>,
     /// Jobs claimed (started or resumed) by kind.
     jobs_claimed: Family<Labels, Counter>,
     /// Jobs that stopped running here, by kind and how.
@@ -69,6 +77,9 @@ impl Metrics {
             webhooks_cached: Gauge::default(),
             record_batches: Counter::default(),
             record_errors: Counter::default(),
+            duplicates_refused: Counter::default(),
+            handed_back: Counter::default(),
+            stale_checks: Family::default(),
             jobs_claimed: Family::default(),
             jobs_ended: Family::default(),
             job_items: Family::default(),
@@ -152,6 +163,25 @@ impl Metrics {
             m.record_errors.clone(),
         );
         r.register(
+            "delivery_duplicates_refused",
+            "Successes not recorded because the event already had a success row for the webhook \
+             (the receiver got the same webhook-id twice)",
+            m.duplicates_refused.clone(),
+        );
+        r.register(
+            "delivery_handed_back",
+            "Messages handed back to JetStream (nak with a short delay) while attempts could not \
+             be recorded",
+            m.handed_back.clone(),
+        );
+        r.register(
+            "delivery_redelivery_checks",
+            "Messages checked against the recorded rows before sending because they may have \
+             been handed out again (redelivered, held past the ack wait, or held across a pause \
+             of this process), by outcome: sent, skipped (already recorded)",
+            m.stale_checks.clone(),
+        );
+        r.register(
             "delivery_jobs_claimed",
             "Recover, replay and retry jobs claimed (started or resumed) by kind",
             m.jobs_claimed.clone(),
@@ -174,6 +204,13 @@ impl Metrics {
             m.jobs_running.clone(),
         );
         m
+    }
+
+    /// Counts the webhooks of a message checked before sending.
+    pub fn redelivery_check(&self, outcome: &'static str, n: u64) {
+        self.stale_checks
+            .get_or_create(&[("outcome", outcome)])
+            .inc_by(n);
     }
 
     /// Counts a claimed job.

@@ -8,18 +8,31 @@
 //! `last_triggered_at` and `failing_since` bumped in SQL (no
 //! read-modify-write between replicas), disabling webhooks that answered
 //! 410 or have failed for too long.
+//!
+//! At most one `success` per event and webhook from the stream path: the
+//! transaction first locks and reads the successes already recorded for
+//! the batch's keys (`storage::deliveries::lock_successes`); a second
+//! success of a stream delivery, or of a retry queued before the first
+//! success, is refused (not written, not counted, counted in
+//! `delivery_duplicates_refused`: the receiver got that `webhook-id`
+//! twice), and such a redundant delivery schedules no further retry.
+//! Deliveries an operator asks for again (manual retry, recover, bulk
+//! retry, replay) are new deliveries and keep their rows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use storage::deliveries::Recorded;
 use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use webhook_client::Verdict;
 
-use crate::db::{self, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
+use crate::db::{self, AttemptSummary, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
 use crate::metrics::Metrics;
 
 /// A finished attempt.
@@ -46,6 +59,9 @@ pub struct Attempted {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// The event's W3C `traceparent`, carried to its retries.
     pub traceparent: Option<Arc<str>>,
+    /// A first attempt from the event stream (its message may have been
+    /// handed to another replica too).
+    pub from_stream: bool,
 }
 
 /// One row change.
@@ -62,6 +78,8 @@ pub enum Record {
         attempt_number: i32,
         due: DateTime<Utc>,
         traceparent: Option<Arc<str>>,
+        /// Parked from the event stream.
+        from_stream: bool,
     },
     /// A claimed pending row given back unattempted, due again at `due`.
     Deferred {
@@ -210,13 +228,21 @@ async fn flush(
     on_disabled: &DisabledHook,
     failing: &AtomicBool,
 ) {
-    let rows = to_batch(batch.iter().flat_map(|s| s.records.iter()));
-    let n = rows.inserts.len() + rows.updates.len();
+    let records: Vec<&Record> = batch.iter().flat_map(|s| s.records.iter()).collect();
+    let n = records.len();
     let mut result = Err(RecordError::Stopped);
     for attempt in 0..4u32 {
         let started = std::time::Instant::now();
-        match write(pool, &rows, cfg.disable_after).await {
-            Ok(disabled) => {
+        match write(pool, &records, cfg.disable_after).await {
+            Ok(Written { disabled, refused }) => {
+                if refused > 0 {
+                    metrics.duplicates_refused.inc_by(refused);
+                    tracing::warn!(
+                        refused,
+                        "successes not recorded: the event already had one for the webhook \
+                         (the receiver got it twice, same webhook-id)"
+                    );
+                }
                 failing.store(false, Ordering::Relaxed);
                 tracing::debug!(
                     rows = n,
@@ -259,15 +285,92 @@ async fn flush(
     }
 }
 
-/// Turns the records of a batch into rows, updates and per-webhook bumps.
-fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
+/// What a batch wrote.
+struct Written {
+    disabled: Vec<Disabled>,
+    /// Successes refused as duplicates.
+    refused: u64,
+}
+
+/// The (webhook, event) keys whose successes the batch must check.
+fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Attempted(a) => Some((a.webhook_id, a.event_id.as_deref()?)),
+            Record::Queued {
+                webhook_id,
+                event_id,
+                from_stream: true,
+                ..
+            } => Some((*webhook_id, event_id.as_deref()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Turns the records of a batch into rows, updates and per-webhook bumps,
+/// given what is recorded for their keys (`storage::deliveries::lock_successes`);
+/// returns the batch and the successes refused.
+///
+/// A success is refused when it is redundant: a stream delivery of an
+/// event that already succeeded for the webhook, or a claimed retry queued
+/// before the latest success was delivered (its row is removed). A
+/// redundant failure is kept as history but schedules no retry; a stream
+/// delivery parked while the key already has a success or a pending
+/// attempt is dropped, and so is the retry of a stream failure whose key
+/// has one pending already.
+fn to_batch<'a>(
+    records: impl Iterator<Item = &'a Record>,
+    mut recorded: HashMap<(i32, String), Recorded>,
+) -> (db::Batch, u64) {
     let mut batch = db::Batch::default();
-    // (webhook, end of attempt, success, gone) of every attempt.
-    let mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)> = Vec::new();
+    let mut refused = 0u64;
     for r in records {
         match r {
             Record::Attempted(a) => {
                 let success = a.verdict == Verdict::Success;
+                let key = a.event_id.as_ref().map(|e| (a.webhook_id, e.clone()));
+                let known = key
+                    .as_ref()
+                    .and_then(|k| recorded.get(k))
+                    .copied()
+                    .unwrap_or_default();
+                let earlier = known.last_success;
+                // A stream delivery of an event that already succeeded, or
+                // a retry queued before the event's latest success.
+                let redundant = match a.row {
+                    None => a.from_stream && earlier.is_some(),
+                    Some(row) => earlier.is_some_and(|at| at > row.created_at),
+                };
+                if redundant && success {
+                    refused += 1;
+                    if let Some(row) = a.row {
+                        batch.deletes.push(row);
+                    }
+                    continue;
+                }
+                // A redundant failure is history, but not retried; nor is a
+                // stream failure whose key has an attempt pending already.
+                let retry_pending = a.row.is_none() && a.from_stream && known.pending;
+                let next_retry_at = if redundant || retry_pending {
+                    None
+                } else {
+                    a.next_retry_at
+                };
+                if let Some(k) = key {
+                    let entry = recorded.entry(k.clone()).or_default();
+                    if success {
+                        entry.last_success = Some(entry.last_success.map_or(a.at, |t| t.max(a.at)));
+                        // The event is delivered: attempts still pending
+                        // for it (parked or retried copies) are redundant.
+                        if a.row.is_none() && a.from_stream && entry.pending {
+                            batch.superseded.push(k);
+                            entry.pending = false;
+                        }
+                    }
+                    entry.pending |= next_retry_at.is_some();
+                }
                 let status = if success {
                     DeliveryStatus::Success
                 } else {
@@ -286,7 +389,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         error_message: a.error_message.clone(),
                         attempt_number: a.attempt_number,
                         delivered_at,
-                        next_retry_at: a.next_retry_at,
+                        next_retry_at,
                         event_id: a.event_id.clone(),
                         created_at: a.at,
                         traceparent: a.traceparent.clone(),
@@ -298,10 +401,10 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         response_body: a.response_body.clone(),
                         error_message: a.error_message.clone(),
                         delivered_at,
-                        next_retry_at: a.next_retry_at,
+                        next_retry_at,
                     }),
                 }
-                if let Some(due) = a.next_retry_at {
+                if let Some(due) = next_retry_at {
                     batch.inserts.push(pending_row(
                         a.webhook_id,
                         &a.event_type,
@@ -314,7 +417,13 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                         a.traceparent.as_ref(),
                     ));
                 }
-                attempts.push((a.webhook_id, a.at, success, a.verdict == Verdict::Gone));
+                batch.attempts.push(AttemptSummary {
+                    webhook_id: a.webhook_id,
+                    at: a.at,
+                    success,
+                    gone: a.verdict == Verdict::Gone,
+                    claimed: a.row.map(|r| r.id),
+                });
             }
             Record::Queued {
                 webhook_id,
@@ -325,17 +434,30 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
                 attempt_number,
                 due,
                 traceparent,
-            } => batch.inserts.push(pending_row(
-                *webhook_id,
-                event_type,
-                payload,
-                body.as_ref(),
-                *attempt_number,
-                event_id.as_ref(),
-                Utc::now(),
-                *due,
-                traceparent.as_ref(),
-            )),
+                from_stream,
+            } => {
+                let key = event_id.as_ref().map(|e| (*webhook_id, e.clone()));
+                if *from_stream && let Some(k) = key {
+                    let entry = recorded.entry(k).or_default();
+                    if entry.last_success.is_some() || entry.pending {
+                        // Parked from a second copy of the event: the first
+                        // was delivered or is queued already.
+                        continue;
+                    }
+                    entry.pending = true;
+                }
+                batch.inserts.push(pending_row(
+                    *webhook_id,
+                    event_type,
+                    payload,
+                    body.as_ref(),
+                    *attempt_number,
+                    event_id.as_ref(),
+                    Utc::now(),
+                    *due,
+                    traceparent.as_ref(),
+                ))
+            }
             Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
                 row: *row,
                 status: DeliveryStatus::Pending,
@@ -347,8 +469,7 @@ fn to_batch<'a>(records: impl Iterator<Item = &'a Record>) -> db::Batch {
             }),
         }
     }
-    batch.bumps = fold_attempts(attempts);
-    batch
+    (batch, refused)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -383,10 +504,17 @@ fn pending_row(
 
 /// Folds the attempts into one bump per webhook, in id order (a stable
 /// lock order between concurrent batches).
-fn fold_attempts(mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)>) -> Vec<WebhookBump> {
-    attempts.sort_by_key(|&(id, at, _, _)| (id, at));
+fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
+    attempts.sort_by_key(|a| (a.webhook_id, a.at));
     let mut bumps: Vec<WebhookBump> = Vec::new();
-    for (id, at, ok, gone) in attempts {
+    for AttemptSummary {
+        webhook_id: id,
+        at,
+        success: ok,
+        gone,
+        ..
+    } in attempts
+    {
         if bumps.last().map(|b| b.webhook_id) != Some(id) {
             bumps.push(WebhookBump {
                 webhook_id: id,
@@ -415,16 +543,16 @@ fn fold_attempts(mut attempts: Vec<(i32, DateTime<Utc>, bool, bool)>) -> Vec<Web
     bumps
 }
 
-/// Writes a batch; when a row found no partition (the registry, which
-/// creates them ahead, has not run for a while), creates the partitions
-/// around today and writes again.
+/// Writes the records in one transaction (see the module docs); when a
+/// row found no partition (the registry, which creates them ahead, has not
+/// run for a while), creates the partitions around today and writes again.
 async fn write(
     pool: &DbPool,
-    batch: &db::Batch,
+    records: &[&Record],
     disable_after: Duration,
-) -> Result<Vec<Disabled>, StorageError> {
+) -> Result<Written, StorageError> {
     let mut conn = pool.get().await?;
-    match db::write_batch(&mut conn, batch, disable_after).await {
+    match write_once(&mut conn, records, disable_after).await {
         Err(StorageError::Query(e)) if storage::history::is_missing_partition(&e) => {
             let today = Utc::now().date_naive();
             let created = storage::history::ensure_partitions(
@@ -437,8 +565,162 @@ async fn write(
                 created,
                 "delivery rows found no partition; created partitions"
             );
-            db::write_batch(&mut conn, batch, disable_after).await
+            write_once(&mut conn, records, disable_after).await
         }
         other => other,
+    }
+}
+
+async fn write_once(
+    conn: &mut AsyncPgConnection,
+    records: &[&Record],
+    disable_after: Duration,
+) -> Result<Written, StorageError> {
+    conn.transaction::<_, StorageError, _>(async |c| {
+        let keys = success_keys(records);
+        let recorded = storage::deliveries::lock_successes(c, &keys).await?;
+        let (batch, refused) = to_batch(records.iter().copied(), recorded);
+        let (disabled, missed) = db::write_batch(c, &batch, disable_after, fold_attempts).await?;
+        Ok(Written {
+            disabled,
+            refused: refused + missed,
+        })
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(event: &str, ok: bool, row: Option<RowRef>, from_stream: bool) -> Record {
+        let at = Utc::now();
+        Record::Attempted(Attempted {
+            row,
+            webhook_id: 7,
+            event_id: Some(event.to_owned()),
+            event_type: "user.created".to_owned(),
+            payload: Arc::from("{}"),
+            body: None,
+            attempt_number: 1,
+            verdict: if ok {
+                Verdict::Success
+            } else {
+                Verdict::Failed
+            },
+            response_status: Some(if ok { 200 } else { 500 }),
+            response_body: None,
+            error_message: None,
+            at,
+            next_retry_at: (!ok).then(|| at + chrono::Duration::seconds(5)),
+            traceparent: None,
+            from_stream,
+        })
+    }
+
+    fn parked(event: &str) -> Record {
+        Record::Queued {
+            webhook_id: 7,
+            event_id: Some(event.to_owned()),
+            event_type: "user.created".to_owned(),
+            payload: Arc::from("{}"),
+            body: None,
+            attempt_number: 1,
+            due: Utc::now(),
+            traceparent: None,
+            from_stream: true,
+        }
+    }
+
+    fn delivered(event: &str, at: DateTime<Utc>) -> HashMap<(i32, String), Recorded> {
+        HashMap::from([(
+            (7, event.to_owned()),
+            Recorded {
+                last_success: Some(at),
+                pending: false,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_second_stream_success_is_refused_and_not_counted() {
+        let recorded = delivered("e1", Utc::now());
+        let records = [attempt("e1", true, None, true)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 1);
+        assert!(batch.inserts.is_empty());
+        assert!(
+            batch.attempts.is_empty(),
+            "the webhook's counters do not move"
+        );
+    }
+
+    #[test]
+    fn two_successes_of_one_event_in_a_batch_record_one() {
+        let records = [
+            attempt("e1", true, None, true),
+            attempt("e1", true, None, true),
+        ];
+        let (batch, refused) = to_batch(records.iter(), HashMap::new());
+        assert_eq!((batch.inserts.len(), refused), (1, 1));
+        assert_eq!(batch.attempts.len(), 1);
+    }
+
+    #[test]
+    fn a_replay_job_success_is_a_new_delivery() {
+        let recorded = delivered("e1", Utc::now());
+        let records = [attempt("e1", true, None, false)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!((batch.inserts.len(), refused), (1, 0));
+    }
+
+    #[test]
+    fn a_retry_queued_before_the_success_is_removed_and_a_later_one_kept() {
+        let queued = Utc::now() - chrono::Duration::seconds(60);
+        let row = RowRef {
+            id: 1,
+            created_at: queued,
+        };
+        let recorded = delivered("e1", queued + chrono::Duration::seconds(1));
+        let records = [attempt("e1", true, Some(row), false)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 1);
+        assert_eq!(batch.deletes.len(), 1);
+        assert!(batch.updates.is_empty());
+
+        // A manual retry queued after the success: a deliberate new delivery.
+        let recorded = delivered("e1", queued - chrono::Duration::seconds(1));
+        let records = [attempt("e1", true, Some(row), false)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!((batch.updates.len(), refused), (1, 0));
+    }
+
+    #[test]
+    fn a_stale_failure_is_history_without_a_retry_and_a_stale_park_is_dropped() {
+        let recorded = delivered("e1", Utc::now());
+        let records = [attempt("e1", false, None, true), parked("e1")];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 0);
+        assert_eq!(batch.inserts.len(), 1, "only the failed row");
+        assert_eq!(batch.inserts[0].next_retry_at, None);
+        assert_eq!(batch.attempts.len(), 1, "the failure counts");
+    }
+
+    #[test]
+    fn a_stream_success_supersedes_pending_copies() {
+        let recorded = HashMap::from([(
+            (7, "e1".to_owned()),
+            Recorded {
+                last_success: None,
+                pending: true,
+            },
+        )]);
+        let records = [parked("e1"), attempt("e1", true, None, true)];
+        let (batch, refused) = to_batch(records.iter(), recorded);
+        assert_eq!(refused, 0);
+        // The park is dropped (one is pending already); the success is
+        // written and the pending copies go.
+        assert_eq!(batch.inserts.len(), 1);
+        assert_eq!(batch.superseded, vec![(7, "e1".to_owned())]);
     }
 }

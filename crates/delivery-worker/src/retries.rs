@@ -109,6 +109,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         body,
         attempt_number: row.attempt_number,
         traceparent: traceparent.as_deref(),
+        from_stream: false,
     });
     let record = tokio::select! {
         r = delivery.instrument(span) => r,

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
@@ -69,14 +69,15 @@ impl Settings {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         env.push(("RUST_LOG".to_owned(), log_level()));
-        env.extend(self.extra_env.iter().cloned());
         env
     }
 
-    /// The common settings and `more`.
+    /// The common settings and `more`, then the extra settings (which
+    /// win: the last value of a variable is the one a service gets).
     fn with(&self, more: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env = self.common_env();
         env.extend(more.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        env.extend(self.extra_env.iter().cloned());
         env
     }
 
@@ -111,6 +112,8 @@ pub struct Deployment {
     /// while [`Deployment::set_receiver_failing`] says so.
     pub receiver: Receiver,
     receiver_failing: Arc<AtomicBool>,
+    /// How long the receiver takes to answer, in milliseconds.
+    receiver_delay_ms: Arc<AtomicU64>,
     pub hooks: Vec<Hook>,
     pub token: String,
     pub db_url: String,
@@ -139,6 +142,31 @@ impl Deployment {
         ns: Namespace,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::start_inner(dir, db_url, nats_url, ns, extra_env, None).await
+    }
+
+    /// Like [`Deployment::start`] with webhooks to `receiver` (e.g. a lean
+    /// one for a long run: the recording receiver keeps every request);
+    /// the failing and delay switches then do nothing.
+    pub async fn start_with_receiver(
+        dir: &Path,
+        db_url: &str,
+        nats_url: &str,
+        ns: Namespace,
+        extra_env: &[(&str, &str)],
+        receiver: Receiver,
+    ) -> Self {
+        Self::start_inner(dir, db_url, nats_url, ns, extra_env, Some(receiver)).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        db_url: &str,
+        nats_url: &str,
+        ns: Namespace,
+        extra_env: &[(&str, &str)],
+        receiver: Option<Receiver>,
+    ) -> Self {
         let settings = Settings {
             db_url: db_url.to_owned(),
             nats_url: nats_url.to_owned(),
@@ -156,21 +184,31 @@ impl Deployment {
             dir,
         );
         let receiver_failing = Arc::new(AtomicBool::new(false));
-        let failing = receiver_failing.clone();
-        let receiver = Receiver::start_with(move |_, _| {
-            if AtomicBool::load(&failing, Ordering::SeqCst) {
-                Reply::with_body(500, "failing on purpose")
-            } else {
-                Reply::ok()
+        let receiver_delay_ms = Arc::new(AtomicU64::new(0));
+        let (failing, delay) = (receiver_failing.clone(), receiver_delay_ms.clone());
+        let receiver = match receiver {
+            Some(r) => r,
+            None => {
+                Receiver::start_with(move |_, _| {
+                    let delay = Duration::from_millis(AtomicU64::load(&delay, Ordering::SeqCst));
+                    if AtomicBool::load(&failing, Ordering::SeqCst) {
+                        Reply::with_body(500, "failing on purpose")
+                    } else if delay.is_zero() {
+                        Reply::ok()
+                    } else {
+                        Reply::slow(200, delay)
+                    }
+                })
+                .await
             }
-        })
-        .await;
+        };
         let mut d = Self {
             registry,
             workers: Vec::new(),
             gateway: None,
             receiver,
             receiver_failing,
+            receiver_delay_ms,
             hooks: Vec::new(),
             token: String::new(),
             db_url: settings.db_url.clone(),
@@ -242,6 +280,51 @@ impl Deployment {
     /// From now on the receiver answers 500 (`true`) or 200 (`false`).
     pub fn set_receiver_failing(&self, failing: bool) {
         self.receiver_failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// From now on the receiver answers after `delay`.
+    pub fn set_receiver_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.receiver_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// `GET path` on the registry with the deployment's token: the status,
+    /// its `Retry-After` header, and how long the answer took (`None`
+    /// when nothing answered within the client's 10 s).
+    pub async fn timed_get(&self, path: &str) -> (Option<u16>, Option<String>, Duration) {
+        let started = Instant::now();
+        let resp = self
+            .http
+            .get(self.registry.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await;
+        let took = started.elapsed();
+        match resp {
+            Ok(r) => {
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                (Some(r.status().as_u16()), retry_after, took)
+            }
+            Err(_) => (None, None, took),
+        }
+    }
+
+    /// The services' `/readyz` at once: `(name, status, body)` each.
+    pub async fn readiness(&self) -> Vec<(String, Option<u16>, Value)> {
+        let mut all = Vec::new();
+        for s in self.services() {
+            let answer = s.readyz().await;
+            all.push((
+                s.name.clone(),
+                answer.as_ref().map(|a| a.0),
+                answer.map(|a| a.1).unwrap_or(Value::Null),
+            ));
+        }
+        all
     }
 
     /// The `NATS_URL` given to services started from now on.
@@ -495,15 +578,36 @@ impl Outcome {
             *row_count.entry(id).or_default() += 1;
         }
         let successes = rows.iter().filter(|r| r.status == "success").count();
+        let mut success_rows: HashMap<String, usize> = HashMap::new();
+        for r in rows.iter().filter(|r| r.status == "success") {
+            let id = webhook_client::message_id(r.event_id.as_deref().unwrap_or(""), r.webhook_id);
+            *success_rows.entry(id).or_default() += 1;
+        }
+        let twice: Vec<(&String, usize)> = success_rows
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| (id, requests.get(id.as_str()).copied().unwrap_or(0)))
+            .take(5)
+            .collect();
+        assert!(
+            twice.is_empty(),
+            "webhook-ids with more than one success row (id, requests): {twice:?}"
+        );
         assert_eq!(
             successes,
             expected.len(),
             "one success row per event × webhook (a second one means work already \
              recorded was done again)"
         );
-        for (id, n) in &row_count {
-            let sent = requests.get(id.as_str()).copied().unwrap_or(0);
-            assert!(*n <= sent, "{id}: {n} rows but {sent} requests");
+        // Every success row is a request the receiver answered 200 (a
+        // failed row may be an attempt that never reached it: a silent
+        // network).
+        for (id, n) in &success_rows {
+            let answered = ok.get(id.as_str()).copied().unwrap_or(0);
+            assert!(
+                *n <= answered,
+                "{id}: {n} success rows but {answered} answered requests"
+            );
         }
         let duplicates = ok
             .iter()

@@ -15,6 +15,7 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod publish;
+pub mod signal;
 pub mod ws;
 
 use std::future::Future;

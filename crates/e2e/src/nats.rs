@@ -181,6 +181,14 @@ impl NatsServers {
         Some((self.index_of(leader)?, replicas))
     }
 
+    /// The process id of node `i` (0 when it is not running).
+    pub fn pid(&self, i: usize) -> u32 {
+        self.nodes[i]
+            .child
+            .as_ref()
+            .map_or(0, std::process::Child::id)
+    }
+
     /// SIGKILL node `i` (its store stays for a restart).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {

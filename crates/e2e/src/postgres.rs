@@ -109,6 +109,19 @@ impl PrivatePostgres {
         self.url(name)
     }
 
+    /// The postmaster and every backend of this cluster (to pause them
+    /// all: a frozen database server).
+    pub fn pids(&self) -> Vec<u32> {
+        let pidfile = std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .expect("postmaster.pid of a running cluster");
+        let postmaster: u32 = pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("the postmaster's pid");
+        crate::signal::with_descendants(postmaster)
+    }
+
     /// `pg_ctl stop -m fast` (open connections are closed).
     pub fn stop(&mut self) {
         self.pg_ctl(&["-m", "fast", "-w", "stop"]);

@@ -317,7 +317,10 @@ fn readiness(pool: &DbPool, nats: &async_nats::Client, hub: &Arc<Hub>) -> Readin
             let pool = pool.clone();
             async move { storage::ping(&pool).await }
         })
-        .state("nats", move || proto_events::nats::connection_ready(&nats))
+        .probe("nats", move || {
+            let nats = nats.clone();
+            async move { proto_events::nats::round_trip(&nats).await }
+        })
         .state("fanout", move || {
             if hub.is_live() {
                 Ok(())

@@ -174,8 +174,9 @@ impl Application {
 fn readiness(client: &async_nats::Client, pool: &DbPool, relay: &Arc<Relay>) -> Readiness {
     let (client, pool, relay) = (client.clone(), pool.clone(), relay.clone());
     Readiness::new()
-        .state("nats", move || {
-            proto_events::nats::connection_ready(&client)
+        .probe("nats", move || {
+            let client = client.clone();
+            async move { proto_events::nats::round_trip(&client).await }
         })
         .probe("database", move || {
             let pool = pool.clone();

@@ -1,6 +1,10 @@
 //! Writing single delivery rows with their counters (the worker writes
 //! batches with its own queries; the registry and tests write one row).
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, BigInt, Int4, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
@@ -29,4 +33,85 @@ pub async fn insert(
     );
     counts::apply(conn, &deltas).await?;
     Ok(row)
+}
+
+/// What is recorded for these (webhook, event) keys: for each key with a
+/// `success` or `pending` row, when the latest success was delivered and
+/// whether an attempt is pending.
+///
+/// First takes a transaction-level advisory lock per key, in key order, so
+/// two writers of the same key (two worker replicas recording copies of
+/// one event) wait for each other and the second sees the first's row:
+/// `webhook_deliveries` is partitioned by `created_at`, so no unique index
+/// on (event, webhook) can hold this rule. Call it inside the transaction
+/// that writes the rows.
+pub async fn lock_successes(
+    conn: &mut AsyncPgConnection,
+    keys: &[(i32, &str)],
+) -> Result<HashMap<(i32, String), Recorded>, StorageError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let webhook: Vec<i32> = keys.iter().map(|k| k.0).collect();
+    let event: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    diesel::sql_query(
+        "SELECT count(pg_advisory_xact_lock(s.k))::int8 AS n FROM ( \
+           SELECT DISTINCT hashtextextended(v.w::text || '/' || v.e, $3) AS k \
+           FROM unnest($1::int4[], $2::text[]) AS v(w, e) ORDER BY 1 \
+         ) s",
+    )
+    .bind::<Array<Int4>, _>(&webhook)
+    .bind::<Array<Text>, _>(&event)
+    .bind::<BigInt, _>(SUCCESS_LOCK_SEED)
+    .execute(conn)
+    .await?;
+    let found: Vec<Success> = diesel::sql_query(
+        "SELECT d.webhook_id, d.event_id::text AS event_id, \
+           max(COALESCE(d.delivered_at, d.created_at)) FILTER (WHERE d.status = 'success') \
+             AS delivered_at, \
+           bool_or(d.status = 'pending') AS pending \
+         FROM webhook_deliveries d \
+         JOIN (SELECT DISTINCT w, e FROM unnest($1::int4[], $2::text[]) AS v(w, e)) v \
+           ON d.event_id = v.e AND d.webhook_id = v.w \
+         WHERE d.status IN ('success', 'pending') GROUP BY 1, 2",
+    )
+    .bind::<Array<Int4>, _>(&webhook)
+    .bind::<Array<Text>, _>(&event)
+    .load(conn)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|s| {
+            let recorded = Recorded {
+                last_success: s.delivered_at,
+                pending: s.pending,
+            };
+            ((s.webhook_id, s.event_id), recorded)
+        })
+        .collect())
+}
+
+/// What [`lock_successes`] found for one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// When the latest success was delivered.
+    pub last_success: Option<DateTime<Utc>>,
+    /// An attempt is pending (a retry or a parked delivery).
+    pub pending: bool,
+}
+
+/// Seed of the advisory-lock keys of [`lock_successes`] (keeps them apart
+/// from the project's other advisory locks).
+const SUCCESS_LOCK_SEED: i64 = 7_263_541;
+
+#[derive(diesel::QueryableByName)]
+struct Success {
+    #[diesel(sql_type = Int4)]
+    webhook_id: i32,
+    #[diesel(sql_type = Text)]
+    event_id: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+    delivered_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pending: bool,
 }

@@ -3,6 +3,7 @@
 
 pub mod bot;
 pub mod counts;
+mod deadline;
 pub mod deliveries;
 mod error;
 pub mod history;
@@ -19,7 +20,7 @@ pub mod testing;
 
 pub use error::StorageError;
 pub use migrate::{BOTS_DATABASE, MIGRATIONS, pending_migrations, run_migrations};
-pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, build_pool, ping};
+pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, SILENCE_MARGIN, build_pool, ping};
 
 /// The database of an unconfigured deployment (docs/contract.md, "Settings").
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bedolaga_events";

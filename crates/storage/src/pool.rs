@@ -10,7 +10,10 @@ use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 
+use diesel::{ConnectionError, ConnectionResult};
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::deadline::Guarded;
 
 use crate::{DEFAULT_DATABASE_URL, StorageError};
 
@@ -39,6 +42,13 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_POOL_TIMEOUT", default_value = "5s",
           value_parser = humantime::parse_duration, global = true)]
     pub database_pool_timeout: Duration,
+    /// The longest one SQL statement may run (the server's
+    /// `statement_timeout`); a server that sends nothing for this plus one
+    /// second while a query waits (frozen, or cut off) has its connection
+    /// closed by the client. `0s` turns both off.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s",
+          value_parser = humantime::parse_duration, global = true)]
+    pub database_statement_timeout: Duration,
 }
 
 impl DatabaseArgs {
@@ -50,6 +60,7 @@ impl DatabaseArgs {
             database_url: SecretString::from(url),
             database_pool_size: pool.max_size,
             database_pool_timeout: pool.wait_timeout,
+            database_statement_timeout: pool.statement_timeout.unwrap_or(Duration::ZERO),
         }
     }
 
@@ -69,6 +80,7 @@ impl DatabaseArgs {
         PoolConfig {
             max_size: self.database_pool_size,
             wait_timeout: self.database_pool_timeout,
+            statement_timeout: Some(self.database_statement_timeout).filter(|t| !t.is_zero()),
             ..PoolConfig::default()
         }
     }
@@ -93,7 +105,16 @@ pub struct PoolConfig {
     /// (one round trip less per request). A connection that died is then
     /// noticed on its first query, which fails, and is discarded.
     pub fast_recycle: bool,
+    /// The server's `statement_timeout` for every pooled connection, and
+    /// (plus [`SILENCE_MARGIN`]) how long the client waits for a server
+    /// that sends nothing while a query is outstanding before it closes
+    /// the connection. `None`: no limit on either.
+    pub statement_timeout: Option<Duration>,
 }
+
+/// How much longer than `statement_timeout` the client waits for a silent
+/// server: a server that runs cancels a slow statement itself first.
+pub const SILENCE_MARGIN: Duration = Duration::from_secs(1);
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -103,6 +124,7 @@ impl Default for PoolConfig {
             create_timeout: Duration::from_secs(5),
             recycle_timeout: Duration::from_secs(5),
             fast_recycle: false,
+            statement_timeout: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -111,6 +133,10 @@ impl Default for PoolConfig {
 /// database is down; [`ping`] tells whether it is reachable.
 pub fn build_pool(database_url: &str, cfg: &PoolConfig) -> Result<DbPool, StorageError> {
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    if let Some(limit) = cfg.statement_timeout {
+        manager_config.custom_setup =
+            Box::new(move |url| Box::pin(connect_guarded(url.to_owned(), limit)));
+    }
     if cfg.fast_recycle {
         manager_config.recycling_method = RecyclingMethod::Fast;
     }
@@ -127,6 +153,74 @@ pub fn build_pool(database_url: &str, cfg: &PoolConfig) -> Result<DbPool, Storag
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| StorageError::Config(e.to_string()))
+}
+
+/// Opens a connection with `statement_timeout = limit` whose socket is
+/// [`Guarded`] with `limit +` [`SILENCE_MARGIN`]; the driver's connection
+/// task runs on its own and ends with the connection.
+async fn connect_guarded(url: String, limit: Duration) -> ConnectionResult<AsyncPgConnection> {
+    let bad = |e: String| ConnectionError::BadConnection(e);
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
+    let ms = limit.as_millis();
+    let options = match config.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{o} -c statement_timeout={ms}"),
+        _ => format!("-c statement_timeout={ms}"),
+    };
+    config.options(options);
+    let silence = limit + SILENCE_MARGIN;
+    let hosts = config.get_hosts().to_vec();
+    let ports = config.get_ports().to_vec();
+    let mut last = String::from("no host in the database URL");
+    for (i, host) in hosts.iter().enumerate() {
+        let port = ports
+            .get(i)
+            .or(ports.as_slice().first())
+            .copied()
+            .unwrap_or(5432);
+        let client = match host {
+            tokio_postgres::config::Host::Tcp(name) => {
+                match tokio::net::TcpStream::connect((name.as_str(), port)).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        start(&config, Guarded::new(s, silence)).await
+                    }
+                    Err(e) => Err(format!("cannot connect to {name}:{port}: {e}")),
+                }
+            }
+            tokio_postgres::config::Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                match tokio::net::UnixStream::connect(&path).await {
+                    Ok(s) => start(&config, Guarded::new(s, silence)).await,
+                    Err(e) => Err(format!("cannot connect to {}: {e}", path.display())),
+                }
+            }
+        };
+        match client {
+            Ok(client) => return AsyncPgConnection::try_from(client).await,
+            Err(e) => last = e,
+        }
+    }
+    Err(bad(last))
+}
+
+/// The startup over `stream`; spawns the connection task.
+async fn start<S>(
+    config: &tokio_postgres::Config,
+    stream: Guarded<S>,
+) -> Result<tokio_postgres::Client, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = config
+        .connect_raw(stream, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection closed");
+        }
+    });
+    Ok(client)
 }
 
 /// Checks out a connection and runs `SELECT 1`.

@@ -294,7 +294,10 @@ fn readiness(
             async move { storage::ping(&pool).await }
         })
         .flag("migrations", ready, not_ready)
-        .state("nats", move || proto_events::nats::connection_ready(&nats))
+        .probe("nats", move || {
+            let nats = nats.clone();
+            async move { proto_events::nats::round_trip(&nats).await }
+        })
 }
 
 /// Applies migrations (unless turned off) and ensures the default token,

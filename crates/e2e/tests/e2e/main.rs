@@ -13,3 +13,4 @@
 mod checks;
 mod cluster;
 mod faults;
+mod pauses;
