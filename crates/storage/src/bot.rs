@@ -335,7 +335,10 @@ pub async fn import(
     }
 }
 
-/// The token of ours a bot token should become.
+/// The token of ours a bot token should become: inserted as it is, or
+/// written over our row (NULLs included).
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = t, treat_none_as_null = true)]
 struct TokenRow<'a> {
     bot_token_id: i32,
     name: &'a str,
@@ -455,20 +458,7 @@ pub async fn sync_tokens(
 
 async fn insert_token(ours: &mut AsyncPgConnection, r: &TokenRow<'_>) -> Result<(), StorageError> {
     diesel::insert_into(t::table)
-        .values((
-            t::bot_token_id.eq(r.bot_token_id),
-            t::name.eq(r.name),
-            t::token_hash.eq(r.token_hash),
-            t::token_prefix.eq(r.token_prefix),
-            t::description.eq(r.description),
-            t::created_at.eq(r.created_at),
-            t::updated_at.eq(r.updated_at),
-            t::expires_at.eq(r.expires_at),
-            t::last_used_at.eq(r.last_used_at),
-            t::last_used_ip.eq(r.last_used_ip),
-            t::is_active.eq(r.is_active),
-            t::created_by.eq(r.created_by),
-        ))
+        .values(r)
         .execute(ours)
         .await?;
     Ok(())
@@ -497,20 +487,7 @@ async fn update_token(
                 .or(t::created_by.is_distinct_from(r.created_by)),
         ),
     )
-    .set((
-        t::bot_token_id.eq(r.bot_token_id),
-        t::name.eq(r.name),
-        t::token_hash.eq(r.token_hash),
-        t::token_prefix.eq(r.token_prefix),
-        t::description.eq(r.description),
-        t::created_at.eq(r.created_at),
-        t::updated_at.eq(r.updated_at),
-        t::expires_at.eq(r.expires_at),
-        t::last_used_at.eq(r.last_used_at),
-        t::last_used_ip.eq(r.last_used_ip),
-        t::is_active.eq(r.is_active),
-        t::created_by.eq(r.created_by),
-    ))
+    .set(r)
     .execute(ours)
     .await?;
     Ok(n == 1)

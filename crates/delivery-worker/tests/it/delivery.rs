@@ -35,10 +35,16 @@ fn python_available() -> bool {
 
 /// Runs the seed document's Python verification on a received request.
 fn seed_python_verifies(body: &[u8], sig: &str, secret: &str) -> bool {
+    python_verifies(SEED_CHECK, body, sig, secret)
+}
+
+/// Runs a Python verification script (body on stdin, `SIG` and `SECRET` in
+/// the environment); true when it exits 0.
+fn python_verifies(script: &str, body: &[u8], sig: &str, secret: &str) -> bool {
     use std::io::Write;
     let mut child = std::process::Command::new("python3")
         .arg("-c")
-        .arg(SEED_CHECK)
+        .arg(script)
         .env("SIG", sig)
         .env("SECRET", secret)
         .stdin(std::process::Stdio::piped())
@@ -386,17 +392,7 @@ sys.exit(0 if hmac.compare_digest(expected, os.environ["SIG"].replace("sha256=",
 "#;
 
 fn bot_receiver_verifies(body: &[u8], sig: &str, secret: &str) -> bool {
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(BOT_CHECK)
-        .env("SIG", sig)
-        .env("SECRET", secret)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(body).unwrap();
-    child.wait().unwrap().success()
+    python_verifies(BOT_CHECK, body, sig, secret)
 }
 
 #[tokio::test]
