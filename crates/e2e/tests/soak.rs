@@ -1,6 +1,6 @@
 //! The soak: events at a steady rate for a long while, with a fault every
 //! few minutes taken in turn from a worker killed with SIGKILL (a new one
-//! started), a worker paused with SIGSTOP past its ack wait, and the
+//! started), worker 1 paused with SIGSTOP past its ack wait, and the
 //! database restarted; then what was lost (must be 0), the duplicate
 //! success rows (must be 0), the duplicate POSTs (same `webhook-id`
 //! answered twice), and each service's RSS and open files at start and
@@ -134,21 +134,21 @@ async fn soak() {
         let t = started.elapsed().as_secs();
         let fault = match faults.len() % 3 {
             0 => {
+                // The newest worker: worker 1 lives through the whole run
+                // (it takes the SIGSTOPs), so its RSS and open files at
+                // start and end say whether a worker leaks.
                 let victim = d
                     .workers
                     .iter()
-                    .position(|w| w.pid() != 0)
-                    .expect("a running worker");
+                    .rposition(|w| w.pid() != 0)
+                    .filter(|&i| i > 0)
+                    .expect("a running worker besides worker 1");
                 d.workers[victim].kill();
                 d.start_worker().await;
                 format!("{t}s: kill -9 of worker {}", victim + 1)
             }
             1 => {
-                let victim = d
-                    .workers
-                    .iter()
-                    .rposition(|w| w.pid() != 0)
-                    .expect("a running worker");
+                let victim = 0;
                 let paused = signal::pause(vec![d.workers[victim].pid()]);
                 tokio::time::sleep(pause_for).await;
                 paused.resume();
@@ -161,6 +161,9 @@ async fn soak() {
                 format!("{t}s: database restarted (down 5 s)")
             }
         };
+        // Worker 1's footprint after each fault: a leak shows as a trend.
+        let (rss, fds) = footprint(d.workers[0].pid());
+        let fault = format!("{fault} (worker 1 then: {rss} KiB RSS, {fds} open files)");
         eprintln!("soak: {fault}");
         faults.push(fault);
     }

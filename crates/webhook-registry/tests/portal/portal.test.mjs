@@ -401,6 +401,16 @@ try {
 } catch (e) {
   if (page) await page.screenshot({ path: path.join(OUT, "failure.png"), fullPage: true }).catch(() => {});
   if (page) console.error("\npage shows:\n" + (await page.evaluate(() => document.body.innerText).catch(() => "?")));
+  // What the API says, beside what the page shows: tells a slow page from
+  // a delivery that did not happen.
+  try {
+    for (const w of (await (await api("GET", "/webhooks?limit=200")).json()).items) {
+      const d = await (await api("GET", `/webhooks/${w.id}/deliveries?limit=20`)).json();
+      console.error(`webhook ${w.id}: ` + JSON.stringify(d.items.map((x) =>
+        ({ id: x.id, event_id: x.event_id, attempt: x.attempt_number, status: x.status, http: x.response_status }))));
+    }
+  } catch (why) { console.error("the API could not be asked: " + why); }
+  console.error(`receiver got ${received.length} POST(s); failed in step: ${steps.length + 1}`);
   console.error(problems.join("\n"));
   throw e;
 } finally {
