@@ -848,6 +848,65 @@ scratch_cleanup() {
     exit "$status"
 }
 
+# --------------------------------------------------------------------------
+# Docker (deploy/standins.sh, deploy/containers-test.sh)
+# --------------------------------------------------------------------------
+DOCKER_WAIT_SECS="${DOCKER_WAIT_SECS:-60}"
+
+# Installs Debian's docker.io when there is no engine, and starts dockerd
+# when none answers. The engine outlives the script, so its layer cache and
+# images are reused by the next run.
+ensure_docker() {
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+        log "Docker is not installed; installing docker.io from Debian's packages"
+        apt_install docker.io
+    fi
+    if ! docker info >/dev/null 2>&1; then
+        log "starting dockerd (log: /var/log/bedolaga-dockerd.log)"
+        as_root bash -c 'nohup dockerd >>/var/log/bedolaga-dockerd.log 2>&1 </dev/null &'
+        wait_until "dockerd" "$DOCKER_WAIT_SECS" docker info ||
+            die "dockerd did not answer within ${DOCKER_WAIT_SECS}s (see /var/log/bedolaga-dockerd.log)"
+    fi
+    ensure_compose_v2
+}
+
+# docker_build ARGS...: `docker build` with the legacy builder (BuildKit's
+# Dockerfile front end would be pulled from a registry). The output goes to
+# a file, shown (its end) only when the build fails.
+docker_build() {
+    local out
+    out="$(mktemp)"
+    if DOCKER_BUILDKIT=0 docker build "$@" >"$out" 2>&1; then
+        rm -f "$out"
+        return 0
+    fi
+    tail -n 60 "$out" >&2
+    rm -f "$out"
+    return 1
+}
+
+# `docker compose` (v2). Debian 12 ships only the old Python docker-compose
+# 1.x, which does not read our compose files' `!reset` and `configs.content`;
+# the next Debian release's docker-compose package is v2 and depends on
+# libc6 alone, so it is taken from there, without adding that release to
+# the machine's sources.
+ensure_compose_v2() {
+    docker compose version >/dev/null 2>&1 && return 0
+    local tmp
+    tmp="$(mktemp -d /var/tmp/bedolaga-compose.XXXXXX)"
+    log "installing docker compose v2 (Debian trixie's docker-compose package)"
+    echo "deb ${DEBIAN_MIRROR:-http://deb.debian.org/debian} trixie main" >"$tmp/trixie.list"
+    mkdir -p "$tmp/lists/partial"
+    local opts=(-o "Dir::Etc::sourcelist=$tmp/trixie.list" -o "Dir::Etc::sourceparts=-"
+        -o "Dir::State::Lists=$tmp/lists" -o "Debug::NoLocking=1")
+    as_root apt-get "${opts[@]}" update -qq >&2 || die "apt-get update (trixie) failed"
+    (cd "$tmp" && as_root apt-get "${opts[@]}" download docker-compose >&2) ||
+        die "downloading docker-compose from trixie failed"
+    as_root dpkg -i "$tmp"/docker-compose_*.deb >&2 || die "installing docker-compose failed"
+    rm -rf "$tmp"
+    docker compose version >/dev/null 2>&1 || die "docker compose v2 is still missing"
+}
+
 # Allow `deploy/lib.sh FUNCTION [ARGS]` for one-off use.
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     if [ "$#" -eq 0 ]; then

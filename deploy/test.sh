@@ -26,11 +26,22 @@
 # the machine's PostgreSQL (through the same test role) and NATS beside
 # them. E2E_TIMEOUT (seconds,
 # default 900) bounds the run.
+#
+#   deploy/test.sh --containers
+# instead runs deploy/containers-test.sh: Docker (docker.io, debootstrap and
+# dockerd, installed and started when missing), the stand-in base images,
+# the image from deploy/Dockerfile, docker-compose.yml and the overlay for
+# a running bot (deploy/beside-bot/), each driven end to end.
 # CARGO_TARGET_DIR is honoured when set.
 set -euo pipefail
 # shellcheck source=deploy/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$BEDOLAGA_REPO_ROOT"
+
+if [ "${1:-}" = "--containers" ]; then
+    shift
+    exec "$(dirname "${BASH_SOURCE[0]}")/containers-test.sh" "$@"
+fi
 
 if [ "${1:-}" = "--e2e" ]; then
     shift

@@ -193,3 +193,24 @@ Try it:
        http://$registry_addr/webhooks
   $BIN_DIR/eventctl publish --type user.created --payload '{"user_id":1}'
 EOF
+
+# The edge rules for an nginx already in front of the bot's web API: the
+# same routes as deploy/beside-bot/edge.conf, to these addresses.
+cat <<EOF
+
+In front of the bot (one base URL for admin tools), add to the nginx server
+block that proxies the bot's web API (deploy/beside-bot/edge.conf has the
+whole file; replace BOT_ADDRESS with the bot's, e.g. 127.0.0.1:8080 if the
+bot's port moves):
+  location = /ws {
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade \$http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 1h;
+      proxy_pass http://$gateway_addr;
+  }
+  location /webhooks { proxy_pass http://$registry_addr; }
+  location = /bedolaga-events { return 301 /bedolaga-events/; }
+  location /bedolaga-events/ { proxy_pass http://$registry_addr/; }
+  location / { proxy_pass http://BOT_ADDRESS; }
+EOF

@@ -1,6 +1,6 @@
 // Overview: the /webhooks/stats figures, the webhooks failing now or
 // switched off by the worker, and each service's readiness.
-import { api, el, fmtTime, errorBox } from "./ui.js";
+import { api, base, el, fmtTime, errorBox } from "./ui.js";
 
 const figure = (label, value) => el("div", { class: "figure" }, el("span", { class: "value", text: String(value) }),
   el("span", { class: "label", text: label }));
@@ -30,7 +30,7 @@ function serviceRow(name, ready, detail) {
 async function readiness() {
   const rows = [];
   try {
-    const res = await fetch("/readyz", { cache: "no-store" });
+    const res = await fetch(base + "/readyz", { cache: "no-store" });
     const body = await res.json().catch(() => ({}));
     rows.push(serviceRow("webhook-registry", res.ok, checks(body.checks)));
   } catch { rows.push(serviceRow("webhook-registry", false, "no answer")); }

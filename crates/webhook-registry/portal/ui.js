@@ -21,6 +21,11 @@ export class ApiError extends Error {
 let onUnauthorized = () => {};
 export function setUnauthorizedHandler(f) { onUnauthorized = f; }
 
+// Where the registry is, as this page was reached: "" when the portal is
+// served at "/", "/bedolaga-events" behind an edge proxy that serves it
+// under that prefix (deploy/beside-bot/). API paths are prefixed with it.
+export const base = new URL(".", location.href).pathname.replace(/\/$/, "");
+
 export async function api(method, path, body, tok = token.get()) {
   const init = { method, headers: { Authorization: "Bearer " + tok }, cache: "no-store" };
   if (body !== undefined) {
@@ -28,7 +33,7 @@ export async function api(method, path, body, tok = token.get()) {
     init.body = JSON.stringify(body);
   }
   let res;
-  try { res = await fetch(path, init); } catch { throw new ApiError(0, { detail: "The registry cannot be reached" }); }
+  try { res = await fetch(base + path, init); } catch { throw new ApiError(0, { detail: "The registry cannot be reached" }); }
   const text = await res.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text }; }

@@ -24,7 +24,7 @@ async fn the_portal_is_served_with_a_strict_policy() {
     assert!(!csp.contains("unsafe"));
     let page = res.text().await.unwrap();
     assert!(page.contains("<meta name=\"gateway-url\" content=\"ws://127.0.0.1:8081/ws\">"));
-    assert!(page.contains("src=\"/portal/app.js\""));
+    assert!(page.contains("src=\"portal/app.js\""));
 
     // The live view is the gateway console's file, byte for byte.
     let live = app
