@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every environment variable the deploy files set is one its service
-# accepts: docker-compose.yml, every rendered Kubernetes kustomization
+# accepts: docker-compose.yml, the overlay beside the bot
+# (deploy/beside-bot/docker-compose.events.yml), every rendered Kubernetes kustomization
 # (deploy/k8s/base, deploy/k8s/overlays/*) and the Dockerfile's ENV, against
 # the `[env: …]` names in the `--help` of the binaries built from this tree
 # (deploy/checks/check_env.py). A copy of the compose file with a variable
@@ -33,7 +34,7 @@ done
 
 status=0
 "$venv/bin/python" deploy/checks/check_env.py --bin-dir "$bin_dir" \
-    --compose docker-compose.yml --k8s "${rendered[@]}" --dockerfile deploy/Dockerfile || status=1
+    --compose docker-compose.yml deploy/beside-bot/docker-compose.events.yml --k8s "${rendered[@]}" --dockerfile deploy/Dockerfile || status=1
 
 # Self-test: a setting no service has, added to the gateway's environment.
 sed -e 's/^\(      GATEWAY_BIND: .*\)$/\1\n      GATEWAY_NO_SUCH_SETTING: "1"/' docker-compose.yml >"$work/compose-broken.yml"

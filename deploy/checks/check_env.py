@@ -1,6 +1,6 @@
 """Every environment variable the deploy files set is one its binary accepts.
 
-    python check_env.py --bin-dir DIR [--compose FILE] [--k8s RENDERED.yaml ...]
+    python check_env.py --bin-dir DIR [--compose FILE ...] [--k8s RENDERED.yaml ...]
                         [--dockerfile FILE]
 
 The names a binary accepts are the `[env: NAME]` entries of its `--help`
@@ -102,9 +102,26 @@ def check_names(where, binary, args, names, bins, problems):
             problems.append(f"{where}: {name} is not a setting of `{shown}` (see its --help)")
 
 
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with compose's merge tags (`!reset`, `!override`), read as the
+    value they carry."""
+
+
+def _compose_tag(loader, node):
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    return loader.construct_scalar(node)
+
+
+for _tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(_tag, _compose_tag)
+
+
 def check_compose(path, bins, problems, used):
     with open(path, encoding="utf-8") as f:
-        doc = yaml.safe_load(f)
+        doc = yaml.load(f, Loader=ComposeLoader)  # noqa: S506 (a SafeLoader)
     checked = 0
     for name, svc in (doc.get("services") or {}).items():
         binary, args = split_command(svc.get("command"))
@@ -217,15 +234,15 @@ def check_dockerfile(path, bins, problems, used):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin-dir", required=True)
-    parser.add_argument("--compose")
+    parser.add_argument("--compose", nargs="*", default=[])
     parser.add_argument("--k8s", nargs="*", default=[])
     parser.add_argument("--dockerfile")
     args = parser.parse_args()
     bins = Binaries(args.bin_dir)
     problems, used = [], set()
     checked = 0
-    if args.compose:
-        checked += check_compose(args.compose, bins, problems, used)
+    for path in args.compose:
+        checked += check_compose(path, bins, problems, used)
     for path in args.k8s:
         checked += check_k8s(path, bins, problems, used)
     if args.dockerfile:
