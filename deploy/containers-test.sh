@@ -46,11 +46,14 @@ services:
     image: bedolaga-standin/bot:local
 EOF
 
-dc() { docker compose -p "$STACK" -f docker-compose.yml -f "$WORK/receiver.yml" "$@"; }
-bc() {
-    docker compose -p "$BESIDE" --project-directory "$BOT_DIR" \
-        -f "$BOT_DIR/docker-compose.yml" -f "$BOT_DIR/docker-compose.events.yml" "$@"
-}
+# The two compose projects: the stack with the receiver, and the bot with
+# our overlay (BOT_ALONE: the bot's file only). Arrays, so that `timeout`
+# can run them too.
+DC=(docker compose -p "$STACK" -f docker-compose.yml -f "$WORK/receiver.yml")
+BOT_ALONE=(docker compose -p "$BESIDE" --project-directory "$BOT_DIR" -f "$BOT_DIR/docker-compose.yml")
+BC=("${BOT_ALONE[@]}" -f "$BOT_DIR/docker-compose.events.yml")
+dc() { "${DC[@]}" "$@"; }
+bc() { "${BC[@]}" "$@"; }
 
 cleanup() {
     local status=$?
@@ -63,8 +66,12 @@ cleanup() {
         fi
     fi
     dc down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || warn "could not remove the stack $STACK"
+    # The bot's project with whichever files it was started from.
     if [ -f "$BOT_DIR/docker-compose.events.yml" ]; then
         bc down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 || warn "could not remove $BESIDE"
+    elif [ -f "$BOT_DIR/docker-compose.yml" ]; then
+        "${BOT_ALONE[@]}" down --volumes --remove-orphans --timeout 5 >/dev/null 2>&1 ||
+            warn "could not remove $BESIDE"
     fi
     rm -rf "$WORK"
     exit "$status"
@@ -140,8 +147,7 @@ log "eventctl published $first_id"
 wait_for "the first delivery" 60 successes -eq 1
 log "the webhook got it"
 # The WebSocket client reads the stream from its start through the gateway.
-got="$(timeout 60 docker compose -p "$STACK" -f docker-compose.yml -f "$WORK/receiver.yml" \
-    run --rm --no-deps -T webhook-registry eventctl tail --via-gateway ws://gateway:8081/ws \
+got="$(timeout 60 "${DC[@]}" run --rm --no-deps -T webhook-registry eventctl tail --via-gateway ws://gateway:8081/ws \
     --token "$TOKEN" --since 0 --max 1)" || die "no event over the WebSocket"
 echo "$got" | grep -q "$first_id" || die "the WebSocket client got something else: $got"
 log "a WebSocket client got it too"
@@ -192,8 +198,7 @@ DELIVERY_ALLOW_PRIVATE_TARGETS=true
 EOF
 EDGE="http://127.0.0.1:$EDGE_PORT"
 log "the bot alone ($BESIDE), its web API on $EDGE"
-docker compose -p "$BESIDE" --project-directory "$BOT_DIR" -f "$BOT_DIR/docker-compose.yml" \
-    up -d --wait --wait-timeout 180 >/dev/null 2>&1 || die "the stand-in bot did not start"
+"${BOT_ALONE[@]}" up -d --wait --wait-timeout 180 >/dev/null 2>&1 || die "the stand-in bot did not start"
 cp deploy/beside-bot/docker-compose.events.yml "$BOT_DIR/docker-compose.events.yml"
 curl -fsS "$EDGE/health" | json 'd["service"]' | grep -qx bot || die "the stand-in bot does not answer"
 
@@ -242,9 +247,8 @@ ev_id="$(python3 -c 'import uuid; print(uuid.uuid4())')"
 bot_sql remnawave_bot "INSERT INTO event_outbox (envelope) VALUES ('{\"id\":\"$ev_id\",\"type\":\"user.created\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"payload\":{\"user_id\":7,\"telegram_id\":700,\"username\":\"Пётр\"}}')" >/dev/null
 delivered() { [ "$(bot_sql bedolaga_events "SELECT count(*) FROM webhook_deliveries WHERE status = 'success' AND event_id = '$1'")" = 1 ]; }
 wait_for "the outbox event's delivery" 60 delivered "$ev_id"
-got="$(timeout 60 docker compose -p "$BESIDE" --project-directory "$BOT_DIR" -f "$BOT_DIR/docker-compose.yml" \
-    -f "$BOT_DIR/docker-compose.events.yml" run --rm --no-deps -T events-webhook-registry \
-    eventctl tail --via-gateway "ws://events-edge:80/ws" --token "$TOKEN" --since 0 --max 1)" ||
+got="$(timeout 60 "${BC[@]}" run --rm --no-deps -T events-webhook-registry eventctl tail \
+    --via-gateway "ws://events-edge:80/ws" --token "$TOKEN" --since 0 --max 1)" ||
     die "no event over the WebSocket through the edge"
 echo "$got" | grep -q "$ev_id" || die "the WebSocket client through the edge got something else: $got"
 posts="$(curl -fsS "$EDGE/received" | json 'd["posts"]')"
