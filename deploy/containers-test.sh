@@ -149,18 +149,20 @@ log "the webhook got it"
 # The WebSocket client reads the stream from its start through the gateway.
 got="$(timeout 60 "${DC[@]}" run --rm --no-deps -T webhook-registry eventctl tail --via-gateway ws://gateway:8081/ws \
     --token "$TOKEN" --since 0 --max 1)" || die "no event over the WebSocket"
-echo "$got" | grep -q "$first_id" || die "the WebSocket client got something else: $got"
+echo "$got" | grep "$first_id" >/dev/null || die "the WebSocket client got something else: $got"
 log "a WebSocket client got it too"
 
 log "three workers; 1,000 events; one worker killed (SIGKILL) mid-stream"
 dc up -d --no-build --no-recreate --scale delivery-worker=3 --wait --wait-timeout 120 >/dev/null 2>&1 ||
     die "could not scale the workers to 3"
-[ "$(dc ps -q delivery-worker | wc -l)" -eq 3 ] || die "expected 3 worker containers"
+# Read whole (no `| head`: a reader that stops early can fail the writer).
+mapfile -t workers < <(dc ps -q delivery-worker)
+[ "${#workers[@]}" -eq 3 ] || die "expected 3 worker containers, found ${#workers[@]}"
 dc run --rm --no-deps -T webhook-registry eventctl simulate --count 1000 --rate 200 --type user.created \
     >"$WORK/simulate.log" 2>&1 &
 sim=$!
 wait_for "deliveries to start" 60 successes -gt 150
-victim="$(dc ps -q delivery-worker | head -1)"
+victim="${workers[0]}"
 docker kill -s KILL "$victim" >/dev/null
 log "killed worker container ${victim:0:12} at $(stack_sql "SELECT count(*) FROM webhook_deliveries WHERE status = 'success'") deliveries"
 wait "$sim" || { cat "$WORK/simulate.log" >&2; die "eventctl simulate failed"; }
@@ -177,7 +179,7 @@ log "1,001 events, one success row each; the receiver saw $(echo "$received" | j
 log "docker compose down, then up: the data stays"
 dc down --timeout 10 >/dev/null 2>&1
 dc up -d --no-build --wait --wait-timeout 300 >/dev/null 2>&1 || die "the stack did not come back"
-api GET "$REG/webhooks/$hook_id" | json 'd["name"]' | grep -q 'containers test' || die "the webhook is gone after down/up"
+api GET "$REG/webhooks/$hook_id" | json 'd["name"]' | grep 'containers test' >/dev/null || die "the webhook is gone after down/up"
 successes -eq 1001 || die "the delivery history changed after down/up"
 dc run --rm --no-deps -T webhook-registry eventctl publish --type user.created \
     --payload '{"user_id":2,"telegram_id":200,"username":"after-restart"}' >/dev/null
@@ -200,7 +202,7 @@ EDGE="http://127.0.0.1:$EDGE_PORT"
 log "the bot alone ($BESIDE), its web API on $EDGE"
 "${BOT_ALONE[@]}" up -d --wait --wait-timeout 180 >/dev/null 2>&1 || die "the stand-in bot did not start"
 cp deploy/beside-bot/docker-compose.events.yml "$BOT_DIR/docker-compose.events.yml"
-curl -fsS "$EDGE/health" | json 'd["service"]' | grep -qx bot || die "the stand-in bot does not answer"
+curl -fsS "$EDGE/health" | json 'd["service"]' | grep -x bot >/dev/null || die "the stand-in bot does not answer"
 
 log "docker compose -f docker-compose.yml -f docker-compose.events.yml up -d"
 bc up -d --no-build --wait --wait-timeout 300 >/dev/null 2>&1 || {
@@ -218,15 +220,15 @@ bot_sql() {
 
 # Through the edge: the bot's paths, ours, the portal.
 wait_for "the edge" 60 curl -fsS "$EDGE/health"
-curl -fsS "$EDGE/health" | json 'd["service"]' | grep -qx bot || die "/health is not the bot's through the edge"
-curl -fsS "$EDGE/users" | json 'd["items"][0]["username"]' | grep -qx alice || die "/users is not the bot's through the edge"
+curl -fsS "$EDGE/health" | json 'd["service"]' | grep -x bot >/dev/null || die "/health is not the bot's through the edge"
+curl -fsS "$EDGE/users" | json 'd["items"][0]["username"]' | grep -x alice >/dev/null || die "/users is not the bot's through the edge"
 code="$(curl -s -o /dev/null -w '%{http_code}' "$EDGE/webhooks")"
 [ "$code" = 401 ] || die "/webhooks without a token through the edge: HTTP $code (want the registry's 401)"
 api GET "$EDGE/webhooks" >/dev/null || die "/webhooks with the token through the edge failed"
 hook="$(api POST "$EDGE/webhooks" \
     '{"name":"beside the bot","url":"http://bot:8080/hook","event_type":"user.created","secret":"ct-secret-2","body_format":"bot"}')"
 beside_hook="$(echo "$hook" | json 'd["id"]')"
-curl -fsS "$EDGE/bedolaga-events/" | grep -q 'src="portal/app.js"' || die "no portal at /bedolaga-events/"
+curl -fsS "$EDGE/bedolaga-events/" | grep 'src="portal/app.js"' >/dev/null || die "no portal at /bedolaga-events/"
 curl -fsS -o /dev/null "$EDGE/bedolaga-events/portal/app.js" || die "the portal's script does not load through the edge"
 curl -fsS -o /dev/null "$EDGE/bedolaga-events/readyz" || die "/bedolaga-events/readyz is not ready"
 api GET "$EDGE/bedolaga-events/webhooks/$beside_hook" >/dev/null || die "the API under /bedolaga-events/ does not answer"
@@ -250,7 +252,7 @@ wait_for "the outbox event's delivery" 60 delivered "$ev_id"
 got="$(timeout 60 "${BC[@]}" run --rm --no-deps -T events-webhook-registry eventctl tail \
     --via-gateway "ws://events-edge:80/ws" --token "$TOKEN" --since 0 --max 1)" ||
     die "no event over the WebSocket through the edge"
-echo "$got" | grep -q "$ev_id" || die "the WebSocket client through the edge got something else: $got"
+echo "$got" | grep "$ev_id" >/dev/null || die "the WebSocket client through the edge got something else: $got"
 posts="$(curl -fsS "$EDGE/received" | json 'd["posts"]')"
 [ "$posts" -ge 1 ] || die "the webhook's receiver (the stand-in bot) got no POST"
 log "the bot's outbox -> relay -> webhook and WebSocket (through the edge)"
