@@ -95,16 +95,6 @@ impl Default for WebhookCache {
     }
 }
 
-type Row = (
-    i32,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    BodyFormat,
-);
-
 impl WebhookCache {
     pub fn new() -> Self {
         Self {
@@ -146,27 +136,18 @@ impl WebhookCache {
 
     /// Reads every active webhook from the database and swaps the snapshot.
     pub async fn refresh(&self, pool: &DbPool) -> Result<usize, StorageError> {
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        use storage::schema::webhooks::dsl as w;
-        let mut conn = pool.get().await?;
-        let rows: Vec<Row> = w::webhooks
-            .filter(w::is_active.eq(true))
-            .select((
-                w::id,
-                w::url,
-                w::event_type,
-                w::secret,
-                w::previous_secret,
-                w::previous_secret_expires_at,
-                w::body_format,
-            ))
-            .order(w::id.asc())
-            .load(&mut conn)
-            .await?;
-        drop(conn);
+        let rows = storage::webhooks::active(pool).await?;
         let mut snap = Snapshot::default();
-        for (id, url, event_type, secret, previous_secret, previous_expires, body_format) in rows {
+        for storage::webhooks::ActiveWebhook {
+            id,
+            url,
+            event_type,
+            secret,
+            previous_secret,
+            previous_secret_expires_at: previous_expires,
+            body_format,
+        } in rows
+        {
             let pattern = match Pattern::parse(&event_type) {
                 Ok(p) => p,
                 Err(e) => {

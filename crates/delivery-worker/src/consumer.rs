@@ -22,8 +22,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use proto_events::{Envelope, Namespace};
 use storage::DbPool;
@@ -136,12 +134,10 @@ pub struct Reconnects {
 
 /// Connections the client made so far (the first and every reconnect).
 fn connects(client: &async_nats::Client) -> u64 {
-    // Through a reference: on the field itself, diesel's `RunQueryDsl::load`
-    // (in scope here) would be picked first.
-    use std::sync::atomic::Ordering;
-    let stats = client.statistics();
-    let counter = &stats.connects;
-    counter.load(Ordering::Relaxed)
+    client
+        .statistics()
+        .connects
+        .load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Allowance for the broker's clock running ahead of this host's.
@@ -416,7 +412,7 @@ async fn process(
             .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
             .unwrap_or(false);
     if redelivered {
-        match recorded_webhooks(&ctx.pool, &event.id).await {
+        match storage::deliveries::recorded_webhooks(&ctx.pool, &event.id).await {
             Ok(done) => {
                 let before = targets.len();
                 targets.retain(|t| !done.contains(&t.id));
@@ -500,20 +496,6 @@ async fn process(
 /// Names the closure's argument type, so that its body may read the target.
 fn job_builder<'a, F: Fn(&'a Target) -> Job<'a>>(f: F) -> F {
     f
-}
-
-async fn recorded_webhooks(
-    pool: &DbPool,
-    event_id: &str,
-) -> Result<Vec<i32>, storage::StorageError> {
-    use storage::schema::webhook_deliveries::dsl as d;
-    let mut conn = pool.get().await?;
-    Ok(d::webhook_deliveries
-        .filter(d::event_id.eq(event_id))
-        .select(d::webhook_id)
-        .distinct()
-        .load(&mut conn)
-        .await?)
 }
 
 /// How often a bad message is tried on the dead-letter stream before it is

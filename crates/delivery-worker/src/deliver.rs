@@ -11,10 +11,10 @@ use tokio::sync::Semaphore;
 use webhook_client::{AttemptOutcome, Event, Verdict, WebhookSender};
 
 use crate::cache::{Gates, Target};
-use crate::db::RowRef;
 use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
 use crate::recorder::{Attempted, Record, Recorder};
+use storage::attempts::RowRef;
 
 /// What is delivered: one event (or one stored payload) to one webhook.
 pub struct Job<'a> {

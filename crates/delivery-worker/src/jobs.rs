@@ -31,12 +31,10 @@ use async_nats::jetstream::{
     consumer::{DeliverPolicy, pull::OrderedConfig},
 };
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
-use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use proto_events::{Envelope, Namespace, Pattern};
-use storage::jobs::{self, Job, JobKind, JobStatus, Window};
-use storage::models::{BodyFormat, DeliveryStatus};
+use storage::jobs::{self, Job, JobKind, JobStatus, RowsToResend, Window};
+use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -131,6 +129,12 @@ enum Ended {
     Failed(String),
 }
 
+impl Ended {
+    fn disabled() -> Self {
+        Ended::Failed("the webhook is disabled".to_owned())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum JobError {
     #[error(transparent)]
@@ -197,47 +201,20 @@ struct Hook {
     is_active: bool,
 }
 
-#[derive(diesel::QueryableByName)]
-struct HookRow {
-    #[diesel(sql_type = Text)]
-    url: String,
-    #[diesel(sql_type = Text)]
-    event_type: String,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    is_active: bool,
-    #[diesel(sql_type = Nullable<Text>)]
-    secret: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    previous_secret: Option<String>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    previous_secret_expires_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Text)]
-    body_format: BodyFormat,
-}
-
 async fn load_hook(pool: &DbPool, webhook_id: i32) -> Result<Option<Hook>, StorageError> {
-    use diesel::OptionalExtension;
     let mut conn = pool.get().await?;
-    let row: Option<HookRow> = diesel::sql_query(
-        "SELECT url, event_type::text AS event_type, is_active, secret::text AS secret, \
-           previous_secret::text AS previous_secret, previous_secret_expires_at, body_format \
-         FROM webhooks WHERE id = $1",
-    )
-    .bind::<Int4, _>(webhook_id)
-    .get_result(&mut conn)
-    .await
-    .optional()?;
-    Ok(row.map(|r| Hook {
+    let row = storage::webhooks::get_webhook(&mut conn, webhook_id).await?;
+    Ok(row.map(|w| Hook {
         target: Target::new(
             webhook_id,
-            r.url,
-            r.secret,
-            r.previous_secret,
-            r.previous_secret_expires_at,
+            w.url,
+            w.secret,
+            w.previous_secret,
+            w.previous_secret_expires_at,
         )
-        .with_body_format(r.body_format),
-        event_type: r.event_type,
-        is_active: r.is_active,
+        .with_body_format(w.body_format),
+        event_type: w.event_type,
+        is_active: w.is_active,
     }))
 }
 
@@ -305,7 +282,7 @@ async fn drive(ctx: &JobCtx, job: Job, stop: &CancellationToken) -> Result<Ended
         return Ok(Ended::Lost);
     };
     if !hook.is_active {
-        return Ok(Ended::Failed("the webhook is disabled".to_owned()));
+        return Ok(Ended::disabled());
     }
     let started_at = job.started_at.unwrap_or_else(Utc::now);
     match job.kind {
@@ -314,15 +291,49 @@ async fn drive(ctx: &JobCtx, job: Job, stop: &CancellationToken) -> Result<Ended
     }
 }
 
-/// Sends one chunk; returns how many items ended how and whether it was
-/// cut short by `stop` (then only the items before `last_key` are done).
-struct ChunkResult {
+/// What a chunk did, stored with the lease after it: items handled (in
+/// order), of those failed, and the key of the last one.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
     done: i64,
     failed: i64,
     last_key: Option<i64>,
-    stopped: bool,
 }
 
+impl Progress {
+    /// No item handled, the window passed up to `last_key`.
+    fn passed(last_key: Option<i64>) -> Self {
+        Self {
+            last_key,
+            ..Self::default()
+        }
+    }
+}
+
+/// How a chunk ended.
+enum ChunkEnd {
+    /// Every item was handled.
+    Finished,
+    /// `stop` cut it short: the items after `last_key` run again later.
+    Stopped,
+    /// The job is no longer this replica's: paused, cancelled, taken over
+    /// or its webhook deleted.
+    Lost,
+}
+
+impl ChunkEnd {
+    /// How the job ends here, unless it goes on to the next chunk.
+    fn ended(&self) -> Option<Ended> {
+        match self {
+            ChunkEnd::Finished => None,
+            ChunkEnd::Stopped => Some(Ended::Stopped),
+            ChunkEnd::Lost => Some(Ended::Lost),
+        }
+    }
+}
+
+/// Sends one chunk of items with the webhook as it is now, skipping those
+/// an earlier run already delivered, and stores the progress.
 async fn send_chunk(
     ctx: &JobCtx,
     job: &Job,
@@ -330,35 +341,52 @@ async fn send_chunk(
     items: Vec<Item>,
     pacer: &mut Pacer,
     stop: &CancellationToken,
-) -> Result<(ChunkResult, bool), JobError> {
+) -> Result<(Progress, ChunkEnd), JobError> {
     let Some(hook) = load_hook(&ctx.pool, job.webhook_id).await? else {
-        return Ok((
-            ChunkResult {
-                done: 0,
-                failed: 0,
-                last_key: None,
-                stopped: true,
-            },
-            false,
-        ));
+        return Ok((Progress::default(), ChunkEnd::Lost));
     };
     if !hook.is_active {
         return Err(JobError::Disabled);
     }
     let seen = already_delivered(&ctx.pool, job.webhook_id, started_at, &items).await?;
-    let target = &hook.target;
     let n = items.len();
-    let deliverer = &ctx.deliverer;
     // Stops taking new items on shutdown or when the job was cancelled;
     // deliveries already started finish and count.
     let chunk_stop = stop.child_token();
-    // Items start strictly in order, at most `concurrency` attempts at once
-    // (the permit is held for the HTTP attempt only); writing an attempt's
-    // row overlaps with the next attempts.
+    let results = deliver_in_order(ctx, &hook.target, items, &seen, pacer, &chunk_stop);
+    let taken = take_results(ctx, job, results, &chunk_stop).await;
+    // Progress before an error is kept; the rest runs again later. After a
+    // pause the write still lands (a cancel or a takeover ignores it).
+    let kept = record_progress(ctx, job, &taken.progress).await? && !taken.lost;
+    if let Some(e) = taken.error {
+        return Err(e);
+    }
+    let end = if !kept {
+        ChunkEnd::Lost
+    } else if taken.handled < n {
+        ChunkEnd::Stopped
+    } else {
+        ChunkEnd::Finished
+    };
+    Ok((taken.progress, end))
+}
+
+/// The items' deliveries, started strictly in order at the pacer's slots,
+/// at most `concurrency` attempts at once (the permit is held for the HTTP
+/// attempt only; writing an attempt's row overlaps with the next
+/// attempts), until `stop`. Yields each item's key and outcome, in order.
+fn deliver_in_order<'a>(
+    ctx: &'a JobCtx,
+    target: &'a Target,
+    items: Vec<Item>,
+    seen: &'a HashSet<String>,
+    pacer: &'a mut Pacer,
+    stop: &CancellationToken,
+) -> impl futures::Stream<Item = Result<(i64, Outcome), JobError>> + 'a {
     let gate = Arc::new(Semaphore::new(ctx.cfg.concurrency.max(1)));
-    let results = futures::stream::iter(items)
-        .take_until(chunk_stop.clone().cancelled_owned())
-        .then(|item| {
+    futures::stream::iter(items)
+        .take_until(stop.clone().cancelled_owned())
+        .then(move |item| {
             let at = pacer.slot();
             let skip = seen.contains(&item.event_id);
             let gate = gate.clone();
@@ -374,48 +402,73 @@ async fn send_chunk(
                 (item, gate.acquire_owned().await.ok())
             }
         })
-        .map(|(item, permit)| async move {
-            let Some(permit) = permit else {
-                return Ok((item.key, Outcome::Skipped));
-            };
-            let record = deliverer
-                .deliver(Delivery {
-                    target,
-                    row: None,
-                    event_id: Some(&item.event_id),
-                    event_type: &item.event_type,
-                    body: item.body.clone(),
-                    attempt_number: item.attempt_number,
-                    traceparent: item.traceparent.as_deref(),
-                    from_stream: false,
-                })
-                .await;
-            drop(permit);
-            let outcome = match &record {
-                Record::Attempted(a) => Outcome::Sent {
-                    success: a.verdict == webhook_client::Verdict::Success,
-                },
-                _ => Outcome::Queued,
-            };
-            deliverer
-                .recorder
-                .submit(vec![record])
-                .await
-                .map_err(|e| JobError::Other(e.to_string()))?;
-            Ok::<_, JobError>((item.key, outcome))
-        })
-        .buffered(RECORDS_IN_FLIGHT);
-    let mut results = std::pin::pin!(results);
-    let mut out = ChunkResult {
-        done: 0,
-        failed: 0,
-        last_key: None,
-        stopped: false,
+        .map(move |(item, permit)| deliver_item(&ctx.deliverer, target, item, permit))
+        .buffered(RECORDS_IN_FLIGHT)
+}
+
+/// Delivers one item (none without a permit: already delivered) and
+/// submits its row.
+async fn deliver_item(
+    deliverer: &Deliverer,
+    target: &Target,
+    item: Item,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Result<(i64, Outcome), JobError> {
+    let Some(permit) = permit else {
+        return Ok((item.key, Outcome::Skipped));
     };
-    let mut handled = 0usize;
-    let mut error = None;
-    let mut lost = false;
-    // A chunk can outlast the lease (slow receivers): renew it meanwhile.
+    let record = deliverer
+        .deliver(Delivery {
+            target,
+            row: None,
+            event_id: Some(&item.event_id),
+            event_type: &item.event_type,
+            body: item.body.clone(),
+            attempt_number: item.attempt_number,
+            traceparent: item.traceparent.as_deref(),
+            from_stream: false,
+        })
+        .await;
+    drop(permit);
+    let outcome = match &record {
+        Record::Attempted(a) => Outcome::Sent {
+            success: a.verdict == webhook_client::Verdict::Success,
+        },
+        _ => Outcome::Queued,
+    };
+    deliverer
+        .recorder
+        .submit(vec![record])
+        .await
+        .map_err(|e| JobError::Other(e.to_string()))?;
+    Ok((item.key, outcome))
+}
+
+/// What [`take_results`] saw.
+struct Taken {
+    progress: Progress,
+    handled: usize,
+    /// A lease renewal found the job gone.
+    lost: bool,
+    error: Option<JobError>,
+}
+
+/// Takes a chunk's results as they come (in order: everything up to a
+/// result is done), renewing the lease meanwhile (a chunk can outlast it
+/// with slow receivers). The first error, or a lost lease, stops the chunk.
+async fn take_results(
+    ctx: &JobCtx,
+    job: &Job,
+    results: impl futures::Stream<Item = Result<(i64, Outcome), JobError>>,
+    chunk_stop: &CancellationToken,
+) -> Taken {
+    let mut results = std::pin::pin!(results);
+    let mut taken = Taken {
+        progress: Progress::default(),
+        handled: 0,
+        lost: false,
+        error: None,
+    };
     let mut renew = tokio::time::interval(ctx.cfg.lease / 3);
     renew.tick().await;
     loop {
@@ -425,57 +478,48 @@ async fn send_chunk(
                 None => break,
             },
             _ = renew.tick() => {
-                let idle = ChunkResult { done: 0, failed: 0, last_key: None, stopped: false };
-                if !record_progress(ctx, job, &idle).await.unwrap_or(true) {
-                    lost = true;
+                if !record_progress(ctx, job, &Progress::default()).await.unwrap_or(true) {
+                    taken.lost = true;
                     chunk_stop.cancel();
                 }
                 continue;
             }
         };
         match r {
-            // The results come in order: everything up to here is done.
-            Ok((key, outcome)) if error.is_none() => {
-                handled += 1;
-                out.done += 1;
+            Ok((key, outcome)) if taken.error.is_none() => {
+                taken.handled += 1;
+                taken.progress.done += 1;
                 let label = match outcome {
                     Outcome::Sent { success: true } => "success",
                     Outcome::Sent { success: false } => {
-                        out.failed += 1;
+                        taken.progress.failed += 1;
                         "failed"
                     }
                     Outcome::Queued => "queued",
                     Outcome::Skipped => "skipped",
                 };
                 ctx.metrics.job_item(job.kind.as_str(), label);
-                out.last_key = Some(key);
+                taken.progress.last_key = Some(key);
             }
             Ok(_) => {}
             Err(e) => {
                 chunk_stop.cancel();
-                error.get_or_insert(e);
+                taken.error.get_or_insert(e);
             }
         }
     }
-    out.stopped = handled < n;
-    // Progress before an error is kept; the rest runs again later. After a
-    // pause the write still lands (a cancel or a takeover ignores it).
-    let keep = record_progress(ctx, job, &out).await? && !lost;
-    if let Some(e) = error {
-        return Err(e);
-    }
-    Ok((out, keep))
+    taken
 }
 
-async fn record_progress(ctx: &JobCtx, job: &Job, r: &ChunkResult) -> Result<bool, JobError> {
+async fn record_progress(ctx: &JobCtx, job: &Job, p: &Progress) -> Result<bool, JobError> {
     let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
     Ok(jobs::record_progress(
         &mut conn,
         job.id,
         &ctx.cfg.owner,
-        r.done,
-        r.failed,
-        r.last_key,
+        p.done,
+        p.failed,
+        p.last_key,
         ctx.cfg.lease,
     )
     .await?)
@@ -489,86 +533,15 @@ async fn already_delivered(
     since: DateTime<Utc>,
     items: &[Item],
 ) -> Result<HashSet<String>, StorageError> {
-    #[derive(diesel::QueryableByName)]
-    struct Id {
-        #[diesel(sql_type = Text)]
-        event_id: String,
-    }
     if items.is_empty() {
         return Ok(HashSet::new());
     }
     let ids: Vec<&str> = items.iter().map(|i| i.event_id.as_str()).collect();
     let mut conn = pool.get().await?;
-    let rows: Vec<Id> = diesel::sql_query(
-        "SELECT DISTINCT event_id::text AS event_id FROM webhook_deliveries \
-         WHERE event_id = ANY($1) AND webhook_id = $2 AND created_at >= $3",
-    )
-    .bind::<Array<Text>, _>(&ids)
-    .bind::<Int4, _>(webhook_id)
-    .bind::<Timestamptz, _>(since)
-    .load(&mut conn)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.event_id).collect())
+    jobs::already_delivered(&mut conn, webhook_id, since, &ids).await
 }
 
 // ------------------------------------------------------ recover and retry
-
-/// The rows a recover or bulk retry sends again. `$1` webhook, `$2` after
-/// this id, `$3` up to this id, `$4`/`$5` the window, `$6` the status.
-///
-/// - recover: an event's latest row (as of the job's start) failed, and
-///   its first attempt lies in the window;
-/// - retry: the event's first row with the status in the window, unless
-///   the event has a retry pending already.
-fn rows_sql(job_kind: JobKind, select: &str, tail: &str) -> String {
-    let common = "r.webhook_id = $1 AND r.event_id IS NOT NULL AND r.event_type <> 'webhook.test' \
-                  AND r.id > $2 AND r.id <= $3";
-    let rule = if job_kind == JobKind::Recover {
-        "r.status = 'failed' \
-         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l WHERE l.event_id = r.event_id \
-           AND l.webhook_id = r.webhook_id AND l.id > r.id AND l.id <= $3) \
-         AND EXISTS (SELECT 1 FROM webhook_deliveries f WHERE f.event_id = r.event_id \
-           AND f.webhook_id = r.webhook_id AND f.attempt_number = 1 \
-           AND ($4::timestamptz IS NULL OR f.created_at >= $4) \
-           AND ($5::timestamptz IS NULL OR f.created_at < $5)) \
-         AND $6::text IS NOT NULL"
-    } else {
-        "r.status = $6 \
-         AND ($4::timestamptz IS NULL OR r.created_at >= $4) \
-         AND ($5::timestamptz IS NULL OR r.created_at < $5) \
-         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.event_id = r.event_id \
-           AND e.webhook_id = r.webhook_id AND e.status = $6 AND e.id < r.id \
-           AND ($4::timestamptz IS NULL OR e.created_at >= $4) \
-           AND ($5::timestamptz IS NULL OR e.created_at < $5)) \
-         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.event_id = r.event_id \
-           AND p.webhook_id = r.webhook_id AND p.status = 'pending')"
-    };
-    format!("SELECT {select} FROM webhook_deliveries r WHERE {common} AND {rule} {tail}")
-}
-
-#[derive(diesel::QueryableByName)]
-struct RowItem {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    event_id: String,
-    #[diesel(sql_type = Text)]
-    event_type: String,
-    #[diesel(sql_type = Text)]
-    payload: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    traceparent: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    body: Option<String>,
-    #[diesel(sql_type = Int4)]
-    last_attempt: i32,
-}
-
-#[derive(diesel::QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
 
 async fn drive_rows(
     ctx: &JobCtx,
@@ -579,73 +552,48 @@ async fn drive_rows(
 ) -> Result<Ended, JobError> {
     let format = hook.target.body_format;
     let status = job.delivery_status.unwrap_or(DeliveryStatus::Failed);
-    let end_key = match job.end_key {
-        Some(k) => k,
-        None => {
-            let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
-            // Every id handed out so far: rows written after this are the
-            // job's own (or live traffic), never part of its window.
-            let end: Count = diesel::sql_query(
-                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END::int8 AS n \
-                 FROM webhook_deliveries_id_seq",
-            )
-            .get_result(&mut conn)
-            .await
-            .map_err(StorageError::from)?;
-            let total: Count = diesel::sql_query(rows_sql(job.kind, "count(*)::int8 AS n", ""))
-                .bind::<Int4, _>(job.webhook_id)
-                .bind::<BigInt, _>(0i64)
-                .bind::<BigInt, _>(end.n)
-                .bind::<Nullable<Timestamptz>, _>(job.since)
-                .bind::<Nullable<Timestamptz>, _>(job.until)
-                .bind::<Text, _>(status)
-                .get_result(&mut conn)
-                .await
-                .map_err(StorageError::from)?;
-            let window = Window {
-                total: total.n,
-                end_key: end.n,
-                unavailable: 0,
-                progress_key: Some(0),
-            };
-            if !jobs::set_window(&mut conn, job.id, &ctx.cfg.owner, window).await? {
-                return Ok(Ended::Lost);
-            }
-            tracing::info!(job_id = job.id, total = total.n, "job window fixed");
-            job.progress_key = Some(0);
-            end.n
-        }
+    let mut rows = RowsToResend {
+        kind: job.kind,
+        webhook_id: job.webhook_id,
+        end_key: job.end_key.unwrap_or(0),
+        since: job.since,
+        until: job.until,
+        status,
     };
+    if job.end_key.is_none() {
+        let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
+        // Every id handed out so far: rows written after this are the
+        // job's own (or live traffic), never part of its window.
+        rows.end_key = RowsToResend::current_end(&mut conn).await?;
+        let total = rows.count(&mut conn).await?;
+        let window = Window {
+            total,
+            end_key: rows.end_key,
+            unavailable: 0,
+            progress_key: Some(0),
+        };
+        if !jobs::set_window(&mut conn, job.id, &ctx.cfg.owner, window).await? {
+            return Ok(Ended::Lost);
+        }
+        tracing::info!(job_id = job.id, total, "job window fixed");
+        job.progress_key = Some(0);
+    }
     let chunk = chunk_size(job.rate_per_s);
     let mut pacer = Pacer::new(job.rate_per_s);
     let mut after = job.progress_key.unwrap_or(0);
-    let select = "r.id, r.event_id::text AS event_id, r.event_type::text AS event_type, \
-                  r.payload::text AS payload, r.traceparent::text AS traceparent, r.body, \
-                  (SELECT max(m.attempt_number) FROM webhook_deliveries m \
-                   WHERE m.event_id = r.event_id AND m.webhook_id = r.webhook_id) AS last_attempt";
-    let sql = rows_sql(job.kind, select, "ORDER BY r.id LIMIT $7");
     loop {
         if stop.is_cancelled() {
             return Ok(Ended::Stopped);
         }
-        let rows: Vec<RowItem> = {
+        let found = {
             let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
-            diesel::sql_query(sql.as_str())
-                .bind::<Int4, _>(job.webhook_id)
-                .bind::<BigInt, _>(after)
-                .bind::<BigInt, _>(end_key)
-                .bind::<Nullable<Timestamptz>, _>(job.since)
-                .bind::<Nullable<Timestamptz>, _>(job.until)
-                .bind::<Text, _>(status)
-                .bind::<BigInt, _>(i64::try_from(chunk).unwrap_or(100))
-                .load(&mut conn)
-                .await
-                .map_err(StorageError::from)?
+            let limit = i64::try_from(chunk).unwrap_or(100);
+            rows.chunk(&mut conn, after, limit).await?
         };
-        if rows.is_empty() {
+        if found.is_empty() {
             return Ok(Ended::Completed);
         }
-        let items = rows
+        let items = found
             .into_iter()
             .map(|r| Item {
                 key: r.id,
@@ -657,20 +605,15 @@ async fn drive_rows(
             })
             .collect();
         match send_chunk(ctx, &job, started_at, items, &mut pacer, stop).await {
-            Ok((r, keep)) => {
-                if let Some(k) = r.last_key {
+            Ok((progress, end)) => {
+                if let Some(k) = progress.last_key {
                     after = k;
                 }
-                if !keep {
-                    return Ok(Ended::Lost);
-                }
-                if r.stopped {
-                    return Ok(Ended::Stopped);
+                if let Some(ended) = end.ended() {
+                    return Ok(ended);
                 }
             }
-            Err(JobError::Disabled) => {
-                return Ok(Ended::Failed("the webhook is disabled".to_owned()));
-            }
+            Err(JobError::Disabled) => return Ok(Ended::disabled()),
             Err(e) => return Err(e),
         }
     }
@@ -714,43 +657,95 @@ async fn drive_replay(
         Ok(p) => p,
         Err(e) => return Ok(Ended::Failed(e.to_string())),
     };
-    let format = hook.target.body_format;
-    let mut stream = match ctx.js.get_stream(ctx.ns.stream()).await {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(JobError::Other(format!(
-                "cannot open the events stream: {e}"
-            )));
-        }
+    let mut feed = match open_replay(ctx, &mut job, pattern, hook.target.body_format).await? {
+        Ok(feed) => feed,
+        Err(ended) => return Ok(ended),
     };
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| JobError::Other(format!("cannot read the events stream: {e}")))?;
-    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-    let first_seq = i64::try_from(first).unwrap_or(i64::MAX);
-    let mut window = None;
-    if job.end_key.is_none() {
-        // Sequences of the window the stream no longer holds (of any type:
-        // what they were is not known any more).
-        let unavailable = match (job.since_seq, job.since) {
-            (Some(s), _) => (first_seq - s.saturating_add(1)).max(0),
-            (None, Some(since)) if first > 1 => match stream.get_raw_message(first).await {
-                Ok(m) if from_nats_time(m.time) > since => first_seq - 1,
-                _ => 0,
-            },
-            _ => 0,
+    let mut progress = job.progress_key.unwrap_or(0);
+    let chunk = chunk_size(job.rate_per_s);
+    let mut pacer = Pacer::new(job.rate_per_s);
+    let mut finished = false;
+    while !finished {
+        if stop.is_cancelled() {
+            return Ok(Ended::Stopped);
+        }
+        let read = feed.read_chunk(chunk, job.until, stop).await?;
+        finished = read.finished;
+        let done = if read.items.is_empty() {
+            let p = Progress::passed(read.last_seen);
+            if !record_progress(ctx, &job, &p).await? {
+                return Ok(Ended::Lost);
+            }
+            p
+        } else {
+            let (p, end) =
+                match send_chunk(ctx, &job, started_at, read.items, &mut pacer, stop).await {
+                    Ok(x) => x,
+                    Err(JobError::Disabled) => return Ok(Ended::disabled()),
+                    Err(e) => return Err(e),
+                };
+            if let Some(ended) = end.ended() {
+                return Ok(ended);
+            }
+            p
         };
-        window = Some(Window {
-            total: 0,
-            end_key: i64::try_from(last).unwrap_or(i64::MAX),
-            unavailable,
-            progress_key: job.since_seq,
-        });
-        job.end_key = Some(i64::try_from(last).unwrap_or(i64::MAX));
-        job.progress_key = job.since_seq;
+        if let Some(k) = done.last_key {
+            progress = progress.max(k);
+        }
+        // Skipped messages after the last item still move the progress on.
+        if let Some(k) = read.last_seen
+            && k > progress
+        {
+            if !record_progress(ctx, &job, &Progress::passed(Some(k))).await? {
+                return Ok(Ended::Lost);
+            }
+            progress = k;
+        }
     }
-    let end_key = u64::try_from(job.end_key.unwrap_or(0)).unwrap_or(0);
+    Ok(Ended::Completed)
+}
+
+/// A replay's reading side: an ordered consumer of the webhook's events
+/// from where the job stands, up to the window's end.
+struct ReplayFeed {
+    messages: jetstream::consumer::pull::Ordered,
+    pattern: Pattern,
+    format: storage::models::BodyFormat,
+    /// The window's last stream sequence.
+    end_seq: u64,
+}
+
+/// One chunk read from a replay's consumer.
+struct ReplayRead {
+    items: Vec<Item>,
+    /// The last message read that is not an item (past `until`, not an
+    /// envelope, not of the webhook's types): the progress moves past it.
+    last_seen: Option<i64>,
+    /// The window has no more messages.
+    finished: bool,
+}
+
+/// Opens a replay: fixes its window the first time (its end, and the part
+/// the stream no longer holds) and opens the consumer where the job stands.
+/// `Err(ended)` when the job ends before it starts (lost, or nothing to
+/// send).
+async fn open_replay(
+    ctx: &JobCtx,
+    job: &mut Job,
+    pattern: Pattern,
+    format: storage::models::BodyFormat,
+) -> Result<Result<ReplayFeed, Ended>, JobError> {
+    let stream = ctx
+        .js
+        .get_stream(ctx.ns.stream())
+        .await
+        .map_err(|e| JobError::Other(format!("cannot open the events stream: {e}")))?;
+    let window = if job.end_key.is_none() {
+        Some(replay_window(&stream, job).await?)
+    } else {
+        None
+    };
+    let end_seq = u64::try_from(job.end_key.unwrap_or(0)).unwrap_or(0);
     let deliver_policy = match (job.progress_key, job.since) {
         (Some(k), _) => DeliverPolicy::ByStartSequence {
             start_sequence: u64::try_from(k.saturating_add(1)).unwrap_or(1).max(1),
@@ -774,7 +769,7 @@ async fn drive_replay(
         w.total = i64::try_from(pending).unwrap_or(i64::MAX);
         let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
         if !jobs::set_window(&mut conn, job.id, &ctx.cfg.owner, w).await? {
-            return Ok(Ended::Lost);
+            return Ok(Err(Ended::Lost));
         }
         tracing::info!(
             job_id = job.id,
@@ -784,129 +779,135 @@ async fn drive_replay(
             "replay window fixed"
         );
     }
-    let mut progress = job.progress_key.unwrap_or(0);
-    if pending == 0 || u64::try_from(progress).unwrap_or(0) >= end_key {
-        return Ok(Ended::Completed);
+    let progress = u64::try_from(job.progress_key.unwrap_or(0)).unwrap_or(0);
+    if pending == 0 || progress >= end_seq {
+        return Ok(Err(Ended::Completed));
     }
-    let mut messages = consumer
+    let messages = consumer
         .messages()
         .await
         .map_err(|e| JobError::Other(format!("cannot read the replay consumer: {e}")))?;
-    let chunk = chunk_size(job.rate_per_s);
-    let mut pacer = Pacer::new(job.rate_per_s);
-    let mut finished = false;
-    while !finished {
-        if stop.is_cancelled() {
-            return Ok(Ended::Stopped);
-        }
-        let mut items = Vec::with_capacity(chunk);
-        // Skipped messages (past `until`, not an envelope) still move the
-        // progress on.
-        let mut last_seen = None;
-        while items.len() < chunk {
+    Ok(Ok(ReplayFeed {
+        messages,
+        pattern,
+        format,
+        end_seq,
+    }))
+}
+
+/// A new replay's window (its total is filled in once the consumer says
+/// how many messages it holds): it ends at the stream's last sequence; the
+/// sequences of the window the stream no longer holds are counted as
+/// unavailable (of any type: what they were is not known any more). Sets
+/// the job's end and starting point to match.
+async fn replay_window(
+    stream: &jetstream::stream::Stream,
+    job: &mut Job,
+) -> Result<Window, JobError> {
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| JobError::Other(format!("cannot read the events stream: {e}")))?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let first_seq = i64::try_from(first).unwrap_or(i64::MAX);
+    let unavailable = match (job.since_seq, job.since) {
+        (Some(s), _) => (first_seq - s.saturating_add(1)).max(0),
+        (None, Some(since)) if first > 1 => match stream.get_raw_message(first).await {
+            Ok(m) if from_nats_time(m.time) > since => first_seq - 1,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    let end_key = i64::try_from(last).unwrap_or(i64::MAX);
+    job.end_key = Some(end_key);
+    job.progress_key = job.since_seq;
+    Ok(Window {
+        total: 0,
+        end_key,
+        unavailable,
+        progress_key: job.since_seq,
+    })
+}
+
+impl ReplayFeed {
+    /// Reads up to `chunk` items, stopping early at the window's end, at
+    /// `until`, when nothing arrives for [`REPLAY_IDLE`] (the window's last
+    /// events were not of this webhook's types, or were removed
+    /// meanwhile), or on `stop`.
+    async fn read_chunk(
+        &mut self,
+        chunk: usize,
+        until: Option<DateTime<Utc>>,
+        stop: &CancellationToken,
+    ) -> Result<ReplayRead, JobError> {
+        let mut read = ReplayRead {
+            items: Vec::with_capacity(chunk),
+            last_seen: None,
+            finished: false,
+        };
+        while read.items.len() < chunk {
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
-                n = tokio::time::timeout(REPLAY_IDLE, messages.next()) => n,
+                n = tokio::time::timeout(REPLAY_IDLE, self.messages.next()) => n,
             };
             let msg = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => {
                     return Err(JobError::Other(format!("replay consumer failed: {e}")));
                 }
-                Ok(None) => {
-                    return Err(JobError::Other("replay consumer ended".to_owned()));
-                }
-                // Nothing more arrived: the window's last events were not
-                // of this webhook's types, or were removed meanwhile.
+                Ok(None) => return Err(JobError::Other("replay consumer ended".to_owned())),
                 Err(_) => {
-                    finished = true;
+                    read.finished = true;
                     break;
                 }
             };
             let Ok(info) = msg.info() else { continue };
             let (seq, left, published) = (info.stream_sequence, info.pending, info.published);
-            if seq > end_key {
-                finished = true;
+            if seq > self.end_seq {
+                read.finished = true;
                 break;
             }
             let seq_key = i64::try_from(seq).unwrap_or(i64::MAX);
-            if job.until.is_some_and(|u| from_nats_time(published) >= u) {
-                finished = true;
-                last_seen = Some(seq_key);
+            if until.is_some_and(|u| from_nats_time(published) >= u) {
+                read.finished = true;
+                read.last_seen = Some(seq_key);
                 break;
             }
-            if left == 0 || seq == end_key {
-                finished = true;
-            }
-            match Envelope::parse(&msg.payload) {
-                Ok(env) if pattern.matches(env.event_type) => {
-                    let traceparent = msg
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get("traceparent"))
-                        .map(|v| v.as_str().to_owned())
-                        .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
-                    let canonical = Body::canonical(&serde_json::Value::Object(env.payload));
-                    items.push(Item {
-                        key: seq_key,
-                        event_id: env.id,
-                        event_type: env.event_type.as_str().to_owned(),
-                        body: Body::of_event(&canonical, &msg.payload, format),
-                        attempt_number: 1,
-                        traceparent,
-                    });
-                }
+            read.finished = left == 0 || seq == self.end_seq;
+            match self.item(&msg, seq_key) {
+                Some(item) => read.items.push(item),
                 // Dead-lettered by the consumer; nothing to send.
-                _ => last_seen = Some(seq_key),
+                None => read.last_seen = Some(seq_key),
             }
-            if finished {
+            if read.finished {
                 break;
             }
         }
-        let n = items.len();
-        let (r, keep) = if n > 0 {
-            match send_chunk(ctx, &job, started_at, items, &mut pacer, stop).await {
-                Ok(x) => x,
-                Err(JobError::Disabled) => {
-                    return Ok(Ended::Failed("the webhook is disabled".to_owned()));
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            let r = ChunkResult {
-                done: 0,
-                failed: 0,
-                last_key: last_seen,
-                stopped: false,
-            };
-            let keep = record_progress(ctx, &job, &r).await?;
-            (r, keep)
-        };
-        if let Some(k) = r.last_key {
-            progress = progress.max(k);
-        }
-        if !keep {
-            return Ok(Ended::Lost);
-        }
-        if r.stopped {
-            return Ok(Ended::Stopped);
-        }
-        if let Some(k) = last_seen
-            && k > progress
-        {
-            let r = ChunkResult {
-                done: 0,
-                failed: 0,
-                last_key: Some(k),
-                stopped: false,
-            };
-            if !record_progress(ctx, &job, &r).await? {
-                return Ok(Ended::Lost);
-            }
-            progress = k;
-        }
+        Ok(read)
     }
-    Ok(Ended::Completed)
+
+    /// The item of a stored event of the webhook's types.
+    fn item(&self, msg: &jetstream::Message, key: i64) -> Option<Item> {
+        let env = Envelope::parse(&msg.payload).ok()?;
+        if !self.pattern.matches(env.event_type) {
+            return None;
+        }
+        let traceparent = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_owned())
+            .filter(|v| v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+        let canonical = Body::canonical(&serde_json::Value::Object(env.payload));
+        Some(Item {
+            key,
+            event_id: env.id,
+            event_type: env.event_type.as_str().to_owned(),
+            body: Body::of_event(&canonical, &msg.payload, self.format),
+            attempt_number: 1,
+            traceparent,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@
 pub mod cache;
 pub mod config;
 pub mod consumer;
-pub mod db;
 pub mod deliver;
 pub mod jobs;
 pub mod metrics;
@@ -86,7 +85,7 @@ impl Application {
             let client = client.clone();
             let subject = ns.webhooks_changed_subject();
             let cache = cache.clone();
-            Arc::new(move |disabled: &[db::Disabled]| {
+            Arc::new(move |disabled: &[storage::attempts::Disabled]| {
                 cache.request_reload();
                 for d in disabled {
                     let body = WebhookChange::new(d.webhook_id, ChangeOp::Updated).to_payload();

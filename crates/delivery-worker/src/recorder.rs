@@ -3,7 +3,7 @@
 //! Callers submit the rows of one unit of work (one event, or one retried
 //! row) and wait until they are committed; the recorder gathers submissions
 //! for a few milliseconds (or up to a row limit) and writes each batch in ONE
-//! transaction ([`db::write_batch`]): the new rows, the claimed pending rows
+//! transaction ([`storage::attempts::record`]): the new rows, the claimed pending rows
 //! updated in place, the row counters, and the webhooks' counters,
 //! `last_triggered_at` and `failing_since` bumped in SQL (no
 //! read-modify-write between replicas), disabling webhooks that answered
@@ -25,15 +25,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use storage::deliveries::Recorded;
 use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use webhook_client::Verdict;
 
-use crate::db::{self, AttemptSummary, ClaimedUpdate, Disabled, NewRow, RowRef, WebhookBump};
 use crate::metrics::Metrics;
+use storage::attempts::{AttemptSummary, Batch, ClaimedUpdate, Disabled, NewRow, RowRef, Written};
 
 /// A finished attempt.
 #[derive(Debug, Clone)]
@@ -233,7 +232,11 @@ async fn flush(
     let mut result = Err(RecordError::Stopped);
     for attempt in 0..4u32 {
         let started = std::time::Instant::now();
-        match write(pool, &records, cfg.disable_after).await {
+        let keys = success_keys(&records);
+        let write = storage::attempts::record(pool, &keys, cfg.disable_after, |recorded| {
+            to_batch(records.iter().copied(), recorded)
+        });
+        match write.await {
             Ok(Written { disabled, refused }) => {
                 if refused > 0 {
                     metrics.duplicates_refused.inc_by(refused);
@@ -285,13 +288,6 @@ async fn flush(
     }
 }
 
-/// What a batch wrote.
-struct Written {
-    disabled: Vec<Disabled>,
-    /// Successes refused as duplicates.
-    refused: u64,
-}
-
 /// The (webhook, event) keys whose successes the batch must check.
 fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
     records
@@ -323,8 +319,8 @@ fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
 fn to_batch<'a>(
     records: impl Iterator<Item = &'a Record>,
     mut recorded: HashMap<(i32, String), Recorded>,
-) -> (db::Batch, u64) {
-    let mut batch = db::Batch::default();
+) -> (Batch, u64) {
+    let mut batch = Batch::default();
     let mut refused = 0u64;
     for r in records {
         match r {
@@ -500,93 +496,6 @@ fn pending_row(
         created_at,
         traceparent: traceparent.cloned(),
     }
-}
-
-/// Folds the attempts into one bump per webhook, in id order (a stable
-/// lock order between concurrent batches).
-fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
-    attempts.sort_by_key(|a| (a.webhook_id, a.at));
-    let mut bumps: Vec<WebhookBump> = Vec::new();
-    for AttemptSummary {
-        webhook_id: id,
-        at,
-        success: ok,
-        gone,
-        ..
-    } in attempts
-    {
-        if bumps.last().map(|b| b.webhook_id) != Some(id) {
-            bumps.push(WebhookBump {
-                webhook_id: id,
-                successes: 0,
-                failures: 0,
-                last_at: at,
-                last_ok: ok,
-                failing_since: None,
-                gone: false,
-            });
-        }
-        let Some(b) = bumps.last_mut() else { continue };
-        if ok {
-            b.successes += 1;
-            b.failing_since = None;
-        } else {
-            b.failures += 1;
-            if b.failing_since.is_none() {
-                b.failing_since = Some(at);
-            }
-        }
-        b.last_at = at;
-        b.last_ok = ok;
-        b.gone |= gone;
-    }
-    bumps
-}
-
-/// Writes the records in one transaction (see the module docs); when a
-/// row found no partition (the registry, which creates them ahead, has not
-/// run for a while), creates the partitions around today and writes again.
-async fn write(
-    pool: &DbPool,
-    records: &[&Record],
-    disable_after: Duration,
-) -> Result<Written, StorageError> {
-    let mut conn = pool.get().await?;
-    match write_once(&mut conn, records, disable_after).await {
-        Err(StorageError::Query(e)) if storage::history::is_missing_partition(&e) => {
-            let today = Utc::now().date_naive();
-            let created = storage::history::ensure_partitions(
-                &mut conn,
-                today - chrono::Duration::days(1),
-                today + chrono::Duration::days(2),
-            )
-            .await?;
-            tracing::warn!(
-                created,
-                "delivery rows found no partition; created partitions"
-            );
-            write_once(&mut conn, records, disable_after).await
-        }
-        other => other,
-    }
-}
-
-async fn write_once(
-    conn: &mut AsyncPgConnection,
-    records: &[&Record],
-    disable_after: Duration,
-) -> Result<Written, StorageError> {
-    conn.transaction::<_, StorageError, _>(async |c| {
-        let keys = success_keys(records);
-        let recorded = storage::deliveries::lock_successes(c, &keys).await?;
-        let (batch, refused) = to_batch(records.iter().copied(), recorded);
-        let (disabled, missed) = db::write_batch(c, &batch, disable_after, fold_attempts).await?;
-        Ok(Written {
-            disabled,
-            refused: refused + missed,
-        })
-    })
-    .await
 }
 
 #[cfg(test)]

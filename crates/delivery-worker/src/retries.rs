@@ -12,18 +12,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use diesel::sql_types::BigInt;
-use diesel_async::RunQueryDsl;
 use storage::DbPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::cache::Target;
-use crate::db::{Claimed, RowRef, claim_due};
 use crate::deliver::{Body, Deliverer, Job};
 use crate::metrics::Metrics;
 use crate::recorder::Record;
+use storage::attempts::{Claimed, RowRef, claim_due};
 
 /// Settings of the poller.
 #[derive(Debug, Clone)]
@@ -122,14 +120,6 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
     }
 }
 
-#[derive(diesel::QueryableByName)]
-struct QueueStats {
-    #[diesel(sql_type = BigInt)]
-    due: i64,
-    #[diesel(sql_type = BigInt)]
-    pending: i64,
-}
-
 /// Refreshes the queue gauges (and the consumer lag) every few seconds.
 pub async fn run_stats(
     pool: DbPool,
@@ -139,17 +129,9 @@ pub async fn run_stats(
     stop: CancellationToken,
 ) {
     loop {
-        if let Ok(mut conn) = pool.get().await {
-            let stats: Result<QueueStats, _> = diesel::sql_query(
-                "SELECT count(*) FILTER (WHERE next_retry_at <= now()) AS due, count(*) AS pending \
-                 FROM webhook_deliveries WHERE status = 'pending'",
-            )
-            .get_result(&mut conn)
-            .await;
-            if let Ok(s) = stats {
-                metrics.retries_due.set(s.due);
-                metrics.retries_pending.set(s.pending);
-            }
+        if let Ok((due, pending)) = storage::attempts::queue_size(&pool).await {
+            metrics.retries_due.set(due);
+            metrics.retries_pending.set(pending);
         }
         if let Some((js, stream, name)) = &consumer
             && let Ok(c) = js

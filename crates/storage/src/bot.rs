@@ -382,6 +382,16 @@ impl<'a> TokenRow<'a> {
     }
 }
 
+/// [`sync_tokens`] in a transaction of its own.
+pub async fn sync_tokens_atomically(
+    ours: &mut AsyncPgConnection,
+    bot: &[BotToken],
+) -> Result<TokenReport, StorageError> {
+    use diesel_async::AsyncConnection;
+    ours.transaction::<_, StorageError, _>(async |c| sync_tokens(c, bot).await)
+        .await
+}
+
 /// Brings our copies of the bot's tokens in line with `bot` (its whole
 /// table), matching by `bot_token_id`: new tokens are inserted, changed
 /// ones (the bot rehashes, renames, revokes, …) updated, and tokens gone

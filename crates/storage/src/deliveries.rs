@@ -1,5 +1,6 @@
-//! Writing single delivery rows with their counters (the worker writes
-//! batches with its own queries; the registry and tests write one row).
+//! Single delivery rows with their counters (the worker's batches are in
+//! [`crate::attempts`]), the success locks, and what is recorded of an
+//! event.
 
 use std::collections::HashMap;
 
@@ -7,10 +8,10 @@ use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Int4, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::StorageError;
 use crate::counts::{self, CountDeltas};
 use crate::models::{Delivery, NewDelivery};
 use crate::schema::webhook_deliveries;
+use crate::{DbPool, StorageError};
 
 /// Inserts one delivery row and counts it; call it inside the caller's
 /// transaction when more is written with it.
@@ -114,4 +115,17 @@ struct Success {
     delivered_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     pending: bool,
+}
+
+/// The webhooks with a row of this event.
+pub async fn recorded_webhooks(pool: &DbPool, event_id: &str) -> Result<Vec<i32>, StorageError> {
+    use diesel::{ExpressionMethods, QueryDsl};
+    use webhook_deliveries::dsl as d;
+    let mut conn = pool.get().await?;
+    Ok(d::webhook_deliveries
+        .filter(d::event_id.eq(event_id))
+        .select(d::webhook_id)
+        .distinct()
+        .load(&mut conn)
+        .await?)
 }

@@ -10,6 +10,8 @@ pub enum StorageError {
     Query(#[from] DieselError),
     #[error("no database connection available: {0}")]
     Pool(#[from] PoolError),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[from] diesel::ConnectionError),
     #[error("migration failed: {0}")]
     Migration(String),
     /// The database belongs to someone else (the bot): not retried.
@@ -23,21 +25,53 @@ impl StorageError {
     /// The database is down, slow or out of connections: a 503.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StorageError::Pool(_) => true,
-            StorageError::Query(DieselError::DatabaseError(kind, _)) => matches!(
-                kind,
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
-            ),
+            StorageError::Pool(_) | StorageError::Connect(_) => true,
+            StorageError::Query(DieselError::DatabaseError(kind, info)) => {
+                matches!(
+                    kind,
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+                ) || (matches!(kind, DatabaseErrorKind::Unknown) && {
+                    // Connection-level trouble the driver reports as
+                    // "unknown" (server shutting down, connection reset,
+                    // timeouts).
+                    let m = info.message().to_ascii_lowercase();
+                    [
+                        "connection",
+                        "shutting down",
+                        "starting up",
+                        "timeout",
+                        "terminating",
+                    ]
+                    .iter()
+                    .any(|w| m.contains(w))
+                })
+            }
             _ => false,
         }
     }
 
-    /// A unique or foreign-key constraint refused the write: a 409.
+    /// A conflict between transactions or a read-only server (a failover
+    /// under way): worth retrying, a 503.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Query(DieselError::DatabaseError(
+                DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ReadOnlyTransaction,
+                _
+            ))
+        )
+    }
+
+    /// A constraint (unique, foreign key, check, not null) refused the
+    /// write: a 409.
     pub fn is_conflict(&self) -> bool {
         matches!(
             self,
             StorageError::Query(DieselError::DatabaseError(
-                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::ForeignKeyViolation,
+                DatabaseErrorKind::UniqueViolation
+                    | DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::CheckViolation
+                    | DatabaseErrorKind::NotNullViolation,
                 _
             ))
         )

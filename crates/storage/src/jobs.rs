@@ -475,3 +475,196 @@ mod tests {
         assert!(JobStatus::Completed.is_finished() && !JobStatus::Paused.is_finished());
     }
 }
+
+// ------------------------------------------------ the rows a job sends again
+
+/// The WHERE clause of the rows a recover sends again (`r` is the row):
+/// an event's latest row (as of the job's window) failed, and its first
+/// attempt lies in the window. Binds: `$1` webhook, `$2` after this id,
+/// `$3` up to this id, `$4`/`$5` the window, `$6` the status (unused).
+macro_rules! recover_rows {
+    () => {
+        "r.webhook_id = $1 AND r.event_id IS NOT NULL AND r.event_type <> 'webhook.test' \
+         AND r.id > $2 AND r.id <= $3 AND r.status = 'failed' \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries l WHERE l.event_id = r.event_id \
+           AND l.webhook_id = r.webhook_id AND l.id > r.id AND l.id <= $3) \
+         AND EXISTS (SELECT 1 FROM webhook_deliveries f WHERE f.event_id = r.event_id \
+           AND f.webhook_id = r.webhook_id AND f.attempt_number = 1 \
+           AND ($4::timestamptz IS NULL OR f.created_at >= $4) \
+           AND ($5::timestamptz IS NULL OR f.created_at < $5)) \
+         AND $6::text IS NOT NULL"
+    };
+}
+
+/// The WHERE clause of the rows a bulk retry sends again: an event's first
+/// row with the status in the window, unless the event has a retry pending
+/// already. Binds as [`recover_rows`].
+macro_rules! retry_rows {
+    () => {
+        "r.webhook_id = $1 AND r.event_id IS NOT NULL AND r.event_type <> 'webhook.test' \
+         AND r.id > $2 AND r.id <= $3 AND r.status = $6 \
+         AND ($4::timestamptz IS NULL OR r.created_at >= $4) \
+         AND ($5::timestamptz IS NULL OR r.created_at < $5) \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.event_id = r.event_id \
+           AND e.webhook_id = r.webhook_id AND e.status = $6 AND e.id < r.id \
+           AND ($4::timestamptz IS NULL OR e.created_at >= $4) \
+           AND ($5::timestamptz IS NULL OR e.created_at < $5)) \
+         AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p WHERE p.event_id = r.event_id \
+           AND p.webhook_id = r.webhook_id AND p.status = 'pending')"
+    };
+}
+
+/// A chunk of rows: `$7` rows after `$2`, in id order, each with the
+/// event's highest attempt number.
+macro_rules! rows_chunk {
+    ($rule:expr) => {
+        concat!(
+            "SELECT r.id, r.event_id::text AS event_id, r.event_type::text AS event_type, \
+               r.payload::text AS payload, r.traceparent::text AS traceparent, r.body, \
+               (SELECT max(m.attempt_number) FROM webhook_deliveries m \
+                WHERE m.event_id = r.event_id AND m.webhook_id = r.webhook_id) AS last_attempt \
+             FROM webhook_deliveries r WHERE ",
+            $rule,
+            " ORDER BY r.id LIMIT $7"
+        )
+    };
+}
+
+macro_rules! rows_count {
+    ($rule:expr) => {
+        concat!(
+            "SELECT count(*)::int8 AS n FROM webhook_deliveries r WHERE ",
+            $rule
+        )
+    };
+}
+
+/// The delivery rows a recover or bulk retry job sends again.
+#[derive(Debug, Clone, Copy)]
+pub struct RowsToResend {
+    /// Recover or retry (a replay reads the stream, not rows).
+    pub kind: JobKind,
+    pub webhook_id: i32,
+    /// The window's end: the last delivery id handed out when the job
+    /// started (rows written later are the job's own, or live traffic).
+    pub end_key: i64,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// The status a bulk retry selects.
+    pub status: DeliveryStatus,
+}
+
+/// One row a job sends again.
+#[derive(Debug, QueryableByName)]
+pub struct RowToResend {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = Text)]
+    pub event_id: String,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub body: Option<String>,
+    /// The event's highest attempt number for the webhook.
+    #[diesel(sql_type = diesel::sql_types::Int4)]
+    pub last_attempt: i32,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+impl RowsToResend {
+    /// The last delivery id handed out so far: the end of a new window.
+    pub async fn current_end(conn: &mut AsyncPgConnection) -> Result<i64, StorageError> {
+        let end: Count = diesel::sql_query(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END::int8 AS n \
+             FROM webhook_deliveries_id_seq",
+        )
+        .get_result(conn)
+        .await?;
+        Ok(end.n)
+    }
+
+    /// How many rows the window holds.
+    pub async fn count(&self, conn: &mut AsyncPgConnection) -> Result<i64, StorageError> {
+        let sql = match self.kind {
+            JobKind::Recover => rows_count!(recover_rows!()),
+            _ => rows_count!(retry_rows!()),
+        };
+        let n: Count = self.bind(sql, 0).get_result(conn).await?;
+        Ok(n.n)
+    }
+
+    /// Up to `limit` rows after the row `after`, in id order.
+    pub async fn chunk(
+        &self,
+        conn: &mut AsyncPgConnection,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RowToResend>, StorageError> {
+        let sql = match self.kind {
+            JobKind::Recover => rows_chunk!(recover_rows!()),
+            _ => rows_chunk!(retry_rows!()),
+        };
+        Ok(self
+            .bind(sql, after)
+            .bind::<BigInt, _>(limit)
+            .load(conn)
+            .await?)
+    }
+
+    /// `$1` to `$6` of both statements.
+    fn bind(
+        &self,
+        sql: &'static str,
+        after: i64,
+    ) -> diesel::query_builder::BoxedSqlQuery<
+        'static,
+        diesel::pg::Pg,
+        diesel::query_builder::SqlQuery,
+    > {
+        diesel::sql_query(sql)
+            .into_boxed()
+            .bind::<diesel::sql_types::Int4, _>(self.webhook_id)
+            .bind::<BigInt, _>(after)
+            .bind::<BigInt, _>(self.end_key)
+            .bind::<Nullable<diesel::sql_types::Timestamptz>, _>(self.since)
+            .bind::<Nullable<diesel::sql_types::Timestamptz>, _>(self.until)
+            .bind::<Text, _>(self.status)
+    }
+}
+
+/// The events of `event_ids` with a row for this webhook written since
+/// `since` (sent, or queued, by an earlier run of a job that started then).
+pub async fn already_delivered(
+    conn: &mut AsyncPgConnection,
+    webhook_id: i32,
+    since: DateTime<Utc>,
+    event_ids: &[&str],
+) -> Result<std::collections::HashSet<String>, StorageError> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = Text)]
+        event_id: String,
+    }
+    if event_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let rows: Vec<Id> = diesel::sql_query(
+        "SELECT DISTINCT event_id::text AS event_id FROM webhook_deliveries \
+         WHERE event_id = ANY($1) AND webhook_id = $2 AND created_at >= $3",
+    )
+    .bind::<Array<Text>, _>(event_ids)
+    .bind::<diesel::sql_types::Int4, _>(webhook_id)
+    .bind::<diesel::sql_types::Timestamptz, _>(since)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.event_id).collect())
+}

@@ -9,6 +9,10 @@
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+/// The query builder, for tests that check or arrange rows with SQL of
+/// their own (the services themselves query only through this crate).
+pub use {diesel, diesel_async};
+
 use crate::{DbPool, PoolConfig, StorageError, build_pool, run_migrations};
 
 /// A database that exists for one test.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use diesel_async::AsyncConnection as _;
 use storage::{DbPool, PoolConfig, StorageError};
 use tokio_util::sync::CancellationToken;
 
@@ -103,6 +102,5 @@ pub async fn sync_once(
         storage::bot::read_tokens(&mut conn).await?
     };
     let mut conn = ours.get().await?;
-    conn.transaction::<_, StorageError, _>(async |c| storage::bot::sync_tokens(c, &tokens).await)
-        .await
+    storage::bot::sync_tokens_atomically(&mut conn, &tokens).await
 }

@@ -5,7 +5,6 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
 use storage::tokens::{self, TokenSpec};
 
 use secrecy::{ExposeSecret as _, SecretString};
@@ -124,7 +123,7 @@ pub async fn import_bot(
     storage::run_migrations(config.database.url())
         .await
         .with_context(|| format!("migrating {}", config.database.redacted_url()))?;
-    let mut bot = AsyncPgConnection::establish(&from)
+    let mut bot = storage::connect(&from)
         .await
         .with_context(|| format!("cannot connect to the bot's database {shown}"))?;
     if !storage::bot::has_bot_tables(&mut bot).await? {
@@ -218,8 +217,8 @@ fn size(bytes: i64) -> String {
     format!("{:.1} MiB", bytes as f64 / MIB)
 }
 
-async fn connect(config: &Config) -> anyhow::Result<AsyncPgConnection> {
-    AsyncPgConnection::establish(config.database.url())
+async fn connect(config: &Config) -> anyhow::Result<storage::Connection> {
+    storage::connect(config.database.url())
         .await
         .with_context(|| format!("cannot connect to {}", config.database.redacted_url()))
 }

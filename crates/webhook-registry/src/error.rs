@@ -6,7 +6,6 @@
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Serialize;
 use serde_json::{Value, json};
 use storage::StorageError;
@@ -173,6 +172,10 @@ impl From<StorageError> for ApiError {
             tracing::warn!(error = %e, "database unavailable");
             return ApiError::Unavailable("Service unavailable: the database cannot be reached");
         }
+        if e.is_transient() {
+            tracing::warn!(error = %e, "transient database error");
+            return ApiError::Unavailable("Service unavailable: please retry");
+        }
         if e.is_conflict() {
             tracing::info!(error = %e, "write refused by a constraint");
             return ApiError::Conflict(
@@ -182,44 +185,7 @@ impl From<StorageError> for ApiError {
         if e.is_not_found() {
             return ApiError::NotFound("Not Found");
         }
-        if let StorageError::Query(DieselError::DatabaseError(kind, info)) = &e {
-            match kind {
-                DatabaseErrorKind::SerializationFailure
-                | DatabaseErrorKind::ReadOnlyTransaction => {
-                    tracing::warn!(error = %e, "transient database error");
-                    return ApiError::Unavailable("Service unavailable: please retry");
-                }
-                DatabaseErrorKind::CheckViolation | DatabaseErrorKind::NotNullViolation => {
-                    tracing::info!(error = %e, "write refused by a constraint");
-                    return ApiError::Conflict(
-                        "The request conflicts with the current state of the resource".to_owned(),
-                    );
-                }
-                _ => {
-                    // Connection-level trouble the driver reports as "unknown"
-                    // (server shutting down, connection reset, timeouts).
-                    let m = info.message().to_ascii_lowercase();
-                    if m.contains("connection")
-                        || m.contains("shutting down")
-                        || m.contains("starting up")
-                        || m.contains("timeout")
-                        || m.contains("terminating")
-                    {
-                        tracing::warn!(error = %e, "database unavailable");
-                        return ApiError::Unavailable(
-                            "Service unavailable: the database cannot be reached",
-                        );
-                    }
-                }
-            }
-        }
         tracing::error!(error = %e, "database error");
         ApiError::Internal
-    }
-}
-
-impl From<DieselError> for ApiError {
-    fn from(e: DieselError) -> Self {
-        StorageError::from(e).into()
     }
 }

@@ -648,9 +648,9 @@ impl Query {
     }
 
     /// An optional page cursor (`next_cursor` of a delivery page).
-    pub fn cursor(&mut self, name: &str) -> Option<crate::db::Cursor> {
+    pub fn cursor(&mut self, name: &str) -> Option<storage::webhooks::Cursor> {
         let v = self.values.get(name)?;
-        let c = crate::db::Cursor::decode(v);
+        let c = storage::webhooks::Cursor::decode(v);
         if c.is_none() {
             self.errors.push(
                 FieldError::value_error(

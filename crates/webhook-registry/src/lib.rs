@@ -10,7 +10,6 @@ pub mod auth;
 pub mod bot_sync;
 pub mod cli;
 pub mod config;
-pub mod db;
 pub mod error;
 pub mod extract;
 pub mod head_guard;

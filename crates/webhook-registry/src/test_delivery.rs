@@ -9,9 +9,9 @@ use serde_json::json;
 use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
 use webhook_client::{Event, Verdict};
 
-use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
+use storage::webhooks as db;
 
 /// The event type of test deliveries.
 pub const TEST_EVENT: &str = "webhook.test";

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use storage::testing::{diesel, diesel_async};
 
 use delivery_worker::{Application, Config};
 use diesel::prelude::*;

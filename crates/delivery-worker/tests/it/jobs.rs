@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use storage::testing::{diesel, diesel_async};
 
 use chrono::Utc;
 use diesel_async::RunQueryDsl;

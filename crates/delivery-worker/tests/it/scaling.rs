@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use storage::testing::{diesel, diesel_async};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

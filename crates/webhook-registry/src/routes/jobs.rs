@@ -9,12 +9,12 @@ use storage::jobs::{self, Changed, Created, JobKind, NewJob};
 use storage::models::DeliveryStatus;
 use tracing::instrument;
 
-use crate::db;
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
 use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{BulkRetryIn, JobOut, JobPage, RecoverIn, ReplayIn};
 use crate::model::{LIMIT_DEFAULT, LIMIT_MAX};
 use crate::state::AppState;
+use storage::webhooks as db;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
     path_id(raw, "webhook_id", ApiError::webhook_not_found())

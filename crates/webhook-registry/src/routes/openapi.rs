@@ -286,7 +286,7 @@ fn refine(doc: &mut Value) {
                 p["schema"]["enum"] = statuses.clone();
             }
             if p["name"] == "cursor" {
-                p["schema"]["pattern"] = json!(crate::db::Cursor::PATTERN);
+                p["schema"]["pattern"] = json!(storage::webhooks::Cursor::PATTERN);
             }
         }
     }

@@ -7,7 +7,6 @@ use storage::models::DeliveryStatus;
 use strum::VariantArray;
 use tracing::instrument;
 
-use crate::db::{self, NewWebhook, Retry, WebhookChanges};
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
 use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{
@@ -18,6 +17,7 @@ use crate::model::{HOURS_DEFAULT, HOURS_MAX, LIMIT_DEFAULT, LIMIT_MAX};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
+use storage::webhooks::{self as db, NewWebhook, Retry, WebhookChanges};
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
     path_id(raw, "webhook_id", ApiError::webhook_not_found())

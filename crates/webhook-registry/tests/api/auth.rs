@@ -4,6 +4,7 @@ use diesel_async::RunQueryDsl;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use storage::schema::web_api_tokens as t;
+use storage::testing::{diesel, diesel_async};
 use storage::tokens::TokenHasher;
 
 use crate::helpers::{create_token, eventually, spawn_app, spawn_app_with};

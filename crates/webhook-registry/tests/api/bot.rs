@@ -5,6 +5,7 @@
 
 use std::process::{Command, Output};
 use std::time::Duration;
+use storage::testing::{diesel, diesel_async};
 
 use chrono::{DateTime, SubsecRound as _, Utc};
 use diesel::prelude::*;

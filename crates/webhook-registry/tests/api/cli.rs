@@ -1,4 +1,5 @@
 use std::process::{Command, Output};
+use storage::testing::{diesel, diesel_async};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

@@ -4,6 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use storage::models::Delivery;
 use storage::schema::webhook_deliveries as d;
+use storage::testing::{diesel, diesel_async};
 
 use crate::helpers::{TRACEPARENT, spawn_app};
 

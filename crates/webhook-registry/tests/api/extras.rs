@@ -1,4 +1,5 @@
 use std::time::Duration;
+use storage::testing::{diesel, diesel_async};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;

@@ -2,6 +2,7 @@
 //! totals from the counters, partitions made ahead by the running service.
 
 use std::collections::HashSet;
+use storage::testing::{diesel, diesel_async};
 
 use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;

@@ -7,6 +7,7 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use storage::testing::{diesel, diesel_async};
 use test_support::{Receiver, Reply};
 
 use crate::helpers::{spawn_app, spawn_app_with};

@@ -1,4 +1,5 @@
 use std::time::Duration;
+use storage::testing::{diesel, diesel_async};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use reqwest::StatusCode;

@@ -3,6 +3,7 @@ use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use storage::schema::{webhook_deliveries as d, webhooks as w};
+use storage::testing::{diesel, diesel_async};
 
 use crate::helpers::spawn_app;
 

@@ -1,14 +1,18 @@
-//! The registry's queries. Each takes a connection so it can run inside a
-//! transaction.
+//! Webhooks and their deliveries as the registry and the worker read them:
+//! CRUD, statistics, delivery pages, the test endpoint's attempt and
+//! manual retries. Each query takes a connection so it can run inside a
+//! transaction; writers of delivery rows keep the lock order of
+//! [`crate::attempts`].
 
+use crate::attempts::{WebhookBump, bump_webhooks};
+use crate::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
+use crate::schema::{webhook_deliveries as d, webhooks as w};
+use crate::{DbPool, StorageError};
 use chrono::{DateTime, Utc};
 use diesel::dsl::{count_star, now};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use storage::StorageError;
-use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
-use storage::schema::{webhook_deliveries as d, webhooks as w};
 
 /// A new `webhooks` row (no `Debug`: it holds the secret).
 #[derive(Insertable)]
@@ -137,7 +141,7 @@ pub async fn delete_webhook(conn: &mut AsyncPgConnection, id: i32) -> Result<boo
         if found.is_none() {
             return Ok(false);
         }
-        storage::counts::forget_webhook(c, id).await?;
+        crate::counts::forget_webhook(c, id).await?;
         let n = diesel::delete(w::table.find(id)).execute(c).await?;
         Ok(n == 1)
     })
@@ -149,7 +153,7 @@ pub async fn delete_webhook(conn: &mut AsyncPgConnection, id: i32) -> Result<boo
 pub struct StatsRow {
     pub total_webhooks: i64,
     pub active_webhooks: i64,
-    pub deliveries: storage::counts::Totals,
+    pub deliveries: crate::counts::Totals,
 }
 
 /// Webhook counts and delivery totals; the totals come from the counters,
@@ -162,7 +166,7 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> Result<StatsRow, StorageErro
         .select(count_star())
         .get_result::<i64>(&mut c2);
     let (total_webhooks, active_webhooks) = futures::try_join!(total, active)?;
-    let deliveries = storage::counts::totals(conn).await?;
+    let deliveries = crate::counts::totals(conn).await?;
     Ok(StatsRow {
         total_webhooks,
         active_webhooks,
@@ -253,7 +257,7 @@ pub async fn list_deliveries(
     if !exists {
         return Ok(None);
     }
-    let total = storage::counts::webhook_total(conn, webhook_id, status).await?;
+    let total = crate::counts::webhook_total(conn, webhook_id, status).await?;
     Ok(Some((items, total)))
 }
 
@@ -338,7 +342,8 @@ pub async fn rotate_secret(
     .await
 }
 
-/// Records the test endpoint's attempt and counts it on the webhook.
+/// Records the test endpoint's attempt and counts it on the webhook (the
+/// worker's bump, which leaves `failing_since` alone for a test).
 pub async fn record_attempt(
     conn: &mut AsyncPgConnection,
     new: NewDelivery,
@@ -346,23 +351,10 @@ pub async fn record_attempt(
     conn.transaction::<_, StorageError, _>(async |c| {
         let success = new.status == DeliveryStatus::Success;
         let webhook_id = new.webhook_id;
-        let row = storage::deliveries::insert(c, new).await?;
-        let bump = diesel::update(w::table.find(webhook_id));
-        if success {
-            bump.set((
-                w::success_count.eq(w::success_count + 1),
-                w::last_triggered_at.eq(now),
-            ))
-            .execute(c)
-            .await?;
-        } else {
-            bump.set((
-                w::failure_count.eq(w::failure_count + 1),
-                w::last_triggered_at.eq(now),
-            ))
-            .execute(c)
-            .await?;
-        }
+        let row = crate::deliveries::insert(c, new).await?;
+        let at = row.delivered_at.unwrap_or(row.created_at);
+        let bump = WebhookBump::counted_only(webhook_id, success, at);
+        bump_webhooks(c, &[bump], None).await?;
         Ok(row)
     })
     .await
@@ -389,8 +381,8 @@ pub async fn queue_retry(
 ) -> Result<Retry, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
         // Two retries of one webhook's events run one at a time, so both
-        // cannot insert. An advisory lock, not the webhook row: the
-        // recorder locks counter rows before webhook rows, and so must we.
+        // cannot insert. An advisory lock, not the webhook row, which comes
+        // after the counters in the lock order (crate::attempts).
         diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
             .bind::<diesel::sql_types::Int4, _>(RETRY_LOCK_CLASS)
             .bind::<diesel::sql_types::Int4, _>(webhook_id)
@@ -445,7 +437,7 @@ pub async fn queue_retry(
                 already: true,
             });
         }
-        let row = storage::deliveries::insert(
+        let row = crate::deliveries::insert(
             c,
             NewDelivery {
                 webhook_id,
@@ -470,6 +462,37 @@ pub async fn queue_retry(
         })
     })
     .await
+}
+
+/// An active webhook as the worker's routing cache holds it.
+#[derive(Debug, Queryable)]
+pub struct ActiveWebhook {
+    pub id: i32,
+    pub url: String,
+    pub event_type: String,
+    pub secret: Option<String>,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    pub body_format: BodyFormat,
+}
+
+/// Every active webhook, by id.
+pub async fn active(pool: &DbPool) -> Result<Vec<ActiveWebhook>, StorageError> {
+    let mut conn = pool.get().await?;
+    Ok(w::table
+        .filter(w::is_active.eq(true))
+        .select((
+            w::id,
+            w::url,
+            w::event_type,
+            w::secret,
+            w::previous_secret,
+            w::previous_secret_expires_at,
+            w::body_format,
+        ))
+        .order(w::id.asc())
+        .load(&mut conn)
+        .await?)
 }
 
 #[cfg(test)]

@@ -1,20 +1,38 @@
-//! The worker's queries: one batch of delivery rows, their counters and the
-//! webhooks' statistics, written in one transaction. Each query takes a
-//! connection, so the recorder composes them and tests can call them.
+//! Recording delivery attempts: the worker's batches (new rows, claimed
+//! pending rows updated or removed, their counters) and the webhooks'
+//! counters, `last_triggered_at` and `failing_since`, bumped in SQL (no
+//! read-modify-write between replicas), which disables webhooks that
+//! answered 410 or have failed for too long. The registry's test attempts
+//! count through the same bump ([`crate::webhooks::record_attempt`]).
+//!
+//! # Lock order
+//! Every writer of delivery rows takes, inside its transaction and each in
+//! key order:
+//! 1. the success locks of its (webhook, event) keys
+//!    ([`crate::deliveries::lock_successes`]);
+//! 2. the counter rows of `webhook_delivery_counts` ([`counts::apply`]);
+//! 3. the `webhooks` rows ([`bump_webhooks`]).
+//!
+//! Concurrent batches, test attempts and manual retries then wait for each
+//! other but never deadlock. A writer that must serialise on a webhook
+//! before writing rows (a manual retry) takes an advisory lock instead of
+//! the webhook row, which would come before the counters.
 //!
 //! Rows are passed as column arrays and expanded with `unnest`, so a batch
 //! of any size is one statement per table.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::sql_types::{Array, BigInt, Bool, Double, Int4, Int8, Nullable, Text, Timestamptz};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use storage::counts::{self, CountDelta, CountDeltas};
-use storage::models::{BodyFormat, DeliveryStatus};
-use storage::{DbPool, StorageError};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+use crate::counts::{self, CountDelta, CountDeltas};
+use crate::deliveries::Recorded;
+use crate::models::{BodyFormat, DeliveryStatus};
+use crate::{DbPool, StorageError};
 
 /// A stored delivery row: its id and its partition key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +88,27 @@ pub struct WebhookBump {
     pub failing_since: Option<DateTime<Utc>>,
     /// A receiver answered 410 Gone.
     pub gone: bool,
+    /// Whether the attempts speak of the receiver's health: they move
+    /// `failing_since` and may disable the webhook. The registry's test
+    /// attempts only count.
+    pub health: bool,
+}
+
+impl WebhookBump {
+    /// One attempt that counts but says nothing of the receiver's health
+    /// (a test delivery).
+    pub fn counted_only(webhook_id: i32, success: bool, at: DateTime<Utc>) -> Self {
+        Self {
+            webhook_id,
+            successes: i64::from(success),
+            failures: i64::from(!success),
+            last_at: at,
+            last_ok: success,
+            failing_since: None,
+            gone: false,
+            health: false,
+        }
+    }
 }
 
 /// A webhook the batch switched off, and why.
@@ -231,13 +270,15 @@ struct DisabledRow {
 }
 
 /// `failing_since` after the batch, as an SQL expression over `w` and `v`.
-const FAILING_SINCE: &str = "(CASE WHEN v.ok_last THEN NULL::timestamptz \
+const FAILING_SINCE: &str = "(CASE WHEN NOT v.health THEN w.failing_since \
+     WHEN v.ok_last THEN NULL::timestamptz \
      WHEN v.ok > 0 THEN v.fail_since \
      ELSE COALESCE(w.failing_since, v.fail_since) END)";
 
 fn bump_statement() -> String {
     let fs = FAILING_SINCE;
-    let too_long = format!("COALESCE({fs} < now() - make_interval(secs => $8), false)");
+    let too_long =
+        format!("COALESCE(v.health AND {fs} < now() - make_interval(secs => $8), false)");
     format!(
         "WITH old AS ( \
            SELECT id, is_active FROM webhooks WHERE id = ANY($1::int4[]) \
@@ -258,8 +299,8 @@ fn bump_statement() -> String {
              updated_at = CASE WHEN w.is_active AND (v.gone OR {too_long}) THEN now() \
                ELSE w.updated_at END \
            FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::timestamptz[], $5::bool[], \
-             $6::timestamptz[], $7::bool[]) \
-             AS v(id, ok, bad, last_at, ok_last, fail_since, gone) \
+             $6::timestamptz[], $7::bool[], $10::bool[]) \
+             AS v(id, ok, bad, last_at, ok_last, fail_since, gone, health) \
            WHERE w.id = v.id \
            RETURNING w.id, w.is_active, w.disabled_reason \
          ) \
@@ -270,11 +311,12 @@ fn bump_statement() -> String {
 
 /// Adds the batch's attempts to the webhooks' counters and statistics and
 /// disables webhooks that answered 410 or have failed for longer than
-/// `disable_after`. `bumps` must be sorted by webhook id (the lock order).
+/// `disable_after` (`None`: disables none). `bumps` must be sorted by
+/// webhook id (the lock order).
 pub async fn bump_webhooks(
     conn: &mut AsyncPgConnection,
     bumps: &[WebhookBump],
-    disable_after: Duration,
+    disable_after: Option<Duration>,
 ) -> Result<Vec<Disabled>, StorageError> {
     if bumps.is_empty() {
         return Ok(Vec::new());
@@ -288,6 +330,7 @@ pub async fn bump_webhooks(
     let last_ok: Vec<bool> = bumps.iter().map(|b| b.last_ok).collect();
     let failing_since: Vec<Option<DateTime<Utc>>> = bumps.iter().map(|b| b.failing_since).collect();
     let gone: Vec<bool> = bumps.iter().map(|b| b.gone).collect();
+    let health: Vec<bool> = bumps.iter().map(|b| b.health).collect();
     let rows: Vec<DisabledRow> = diesel::sql_query(sql.as_str())
         .bind::<Array<Int4>, _>(&id)
         .bind::<Array<BigInt>, _>(&ok)
@@ -296,8 +339,9 @@ pub async fn bump_webhooks(
         .bind::<Array<Bool>, _>(&last_ok)
         .bind::<Array<Nullable<Timestamptz>>, _>(&failing_since)
         .bind::<Array<Bool>, _>(&gone)
-        .bind::<Double, _>(disable_after.as_secs_f64())
-        .bind::<Text, _>(humantime::format_duration(disable_after).to_string())
+        .bind::<Nullable<Double>, _>(disable_after.map(|d| d.as_secs_f64()))
+        .bind::<Nullable<Text>, _>(disable_after.map(|d| humantime::format_duration(d).to_string()))
+        .bind::<Array<Bool>, _>(&health)
         .load(conn)
         .await?;
     Ok(rows
@@ -337,19 +381,16 @@ pub struct AttemptSummary {
     pub claimed: Option<i64>,
 }
 
-/// Writes a batch inside the caller's transaction: the rows and their
-/// counters, then the webhooks (`bumps` folds the attempts that counted).
-/// Every writer takes the success locks
-/// (`storage::deliveries::lock_successes`) first, then counter rows, then
-/// webhook rows, each in key order, so concurrent batches wait for each
-/// other but never deadlock. Returns the webhooks disabled and how many
-/// claimed successes found their row no longer pending (superseded by a
-/// stream delivery: duplicates, not counted).
+/// Writes a batch inside the caller's transaction, in the lock order (the
+/// module docs; the caller took the success locks): the rows and their
+/// counters, then the webhooks, bumped by the attempts that counted.
+/// Returns the webhooks disabled and how many claimed successes found
+/// their row no longer pending (superseded by a stream delivery:
+/// duplicates, not counted).
 pub async fn write_batch(
     c: &mut AsyncPgConnection,
     batch: &Batch,
     disable_after: Duration,
-    bumps: impl FnOnce(Vec<AttemptSummary>) -> Vec<WebhookBump>,
 ) -> Result<(Vec<Disabled>, u64), StorageError> {
     let mut deltas = CountDeltas::default();
     deltas.extend(insert_rows(c, &batch.inserts).await?);
@@ -371,8 +412,108 @@ pub async fn write_batch(
         })
         .copied()
         .collect();
-    let disabled = bump_webhooks(c, &bumps(counted), disable_after).await?;
+    let disabled = bump_webhooks(c, &fold_attempts(counted), Some(disable_after)).await?;
     Ok((disabled, missed))
+}
+
+/// Folds the attempts into one bump per webhook, in id order (the lock
+/// order between concurrent batches).
+pub fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
+    attempts.sort_by_key(|a| (a.webhook_id, a.at));
+    let mut bumps: Vec<WebhookBump> = Vec::new();
+    for AttemptSummary {
+        webhook_id: id,
+        at,
+        success: ok,
+        gone,
+        ..
+    } in attempts
+    {
+        if bumps.last().map(|b| b.webhook_id) != Some(id) {
+            bumps.push(WebhookBump {
+                webhook_id: id,
+                successes: 0,
+                failures: 0,
+                last_at: at,
+                last_ok: ok,
+                failing_since: None,
+                gone: false,
+                health: true,
+            });
+        }
+        let Some(b) = bumps.last_mut() else { continue };
+        if ok {
+            b.successes += 1;
+            b.failing_since = None;
+        } else {
+            b.failures += 1;
+            if b.failing_since.is_none() {
+                b.failing_since = Some(at);
+            }
+        }
+        b.last_at = at;
+        b.last_ok = ok;
+        b.gone |= gone;
+    }
+    bumps
+}
+
+/// What [`record`] wrote: the webhooks it disabled and the successes it
+/// refused as duplicates.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub disabled: Vec<Disabled>,
+    pub refused: u64,
+}
+
+/// Records one batch in one transaction: takes the success locks of `keys`
+/// and reads what is recorded for them, lets `to_batch` turn that into the
+/// batch (and a count of successes it refused), and writes it
+/// ([`write_batch`]). When a row finds no partition (the registry, which
+/// creates them ahead, has not run for a while), creates the partitions
+/// around today and writes again.
+pub async fn record(
+    pool: &DbPool,
+    keys: &[(i32, &str)],
+    disable_after: Duration,
+    to_batch: impl Fn(HashMap<(i32, String), Recorded>) -> (Batch, u64) + Sync,
+) -> Result<Written, StorageError> {
+    let mut conn = pool.get().await?;
+    match record_once(&mut conn, keys, disable_after, &to_batch).await {
+        Err(StorageError::Query(e)) if crate::history::is_missing_partition(&e) => {
+            let today = Utc::now().date_naive();
+            let created = crate::history::ensure_partitions(
+                &mut conn,
+                today - chrono::Duration::days(1),
+                today + chrono::Duration::days(2),
+            )
+            .await?;
+            tracing::warn!(
+                created,
+                "delivery rows found no partition; created partitions"
+            );
+            record_once(&mut conn, keys, disable_after, &to_batch).await
+        }
+        other => other,
+    }
+}
+
+async fn record_once(
+    conn: &mut AsyncPgConnection,
+    keys: &[(i32, &str)],
+    disable_after: Duration,
+    to_batch: &(impl Fn(HashMap<(i32, String), Recorded>) -> (Batch, u64) + Sync),
+) -> Result<Written, StorageError> {
+    conn.transaction::<_, StorageError, _>(async |c| {
+        let recorded = crate::deliveries::lock_successes(c, keys).await?;
+        let (batch, refused) = to_batch(recorded);
+        let (disabled, missed) = write_batch(c, &batch, disable_after).await?;
+        Ok(Written {
+            disabled,
+            refused: refused + missed,
+        })
+    })
+    .await
 }
 
 /// Deletes the pending rows of these (webhook, event) keys and returns
@@ -490,4 +631,23 @@ pub async fn claim_due(
         .bind::<Double, _>(lease.as_secs_f64())
         .load(&mut conn)
         .await?)
+}
+
+/// The retry queue's size: pending rows due now, and all pending rows.
+pub async fn queue_size(pool: &DbPool) -> Result<(i64, i64), StorageError> {
+    #[derive(diesel::QueryableByName)]
+    struct QueueSize {
+        #[diesel(sql_type = BigInt)]
+        due: i64,
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+    }
+    let mut conn = pool.get().await?;
+    let s: QueueSize = diesel::sql_query(
+        "SELECT count(*) FILTER (WHERE next_retry_at <= now()) AS due, count(*) AS pending \
+         FROM webhook_deliveries WHERE status = 'pending'",
+    )
+    .get_result(&mut conn)
+    .await?;
+    Ok((s.due, s.pending))
 }

@@ -1,0 +1,646 @@
+//! The services' queries against the real Postgres: webhooks and their
+//! delivery pages, the worker's batches and retry queue, test attempts,
+//! manual retries and the rows a job sends again.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel_async::RunQueryDsl;
+use storage::attempts::{
+    AttemptSummary, Batch, ClaimedUpdate, NewRow, RowRef, WebhookBump, bump_webhooks, claim_due,
+    queue_size, record,
+};
+use storage::jobs::{JobKind, RowsToResend};
+use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
+use storage::testing::{TestDb, assert_counts_match_rows};
+use storage::webhooks::{self, Cursor, NewWebhook, Retry, WebhookChanges};
+use storage::{Connection, DbPool};
+
+async fn webhook(conn: &mut Connection, name: &str, event_type: &str) -> Webhook {
+    webhooks::insert_webhook(
+        conn,
+        NewWebhook {
+            name: name.to_owned(),
+            url: format!("http://127.0.0.1:9/{name}"),
+            secret: Some(format!("secret-{name}")),
+            event_type: event_type.to_owned(),
+            is_active: true,
+            description: None,
+            body_format: BodyFormat::Canonical,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn row(webhook_id: i32, event: &str, status: DeliveryStatus, attempt: i32) -> NewRow {
+    let now = Utc::now();
+    NewRow {
+        webhook_id,
+        event_type: "user.created".to_owned(),
+        payload: "{\"n\": 1}".into(),
+        body: None,
+        status,
+        response_status: (status != DeliveryStatus::Pending).then_some(500),
+        response_body: None,
+        error_message: None,
+        attempt_number: attempt,
+        delivered_at: (status == DeliveryStatus::Success).then_some(now),
+        next_retry_at: (status == DeliveryStatus::Pending).then_some(now),
+        event_id: Some(event.to_owned()),
+        created_at: now,
+        traceparent: None,
+    }
+}
+
+fn attempt(webhook_id: i32, success: bool, at: DateTime<Utc>) -> AttemptSummary {
+    AttemptSummary {
+        webhook_id,
+        at,
+        success,
+        gone: false,
+        claimed: None,
+    }
+}
+
+/// Records `batch` as the worker does (no keys to check).
+async fn write(pool: &DbPool, batch: Batch) -> storage::attempts::Written {
+    let batch = std::sync::Mutex::new(Some(batch));
+    record(pool, &[], Duration::from_secs(3600), |_| {
+        (batch.lock().unwrap().take().unwrap_or_default(), 0)
+    })
+    .await
+    .unwrap()
+}
+
+async fn get(conn: &mut Connection, id: i32) -> Webhook {
+    webhooks::get_webhook(conn, id).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn webhooks_are_created_listed_changed_counted_and_deleted() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let a = webhook(&mut conn, "a", "user.created").await;
+    let b = webhook(&mut conn, "b", "user.*").await;
+    let c = webhook(&mut conn, "c", "user.created").await;
+
+    let (page, total) = webhooks::list_webhooks(&mut conn, None, None, 2, 0)
+        .await
+        .unwrap();
+    assert_eq!(total, 3);
+    assert_eq!(page.iter().map(|w| w.id).collect::<Vec<_>>(), [c.id, b.id]);
+    let (page, total) = webhooks::list_webhooks(&mut conn, Some("user.created"), None, 10, 1)
+        .await
+        .unwrap();
+    assert_eq!((total, page.len()), (2, 1));
+
+    let changed = webhooks::update_webhook(
+        &mut conn,
+        b.id,
+        WebhookChanges {
+            is_active: Some(false),
+            description: Some(Some("off".to_owned())),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!changed.is_active);
+    assert_eq!(changed.description.as_deref(), Some("off"));
+    assert_eq!(changed.url, b.url, "what a PATCH leaves out stays");
+    let (_, inactive) = webhooks::list_webhooks(&mut conn, None, Some(false), 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(inactive, 1);
+    let active: Vec<i32> = webhooks::active(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|w| w.id)
+        .collect();
+    assert_eq!(active, [a.id, c.id]);
+
+    let stats = webhooks::stats(&mut conn).await.unwrap();
+    assert_eq!((stats.total_webhooks, stats.active_webhooks), (3, 2));
+    assert_eq!(stats.deliveries.total, 0);
+
+    assert!(webhooks::delete_webhook(&mut conn, a.id).await.unwrap());
+    assert!(!webhooks::delete_webhook(&mut conn, a.id).await.unwrap());
+    assert!(
+        webhooks::get_webhook(&mut conn, a.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        webhooks::update_webhook(&mut conn, a.id, WebhookChanges::default())
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_secret_keeps_the_previous_one_until_its_expiry() {
+    let db = TestDb::new().await.unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "r", "*").await;
+    let until = Utc::now() + chrono::Duration::hours(1);
+    let r = webhooks::rotate_secret(&mut conn, w.id, "new".to_owned(), Some(until))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.secret.as_deref(), Some("new"));
+    assert_eq!(r.previous_secret, w.secret);
+    assert!(r.previous_secret_expires_at.is_some());
+    let r = webhooks::rotate_secret(&mut conn, w.id, "newer".to_owned(), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (r.previous_secret, r.previous_secret_expires_at),
+        (None, None)
+    );
+    assert!(
+        webhooks::rotate_secret(&mut conn, 999, "x".to_owned(), None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_batch_writes_rows_counters_and_webhook_statistics() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "w", "*").await;
+    let t0 = Utc::now();
+    let written = write(
+        &pool,
+        Batch {
+            inserts: vec![
+                row(w.id, "e1", DeliveryStatus::Success, 1),
+                row(w.id, "e2", DeliveryStatus::Failed, 1),
+                row(w.id, "e2", DeliveryStatus::Pending, 2),
+                // a webhook that does not exist: left out
+                row(w.id + 100, "e3", DeliveryStatus::Failed, 1),
+            ],
+            attempts: vec![attempt(w.id, true, t0), attempt(w.id, false, t0)],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(written.disabled.is_empty());
+    assert_counts_match_rows(&mut conn).await;
+    let after = get(&mut conn, w.id).await;
+    assert_eq!((after.success_count, after.failure_count), (1, 1));
+    assert!(after.failing_since.is_some(), "failing since the failure");
+    assert_eq!(queue_size(&pool).await.unwrap(), (1, 1));
+    assert_eq!(
+        storage::deliveries::recorded_webhooks(&pool, "e2")
+            .await
+            .unwrap(),
+        [w.id]
+    );
+
+    // The poller claims the due row under a lease; claimed again it is not.
+    let claimed = claim_due(&pool, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt_number, 2);
+    assert_eq!(claimed[0].secret, w.secret);
+    assert!(
+        claim_due(&pool, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let claimed = RowRef {
+        id: claimed[0].id,
+        created_at: claimed[0].created_at,
+    };
+    // Its attempt succeeds: the row leaves `pending`, failing_since clears.
+    let t1 = Utc::now();
+    write(
+        &pool,
+        Batch {
+            updates: vec![ClaimedUpdate {
+                row: claimed,
+                status: DeliveryStatus::Success,
+                response_status: Some(200),
+                response_body: None,
+                error_message: None,
+                delivered_at: Some(t1),
+                next_retry_at: None,
+            }],
+            attempts: vec![AttemptSummary {
+                claimed: Some(claimed.id),
+                ..attempt(w.id, true, t1)
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_counts_match_rows(&mut conn).await;
+    let after = get(&mut conn, w.id).await;
+    assert_eq!((after.success_count, after.failure_count), (2, 1));
+    assert_eq!(after.failing_since, None);
+    assert_eq!(queue_size(&pool).await.unwrap(), (0, 0));
+
+    // An update of a row no longer pending changes nothing and its
+    // success is not counted.
+    let again = write(
+        &pool,
+        Batch {
+            updates: vec![ClaimedUpdate {
+                row: claimed,
+                status: DeliveryStatus::Failed,
+                response_status: Some(500),
+                response_body: None,
+                error_message: None,
+                delivered_at: None,
+                next_retry_at: None,
+            }],
+            attempts: vec![AttemptSummary {
+                claimed: Some(claimed.id),
+                ..attempt(w.id, true, t1)
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(again.refused, 1);
+    assert_eq!(get(&mut conn, w.id).await.success_count, 2);
+}
+
+#[tokio::test]
+async fn pending_rows_are_removed_by_key_and_by_claim() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "p", "*").await;
+    write(
+        &pool,
+        Batch {
+            inserts: vec![
+                row(w.id, "a", DeliveryStatus::Pending, 2),
+                row(w.id, "b", DeliveryStatus::Pending, 2),
+                row(w.id, "b", DeliveryStatus::Failed, 1),
+            ],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(queue_size(&pool).await.unwrap().1, 2);
+    let claimed = claim_due(&pool, 1, Duration::from_secs(60)).await.unwrap();
+    let gone = RowRef {
+        id: claimed[0].id,
+        created_at: claimed[0].created_at,
+    };
+    let other = if claimed[0].event_id.as_deref() == Some("a") {
+        "b"
+    } else {
+        "a"
+    };
+    write(
+        &pool,
+        Batch {
+            deletes: vec![gone],
+            superseded: vec![(w.id, other.to_owned())],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(queue_size(&pool).await.unwrap(), (0, 0));
+    assert_counts_match_rows(&mut conn).await;
+    let (rows, total) = webhooks::list_deliveries(&mut conn, w.id, None, None, 10, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rows.len(), total), (1, 1), "the failed row stays");
+}
+
+#[tokio::test]
+async fn the_bump_disables_on_410_and_after_failing_too_long() {
+    let db = TestDb::new().await.unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let gone = webhook(&mut conn, "gone", "*").await;
+    let old = webhook(&mut conn, "old", "*").await;
+    let fresh = webhook(&mut conn, "fresh", "*").await;
+    let now = Utc::now();
+    let bump = |id, failing_since: DateTime<Utc>, gone| WebhookBump {
+        webhook_id: id,
+        successes: 0,
+        failures: 1,
+        last_at: now,
+        last_ok: false,
+        failing_since: Some(failing_since),
+        gone,
+        health: true,
+    };
+    let disabled = bump_webhooks(
+        &mut conn,
+        &[
+            bump(gone.id, now, true),
+            bump(old.id, now - chrono::Duration::days(4), false),
+            bump(fresh.id, now, false),
+        ],
+        Some(Duration::from_secs(3 * 86_400)),
+    )
+    .await
+    .unwrap();
+    let reasons: HashMap<i32, String> = disabled
+        .into_iter()
+        .map(|d| (d.webhook_id, d.reason))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert_eq!(reasons[&gone.id], "receiver answered 410 Gone");
+    assert!(
+        reasons[&old.id].starts_with("failed without a single success since ")
+            && reasons[&old.id].ends_with("(DELIVERY_DISABLE_AFTER 3days)"),
+        "{}",
+        reasons[&old.id]
+    );
+    assert!(get(&mut conn, fresh.id).await.is_active);
+    let old = get(&mut conn, old.id).await;
+    assert!(!old.is_active);
+    assert_eq!(
+        old.disabled_reason.as_deref(),
+        Some(reasons[&old.id].as_str())
+    );
+}
+
+fn test_attempt(webhook_id: i32, status: DeliveryStatus) -> NewDelivery {
+    NewDelivery {
+        webhook_id,
+        event_type: "webhook.test".to_owned(),
+        payload: serde_json::json!({"test": true}),
+        response_status: Some(if status == DeliveryStatus::Success {
+            200
+        } else {
+            500
+        }),
+        response_body: None,
+        status,
+        error_message: None,
+        attempt_number: 1,
+        delivered_at: (status == DeliveryStatus::Success).then(Utc::now),
+        next_retry_at: None,
+        event_id: Some(uuid::Uuid::new_v4().to_string()),
+        traceparent: None,
+        body: None,
+    }
+}
+
+#[tokio::test]
+async fn a_test_attempt_counts_but_leaves_failing_since_alone() {
+    let db = TestDb::new().await.unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "t", "*").await;
+    let failed = webhooks::record_attempt(&mut conn, test_attempt(w.id, DeliveryStatus::Failed))
+        .await
+        .unwrap();
+    assert_eq!(failed.status, DeliveryStatus::Failed);
+    let after = get(&mut conn, w.id).await;
+    assert_eq!((after.success_count, after.failure_count), (0, 1));
+    assert_eq!(after.failing_since, None, "a test says nothing of health");
+    assert!(after.last_triggered_at.is_some());
+    webhooks::record_attempt(&mut conn, test_attempt(w.id, DeliveryStatus::Success))
+        .await
+        .unwrap();
+    let after = get(&mut conn, w.id).await;
+    assert_eq!((after.success_count, after.failure_count), (1, 1));
+    assert!(after.is_active);
+    assert_counts_match_rows(&mut conn).await;
+}
+
+#[tokio::test]
+async fn a_manual_retry_queues_one_pending_attempt() {
+    let db = TestDb::new().await.unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "m", "*").await;
+    let mut failed = test_attempt(w.id, DeliveryStatus::Failed);
+    failed.event_type = "user.created".to_owned();
+    failed.attempt_number = 3;
+    let original: Delivery = storage::deliveries::insert(&mut conn, failed)
+        .await
+        .unwrap();
+
+    let Retry::Queued { row, already } = webhooks::queue_retry(&mut conn, w.id, original.id)
+        .await
+        .unwrap()
+    else {
+        panic!("not queued")
+    };
+    assert!(!already);
+    assert_eq!(row.status, DeliveryStatus::Pending);
+    assert_eq!(row.attempt_number, 4);
+    assert_eq!(row.event_id, original.event_id);
+    let Retry::Queued {
+        row: again,
+        already,
+    } = webhooks::queue_retry(&mut conn, w.id, original.id)
+        .await
+        .unwrap()
+    else {
+        panic!("not queued")
+    };
+    assert!(already, "the pending attempt is returned");
+    assert_eq!(again.id, row.id);
+    assert!(matches!(
+        webhooks::queue_retry(&mut conn, w.id, original.id + 1000)
+            .await
+            .unwrap(),
+        Retry::DeliveryMissing
+    ));
+    assert!(matches!(
+        webhooks::queue_retry(&mut conn, w.id + 1000, original.id)
+            .await
+            .unwrap(),
+        Retry::WebhookMissing
+    ));
+    assert_counts_match_rows(&mut conn).await;
+}
+
+#[tokio::test]
+async fn delivery_pages_follow_the_cursor_and_hours_are_counted() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "d", "*").await;
+    write(
+        &pool,
+        Batch {
+            inserts: (0..5)
+                .map(|i| row(w.id, &format!("e{i}"), DeliveryStatus::Failed, 1))
+                .chain([row(w.id, "s", DeliveryStatus::Success, 1)])
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (first, total) = webhooks::list_deliveries(&mut conn, w.id, None, None, 4, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.len(), total), (4, 6));
+    let last = first.last().unwrap();
+    let cursor = Cursor {
+        created_at: last.created_at,
+        id: last.id,
+    };
+    let (rest, _) = webhooks::list_deliveries(&mut conn, w.id, None, Some(cursor), 4, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    assert!(
+        rest.iter()
+            .all(|d| (d.created_at, d.id) < (last.created_at, last.id))
+    );
+    let (failed, failed_total) =
+        webhooks::list_deliveries(&mut conn, w.id, Some(DeliveryStatus::Failed), None, 10, 0)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!((failed.len(), failed_total), (5, 5));
+    assert!(
+        webhooks::list_deliveries(&mut conn, w.id + 1, None, None, 10, 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let now = Utc::now();
+    let hours = webhooks::hourly_deliveries(
+        &mut conn,
+        w.id,
+        now - chrono::Duration::hours(1),
+        now + chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let by_status: HashMap<DeliveryStatus, i64> = hours.iter().map(|h| (h.status, h.n)).collect();
+    assert_eq!(by_status[&DeliveryStatus::Failed], 5);
+    assert_eq!(by_status[&DeliveryStatus::Success], 1);
+    assert!(
+        webhooks::hourly_deliveries(&mut conn, w.id + 1, now, now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_job_resends_the_rows_its_kind_selects_in_its_window() {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "j", "*").await;
+    // Two writes, so the second attempts have the higher ids (the rows of
+    // one statement take ids in no set order).
+    let first = ["e1", "e2", "e3"]
+        .map(|e| row(w.id, e, DeliveryStatus::Failed, 1))
+        .to_vec();
+    let second = vec![
+        // e1 failed again: one event to recover
+        row(w.id, "e1", DeliveryStatus::Failed, 2),
+        // e2 succeeded: nothing to recover
+        row(w.id, "e2", DeliveryStatus::Success, 2),
+        // e3 has a retry pending: a bulk retry leaves it
+        row(w.id, "e3", DeliveryStatus::Pending, 2),
+    ];
+    for inserts in [first, second] {
+        write(
+            &pool,
+            Batch {
+                inserts,
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    let end_key = RowsToResend::current_end(&mut conn).await.unwrap();
+    let recover = RowsToResend {
+        kind: JobKind::Recover,
+        webhook_id: w.id,
+        end_key,
+        since: None,
+        until: None,
+        status: DeliveryStatus::Failed,
+    };
+    assert_eq!(recover.count(&mut conn).await.unwrap(), 1);
+    let rows = recover.chunk(&mut conn, 0, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!((rows[0].event_id.as_str(), rows[0].last_attempt), ("e1", 2));
+
+    let retry = RowsToResend {
+        kind: JobKind::Retry,
+        ..recover
+    };
+    assert_eq!(retry.count(&mut conn).await.unwrap(), 2, "e1 and e2");
+    let one = retry.chunk(&mut conn, 0, 1).await.unwrap();
+    let rest = retry.chunk(&mut conn, one[0].id, 10).await.unwrap();
+    let mut events: Vec<&str> = one
+        .iter()
+        .chain(&rest)
+        .map(|r| r.event_id.as_str())
+        .collect();
+    events.sort_unstable();
+    assert_eq!(
+        events,
+        ["e1", "e2"],
+        "in id order, one chunk after the other"
+    );
+    let narrow = RowsToResend {
+        until: Some(Utc::now() - chrono::Duration::hours(1)),
+        ..retry
+    };
+    assert_eq!(
+        narrow.count(&mut conn).await.unwrap(),
+        0,
+        "out of the window"
+    );
+    let past_end = RowsToResend {
+        end_key: 0,
+        ..retry
+    };
+    assert_eq!(past_end.count(&mut conn).await.unwrap(), 0);
+
+    let since = Utc::now() - chrono::Duration::minutes(1);
+    let seen = storage::jobs::already_delivered(&mut conn, w.id, since, &["e1", "zz"])
+        .await
+        .unwrap();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["e1"]);
+    let later = storage::jobs::already_delivered(
+        &mut conn,
+        w.id,
+        Utc::now() + chrono::Duration::minutes(1),
+        &["e1"],
+    )
+    .await
+    .unwrap();
+    assert!(later.is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_outside_the_pool_is_refused_with_an_unavailable_error() {
+    let err = storage::connect("postgres://nobody@127.0.0.1:1/none")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.is_unavailable(), "{err}");
+    let db = TestDb::new().await.unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let n = diesel::sql_query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}
