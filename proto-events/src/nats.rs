@@ -143,6 +143,17 @@ pub fn connection_ready(client: &async_nats::Client) -> Result<(), String> {
     }
 }
 
+/// [`round_trip`] as a readiness probe (`telemetry::ops::Readiness::probe`).
+pub fn round_trip_probe(
+    client: &async_nats::Client,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync + 'static {
+    let client = client.clone();
+    move || {
+        let client = client.clone();
+        Box::pin(async move { round_trip(&client).await })
+    }
+}
+
 /// The readiness of the server itself: a request to a fresh inbox nobody
 /// listens on, which a live server answers at once with "no responders".
 /// A connection that looks open to a server that is frozen or cut off

@@ -330,16 +330,10 @@ fn readiness(
     consumer_ready: &Arc<AtomicBool>,
     cache: &WebhookCache,
 ) -> Readiness {
-    let (client, pool, cache) = (client.clone(), pool.clone(), cache.clone());
+    let cache = cache.clone();
     Readiness::new()
-        .probe("nats", move || {
-            let client = client.clone();
-            async move { proto_events::nats::round_trip(&client).await }
-        })
-        .probe("database", move || {
-            let pool = pool.clone();
-            async move { storage::ping(&pool).await }
-        })
+        .probe("nats", proto_events::nats::round_trip_probe(client))
+        .probe("database", storage::ping_probe(pool))
         .flag("consumer", consumer_ready.clone(), "not consuming yet")
         .state("webhooks", move || {
             if cache.is_loaded() {

@@ -172,16 +172,10 @@ impl Application {
 }
 
 fn readiness(client: &async_nats::Client, pool: &DbPool, relay: &Arc<Relay>) -> Readiness {
-    let (client, pool, relay) = (client.clone(), pool.clone(), relay.clone());
+    let relay = relay.clone();
     Readiness::new()
-        .probe("nats", move || {
-            let client = client.clone();
-            async move { proto_events::nats::round_trip(&client).await }
-        })
-        .probe("database", move || {
-            let pool = pool.clone();
-            async move { storage::ping(&pool).await }
-        })
+        .probe("nats", proto_events::nats::round_trip_probe(client))
+        .probe("database", storage::ping_probe(pool))
         .state("stream", move || {
             if relay.stream_ready.load(Ordering::Acquire) {
                 Ok(())

@@ -22,7 +22,9 @@ pub mod testing;
 
 pub use error::StorageError;
 pub use migrate::{BOTS_DATABASE, MIGRATIONS, pending_migrations, run_migrations};
-pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, SILENCE_MARGIN, build_pool, ping};
+pub use pool::{
+    DatabaseArgs, DbConn, DbPool, PoolConfig, SILENCE_MARGIN, build_pool, ping, ping_probe,
+};
 
 /// One connection outside a pool (command-line tools, the bot's database).
 pub use diesel_async::AsyncPgConnection as Connection;

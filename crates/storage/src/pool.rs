@@ -223,6 +223,18 @@ where
     Ok(client)
 }
 
+/// [`ping`] as a readiness probe (`telemetry::ops::Readiness::probe`).
+pub fn ping_probe(
+    pool: &DbPool,
+) -> impl Fn() -> futures::future::BoxFuture<'static, Result<(), StorageError>> + Send + Sync + 'static
+{
+    let pool = pool.clone();
+    move || {
+        let pool = pool.clone();
+        Box::pin(async move { ping(&pool).await })
+    }
+}
+
 /// Checks out a connection and runs `SELECT 1`.
 pub async fn ping(pool: &DbPool) -> Result<(), StorageError> {
     let mut conn = pool.get().await?;
