@@ -22,5 +22,5 @@ pub use error::StorageError;
 pub use migrate::{BOTS_DATABASE, MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{DatabaseArgs, DbConn, DbPool, PoolConfig, SILENCE_MARGIN, build_pool, ping};
 
-/// The database of an unconfigured deployment (docs/contract.md, "Settings").
+/// The database of an unconfigured deployment (docs/configuration.md).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bedolaga_events";
