@@ -12,7 +12,7 @@ set -euo pipefail
 BEDOLAGA_REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Where the local services are expected. The services' own defaults
-# (docs/contract.md, "Settings") point here, and so do the tests.
+# (docs/configuration.md) point here, and so do the tests.
 PG_HOST="${PG_HOST:-127.0.0.1}"
 PG_PORT="${PG_PORT:-5432}"
 NATS_HOST="${NATS_HOST:-127.0.0.1}"

@@ -8,7 +8,7 @@
 # Each is tagged with exactly the name our files use, so `docker build` and
 # `docker compose` find it locally and pull nothing. Made once, reused while
 # present. What they are, and how they differ from the images of the same
-# name: README, "Containers".
+# name: docs/operations.md, "Stand-in base images".
 #
 #   bedolaga-standin/debian:bookworm        debootstrap --variant=minbase, the base of the others
 #   rust:1.95-bookworm                      that + gcc, make, git, and this machine's Rust 1.95 toolchain;

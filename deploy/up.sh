@@ -22,7 +22,7 @@ if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then
 fi
 HEALTH_WAIT_SECS="${HEALTH_WAIT_SECS:-60}"
 
-# ---- configuration (defaults of docs/contract.md, "Settings") -------------
+# ---- configuration (defaults of docs/configuration.md) --------------------
 export NATS_URL="${NATS_URL:-nats://127.0.0.1:4222}"
 export REGISTRY_BIND="${REGISTRY_BIND:-127.0.0.1:8080}"
 export GATEWAY_BIND="${GATEWAY_BIND:-127.0.0.1:8081}"

@@ -1,4 +1,4 @@
-//! How every binary reaches NATS (docs/contract.md, "Settings"): one
+//! How every binary reaches NATS (docs/configuration.md): one
 //! set of flags and environment variables, flattened into each service's
 //! configuration, and one function that opens the connection.
 //!

@@ -1,5 +1,5 @@
 //! The worker's configuration: every setting a flag and an environment
-//! variable (docs/contract.md, "Settings"), validated once at start.
+//! variable (docs/configuration.md), validated once at start.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! The gateway's configuration: every setting a flag and an environment
-//! variable (docs/contract.md, "Settings").
+//! variable (docs/configuration.md).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-// The live event view: a client of the gateway's /ws (README, gateway,
+// The live event view: a client of the gateway's /ws (docs/gateway.md,
 // "Protocol") with its controls. One file, served by the gateway for its
 // console (/live.js) and by the webhook-registry for the portal
 // (/portal/live.js), so both behave the same: type filters, pause, resume

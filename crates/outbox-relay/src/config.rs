@@ -1,5 +1,5 @@
 //! The relay's configuration: every setting a flag and an environment
-//! variable (the shared names of docs/contract.md, "Settings", where they
+//! variable (the shared names of docs/configuration.md, where they
 //! exist), validated once at start.
 
 use std::net::SocketAddr;

@@ -35,5 +35,5 @@ pub async fn connect(url: &str) -> Result<Connection, StorageError> {
     Ok(Connection::establish(url).await?)
 }
 
-/// The database of an unconfigured deployment (docs/contract.md, "Settings").
+/// The database of an unconfigured deployment (docs/configuration.md).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bedolaga_events";

@@ -1,4 +1,4 @@
-//! Command line and environment configuration (docs/contract.md, "Settings").
+//! Command line and environment configuration (docs/configuration.md).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -302,7 +302,8 @@ fn readiness(
 
 /// Applies migrations (unless turned off) and ensures the default token,
 /// retrying with backoff until the database answers; then opens the API.
-/// A database that is the bot's own (docs/contract.md, "Settings") is not
+/// A database that is the bot's own (docs/architecture.md, "Moving over from
+/// the bot") is not
 /// retried: the error goes to `fatal` and the registry stops.
 async fn bootstrap(
     config: Config,

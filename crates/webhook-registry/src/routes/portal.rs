@@ -17,7 +17,8 @@ use utoipa::ToSchema;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorOut};
 
-/// The live view of the gateway's console, the same file (README, "Portal").
+/// The live view of the gateway's console, the same file (docs/webhook-registry.md,
+/// "Portal").
 const LIVE_JS: &str = include_str!("../../../gateway/static/live.js");
 
 /// Every file the portal is made of: name, content type, body.
@@ -72,7 +73,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 const INDEX_HTML: &str = include_str!("../../portal/index.html");
 
-/// Total bytes of the portal's files (README, "Portal").
+/// Total bytes of the portal's files (docs/webhook-registry.md, "Portal").
 pub fn total_bytes() -> usize {
     INDEX_HTML.len() + ASSETS.iter().map(|(_, _, body)| body.len()).sum::<usize>()
 }
