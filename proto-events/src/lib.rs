@@ -6,8 +6,9 @@
 //! subjects and stream ([`Namespace`]), the event-type patterns webhooks and
 //! WebSocket clients subscribe with ([`Pattern`]), the canonical JSON that
 //! webhook bodies are signed over ([`canonical`]), a publisher that returns
-//! only once JetStream stored the event ([`Publisher`]) and the notice that
-//! tells delivery workers a webhook changed ([`WebhookChange`]).
+//! only once JetStream stored the event ([`Publisher`]), the notice that
+//! tells delivery workers a webhook changed ([`WebhookChange`]) and the
+//! headers of a dead letter ([`deadletter`]).
 //!
 //! With the `config` feature, [`nats`] holds the NATS settings every binary
 //! shares (`NATS_URL` list, credentials, TLS, stream settings) and the
@@ -18,6 +19,7 @@ pub mod bot_json;
 pub mod canonical;
 mod catalogue;
 mod change;
+pub mod deadletter;
 mod envelope;
 mod namespace;
 #[cfg(feature = "config")]

@@ -23,6 +23,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull};
 use bytes::Bytes;
 use futures::StreamExt;
+use proto_events::deadletter::{
+    DEADLETTER_ORIGINAL_SIZE, DEADLETTER_REASON, DEADLETTER_STREAM_SEQUENCE, DEADLETTER_TRUNCATED,
+};
 use proto_events::{Envelope, Namespace};
 use storage::DbPool;
 use storage::models::BodyFormat;
@@ -33,15 +36,6 @@ use tracing::Instrument;
 
 use crate::cache::{Target, WebhookCache};
 use crate::deliver::{Body, Deliverer, Job};
-
-/// Header naming why a message was dead-lettered.
-pub const DEADLETTER_REASON: &str = "Bedolaga-Deadletter-Reason";
-/// Header with the size in bytes of the original body.
-pub const DEADLETTER_ORIGINAL_SIZE: &str = "Bedolaga-Deadletter-Original-Size";
-/// Header with the original message's sequence in the events stream.
-pub const DEADLETTER_STREAM_SEQUENCE: &str = "Bedolaga-Deadletter-Stream-Sequence";
-/// Header `true` when the body was cut to fit the broker's `max_payload`.
-pub const DEADLETTER_TRUNCATED: &str = "Bedolaga-Deadletter-Truncated";
 
 /// What the consumer needs.
 pub struct ConsumerCtx {

@@ -4,7 +4,7 @@
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream;
-use delivery_worker::consumer::{
+use proto_events::deadletter::{
     DEADLETTER_ORIGINAL_SIZE, DEADLETTER_REASON, DEADLETTER_STREAM_SEQUENCE, DEADLETTER_TRUNCATED,
 };
 use proto_events::nats::{FirstConnect, NatsArgs};

@@ -245,11 +245,11 @@ async fn deadletters_are_listed_with_reasons_and_a_fixed_one_republished() {
     let js = publisher.jetstream().clone();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(
-        delivery_worker::consumer::DEADLETTER_REASON,
+        proto_events::deadletter::DEADLETTER_REASON,
         "body is not valid JSON: EOF while parsing",
     );
-    headers.insert(delivery_worker::consumer::DEADLETTER_STREAM_SEQUENCE, "41");
-    headers.insert(delivery_worker::consumer::DEADLETTER_ORIGINAL_SIZE, "5");
+    headers.insert(proto_events::deadletter::DEADLETTER_STREAM_SEQUENCE, "41");
+    headers.insert(proto_events::deadletter::DEADLETTER_ORIGINAL_SIZE, "5");
     js.publish_with_headers(
         ns.deadletter_subject(&ns.event_subject("user.created")),
         headers,

@@ -91,7 +91,7 @@ async fn bad_messages_are_dead_lettered_with_a_reason_and_good_ones_still_flow()
         assert_eq!(m.payload.as_ref(), *body, "original body kept");
         let h = m.headers.as_ref().unwrap();
         let why = h
-            .get(delivery_worker::consumer::DEADLETTER_REASON)
+            .get(proto_events::deadletter::DEADLETTER_REASON)
             .unwrap()
             .as_str();
         assert!(why.contains(reason), "{why} should contain {reason}");
@@ -169,17 +169,17 @@ async fn a_bad_message_of_the_maximum_size_is_dead_lettered_truncated_and_acked(
             .as_str()
             .to_owned()
     };
-    assert!(header(delivery_worker::consumer::DEADLETTER_REASON).contains("not valid JSON"));
+    assert!(header(proto_events::deadletter::DEADLETTER_REASON).contains("not valid JSON"));
     assert_eq!(
-        header(delivery_worker::consumer::DEADLETTER_ORIGINAL_SIZE),
+        header(proto_events::deadletter::DEADLETTER_ORIGINAL_SIZE),
         max_payload.to_string()
     );
     assert_eq!(
-        header(delivery_worker::consumer::DEADLETTER_STREAM_SEQUENCE),
+        header(proto_events::deadletter::DEADLETTER_STREAM_SEQUENCE),
         ack.sequence.to_string()
     );
     assert_eq!(
-        header(delivery_worker::consumer::DEADLETTER_TRUNCATED),
+        header(proto_events::deadletter::DEADLETTER_TRUNCATED),
         "true"
     );
     assert!(!m.payload.is_empty() && m.payload.len() < max_payload);
