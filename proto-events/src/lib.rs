@@ -38,3 +38,10 @@ pub use namespace::{
 pub use pattern::{InvalidPattern, Pattern, PatternSet};
 pub use publisher::{PublishError, Published, Publisher};
 pub use redact::redact_url;
+
+/// The live event view: the browser client of the gateway's `/ws`
+/// (docs/contract.md, "WebSocket") with its controls (type filters, pause,
+/// resume with `since`/`epoch`, catching up), an ES module. The gateway's
+/// console serves it as `/live.js` and the webhook-registry's portal as
+/// `/portal/live.js`, so both behave the same.
+pub const LIVE_JS: &str = include_str!("../static/live.js");

@@ -22,7 +22,3 @@ pub use startup::Application;
 pub const CONSOLE_HTML: &str = include_str!("../static/index.html");
 /// The console's script (the token form around the live view).
 pub const CONSOLE_JS: &str = include_str!("../static/console.js");
-/// The live view: the browser client of `/ws` (filters, pause, resume with
-/// `since`/`epoch`, catching up). The webhook-registry's portal serves the
-/// same file.
-pub const LIVE_JS: &str = include_str!("../static/live.js");

@@ -307,7 +307,7 @@ async fn console_js() -> HttpResponse {
 }
 
 async fn live_js() -> HttpResponse {
-    script(crate::LIVE_JS)
+    script(proto_events::LIVE_JS)
 }
 
 fn readiness(pool: &DbPool, nats: &async_nats::Client, hub: &Arc<Hub>) -> Readiness {

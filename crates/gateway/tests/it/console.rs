@@ -42,8 +42,8 @@ async fn console_page_is_served() {
             .unwrap()
             .starts_with("text/javascript")
     );
-    assert_eq!(live.text().await.unwrap(), gateway::LIVE_JS);
-    assert!(gateway::LIVE_JS.contains("new WebSocket("));
+    assert_eq!(live.text().await.unwrap(), proto_events::LIVE_JS);
+    assert!(proto_events::LIVE_JS.contains("new WebSocket("));
     let console = app.http.get(app.url("/console.js")).send().await.unwrap();
     assert!(console.text().await.unwrap().contains("from \"/live.js\""));
     app.stop().await;

@@ -17,10 +17,6 @@ use utoipa::ToSchema;
 use crate::config::Config;
 use crate::error::{ApiError, ErrorOut};
 
-/// The live view of the gateway's console, the same file (docs/webhook-registry.md,
-/// "Portal").
-const LIVE_JS: &str = include_str!("../../../gateway/static/live.js");
-
 /// Every file the portal is made of: name, content type, body.
 const ASSETS: &[(&str, &str, &str)] = &[
     (
@@ -63,7 +59,13 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../../portal/overview.js"),
     ),
-    ("live.js", "text/javascript; charset=utf-8", LIVE_JS),
+    // The live view of the gateway's console, the same file
+    // (docs/webhook-registry.md, "Portal").
+    (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        proto_events::LIVE_JS,
+    ),
     (
         "icon.svg",
         "image/svg+xml",
