@@ -22,9 +22,14 @@ pub struct TestDb {
     admin_url: String,
 }
 
-fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+/// The server tests make their databases on: `TEST_DATABASE_URL`, or else
+/// the server of [`DEFAULT_DATABASE_URL`](crate::DEFAULT_DATABASE_URL)
+/// through its `postgres` database.
+pub fn server_url() -> Result<String, StorageError> {
+    match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) => Ok(url),
+        Err(_) => with_database(crate::DEFAULT_DATABASE_URL, "postgres"),
+    }
 }
 
 /// `server` with the database `db` (the URL's path), its query kept.
@@ -61,7 +66,7 @@ impl TestDb {
 
     /// Creates a new database without running migrations.
     pub async fn empty() -> Result<Self, StorageError> {
-        Self::create(&server_url(), "test").await
+        Self::create(&server_url()?, "test").await
     }
 
     /// Creates and migrates a new database named `<prefix>_<uuid>` on the
@@ -194,7 +199,7 @@ impl TestDb {
     /// A new database holding the bot's tables (empty), not ours.
     pub async fn bot() -> Result<Self, StorageError> {
         use diesel_async::SimpleAsyncConnection as _;
-        let db = Self::create(&server_url(), "testbot").await?;
+        let db = Self::create(&server_url()?, "testbot").await?;
         let mut conn = AsyncPgConnection::establish(&db.url)
             .await
             .map_err(|e| StorageError::Config(format!("cannot reach the bot database: {e}")))?;

@@ -119,10 +119,7 @@ async fn sigterm_closes_10000_clients_within_the_grace() {
 #[tokio::test]
 async fn sigterm_stops_the_gateway_within_seconds_while_nats_is_unreachable() {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .env(
-            "DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/postgres",
-        )
+        .env("DATABASE_URL", storage::testing::server_url().unwrap())
         .env("NATS_URL", "nats://127.0.0.1:1")
         .env("GATEWAY_BIND", "127.0.0.1:0")
         .env("RUST_LOG", "warn")

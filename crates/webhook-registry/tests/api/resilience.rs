@@ -10,8 +10,7 @@ use webhook_registry::Config;
 use crate::helpers::{create_token, eventually, start};
 
 fn server() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    storage::testing::server_url().unwrap()
 }
 
 #[tokio::test]
