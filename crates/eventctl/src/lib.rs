@@ -1,8 +1,7 @@
 //! The `eventctl` command line: publish one event, simulate the bot's
-//! traffic, tail live events, inspect and re-publish dead letters, check
-//! a service's health, and benchmark the delivery worker and the gateway.
+//! traffic, tail live events, inspect and re-publish dead letters, and
+//! check a service's health. The benchmarks are the `bench` crate's.
 
-pub mod bench;
 pub mod deadletters;
 pub mod health;
 mod publish;
@@ -10,7 +9,7 @@ pub mod tail;
 
 use clap::{Parser, Subcommand};
 
-/// Publish, simulate and benchmark bedolaga events.
+/// Publish, simulate, tail and inspect bedolaga events.
 #[derive(Debug, Parser)]
 #[command(name = "eventctl", version, about)]
 pub struct Cli {
@@ -35,27 +34,6 @@ pub enum Command {
     /// GET a service's /healthz or /readyz; exit 0 on a 2xx answer
     /// (container health checks).
     Health(health::HealthArgs),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Webhook delivery throughput and latency through the delivery worker.
-    Delivery(bench::delivery::Args),
-    /// WebSocket fan-out through the gateway.
-    Fanout(bench::fanout::Args),
-    /// The least work a WebSocket fan-out server can do (one send per
-    /// event per client), as a peer for `bench fanout --peer floor`.
-    FanoutFloor(bench::floor::Args),
-    /// Delivery-history reads and retention drops at growing history sizes.
-    History(bench::history::Args),
-    /// Live delivery latency while a replay job of a large backlog runs.
-    Replay(bench::replay::Args),
-    /// The transactional outbox through outbox-relay: drain throughput and
-    /// commit-to-stream latency.
-    Outbox(bench::outbox::Args),
 }
 
 /// Runs one command.
@@ -80,15 +58,5 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             deadletters::run(&cli.nats, ns, args, &mut sink).await
         }
         Command::Health(args) => health::check(&args).await,
-        Command::Bench(BenchCommand::Delivery(args)) => {
-            bench::delivery::run(&cli.nats, ns, args).await
-        }
-        Command::Bench(BenchCommand::Fanout(args)) => bench::fanout::run(&cli.nats, ns, args).await,
-        Command::Bench(BenchCommand::FanoutFloor(args)) => {
-            tokio::task::spawn_blocking(move || bench::floor::run(args)).await?
-        }
-        Command::Bench(BenchCommand::Replay(args)) => bench::replay::run(&cli.nats, ns, args).await,
-        Command::Bench(BenchCommand::History(args)) => bench::history::run(&cli.nats, args).await,
-        Command::Bench(BenchCommand::Outbox(args)) => bench::outbox::run(&cli.nats, args).await,
     }
 }

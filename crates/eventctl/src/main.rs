@@ -1,12 +1,6 @@
-//! `eventctl`: publish, simulate and benchmark bedolaga events.
+//! `eventctl`: publish, simulate, tail and inspect bedolaga events.
 
 use clap::Parser;
-
-// `bench delivery --worker in-process` runs the worker in this process; it
-// allocates many short-lived buffers across threads, where mimalloc is much
-// cheaper than the system allocator.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Fan-out benchmark: the gateway, nginx+nchan and the floor server (one
-# write per event per client, `eventctl bench fanout-floor`) under the same
-# load, in one run (`eventctl bench fanout --peer nchan,floor`). Needs the release
-# binaries (cargo build --release -p gateway -p eventctl -p webhook-registry),
+# write per event per client, `bench fanout-floor`) under the same
+# load, in one run (`bench fanout --peer nchan,floor`). Needs the release
+# binaries (cargo build --release -p gateway -p bench -p webhook-registry),
 # PostgreSQL and NATS running, and `apt-get install nginx libnginx-mod-nchan`.
 #
 #   crates/gateway/bench/fanout-vs-nchan.sh [CLIENTS] [RATE] [DURATION]
 #
-# Extra eventctl arguments can be given in BENCH_ARGS.
+# Extra `bench fanout` arguments can be given in BENCH_ARGS.
 set -euo pipefail
 
 clients=${1:-5000}
@@ -66,7 +66,7 @@ for _ in $(seq 50); do
 done
 
 # the floor: as many writer threads as nginx has workers (one per core)
-"$bin/eventctl" bench fanout-floor --listen 127.0.0.1:8092 &
+"$bin/bench" fanout-floor --listen 127.0.0.1:8092 &
 floor_pid=$!
 
 if [[ -n ${PERF_OUT:-} ]]; then
@@ -75,6 +75,6 @@ if [[ -n ${PERF_OUT:-} ]]; then
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "date: $(date -u +%FT%TZ)"
-"$bin/eventctl" bench fanout --token "$token" --clients "$clients" --rate "$rate" \
+"$bin/bench" fanout --token "$token" --clients "$clients" --rate "$rate" \
     --duration "$duration" --gateway-pid "$gw_pid" \
     --peer nchan,floor --peer-pids "$nginx_pids" --floor-pids "$floor_pid" ${BENCH_ARGS:-}

@@ -5,7 +5,7 @@
 //! test command, `deploy/test.sh`, sets it to a role of its own that may
 //! create databases). It is dropped when the value is dropped.
 //! [`TestDb::on_server`] makes one on a server of the caller's choosing
-//! (the benchmarks of `eventctl`).
+//! (the `bench` crate).
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 

@@ -1,5 +1,5 @@
 //! Test plumbing shared by the crates' integration tests, the e2e harness
-//! and `eventctl bench`:
+//! and the `bench` crate:
 //!
 //! - [`Receiver`]: a local HTTP/1.1 webhook receiver (scripted replies,
 //!   delays, hanging requests, a record of every request as it came off

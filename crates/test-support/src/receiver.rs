@@ -3,7 +3,7 @@
 //! One small server on tokio and `httparse`, not `wiremock` or a framework:
 //! tests look at requests exactly as they came off the wire (header names
 //! in their spelling and order, repeats included), count accepted
-//! connections, and leave requests hanging; and `eventctl bench delivery`
+//! connections, and leave requests hanging; and `bench delivery`
 //! pushes ~10,000 POST/s through the same code on two cores, so the request
 //! path allocates nothing of its own (keep-alive, one parse of the head,
 //! the handler sees borrowed bytes, one write for the answer).

@@ -1,4 +1,4 @@
-//! `eventctl bench outbox`: the transactional outbox through `outbox-relay`.
+//! `bench outbox`: the transactional outbox through `outbox-relay`.
 //!
 //! Two measurements on a temporary database of the outbox migration, with
 //! the `outbox-relay` binary as a child process:
@@ -26,8 +26,9 @@ use proto_events::Namespace;
 use proto_events::nats::{FirstConnect, NatsArgs};
 use storage::testing::TestDb;
 
-use super::delivery::{cpu_seconds, temporary_db};
-use super::stats::Latencies;
+use crate::PostgresArgs;
+use crate::delivery::cpu_seconds;
+use crate::stats::Latencies;
 
 /// Outbox relay benchmark.
 #[derive(Debug, clap::Args)]
@@ -44,32 +45,18 @@ pub struct Args {
     /// `RELAY_BATCH_SIZE` of the relay under test.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
-    /// The Postgres server the temporary database is created on.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/bedolaga_events",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
     /// The relay binary (default: next to this executable).
     #[arg(long)]
     pub relay_bin: Option<std::path::PathBuf>,
 }
 
 pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
-    let bin = match &args.relay_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("outbox-relay"),
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found: build it (cargo build --release -p outbox-relay) or pass --relay-bin",
-        bin.display()
-    );
-    let db = temporary_db(&args.database_url).await?;
+    let bin = crate::service_binary(args.relay_bin.as_deref(), "outbox-relay", "--relay-bin")?;
+    let db = args.postgres.temporary_db().await?;
     let ns = Namespace::unique();
-    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
+    let client = nats.connect("bench", FirstConnect::FailFast).await?;
     let js = jetstream::new(client);
     let result = bench(nats, &js, &ns, &db, &bin, &args).await;
     let _ = js.delete_stream(ns.stream()).await;

@@ -1,4 +1,4 @@
-//! `eventctl bench replay`: live delivery latency while a replay job runs.
+//! `bench replay`: live delivery latency while a replay job runs.
 //!
 //! On a temporary database and a unique NATS namespace, with an in-process
 //! delivery worker and the signature-checking receiver of `bench delivery`:
@@ -24,8 +24,9 @@ use serde_json::{Value, json};
 use storage::testing::TestDb;
 use tokio_util::sync::CancellationToken;
 
-use super::delivery::{start_receiver, temporary_db, unix_micros, wait_ready};
-use super::stats::Latencies;
+use crate::PostgresArgs;
+use crate::delivery::{in_process_config, start_receiver, unix_micros, wait_ready};
+use crate::stats::Latencies;
 
 /// Replay-under-load benchmark.
 #[derive(Debug, clap::Args)]
@@ -45,14 +46,8 @@ pub struct Args {
     /// DELIVERY_JOB_CONCURRENCY of the worker.
     #[arg(long, default_value_t = 1)]
     pub job_concurrency: usize,
-    /// The Postgres server for the temporary database.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/bedolaga_events",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
 }
 
 /// Runs the benchmark and prints the report.
@@ -62,9 +57,9 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
     } else {
         ns
     };
-    let db = temporary_db(&args.database_url).await?;
+    let db = args.postgres.temporary_db().await?;
     let result = bench(nats, &ns, &db, &args).await;
-    if let Ok(client) = nats.connect("eventctl", FirstConnect::FailFast).await {
+    if let Ok(client) = nats.connect("bench", FirstConnect::FailFast).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(ns.stream()).await;
         let _ = js.delete_stream(ns.deadletter_stream()).await;
@@ -119,7 +114,7 @@ struct Phase {
     max: f64,
 }
 
-fn take_phase(rx: &super::delivery::Receiver) -> anyhow::Result<Phase> {
+fn take_phase(rx: &crate::delivery::Receiver) -> anyhow::Result<Phase> {
     let us = std::mem::take(&mut rx.seen.lock().latencies_us);
     let live = us.len();
     let lat = Latencies::of_micros(us)?;
@@ -136,7 +131,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> any
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
     let pool = storage::build_pool(&db.url, &storage::PoolConfig::default())?;
-    let client = nats.connect("eventctl", FirstConnect::FailFast).await?;
+    let client = nats.connect("bench", FirstConnect::FailFast).await?;
     let publisher = Publisher::new(client.clone(), ns.clone());
     publisher.ensure_stream().await?;
     let js = publisher.jetstream().clone();
@@ -150,14 +145,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db: &TestDb, args: &Args) -> any
     let backlog_end = chrono::Utc::now();
     println!("backlog    published in {:.1} s", t.elapsed().as_secs_f64());
 
-    let mut cfg = delivery_worker::Config::defaults();
-    cfg.database.database_url = db.url.as_str().into();
-    cfg.nats = NatsArgs {
-        nats_prefix: ns.prefix().to_owned(),
-        ..nats.clone()
-    };
-    cfg.bind = "127.0.0.1:0".parse()?;
-    cfg.allow_private_targets = true;
+    let mut cfg = in_process_config(nats, ns, &db.url)?;
     cfg.job_concurrency = args.job_concurrency;
     cfg.job_poll = Duration::from_millis(200);
     let app = delivery_worker::Application::build(cfg).await?;

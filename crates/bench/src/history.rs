@@ -1,4 +1,4 @@
-//! `eventctl bench history`: the cost of delivery-history reads and of a
+//! `bench history`: the cost of delivery-history reads and of a
 //! retention drop as the history grows.
 //!
 //! For each size in `--rows`, fills a temporary database with that many
@@ -22,8 +22,8 @@ use chrono::Utc;
 use serde_json::Value;
 use storage::testing::TestDb;
 
-use super::delivery::temporary_db;
-use super::stats::Latencies;
+use crate::PostgresArgs;
+use crate::stats::Latencies;
 use proto_events::nats::NatsArgs;
 
 /// History benchmark.
@@ -47,14 +47,8 @@ pub struct Args {
     /// Pages of 200 rows walked by cursor to reach the deep page.
     #[arg(long, default_value_t = 25)]
     pub deep_pages: usize,
-    /// The Postgres server the temporary databases are created on.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/bedolaga_events",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
     /// The registry binary (default: next to this executable).
     #[arg(long)]
     pub registry_bin: Option<std::path::PathBuf>,
@@ -81,18 +75,14 @@ struct SizeResult {
 }
 
 pub async fn run(nats: &NatsArgs, args: Args) -> anyhow::Result<()> {
-    let bin = match &args.registry_bin {
-        Some(b) => b.clone(),
-        None => std::env::current_exe()?.with_file_name("webhook-registry"),
-    };
-    anyhow::ensure!(
-        bin.exists(),
-        "{} not found: build it (cargo build --release -p webhook-registry) or pass --registry-bin",
-        bin.display()
-    );
+    let bin = crate::service_binary(
+        args.registry_bin.as_deref(),
+        "webhook-registry",
+        "--registry-bin",
+    )?;
     let mut results = Vec::new();
     for &rows in &args.rows {
-        let db = temporary_db(&args.database_url).await?;
+        let db = args.postgres.temporary_db().await?;
         let r = measure(nats, &args, &bin, &db, rows).await;
         drop(db);
         let r = r?;

@@ -1,4 +1,4 @@
-//! `eventctl bench fanout-floor`: the least work a WebSocket fan-out
+//! `bench fanout-floor`: the least work a WebSocket fan-out
 //! server can do, measured beside the gateway and nchan.
 //!
 //! It takes WebSocket clients on `GET /sub` and events on `POST /pub` (the
@@ -24,7 +24,7 @@ use gateway::wire;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-/// Options of `eventctl bench fanout-floor`.
+/// Options of `bench fanout-floor`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Where to listen (`/sub` for WebSocket clients, `/pub` for events).

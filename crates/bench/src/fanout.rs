@@ -1,4 +1,4 @@
-//! `eventctl bench fanout`: WebSocket fan-out through a running gateway.
+//! `bench fanout`: WebSocket fan-out through a running gateway.
 //!
 //! Opens N clients on `/ws`, measures the gateway's resident memory per
 //! idle connection (from `/proc/<pid>/status` when `--gateway-pid` is
@@ -18,9 +18,9 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::Latencies;
+use crate::stats::Latencies;
 
-/// Options of `eventctl bench fanout`.
+/// Options of `bench fanout`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The gateway's WebSocket URL.
@@ -55,7 +55,7 @@ pub struct Args {
     pub json: bool,
     /// Also run the same load, in the same run, against peer servers and
     /// print their columns (comma-separated; `nchan`: nginx with the nchan
-    /// module; `floor`: `eventctl bench fanout-floor`).
+    /// module; `floor`: `bench fanout-floor`).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub peer: Vec<Peer>,
     /// nchan's WebSocket subscriber URL.
@@ -84,7 +84,7 @@ pub enum Peer {
     /// nginx with the nchan module: `location /sub { nchan_subscriber
     /// websocket; }`, `location /pub { nchan_publisher; }`, one channel.
     Nchan,
-    /// `eventctl bench fanout-floor`: one `send(2)` per event per client
+    /// `bench fanout-floor`: one `send(2)` per event per client
     /// and nothing else, the kernel's share of any fan-out server.
     Floor,
 }
@@ -336,7 +336,7 @@ async fn publish_at_rate(
     match sink {
         Sink::Nats { nats, ns } => {
             let nats = nats
-                .connect("eventctl-bench-fanout-publisher", FirstConnect::FailFast)
+                .connect("bench-fanout-publisher", FirstConnect::FailFast)
                 .await?;
             let publisher = Publisher::new(nats, ns);
             publisher.ensure_stream().await?;
@@ -614,8 +614,7 @@ fn report_json(r: &Report) -> serde_json::Value {
 pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     // Fail early when NATS is not there.
-    nats.connect("eventctl-bench-fanout", FirstConnect::FailFast)
-        .await?;
+    nats.connect("bench-fanout", FirstConnect::FailFast).await?;
     let sep = if args.url.contains('?') { '&' } else { '?' };
     let mut targets = vec![Target {
         name: "gateway",

@@ -1,4 +1,4 @@
-//! `eventctl bench delivery`: webhook delivery throughput and latency.
+//! `bench delivery`: webhook delivery throughput and latency.
 //!
 //! Starts a fast local HTTP/1.1 receiver (`test_support::Receiver`, lean:
 //! nothing recorded) that checks every signature (the
@@ -29,12 +29,12 @@ use parking_lot::Mutex;
 use proto_events::nats::{FirstConnect, NatsArgs};
 use proto_events::{ChangeOp, Envelope, EventType, Namespace, Publisher, WebhookChange};
 use serde_json::{Value, json};
-use storage::testing::TestDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::Latencies;
+use crate::PostgresArgs;
+use crate::stats::Latencies;
 
 /// Where the delivery worker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,15 +61,8 @@ pub struct Args {
     /// Webhooks registered (each receives every event).
     #[arg(long, default_value_t = 1)]
     pub webhooks: u32,
-    /// Postgres URL: the server for the temporary database (in-process) or
-    /// the worker's database (external).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/bedolaga_events",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
     /// Where the worker runs.
     #[arg(long, value_enum, default_value_t = WorkerMode::Spawn)]
     pub worker: WorkerMode,
@@ -189,40 +182,43 @@ pub(crate) async fn start_receiver(
     Ok((addr, rx))
 }
 
-/// A fresh, migrated database `bench_<uuid>` on the server of
-/// `server_url` (created through its `postgres` database), dropped with the
-/// value.
-pub(crate) async fn temporary_db(server_url: &str) -> anyhow::Result<TestDb> {
-    let admin_url = storage::testing::with_database(server_url, "postgres")?;
-    TestDb::on_server(&admin_url, "bench")
-        .await
-        .with_context(|| {
-            format!(
-                "cannot create a temporary database on {}",
-                proto_events::redact_url(&admin_url)
-            )
-        })
-}
-
 async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
     use storage::models::DeliveryStatus;
     use storage::schema::webhook_deliveries::dsl as d;
     let mut conn = pool.get().await?;
-    let ok: i64 = d::webhook_deliveries
-        .filter(d::webhook_id.eq_any(ids))
-        .filter(d::status.eq(DeliveryStatus::Success))
-        .count()
-        .get_result(&mut conn)
-        .await?;
-    let failed: i64 = d::webhook_deliveries
-        .filter(d::webhook_id.eq_any(ids))
-        .filter(d::status.eq(DeliveryStatus::Failed))
-        .count()
-        .get_result(&mut conn)
-        .await?;
+    let mut counts = [0; 2];
+    let statuses = [DeliveryStatus::Success, DeliveryStatus::Failed];
+    for (n, status) in counts.iter_mut().zip(statuses) {
+        *n = d::webhook_deliveries
+            .filter(d::webhook_id.eq_any(ids))
+            .filter(d::status.eq(status))
+            .count()
+            .get_result(&mut conn)
+            .await?;
+    }
+    let [ok, failed] = counts;
     Ok((ok, failed))
+}
+
+/// The settings of a worker run in this process: on the database `db_url`
+/// and the namespace `ns`, on a free port, allowed to deliver to this
+/// machine's receiver; everything else at its default.
+pub(crate) fn in_process_config(
+    nats: &NatsArgs,
+    ns: &Namespace,
+    db_url: &str,
+) -> anyhow::Result<delivery_worker::Config> {
+    let mut cfg = delivery_worker::Config::defaults();
+    cfg.database.database_url = db_url.into();
+    cfg.nats = NatsArgs {
+        nats_prefix: ns.prefix().to_owned(),
+        ..nats.clone()
+    };
+    cfg.bind = "127.0.0.1:0".parse()?;
+    cfg.allow_private_targets = true;
+    Ok(cfg)
 }
 
 /// Runs the benchmark and prints the report.
@@ -239,16 +235,16 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
             } else {
                 ns
             };
-            (Some(temporary_db(&args.database_url).await?), ns)
+            (Some(args.postgres.temporary_db().await?), ns)
         }
         WorkerMode::External => (None, ns),
     };
     let db_url = temporary
         .as_ref()
-        .map_or(args.database_url.as_str(), |db| db.url.as_str());
+        .map_or(args.postgres.database_url.as_str(), |db| db.url.as_str());
     let result = bench(nats, &ns, db_url, &args).await;
     if args.worker != WorkerMode::External {
-        let client = nats.connect("eventctl", FirstConnect::FailFast).await;
+        let client = nats.connect("bench", FirstConnect::FailFast).await;
         if let Ok(client) = client {
             let js = async_nats::jetstream::new(client);
             let _ = js.delete_stream(ns.stream()).await;
@@ -264,9 +260,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
     let secret = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (addr, rx) = start_receiver(secret.clone(), stop.clone()).await?;
     let pool = storage::build_pool(db_url, &storage::PoolConfig::default())?;
-    let client = nats
-        .connect("eventctl-bench", FirstConnect::FailFast)
-        .await?;
+    let client = nats.connect("bench", FirstConnect::FailFast).await?;
     let publisher = Publisher::new(client.clone(), ns.clone());
     publisher.ensure_stream().await?;
 
@@ -286,7 +280,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
                     w::event_type.eq("*"),
                     w::secret.eq(&secret),
                     w::is_active.eq(true),
-                    w::description.eq("eventctl bench delivery (deleted at the end)"),
+                    w::description.eq("bench delivery (deleted at the end)"),
                 ))
                 .returning(w::id)
                 .get_result(&mut conn)
@@ -296,14 +290,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
     }
     let worker = match args.worker {
         WorkerMode::InProcess => {
-            let mut cfg = delivery_worker::Config::defaults();
-            cfg.database.database_url = db_url.into();
-            cfg.nats = NatsArgs {
-                nats_prefix: ns.prefix().to_owned(),
-                ..nats.clone()
-            };
-            cfg.bind = "127.0.0.1:0".parse()?;
-            cfg.allow_private_targets = true;
+            let mut cfg = in_process_config(nats, ns, db_url)?;
             cfg.max_in_flight = args.max_in_flight;
             cfg.max_per_webhook = args.max_per_webhook;
             cfg.max_messages = args.max_messages;
@@ -314,13 +301,11 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
             Worker::InProcess(handle)
         }
         WorkerMode::Spawn => {
-            let bin = match &args.worker_bin {
-                Some(p) => p.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .map(|d| d.join("delivery-worker"))
-                    .context("cannot locate the delivery-worker binary; pass --worker-bin")?,
-            };
+            let bin = crate::service_binary(
+                args.worker_bin.as_deref(),
+                "delivery-worker",
+                "--worker-bin",
+            )?;
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
