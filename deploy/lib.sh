@@ -82,6 +82,22 @@ ensure_rust() {
         die "rustc not found next to cargo; repair the Rust toolchain (rustup)."
 }
 
+# cargo-deny (crates.io) for the dependency policy of deny.toml. Built once
+# with `cargo install --locked` into ~/.cargo/bin (several minutes on two
+# cores) and kept there; installed again only when that version is missing.
+# The build goes to a temporary directory of its own, not CARGO_TARGET_DIR.
+CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
+ensure_cargo_deny() {
+    ensure_rust
+    if cargo deny --version 2>/dev/null | grep -qx "cargo-deny $CARGO_DENY_VERSION"; then
+        return 0
+    fi
+    log "cargo install --locked cargo-deny@$CARGO_DENY_VERSION (several minutes)"
+    env -u CARGO_TARGET_DIR cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny >&2 ||
+        die "cargo install cargo-deny failed"
+    cargo deny --version >/dev/null 2>&1 || die "cargo deny does not run after installing it"
+}
+
 # --------------------------------------------------------------------------
 # PostgreSQL
 # --------------------------------------------------------------------------
