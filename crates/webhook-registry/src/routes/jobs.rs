@@ -13,7 +13,7 @@ use crate::db;
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
 use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{BulkRetryIn, JobOut, JobPage, RecoverIn, ReplayIn};
-use crate::model::{LIMIT_DEFAULT, LIMIT_MAX};
+use crate::model::{LIMIT, OFFSET};
 use crate::state::AppState;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
@@ -181,8 +181,8 @@ pub struct JobParams {
 impl FromQuery for JobParams {
     fn from_query(q: &mut Query) -> Self {
         Self {
-            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
-            offset: q.integer("offset", 0, 0, i64::MAX),
+            limit: q.param(&LIMIT),
+            offset: q.param(&OFFSET),
         }
     }
 }
