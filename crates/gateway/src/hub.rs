@@ -79,6 +79,33 @@ impl Close {
     }
 }
 
+/// Where a client's live events go while its connection catches up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Live events flow to the client.
+    Live,
+    /// A replay or catch-up from the stream runs: live events wait in the
+    /// queue. Those up to `gap_until` were dropped (the queue overflowed),
+    /// so the replay must reach it before live events can follow.
+    Held { gap_until: u64 },
+    /// The queue overflowed while live: held as above, and the connection
+    /// is yet to be told to catch up from the stream after `since`.
+    Lagged { since: u64, gap_until: u64 },
+}
+
+impl Phase {
+    fn is_live(self) -> bool {
+        self == Self::Live
+    }
+
+    fn gap_until(self) -> u64 {
+        match self {
+            Self::Live => 0,
+            Self::Held { gap_until } | Self::Lagged { gap_until, .. } => gap_until,
+        }
+    }
+}
+
 /// `repr(C)`: the fields a live event reads for a direct client (`direct`,
 /// `filter`, `min_seq`, `queue`) come first, so that with the mutex's lock
 /// byte before them and the socket pointer before that they fill the one
@@ -89,20 +116,13 @@ struct ClientState {
     /// writes live frames into the socket itself. Never set while a close
     /// is pending, a replay runs or frames are queued.
     direct: bool,
-    /// While a resume replays stored events, live events wait here.
-    paused: bool,
     filter: PatternSet,
     /// Live events at or below this sequence are not queued: a replay
     /// already sent them (the fan-out consumer may lag behind the replay).
     min_seq: u64,
     queue: VecDeque<Arc<EventFrame>>,
     bytes: usize,
-    /// Held-back events up to this sequence were dropped (the queue
-    /// overflowed): a replay must reach it before live events can follow.
-    gap_until: u64,
-    /// The queue overflowed while live: the connection should catch up
-    /// from the stream after this sequence.
-    lag: Option<u64>,
+    phase: Phase,
     close: Option<Close>,
     /// Bytes of the queue's front frame that a direct write already sent
     /// (the connection task finishes it before writing anything else).
@@ -113,13 +133,11 @@ impl ClientState {
     fn new(filter: PatternSet) -> Self {
         Self {
             direct: false,
-            paused: false,
             filter,
             min_seq: 0,
             queue: VecDeque::new(),
             bytes: 0,
-            gap_until: 0,
-            lag: None,
+            phase: Phase::Live,
             close: None,
             front_written: 0,
         }
@@ -294,12 +312,20 @@ impl Client {
                 let first = st.queue.get(unsent).map_or(frame.seq, |f| f.seq);
                 let last = frames.last().map_or(frame.seq, |f| f.seq);
                 st.drop_queue();
-                st.gap_until = st.gap_until.max(last);
-                let signal = !st.paused;
-                st.paused = true;
-                if signal {
-                    st.lag = Some(first.saturating_sub(1));
-                }
+                let signal = st.phase.is_live();
+                st.phase = match st.phase {
+                    Phase::Live => Phase::Lagged {
+                        since: first.saturating_sub(1),
+                        gap_until: last,
+                    },
+                    Phase::Held { gap_until } => Phase::Held {
+                        gap_until: gap_until.max(last),
+                    },
+                    Phase::Lagged { since, gap_until } => Phase::Lagged {
+                        since,
+                        gap_until: gap_until.max(last),
+                    },
+                };
                 drop(st);
                 if signal {
                     self.kill.notify_one();
@@ -312,7 +338,7 @@ impl Client {
             st.queue.push_back(frame.clone());
             st.bytes += frame.cost();
         }
-        let notify = handed_over || (was_empty && !st.queue.is_empty() && !st.paused);
+        let notify = handed_over || (was_empty && !st.queue.is_empty() && st.phase.is_live());
         drop(st);
         if notify {
             self.wake.notify_one();
@@ -324,8 +350,10 @@ impl Client {
     /// pending or frames are queued).
     pub fn begin_direct(&self) {
         let mut st = self.state.lock();
-        st.direct =
-            self.socket.is_some() && !st.paused && st.close.is_none() && st.queue.is_empty();
+        st.direct = self.socket.is_some()
+            && st.phase.is_live()
+            && st.close.is_none()
+            && st.queue.is_empty();
     }
 
     /// The connection task woke up and writes again itself: no more
@@ -367,9 +395,12 @@ impl Client {
         if let Some(c) = st.close.take() {
             return Signal::Close(c);
         }
-        match st.lag.take() {
-            Some(since) => Signal::Lagged { since },
-            None => Signal::Nothing,
+        match st.phase {
+            Phase::Lagged { since, gap_until } => {
+                st.phase = Phase::Held { gap_until };
+                Signal::Lagged { since }
+            }
+            Phase::Live | Phase::Held { .. } => Signal::Nothing,
         }
     }
 
@@ -380,7 +411,7 @@ impl Client {
         if let Some(c) = st.close.take() {
             return Take::Close(c);
         }
-        if st.paused || st.queue.is_empty() {
+        if !st.phase.is_live() || st.queue.is_empty() {
             return Take::Nothing;
         }
         std::mem::swap(&mut st.queue, out);
@@ -400,14 +431,17 @@ impl Client {
 
     /// Holds live events back while a replay runs.
     pub fn pause(&self) {
-        self.state.lock().paused = true;
+        let mut st = self.state.lock();
+        if st.phase.is_live() {
+            st.phase = Phase::Held { gap_until: 0 };
+        }
     }
 
     /// Ends a replay that reached `pos` if nothing held back after it was
     /// dropped: drops held-back events the replay covered, lets the rest
     /// flow and returns true. False: the replay must go on.
     pub fn try_hand_over(&self, pos: u64) -> bool {
-        if self.state.lock().gap_until > pos {
+        if self.state.lock().phase.gap_until() > pos {
             return false;
         }
         self.resume_after(pos);
@@ -419,11 +453,9 @@ impl Client {
     /// left by an overflow is forgotten: the caller told the client).
     pub fn resume_after(&self, last_replayed: u64) {
         let mut st = self.state.lock();
-        st.gap_until = 0;
-        st.lag = None;
+        st.phase = Phase::Live;
         st.queue.retain(|f| f.seq > last_replayed);
         st.bytes = st.queue.iter().map(|f| f.cost()).sum();
-        st.paused = false;
         st.min_seq = st.min_seq.max(last_replayed);
         let notify = !st.queue.is_empty();
         drop(st);

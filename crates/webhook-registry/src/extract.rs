@@ -34,7 +34,99 @@ impl Default for BodyRules {
 
 /// A request type built from a parsed JSON body (`None` = empty body).
 pub trait FromBody: Sized {
+    /// The rules of its fields, which `from_body` reads them by and the
+    /// OpenAPI document (`routes::openapi`) states.
+    const FIELDS: &'static [Field];
+
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>>;
+}
+
+/// Whether a body field must be given, and what `null` means for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// May be left out; `null` is the same as leaving it out.
+    Optional,
+    /// May be left out; `null` is refused.
+    NotNull,
+    /// Must be given, and not as `null`.
+    Required,
+}
+
+/// What a text field's value is besides its length (the server's checks:
+/// [`Fields::string`], `model::check_url`, `model::check_event_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Any text without NUL characters.
+    NoNul,
+    /// A webhook URL (`model::url_pattern`).
+    Url,
+    /// An event type or pattern of the catalogue.
+    EventType,
+}
+
+/// A string field of `min..=max` characters.
+#[derive(Debug, Clone, Copy)]
+pub struct Text {
+    pub name: &'static str,
+    pub presence: Presence,
+    pub min: usize,
+    pub max: usize,
+    /// Never echoed back in an error.
+    pub secret: bool,
+    pub shape: Shape,
+}
+
+/// An integer field within `min..=max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Integer {
+    pub name: &'static str,
+    pub presence: Presence,
+    pub min: i64,
+    pub max: i64,
+}
+
+/// A field whose type says the rest: a date-time, a lax boolean or one of
+/// an enum's values.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain {
+    pub name: &'static str,
+    pub presence: Presence,
+}
+
+/// A body field's rule.
+#[derive(Debug, Clone, Copy)]
+pub enum Field {
+    Text(Text),
+    Integer(Integer),
+    Plain(Plain),
+}
+
+impl Field {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Text(t) => t.name,
+            Self::Integer(i) => i.name,
+            Self::Plain(p) => p.name,
+        }
+    }
+
+    pub fn presence(&self) -> Presence {
+        match self {
+            Self::Text(t) => t.presence,
+            Self::Integer(i) => i.presence,
+            Self::Plain(p) => p.presence,
+        }
+    }
+}
+
+/// An integer query parameter: `default` when absent, else within
+/// `min..=max` (no upper bound when `max` is `None`).
+#[derive(Debug, Clone, Copy)]
+pub struct IntParam {
+    pub name: &'static str,
+    pub default: i64,
+    pub min: i64,
+    pub max: Option<i64>,
 }
 
 /// A JSON body validated into `T`.
@@ -192,7 +284,7 @@ impl Fields {
 
     /// A string field of `min..=max` characters, without NUL characters.
     /// `secret` fields never echo their input.
-    pub fn string(&mut self, name: &str, min: usize, max: usize, secret: bool) -> Given<String> {
+    fn string(&mut self, name: &str, min: usize, max: usize, secret: bool) -> Given<String> {
         let loc = ["body", name];
         match self.take(name) {
             Given::Absent => Given::Absent,
@@ -244,37 +336,8 @@ impl Fields {
         }
     }
 
-    /// A required string field.
-    pub fn required_string(&mut self, name: &str, min: usize, max: usize) -> Option<String> {
-        match self.string(name, min, max, false) {
-            Given::Value(s) => Some(s),
-            Given::Null => {
-                self.errors.push(
-                    FieldError::new(
-                        &["body", name],
-                        "string_type",
-                        "Input should be a valid string",
-                    )
-                    .input(Value::Null),
-                );
-                None
-            }
-            Given::Absent => {
-                if !self
-                    .errors
-                    .iter()
-                    .any(|e| e.loc.get(1) == Some(&LocItem::from(name)))
-                {
-                    self.errors
-                        .push(FieldError::missing(&["body", name]).input(Value::Null));
-                }
-                None
-            }
-        }
-    }
-
     /// A boolean field, with pydantic's lax forms (`"true"`, `1`, `"off"`, …).
-    pub fn boolean(&mut self, name: &str) -> Given<bool> {
+    fn boolean(&mut self, name: &str) -> Given<bool> {
         match self.take(name) {
             Given::Absent => Given::Absent,
             Given::Null => Given::Null,
@@ -313,7 +376,7 @@ impl Fields {
     }
 
     /// An integer field within `min..=max`.
-    pub fn integer(&mut self, name: &str, min: i64, max: i64) -> Given<i64> {
+    fn integer(&mut self, name: &str, min: i64, max: i64) -> Given<i64> {
         let loc = ["body", name];
         match self.take(name) {
             Given::Absent => Given::Absent,
@@ -349,7 +412,7 @@ impl Fields {
     }
 
     /// An RFC 3339 date-time with a UTC offset (`2026-12-01T10:00:00Z`).
-    pub fn datetime(&mut self, name: &str) -> Given<chrono::DateTime<chrono::Utc>> {
+    fn datetime(&mut self, name: &str) -> Given<chrono::DateTime<chrono::Utc>> {
         let loc = ["body", name];
         match self.take(name) {
             Given::Absent => Given::Absent,
@@ -381,7 +444,7 @@ impl Fields {
 
     /// A string field that must name one of `allowed` (enum values spelled
     /// by strum).
-    pub fn one_of<T: Copy + Into<&'static str>>(&mut self, name: &str, allowed: &[T]) -> Given<T> {
+    fn one_of<T: Copy + Into<&'static str>>(&mut self, name: &str, allowed: &[T]) -> Given<T> {
         match self.take(name) {
             Given::Absent => Given::Absent,
             Given::Null => Given::Null,
@@ -404,23 +467,75 @@ impl Fields {
         }
     }
 
-    /// A field present as `null` where only a value is accepted.
-    pub fn refuse_null<T>(
+    /// What `given` leaves of field `name` by its `presence`: a value, or
+    /// nothing, with a `kind` error (`msg`) for a refused `null` and a
+    /// `missing` one for a required field left out.
+    fn present<T>(
         &mut self,
         name: &str,
+        presence: Presence,
         given: Given<T>,
         kind: &str,
-        msg: &str,
+        msg: impl FnOnce() -> String,
     ) -> Option<T> {
         match given {
             Given::Value(v) => Some(v),
-            Given::Null => {
+            Given::Null if presence != Presence::Optional => {
                 self.errors
-                    .push(FieldError::new(&["body", name], kind, msg).input(Value::Null));
+                    .push(FieldError::new(&["body", name], kind, msg()).input(Value::Null));
                 None
             }
-            Given::Absent => None,
+            Given::Absent if presence == Presence::Required && !self.has_error(name) => {
+                self.errors
+                    .push(FieldError::missing(&["body", name]).input(Value::Null));
+                None
+            }
+            Given::Null | Given::Absent => None,
         }
+    }
+
+    /// The text field `rule`.
+    pub fn text(&mut self, rule: &Text) -> Option<String> {
+        let given = self.string(rule.name, rule.min, rule.max, rule.secret);
+        self.present(rule.name, rule.presence, given, "string_type", || {
+            "Input should be a valid string".to_owned()
+        })
+    }
+
+    /// The integer field `rule`.
+    pub fn int(&mut self, rule: &Integer) -> Option<i64> {
+        let given = self.integer(rule.name, rule.min, rule.max);
+        self.present(rule.name, rule.presence, given, "int_type", || {
+            "Input should be a valid integer".to_owned()
+        })
+    }
+
+    /// The date-time field `rule`.
+    pub fn time(&mut self, rule: &Plain) -> Option<chrono::DateTime<chrono::Utc>> {
+        let given = self.datetime(rule.name);
+        self.present(rule.name, rule.presence, given, "datetime_type", || {
+            "Input should be a valid datetime".to_owned()
+        })
+    }
+
+    /// The lax boolean field `rule`.
+    pub fn flag(&mut self, rule: &Plain) -> Option<bool> {
+        let given = self.boolean(rule.name);
+        self.present(rule.name, rule.presence, given, "bool_type", || {
+            "Input should be a valid boolean".to_owned()
+        })
+    }
+
+    /// The field `rule`, one of `allowed`.
+    pub fn choice<T: Copy + Into<&'static str>>(
+        &mut self,
+        rule: &Plain,
+        allowed: &[T],
+    ) -> Option<T> {
+        let given = self.one_of(rule.name, allowed);
+        self.present(rule.name, rule.presence, given, "enum", || {
+            format!("Input should be {}", expected_list(&names(allowed)))
+        })
     }
 
     /// The problems found so far name `name`.
@@ -460,7 +575,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
-/// The JSON Schema of exactly what a lax boolean field ([`Fields::boolean`],
+/// The JSON Schema of exactly what a lax boolean field ([`Fields::flag`],
 /// and [`Query::boolean`] whose values are strings) accepts: a boolean, the
 /// number 0 or 1, or a string [`parse_bool`] reads.
 pub fn lax_bool_schema() -> Value {
@@ -626,6 +741,12 @@ impl Query {
                 default
             }
         }
+    }
+
+    /// The integer parameter `rule`.
+    pub fn param(&mut self, rule: &IntParam) -> i64 {
+        let max = rule.max.unwrap_or(i64::MAX);
+        self.integer(rule.name, rule.default, rule.min, max)
     }
 
     /// One of `allowed` (enum values spelled by strum), if given.

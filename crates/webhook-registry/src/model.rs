@@ -14,27 +14,101 @@ use strum::VariantArray;
 use utoipa::ToSchema;
 
 use crate::error::FieldError;
-use crate::extract::{BodyRules, Fields, FromBody, Given};
+use crate::extract::{
+    BodyRules, Field, Fields, FromBody, IntParam, Integer, Plain, Presence, Shape, Text,
+};
 
-// The API's limits, said once: the validators below and the query structs
-// check them, and the OpenAPI document (`routes::openapi`) states them.
+// The API's fields, each rule said once: the request types read their
+// fields by these rules and the OpenAPI document (`routes::openapi`)
+// states them.
 
-/// Limits of the bot's columns.
-pub const NAME_MAX: usize = 255;
-pub const EVENT_TYPE_MAX: usize = 50;
-pub const SECRET_MAX: usize = 128;
-/// `description` is TEXT; capped so one row stays reasonable.
-pub const DESCRIPTION_MAX: usize = 10_000;
-/// URLs are TEXT; capped like common browsers and proxies.
-pub const URL_MAX: usize = 2048;
+/// `name`: the bot's column holds 255 characters.
+pub const NAME: Text = Text {
+    name: "name",
+    presence: Presence::Required,
+    min: 1,
+    max: 255,
+    secret: false,
+    shape: Shape::NoNul,
+};
+/// `url`: TEXT, capped like common browsers and proxies.
+pub const URL: Text = Text {
+    name: "url",
+    presence: Presence::Required,
+    min: 1,
+    max: 2048,
+    secret: false,
+    shape: Shape::Url,
+};
+/// `event_type`: the bot's column holds 50 characters.
+pub const EVENT_TYPE: Text = Text {
+    name: "event_type",
+    presence: Presence::Required,
+    min: 1,
+    max: 50,
+    secret: false,
+    shape: Shape::EventType,
+};
+/// `secret`: the bot's column holds 128 characters.
+pub const SECRET: Text = Text {
+    name: "secret",
+    presence: Presence::Optional,
+    min: 0,
+    max: 128,
+    secret: true,
+    shape: Shape::NoNul,
+};
+/// `description`: TEXT, capped so one row stays reasonable.
+pub const DESCRIPTION: Text = Text {
+    name: "description",
+    presence: Presence::Optional,
+    min: 0,
+    max: 10_000,
+    secret: false,
+    shape: Shape::NoNul,
+};
+pub const IS_ACTIVE: Plain = Plain {
+    name: "is_active",
+    presence: Presence::Optional,
+};
+pub const BODY_FORMAT: Plain = Plain {
+    name: "body_format",
+    presence: Presence::Optional,
+};
 
 /// Page size of every list: 50 unless asked, at most 200 (docs/contract.md,
 /// "REST API").
-pub const LIMIT_DEFAULT: i64 = 50;
-pub const LIMIT_MAX: i64 = 200;
+pub const LIMIT: IntParam = IntParam {
+    name: "limit",
+    default: 50,
+    min: 1,
+    max: Some(200),
+};
+/// Items of a list to skip.
+pub const OFFSET: IntParam = IntParam {
+    name: "offset",
+    default: 0,
+    min: 0,
+    max: None,
+};
 /// Window of the hourly counts: a day unless asked, a week at most.
-pub const HOURS_DEFAULT: i64 = 24;
-pub const HOURS_MAX: i64 = 168;
+pub const HOURS: IntParam = IntParam {
+    name: "hours",
+    default: 24,
+    min: 1,
+    max: Some(168),
+};
+/// The integer query parameters: wherever one of these names is a query
+/// parameter, this is its rule.
+pub const INT_PARAMS: [IntParam; 3] = [LIMIT, OFFSET, HOURS];
+
+/// `rule`, which may be left out (or given as `null`).
+const fn optional(rule: Text) -> Text {
+    Text {
+        presence: Presence::Optional,
+        ..rule
+    }
+}
 
 /// Checks a webhook URL: no whitespace or control characters a parser would
 /// drop, an absolute http/https URL with a host and no credentials, no
@@ -174,23 +248,25 @@ pub struct WebhookIn {
 }
 
 impl FromBody for WebhookIn {
+    const FIELDS: &'static [Field] = &[
+        Field::Text(NAME),
+        Field::Text(URL),
+        Field::Text(EVENT_TYPE),
+        Field::Text(SECRET),
+        Field::Text(DESCRIPTION),
+        Field::Plain(BODY_FORMAT),
+    ];
+
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
-        let name = f.required_string("name", 1, NAME_MAX);
-        let url = f.required_string("url", 1, URL_MAX);
-        let event_type = f.required_string("event_type", 1, EVENT_TYPE_MAX);
-        let secret = match f.string("secret", 0, SECRET_MAX, true) {
-            Given::Value(s) => Some(s),
-            _ => None,
-        };
-        let description = match f.string("description", 0, DESCRIPTION_MAX, false) {
-            Given::Value(s) => Some(s),
-            _ => None,
-        };
-        let body_format = match f.one_of("body_format", BodyFormat::VARIANTS) {
-            Given::Value(b) => b,
-            _ => BodyFormat::Canonical,
-        };
+        let name = f.text(&NAME);
+        let url = f.text(&URL);
+        let event_type = f.text(&EVENT_TYPE);
+        let secret = f.text(&SECRET);
+        let description = f.text(&DESCRIPTION);
+        let body_format = f
+            .choice(&BODY_FORMAT, BodyFormat::VARIANTS)
+            .unwrap_or(BodyFormat::Canonical);
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
@@ -209,27 +285,21 @@ impl FromBody for WebhookIn {
             _ => {
                 // Report in field order, as FastAPI does.
                 let mut errors = f.errors;
-                errors.sort_by_key(field_rank);
+                errors.sort_by_key(|e| field_rank(Self::FIELDS, e));
                 Err(errors)
             }
         }
     }
 }
 
-fn field_rank(e: &FieldError) -> usize {
-    const ORDER: [&str; 7] = [
-        "name",
-        "url",
-        "event_type",
-        "secret",
-        "description",
-        "is_active",
-        "body_format",
-    ];
+/// Where the field an error names comes in `fields` (errors about the
+/// body as a whole first).
+fn field_rank(fields: &[Field], e: &FieldError) -> usize {
     match e.loc.get(1) {
-        Some(crate::error::LocItem::Name(n)) => {
-            ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len())
-        }
+        Some(crate::error::LocItem::Name(n)) => fields
+            .iter()
+            .position(|f| f.name() == n)
+            .unwrap_or(fields.len()),
         _ => 0,
     }
 }
@@ -261,29 +331,35 @@ pub struct WebhookPatch {
     pub body_format: Option<BodyFormat>,
 }
 
+impl WebhookPatch {
+    const NAME: Text = optional(NAME);
+    const URL: Text = optional(URL);
+    const EVENT_TYPE: Text = optional(EVENT_TYPE);
+}
+
 impl FromBody for WebhookPatch {
+    const FIELDS: &'static [Field] = &[
+        Field::Text(Self::NAME),
+        Field::Text(Self::URL),
+        Field::Text(Self::EVENT_TYPE),
+        Field::Text(SECRET),
+        Field::Text(DESCRIPTION),
+        Field::Plain(IS_ACTIVE),
+        Field::Plain(BODY_FORMAT),
+    ];
+
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
-        let given = |g: Given<String>| match g {
-            Given::Value(s) => Some(s),
-            Given::Null | Given::Absent => None,
-        };
         // An empty string clears the column; `null` leaves it unchanged.
         let clearable = |s: Option<String>| s.map(|s| Some(s).filter(|s| !s.is_empty()));
         let p = WebhookPatch {
-            name: given(f.string("name", 1, NAME_MAX, false)),
-            url: given(f.string("url", 1, URL_MAX, false)),
-            event_type: given(f.string("event_type", 1, EVENT_TYPE_MAX, false)),
-            secret: clearable(given(f.string("secret", 0, SECRET_MAX, true))),
-            description: clearable(given(f.string("description", 0, DESCRIPTION_MAX, false))),
-            is_active: match f.boolean("is_active") {
-                Given::Value(b) => Some(b),
-                Given::Null | Given::Absent => None,
-            },
-            body_format: match f.one_of("body_format", BodyFormat::VARIANTS) {
-                Given::Value(b) => Some(b),
-                Given::Null | Given::Absent => None,
-            },
+            name: f.text(&Self::NAME),
+            url: f.text(&Self::URL),
+            event_type: f.text(&Self::EVENT_TYPE),
+            secret: clearable(f.text(&SECRET)),
+            description: clearable(f.text(&DESCRIPTION)),
+            is_active: f.flag(&IS_ACTIVE),
+            body_format: f.choice(&BODY_FORMAT, BodyFormat::VARIANTS),
         };
         if let Some(u) = &p.url {
             check_url(&mut f, u, rules.allow_private_targets);
@@ -291,7 +367,7 @@ impl FromBody for WebhookPatch {
         if let Some(t) = &p.event_type {
             check_event_type(&mut f, t);
         }
-        f.errors.sort_by_key(field_rank);
+        f.errors.sort_by_key(|e| field_rank(Self::FIELDS, e));
         f.finish()?;
         Ok(p)
     }
@@ -307,20 +383,28 @@ pub struct RotateIn {
     pub grace_period_seconds: Option<i64>,
 }
 
-/// Longest accepted grace period: 30 days.
-pub const MAX_GRACE_SECONDS: i64 = 30 * 24 * 3600;
+impl RotateIn {
+    /// A new secret is never empty.
+    const SECRET: Text = Text { min: 1, ..SECRET };
+    /// The longest accepted grace period is 30 days.
+    const GRACE_PERIOD_SECONDS: Integer = Integer {
+        name: "grace_period_seconds",
+        presence: Presence::Optional,
+        min: 0,
+        max: 30 * 24 * 3600,
+    };
+}
 
 impl FromBody for RotateIn {
+    const FIELDS: &'static [Field] = &[
+        Field::Text(Self::SECRET),
+        Field::Integer(Self::GRACE_PERIOD_SECONDS),
+    ];
+
     fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, false)?;
-        let secret = match f.string("secret", 1, SECRET_MAX, true) {
-            Given::Value(s) => Some(s),
-            _ => None,
-        };
-        let grace = match f.integer("grace_period_seconds", 0, MAX_GRACE_SECONDS) {
-            Given::Value(n) => Some(n),
-            _ => None,
-        };
+        let secret = f.text(&Self::SECRET);
+        let grace = f.int(&Self::GRACE_PERIOD_SECONDS);
         f.finish()?;
         Ok(RotateIn {
             secret,
@@ -667,28 +751,26 @@ mod tests {
 
 // ------------------------------------------------- recover, replay, retry
 
-/// Fastest accepted `rate_per_s` of a job.
-pub const JOB_RATE_MAX: i64 = 10_000;
+// A job's optional fields may be left out but are refused as `null`.
+
+/// `rate_per_s` of a job: at most 10,000 per second.
+const RATE_PER_S: Integer = Integer {
+    name: "rate_per_s",
+    presence: Presence::NotNull,
+    min: 1,
+    max: 10_000,
+};
+const SINCE: Plain = Plain {
+    name: "since",
+    presence: Presence::NotNull,
+};
+const UNTIL: Plain = Plain {
+    name: "until",
+    presence: Presence::NotNull,
+};
 
 fn job_rate(f: &mut Fields) -> Option<i32> {
-    let given = f.integer("rate_per_s", 1, JOB_RATE_MAX);
-    f.refuse_null(
-        "rate_per_s",
-        given,
-        "int_type",
-        "Input should be a valid integer",
-    )
-    .and_then(|n| i32::try_from(n).ok())
-}
-
-fn job_time(f: &mut Fields, name: &str) -> Option<DateTime<Utc>> {
-    let given = f.datetime(name);
-    f.refuse_null(
-        name,
-        given,
-        "datetime_type",
-        "Input should be a valid datetime",
-    )
+    f.int(&RATE_PER_S).and_then(|n| i32::try_from(n).ok())
 }
 
 /// `POST /webhooks/{id}/recover`: re-send every event of the window whose
@@ -703,15 +785,24 @@ pub struct RecoverIn {
     pub rate_per_s: Option<i32>,
 }
 
+impl RecoverIn {
+    const SINCE: Plain = Plain {
+        presence: Presence::Required,
+        ..SINCE
+    };
+}
+
 impl FromBody for RecoverIn {
+    const FIELDS: &'static [Field] = &[
+        Field::Plain(Self::SINCE),
+        Field::Plain(UNTIL),
+        Field::Integer(RATE_PER_S),
+    ];
+
     fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
-        let since = job_time(&mut f, "since");
-        if since.is_none() && !f.has_error("since") {
-            f.errors
-                .push(FieldError::missing(&["body", "since"]).input(Value::Null));
-        }
-        let until = job_time(&mut f, "until");
+        let since = f.time(&Self::SINCE);
+        let until = f.time(&UNTIL);
         let rate_per_s = job_rate(&mut f);
         f.finish()?;
         Ok(RecoverIn {
@@ -739,18 +830,28 @@ pub struct ReplayIn {
     pub rate_per_s: Option<i32>,
 }
 
+impl ReplayIn {
+    const SINCE_SEQ: Integer = Integer {
+        name: "since_seq",
+        presence: Presence::NotNull,
+        min: 0,
+        max: i64::MAX,
+    };
+}
+
 impl FromBody for ReplayIn {
+    const FIELDS: &'static [Field] = &[
+        Field::Plain(SINCE),
+        Field::Integer(Self::SINCE_SEQ),
+        Field::Plain(UNTIL),
+        Field::Integer(RATE_PER_S),
+    ];
+
     fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, false)?;
-        let since = job_time(&mut f, "since");
-        let given = f.integer("since_seq", 0, i64::MAX);
-        let since_seq = f.refuse_null(
-            "since_seq",
-            given,
-            "int_type",
-            "Input should be a valid integer",
-        );
-        let until = job_time(&mut f, "until");
+        let since = f.time(&SINCE);
+        let since_seq = f.int(&Self::SINCE_SEQ);
+        let until = f.time(&UNTIL);
         let rate_per_s = job_rate(&mut f);
         if since.is_some() && since_seq.is_some() {
             f.errors.push(FieldError::value_error(
@@ -787,13 +888,26 @@ pub struct BulkRetryIn {
     pub rate_per_s: Option<i32>,
 }
 
+impl BulkRetryIn {
+    const STATUS: Plain = Plain {
+        name: "status",
+        presence: Presence::NotNull,
+    };
+}
+
 impl FromBody for BulkRetryIn {
+    const FIELDS: &'static [Field] = &[
+        Field::Plain(Self::STATUS),
+        Field::Plain(SINCE),
+        Field::Plain(UNTIL),
+        Field::Integer(RATE_PER_S),
+    ];
+
     fn from_body(body: Option<Value>, _rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, false)?;
-        let given = f.one_of("status", &BULK_RETRY_STATUSES);
-        let status = f.refuse_null("status", given, "enum", "Input should be 'failed'");
-        let since = job_time(&mut f, "since");
-        let until = job_time(&mut f, "until");
+        let status = f.choice(&Self::STATUS, &BULK_RETRY_STATUSES);
+        let since = f.time(&SINCE);
+        let until = f.time(&UNTIL);
         let rate_per_s = job_rate(&mut f);
         f.finish()?;
         Ok(BulkRetryIn {

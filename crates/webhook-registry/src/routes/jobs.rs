@@ -12,7 +12,7 @@ use tracing::instrument;
 use crate::error::{ApiError, ErrorOut, HttpValidationError};
 use crate::extract::{FromQuery, JsonBody, Query, path_id};
 use crate::model::{BulkRetryIn, JobOut, JobPage, RecoverIn, ReplayIn};
-use crate::model::{LIMIT_DEFAULT, LIMIT_MAX};
+use crate::model::{LIMIT, OFFSET};
 use crate::state::AppState;
 use storage::webhooks as db;
 
@@ -181,8 +181,8 @@ pub struct JobParams {
 impl FromQuery for JobParams {
     fn from_query(q: &mut Query) -> Self {
         Self {
-            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
-            offset: q.integer("offset", 0, 0, i64::MAX),
+            limit: q.param(&LIMIT),
+            offset: q.param(&OFFSET),
         }
     }
 }
@@ -233,6 +233,18 @@ pub struct JobPath {
     pub job_id: i64,
 }
 
+/// What every operation on one job may answer besides its own.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes the responses; `ApiError` builds them
+enum JobErrors {
+    #[response(status = 401, description = "Missing or invalid token")]
+    Unauthorized(ErrorOut),
+    #[response(status = 404, description = "No such webhook or job")]
+    NotFound(ErrorOut),
+    #[response(status = 422, description = "Id is not an integer")]
+    Invalid(HttpValidationError),
+}
+
 impl JobPath {
     fn parse(path: web::Path<(String, String)>) -> Result<Self, ApiError> {
         let (webhook_id, job_id) = path.into_inner();
@@ -249,9 +261,7 @@ impl JobPath {
     params(JobPath),
     responses(
         (status = 200, description = "The job", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook or job", body = ErrorOut),
-        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+        JobErrors,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -275,9 +285,7 @@ pub async fn get(
     params(JobPath),
     responses(
         (status = 200, description = "The job, cancelled unless it had finished", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook or job", body = ErrorOut),
-        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+        JobErrors,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -303,10 +311,8 @@ pub async fn cancel(
     params(JobPath),
     responses(
         (status = 200, description = "The job, paused", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook or job", body = ErrorOut),
         (status = 409, description = "The job has finished", body = ErrorOut),
-        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+        JobErrors,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -315,10 +321,7 @@ pub async fn pause(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
-    let mut conn = state.conn().await?;
-    let changed = jobs::pause(&mut conn, webhook_id, job_id).await?;
-    changed_response(changed, webhook_id, job_id, "paused")
+    change(state, path, Change::Pause).await
 }
 
 /// Resume a paused job where it stopped. A queued or running job is
@@ -328,10 +331,8 @@ pub async fn pause(
     params(JobPath),
     responses(
         (status = 200, description = "The job, queued to run again", body = JobOut),
-        (status = 401, description = "Missing or invalid token", body = ErrorOut),
-        (status = 404, description = "No such webhook or job", body = ErrorOut),
         (status = 409, description = "The job has finished", body = ErrorOut),
-        (status = 422, description = "Id is not an integer", body = HttpValidationError),
+        JobErrors,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -340,21 +341,34 @@ pub async fn resume(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
-    let mut conn = state.conn().await?;
-    let changed = jobs::resume(&mut conn, webhook_id, job_id).await?;
-    changed_response(changed, webhook_id, job_id, "resumed")
+    change(state, path, Change::Resume).await
 }
 
-fn changed_response(
-    changed: Option<Changed>,
-    id: i32,
-    job_id: i64,
-    what: &str,
+/// A pause or a resume.
+#[derive(Clone, Copy)]
+enum Change {
+    Pause,
+    Resume,
+}
+
+/// Pauses or resumes the job the path names; a finished job is a 409.
+async fn change(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    change: Change,
 ) -> Result<HttpResponse, ApiError> {
+    let JobPath { webhook_id, job_id } = JobPath::parse(path)?;
+    let mut conn = state.conn().await?;
+    let (changed, what) = match change {
+        Change::Pause => (jobs::pause(&mut conn, webhook_id, job_id).await?, "paused"),
+        Change::Resume => (
+            jobs::resume(&mut conn, webhook_id, job_id).await?,
+            "resumed",
+        ),
+    };
     match changed.ok_or_else(job_not_found)? {
         Changed::Done(job) => {
-            tracing::info!(webhook_id = id, job_id, status = %job.status, "job {what}");
+            tracing::info!(webhook_id, job_id, status = %job.status, "job {what}");
             Ok(HttpResponse::Ok().json(JobOut::from(job)))
         }
         Changed::Refused(job) => Err(ApiError::Conflict(format!(

@@ -3,24 +3,21 @@
 
 use actix_web::{HttpResponse, web};
 use proto_events::EventType;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use storage::jobs::{JobKind, JobStatus};
 use storage::models::{BodyFormat, DeliveryStatus};
 use strum::VariantArray;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::error::{ErrorOut, FieldError, HttpValidationError, LocItem};
-use crate::extract::lax_bool_schema;
+use crate::extract::{Field, FromBody, Presence, Shape, lax_bool_schema};
 use crate::model::{
     BulkRetryIn, DeliveryOut, DeliveryPage, EventCatalogueOut, EventTypeOut, HourBucketOut,
     HourlyOut, JobOut, JobPage, RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{
-    DESCRIPTION_MAX, EVENT_TYPE_MAX, HOURS_DEFAULT, HOURS_MAX, JOB_RATE_MAX, LIMIT_DEFAULT,
-    LIMIT_MAX, MAX_GRACE_SECONDS, NAME_MAX, SECRET_MAX, URL_MAX, url_pattern,
-};
+use crate::model::{INT_PARAMS, url_pattern};
 use crate::routes::portal::{ServiceReadiness, ServicesReadiness};
 
 struct SecuritySchemes;
@@ -118,87 +115,91 @@ fn set(doc: &mut Value, pointer: &str, key: &str, value: Value) {
 
 /// `["string", "null"]` → `"string"`: a field that may be left out but is
 /// refused as `null`.
-fn not_null(doc: &mut Value, pointer: &str) {
-    if let Some(Value::Object(obj)) = doc.pointer_mut(pointer)
-        && let Some(Value::Array(types)) = obj.get("type")
+fn not_null(schema: &mut Map<String, Value>) {
+    if let Some(Value::Array(types)) = schema.get("type")
         && let Some(first) = types.iter().find(|t| *t != "null").cloned()
     {
-        obj.insert("type".to_owned(), first);
+        schema.insert("type".to_owned(), first);
     }
 }
 
-/// The parameter `name` of the operation at `pointer`.
-fn param<'a>(doc: &'a mut Value, pointer: &str, name: &str) -> Option<&'a mut Value> {
-    doc.pointer_mut(&format!("{pointer}/parameters"))?
-        .as_array_mut()?
-        .iter_mut()
-        .find(|p| p["name"] == name)
-}
-
-/// The limits of `crate::model`, where the validators and query structs
-/// take them from.
-fn limits(doc: &mut Value) {
-    let schemas = "/components/schemas";
-    for (schema, field, min, max) in [
-        ("WebhookIn", "name", Some(1), NAME_MAX),
-        ("WebhookIn", "url", Some(1), URL_MAX),
-        ("WebhookIn", "event_type", Some(1), EVENT_TYPE_MAX),
-        ("WebhookIn", "secret", None, SECRET_MAX),
-        ("WebhookIn", "description", None, DESCRIPTION_MAX),
-        ("WebhookPatch", "name", Some(1), NAME_MAX),
-        ("WebhookPatch", "url", Some(1), URL_MAX),
-        ("WebhookPatch", "event_type", Some(1), EVENT_TYPE_MAX),
-        ("WebhookPatch", "secret", None, SECRET_MAX),
-        ("WebhookPatch", "description", None, DESCRIPTION_MAX),
-        ("RotateIn", "secret", Some(1), SECRET_MAX),
-    ] {
-        let pointer = format!("{schemas}/{schema}/properties/{field}");
-        if let Some(min) = min {
-            set(doc, &pointer, "minLength", json!(min));
-        }
-        set(doc, &pointer, "maxLength", json!(max));
-    }
-    for (schema, field, min, max) in [
-        ("RotateIn", "grace_period_seconds", 0, MAX_GRACE_SECONDS),
-        ("RecoverIn", "rate_per_s", 1, JOB_RATE_MAX),
-        ("ReplayIn", "rate_per_s", 1, JOB_RATE_MAX),
-        ("ReplayIn", "since_seq", 0, i64::MAX),
-        ("BulkRetryIn", "rate_per_s", 1, JOB_RATE_MAX),
-    ] {
-        let pointer = format!("{schemas}/{schema}/properties/{field}");
-        set(doc, &pointer, "minimum", json!(min));
-        set(doc, &pointer, "maximum", json!(max));
-    }
-    let page = [
-        ("limit", 1, Some(LIMIT_MAX), LIMIT_DEFAULT),
-        ("offset", 0, None, 0),
-    ];
-    let hours = [("hours", 1, Some(HOURS_MAX), HOURS_DEFAULT)];
-    for (operation, params) in [
-        ("/paths/~1webhooks/get", &page[..]),
-        ("/paths/~1webhooks~1{webhook_id}~1deliveries/get", &page[..]),
-        ("/paths/~1webhooks~1{webhook_id}~1jobs/get", &page[..]),
-        (
-            "/paths/~1webhooks~1{webhook_id}~1deliveries~1hourly/get",
-            &hours[..],
-        ),
-    ] {
-        for &(name, min, max, default) in params {
-            if let Some(Value::Object(schema)) =
-                param(doc, operation, name).map(|p| &mut p["schema"])
-            {
-                schema.insert("minimum".to_owned(), json!(min));
-                if let Some(max) = max {
-                    schema.insert("maximum".to_owned(), json!(max));
+/// The rules of `T`'s fields ([`FromBody::FIELDS`]), as its schema states
+/// them.
+fn describe<T: FromBody + ToSchema>(doc: &mut Value) {
+    let pointer = format!("/components/schemas/{}/properties", T::name());
+    let Some(Value::Object(props)) = doc.pointer_mut(&pointer) else {
+        return;
+    };
+    for field in T::FIELDS {
+        let Some(Value::Object(schema)) = props.get_mut(field.name()) else {
+            continue;
+        };
+        match field {
+            Field::Text(t) => {
+                if t.min > 0 {
+                    schema.insert("minLength".to_owned(), json!(t.min));
                 }
-                schema.insert("default".to_owned(), json!(default));
+                schema.insert("maxLength".to_owned(), json!(t.max));
+                let (key, value) = match t.shape {
+                    Shape::NoNul => ("pattern", json!(NO_NUL)),
+                    Shape::Url => ("pattern", json!(url_pattern())),
+                    Shape::EventType => {
+                        let mut types = event_type_values();
+                        if t.presence == Presence::Optional {
+                            // `null` leaves it unchanged.
+                            types.push(Value::Null);
+                        }
+                        ("enum", Value::Array(types))
+                    }
+                };
+                schema.insert(key.to_owned(), value);
             }
+            Field::Integer(i) => {
+                schema.insert("minimum".to_owned(), json!(i.min));
+                schema.insert("maximum".to_owned(), json!(i.max));
+            }
+            Field::Plain(_) => {}
+        }
+        if field.presence() != Presence::Optional {
+            not_null(schema);
+        }
+    }
+}
+
+/// The integer query parameters ([`INT_PARAMS`]) of every operation.
+fn int_params(doc: &mut Value) {
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
+        return;
+    };
+    let params = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("parameters")?.as_array_mut())
+        .flatten()
+        .filter(|p| p["in"] == "query");
+    for p in params {
+        let Some(rule) = INT_PARAMS.iter().find(|r| p["name"] == r.name) else {
+            continue;
+        };
+        if let Some(Value::Object(schema)) = p.get_mut("schema") {
+            schema.insert("minimum".to_owned(), json!(rule.min));
+            if let Some(max) = rule.max {
+                schema.insert("maximum".to_owned(), json!(max));
+            }
+            schema.insert("default".to_owned(), json!(rule.default));
         }
     }
 }
 
 fn refine(doc: &mut Value) {
-    limits(doc);
+    describe::<WebhookIn>(doc);
+    describe::<WebhookPatch>(doc);
+    describe::<RotateIn>(doc);
+    describe::<RecoverIn>(doc);
+    describe::<ReplayIn>(doc);
+    describe::<BulkRetryIn>(doc);
+    int_params(doc);
     let schemas = "/components/schemas";
     // Any JSON value: the string, number, object or null that was refused.
     set(
@@ -207,42 +208,6 @@ fn refine(doc: &mut Value) {
         "input",
         json!({"description": "The offending value as sent (any JSON value; never for secrets)."}),
     );
-    for (schema, field) in [
-        ("WebhookIn", "name"),
-        ("WebhookIn", "secret"),
-        ("WebhookIn", "description"),
-        ("WebhookPatch", "name"),
-        ("WebhookPatch", "secret"),
-        ("WebhookPatch", "description"),
-        ("RotateIn", "secret"),
-    ] {
-        set(
-            doc,
-            &format!("{schemas}/{schema}/properties/{field}"),
-            "pattern",
-            json!(NO_NUL),
-        );
-    }
-    for schema in ["WebhookIn", "WebhookPatch"] {
-        let props = format!("{schemas}/{schema}/properties");
-        set(
-            doc,
-            &format!("{props}/url"),
-            "pattern",
-            json!(url_pattern()),
-        );
-        let mut types = event_type_values();
-        if schema == "WebhookPatch" {
-            // `null` leaves it unchanged.
-            types.push(Value::Null);
-        }
-        set(
-            doc,
-            &format!("{props}/event_type"),
-            "enum",
-            Value::Array(types),
-        );
-    }
     // Lax booleans, as the server reads them; `null` leaves it unchanged.
     set(
         doc,
@@ -298,22 +263,6 @@ fn refine(doc: &mut Value) {
             if p["name"] == "is_active" {
                 p["schema"] = lax_bool_schema();
             }
-        }
-    }
-    // Jobs: optional fields may be left out but are refused as `null`.
-    for (schema, fields) in [
-        ("RecoverIn", &["until", "rate_per_s"][..]),
-        (
-            "ReplayIn",
-            &["since", "since_seq", "until", "rate_per_s"][..],
-        ),
-        (
-            "BulkRetryIn",
-            &["status", "since", "until", "rate_per_s"][..],
-        ),
-    ] {
-        for field in fields {
-            not_null(doc, &format!("{schemas}/{schema}/properties/{field}"));
         }
     }
     set(
@@ -390,6 +339,48 @@ pub async fn serve(doc: web::Data<OpenApiJson>) -> HttpResponse {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Every rule of `T`'s fields names a property of its schema (a rule
+    /// for a renamed field would otherwise say nothing).
+    fn rules_name_properties<T: FromBody + ToSchema>(doc: &Value) {
+        let props = &doc["components"]["schemas"][T::name().as_ref()]["properties"];
+        for field in T::FIELDS {
+            assert!(
+                props.get(field.name()).is_some(),
+                "{}.{}",
+                T::name(),
+                field.name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_rule_is_stated() {
+        let doc = document().unwrap();
+        rules_name_properties::<WebhookIn>(&doc);
+        rules_name_properties::<WebhookPatch>(&doc);
+        rules_name_properties::<RotateIn>(&doc);
+        rules_name_properties::<RecoverIn>(&doc);
+        rules_name_properties::<ReplayIn>(&doc);
+        rules_name_properties::<BulkRetryIn>(&doc);
+        let params: Vec<&Value> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["parameters"].as_array())
+            .flatten()
+            .collect();
+        for rule in INT_PARAMS {
+            assert!(
+                params
+                    .iter()
+                    .any(|p| p["name"] == rule.name && p["schema"]["default"] == rule.default),
+                "{}",
+                rule.name
+            );
+        }
+    }
 
     #[test]
     fn job_requests_are_described_as_the_server_reads_them() {
@@ -473,8 +464,11 @@ mod tests {
         assert_eq!(patch["secret"]["type"], json!(["string", "null"]));
         for schema in ["WebhookIn", "WebhookPatch"] {
             let props = &schemas[schema]["properties"];
-            assert_eq!(props["url"]["maxLength"], URL_MAX);
-            assert_eq!(props["description"]["maxLength"], DESCRIPTION_MAX);
+            assert_eq!(props["url"]["maxLength"], crate::model::URL.max);
+            assert_eq!(
+                props["description"]["maxLength"],
+                crate::model::DESCRIPTION.max
+            );
             let types = props["event_type"]["enum"].as_array().unwrap();
             assert!(types.contains(&json!("ticket.*")) && types.contains(&json!("*")));
             assert!(!types.contains(&json!("user.deleted")));

@@ -13,7 +13,7 @@ use crate::model::{
     DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{HOURS_DEFAULT, HOURS_MAX, LIMIT_DEFAULT, LIMIT_MAX};
+use crate::model::{HOURS, LIMIT, OFFSET};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
@@ -81,8 +81,8 @@ impl FromQuery for ListParams {
         Self {
             event_type: q.string("event_type"),
             is_active: q.boolean("is_active"),
-            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
-            offset: q.integer("offset", 0, 0, i64::MAX),
+            limit: q.param(&LIMIT),
+            offset: q.param(&OFFSET),
         }
     }
 }
@@ -280,8 +280,8 @@ impl FromQuery for DeliveryParams {
     fn from_query(q: &mut Query) -> Self {
         Self {
             status: q.one_of("status", DeliveryStatus::VARIANTS),
-            limit: q.integer("limit", LIMIT_DEFAULT, 1, LIMIT_MAX),
-            offset: q.integer("offset", 0, 0, i64::MAX),
+            limit: q.param(&LIMIT),
+            offset: q.param(&OFFSET),
             cursor: q.cursor("cursor"),
         }
     }
@@ -348,7 +348,7 @@ pub struct HourlyParams {
 impl FromQuery for HourlyParams {
     fn from_query(q: &mut Query) -> Self {
         Self {
-            hours: q.integer("hours", HOURS_DEFAULT, 1, HOURS_MAX),
+            hours: q.param(&HOURS),
         }
     }
 }
