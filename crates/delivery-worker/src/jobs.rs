@@ -277,17 +277,18 @@ fn chunk_size(rate_per_s: i32) -> usize {
     usize::try_from(rate_per_s.clamp(1, 500)).unwrap_or(1)
 }
 
-async fn drive(ctx: &JobCtx, job: Job, stop: &CancellationToken) -> Result<Ended, JobError> {
+async fn drive(ctx: &JobCtx, mut job: Job, stop: &CancellationToken) -> Result<Ended, JobError> {
     let Some(hook) = load_hook(&ctx.pool, job.webhook_id).await? else {
         return Ok(Ended::Lost);
     };
     if !hook.is_active {
         return Ok(Ended::disabled());
     }
-    let started_at = job.started_at.unwrap_or_else(Utc::now);
+    // The claim sets it; a job resumed after a crash keeps its first start.
+    job.started_at.get_or_insert_with(Utc::now);
     match job.kind {
-        JobKind::Recover | JobKind::Retry => drive_rows(ctx, job, &hook, started_at, stop).await,
-        JobKind::Replay => drive_replay(ctx, job, &hook, started_at, stop).await,
+        JobKind::Recover | JobKind::Retry => drive_rows(ctx, job, &hook, stop).await,
+        JobKind::Replay => drive_replay(ctx, job, &hook, stop).await,
     }
 }
 
@@ -337,7 +338,6 @@ impl ChunkEnd {
 async fn send_chunk(
     ctx: &JobCtx,
     job: &Job,
-    started_at: DateTime<Utc>,
     items: Vec<Item>,
     pacer: &mut Pacer,
     stop: &CancellationToken,
@@ -348,6 +348,7 @@ async fn send_chunk(
     if !hook.is_active {
         return Err(JobError::Disabled);
     }
+    let started_at = job.started_at.unwrap_or_else(Utc::now);
     let seen = already_delivered(&ctx.pool, job.webhook_id, started_at, &items).await?;
     let n = items.len();
     // Stops taking new items on shutdown or when the job was cancelled;
@@ -547,7 +548,6 @@ async fn drive_rows(
     ctx: &JobCtx,
     mut job: Job,
     hook: &Hook,
-    started_at: DateTime<Utc>,
     stop: &CancellationToken,
 ) -> Result<Ended, JobError> {
     let format = hook.target.body_format;
@@ -604,7 +604,7 @@ async fn drive_rows(
                 traceparent: r.traceparent,
             })
             .collect();
-        match send_chunk(ctx, &job, started_at, items, &mut pacer, stop).await {
+        match send_chunk(ctx, &job, items, &mut pacer, stop).await {
             Ok((progress, end)) => {
                 if let Some(k) = progress.last_key {
                     after = k;
@@ -650,7 +650,6 @@ async fn drive_replay(
     ctx: &JobCtx,
     mut job: Job,
     hook: &Hook,
-    started_at: DateTime<Utc>,
     stop: &CancellationToken,
 ) -> Result<Ended, JobError> {
     let pattern = match Pattern::parse(&hook.event_type) {
@@ -678,12 +677,11 @@ async fn drive_replay(
             }
             p
         } else {
-            let (p, end) =
-                match send_chunk(ctx, &job, started_at, read.items, &mut pacer, stop).await {
-                    Ok(x) => x,
-                    Err(JobError::Disabled) => return Ok(Ended::disabled()),
-                    Err(e) => return Err(e),
-                };
+            let (p, end) = match send_chunk(ctx, &job, read.items, &mut pacer, stop).await {
+                Ok(x) => x,
+                Err(JobError::Disabled) => return Ok(Ended::disabled()),
+                Err(e) => return Err(e),
+            };
             if let Some(ended) = end.ended() {
                 return Ok(ended);
             }

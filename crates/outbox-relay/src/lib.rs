@@ -66,7 +66,7 @@ impl Application {
             migrate(config.database.url()).await?;
         }
         let ns = config.nats.namespace()?;
-        let metrics = Metrics::new();
+        let metrics = Metrics::default();
         let pool = storage::build_pool(
             config.database.url(),
             &PoolConfig {

@@ -29,13 +29,8 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// The relay's metrics, registered.
     fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metrics {
-    pub fn new() -> Self {
         let m = Self {
             registry: Arc::new(MetricsRegistry::new()),
             depth: Gauge::default(),
