@@ -207,6 +207,20 @@ impl TestApp {
             .expect("metrics body")
     }
 
+    /// The metrics once they hold every one of `lines` (the hub counts a
+    /// frame after writing it, so a client may read it first), or as they
+    /// are after a few seconds.
+    pub async fn metrics_with(&self, lines: &[&str]) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if lines.iter().all(|l| m.contains(l)) || tokio::time::Instant::now() >= deadline {
+                return m;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the gateway and waits for it.
     pub async fn stop(self) {
         self.shutdown.cancel();
