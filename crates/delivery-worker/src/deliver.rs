@@ -13,7 +13,7 @@ use webhook_client::{AttemptOutcome, Event, Verdict, WebhookSender};
 use crate::cache::{Gates, Target};
 use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
-use crate::recorder::{Attempted, Record, Recorder};
+use crate::recorder::{Attempted, EventCopy, Record, Recorder};
 use storage::attempts::RowRef;
 
 /// What is delivered: one event (or one stored payload) to one webhook.
@@ -28,6 +28,22 @@ pub struct Job<'a> {
     pub traceparent: Option<&'a str>,
     /// A first delivery from the event stream (see `recorder`).
     pub from_stream: bool,
+}
+
+impl Job<'_> {
+    /// What the delivery's records keep of it.
+    fn into_copy(self) -> EventCopy {
+        EventCopy {
+            webhook_id: self.target.id,
+            event_id: self.event_id.map(str::to_owned),
+            event_type: self.event_type.to_owned(),
+            payload: self.body.payload,
+            body: self.body.raw,
+            attempt_number: self.attempt_number,
+            traceparent: self.traceparent.map(Arc::from),
+            from_stream: self.from_stream,
+        }
+    }
 }
 
 /// What one delivery POSTs, and what its row keeps of it.
@@ -165,15 +181,8 @@ impl Deliverer {
         match job.row {
             Some(row) => Record::Deferred { row, due },
             None => Record::Queued {
-                webhook_id: job.target.id,
-                event_id: job.event_id.map(str::to_owned),
-                event_type: job.event_type.to_owned(),
-                payload: job.body.payload,
-                body: job.body.raw,
-                attempt_number: job.attempt_number,
+                copy: job.into_copy(),
                 due,
-                traceparent: job.traceparent.map(Arc::from),
-                from_stream: job.from_stream,
             },
         }
     }
@@ -243,20 +252,13 @@ impl Deliverer {
         };
         Record::Attempted(Attempted {
             row: job.row,
-            webhook_id: job.target.id,
-            event_id: job.event_id.map(str::to_owned),
-            event_type: job.event_type.to_owned(),
-            payload: job.body.payload,
-            body: job.body.raw,
-            attempt_number: job.attempt_number,
+            copy: job.into_copy(),
             verdict: outcome.verdict,
             response_status: outcome.response_status.map(i32::from),
             response_body: outcome.response_body,
             error_message,
             at,
             next_retry_at,
-            traceparent: job.traceparent.map(Arc::from),
-            from_stream: job.from_stream,
         })
     }
 }

@@ -34,12 +34,9 @@ use webhook_client::Verdict;
 use crate::metrics::Metrics;
 use storage::attempts::{AttemptSummary, Batch, ClaimedUpdate, Disabled, NewRow, RowRef, Written};
 
-/// A finished attempt.
+/// The copy of an event one webhook gets: what every record of it keeps.
 #[derive(Debug, Clone)]
-pub struct Attempted {
-    /// The claimed pending row this attempt ran for (updated in place), or
-    /// `None` for a first attempt from the stream (inserted).
-    pub row: Option<RowRef>,
+pub struct EventCopy {
     pub webhook_id: i32,
     pub event_id: Option<String>,
     pub event_type: String,
@@ -48,6 +45,20 @@ pub struct Attempted {
     /// The bytes sent, when they are not the canonical body (`Body::raw`).
     pub body: Option<Arc<str>>,
     pub attempt_number: i32,
+    /// The event's W3C `traceparent`, carried to its retries.
+    pub traceparent: Option<Arc<str>>,
+    /// From the event stream: a first attempt, or one parked from it (its
+    /// message may have been handed to another replica too).
+    pub from_stream: bool,
+}
+
+/// A finished attempt.
+#[derive(Debug, Clone)]
+pub struct Attempted {
+    /// The claimed pending row this attempt ran for (updated in place), or
+    /// `None` for a first attempt from the stream (inserted).
+    pub row: Option<RowRef>,
+    pub copy: EventCopy,
     pub verdict: Verdict,
     pub response_status: Option<i32>,
     pub response_body: Option<String>,
@@ -56,11 +67,6 @@ pub struct Attempted {
     pub at: DateTime<Utc>,
     /// When the next attempt is due, if there is one.
     pub next_retry_at: Option<DateTime<Utc>>,
-    /// The event's W3C `traceparent`, carried to its retries.
-    pub traceparent: Option<Arc<str>>,
-    /// A first attempt from the event stream (its message may have been
-    /// handed to another replica too).
-    pub from_stream: bool,
 }
 
 /// One row change.
@@ -69,16 +75,8 @@ pub enum Record {
     Attempted(Attempted),
     /// A delivery not attempted yet (its webhook was busy): a pending row due at `due`.
     Queued {
-        webhook_id: i32,
-        event_id: Option<String>,
-        event_type: String,
-        payload: Arc<str>,
-        body: Option<Arc<str>>,
-        attempt_number: i32,
+        copy: EventCopy,
         due: DateTime<Utc>,
-        traceparent: Option<Arc<str>>,
-        /// Parked from the event stream.
-        from_stream: bool,
     },
     /// A claimed pending row given back unattempted, due again at `due`.
     Deferred {
@@ -293,13 +291,12 @@ fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
     records
         .iter()
         .filter_map(|r| match r {
-            Record::Attempted(a) => Some((a.webhook_id, a.event_id.as_deref()?)),
-            Record::Queued {
-                webhook_id,
-                event_id,
-                from_stream: true,
-                ..
-            } => Some((*webhook_id, event_id.as_deref()?)),
+            Record::Attempted(Attempted { copy, .. }) => {
+                Some((copy.webhook_id, copy.event_id.as_deref()?))
+            }
+            Record::Queued { copy, .. } if copy.from_stream => {
+                Some((copy.webhook_id, copy.event_id.as_deref()?))
+            }
             _ => None,
         })
         .collect()
@@ -325,8 +322,9 @@ fn to_batch<'a>(
     for r in records {
         match r {
             Record::Attempted(a) => {
+                let c = &a.copy;
                 let success = a.verdict == Verdict::Success;
-                let key = a.event_id.as_ref().map(|e| (a.webhook_id, e.clone()));
+                let key = c.event_id.as_ref().map(|e| (c.webhook_id, e.clone()));
                 let known = key
                     .as_ref()
                     .and_then(|k| recorded.get(k))
@@ -336,7 +334,7 @@ fn to_batch<'a>(
                 // A stream delivery of an event that already succeeded, or
                 // a retry queued before the event's latest success.
                 let redundant = match a.row {
-                    None => a.from_stream && earlier.is_some(),
+                    None => c.from_stream && earlier.is_some(),
                     Some(row) => earlier.is_some_and(|at| at > row.created_at),
                 };
                 if redundant && success {
@@ -348,7 +346,7 @@ fn to_batch<'a>(
                 }
                 // A redundant failure is history, but not retried; nor is a
                 // stream failure whose key has an attempt pending already.
-                let retry_pending = a.row.is_none() && a.from_stream && known.pending;
+                let retry_pending = a.row.is_none() && c.from_stream && known.pending;
                 let next_retry_at = if redundant || retry_pending {
                     None
                 } else {
@@ -360,7 +358,7 @@ fn to_batch<'a>(
                         entry.last_success = Some(entry.last_success.map_or(a.at, |t| t.max(a.at)));
                         // The event is delivered: attempts still pending
                         // for it (parked or retried copies) are redundant.
-                        if a.row.is_none() && a.from_stream && entry.pending {
+                        if a.row.is_none() && c.from_stream && entry.pending {
                             batch.superseded.push(k);
                             entry.pending = false;
                         }
@@ -375,20 +373,20 @@ fn to_batch<'a>(
                 let delivered_at = success.then_some(a.at);
                 match a.row {
                     None => batch.inserts.push(NewRow {
-                        webhook_id: a.webhook_id,
-                        event_type: a.event_type.clone(),
-                        payload: a.payload.clone(),
-                        body: a.body.clone(),
+                        webhook_id: c.webhook_id,
+                        event_type: c.event_type.clone(),
+                        payload: c.payload.clone(),
+                        body: c.body.clone(),
                         status,
                         response_status: a.response_status,
                         response_body: a.response_body.clone(),
                         error_message: a.error_message.clone(),
-                        attempt_number: a.attempt_number,
+                        attempt_number: c.attempt_number,
                         delivered_at,
                         next_retry_at,
-                        event_id: a.event_id.clone(),
+                        event_id: c.event_id.clone(),
                         created_at: a.at,
-                        traceparent: a.traceparent.clone(),
+                        traceparent: c.traceparent.clone(),
                     }),
                     Some(row) => batch.updates.push(ClaimedUpdate {
                         row,
@@ -401,39 +399,23 @@ fn to_batch<'a>(
                     }),
                 }
                 if let Some(due) = next_retry_at {
-                    batch.inserts.push(pending_row(
-                        a.webhook_id,
-                        &a.event_type,
-                        &a.payload,
-                        a.body.as_ref(),
-                        a.attempt_number + 1,
-                        a.event_id.as_ref(),
-                        a.at,
-                        due,
-                        a.traceparent.as_ref(),
-                    ));
+                    batch
+                        .inserts
+                        .push(pending_row(c, c.attempt_number + 1, a.at, due));
                 }
                 batch.attempts.push(AttemptSummary {
-                    webhook_id: a.webhook_id,
+                    webhook_id: c.webhook_id,
                     at: a.at,
                     success,
                     gone: a.verdict == Verdict::Gone,
                     claimed: a.row.map(|r| r.id),
                 });
             }
-            Record::Queued {
-                webhook_id,
-                event_id,
-                event_type,
-                payload,
-                body,
-                attempt_number,
-                due,
-                traceparent,
-                from_stream,
-            } => {
-                let key = event_id.as_ref().map(|e| (*webhook_id, e.clone()));
-                if *from_stream && let Some(k) = key {
+            Record::Queued { copy, due } => {
+                let key = copy.event_id.as_ref().map(|e| (copy.webhook_id, e.clone()));
+                if copy.from_stream
+                    && let Some(k) = key
+                {
                     let entry = recorded.entry(k).or_default();
                     if entry.last_success.is_some() || entry.pending {
                         // Parked from a second copy of the event: the first
@@ -442,17 +424,9 @@ fn to_batch<'a>(
                     }
                     entry.pending = true;
                 }
-                batch.inserts.push(pending_row(
-                    *webhook_id,
-                    event_type,
-                    payload,
-                    body.as_ref(),
-                    *attempt_number,
-                    event_id.as_ref(),
-                    Utc::now(),
-                    *due,
-                    traceparent.as_ref(),
-                ))
+                batch
+                    .inserts
+                    .push(pending_row(copy, copy.attempt_number, Utc::now(), *due))
             }
             Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
                 row: *row,
@@ -468,23 +442,18 @@ fn to_batch<'a>(
     (batch, refused)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A pending row of `copy`, attempt `attempt_number`, due at `due`.
 fn pending_row(
-    webhook_id: i32,
-    event_type: &str,
-    payload: &Arc<str>,
-    body: Option<&Arc<str>>,
+    copy: &EventCopy,
     attempt_number: i32,
-    event_id: Option<&String>,
     created_at: DateTime<Utc>,
     due: DateTime<Utc>,
-    traceparent: Option<&Arc<str>>,
 ) -> NewRow {
     NewRow {
-        webhook_id,
-        event_type: event_type.to_owned(),
-        payload: payload.clone(),
-        body: body.cloned(),
+        webhook_id: copy.webhook_id,
+        event_type: copy.event_type.clone(),
+        payload: copy.payload.clone(),
+        body: copy.body.clone(),
         status: DeliveryStatus::Pending,
         response_status: None,
         response_body: None,
@@ -492,9 +461,9 @@ fn pending_row(
         attempt_number,
         delivered_at: None,
         next_retry_at: Some(due),
-        event_id: event_id.cloned(),
+        event_id: copy.event_id.clone(),
         created_at,
-        traceparent: traceparent.cloned(),
+        traceparent: copy.traceparent.clone(),
     }
 }
 
@@ -502,16 +471,24 @@ fn pending_row(
 mod tests {
     use super::*;
 
-    fn attempt(event: &str, ok: bool, row: Option<RowRef>, from_stream: bool) -> Record {
-        let at = Utc::now();
-        Record::Attempted(Attempted {
-            row,
+    fn copy(event: &str, from_stream: bool) -> EventCopy {
+        EventCopy {
             webhook_id: 7,
             event_id: Some(event.to_owned()),
             event_type: "user.created".to_owned(),
             payload: Arc::from("{}"),
             body: None,
             attempt_number: 1,
+            traceparent: None,
+            from_stream,
+        }
+    }
+
+    fn attempt(event: &str, ok: bool, row: Option<RowRef>, from_stream: bool) -> Record {
+        let at = Utc::now();
+        Record::Attempted(Attempted {
+            row,
+            copy: copy(event, from_stream),
             verdict: if ok {
                 Verdict::Success
             } else {
@@ -522,22 +499,13 @@ mod tests {
             error_message: None,
             at,
             next_retry_at: (!ok).then(|| at + chrono::Duration::seconds(5)),
-            traceparent: None,
-            from_stream,
         })
     }
 
     fn parked(event: &str) -> Record {
         Record::Queued {
-            webhook_id: 7,
-            event_id: Some(event.to_owned()),
-            event_type: "user.created".to_owned(),
-            payload: Arc::from("{}"),
-            body: None,
-            attempt_number: 1,
+            copy: copy(event, true),
             due: Utc::now(),
-            traceparent: None,
-            from_stream: true,
         }
     }
 
