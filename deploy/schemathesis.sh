@@ -53,8 +53,13 @@ status=0
 # POST /webhooks/{id}/test is left out: it POSTs to the webhook's URL, and
 # generated URLs name hosts all over the internet; traffic stays on this
 # machine (the endpoint's own tests run against local receivers).
+# use_after_free is left out: DELETE /webhooks/{id}/jobs/{job_id} cancels a
+# job, which stays readable as `cancelled` (docs/webhook-registry.md), and the
+# check wants a 404 after any DELETE; that a deleted webhook answers 404 is
+# the API tests' (webhooks::delete_is_204_and_takes_the_deliveries).
 (cd "$work" && timeout --kill-after=10 "$TIMEOUT" "$st" run "$base/openapi.json" \
     --checks all \
+    --exclude-checks use_after_free \
     --exclude-path '/webhooks/{webhook_id}/test' \
     --header "Authorization: Bearer $token" \
     --workers 1 \
