@@ -354,7 +354,7 @@ pub async fn bump_webhooks(
 }
 
 /// One batch of the recorder.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Batch {
     pub inserts: Vec<NewRow>,
     pub updates: Vec<ClaimedUpdate>,

@@ -67,12 +67,17 @@ fn attempt(webhook_id: i32, success: bool, at: DateTime<Utc>) -> AttemptSummary 
 
 /// Records `batch` as the worker does (no keys to check).
 async fn write(pool: &DbPool, batch: Batch) -> storage::attempts::Written {
-    let batch = std::sync::Mutex::new(Some(batch));
-    record(pool, &[], Duration::from_secs(3600), |_| {
-        (batch.lock().unwrap().take().unwrap_or_default(), 0)
-    })
-    .await
-    .unwrap()
+    record(pool, &[], Duration::from_secs(3600), |_| (batch.clone(), 0))
+        .await
+        .unwrap()
+}
+
+/// A fresh database, its pool and a connection outside the pool.
+async fn fresh() -> (TestDb, DbPool, Connection) {
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let conn = storage::connect(&db.url).await.unwrap();
+    (db, pool, conn)
 }
 
 async fn get(conn: &mut Connection, id: i32) -> Webhook {
@@ -81,9 +86,7 @@ async fn get(conn: &mut Connection, id: i32) -> Webhook {
 
 #[tokio::test]
 async fn webhooks_are_created_listed_changed_counted_and_deleted() {
-    let db = TestDb::new().await.unwrap();
-    let pool = db.pool().unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, pool, mut conn) = fresh().await;
     let a = webhook(&mut conn, "a", "user.created").await;
     let b = webhook(&mut conn, "b", "user.*").await;
     let c = webhook(&mut conn, "c", "user.created").await;
@@ -147,8 +150,7 @@ async fn webhooks_are_created_listed_changed_counted_and_deleted() {
 
 #[tokio::test]
 async fn a_rotated_secret_keeps_the_previous_one_until_its_expiry() {
-    let db = TestDb::new().await.unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, _, mut conn) = fresh().await;
     let w = webhook(&mut conn, "r", "*").await;
     let until = Utc::now() + chrono::Duration::hours(1);
     let r = webhooks::rotate_secret(&mut conn, w.id, "new".to_owned(), Some(until))
@@ -176,9 +178,7 @@ async fn a_rotated_secret_keeps_the_previous_one_until_its_expiry() {
 
 #[tokio::test]
 async fn a_batch_writes_rows_counters_and_webhook_statistics() {
-    let db = TestDb::new().await.unwrap();
-    let pool = db.pool().unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, pool, mut conn) = fresh().await;
     let w = webhook(&mut conn, "w", "*").await;
     let t0 = Utc::now();
     let written = write(
@@ -280,9 +280,7 @@ async fn a_batch_writes_rows_counters_and_webhook_statistics() {
 
 #[tokio::test]
 async fn pending_rows_are_removed_by_key_and_by_claim() {
-    let db = TestDb::new().await.unwrap();
-    let pool = db.pool().unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, pool, mut conn) = fresh().await;
     let w = webhook(&mut conn, "p", "*").await;
     write(
         &pool,
@@ -327,8 +325,7 @@ async fn pending_rows_are_removed_by_key_and_by_claim() {
 
 #[tokio::test]
 async fn the_bump_disables_on_410_and_after_failing_too_long() {
-    let db = TestDb::new().await.unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, _, mut conn) = fresh().await;
     let gone = webhook(&mut conn, "gone", "*").await;
     let old = webhook(&mut conn, "old", "*").await;
     let fresh = webhook(&mut conn, "fresh", "*").await;
@@ -399,8 +396,7 @@ fn test_attempt(webhook_id: i32, status: DeliveryStatus) -> NewDelivery {
 
 #[tokio::test]
 async fn a_test_attempt_counts_but_leaves_failing_since_alone() {
-    let db = TestDb::new().await.unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, _, mut conn) = fresh().await;
     let w = webhook(&mut conn, "t", "*").await;
     let failed = webhooks::record_attempt(&mut conn, test_attempt(w.id, DeliveryStatus::Failed))
         .await
@@ -421,8 +417,7 @@ async fn a_test_attempt_counts_but_leaves_failing_since_alone() {
 
 #[tokio::test]
 async fn a_manual_retry_queues_one_pending_attempt() {
-    let db = TestDb::new().await.unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, _, mut conn) = fresh().await;
     let w = webhook(&mut conn, "m", "*").await;
     let mut failed = test_attempt(w.id, DeliveryStatus::Failed);
     failed.event_type = "user.created".to_owned();
@@ -469,9 +464,7 @@ async fn a_manual_retry_queues_one_pending_attempt() {
 
 #[tokio::test]
 async fn delivery_pages_follow_the_cursor_and_hours_are_counted() {
-    let db = TestDb::new().await.unwrap();
-    let pool = db.pool().unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, pool, mut conn) = fresh().await;
     let w = webhook(&mut conn, "d", "*").await;
     write(
         &pool,
@@ -539,9 +532,7 @@ async fn delivery_pages_follow_the_cursor_and_hours_are_counted() {
 
 #[tokio::test]
 async fn a_job_resends_the_rows_its_kind_selects_in_its_window() {
-    let db = TestDb::new().await.unwrap();
-    let pool = db.pool().unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, pool, mut conn) = fresh().await;
     let w = webhook(&mut conn, "j", "*").await;
     // Two writes, so the second attempts have the higher ids (the rows of
     // one statement take ids in no set order).
@@ -636,8 +627,7 @@ async fn a_connection_outside_the_pool_is_refused_with_an_unavailable_error() {
         .err()
         .unwrap();
     assert!(err.is_unavailable(), "{err}");
-    let db = TestDb::new().await.unwrap();
-    let mut conn = storage::connect(&db.url).await.unwrap();
+    let (_db, _, mut conn) = fresh().await;
     let n = diesel::sql_query("SELECT 1")
         .execute(&mut conn)
         .await
