@@ -411,7 +411,10 @@ PY
 # Tools the tests use: nats-py (the Python publisher example's test) and
 # Chromium (the gateway console's browser test) are optional: failing to
 # install them is a warning, and those tests then say they were skipped.
-# Schemathesis (deploy/schemathesis.sh) is required.
+# Schemathesis (deploy/schemathesis.sh) is required, and so are the Python
+# package cryptography (webhook-client checks its ed25519 signatures with
+# it) and tinyproxy (webhook-client's egress proxy tests): without them
+# those tests fail, saying what is missing.
 # What the end-to-end fault tests need beyond the services: iptables, to
 # cut a receiver off behind a silent network (the test skips, saying why,
 # when it cannot add the rule).
@@ -431,6 +434,14 @@ ensure_test_tools() {
             python3 -m pip install -q --disable-pip-version-check nats-py >/dev/null 2>&1 ||
                 warn "could not install nats-py; its test will be skipped"
         fi
+        if ! python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' >/dev/null 2>&1; then
+            log "installing cryptography for the webhook-client ed25519 test"
+            python3 -m pip install -q --disable-pip-version-check cryptography >/dev/null 2>&1 ||
+                warn "could not install cryptography; the webhook-client ed25519 tests will fail"
+        fi
+    fi
+    if ! command -v tinyproxy >/dev/null 2>&1 && [ ! -x /usr/bin/tinyproxy ]; then
+        apt_install tinyproxy
     fi
     ensure_schemathesis >/dev/null
 }

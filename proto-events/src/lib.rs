@@ -8,7 +8,9 @@
 //! webhook bodies are signed over ([`canonical`]), a publisher that returns
 //! only once JetStream stored the event ([`Publisher`]), the notice that
 //! tells delivery workers a webhook changed ([`WebhookChange`]) and the
-//! headers of a dead letter ([`deadletter`]).
+//! headers of a dead letter ([`deadletter`]). A webhook's payload filter
+//! ([`Filter`], the language in [`filter`]) lives here too, beside the
+//! payloads it reads.
 //!
 //! With the `config` feature, [`nats`] holds the NATS settings every binary
 //! shares (`NATS_URL` list, credentials, TLS, stream settings) and the
@@ -21,6 +23,7 @@ mod catalogue;
 mod change;
 pub mod deadletter;
 mod envelope;
+pub mod filter;
 mod namespace;
 #[cfg(feature = "config")]
 pub mod nats;
@@ -32,6 +35,7 @@ mod redact;
 pub use catalogue::{EventType, UnknownEventType};
 pub use change::{ChangeOp, WebhookChange};
 pub use envelope::{Envelope, EnvelopeError, new_event_id};
+pub use filter::{Filter, FilterError, FilterPathItem};
 pub use namespace::{
     DEFAULT_MAX_AGE, DEFAULT_STREAM, InvalidPrefix, Namespace, StreamDifference, StreamSettings,
 };

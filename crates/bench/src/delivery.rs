@@ -218,6 +218,11 @@ pub(crate) fn in_process_config(
     };
     cfg.bind = "127.0.0.1:0".parse()?;
     cfg.allow_private_targets = true;
+    // The benchmark's webhooks are written in clear, which opens without a
+    // key; the worker still needs a keyring to start.
+    if cfg.secrets.secrets_key_file.is_none() {
+        cfg.secrets = storage::SecretsArgs::for_tests();
+    }
     Ok(cfg)
 }
 

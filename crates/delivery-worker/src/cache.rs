@@ -10,41 +10,128 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use proto_events::{EventType, Namespace, Pattern, WebhookChange};
+use proto_events::filter::Filter;
+use proto_events::{EventType, Namespace, PatternSet, WebhookChange};
 use storage::models::BodyFormat;
+use storage::secrets::Keyring;
+use storage::subscription::{Sending, SignatureScheme, StoredAuth};
 use storage::{DbPool, StorageError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use webhook_client::{Auth, Ed25519Key, HeaderName, HeaderValue, OAuth2Client, Signing};
 
 use crate::metrics::Metrics;
 
-/// What the worker needs of a webhook to deliver to it.
+/// What the worker needs of a webhook to deliver to it: where, how the
+/// body is written, what it is signed with, its headers and auth (secrets
+/// opened, held only in memory), and which events it takes.
 pub struct Target {
     pub id: i32,
     pub url: String,
-    secret: Option<String>,
-    previous_secret: Option<String>,
-    previous_secret_expires_at: Option<DateTime<Utc>>,
     /// How its POST bodies are written.
     pub body_format: BodyFormat,
+    keys: Keys,
+    /// Custom headers, checked.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub auth: Option<Auth>,
+    /// Only events whose payload passes it are delivered.
+    pub filter: Option<Filter>,
+}
+
+/// What a target signs with: the current key, then the previous one until
+/// its rotation grace ends.
+enum Keys {
+    Hmac {
+        current: Option<String>,
+        previous: Option<(String, DateTime<Utc>)>,
+    },
+    Ed25519 {
+        current: Option<Ed25519Key>,
+        previous: Option<(Ed25519Key, DateTime<Utc>)>,
+    },
+}
+
+/// The keys valid at one moment, borrowed from a [`Target`].
+pub enum SigningNow<'a> {
+    Hmac(Vec<&'a str>),
+    Ed25519(Vec<&'a Ed25519Key>),
+}
+
+impl SigningNow<'_> {
+    /// As the sender takes it.
+    pub fn signing(&self) -> Signing<'_> {
+        match self {
+            Self::Hmac(secrets) => Signing::Hmac(secrets),
+            Self::Ed25519(keys) => Signing::Ed25519(keys),
+        }
+    }
+}
+
+/// Why a webhook cannot be delivered to as stored.
+#[derive(Debug, thiserror::Error)]
+pub enum Unusable {
+    #[error(transparent)]
+    Open(#[from] storage::secrets::OpenError),
+    #[error("its signing key is not an ed25519 key: {0}")]
+    Key(#[from] webhook_client::KeyError),
+    #[error("header {0}: {1}")]
+    Header(String, String),
 }
 
 impl Target {
-    pub fn new(
-        id: i32,
-        url: String,
-        secret: Option<String>,
-        previous_secret: Option<String>,
-        previous_secret_expires_at: Option<DateTime<Utc>>,
-    ) -> Self {
+    /// A target signed with HMAC `secret` (tests and benchmarks).
+    pub fn new(id: i32, url: String, secret: Option<String>) -> Self {
         Self {
             id,
             url,
-            secret,
-            previous_secret,
-            previous_secret_expires_at,
             body_format: BodyFormat::Canonical,
+            keys: Keys::Hmac {
+                current: secret.filter(|s| !s.is_empty()),
+                previous: None,
+            },
+            headers: Vec::new(),
+            auth: None,
+            filter: None,
         }
+    }
+
+    /// The target of a webhook as stored, its secrets opened with `keys`.
+    pub fn open(id: i32, sending: &Sending, keys: &Keyring) -> Result<Self, Unusable> {
+        let opened = sending.open(keys)?;
+        let keys = match sending.signature_scheme {
+            SignatureScheme::Hmac => Keys::Hmac {
+                current: opened.secret,
+                previous: opened.previous,
+            },
+            SignatureScheme::Ed25519 => Keys::Ed25519 {
+                current: opened
+                    .secret
+                    .as_deref()
+                    .map(Ed25519Key::from_secret_text)
+                    .transpose()?,
+                previous: match opened.previous {
+                    Some((k, until)) => Some((Ed25519Key::from_secret_text(&k)?, until)),
+                    None => None,
+                },
+            },
+        };
+        let headers = opened
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                webhook_client::check_custom_header(name, value)
+                    .map_err(|e| Unusable::Header(name.clone(), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            id,
+            url: sending.url.clone(),
+            body_format: sending.body_format,
+            keys,
+            headers,
+            auth: opened.auth.map(auth_of),
+            filter: None,
+        })
     }
 
     /// The same target with its bodies written in `format`.
@@ -53,15 +140,68 @@ impl Target {
         self
     }
 
-    /// The secrets valid now: the current one, then the previous one while
-    /// its rotation grace lasts. Empty strings mean "no secret".
-    pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
-        storage::models::signing_secrets(
-            self.secret.as_deref(),
-            self.previous_secret.as_deref(),
-            self.previous_secret_expires_at,
-            now,
-        )
+    /// The same target taking only events that pass `filter`.
+    pub fn with_filter(mut self, filter: Option<Filter>) -> Self {
+        self.filter = filter;
+        self
+    }
+
+    /// The same target with a previous HMAC secret valid until `until`.
+    pub fn with_previous_secret(mut self, secret: String, until: DateTime<Utc>) -> Self {
+        if let Keys::Hmac { previous, .. } = &mut self.keys {
+            *previous = Some((secret, until));
+        }
+        self
+    }
+
+    /// Whether an event with this payload goes to it.
+    pub fn takes(&self, payload: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.matches(payload))
+    }
+
+    /// The keys valid now: the current one, then the previous one while
+    /// its rotation grace lasts.
+    pub fn signing_now(&self, now: DateTime<Utc>) -> SigningNow<'_> {
+        fn valid<'a, K>(
+            current: Option<&'a K>,
+            previous: Option<&'a (K, DateTime<Utc>)>,
+            now: DateTime<Utc>,
+        ) -> Vec<&'a K> {
+            let mut out = Vec::with_capacity(2);
+            out.extend(current);
+            out.extend(previous.filter(|(_, until)| *until > now).map(|(k, _)| k));
+            out
+        }
+        match &self.keys {
+            Keys::Hmac { current, previous } => SigningNow::Hmac(
+                valid(current.as_ref(), previous.as_ref(), now)
+                    .into_iter()
+                    .map(String::as_str)
+                    .collect(),
+            ),
+            Keys::Ed25519 { current, previous } => {
+                SigningNow::Ed25519(valid(current.as_ref(), previous.as_ref(), now))
+            }
+        }
+    }
+}
+
+/// The sender's auth of a stored one (its credential opened).
+fn auth_of(a: StoredAuth) -> Auth {
+    match a {
+        StoredAuth::Basic { username, password } => Auth::Basic { username, password },
+        StoredAuth::Bearer { token } => Auth::Bearer { token },
+        StoredAuth::Oauth2 {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        } => Auth::OAuth2(OAuth2Client {
+            token_url,
+            client_id,
+            client_secret,
+            scope,
+        }),
     }
 }
 
@@ -69,7 +209,9 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("id", &self.id)
-            .field("has_secret", &self.secret.is_some())
+            .field("headers", &self.headers.len())
+            .field("auth", &self.auth.is_some())
+            .field("filter", &self.filter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -135,32 +277,38 @@ impl WebhookCache {
     }
 
     /// Reads every active webhook from the database and swaps the snapshot.
-    pub async fn refresh(&self, pool: &DbPool) -> Result<usize, StorageError> {
+    /// A webhook that cannot be used as stored (a pattern or filter that no
+    /// longer parses, a secret that does not open with `keys`) is left out
+    /// and logged.
+    pub async fn refresh(&self, pool: &DbPool, keys: &Keyring) -> Result<usize, StorageError> {
         let rows = storage::webhooks::active(pool).await?;
         let mut snap = Snapshot::default();
-        for storage::webhooks::ActiveWebhook {
-            id,
-            url,
-            event_type,
-            secret,
-            previous_secret,
-            previous_secret_expires_at: previous_expires,
-            body_format,
-        } in rows
-        {
-            let pattern = match Pattern::parse(&event_type) {
+        for w in rows {
+            let patterns = match PatternSet::parse(w.patterns()) {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(webhook_id = id, error = %e, "skipping webhook: its event_type is not a valid pattern");
+                    tracing::warn!(webhook_id = w.id, error = %e, "skipping webhook: a pattern is not valid");
                     continue;
                 }
             };
-            let target = Arc::new(
-                Target::new(id, url, secret, previous_secret, previous_expires)
-                    .with_body_format(body_format),
-            );
-            for t in pattern.types() {
-                snap.by_type[t as usize].push(target.clone());
+            let filter = match w.payload_filter.as_ref().map(Filter::parse).transpose() {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(webhook_id = w.id, error = %e.message, "skipping webhook: its filter is not valid");
+                    continue;
+                }
+            };
+            let target = match Target::open(w.id, &w.sending(), keys) {
+                Ok(t) => Arc::new(t.with_filter(filter)),
+                Err(e) => {
+                    tracing::error!(webhook_id = w.id, error = %e, "skipping webhook: it cannot be delivered to as stored");
+                    continue;
+                }
+            };
+            for t in EventType::ALL {
+                if patterns.matches(t) {
+                    snap.by_type[t as usize].push(target.clone());
+                }
             }
             snap.count += 1;
         }
@@ -172,9 +320,11 @@ impl WebhookCache {
 
     /// Reloads on every change notice and every `every`, until `stop`.
     /// Failed reloads keep the previous snapshot and are retried soon.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_refresher(
         self,
         pool: DbPool,
+        keys: Keyring,
         client: async_nats::Client,
         ns: Namespace,
         every: Duration,
@@ -217,7 +367,7 @@ impl WebhookCache {
         });
         let mut failures = 0u32;
         loop {
-            match self.refresh(&pool).await {
+            match self.refresh(&pool, &keys).await {
                 Ok(n) => {
                     failures = 0;
                     metrics
@@ -346,19 +496,18 @@ mod tests {
     #[test]
     fn secrets_during_rotation() {
         let now = Utc::now();
-        let t = Target::new(
-            1,
-            "http://x".into(),
-            Some("new".into()),
-            Some("old".into()),
-            Some(now + chrono::Duration::hours(1)),
-        );
-        assert_eq!(t.signing_secrets(now), vec!["new", "old"]);
+        let t = Target::new(1, "http://x".into(), Some("new".into()))
+            .with_previous_secret("old".into(), now + chrono::Duration::hours(1));
+        let names = |s: SigningNow<'_>| match s {
+            SigningNow::Hmac(v) => v.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+            SigningNow::Ed25519(_) => panic!("hmac expected"),
+        };
+        assert_eq!(names(t.signing_now(now)), vec!["new", "old"]);
         assert_eq!(
-            t.signing_secrets(now + chrono::Duration::hours(2)),
+            names(t.signing_now(now + chrono::Duration::hours(2))),
             vec!["new"]
         );
-        let none = Target::new(2, "http://x".into(), Some(String::new()), None, None);
-        assert!(none.signing_secrets(now).is_empty());
+        let none = Target::new(2, "http://x".into(), Some(String::new()));
+        assert!(names(none.signing_now(now)).is_empty());
     }
 }

@@ -18,6 +18,15 @@ pub struct Config {
     pub database: storage::DatabaseArgs,
     #[command(flatten)]
     pub nats: proto_events::nats::NatsArgs,
+    /// The keys that open webhook secrets (`SECRETS_KEY_FILE`).
+    #[command(flatten)]
+    pub secrets: storage::SecretsArgs,
+    /// An HTTP proxy every delivery (and OAuth2 token request) goes
+    /// through, `http://[user:password@]host:port`, e.g. for a fixed egress
+    /// address; direct when unset. The SSRF guard still checks each target
+    /// before the proxy is asked. Its password is never logged.
+    #[arg(long, env = "DELIVERY_HTTP_PROXY", hide_env_values = true)]
+    pub http_proxy: Option<webhook_client::ProxyUrl>,
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
     #[arg(long, env = "WORKER_BIND", default_value = "127.0.0.1:8082")]
     pub bind: SocketAddr,

@@ -381,6 +381,9 @@ async fn process(
     };
     ctx.deliverer.metrics.events.inc();
     let mut targets = ctx.cache.matching(event.event_type);
+    // A webhook whose filter refuses the event has nothing to do with it:
+    // no attempt and no row.
+    targets.retain(|t| t.takes(&event.payload));
     if targets.is_empty() {
         return Verdict::Ack;
     }

@@ -131,6 +131,8 @@ pub struct Deliverer {
     pub queue_wait: Duration,
     pub metrics: Metrics,
     pub recorder: Recorder,
+    /// Open the secrets of webhooks read for retries and jobs.
+    pub keys: storage::secrets::Keyring,
 }
 
 impl Deliverer {
@@ -197,7 +199,7 @@ impl Deliverer {
                 &fallback
             }
         };
-        let secrets = job.target.signing_secrets(now);
+        let keys = job.target.signing_now(now);
         let outcome = self
             .sender
             .send_event(
@@ -207,7 +209,9 @@ impl Deliverer {
                     event_type: job.event_type,
                     event_id: event_key,
                     body: job.body.bytes.clone(),
-                    secrets: &secrets,
+                    signing: keys.signing(),
+                    headers: &job.target.headers,
+                    auth: job.target.auth.as_ref(),
                     traceparent: job.traceparent,
                 },
                 now,

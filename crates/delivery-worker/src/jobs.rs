@@ -32,7 +32,7 @@ use async_nats::jetstream::{
 };
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use proto_events::{Envelope, Namespace, Pattern};
+use proto_events::{Envelope, Namespace, Pattern, PatternSet};
 use storage::jobs::{self, Job, JobKind, JobStatus, RowsToResend, Window};
 use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
@@ -197,23 +197,32 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
 /// secret or a new URL applies at once; a disabled webhook stops the job).
 struct Hook {
     target: Target,
-    event_type: String,
+    /// Its patterns, `event_type` first.
+    patterns: Vec<String>,
     is_active: bool,
 }
 
-async fn load_hook(pool: &DbPool, webhook_id: i32) -> Result<Option<Hook>, StorageError> {
+async fn load_hook(
+    pool: &DbPool,
+    keys: &storage::secrets::Keyring,
+    webhook_id: i32,
+) -> Result<Option<Hook>, StorageError> {
     let mut conn = pool.get().await?;
-    let row = storage::webhooks::get_webhook(&mut conn, webhook_id).await?;
-    Ok(row.map(|w| Hook {
-        target: Target::new(
-            webhook_id,
-            w.url,
-            w.secret,
-            w.previous_secret,
-            w.previous_secret_expires_at,
-        )
-        .with_body_format(w.body_format),
-        event_type: w.event_type,
+    let Some(w) = storage::webhooks::get_webhook(&mut conn, webhook_id).await? else {
+        return Ok(None);
+    };
+    let filter = w
+        .payload_filter
+        .as_ref()
+        .map(proto_events::filter::Filter::parse)
+        .transpose()
+        .map_err(|e| StorageError::Secrets(format!("its filter is not valid: {}", e.message)))?;
+    let target = Target::open(webhook_id, &w.sending(), keys)
+        .map_err(|e| StorageError::Secrets(e.to_string()))?
+        .with_filter(filter);
+    Ok(Some(Hook {
+        target,
+        patterns: w.patterns().into_iter().map(str::to_owned).collect(),
         is_active: w.is_active,
     }))
 }
@@ -278,7 +287,7 @@ fn chunk_size(rate_per_s: i32) -> usize {
 }
 
 async fn drive(ctx: &JobCtx, mut job: Job, stop: &CancellationToken) -> Result<Ended, JobError> {
-    let Some(hook) = load_hook(&ctx.pool, job.webhook_id).await? else {
+    let Some(hook) = load_hook(&ctx.pool, &ctx.deliverer.keys, job.webhook_id).await? else {
         return Ok(Ended::Lost);
     };
     if !hook.is_active {
@@ -342,7 +351,7 @@ async fn send_chunk(
     pacer: &mut Pacer,
     stop: &CancellationToken,
 ) -> Result<(Progress, ChunkEnd), JobError> {
-    let Some(hook) = load_hook(&ctx.pool, job.webhook_id).await? else {
+    let Some(hook) = load_hook(&ctx.pool, &ctx.deliverer.keys, job.webhook_id).await? else {
         return Ok((Progress::default(), ChunkEnd::Lost));
     };
     if !hook.is_active {
@@ -652,11 +661,21 @@ async fn drive_replay(
     hook: &Hook,
     stop: &CancellationToken,
 ) -> Result<Ended, JobError> {
-    let pattern = match Pattern::parse(&hook.event_type) {
+    let patterns = match PatternSet::parse(hook.patterns.iter().map(String::as_str)) {
         Ok(p) => p,
         Err(e) => return Ok(Ended::Failed(e.to_string())),
     };
-    let mut feed = match open_replay(ctx, &mut job, pattern, hook.target.body_format).await? {
+    // One pattern narrows the consumer to its subjects; several (which
+    // NATS 2.9 cannot filter on together) read every event and match here.
+    let subject = match hook.patterns.as_slice() {
+        [one] => Pattern::parse(one).map(|p| filter_subject(&ctx.ns, &p)),
+        _ => Ok(ctx.ns.events_filter()),
+    };
+    let subject = match subject {
+        Ok(s) => s,
+        Err(e) => return Ok(Ended::Failed(e.to_string())),
+    };
+    let mut feed = match open_replay(ctx, &mut job, subject, patterns, &hook.target).await? {
         Ok(feed) => feed,
         Err(ended) => return Ok(ended),
     };
@@ -707,7 +726,9 @@ async fn drive_replay(
 /// from where the job stands, up to the window's end.
 struct ReplayFeed {
     messages: jetstream::consumer::pull::Ordered,
-    pattern: Pattern,
+    patterns: PatternSet,
+    /// The webhook's payload filter.
+    filter: Option<proto_events::filter::Filter>,
     format: storage::models::BodyFormat,
     /// The window's last stream sequence.
     end_seq: u64,
@@ -730,8 +751,9 @@ struct ReplayRead {
 async fn open_replay(
     ctx: &JobCtx,
     job: &mut Job,
-    pattern: Pattern,
-    format: storage::models::BodyFormat,
+    filter_subject: String,
+    patterns: PatternSet,
+    target: &Target,
 ) -> Result<Result<ReplayFeed, Ended>, JobError> {
     let stream = ctx
         .js
@@ -755,7 +777,7 @@ async fn open_replay(
     };
     let consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: filter_subject(&ctx.ns, &pattern),
+            filter_subject,
             deliver_policy,
             description: Some(format!("delivery-worker replay job {}", job.id)),
             ..Default::default()
@@ -787,8 +809,9 @@ async fn open_replay(
         .map_err(|e| JobError::Other(format!("cannot read the replay consumer: {e}")))?;
     Ok(Ok(ReplayFeed {
         messages,
-        pattern,
-        format,
+        patterns,
+        filter: target.filter.clone(),
+        format: target.body_format,
         end_seq,
     }))
 }
@@ -887,7 +910,12 @@ impl ReplayFeed {
     /// The item of a stored event of the webhook's types.
     fn item(&self, msg: &jetstream::Message, key: i64) -> Option<Item> {
         let env = Envelope::parse(&msg.payload).ok()?;
-        if !self.pattern.matches(env.event_type) {
+        if !self.patterns.matches(env.event_type)
+            || self
+                .filter
+                .as_ref()
+                .is_some_and(|f| !f.matches(&env.payload))
+        {
             return None;
         }
         let traceparent = msg

@@ -73,13 +73,18 @@ impl Application {
             .connect("delivery-worker", FirstConnect::RetryInBackground)
             .await?;
 
+        let keys = config.secrets.keyring()?;
         let sender = WebhookSender::new(SenderConfig {
             connect_timeout: config.connect_timeout,
             total_timeout: config.total_timeout,
             allow_private_targets: config.allow_private_targets,
             pool_idle_per_host: config.max_per_webhook.max(8),
+            proxy: config.http_proxy.clone(),
             ..SenderConfig::default()
         })?;
+        if let Some(proxy) = &config.http_proxy {
+            tracing::info!(%proxy, "deliveries go through an HTTP proxy");
+        }
         let cache = WebhookCache::new();
         let on_disabled: recorder::DisabledHook = {
             let client = client.clone();
@@ -115,6 +120,7 @@ impl Application {
             queue_wait: config.queue_wait,
             metrics: metrics.clone(),
             recorder,
+            keys: keys.clone(),
         });
 
         let consumer_ready = Arc::new(AtomicBool::new(false));
@@ -173,6 +179,7 @@ impl Application {
 
         let refresher = tokio::spawn(cache.clone().run_refresher(
             pool.clone(),
+            deliverer.keys.clone(),
             client.clone(),
             ns.clone(),
             config.cache_refresh,

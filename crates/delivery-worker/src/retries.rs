@@ -76,14 +76,15 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         id: row.id,
         created_at: row.created_at,
     };
-    let target = Target::new(
-        row.webhook_id,
-        row.url,
-        row.secret,
-        row.previous_secret,
-        row.previous_secret_expires_at,
-    )
-    .with_body_format(row.body_format);
+    let target = match Target::open(row.webhook_id, &row.sending(), &deliverer.keys) {
+        Ok(t) => t,
+        Err(e) => {
+            // Left pending: it is claimed again after its lease, and sent
+            // once the key file opens the webhook's secrets again.
+            tracing::error!(webhook_id = row.webhook_id, error = %e, "retry not sent: the webhook cannot be delivered to as stored");
+            return;
+        }
+    };
     let body = Body::of_row(row.payload, row.body, row.body_format);
     // With trace export on, the attempt is a span in the event's trace (a
     // child of the attempt before it) and names itself to the receiver;

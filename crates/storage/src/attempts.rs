@@ -604,6 +604,28 @@ pub struct Claimed {
     pub body: Option<String>,
     #[diesel(sql_type = Text)]
     pub body_format: BodyFormat,
+    #[diesel(sql_type = Text)]
+    pub signature_scheme: crate::subscription::SignatureScheme,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Jsonb>)]
+    pub headers: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<diesel::sql_types::Jsonb>)]
+    pub auth: Option<serde_json::Value>,
+}
+
+impl Claimed {
+    /// How the retry is sent: the webhook's settings as they are now.
+    pub fn sending(&self) -> crate::subscription::Sending {
+        crate::subscription::Sending {
+            url: self.url.clone(),
+            body_format: self.body_format,
+            signature_scheme: self.signature_scheme,
+            secret: self.secret.clone(),
+            previous_secret: self.previous_secret.clone(),
+            previous_secret_expires_at: self.previous_secret_expires_at,
+            headers: self.headers.clone(),
+            auth: self.auth.clone(),
+        }
+    }
 }
 
 const CLAIM: &str = "WITH due AS ( \
@@ -617,7 +639,7 @@ const CLAIM: &str = "WITH due AS ( \
      WHERE d.id = due.id AND d.created_at = due.created_at AND w.id = d.webhook_id \
      RETURNING d.id, d.created_at, d.webhook_id, d.event_type, d.payload::text AS payload, d.attempt_number, \
        d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, \
-       d.traceparent, d.body, w.body_format";
+       d.traceparent, d.body, w.body_format, w.signature_scheme, w.headers, w.auth";
 
 /// Claims up to `limit` due pending rows of active webhooks for `lease`.
 pub async fn claim_due(

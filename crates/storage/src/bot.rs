@@ -20,6 +20,8 @@ use crate::StorageError;
 use crate::counts::{self, CountDeltas};
 use crate::models::{ApiToken, BodyFormat, DeliveryStatus, Webhook};
 use crate::schema::{web_api_tokens as t, webhook_deliveries, webhooks as w};
+use crate::secrets::Keyring;
+use crate::subscription::purpose;
 
 /// Held (per transaction) while tokens are synced, so that registry
 /// replicas that all sync take turns instead of racing on inserts.
@@ -282,6 +284,7 @@ pub struct ImportReport {
 /// report says what would have been done.
 pub async fn import(
     ours: &mut AsyncPgConnection,
+    keys: &Keyring,
     data: &BotData,
     dry_run: bool,
 ) -> Result<ImportReport, StorageError> {
@@ -302,7 +305,7 @@ pub async fn import(
     let result = ours
         .transaction::<_, Stop, _>(async |c| {
             let tokens = sync_tokens(c, &data.tokens).await?;
-            let webhooks = import_webhooks(c, &data.webhooks, dry_run).await?;
+            let webhooks = import_webhooks(c, keys, &data.webhooks, dry_run).await?;
             let deliveries = match &data.deliveries {
                 Some(rows) => {
                     let imported: HashSet<i32> = data
@@ -518,6 +521,7 @@ pub fn not_in_catalogue_reason(event_type: &str) -> String {
 /// webhook with that id is a conflict and stays as it is.
 async fn import_webhooks(
     ours: &mut AsyncPgConnection,
+    keys: &Keyring,
     bot: &[BotWebhook],
     dry_run: bool,
 ) -> Result<WebhookReport, StorageError> {
@@ -538,12 +542,13 @@ async fn import_webhooks(
         let disabled_reason = (!in_catalogue).then(|| not_in_catalogue_reason(&b.event_type));
         match existing.get(&b.id) {
             None => {
+                let secret = seal_secret(keys, b.secret.as_deref())?;
                 diesel::insert_into(w::table)
                     .values((
                         w::id.eq(b.id),
                         w::name.eq(&b.name),
                         w::url.eq(&b.url),
-                        w::secret.eq(&b.secret),
+                        w::secret.eq(&secret),
                         w::event_type.eq(&b.event_type),
                         w::is_active.eq(b.is_active && in_catalogue),
                         w::description.eq(&b.description),
@@ -560,7 +565,17 @@ async fn import_webhooks(
                 report.tally.created += 1;
             }
             Some(o) if o.created_at == created_at => {
-                if update_webhook(ours, b, o, updated_at, disabled_reason.as_deref()).await? {
+                let secret = same_or_sealed(keys, o.secret.as_deref(), b.secret.as_deref())?;
+                let changed = update_webhook(
+                    ours,
+                    b,
+                    o,
+                    secret.as_deref(),
+                    updated_at,
+                    disabled_reason.as_deref(),
+                )
+                .await?;
+                if changed {
                     report.tally.updated += 1;
                 } else {
                     report.tally.unchanged += 1;
@@ -588,11 +603,44 @@ async fn import_webhooks(
     Ok(report)
 }
 
-/// Updates an imported webhook from the bot; true when a column changed.
+/// The bot's secret sealed for our `secret` column.
+fn seal_secret(keys: &Keyring, secret: Option<&str>) -> Result<Option<String>, StorageError> {
+    secret
+        .map(|s| keys.seal(purpose::SECRET, s))
+        .transpose()
+        .map_err(StorageError::from)
+}
+
+/// Our stored secret when it is the bot's (sealing is not repeatable, so
+/// the sealed texts cannot be compared), else the bot's sealed anew.
+fn same_or_sealed(
+    keys: &Keyring,
+    ours: Option<&str>,
+    bot: Option<&str>,
+) -> Result<Option<String>, StorageError> {
+    let same = match (ours, bot) {
+        (None, None) => true,
+        (Some(o), Some(b)) => {
+            crate::subscription::open(keys, purpose::SECRET, o).is_ok_and(|opened| {
+                constant_time_eq::constant_time_eq(opened.as_bytes(), b.as_bytes())
+            })
+        }
+        _ => false,
+    };
+    if same {
+        Ok(ours.map(str::to_owned))
+    } else {
+        seal_secret(keys, bot)
+    }
+}
+
+/// Updates an imported webhook from the bot (its secret already sealed as
+/// `secret`); true when a column changed.
 async fn update_webhook(
     ours: &mut AsyncPgConnection,
     b: &BotWebhook,
     o: &Webhook,
+    secret: Option<&str>,
     updated_at: DateTime<Utc>,
     disabled_reason: Option<&str>,
 ) -> Result<bool, StorageError> {
@@ -608,7 +656,7 @@ async fn update_webhook(
                 w::name
                     .is_distinct_from(&b.name)
                     .or(w::url.is_distinct_from(&b.url))
-                    .or(w::secret.is_distinct_from(&b.secret))
+                    .or(w::secret.is_distinct_from(secret))
                     .or(w::event_type.is_distinct_from(&b.event_type))
                     .or(w::is_active.is_distinct_from(is_active))
                     .or(w::description.is_distinct_from(&b.description))
@@ -622,8 +670,9 @@ async fn update_webhook(
         .set((
             w::name.eq(&b.name),
             w::url.eq(&b.url),
-            w::secret.eq(&b.secret),
+            w::secret.eq(secret),
             w::event_type.eq(&b.event_type),
+            w::event_types.eq(None::<Vec<String>>),
             w::is_active.eq(is_active),
             w::description.eq(&b.description),
             w::updated_at.eq(updated_at),

@@ -19,6 +19,28 @@ pub enum StorageError {
     ForeignDatabase(String),
     #[error("invalid database configuration: {0}")]
     Config(String),
+    /// A secret could not be sealed, or a stored one opened (a key missing
+    /// from `SECRETS_KEY_FILE`, a damaged value). Never names the value.
+    #[error("secrets at rest: {0}")]
+    Secrets(String),
+}
+
+impl From<crate::secrets::SealError> for StorageError {
+    fn from(e: crate::secrets::SealError) -> Self {
+        StorageError::Secrets(e.to_string())
+    }
+}
+
+impl From<crate::secrets::ResealError> for StorageError {
+    fn from(e: crate::secrets::ResealError) -> Self {
+        StorageError::Secrets(e.to_string())
+    }
+}
+
+impl From<crate::secrets::OpenError> for StorageError {
+    fn from(e: crate::secrets::OpenError) -> Self {
+        StorageError::Secrets(e.to_string())
+    }
 }
 
 impl StorageError {

@@ -9,10 +9,13 @@ pub mod deliveries;
 mod error;
 pub mod history;
 pub mod jobs;
+mod key_file;
 mod migrate;
 pub mod models;
 mod pool;
 pub mod schema;
+pub mod secrets;
+pub mod subscription;
 mod text_enum;
 pub mod tokens;
 pub mod webhooks;
@@ -21,6 +24,7 @@ pub mod webhooks;
 pub mod testing;
 
 pub use error::StorageError;
+pub use key_file::{KeyFileError, SecretsArgs, TEST_KEY_LINE};
 pub use migrate::{BOTS_DATABASE, MIGRATIONS, pending_migrations, run_migrations};
 pub use pool::{
     DatabaseArgs, DbConn, DbPool, PoolConfig, SILENCE_MARGIN, build_pool, ping, ping_probe,

@@ -28,6 +28,15 @@ pub struct Webhook {
     pub failing_since: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
     pub body_format: BodyFormat,
+    /// Every pattern when there are several (`None`: `event_type` alone).
+    pub event_types: Option<Vec<String>>,
+    /// The payload filter (`proto_events::filter`), `None` for every event.
+    pub payload_filter: Option<Value>,
+    /// Custom headers ([`crate::subscription::StoredHeader`]s).
+    pub headers: Option<Value>,
+    /// Receiver auth ([`crate::subscription::StoredAuth`]).
+    pub auth: Option<Value>,
+    pub signature_scheme: crate::subscription::SignatureScheme,
 }
 
 crate::text_enum::text_enum! {
@@ -43,6 +52,11 @@ crate::text_enum::text_enum! {
 }
 
 impl Webhook {
+    /// Its patterns, `event_type` first.
+    pub fn patterns(&self) -> Vec<&str> {
+        crate::subscription::patterns(&self.event_type, self.event_types.as_deref())
+    }
+
     /// The secrets a delivery is signed with now: the current one first,
     /// then the previous one while its grace period lasts.
     pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {

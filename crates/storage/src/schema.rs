@@ -31,8 +31,7 @@ diesel::table! {
         #[max_length = 255]
         name -> Varchar,
         url -> Text,
-        #[max_length = 128]
-        secret -> Nullable<Varchar>,
+        secret -> Nullable<Text>,
         #[max_length = 50]
         event_type -> Varchar,
         is_active -> Bool,
@@ -42,13 +41,18 @@ diesel::table! {
         last_triggered_at -> Nullable<Timestamptz>,
         failure_count -> Int8,
         success_count -> Int8,
-        #[max_length = 128]
-        previous_secret -> Nullable<Varchar>,
+        previous_secret -> Nullable<Text>,
         previous_secret_expires_at -> Nullable<Timestamptz>,
         failing_since -> Nullable<Timestamptz>,
         disabled_reason -> Nullable<Text>,
         #[max_length = 20]
         body_format -> Varchar,
+        event_types -> Nullable<Array<Text>>,
+        payload_filter -> Nullable<Jsonb>,
+        headers -> Nullable<Jsonb>,
+        auth -> Nullable<Jsonb>,
+        #[max_length = 20]
+        signature_scheme -> Varchar,
     }
 }
 

@@ -7,33 +7,48 @@
 use crate::attempts::{WebhookBump, bump_webhooks};
 use crate::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
 use crate::schema::{webhook_deliveries as d, webhooks as w};
+use crate::secrets::Keyring;
+use crate::subscription::{SignatureScheme, purpose};
 use crate::{DbPool, StorageError};
 use chrono::{DateTime, Utc};
 use diesel::dsl::{count_star, now};
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
 
-/// A new `webhooks` row (no `Debug`: it holds the secret).
+/// A new `webhooks` row (no `Debug`: it holds the secret, sealed).
 #[derive(Insertable)]
 #[diesel(table_name = w)]
 pub struct NewWebhook {
     pub name: String,
     pub url: String,
+    /// Sealed (`crate::secrets`).
     pub secret: Option<String>,
     pub event_type: String,
     pub is_active: bool,
     pub description: Option<String>,
     pub body_format: BodyFormat,
+    pub event_types: Option<Vec<String>>,
+    pub payload_filter: Option<Value>,
+    pub headers: Option<Value>,
+    pub auth: Option<Value>,
+    pub signature_scheme: SignatureScheme,
 }
 
 /// The columns a PATCH may change (`None` = unchanged, `Some(None)` = NULL).
+/// Secrets in it are sealed.
 #[derive(Default, AsChangeset)]
 #[diesel(table_name = w)]
 pub struct WebhookChanges {
     pub name: Option<String>,
     pub url: Option<String>,
     pub event_type: Option<String>,
+    pub event_types: Option<Option<Vec<String>>>,
+    pub payload_filter: Option<Option<Value>>,
+    pub headers: Option<Option<Value>>,
+    pub auth: Option<Option<Value>>,
+    pub signature_scheme: Option<SignatureScheme>,
     pub secret: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub is_active: Option<bool>,
@@ -83,14 +98,21 @@ macro_rules! page_and_total {
     }};
 }
 
-/// A page of webhooks, newest first, and the size of the filtered set.
+/// A page of webhooks, newest first, and the size of the filtered set:
+/// those whose `event_type` is `event_type`, whose patterns include one of
+/// `any_pattern` (the patterns that match an event type: the type, its
+/// family's and `*`), and that are active or not.
 pub async fn list_webhooks(
     conn: &mut AsyncPgConnection,
     event_type: Option<&str>,
+    any_pattern: Option<&[String]>,
     is_active: Option<bool>,
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<Webhook>, i64), StorageError> {
+    if let Some(patterns) = any_pattern {
+        return list_matching(conn, event_type, patterns, is_active, limit, offset).await;
+    }
     // One static query shape per filter combination: boxed queries are not
     // kept as prepared statements, these are.
     Ok(match (event_type, is_active) {
@@ -112,6 +134,44 @@ pub async fn list_webhooks(
     })
 }
 
+/// [`list_webhooks`] with patterns: a webhook of one pattern has it in
+/// `event_type`, one of several in `event_types` (GIN-indexed).
+async fn list_matching(
+    conn: &mut AsyncPgConnection,
+    event_type: Option<&str>,
+    patterns: &[String],
+    is_active: Option<bool>,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Webhook>, i64), StorageError> {
+    let query = || {
+        let mut q = w::table
+            .filter(
+                w::event_types
+                    .is_null()
+                    .and(w::event_type.eq_any(patterns))
+                    .or(w::event_types.overlaps_with(patterns).assume_not_null()),
+            )
+            .into_boxed();
+        if let Some(t) = event_type {
+            q = q.filter(w::event_type.eq(t));
+        }
+        if let Some(a) = is_active {
+            q = q.filter(w::is_active.eq(a));
+        }
+        q
+    };
+    let (mut c1, mut c2) = (&*conn, &*conn);
+    let page = query()
+        .order((w::created_at.desc(), w::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .select(Webhook::as_select())
+        .load::<Webhook>(&mut c1);
+    let total = query().count().get_result::<i64>(&mut c2);
+    Ok(futures::try_join!(page, total)?)
+}
+
 pub async fn update_webhook(
     conn: &mut AsyncPgConnection,
     id: i32,
@@ -123,6 +183,34 @@ pub async fn update_webhook(
         .get_result(conn)
         .await
         .optional()?)
+}
+
+/// Changes a webhook by what `changes` makes of its current row, which is
+/// locked meanwhile (so two PATCHes that each keep part of what is stored
+/// do not undo each other). `Ok(None)`: no such webhook; `Ok(Some(Err))`:
+/// `changes` refused, nothing written.
+pub async fn update_webhook_with<E: Send>(
+    conn: &mut AsyncPgConnection,
+    id: i32,
+    changes: impl FnOnce(&Webhook) -> Result<WebhookChanges, E> + Send,
+) -> Result<Option<Result<Webhook, E>>, StorageError> {
+    conn.transaction::<_, StorageError, _>(async |c| {
+        let current: Option<Webhook> = w::table
+            .find(id)
+            .select(Webhook::as_select())
+            .for_no_key_update()
+            .first(c)
+            .await
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        match changes(&current) {
+            Ok(changes) => Ok(update_webhook(c, id, changes).await?.map(Ok)),
+            Err(e) => Ok(Some(Err(e))),
+        }
+    })
+    .await
 }
 
 /// Deletes a webhook (its deliveries and their counters go by
@@ -304,7 +392,7 @@ pub struct HourCount {
     pub n: i64,
 }
 
-/// Sets a new secret; the old one (if any) keeps signing until
+/// Sets a new secret (sealed); the old one (if any) keeps signing until
 /// `previous_until` (`None` = dropped at once). Returns the row and the
 /// previous secret's expiry.
 pub async fn rotate_secret(
@@ -464,35 +552,119 @@ pub async fn queue_retry(
     .await
 }
 
-/// An active webhook as the worker's routing cache holds it.
-#[derive(Debug, Queryable)]
-pub struct ActiveWebhook {
-    pub id: i32,
-    pub url: String,
-    pub event_type: String,
-    pub secret: Option<String>,
-    pub previous_secret: Option<String>,
-    pub previous_secret_expires_at: Option<DateTime<Utc>>,
-    pub body_format: BodyFormat,
-}
-
 /// Every active webhook, by id.
-pub async fn active(pool: &DbPool) -> Result<Vec<ActiveWebhook>, StorageError> {
+pub async fn active(pool: &DbPool) -> Result<Vec<Webhook>, StorageError> {
     let mut conn = pool.get().await?;
     Ok(w::table
         .filter(w::is_active.eq(true))
-        .select((
-            w::id,
-            w::url,
-            w::event_type,
-            w::secret,
-            w::previous_secret,
-            w::previous_secret_expires_at,
-            w::body_format,
-        ))
+        .select(Webhook::as_select())
         .order(w::id.asc())
         .load(&mut conn)
         .await?)
+}
+
+/// What [`seal_all`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SealReport {
+    /// Webhooks read.
+    pub webhooks: u64,
+    /// Webhooks with a value sealed anew.
+    pub changed: u64,
+    /// Values sealed anew: in clear before, or under an older key.
+    pub values: u64,
+}
+
+/// Seals every secret of every webhook that is in clear (rows written
+/// before sealing, or by hand) or sealed under an older key than the
+/// newest of `keys`; the values are otherwise unchanged. One transaction
+/// per webhook, each row locked while it is rewritten, so it can run while
+/// the services do. A value that does not open with `keys` stops it with an
+/// error and nothing of that webhook changed.
+pub async fn seal_all(
+    conn: &mut AsyncPgConnection,
+    keys: &Keyring,
+) -> Result<SealReport, StorageError> {
+    let ids: Vec<i32> = w::table.select(w::id).order(w::id).load(conn).await?;
+    let mut report = SealReport::default();
+    for id in ids {
+        let values = conn
+            .transaction::<_, StorageError, _>(async |c| reseal_webhook(c, keys, id).await)
+            .await?;
+        report.webhooks += 1;
+        if values > 0 {
+            report.changed += 1;
+            report.values += values;
+        }
+    }
+    Ok(report)
+}
+
+/// Reseals one webhook's values in the caller's transaction; how many
+/// changed.
+async fn reseal_webhook(
+    c: &mut AsyncPgConnection,
+    keys: &Keyring,
+    id: i32,
+) -> Result<u64, StorageError> {
+    type Secrets = (Option<String>, Option<String>, Option<Value>, Option<Value>);
+    let row: Option<Secrets> = w::table
+        .find(id)
+        .select((w::secret, w::previous_secret, w::headers, w::auth))
+        .for_update()
+        .first(c)
+        .await
+        .optional()?;
+    let Some((secret, previous, headers, auth)) = row else {
+        return Ok(0);
+    };
+    let mut n = 0u64;
+    let mut reseal = |purpose: &str, v: &str| -> Result<Option<String>, StorageError> {
+        let new = keys.reseal(purpose, v)?;
+        n += u64::from(new.is_some());
+        Ok(new)
+    };
+    let secret = match &secret {
+        Some(s) => reseal(purpose::SECRET, s)?,
+        None => None,
+    };
+    let previous = match &previous {
+        Some(s) => reseal(purpose::SECRET, s)?,
+        None => None,
+    };
+    let mut stored_headers = crate::subscription::headers_of(headers.as_ref());
+    let mut headers_changed = false;
+    for h in &mut stored_headers {
+        if let Some(v) = &h.sealed
+            && let Some(new) = reseal(purpose::HEADER, v)?
+        {
+            h.sealed = Some(new);
+            headers_changed = true;
+        }
+    }
+    let mut stored_auth = crate::subscription::auth_of(auth.as_ref());
+    let mut auth_changed = false;
+    if let Some(a) = &mut stored_auth
+        && let Some(new) = reseal(purpose::AUTH, a.credential())?
+    {
+        *a = a.clone().with_credential(new);
+        auth_changed = true;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    let changes = WebhookChanges {
+        secret: secret.map(Some),
+        previous_secret: previous.map(Some),
+        headers: headers_changed.then(|| crate::subscription::headers_column(&stored_headers)),
+        auth: auth_changed.then(|| crate::subscription::auth_column(stored_auth.as_ref())),
+        ..WebhookChanges::default()
+    };
+    // updated_at is left alone: nothing a client set has changed.
+    diesel::update(w::table.find(id))
+        .set(changes)
+        .execute(c)
+        .await?;
+    Ok(n)
 }
 
 #[cfg(test)]

@@ -29,6 +29,11 @@ async fn webhook(conn: &mut Connection, name: &str, event_type: &str) -> Webhook
             is_active: true,
             description: None,
             body_format: BodyFormat::Canonical,
+            event_types: None,
+            payload_filter: None,
+            headers: None,
+            auth: None,
+            signature_scheme: storage::subscription::SignatureScheme::Hmac,
         },
     )
     .await
@@ -91,12 +96,12 @@ async fn webhooks_are_created_listed_changed_counted_and_deleted() {
     let b = webhook(&mut conn, "b", "user.*").await;
     let c = webhook(&mut conn, "c", "user.created").await;
 
-    let (page, total) = webhooks::list_webhooks(&mut conn, None, None, 2, 0)
+    let (page, total) = webhooks::list_webhooks(&mut conn, None, None, None, 2, 0)
         .await
         .unwrap();
     assert_eq!(total, 3);
     assert_eq!(page.iter().map(|w| w.id).collect::<Vec<_>>(), [c.id, b.id]);
-    let (page, total) = webhooks::list_webhooks(&mut conn, Some("user.created"), None, 10, 1)
+    let (page, total) = webhooks::list_webhooks(&mut conn, Some("user.created"), None, None, 10, 1)
         .await
         .unwrap();
     assert_eq!((total, page.len()), (2, 1));
@@ -116,7 +121,7 @@ async fn webhooks_are_created_listed_changed_counted_and_deleted() {
     assert!(!changed.is_active);
     assert_eq!(changed.description.as_deref(), Some("off"));
     assert_eq!(changed.url, b.url, "what a PATCH leaves out stays");
-    let (_, inactive) = webhooks::list_webhooks(&mut conn, None, Some(false), 10, 0)
+    let (_, inactive) = webhooks::list_webhooks(&mut conn, None, None, Some(false), 10, 0)
         .await
         .unwrap();
     assert_eq!(inactive, 1);

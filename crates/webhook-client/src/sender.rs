@@ -1,5 +1,6 @@
-//! The HTTP side: one pooled reqwest client, an SSRF-checking resolver, and
-//! the per-attempt outcome.
+//! The HTTP side: one pooled reqwest client, an SSRF-checking resolver, the
+//! optional egress proxy ([`crate::proxy`]), receiver authentication
+//! ([`crate::auth`]), and the per-attempt outcome.
 
 use std::borrow::Cow;
 use std::error::Error as StdError;
@@ -11,10 +12,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
 use reqwest::{Method, StatusCode};
 
-use crate::signing::{standard_signature, x_webhook_signature};
+use crate::auth::{self, Auth, OAuth2Client, Slot, Token, TokenCache, parse_token_response};
+use crate::ed25519::standard_signature_ed25519;
+use crate::proxy::ProxyUrl;
+use crate::signing::{Signing, standard_signature, x_webhook_signature};
 use crate::ssrf::{article, is_forbidden};
 use crate::{MAX_STORED_BODY_CHARS, USER_AGENT};
 
@@ -26,6 +32,7 @@ static WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestam
 static WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+static FORM_URLENCODED: HeaderValue = HeaderValue::from_static("application/x-www-form-urlencoded");
 
 /// Settings of a [`WebhookSender`].
 #[derive(Debug, Clone)]
@@ -40,6 +47,9 @@ pub struct SenderConfig {
     pub allow_private_targets: bool,
     /// Idle keep-alive connections kept per host (default 64).
     pub pool_idle_per_host: usize,
+    /// Egress HTTP proxy for every request (default none: direct). See
+    /// [`crate::proxy`] for how the SSRF guard works with it.
+    pub proxy: Option<ProxyUrl>,
 }
 
 impl Default for SenderConfig {
@@ -50,6 +60,7 @@ impl Default for SenderConfig {
             max_response_bytes: 64 * 1024,
             allow_private_targets: false,
             pool_idle_per_host: 64,
+            proxy: None,
         }
     }
 }
@@ -62,7 +73,8 @@ pub struct BuildError {
     source: reqwest::Error,
 }
 
-/// One webhook POST to make. `Debug` never shows the secrets or the URL.
+/// One webhook POST to make. `Debug` never shows the secrets, the URL or
+/// the custom header values.
 pub struct Outbound<'a> {
     pub url: &'a str,
     pub webhook_id: i32,
@@ -73,9 +85,14 @@ pub struct Outbound<'a> {
     pub timestamp: i64,
     /// Canonical JSON bytes, POSTed and signed as is.
     pub body: bytes::Bytes,
-    /// Current secret first, then still-valid previous ones; empty = unsigned.
-    /// Empty strings are ignored (an empty secret means "no secret", as in the seed).
-    pub secrets: &'a [&'a str],
+    /// HMAC secrets or ed25519 keys; [`Signing::NONE`] = unsigned.
+    pub signing: Signing<'a>,
+    /// The webhook's own headers, sent after the sender's (see
+    /// [`crate::check_custom_header`]); one whose name the sender already
+    /// set is dropped.
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// Receiver authentication (`Authorization`), if any.
+    pub auth: Option<&'a Auth>,
     /// W3C trace context, passed through when present (dropped if not a valid header value).
     pub traceparent: Option<&'a str>,
 }
@@ -89,18 +106,21 @@ impl fmt::Debug for Outbound<'_> {
             .field("message_id", &self.message_id)
             .field("timestamp", &self.timestamp)
             .field("body_len", &self.body.len())
+            .field("signing", &self.signing)
             .field(
-                "secrets",
-                &format_args!("<{} redacted>", self.secrets.len()),
+                "headers",
+                &format_args!("<{} redacted>", self.headers.len()),
             )
+            .field("auth", &self.auth)
             .field("traceparent", &self.traceparent)
             .finish()
     }
 }
 
 /// One event for one webhook, as every delivery sends it: signed with the
-/// webhook's secrets, `webhook-id` made from the event's id and the webhook
-/// ([`crate::message_id`]). `Debug` is not derived: it holds the secrets.
+/// webhook's secrets or keys, `webhook-id` made from the event's id and the
+/// webhook ([`crate::message_id`]). `Debug` is not derived: it holds the
+/// secrets.
 pub struct Event<'a> {
     pub url: &'a str,
     pub webhook_id: i32,
@@ -109,8 +129,12 @@ pub struct Event<'a> {
     pub event_id: &'a str,
     /// Canonical JSON bytes, POSTed and signed as is.
     pub body: bytes::Bytes,
-    /// As in [`Outbound::secrets`].
-    pub secrets: &'a [&'a str],
+    /// As in [`Outbound::signing`].
+    pub signing: Signing<'a>,
+    /// As in [`Outbound::headers`].
+    pub headers: &'a [(HeaderName, HeaderValue)],
+    /// As in [`Outbound::auth`].
+    pub auth: Option<&'a Auth>,
     pub traceparent: Option<&'a str>,
 }
 
@@ -151,11 +175,13 @@ impl AttemptOutcome {
     }
 }
 
-/// Signs and POSTs webhooks. Cheap to clone (shares the connection pool).
+/// Signs and POSTs webhooks. Cheap to clone (shares the connection pool
+/// and the OAuth2 token cache).
 #[derive(Clone)]
 pub struct WebhookSender {
     client: reqwest::Client,
     cfg: Arc<SenderConfig>,
+    tokens: Arc<TokenCache>,
 }
 
 impl fmt::Debug for WebhookSender {
@@ -167,27 +193,37 @@ impl fmt::Debug for WebhookSender {
 }
 
 impl WebhookSender {
-    /// Builds the client once: timeouts, no redirects, no proxy, the
-    /// `USER_AGENT`, connection pooling, and the SSRF-checking resolver.
-    /// Does not need a global rustls `CryptoProvider` (reqwest falls back to
-    /// its own aws-lc-rs provider).
+    /// Builds the client once: timeouts, no redirects, the configured proxy
+    /// or none (never the environment's), the `USER_AGENT`, connection
+    /// pooling, and the SSRF-checking resolver. Does not need a global
+    /// rustls `CryptoProvider` (reqwest falls back to its own aws-lc-rs
+    /// provider).
+    ///
+    /// With a proxy, reqwest resolves only the proxy's host: the resolver
+    /// then checks nothing (the proxy is normally private) and destinations
+    /// are checked before each request instead ([`crate::proxy`]).
     pub fn new(cfg: SenderConfig) -> Result<Self, BuildError> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.total_timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
             .user_agent(USER_AGENT)
             .pool_max_idle_per_host(cfg.pool_idle_per_host)
             .http1_title_case_headers()
             .dns_resolver(Arc::new(GuardedResolver {
-                check: !cfg.allow_private_targets,
-            }))
-            .build()
-            .map_err(|source| BuildError { source })?;
+                check: !cfg.allow_private_targets && cfg.proxy.is_none(),
+            }));
+        let builder = match &cfg.proxy {
+            Some(proxy) => {
+                builder.proxy(proxy.to_reqwest().map_err(|source| BuildError { source })?)
+            }
+            None => builder.no_proxy(),
+        };
+        let client = builder.build().map_err(|source| BuildError { source })?;
         Ok(Self {
             client,
             cfg: Arc::new(cfg),
+            tokens: Arc::new(TokenCache::default()),
         })
     }
 
@@ -216,53 +252,162 @@ impl WebhookSender {
             message_id: &message_id,
             timestamp: now.timestamp(),
             body: event.body,
-            secrets: event.secrets,
+            signing: event.signing,
+            headers: event.headers,
+            auth: event.auth,
             traceparent: event.traceparent,
         })
         .await
     }
 
     async fn attempt(&self, req: &Outbound<'_>) -> AttemptOutcome {
-        let url = match reqwest::Url::parse(req.url) {
+        let url = match self.checked_url(req.url).await {
             Ok(u) => u,
-            Err(e) => return failed(format!("invalid URL: {e}")),
+            Err(outcome) => return outcome,
         };
-        if !matches!(url.scheme(), "http" | "https") {
-            return failed(format!("unsupported URL scheme {:?}", url.scheme()));
-        }
-        // reqwest never hands an IP-literal host to the resolver: check it here.
-        let literal = match url.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            Some(url::Host::Domain(_)) => None,
-            None => return failed("URL has no host".to_owned()),
-        };
-        if !self.cfg.allow_private_targets
-            && let Some(ip) = literal
-            && let Some(reason) = is_forbidden(ip)
-        {
-            return AttemptOutcome {
-                verdict: Verdict::Refused,
-                error: Some(Refusal::Literal { ip, reason }.to_string()),
-                ..AttemptOutcome::default()
-            };
-        }
         let headers = match build_headers(req) {
             Ok(h) => h,
             Err(e) => return failed(e),
         };
-
-        let mut request = reqwest::Request::new(Method::POST, url);
-        *request.headers_mut() = headers;
-        *request.body_mut() = Some(reqwest::Body::from(req.body.clone()));
-
-        match self.client.execute(request).await {
+        if let Some(Auth::OAuth2(client)) = req.auth {
+            return self.attempt_oauth2(req, client, url, headers).await;
+        }
+        match self.post(url, headers, req.body.clone()).await {
             Ok(resp) => self.read_response(resp).await,
-            Err(err) => self.describe_error(&err),
+            Err(outcome) => outcome,
         }
     }
 
-    async fn read_response(&self, mut resp: reqwest::Response) -> AttemptOutcome {
+    /// One attempt with an OAuth2 token: a 401 to a cached token drops it,
+    /// and the request is sent once more with a new one.
+    async fn attempt_oauth2(
+        &self,
+        req: &Outbound<'_>,
+        client: &OAuth2Client,
+        url: reqwest::Url,
+        mut headers: HeaderMap,
+    ) -> AttemptOutcome {
+        let slot = self.tokens.slot(req.webhook_id, client);
+        let (token, fresh) = match self.token(&slot, client, None).await {
+            Ok(t) => t,
+            Err(outcome) => return outcome,
+        };
+        headers.insert(AUTHORIZATION, token.header.clone());
+        let resp = match self
+            .post(url.clone(), headers.clone(), req.body.clone())
+            .await
+        {
+            Ok(resp) => resp,
+            Err(outcome) => return outcome,
+        };
+        if fresh || resp.status() != StatusCode::UNAUTHORIZED {
+            return self.read_response(resp).await;
+        }
+        drop(resp);
+        let (token, _) = match self.token(&slot, client, Some(token.serial)).await {
+            Ok(t) => t,
+            Err(outcome) => return outcome,
+        };
+        headers.insert(AUTHORIZATION, token.header);
+        match self.post(url, headers, req.body.clone()).await {
+            Ok(resp) => self.read_response(resp).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// The slot's token, fetched when there is none usable or the one there
+    /// is `stale` (it got a 401). The slot's lock is held while fetching, so
+    /// deliveries waiting for it find the new token. `true` when fetched now.
+    async fn token(
+        &self,
+        slot: &Slot,
+        client: &OAuth2Client,
+        stale: Option<u64>,
+    ) -> Result<(Token, bool), AttemptOutcome> {
+        let mut guard = slot.token.lock().await;
+        if let Some(token) = Slot::current(&guard, stale) {
+            return Ok((token, false));
+        }
+        *guard = None;
+        let (header, expires_in) = self.fetch_token(client).await?;
+        Ok((slot.store(&mut guard, header, expires_in), true))
+    }
+
+    /// The client credentials grant, through the same client (SSRF guard,
+    /// proxy, timeouts) as deliveries. Errors never carry the secret or
+    /// the token.
+    async fn fetch_token(
+        &self,
+        client: &OAuth2Client,
+    ) -> Result<(HeaderValue, Option<u64>), AttemptOutcome> {
+        let url = self
+            .checked_url(&client.token_url)
+            .await
+            .map_err(token_failure)?;
+        let mut headers = HeaderMap::with_capacity(3);
+        headers.insert(CONTENT_TYPE, FORM_URLENCODED.clone());
+        headers.insert(ACCEPT, APPLICATION_JSON.clone());
+        headers.insert(AUTHORIZATION, client.client_auth());
+        let resp = self
+            .post(url, headers, bytes::Bytes::from(client.form()))
+            .await
+            .map_err(token_failure)?;
+        let status = resp.status();
+        let body = read_capped(resp, self.cfg.max_response_bytes).await;
+        if !status.is_success() {
+            return Err(token_failure(failed(format!("HTTP {}", status.as_u16()))));
+        }
+        parse_token_response(&body).ok_or_else(|| token_failure(failed("invalid response".into())))
+    }
+
+    /// Parses `raw` and applies the SSRF guard where the resolver cannot:
+    /// to literal IP hosts (reqwest never hands them to the resolver) and,
+    /// with a proxy, to the resolved destination (reqwest resolves only the
+    /// proxy then).
+    async fn checked_url(&self, raw: &str) -> Result<reqwest::Url, AttemptOutcome> {
+        let url = reqwest::Url::parse(raw).map_err(|e| failed(format!("invalid URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(failed(format!("unsupported URL scheme {:?}", url.scheme())));
+        }
+        let refused = |refusal: Refusal| AttemptOutcome {
+            verdict: Verdict::Refused,
+            error: Some(refusal.to_string()),
+            ..AttemptOutcome::default()
+        };
+        match url.host() {
+            None => return Err(failed("URL has no host".to_owned())),
+            _ if self.cfg.allow_private_targets => {}
+            Some(url::Host::Ipv4(ip)) => check_literal(IpAddr::V4(ip)).map_err(refused)?,
+            Some(url::Host::Ipv6(ip)) => check_literal(IpAddr::V6(ip)).map_err(refused)?,
+            Some(url::Host::Domain(host)) if self.cfg.proxy.is_some() => {
+                match resolve(host, true).await {
+                    Ok(_) => {}
+                    Err(Unresolved::Refused(r)) => return Err(refused(r)),
+                    Err(Unresolved::Failed(e)) => return Err(failed(e.to_string())),
+                }
+            }
+            Some(url::Host::Domain(_)) => {}
+        }
+        Ok(url)
+    }
+
+    /// Sends one POST; a failure before a response is described.
+    async fn post(
+        &self,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, AttemptOutcome> {
+        let mut request = reqwest::Request::new(Method::POST, url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(reqwest::Body::from(body));
+        self.client
+            .execute(request)
+            .await
+            .map_err(|err| self.describe_error(&err))
+    }
+
+    async fn read_response(&self, resp: reqwest::Response) -> AttemptOutcome {
         let status = resp.status();
         let retry_after = if matches!(
             status,
@@ -276,20 +421,9 @@ impl WebhookSender {
             None
         };
 
-        let cap = self.cfg.max_response_bytes;
-        let mut buf: Vec<u8> = Vec::new();
         // A body that fails mid-way (timeout, reset) keeps what was read: the
         // status already tells what the receiver decided.
-        while buf.len() < cap {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    let take = chunk.len().min(cap - buf.len());
-                    buf.extend_from_slice(&chunk[..take]);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
-        drop(resp);
+        let buf = read_capped(resp, self.cfg.max_response_bytes).await;
 
         let code = status.as_u16();
         let verdict = if status.is_success() {
@@ -316,7 +450,19 @@ impl WebhookSender {
         }
     }
 
+    /// Describes a request that got no response; with a proxy, a failure to
+    /// connect names it (credentials hidden).
     fn describe_error(&self, err: &reqwest::Error) -> AttemptOutcome {
+        let mut outcome = self.describe_failure(err);
+        if let (Some(proxy), Some(error)) = (&self.cfg.proxy, &mut outcome.error)
+            && err.is_connect()
+        {
+            error.push_str(&format!(" (via proxy {proxy})"));
+        }
+        outcome
+    }
+
+    fn describe_failure(&self, err: &reqwest::Error) -> AttemptOutcome {
         let chain =
             || std::iter::successors(Some(err as &(dyn StdError + 'static)), |&e| e.source());
         if let Some(refusal) = chain().find_map(|e| e.downcast_ref::<Refusal>()) {
@@ -381,6 +527,44 @@ fn failed(error: String) -> AttemptOutcome {
     }
 }
 
+/// A token request that did not give a token: the attempt fails (or stays
+/// refused) without a response of its own.
+fn token_failure(outcome: AttemptOutcome) -> AttemptOutcome {
+    AttemptOutcome {
+        verdict: match outcome.verdict {
+            Verdict::Refused => Verdict::Refused,
+            _ => Verdict::Failed,
+        },
+        error: Some(format!(
+            "OAuth2 token request failed: {}",
+            outcome.error.as_deref().unwrap_or("no token")
+        )),
+        ..AttemptOutcome::default()
+    }
+}
+
+/// At most `cap` bytes of the body; what was read when it fails mid-way.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut buf: Vec<u8> = Vec::new();
+    while buf.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(cap - buf.len());
+                buf.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf
+}
+
+fn check_literal(ip: IpAddr) -> Result<(), Refusal> {
+    match is_forbidden(ip) {
+        Some(reason) => Err(Refusal::Literal { ip, reason }),
+        None => Ok(()),
+    }
+}
+
 fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
     let mut h = HeaderMap::with_capacity(12);
     h.insert(CONTENT_TYPE, APPLICATION_JSON.clone());
@@ -393,17 +577,60 @@ fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
     h.insert(WEBHOOK_ID.clone(), msg_id);
     h.insert(WEBHOOK_TIMESTAMP.clone(), HeaderValue::from(req.timestamp));
 
+    match req.signing {
+        Signing::Hmac(secrets) => hmac_headers(&mut h, req, secrets),
+        Signing::Ed25519(keys) => {
+            if !keys.is_empty() {
+                let standard =
+                    standard_signature_ed25519(req.message_id, req.timestamp, &req.body, keys);
+                if let Ok(mut v) = HeaderValue::try_from(standard) {
+                    v.set_sensitive(true);
+                    h.insert(WEBHOOK_SIGNATURE.clone(), v);
+                }
+            }
+        }
+    }
+    if let Some(tp) = req
+        .traceparent
+        .and_then(|tp| HeaderValue::from_str(tp).ok())
+    {
+        h.insert(TRACEPARENT.clone(), tp);
+    }
+    match req.auth {
+        Some(Auth::Basic { username, password }) => {
+            h.insert(AUTHORIZATION, auth::basic(username, password));
+        }
+        Some(Auth::Bearer { token }) => {
+            let v = auth::bearer(token)
+                .ok_or_else(|| "bearer token is not a valid header value".to_owned())?;
+            h.insert(AUTHORIZATION, v);
+        }
+        // The token is fetched later; its place is kept from custom headers.
+        Some(Auth::OAuth2(_)) => {
+            h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer"));
+        }
+        None => {}
+    }
+    // Chosen before any is added, so a custom name may repeat.
+    let custom: Vec<_> = req
+        .headers
+        .iter()
+        .filter(|(name, _)| !h.contains_key(name) && !crate::headers::is_refused(name))
+        .collect();
+    for (name, value) in custom {
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        h.append(name.clone(), value);
+    }
+    Ok(h)
+}
+
+fn hmac_headers(h: &mut HeaderMap, req: &Outbound<'_>, secrets: &[&str]) {
     // Empty strings mean "no secret"; the common case has none and borrows.
-    let secrets: Cow<'_, [&str]> = if req.secrets.iter().any(|s| s.is_empty()) {
-        Cow::Owned(
-            req.secrets
-                .iter()
-                .copied()
-                .filter(|s| !s.is_empty())
-                .collect(),
-        )
+    let secrets: Cow<'_, [&str]> = if secrets.iter().any(|s| s.is_empty()) {
+        Cow::Owned(secrets.iter().copied().filter(|s| !s.is_empty()).collect())
     } else {
-        Cow::Borrowed(req.secrets)
+        Cow::Borrowed(secrets)
     };
     if let Some(current) = secrets.first() {
         // Signatures are hex/base64 ASCII: always valid header values.
@@ -417,13 +644,6 @@ fn build_headers(req: &Outbound<'_>) -> Result<HeaderMap, String> {
             h.insert(WEBHOOK_SIGNATURE.clone(), v);
         }
     }
-    if let Some(tp) = req
-        .traceparent
-        .and_then(|tp| HeaderValue::from_str(tp).ok())
-    {
-        h.insert(TRACEPARENT.clone(), tp);
-    }
-    Ok(h)
 }
 
 /// Lossy UTF-8 without NUL characters (PostgreSQL text cannot hold them),
@@ -516,36 +736,50 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let check = self.check;
         Box::pin(async move {
-            let host = name.as_str();
-            let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, 0)).await {
-                Ok(it) => it.collect(),
-                Err(e) => {
-                    return Err(Box::new(LookupFailed {
-                        host: host.to_owned(),
-                        source: Some(e),
-                    }) as _);
-                }
-            };
-            if addrs.is_empty() {
-                return Err(Box::new(LookupFailed {
-                    host: host.to_owned(),
-                    source: None,
-                }) as _);
+            match resolve(name.as_str(), check).await {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as Addrs),
+                Err(Unresolved::Refused(r)) => Err(Box::new(r) as _),
+                Err(Unresolved::Failed(e)) => Err(Box::new(e) as _),
             }
-            if check {
-                for addr in &addrs {
-                    if let Some(reason) = is_forbidden(addr.ip()) {
-                        return Err(Box::new(Refusal::Resolved {
-                            host: host.to_owned(),
-                            ip: addr.ip(),
-                            reason,
-                        }) as _);
-                    }
-                }
-            }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+enum Unresolved {
+    Refused(Refusal),
+    Failed(LookupFailed),
+}
+
+/// Resolves with tokio and, when `check`, refuses the name if ANY address
+/// is forbidden.
+async fn resolve(host: &str, check: bool) -> Result<Vec<SocketAddr>, Unresolved> {
+    let addrs: Vec<SocketAddr> = match tokio::net::lookup_host((host, 0)).await {
+        Ok(it) => it.collect(),
+        Err(e) => {
+            return Err(Unresolved::Failed(LookupFailed {
+                host: host.to_owned(),
+                source: Some(e),
+            }));
+        }
+    };
+    if addrs.is_empty() {
+        return Err(Unresolved::Failed(LookupFailed {
+            host: host.to_owned(),
+            source: None,
+        }));
+    }
+    if check {
+        for addr in &addrs {
+            if let Some(reason) = is_forbidden(addr.ip()) {
+                return Err(Unresolved::Refused(Refusal::Resolved {
+                    host: host.to_owned(),
+                    ip: addr.ip(),
+                    reason,
+                }));
+            }
+        }
+    }
+    Ok(addrs)
 }
 
 #[cfg(test)]
@@ -622,7 +856,9 @@ mod tests {
             message_id: "msg_1",
             timestamp: 1,
             body: bytes::Bytes::from_static(b"{}"),
-            secrets: &secrets,
+            signing: Signing::Hmac(&secrets),
+            headers: &[],
+            auth: None,
             traceparent: None,
         };
         let dbg = format!("{o:?}");

@@ -1,13 +1,57 @@
-//! HMAC-SHA256 signatures: the bot's `X-Webhook-Signature` and the Standard
-//! Webhooks `webhook-signature` (docs/contract.md, "Webhook POST"). Verification is constant-time
-//! (`ring::hmac::verify`).
+//! What signs a webhook POST ([`Signing`]), and the HMAC-SHA256 signatures:
+//! the bot's `X-Webhook-Signature` and the Standard Webhooks
+//! `webhook-signature` (docs/contract.md, "Webhook POST"). Verification is
+//! constant-time (`ring::hmac::verify`). The ed25519 (`v1a`) side is in
+//! [`crate::ed25519`].
+
+use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::hmac;
 
+use crate::ed25519::Ed25519Key;
+
 const SHA256_PREFIX: &str = "sha256=";
 const V1_PREFIX: &str = "v1,";
+
+/// What a webhook signs its POSTs with.
+///
+/// - `Hmac(secrets)`: the current secret first, then still-valid previous
+///   ones. `X-Webhook-Signature` is made with the first;
+///   `webhook-signature` carries one `v1,` entry per secret. Empty strings
+///   are ignored (an empty secret means "no secret", as in the seed), so
+///   `Hmac(&[])` sends an unsigned POST.
+/// - `Ed25519(keys)`: the current key first, then the previous one during
+///   rotation grace. `webhook-signature` carries one `v1a,` entry per key;
+///   no `X-Webhook-Signature` is sent (it needs a shared secret).
+///
+/// `Debug` shows the kind and the count only.
+#[derive(Clone, Copy)]
+pub enum Signing<'a> {
+    Hmac(&'a [&'a str]),
+    Ed25519(&'a [&'a Ed25519Key]),
+}
+
+impl Signing<'_> {
+    /// No signature at all.
+    pub const NONE: Signing<'static> = Signing::Hmac(&[]);
+}
+
+impl Default for Signing<'_> {
+    fn default() -> Self {
+        Signing::NONE
+    }
+}
+
+impl fmt::Debug for Signing<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hmac(secrets) => write!(f, "Hmac(<{} redacted>)", secrets.len()),
+            Self::Ed25519(keys) => write!(f, "Ed25519(<{} keys>)", keys.len()),
+        }
+    }
+}
 
 fn key(secret: &str) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes())

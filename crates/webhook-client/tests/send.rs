@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use test_support::{Received, Receiver, Reply};
 use webhook_client::{
-    AttemptOutcome, MAX_STORED_BODY_CHARS, Outbound, SenderConfig, USER_AGENT, Verdict,
+    AttemptOutcome, MAX_STORED_BODY_CHARS, Outbound, SenderConfig, Signing, USER_AGENT, Verdict,
     WebhookSender, message_id, verify_standard_signature, verify_x_webhook_signature,
 };
 
@@ -29,7 +29,9 @@ fn outbound<'a>(url: &'a str, body: &'static [u8], secrets: &'a [&'a str]) -> Ou
         message_id: "msg_evt1_7",
         timestamp: TS,
         body: Bytes::from_static(body),
-        secrets,
+        signing: Signing::Hmac(secrets),
+        headers: &[],
+        auth: None,
         traceparent: None,
     }
 }
@@ -331,7 +333,9 @@ async fn seed_python_snippet_verifies_cyrillic_and_emoji() {
         message_id: "msg_e-42_1",
         timestamp: TS,
         body: Bytes::from(body.clone()),
-        secrets: &secrets,
+        signing: Signing::Hmac(&secrets),
+        headers: &[],
+        auth: None,
         traceparent: None,
     };
     let out = sender(true).send(&req).await;
@@ -614,7 +618,9 @@ async fn pooled_sender_handles_concurrent_sends() {
                 message_id: &mid,
                 timestamp: TS,
                 body: Bytes::from_static(BODY),
-                secrets: &["k"],
+                signing: Signing::Hmac(&["k"]),
+                headers: &[],
+                auth: None,
                 traceparent: None,
             };
             s.send(&req).await

@@ -11,7 +11,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use storage::bot::{ImportReport, Tally};
 use storage::history::Retention;
 
-use crate::config::{Config, TokenCommand};
+use crate::config::{Config, SecretsCommand, TokenCommand};
 
 /// `webhook-registry migrate`
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -111,6 +111,8 @@ pub async fn import_bot(
     if from.trim() == config.database.url().trim() {
         bail!("--from names this service's own database ({shown}); it must be the bot's database");
     }
+    // Before anything is read: the bot's secrets are sealed as they are copied.
+    let keys = config.secrets.keyring()?;
     let since = match history {
         Some(h) => Some(
             chrono::Duration::from_std(h)
@@ -134,7 +136,7 @@ pub async fn import_bot(
         .with_context(|| format!("reading the bot's tables from {shown}"))?;
     drop(bot);
     let mut conn = connect(config).await?;
-    let report = storage::bot::import(&mut conn, &data, dry_run)
+    let report = storage::bot::import(&mut conn, &keys, &data, dry_run)
         .await
         .with_context(|| format!("importing into {}", config.database.redacted_url()))?;
     write_import_report(out, &report)?;
@@ -149,6 +151,88 @@ pub async fn import_bot(
         );
     }
     Ok(())
+}
+
+/// `webhook-registry secrets new-key|seal`.
+pub async fn secrets(
+    config: &Config,
+    command: SecretsCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        SecretsCommand::NewKey { file, if_missing } => {
+            let path = file
+                .or_else(|| config.secrets.secrets_key_file.clone())
+                .context("name the key file: --file <path> (or SECRETS_KEY_FILE)")?;
+            if if_missing && let Ok(keys) = storage::secrets::Keyring::load(&path) {
+                writeln!(out, "{}", keys.newest_id())?;
+                eprintln!("{} has a key already; nothing changed", path.display());
+                return Ok(());
+            }
+            let id = new_key(&path)?;
+            writeln!(out, "{id}")?;
+            eprintln!(
+                "key {id} added to {}; it seals from now on (restart the registry and the \
+                 delivery workers with the file, then run `webhook-registry secrets seal`)",
+                path.display()
+            );
+            Ok(())
+        }
+        SecretsCommand::Seal => {
+            let keys = config.secrets.keyring()?;
+            let mut conn = connect(config).await?;
+            let report = storage::webhooks::seal_all(&mut conn, &keys).await?;
+            writeln!(
+                out,
+                "sealed {} value(s) of {} webhook(s) with key {} ({} webhooks read)",
+                report.values,
+                report.changed,
+                keys.newest_id(),
+                report.webhooks
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Appends a new key to the key file at `path` (created with mode 600);
+/// returns its id, made from the time so later keys sort after earlier
+/// ones.
+pub fn new_key(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut existing = String::new();
+    if path.exists() {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut existing))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if !existing.trim().is_empty() {
+            storage::secrets::Keyring::parse(&existing)
+                .with_context(|| format!("{} is not a key file", path.display()))?;
+        }
+    }
+    let mut id = Utc::now().format("k%Y%m%d%H%M%S").to_string();
+    while existing
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(id.as_str()))
+    {
+        id.push('b');
+    }
+    let line = storage::secrets::Keyring::generate_key_line(&id)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let sep = if existing.is_empty() || existing.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    write!(file, "{sep}{line}\n").with_context(|| format!("cannot write {}", path.display()))?;
+    file.sync_all()?;
+    Ok(id)
 }
 
 fn tally(t: &Tally) -> String {

@@ -52,6 +52,31 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Secrets at rest: make a key, seal what is stored.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+/// `webhook-registry secrets …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum SecretsCommand {
+    /// Add a new key to a key file (created, mode 600, when missing); the
+    /// new key is the one that seals from then on. Prints the key id.
+    NewKey {
+        /// The key file; `SECRETS_KEY_FILE` when omitted.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Only when the file has no key yet (a deployment's first start;
+        /// run again, it changes nothing).
+        #[arg(long)]
+        if_missing: bool,
+    },
+    /// Seal every stored secret that is in clear or sealed under an older
+    /// key with the newest key of `SECRETS_KEY_FILE` (after a `new-key`;
+    /// the registry also does it at start). Prints what it changed.
+    Seal,
 }
 
 /// `webhook-registry token …`
@@ -116,6 +141,10 @@ pub struct Config {
     /// NATS (change notices for delivery workers, the streams at start).
     #[command(flatten)]
     pub nats: proto_events::nats::NatsArgs,
+
+    /// The keys of secrets at rest.
+    #[command(flatten)]
+    pub secrets: storage::SecretsArgs,
 
     /// Key for HMAC token hashes (the bot's scheme); plain digests when
     /// unset. With a key, plain digests (legacy) are still accepted.
@@ -332,6 +361,7 @@ impl Config {
                         .unwrap_or_else(|_| proto_events::nats::DEFAULT_NATS_URL.to_owned()),
                 )
             },
+            secrets: storage::SecretsArgs::for_tests(),
             token_hmac_secret: None,
             token_hash_algorithm: storage::tokens::HashAlgorithm::Sha256,
             bot_database_url: None,

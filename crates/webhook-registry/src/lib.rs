@@ -19,6 +19,7 @@ pub mod notify;
 pub mod routes;
 pub mod startup;
 pub mod state;
+pub mod subscription;
 pub mod test_delivery;
 
 pub use config::{Cli, Command, Config, TokenCommand};

@@ -28,6 +28,9 @@ async fn main() -> std::process::ExitCode {
             dry_run,
         } => cli::import_bot(&config, from, history, dry_run, &mut std::io::stdout()).await,
         Command::Token { command } => cli::token(&config, command, &mut std::io::stdout()).await,
+        Command::Secrets { command } => {
+            cli::secrets(&config, command, &mut std::io::stdout()).await
+        }
     };
     telemetry::finish("webhook-registry", result)
 }

@@ -5,11 +5,17 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use proto_events::Pattern;
+use proto_events::filter::Filter;
 use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
 use storage::jobs::{JobKind, JobStatus};
 use storage::models::{BodyFormat, Delivery, DeliveryStatus, Webhook};
+use storage::secrets::Keyring;
+use storage::subscription::SignatureScheme;
+use webhook_client::Ed25519Key;
+
+use crate::subscription::{self, AuthIn, HeaderIn};
 use strum::VariantArray;
 use utoipa::ToSchema;
 
@@ -114,6 +120,11 @@ const fn optional(rule: Text) -> Text {
 /// drop, an absolute http/https URL with a host and no credentials, no
 /// internal destination unless allowed, and a match of [`url_pattern`].
 pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
+    check_url_at(fields, &["body", "url"], url, allow_private)
+}
+
+/// [`check_url`] of a URL at `loc`.
+pub fn check_url_at(fields: &mut Fields, loc: &[&str], url: &str, allow_private: bool) -> bool {
     // The most specific reason first; the pattern last.
     let problem = match raw_url_problem(url) {
         Some(p) => p.to_owned(),
@@ -125,8 +136,7 @@ pub fn check_url(fields: &mut Fields, url: &str, allow_private: bool) -> bool {
     };
     fields.errors.push(
         // Credentials in a refused URL are not echoed back.
-        FieldError::value_error(&["body", "url"], &problem)
-            .input(Value::String(proto_events::redact_url(url))),
+        FieldError::value_error(loc, &problem).input(Value::String(proto_events::redact_url(url))),
     );
     false
 }
@@ -233,10 +243,15 @@ pub struct WebhookIn {
     /// Absolute http(s) URL; internal addresses are refused unless allowed.
     #[schema(example = "https://example.com/webhook")]
     pub url: String,
-    /// One event type, a family pattern (`ticket.*`) or `*`.
+    /// One event type, a family pattern (`ticket.*`) or `*`; give this or
+    /// `event_types` (which decides when both are given).
     #[schema(example = "user.created")]
-    pub event_type: String,
-    /// HMAC key for signatures; unsigned when absent.
+    pub event_type: Option<String>,
+    /// Several patterns; `event_type` is then the first.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub event_types: Vec<String>,
+    /// HMAC key for signatures; unsigned when absent. For an `ed25519`
+    /// webhook, its signing key (`whsk_…`), generated when absent.
     #[schema(nullable)]
     pub secret: Option<String>,
     #[schema(nullable)]
@@ -245,43 +260,111 @@ pub struct WebhookIn {
     /// (docs/contract.md, "Body formats").
     #[schema(value_type = Option<String>, example = "canonical")]
     pub body_format: BodyFormat,
+    /// Only events whose payload passes it are delivered.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Filter>,
+    /// Custom request headers.
+    #[schema(value_type = Option<Object>)]
+    pub headers: Vec<HeaderIn>,
+    /// How deliveries authenticate to the receiver.
+    #[schema(value_type = Option<Object>)]
+    pub auth: Option<AuthIn>,
+    /// `hmac` (the default) or `ed25519`.
+    #[schema(value_type = Option<String>, example = "hmac")]
+    pub signature_scheme: SignatureScheme,
+}
+
+pub const SIGNATURE_SCHEME: Plain = Plain {
+    name: "signature_scheme",
+    presence: Presence::Optional,
+};
+
+impl WebhookIn {
+    /// Given when `event_types` is not.
+    const EVENT_TYPE: Text = optional(EVENT_TYPE);
 }
 
 impl FromBody for WebhookIn {
     const FIELDS: &'static [Field] = &[
         Field::Text(NAME),
         Field::Text(URL),
-        Field::Text(EVENT_TYPE),
+        Field::Text(Self::EVENT_TYPE),
+        Field::Structured(subscription::EVENT_TYPES),
         Field::Text(SECRET),
         Field::Text(DESCRIPTION),
         Field::Plain(BODY_FORMAT),
+        Field::Structured(subscription::FILTER),
+        Field::Structured(subscription::HEADERS),
+        Field::Structured(subscription::AUTH),
+        Field::Plain(SIGNATURE_SCHEME),
     ];
 
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
         let name = f.text(&NAME);
         let url = f.text(&URL);
-        let event_type = f.text(&EVENT_TYPE);
+        let event_type = f.text(&Self::EVENT_TYPE);
+        let event_types = f
+            .structured(&subscription::EVENT_TYPES)
+            .map(|v| subscription::event_types(&mut f, v));
         let secret = f.text(&SECRET);
         let description = f.text(&DESCRIPTION);
         let body_format = f
             .choice(&BODY_FORMAT, BodyFormat::VARIANTS)
             .unwrap_or(BodyFormat::Canonical);
+        let filter = f
+            .structured(&subscription::FILTER)
+            .map(|v| subscription::filter(&mut f, v));
+        let headers = f
+            .structured(&subscription::HEADERS)
+            .map(|v| subscription::headers(&mut f, v));
+        let auth = f
+            .structured(&subscription::AUTH)
+            .map(|v| subscription::auth(&mut f, v, rules.allow_private_targets));
+        let signature_scheme = f
+            .choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS)
+            .unwrap_or(SignatureScheme::Hmac);
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
-        if let Some(t) = &event_type {
+        if let Some(t) = &event_type
+            && event_types.is_none()
+        {
             check_event_type(&mut f, t);
         }
-        match (name, url, event_type) {
-            (Some(name), Some(url), Some(event_type)) if f.errors.is_empty() => Ok(WebhookIn {
-                name,
-                url,
-                event_type,
-                secret: secret.filter(|s| !s.is_empty()),
-                description,
-                body_format,
-            }),
+        let patterns = match (event_types, event_type) {
+            (Some(list), _) => list,
+            (None, Some(t)) => Some(vec![t]),
+            (None, None) => {
+                if !f.has_error("event_type") {
+                    f.errors
+                        .push(FieldError::missing(&["body", "event_type"]).input(Value::Null));
+                }
+                None
+            }
+        };
+        let secret = secret.filter(|s| !s.is_empty());
+        if let Some(s) = &secret {
+            check_secret(&mut f, signature_scheme, s);
+        }
+        match (name, url, patterns, filter, headers, auth) {
+            (Some(name), Some(url), Some(patterns), filter, headers, auth)
+                if f.errors.is_empty() =>
+            {
+                Ok(WebhookIn {
+                    name,
+                    url,
+                    event_type: patterns.first().cloned(),
+                    event_types: patterns,
+                    secret,
+                    description,
+                    body_format,
+                    filter: filter.flatten().flatten(),
+                    headers: headers.flatten().unwrap_or_default(),
+                    auth: auth.flatten(),
+                    signature_scheme,
+                })
+            }
             _ => {
                 // Report in field order, as FastAPI does.
                 let mut errors = f.errors;
@@ -289,6 +372,17 @@ impl FromBody for WebhookIn {
                 Err(errors)
             }
         }
+    }
+}
+
+/// An `ed25519` webhook's secret is its signing key.
+fn check_secret(f: &mut Fields, scheme: SignatureScheme, secret: &str) {
+    if scheme == SignatureScheme::Ed25519 && Ed25519Key::from_secret_text(secret).is_err() {
+        f.errors.push(FieldError::value_error(
+            &["body", "secret"],
+            "an ed25519 webhook's secret is a signing key, whsk_ and the base64 of 32 bytes; \
+             leave it out to have one generated",
+        ));
     }
 }
 
@@ -308,16 +402,21 @@ fn field_rank(fields: &[Field], e: &FieldError) -> usize {
 /// absent or `null` is left as it is (as in the bot, so a client may send
 /// back the object it read). An empty `secret` switches signing off and an
 /// empty `description` clears it; `is_active: true` also clears
-/// `disabled_reason`.
-#[derive(Clone, Default, ToSchema)]
+/// `disabled_reason`. `filter: {}`, `headers: {}` and
+/// `auth: {"type": "none"}` remove those.
+#[derive(Default, ToSchema)]
 pub struct WebhookPatch {
     #[schema(nullable)]
     pub name: Option<String>,
     #[schema(nullable)]
     pub url: Option<String>,
-    /// One event type, a family pattern (`ticket.*`) or `*`.
+    /// One event type, a family pattern (`ticket.*`) or `*`: the webhook's
+    /// first pattern.
     #[schema(nullable)]
     pub event_type: Option<String>,
+    /// Every pattern; decides when it differs from the stored ones.
+    #[schema(value_type = Option<Vec<String>>)]
+    pub event_types: Option<Vec<String>>,
     /// A new secret; `""` removes it (unsigned deliveries).
     #[schema(value_type = Option<String>, nullable)]
     pub secret: Option<Option<String>>,
@@ -329,6 +428,17 @@ pub struct WebhookPatch {
     /// `canonical` or `bot`.
     #[schema(value_type = Option<String>, nullable)]
     pub body_format: Option<BodyFormat>,
+    /// `Some(None)`: remove the filter.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Option<Filter>>,
+    #[schema(value_type = Option<Object>)]
+    pub headers: Option<Vec<HeaderIn>>,
+    #[schema(value_type = Option<Object>)]
+    pub auth: Option<AuthIn>,
+    /// `hmac` or `ed25519`; a change drops the previous secret, and a
+    /// change to `ed25519` without a `secret` generates a signing key.
+    #[schema(value_type = Option<String>, nullable)]
+    pub signature_scheme: Option<SignatureScheme>,
 }
 
 impl WebhookPatch {
@@ -342,34 +452,66 @@ impl FromBody for WebhookPatch {
         Field::Text(Self::NAME),
         Field::Text(Self::URL),
         Field::Text(Self::EVENT_TYPE),
+        Field::Structured(subscription::EVENT_TYPES),
         Field::Text(SECRET),
         Field::Text(DESCRIPTION),
         Field::Plain(IS_ACTIVE),
         Field::Plain(BODY_FORMAT),
+        Field::Structured(subscription::FILTER),
+        Field::Structured(subscription::HEADERS),
+        Field::Structured(subscription::AUTH),
+        Field::Plain(SIGNATURE_SCHEME),
     ];
 
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
         // An empty string clears the column; `null` leaves it unchanged.
         let clearable = |s: Option<String>| s.map(|s| Some(s).filter(|s| !s.is_empty()));
-        let p = WebhookPatch {
-            name: f.text(&Self::NAME),
-            url: f.text(&Self::URL),
-            event_type: f.text(&Self::EVENT_TYPE),
-            secret: clearable(f.text(&SECRET)),
-            description: clearable(f.text(&DESCRIPTION)),
-            is_active: f.flag(&IS_ACTIVE),
-            body_format: f.choice(&BODY_FORMAT, BodyFormat::VARIANTS),
-        };
-        if let Some(u) = &p.url {
+        let name = f.text(&Self::NAME);
+        let url = f.text(&Self::URL);
+        let event_type = f.text(&Self::EVENT_TYPE);
+        let event_types = f
+            .structured(&subscription::EVENT_TYPES)
+            .and_then(|v| subscription::event_types(&mut f, v));
+        let secret = clearable(f.text(&SECRET));
+        let description = clearable(f.text(&DESCRIPTION));
+        let is_active = f.flag(&IS_ACTIVE);
+        let body_format = f.choice(&BODY_FORMAT, BodyFormat::VARIANTS);
+        let filter = f
+            .structured(&subscription::FILTER)
+            .and_then(|v| subscription::filter(&mut f, v));
+        let headers = f
+            .structured(&subscription::HEADERS)
+            .and_then(|v| subscription::headers(&mut f, v));
+        let auth = f
+            .structured(&subscription::AUTH)
+            .and_then(|v| subscription::auth(&mut f, v, rules.allow_private_targets));
+        let signature_scheme = f.choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS);
+        if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
-        if let Some(t) = &p.event_type {
+        if let Some(t) = &event_type {
             check_event_type(&mut f, t);
+        }
+        if let (Some(scheme), Some(Some(s))) = (signature_scheme, &secret) {
+            check_secret(&mut f, scheme, s);
         }
         f.errors.sort_by_key(|e| field_rank(Self::FIELDS, e));
         f.finish()?;
-        Ok(p)
+        Ok(WebhookPatch {
+            name,
+            url,
+            event_type,
+            event_types,
+            secret,
+            description,
+            is_active,
+            body_format,
+            filter,
+            headers,
+            auth,
+            signature_scheme,
+        })
     }
 }
 
@@ -458,10 +600,42 @@ pub struct WebhookOut {
     /// How the POST body is written: `canonical` or `bot`.
     #[schema(value_type = String, example = "canonical")]
     pub body_format: BodyFormat,
+    /// Every pattern, `event_type` first.
+    pub event_types: Vec<String>,
+    /// The payload filter, `null` for every event.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Value>,
+    /// Custom headers; a secret value shows as `{"secret": true}`.
+    #[schema(value_type = Object)]
+    pub headers: serde_json::Map<String, Value>,
+    /// Receiver auth without its credential, `null` for none.
+    #[schema(value_type = Option<Object>)]
+    pub auth: Option<Value>,
+    /// `hmac` or `ed25519`.
+    #[schema(value_type = String, example = "hmac")]
+    pub signature_scheme: SignatureScheme,
+    /// An `ed25519` webhook's public key (`whpk_…`), for receivers to
+    /// verify `v1a` signatures with; `null` otherwise.
+    pub public_key: Option<String>,
 }
 
-impl From<Webhook> for WebhookOut {
-    fn from(w: Webhook) -> Self {
+impl WebhookOut {
+    /// The webhook as shown; `keys` open an `ed25519` signing key to show
+    /// its public key.
+    pub fn new(w: Webhook, keys: &Keyring) -> Self {
+        let public_key = match (w.signature_scheme, &w.secret) {
+            (SignatureScheme::Ed25519, Some(stored)) => {
+                storage::subscription::open(keys, storage::subscription::purpose::SECRET, stored)
+                    .ok()
+                    .and_then(|text| Ed25519Key::from_secret_text(&text).ok())
+                    .map(|k| k.public_key_text())
+            }
+            _ => None,
+        };
+        let event_types = w.patterns().into_iter().map(str::to_owned).collect();
+        let headers =
+            subscription::headers_out(&storage::subscription::headers_of(w.headers.as_ref()));
+        let auth = subscription::auth_out(storage::subscription::auth_of(w.auth.as_ref()).as_ref());
         Self {
             id: w.id,
             name: w.name,
@@ -477,6 +651,12 @@ impl From<Webhook> for WebhookOut {
             disabled_reason: w.disabled_reason,
             failing_since: w.failing_since,
             body_format: w.body_format,
+            event_types,
+            filter: w.payload_filter,
+            headers,
+            auth,
+            signature_scheme: w.signature_scheme,
+            public_key,
         }
     }
 }

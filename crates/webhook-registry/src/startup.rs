@@ -47,6 +47,7 @@ pub struct Application {
     ns: Namespace,
     ready: Arc<AtomicBool>,
     notices: mpsc::Receiver<(i32, Op)>,
+    keys: storage::secrets::Keyring,
 }
 
 impl Application {
@@ -57,6 +58,7 @@ impl Application {
         let ns = config.nats.namespace()?;
         let pool = build_pool(&config)?;
         let hasher = config.token_hasher();
+        let keys = config.secrets.keyring()?;
         let auth = TokenAuth::new(pool.clone(), hasher, AuthCacheConfig::default());
         let sender = WebhookSender::new(SenderConfig {
             allow_private_targets: config.allow_private_targets,
@@ -88,6 +90,7 @@ impl Application {
             pool: pool.clone(),
             auth: auth.clone(),
             sender,
+            keys: keys.clone(),
             notifier,
             ready: ready.clone(),
             rotation_grace: config.secret_rotation_grace,
@@ -163,6 +166,7 @@ impl Application {
             ns,
             ready,
             notices,
+            keys,
         })
     }
 
@@ -187,6 +191,7 @@ impl Application {
             ns,
             ready,
             notices,
+            keys,
             ..
         } = self;
         let background = shutdown.child_token();
@@ -211,6 +216,7 @@ impl Application {
             config.clone(),
             pool,
             auth.hasher().clone(),
+            keys,
             ready,
             fatal_tx,
             background.clone(),
@@ -309,6 +315,7 @@ async fn bootstrap(
     config: Config,
     pool: DbPool,
     hasher: TokenHasher,
+    keys: storage::secrets::Keyring,
     ready: Arc<AtomicBool>,
     fatal: tokio::sync::oneshot::Sender<anyhow::Error>,
     stop: CancellationToken,
@@ -316,7 +323,7 @@ async fn bootstrap(
     let mut backoff = retry_backoff();
     loop {
         let delay = backoff.next_delay();
-        match bootstrap_once(&config, &pool, &hasher).await {
+        match bootstrap_once(&config, &pool, &hasher, &keys).await {
             Ok(()) => {
                 ready.store(true, Ordering::Release);
                 tracing::info!("database ready; API open");
@@ -350,6 +357,7 @@ async fn bootstrap_once(
     config: &Config,
     pool: &DbPool,
     hasher: &TokenHasher,
+    keys: &storage::secrets::Keyring,
 ) -> Result<(), storage::StorageError> {
     if config.migrate_at_start() {
         let applied = storage::run_migrations(config.database.url()).await?;
@@ -381,6 +389,18 @@ async fn bootstrap_once(
         let row =
             storage::tokens::ensure_token(&mut conn, hasher, token, DEFAULT_TOKEN_NAME).await?;
         tracing::info!(token_id = row.id, "WEB_API_DEFAULT_TOKEN ensured active");
+    }
+    // Secrets written before sealing (or under an older key) are sealed
+    // with the newest key, so a dump never holds one in clear.
+    let mut conn = pool.get().await?;
+    let sealed = storage::webhooks::seal_all(&mut conn, keys).await?;
+    if sealed.values > 0 {
+        tracing::info!(
+            webhooks = sealed.changed,
+            values = sealed.values,
+            key = keys.newest_id(),
+            "stored secrets sealed with the newest key"
+        );
     }
     Ok(())
 }

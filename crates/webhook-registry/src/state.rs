@@ -16,6 +16,8 @@ pub struct AppState {
     pub pool: DbPool,
     pub auth: TokenAuth,
     pub sender: WebhookSender,
+    /// Seals and opens webhook secrets (`SECRETS_KEY_FILE`).
+    pub keys: storage::secrets::Keyring,
     pub notifier: Notifier,
     /// Set once the database is reachable and migrated (and the default
     /// token ensured); until then `/webhooks` answers 503.

@@ -4,10 +4,14 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
-use webhook_client::{Event, Verdict};
+use storage::secrets::Keyring;
+use storage::subscription::{SignatureScheme, StoredAuth};
+use webhook_client::{
+    Auth, Ed25519Key, Event, HeaderName, HeaderValue, OAuth2Client, Signing, Verdict,
+};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -42,7 +46,13 @@ pub async fn send(
         }
     };
     let body = bytes::Bytes::from(body);
-    let secrets = webhook.signing_secrets(now);
+    let request = Request::of(webhook, &state.keys, now)?;
+    let hmac: Vec<&str> = request.hmac.iter().map(String::as_str).collect();
+    let ed25519: Vec<&Ed25519Key> = request.ed25519.iter().collect();
+    let signing = match webhook.signature_scheme {
+        SignatureScheme::Hmac => Signing::Hmac(&hmac),
+        SignatureScheme::Ed25519 => Signing::Ed25519(&ed25519),
+    };
     let outcome = state
         .sender
         .send_event(
@@ -52,7 +62,9 @@ pub async fn send(
                 event_type: TEST_EVENT,
                 event_id: &event_id,
                 body,
-                secrets: &secrets,
+                signing,
+                headers: &request.headers,
+                auth: request.auth.as_ref(),
                 traceparent: traceparent.as_deref(),
             },
             now,
@@ -84,6 +96,70 @@ pub async fn send(
     )
     .await?;
     Ok((row, outcome.latency))
+}
+
+/// What the test request is made with, the webhook's secrets opened: the
+/// same signing keys, headers and auth as its deliveries.
+struct Request {
+    hmac: Vec<String>,
+    ed25519: Vec<Ed25519Key>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    auth: Option<Auth>,
+}
+
+impl Request {
+    fn of(webhook: &Webhook, keys: &Keyring, now: DateTime<Utc>) -> Result<Self, ApiError> {
+        let unusable = |e: &dyn std::fmt::Display| {
+            tracing::error!(webhook_id = webhook.id, error = %e, "the webhook cannot be delivered to as stored");
+            ApiError::Internal
+        };
+        let opened = webhook.sending().open(keys).map_err(|e| unusable(&e))?;
+        let mut secrets: Vec<String> = opened.secret.into_iter().collect();
+        secrets.extend(
+            opened
+                .previous
+                .filter(|(_, until)| *until > now)
+                .map(|(s, _)| s),
+        );
+        let (hmac, ed25519) = match webhook.signature_scheme {
+            SignatureScheme::Hmac => (secrets, Vec::new()),
+            SignatureScheme::Ed25519 => (
+                Vec::new(),
+                secrets
+                    .iter()
+                    .map(|s| Ed25519Key::from_secret_text(s))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| unusable(&e))?,
+            ),
+        };
+        let headers = opened
+            .headers
+            .iter()
+            .map(|(n, v)| webhook_client::check_custom_header(n, v))
+            .collect::<Result<_, _>>()
+            .map_err(|e| unusable(&e))?;
+        let auth = opened.auth.map(|a| match a {
+            StoredAuth::Basic { username, password } => Auth::Basic { username, password },
+            StoredAuth::Bearer { token } => Auth::Bearer { token },
+            StoredAuth::Oauth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            } => Auth::OAuth2(OAuth2Client {
+                token_url,
+                client_id,
+                client_secret,
+                scope,
+            }),
+        });
+        Ok(Self {
+            hmac,
+            ed25519,
+            headers,
+            auth,
+        })
+    }
 }
 
 /// Text stored in Postgres cannot hold NUL characters.

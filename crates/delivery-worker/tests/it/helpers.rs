@@ -46,6 +46,7 @@ pub fn test_config(db_url: &str, ns: &Namespace) -> Config {
     c.retry_poll = Duration::from_millis(200);
     c.shutdown_grace = Duration::from_secs(5);
     c.consumer = "delivery-worker".to_owned();
+    c.secrets = storage::SecretsArgs::for_tests();
     c
 }
 

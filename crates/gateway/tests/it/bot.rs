@@ -32,9 +32,14 @@ async fn imported_sha512_hmac_tokens_open_the_websocket() {
         .await
         .unwrap();
     let ours = b.db.pool().unwrap();
-    let report = storage::bot::import(&mut ours.get().await.unwrap(), &data, false)
-        .await
-        .unwrap();
+    let report = storage::bot::import(
+        &mut ours.get().await.unwrap(),
+        &storage::secrets::Keyring::for_tests(),
+        &data,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tokens.tally.created, 3);
 
     let mut config = b.config();

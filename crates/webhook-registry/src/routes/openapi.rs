@@ -90,7 +90,7 @@ const NO_NUL: &str = "^[^\\u0000]*$";
 
 /// Every accepted `event_type`: the catalogue's types, a family pattern per
 /// family (`ticket.*`), and `*`.
-fn event_type_values() -> Vec<Value> {
+pub(crate) fn event_type_values() -> Vec<Value> {
     let mut values: Vec<String> = EventType::ALL
         .iter()
         .map(|t| t.as_str().to_owned())
@@ -159,6 +159,20 @@ fn describe<T: FromBody + ToSchema>(doc: &mut Value) {
                 schema.insert("maximum".to_owned(), json!(i.max));
             }
             Field::Plain(_) => {}
+            Field::Structured(s) => {
+                // The parser's own schema; `null` leaves an optional one
+                // unchanged.
+                let own = (s.schema)();
+                let stated = if s.presence == Presence::Optional {
+                    json!({"anyOf": [own, {"type": "null"}]})
+                } else {
+                    own
+                };
+                if let Value::Object(map) = stated {
+                    *schema = map;
+                }
+                continue;
+            }
         }
         if field.presence() != Presence::Optional {
             not_null(schema);

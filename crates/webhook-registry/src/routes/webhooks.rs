@@ -17,7 +17,16 @@ use crate::model::{HOURS, LIMIT, OFFSET};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
+use storage::models::Webhook;
+use storage::secrets::Keyring;
+use storage::subscription::{
+    SignatureScheme, auth_column, auth_of, headers_column, headers_of, pattern_columns, purpose,
+};
 use storage::webhooks::{self as db, NewWebhook, Retry, WebhookChanges};
+use webhook_client::Ed25519Key;
+
+use crate::error::FieldError;
+use crate::subscription;
 
 fn webhook_id(raw: &str) -> Result<i32, ApiError> {
     path_id(raw, "webhook_id", ApiError::webhook_not_found())
@@ -41,23 +50,155 @@ pub async fn create(
     state: web::Data<AppState>,
     JsonBody(input): JsonBody<WebhookIn>,
 ) -> Result<HttpResponse, ApiError> {
+    let new = new_webhook(&state.keys, input).map_err(ApiError::Validation)?;
     let mut conn = state.conn().await?;
-    let row = db::insert_webhook(
-        &mut conn,
-        NewWebhook {
-            name: input.name,
-            url: input.url,
-            secret: input.secret,
-            event_type: input.event_type,
-            is_active: true,
-            description: input.description,
-            body_format: input.body_format,
-        },
-    )
-    .await?;
+    let row = db::insert_webhook(&mut conn, new).await?;
     tracing::info!(webhook_id = row.id, event_type = %row.event_type, "webhook created");
     state.notifier.notify(row.id, Op::Created);
-    Ok(HttpResponse::Created().json(WebhookOut::from(row)))
+    Ok(HttpResponse::Created().json(WebhookOut::new(row, &state.keys)))
+}
+
+/// A secret sealed for the `secret` column.
+fn seal_secret(keys: &Keyring, secret: &str) -> Result<String, Vec<FieldError>> {
+    keys.seal(purpose::SECRET, secret).map_err(|e| {
+        tracing::error!(error = %e, "cannot seal a webhook secret");
+        vec![FieldError::value_error(
+            &["body", "secret"],
+            "cannot be stored now",
+        )]
+    })
+}
+
+/// A new ed25519 signing key (`whsk_…`).
+fn new_signing_key() -> Result<String, Vec<FieldError>> {
+    Ed25519Key::generate()
+        .map(|k| k.secret_text())
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot make a signing key");
+            vec![FieldError::value_error(
+                &["body", "signature_scheme"],
+                "cannot make a signing key now",
+            )]
+        })
+}
+
+/// The row of a new webhook, its secrets sealed.
+fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, Vec<FieldError>> {
+    let secret = match (input.signature_scheme, input.secret) {
+        (SignatureScheme::Ed25519, None) => Some(new_signing_key()?),
+        (_, secret) => secret,
+    };
+    let secret = secret.map(|s| seal_secret(keys, &s)).transpose()?;
+    let headers = subscription::seal_headers(keys, input.headers, &[])?;
+    let auth = input
+        .auth
+        .map(|a| subscription::seal_auth(keys, a, None))
+        .transpose()?
+        .flatten();
+    subscription::check_authorization_header(&headers, auth.as_ref())?;
+    let (event_type, event_types) = pattern_columns(&input.event_types);
+    Ok(NewWebhook {
+        name: input.name,
+        url: input.url,
+        secret,
+        event_type,
+        is_active: true,
+        description: input.description,
+        body_format: input.body_format,
+        event_types,
+        payload_filter: input.filter.map(|f| f.to_value()),
+        headers: headers_column(&headers),
+        auth: auth_column(auth.as_ref()),
+        signature_scheme: input.signature_scheme,
+    })
+}
+
+/// What a PATCH changes of `current`: its fields checked against what is
+/// stored (a secret header or credential left out keeps the stored one).
+fn changes_for(
+    keys: &Keyring,
+    patch: WebhookPatch,
+    current: &Webhook,
+) -> Result<WebhookChanges, Vec<FieldError>> {
+    let mut changes = WebhookChanges {
+        name: patch.name,
+        url: patch.url,
+        description: patch.description,
+        is_active: patch.is_active,
+        body_format: patch.body_format,
+        ..WebhookChanges::default()
+    };
+    // `event_types` when it changes the patterns, else `event_type` as the
+    // first of them (a client that knows only `event_type`, or sends back
+    // what it read with that one changed).
+    let stored: Vec<String> = current.patterns().into_iter().map(str::to_owned).collect();
+    let patterns = match (patch.event_types, patch.event_type) {
+        (Some(list), _) if list != stored => Some(list),
+        (_, Some(first)) if stored.first() != Some(&first) => {
+            let mut list = vec![first.clone()];
+            list.extend(stored.iter().skip(1).filter(|p| **p != first).cloned());
+            Some(list)
+        }
+        _ => None,
+    };
+    if let Some(patterns) = patterns {
+        let (event_type, event_types) = pattern_columns(&patterns);
+        changes.event_type = Some(event_type);
+        changes.event_types = Some(event_types);
+    }
+    if let Some(filter) = patch.filter {
+        changes.payload_filter = Some(filter.map(|f| f.to_value()));
+    }
+    let stored_headers = headers_of(current.headers.as_ref());
+    let headers = match patch.headers {
+        Some(given) => {
+            let sealed = subscription::seal_headers(keys, given, &stored_headers)?;
+            changes.headers = Some(headers_column(&sealed));
+            sealed
+        }
+        None => stored_headers,
+    };
+    let stored_auth = auth_of(current.auth.as_ref());
+    let auth = match patch.auth {
+        Some(given) => {
+            let sealed = subscription::seal_auth(keys, given, stored_auth.as_ref())?;
+            changes.auth = Some(auth_column(sealed.as_ref()));
+            sealed
+        }
+        None => stored_auth,
+    };
+    subscription::check_authorization_header(&headers, auth.as_ref())?;
+    let scheme = patch.signature_scheme.unwrap_or(current.signature_scheme);
+    let scheme_changed = scheme != current.signature_scheme;
+    let secret = match (patch.secret, scheme) {
+        (Some(Some(s)), SignatureScheme::Ed25519) if Ed25519Key::from_secret_text(&s).is_err() => {
+            return Err(vec![FieldError::value_error(
+                &["body", "secret"],
+                "an ed25519 webhook's secret is a signing key, whsk_ and the base64 of 32 bytes; \
+                 leave it out to have one generated",
+            )]);
+        }
+        (Some(secret), _) => Some(secret),
+        (None, SignatureScheme::Ed25519) if scheme_changed => Some(Some(new_signing_key()?)),
+        // Back to HMAC without a secret: unsigned until one is set.
+        (None, SignatureScheme::Hmac) if scheme_changed => Some(None),
+        (None, _) => None,
+    };
+    if let Some(secret) = secret {
+        // A direct replacement: the previous secret stops signing at once
+        // (rotate-secret is the graceful way).
+        changes.secret = Some(secret.map(|s| seal_secret(keys, &s)).transpose()?);
+        changes.previous_secret = Some(None);
+        changes.previous_secret_expires_at = Some(None);
+    }
+    if scheme_changed {
+        changes.signature_scheme = Some(scheme);
+    }
+    if patch.is_active == Some(true) {
+        changes.disabled_reason = Some(None);
+        changes.failing_since = Some(None);
+    }
+    Ok(changes)
 }
 
 /// Query of `GET /webhooks`.
@@ -66,6 +207,9 @@ pub async fn create(
 pub struct ListParams {
     /// Only webhooks with exactly this `event_type`.
     pub event_type: Option<String>,
+    /// Only webhooks that an event of this type goes to: one of their
+    /// patterns matches it (the type, its family pattern or `*`).
+    pub matching: Option<String>,
     /// Only active (`true`) or inactive (`false`) webhooks.
     pub is_active: Option<bool>,
     /// Page size.
@@ -80,6 +224,7 @@ impl FromQuery for ListParams {
     fn from_query(q: &mut Query) -> Self {
         Self {
             event_type: q.string("event_type"),
+            matching: q.string("matching"),
             is_active: q.boolean("is_active"),
             limit: q.param(&LIMIT),
             offset: q.param(&OFFSET),
@@ -103,15 +248,30 @@ impl FromQuery for ListParams {
 pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let ListParams {
         event_type,
+        matching,
         is_active,
         limit,
         offset,
     } = Query::read(req.query_string())?;
+    let patterns = match matching {
+        Some(t) => Some(matching_patterns(&t)?),
+        None => None,
+    };
     let mut conn = state.conn().await?;
-    let (items, total) =
-        db::list_webhooks(&mut conn, event_type.as_deref(), is_active, limit, offset).await?;
+    let (items, total) = db::list_webhooks(
+        &mut conn,
+        event_type.as_deref(),
+        patterns.as_deref(),
+        is_active,
+        limit,
+        offset,
+    )
+    .await?;
     let page = WebhookPage {
-        items: items.into_iter().map(WebhookOut::from).collect(),
+        items: items
+            .into_iter()
+            .map(|w| WebhookOut::new(w, &state.keys))
+            .collect(),
         total,
         limit,
         offset,
@@ -125,6 +285,28 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(body))
+}
+
+/// The patterns that select events of type `t`: `t`, its family pattern
+/// and `*`; a 422 for a type not in the catalogue.
+fn matching_patterns(t: &str) -> Result<Vec<String>, ApiError> {
+    let Ok(ty) = t.parse::<proto_events::EventType>() else {
+        return Err(ApiError::Validation(vec![
+            FieldError::value_error(
+                &["query", "matching"],
+                &format!(
+                    "unknown event type; valid: {}",
+                    proto_events::EventType::names().join(", ")
+                ),
+            )
+            .input(serde_json::Value::String(t.to_owned())),
+        ]));
+    };
+    let mut patterns = vec![ty.as_str().to_owned(), "*".to_owned()];
+    if let Some((family, _)) = ty.as_str().split_once('.') {
+        patterns.push(format!("{family}.*"));
+    }
+    Ok(patterns)
 }
 
 /// Overall statistics.
@@ -179,7 +361,7 @@ pub async fn get(
     let row = db::get_webhook(&mut conn, id)
         .await?
         .ok_or_else(ApiError::webhook_not_found)?;
-    Ok(HttpResponse::Ok().json(WebhookOut::from(row)))
+    Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys)))
 }
 
 /// Change some fields of a webhook.
@@ -203,33 +385,16 @@ pub async fn update(
     JsonBody(patch): JsonBody<WebhookPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = webhook_id(&path)?;
-    let mut changes = WebhookChanges {
-        name: patch.name,
-        url: patch.url,
-        event_type: patch.event_type,
-        description: patch.description,
-        is_active: patch.is_active,
-        body_format: patch.body_format,
-        ..WebhookChanges::default()
-    };
-    if let Some(secret) = patch.secret {
-        // A direct replacement: the previous secret stops signing at once
-        // (rotate-secret is the graceful way).
-        changes.secret = Some(secret);
-        changes.previous_secret = Some(None);
-        changes.previous_secret_expires_at = Some(None);
-    }
-    if patch.is_active == Some(true) {
-        changes.disabled_reason = Some(None);
-        changes.failing_since = Some(None);
-    }
     let mut conn = state.conn().await?;
-    let row = db::update_webhook(&mut conn, id, changes)
-        .await?
-        .ok_or_else(ApiError::webhook_not_found)?;
+    let row = db::update_webhook_with(&mut conn, id, |current| {
+        changes_for(&state.keys, patch, current)
+    })
+    .await?
+    .ok_or_else(ApiError::webhook_not_found)?
+    .map_err(ApiError::Validation)?;
     tracing::info!(webhook_id = id, "webhook updated");
     state.notifier.notify(id, Op::Updated);
-    Ok(HttpResponse::Ok().json(WebhookOut::from(row)))
+    Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys)))
 }
 
 /// Delete a webhook and its deliveries.
@@ -532,25 +697,42 @@ pub async fn rotate(
     JsonBody(input): JsonBody<RotateIn>,
 ) -> Result<HttpResponse, ApiError> {
     let id = webhook_id(&path)?;
-    let (secret, generated) = match input.secret {
-        Some(s) => (s, false),
-        None => (generate_secret(), true),
+    let mut conn = state.conn().await?;
+    let scheme = db::get_webhook(&mut conn, id)
+        .await?
+        .ok_or_else(ApiError::webhook_not_found)?
+        .signature_scheme;
+    // An ed25519 webhook gets a new signing key; its public key is in the
+    // webhook, and the private key is never shown.
+    let (secret, generated) = match (input.secret, scheme) {
+        (Some(s), SignatureScheme::Ed25519) if Ed25519Key::from_secret_text(&s).is_err() => {
+            return Err(ApiError::Validation(vec![FieldError::value_error(
+                &["body", "secret"],
+                "an ed25519 webhook's secret is a signing key, whsk_ and the base64 of 32 bytes; \
+                 leave it out to have one generated",
+            )]));
+        }
+        (Some(s), _) => (s, false),
+        (None, SignatureScheme::Ed25519) => {
+            (new_signing_key().map_err(ApiError::Validation)?, false)
+        }
+        (None, SignatureScheme::Hmac) => (generate_secret(), true),
     };
+    let sealed = seal_secret(&state.keys, &secret).map_err(ApiError::Validation)?;
     let grace = match input.grace_period_seconds {
         Some(s) => chrono::Duration::seconds(s),
         None => chrono::Duration::from_std(state.rotation_grace)
             .unwrap_or_else(|_| chrono::Duration::hours(24)),
     };
     let until = (grace > chrono::Duration::zero()).then(|| Utc::now() + grace);
-    let mut conn = state.conn().await?;
-    let row = db::rotate_secret(&mut conn, id, secret.clone(), until)
+    let row = db::rotate_secret(&mut conn, id, sealed, until)
         .await?
         .ok_or_else(ApiError::webhook_not_found)?;
     tracing::info!(webhook_id = id, generated, "webhook secret rotated");
     state.notifier.notify(id, Op::Rotated);
     let previous_secret_expires_at = row.previous_secret_expires_at;
     Ok(HttpResponse::Ok().json(RotateOut {
-        webhook: WebhookOut::from(row),
+        webhook: WebhookOut::new(row, &state.keys),
         secret: generated.then_some(secret),
         previous_secret_expires_at,
     }))

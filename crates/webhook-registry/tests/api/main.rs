@@ -14,5 +14,6 @@ mod jobs;
 mod portal;
 mod process;
 mod resilience;
+mod subscriptions;
 mod validation;
 mod webhooks;

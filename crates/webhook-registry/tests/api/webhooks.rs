@@ -7,7 +7,7 @@ use storage::testing::{diesel, diesel_async};
 
 use crate::helpers::spawn_app;
 
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 20] = [
     "id",
     "name",
     "url",
@@ -22,6 +22,13 @@ const FIELDS: [&str; 14] = [
     "disabled_reason",
     "failing_since",
     "body_format",
+    // Subscriptions (added after the seed's fields).
+    "event_types",
+    "filter",
+    "headers",
+    "auth",
+    "signature_scheme",
+    "public_key",
 ];
 
 fn keys(v: &Value) -> Vec<String> {
