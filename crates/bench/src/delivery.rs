@@ -316,6 +316,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
                 .port();
             let worker_addr: SocketAddr = ([127, 0, 0, 1], port).into();
             let child = tokio::process::Command::new(&bin)
+                // The benchmark writes its webhooks in clear; the worker
+                // still needs a key file to start.
+                .env("SECRETS_KEY_FILE", storage::testing::key_file())
                 .env("DATABASE_URL", db_url)
                 .env("NATS_URL", &nats.nats_url)
                 .env("NATS_PREFIX", ns.prefix())

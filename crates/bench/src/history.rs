@@ -237,6 +237,7 @@ async fn measure(
         l.local_addr()?.port()
     };
     let mut child = tokio::process::Command::new(bin)
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
         .env("DATABASE_URL", &db.url)
         .env("NATS_URL", &nats.nats_url)
         .env(

@@ -242,6 +242,7 @@ impl Deployment {
     fn create_token(&self) -> String {
         let out = Command::new(binary("webhook-registry"))
             .env_clear()
+            .env("SECRETS_KEY_FILE", storage::testing::key_file())
             .env("DATABASE_URL", &self.db_url)
             .env("RUST_LOG", "warn")
             .args(["token", "create", "--name", "e2e"])

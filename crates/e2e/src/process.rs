@@ -137,6 +137,7 @@ impl Service {
         let mut cmd = Command::new(binary(binary_name));
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SECRETS_KEY_FILE", storage::testing::key_file())
             .env(bind_var, addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))

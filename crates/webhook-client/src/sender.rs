@@ -235,6 +235,12 @@ impl WebhookSender {
 
     /// Makes one attempt. Never panics and never returns an error: every
     /// failure is described in the outcome.
+    ///
+    /// With [`Auth::OAuth2`] the attempt includes getting a token when none
+    /// is cached (a failure there is the outcome, `OAuth2 token request
+    /// failed: …`), and, when the receiver answers 401 to a cached token,
+    /// one new token and one resend, whose answer is the outcome. The
+    /// latency covers all of it; each request has the configured timeouts.
     pub async fn send(&self, req: &Outbound<'_>) -> AttemptOutcome {
         let started = Instant::now();
         let mut outcome = self.attempt(req).await;

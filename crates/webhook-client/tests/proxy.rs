@@ -88,6 +88,16 @@ impl TinyProxy {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The readiness probe is logged as a connection: wait for that line,
+        // so later counts of connections start from a settled log.
+        while proxy.connections() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "tinyproxy logged no connection: {}",
+                proxy.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         proxy
     }
 
@@ -307,6 +317,26 @@ async fn proxy_credentials_work_and_never_show() {
     assert_eq!(out.response_status, Some(407), "{out:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rx.count(), 1, "only the authenticated delivery arrived");
+
+    // With the right credentials the tunnel opens (TLS then fails against
+    // the plain-HTTP receiver).
+    let out = s
+        .send(&outbound(&format!("https://127.0.0.1:{port}/hook")))
+        .await;
+    assert_eq!(out.verdict, Verdict::Failed, "{out:?}");
+    let err = out.error.as_deref().unwrap();
+    assert!(!err.contains("tunnel"), "{err}");
+    assert_no_credentials(err);
+    assert_eq!(
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("CONNECT "))
+            .count(),
+        2,
+        "{}",
+        proxy.log()
+    );
 
     // The proxy's own log never has the password either.
     assert!(!proxy.log().contains(PROXY_PASSWORD));

@@ -231,6 +231,7 @@ pub fn metric(text: &str, name: &str) -> u64 {
 /// and `extra` settings on top.
 pub fn start_binary(db: &TestDb, ns: &Namespace, extra: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_delivery-worker"));
+    cmd.env("SECRETS_KEY_FILE", storage::testing::key_file());
     cmd.env("DATABASE_URL", &db.url)
         .env("NATS_URL", nats_url())
         .env("NATS_PREFIX", ns.prefix())

@@ -21,6 +21,7 @@ struct Running {
 fn start(database_url: &str, nats_url: &str) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
         .env_clear()
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
         .env("DATABASE_URL", database_url)
         .env("NATS_URL", nats_url)
         .env("WORKER_BIND", "127.0.0.1:0")
@@ -128,6 +129,7 @@ fn tail(out: &str) -> String {
 fn help_lists_every_nats_setting() {
     let out = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
         .env_clear()
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
         .arg("--help")
         .output()
         .unwrap();

@@ -106,6 +106,9 @@ impl System {
             token
         };
         let nats_url = nats_url();
+        let key_file = storage::testing::key_file();
+        let key_file = key_file.to_str().expect("a UTF-8 temporary path");
+        let keys = ["--secrets-key-file", key_file];
         let common = [
             "--database-url",
             db.url.as_str(),
@@ -121,6 +124,7 @@ impl System {
             ["webhook-registry"]
                 .into_iter()
                 .chain(common)
+                .chain(keys)
                 .chain(["--allow-private-targets", "true"]),
         )
         .expect("registry flags");
@@ -132,14 +136,18 @@ impl System {
         });
 
         let config = delivery_worker::Config::try_parse_from(
-            ["delivery-worker"].into_iter().chain(common).chain([
-                "--allow-private-targets",
-                "true",
-                "--retry-schedule",
-                "1s",
-                "--retry-poll",
-                "200ms",
-            ]),
+            ["delivery-worker"]
+                .into_iter()
+                .chain(common)
+                .chain(keys)
+                .chain([
+                    "--allow-private-targets",
+                    "true",
+                    "--retry-schedule",
+                    "1s",
+                    "--retry-poll",
+                    "200ms",
+                ]),
         )
         .expect("worker flags");
         let app = delivery_worker::Application::build(config)

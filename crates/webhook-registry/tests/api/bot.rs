@@ -40,6 +40,7 @@ fn configure(c: &mut webhook_registry::Config) {
 fn run(db_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_webhook-registry"))
         .env_clear()
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
         .env("DATABASE_URL", db_url)
         .env("WEB_API_TOKEN_HASH_ALGORITHM", "SHA512")
         .env("WEB_API_TOKEN_HMAC_SECRET", HMAC_KEY)
@@ -336,7 +337,15 @@ async fn import_bot_copies_tokens_webhooks_and_history() {
     assert_eq!(hooks[0].body_format, BodyFormat::Canonical);
     let support = &hooks[1];
     assert_eq!(support.name, "Поддержка");
-    assert_eq!(support.secret.as_deref(), Some("s3cr3t-бота"));
+    // Copied sealed, never in clear.
+    let stored = support.secret.as_deref().unwrap();
+    assert!(stored.starts_with("sealed:v1:"), "{stored}");
+    let keys = storage::SecretsArgs::for_tests().keyring().unwrap();
+    assert_eq!(
+        keys.open(storage::subscription::purpose::SECRET, stored)
+            .unwrap(),
+        "s3cr3t-бота"
+    );
     assert_eq!(
         support.description.as_deref(),
         Some("Тикеты в CRM — с подписью")

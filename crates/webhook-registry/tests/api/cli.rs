@@ -13,7 +13,10 @@ use crate::helpers::{eventually, spawn_app};
 
 fn run(db_url: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhook-registry"));
-    cmd.env_clear().env("DATABASE_URL", db_url).args(args);
+    cmd.env_clear()
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
+        .env("DATABASE_URL", db_url)
+        .args(args);
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -14,14 +14,26 @@ use webhook_client::{verify_standard_signature, verify_x_webhook_signature};
 
 use crate::helpers::{TestApp, spawn_app};
 
+/// The webhook's row, its secrets opened.
 async fn webhook_row(app: &TestApp, id: i32) -> Webhook {
     let mut conn = app.conn().await;
-    w::table
+    let mut row: Webhook = w::table
         .find(id)
         .select(Webhook::as_select())
         .first(&mut conn)
         .await
-        .unwrap()
+        .unwrap();
+    let keys = storage::SecretsArgs::for_tests().keyring().unwrap();
+    let open = |s: Option<String>| {
+        s.map(|s| {
+            assert!(s.starts_with("sealed:v1:"), "stored in clear");
+            keys.open(storage::subscription::purpose::SECRET, &s)
+                .unwrap()
+        })
+    };
+    row.secret = open(row.secret);
+    row.previous_secret = open(row.previous_secret);
+    row
 }
 
 #[tokio::test]

@@ -183,6 +183,27 @@ impl TestApp {
         self.call(Method::DELETE, path, None).await
     }
 
+    /// A webhook's secret as stored, opened with the tests' key (`None`
+    /// when there is none).
+    pub async fn stored_secret(&self, id: i32) -> Option<String> {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use storage::schema::webhooks as w;
+        use storage::testing::{diesel, diesel_async};
+        let stored: Option<String> = w::table
+            .find(id)
+            .select(w::secret)
+            .first(&mut self.conn().await)
+            .await
+            .expect("webhook");
+        let keys = storage::SecretsArgs::for_tests().keyring().expect("keys");
+        stored.map(|s| {
+            assert!(s.starts_with("sealed:v1:"), "stored in clear");
+            keys.open(storage::subscription::purpose::SECRET, &s)
+                .expect("opens")
+        })
+    }
+
     /// Creates a webhook and returns it.
     pub async fn create_webhook(&self, name: &str, url: &str, event_type: &str) -> Value {
         let (status, body) = self

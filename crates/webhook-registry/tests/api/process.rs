@@ -30,6 +30,7 @@ async fn binary_keeps_secrets_out_of_debug_logs_and_stops_within_seconds_without
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-registry"))
         .env_clear()
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
         .env("DATABASE_URL", &db_url)
         .env(
             "NATS_URL",
@@ -169,6 +170,7 @@ async fn requests_the_http_layer_refuses_are_not_logged_as_server_errors() {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-registry"))
         .env_clear()
+        .env("SECRETS_KEY_FILE", storage::testing::key_file())
         .env("DATABASE_URL", &db.url)
         .env("NATS_URL", "nats://127.0.0.1:1")
         .env("REGISTRY_BIND", format!("127.0.0.1:{port}"))

@@ -83,13 +83,7 @@ async fn create_returns_the_webhook_without_its_secret() {
 
     // Stored with the secret.
     let id = body["id"].as_i64().unwrap() as i32;
-    let mut conn = app.conn().await;
-    let secret: Option<String> = w::table
-        .find(id)
-        .select(w::secret)
-        .first(&mut conn)
-        .await
-        .unwrap();
+    let secret = app.stored_secret(id).await;
     assert_eq!(secret.as_deref(), Some("optional-secret-for-signing"));
 
     let (status, got) = app.get(&format!("/webhooks/{id}")).await;
@@ -187,12 +181,7 @@ async fn patch_changes_only_the_given_fields() {
     let (status, same) = app.patch(&format!("/webhooks/{id}"), read_back).await;
     assert_eq!(status, StatusCode::OK, "{same}");
     let mut conn = app.conn().await;
-    let secret: Option<String> = w::table
-        .find(id)
-        .select(w::secret)
-        .first(&mut conn)
-        .await
-        .unwrap();
+    let secret = app.stored_secret(id).await;
     assert_eq!(secret.as_deref(), Some("s1"), "null kept the secret");
     assert_eq!(same["description"], "d");
 
@@ -210,12 +199,7 @@ async fn patch_changes_only_the_given_fields() {
     assert_eq!(patched["url"], "https://example.org/new");
     assert_eq!(patched["name"], "Updated Name");
     assert_eq!(patched["body_format"], "bot");
-    let secret: Option<String> = w::table
-        .find(id)
-        .select(w::secret)
-        .first(&mut conn)
-        .await
-        .unwrap();
+    let secret = app.stored_secret(id).await;
     assert_eq!(secret, None);
 
     // Setting a secret stores it and never shows it.
@@ -226,12 +210,7 @@ async fn patch_changes_only_the_given_fields() {
         )
         .await;
     assert!(!patched.to_string().contains("new-secret-value"));
-    let secret: Option<String> = w::table
-        .find(id)
-        .select(w::secret)
-        .first(&mut conn)
-        .await
-        .unwrap();
+    let secret = app.stored_secret(id).await;
     assert_eq!(secret.as_deref(), Some("new-secret-value"));
 
     // Re-activating clears what the worker set when it disabled the hook.
