@@ -278,6 +278,56 @@ impl Deployment {
         body["id"].as_i64().expect("webhook id") as i32
     }
 
+    /// `method path` on the registry's API with the deployment's token and
+    /// a JSON body: the status and the JSON answer (`null` when empty).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut rb = self
+            .http
+            .request(method, self.registry.url(path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.expect("registry request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("registry answer");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("registry JSON")
+        };
+        (status, value)
+    }
+
+    /// Creates a webhook from a full request body and counts it among the
+    /// deployment's webhooks (workers wait for all of them to be loaded);
+    /// returns it as the API shows it.
+    pub async fn create_webhook_from(&mut self, body: Value) -> Value {
+        let (status, hook) = self
+            .api(reqwest::Method::POST, "/webhooks", Some(body))
+            .await;
+        assert_eq!(status, 201, "create webhook: {hook}");
+        let first = hook["event_type"].as_str().expect("event_type");
+        self.hooks.push(Hook {
+            id: hook["id"].as_i64().expect("webhook id") as i32,
+            pattern: Pattern::parse(first).expect("pattern"),
+        });
+        hook
+    }
+
+    /// Stops every worker (SIGKILL).
+    pub fn kill_workers(&mut self) {
+        for w in &mut self.workers {
+            w.kill();
+        }
+        self.workers.clear();
+    }
+
     /// From now on the receiver answers 500 (`true`) or 200 (`false`).
     pub fn set_receiver_failing(&self, failing: bool) {
         self.receiver_failing.store(failing, Ordering::SeqCst);

@@ -7,9 +7,11 @@
 //! - [`nats_url`]: the NATS server the tests use (`TEST_NATS_URL`);
 //! - [`terminate`]: SIGTERM to a child process without running `kill`;
 //! - [`free_port`]: a loopback port for a server a test starts;
-//! - [`eventually`]: poll a condition until it holds or time runs out.
+//! - [`eventually`]: poll a condition until it holds or time runs out;
+//! - [`tinyproxy`]: a real HTTP proxy (Debian's tinyproxy) on loopback.
 
 mod receiver;
+pub mod tinyproxy;
 
 use std::collections::BTreeSet;
 use std::future::Future;

@@ -4,13 +4,10 @@
 //! tests fail, saying so). Each test runs its own tinyproxy in the
 //! foreground with a config and log file of its own.
 
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use test_support::tinyproxy::TinyProxy;
 use test_support::{Receiver, Reply};
 use webhook_client::{
     AttemptOutcome, Outbound, ProxyUrl, SenderConfig, Signing, Verdict, WebhookSender,
@@ -19,112 +16,23 @@ use webhook_client::{
 const PROXY_USER: &str = "egress-user";
 const PROXY_PASSWORD: &str = "Pr0xy-Pa55word";
 
-struct TinyProxy {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
+/// The proxy's URLs for the sender.
+trait ProxyUrls {
+    fn url(&self, host: &str) -> ProxyUrl;
+    fn url_with(&self, user: &str, password: &str) -> ProxyUrl;
 }
 
-impl Drop for TinyProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl TinyProxy {
-    /// Starts tinyproxy on a free loopback port with `extra` config lines.
-    fn start(extra: &str) -> TinyProxy {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "webhook-client-tinyproxy-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
-        let log = dir.join("tinyproxy.log");
-        let conf = dir.join("tinyproxy.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "Port {port}\nListen 127.0.0.1\nTimeout 10\nMaxClients 16\nAllow 127.0.0.1\n\
-                 LogLevel Info\nLogFile \"{}\"\n{extra}\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        let child = match Command::new("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => panic!(
-                "tinyproxy is required for the proxy tests and could not be started ({e}); \
-                 install it with `apt-get install -y tinyproxy` (deploy/lib.sh ensure_test_tools)"
-            ),
-        };
-        let mut proxy = TinyProxy { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = proxy.child.try_wait() {
-                panic!("tinyproxy exited at start ({status}): {}", proxy.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy did not listen: {}",
-                proxy.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The readiness probe is logged as a connection: wait for that line,
-        // so later counts of connections start from a settled log.
-        while proxy.connections() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy logged no connection: {}",
-                proxy.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        proxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("tinyproxy.log")).unwrap_or_default()
-    }
-
-    /// The request lines tinyproxy logged (one per proxied request or CONNECT).
-    fn requests(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter_map(|l| l.split_once("]: Request (file descriptor ").map(|(_, r)| r))
-            .filter_map(|r| r.split_once("): ").map(|(_, line)| line.to_owned()))
-            .collect()
-    }
-
-    /// Client connections tinyproxy logged (its readiness probe included).
-    fn connections(&self) -> usize {
-        self.log().matches("]: Connect (file descriptor ").count()
-    }
-
+impl ProxyUrls for TinyProxy {
     fn url(&self, host: &str) -> ProxyUrl {
-        ProxyUrl::parse(&format!("http://{host}:{}", self.port)).unwrap()
+        ProxyUrl::parse(&format!("http://{host}:{}", self.port())).unwrap()
     }
 
     fn url_with(&self, user: &str, password: &str) -> ProxyUrl {
-        ProxyUrl::parse(&format!("http://{user}:{password}@127.0.0.1:{}", self.port)).unwrap()
+        ProxyUrl::parse(&format!(
+            "http://{user}:{password}@127.0.0.1:{}",
+            self.port()
+        ))
+        .unwrap()
     }
 }
 
@@ -281,7 +189,7 @@ async fn proxy_credentials_work_and_never_show() {
     assert_no_credentials(&format!("{url:?}"));
     assert_eq!(
         url.to_string(),
-        format!("http://***@127.0.0.1:{}", proxy.port)
+        format!("http://***@127.0.0.1:{}", proxy.port())
     );
     let s = sender(url, true);
     assert_no_credentials(&format!("{s:?}"));
@@ -307,7 +215,10 @@ async fn proxy_credentials_work_and_never_show() {
     assert_eq!(out.verdict, Verdict::Failed, "{out:?}");
     let err = out.error.as_deref().unwrap();
     assert!(
-        err.ends_with(&format!("(via proxy http://***@127.0.0.1:{})", proxy.port)),
+        err.ends_with(&format!(
+            "(via proxy http://***@127.0.0.1:{})",
+            proxy.port()
+        )),
         "{err}"
     );
     assert!(!format!("{out:?}").contains("wrong-password"));

@@ -230,7 +230,7 @@ pub fn new_key(path: &std::path::Path) -> anyhow::Result<String> {
     } else {
         "\n"
     };
-    write!(file, "{sep}{line}\n").with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{sep}{line}").with_context(|| format!("cannot write {}", path.display()))?;
     file.sync_all()?;
     Ok(id)
 }

@@ -14,3 +14,4 @@ mod checks;
 mod cluster;
 mod faults;
 mod pauses;
+mod subscriptions;
