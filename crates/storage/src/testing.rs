@@ -302,6 +302,29 @@ impl Drop for TestDb {
     }
 }
 
+/// A key file holding [`crate::TEST_KEY_LINE`] (mode 600), written once per
+/// process: `SECRETS_KEY_FILE` for the services tests start as processes,
+/// which then share the key of those started in the process.
+pub fn key_file() -> std::path::PathBuf {
+    static FILE: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+        let path = std::env::temp_dir().join(format!(
+            "bedolaga-test-keys-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let mut options = std::fs::OpenOptions::new();
+        options.create_new(true).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        if let Ok(mut f) = options.open(&path) {
+            use std::io::Write as _;
+            let _ = writeln!(f, "{}", crate::TEST_KEY_LINE);
+        }
+        path
+    });
+    FILE.clone()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -347,27 +370,4 @@ mod tests {
             )
         );
     }
-}
-
-/// A key file holding [`crate::TEST_KEY_LINE`] (mode 600), written once per
-/// process: `SECRETS_KEY_FILE` for the services tests start as processes,
-/// which then share the key of those started in the process.
-pub fn key_file() -> std::path::PathBuf {
-    static FILE: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
-        let path = std::env::temp_dir().join(format!(
-            "bedolaga-test-keys-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        ));
-        let mut options = std::fs::OpenOptions::new();
-        options.create_new(true).write(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        if let Ok(mut f) = options.open(&path) {
-            use std::io::Write as _;
-            let _ = writeln!(f, "{}", crate::TEST_KEY_LINE);
-        }
-        path
-    });
-    FILE.clone()
 }
