@@ -84,6 +84,84 @@ pub struct Args {
     /// Published events awaiting their JetStream ack at most.
     #[arg(long, default_value_t = 1024)]
     pub publish_window: usize,
+    /// A payload filter (JSON) on every webhook, e.g. one every event
+    /// passes, to measure what evaluating it costs: `{"and": [{"path":
+    /// "status", "eq": "open"}, {"path": "user_id", "gte": 1}, {"not":
+    /// {"path": "has_media", "eq": true}}]}`.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Custom headers on every webhook (every other one secret, sealed).
+    #[arg(long, default_value_t = 0)]
+    pub headers: usize,
+    /// Receiver auth on every webhook (its credential sealed).
+    #[arg(long, value_enum, default_value_t = BenchAuth::None)]
+    pub auth: BenchAuth,
+}
+
+/// The receiver auth of the benchmark's webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchAuth {
+    None,
+    Basic,
+    Bearer,
+}
+
+/// The subscription columns of the benchmark's webhooks, sealed with the
+/// tests' key (which the worker it starts is given).
+struct Subscription {
+    filter: Option<Value>,
+    headers: Option<Value>,
+    auth: Option<Value>,
+}
+
+impl Subscription {
+    fn of(args: &Args) -> anyhow::Result<Self> {
+        use storage::subscription::{StoredAuth, StoredHeader, purpose};
+        let keys = storage::SecretsArgs::for_tests().keyring()?;
+        let filter = match &args.filter {
+            Some(text) => {
+                let v: Value = serde_json::from_str(text).context("--filter is not JSON")?;
+                proto_events::filter::Filter::parse(&v)
+                    .map_err(|e| anyhow::anyhow!("--filter: {e}"))?;
+                Some(v)
+            }
+            None => None,
+        };
+        let mut headers = Vec::with_capacity(args.headers);
+        for i in 0..args.headers {
+            let value = format!("bench-header-value-{i}");
+            headers.push(if i % 2 == 1 {
+                StoredHeader {
+                    name: format!("X-Bench-Secret-{i}"),
+                    value: None,
+                    sealed: Some(keys.seal(purpose::HEADER, &value)?),
+                }
+            } else {
+                StoredHeader {
+                    name: format!("X-Bench-{i}"),
+                    value: Some(value),
+                    sealed: None,
+                }
+            });
+        }
+        let auth = match args.auth {
+            BenchAuth::None => None,
+            BenchAuth::Basic => Some(StoredAuth::Basic {
+                username: "bench".into(),
+                password: "bench-password".into(),
+            }),
+            BenchAuth::Bearer => Some(StoredAuth::Bearer {
+                token: "bench-token".into(),
+            }),
+        }
+        .map(|a| a.sealed(&keys))
+        .transpose()?;
+        Ok(Self {
+            filter,
+            headers: storage::subscription::headers_column(&headers),
+            auth: storage::subscription::auth_column(auth.as_ref()),
+        })
+    }
 }
 
 /// What the receiver saw.
@@ -277,6 +355,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         use diesel_async::RunQueryDsl;
         use storage::schema::webhooks::dsl as w;
         let mut conn = pool.get().await?;
+        let sub = Subscription::of(&args)?;
         for i in 0..args.webhooks {
             let id: i32 = diesel::insert_into(w::webhooks)
                 .values((
@@ -286,6 +365,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
                     w::secret.eq(&secret),
                     w::is_active.eq(true),
                     w::description.eq("bench delivery (deleted at the end)"),
+                    w::payload_filter.eq(&sub.filter),
+                    w::headers.eq(&sub.headers),
+                    w::auth.eq(&sub.auth),
                 ))
                 .returning(w::id)
                 .get_result(&mut conn)
