@@ -64,6 +64,22 @@ function attemptRow(d, onRetry) {
     d.response_body ? el("details", {}, el("summary", { text: "Response body" }), el("pre", { text: d.response_body })) : null);
 }
 
+// Custom headers as shown: secret values only as "secret (stored)".
+function headerList(headers) {
+  const entries = Object.entries(headers || {});
+  if (!entries.length) return "none";
+  return el("ul", { class: "plain" }, entries.map(([n, v]) => el("li", {}, el("code", { text: n }), ": ",
+    v !== null && typeof v === "object" ? el("span", { class: "muted", text: "secret (stored)" }) : el("code", { text: String(v) }))));
+}
+
+// Receiver auth without its credential (the API never shows it).
+function authText(a) {
+  if (!a) return "none";
+  if (a.type === "basic") return `basic, user ${a.username}`;
+  if (a.type === "oauth2") return `oauth2, client ${a.client_id} at ${a.token_url}` + (a.scope ? `, scope ${a.scope}` : "");
+  return a.type;
+}
+
 export async function deliveriesPage(root, { id, params }) {
   let w = await api("GET", "/webhooks/" + id);
   const head = el("div");
@@ -81,8 +97,17 @@ export async function deliveriesPage(root, { id, params }) {
         el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" })),
       el("dl", { class: "facts" },
         el("dt", { text: "URL" }), el("dd", { class: "url", text: w.url }),
-        el("dt", { text: "Event type" }), el("dd", {}, el("code", { text: w.event_type })),
+        el("dt", { text: "Event types" }), el("dd", {}, w.event_types.map((t, i) => [i ? ", " : null, el("code", { text: t })])),
+        el("dt", { text: "Payload filter" }), el("dd", {}, w.filter ? el("code", { text: JSON.stringify(w.filter) }) : "none (every event)"),
+        el("dt", { text: "Custom headers" }), el("dd", {}, headerList(w.headers)),
+        el("dt", { text: "Receiver auth" }), el("dd", { text: authText(w.auth) }),
         el("dt", { text: "Body format" }), el("dd", { text: w.body_format }),
+        el("dt", { text: "Signature scheme" }), el("dd", { text: w.signature_scheme }),
+        w.public_key ? [el("dt", {}, el("label", { for: "public-key", text: "Public key" })),
+          el("dd", { class: "key-box" }, el("input", { id: "public-key", type: "text", readonly: true, value: w.public_key, class: "secret" }),
+            el("button", { type: "button", text: "Copy public key", onclick: async (e) => {
+              e.target.textContent = (await copy(w.public_key)) ? "Copied" : "Copy public key";
+            } }))] : null,
         el("dt", { text: "Success rate" }), el("dd", { text: `${rate(w)} (${w.success_count} ok, ${w.failure_count} failed)` }),
         el("dt", { text: "Last triggered" }), el("dd", { text: fmtTime(w.last_triggered_at) }),
         w.failing_since ? [el("dt", { text: "Failing since" }), el("dd", { text: fmtTime(w.failing_since) })] : null,

@@ -83,6 +83,28 @@ export function field(name, label, input, hint) {
     hint ? el("p", { class: "hint", text: hint }) : null, err);
 }
 
+// A labelled group of controls (checkboxes, rows) with one place for the
+// API's message, like field(); returns the fieldset.
+export function group(name, legend, children, hint) {
+  const err = el("p", { class: "field-error", id: "err-" + name, role: "alert" });
+  return el("fieldset", { class: "field group", id: "f-" + name, "aria-describedby": err.id },
+    el("legend", { text: legend }), children, hint ? el("p", { class: "hint", text: hint }) : null, err);
+}
+
+// The field a 422 entry's `loc` names: the longest prefix of its path after
+// "body"/"query" joined with dots (`auth.token`, else `auth`), else its last
+// item. Returns the name and the rest of the path (`and.0.eq` inside a
+// filter), or null.
+function fieldOf(form, loc) {
+  const path = Array.isArray(loc) ? loc.map(String) : [];
+  for (let k = path.length; k > 1; k--) {
+    const name = path.slice(1, k).join(".");
+    if (form.querySelector("#err-" + CSS.escape(name))) return { name, rest: path.slice(k) };
+  }
+  const last = path[path.length - 1];
+  return last !== undefined && form.querySelector("#err-" + CSS.escape(last)) ? { name: last, rest: [] } : null;
+}
+
 // Puts each 422 entry beside the field its `loc` names; returns the
 // messages no field took.
 export function showFieldErrors(form, detail) {
@@ -90,11 +112,12 @@ export function showFieldErrors(form, detail) {
   form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid"));
   const rest = [];
   for (const e of Array.isArray(detail) ? detail : []) {
-    const name = Array.isArray(e.loc) ? e.loc[e.loc.length - 1] : "";
-    const p = form.querySelector("#err-" + CSS.escape(String(name)));
-    if (p) {
-      p.textContent = (p.textContent ? p.textContent + " " : "") + e.msg;
-      const input = form.querySelector("#f-" + CSS.escape(String(name)));
+    const at = fieldOf(form, e.loc);
+    if (at) {
+      const p = form.querySelector("#err-" + CSS.escape(at.name));
+      const msg = (at.rest.length ? at.rest.join(".") + ": " : "") + e.msg;
+      p.textContent = (p.textContent ? p.textContent + " " : "") + msg;
+      const input = form.querySelector("#f-" + CSS.escape(at.name));
       if (input) input.setAttribute("aria-invalid", "true");
     } else rest.push((e.loc || []).join(".") + ": " + e.msg);
   }

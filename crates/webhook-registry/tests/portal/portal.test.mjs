@@ -206,7 +206,7 @@ try {
     await click(role("link", "New webhook"));
     await fill(field("Name"), hookName);
     await fill(field("URL"), "ftp://crm.example/hook");
-    await fill(field("Event type"), "user.created");
+    await click(role("checkbox", "user.created"));
     await click(role("button", "Create webhook"));
     await find("#err-url", /./);
     assert.equal(await attr(field("URL"), "aria-invalid"), "true");
@@ -363,7 +363,7 @@ try {
     await page.setViewport({ width: 390, height: 844 });
     for (const [hash, heading, name] of [["#/overview", "Overview", "08-phone-overview"],
       ["#/webhooks", "Webhooks", "09-phone-webhooks"], ["#/events", "Events", "10-phone-events"],
-      [`#/webhooks/${hookId}`, hookName, "11-phone-deliveries"]]) {
+      [`#/webhooks/${hookId}`, hookName, "11-phone-deliveries"], ["#/webhooks/new", "New webhook", "12-phone-form"]]) {
       await page.evaluate((h) => { location.hash = h; }, hash);
       await find(role("heading", heading));
       await page.waitForNetworkIdle({ idleTime: 500 });
@@ -375,6 +375,118 @@ try {
       await shot(name);
     }
     await page.setViewport({ width: 1280, height: 900 });
+  });
+
+  await step("subscriptions: patterns, filter, headers and auth through the form; ed25519", async () => {
+    const subName = "Subscriptions " + marker;
+    const filterField = field("Payload filter (JSON, optional)");
+    const secretValue = "k-" + marker, tokenValue = "t-" + marker;
+    await page.evaluate(() => { location.hash = "#/webhooks/new"; });
+    await find(role("heading", "New webhook"));
+    await fill(field("Name"), subName);
+    await fill(field("URL"), hookUrl);
+    // checked in this order: ticket.* becomes the event_type
+    await click(role("checkbox", "ticket.*"));
+    await click(role("checkbox", "payment.completed"));
+    await find("#f-event_types .hint", "Main event type (the first checked): ticket.*");
+    await click(role("button", "Add header"));
+    await fill(field("Header 1 name"), "X-Tenant");
+    await fill(field("Header 1 value"), "acme");
+    await click(role("button", "Add header"));
+    await fill(field("Header 2 name"), "X-Api-Key");
+    await fill(field("Header 2 value"), secretValue);
+    await click(role("checkbox", "Header 2 secret"));
+    assert.equal(await attr(field("Header 2 value"), "type"), "password");
+    await choose(field("Receiver auth"), "bearer");
+    await fill(field("Bearer token"), tokenValue);
+    assert.equal(await attr(field("Bearer token"), "type"), "password");
+    // not JSON: said beside the field before anything is sent
+    await fill(filterField, "{path");
+    await click(role("button", "Create webhook"));
+    await find("#err-filter", "Not valid JSON");
+    // JSON the API refuses: its message beside the field
+    await fill(filterField, '{"path": "amount_kopeks", "gte": "many"}');
+    await click(role("button", "Create webhook"));
+    await find("#err-filter", /^gte: .*number/);
+    assert.equal(await attr(filterField, "aria-invalid"), "true");
+    await shot("12-webhook-subscription-form");
+    await fill(filterField, '{"path": "amount_kopeks", "gte": 100000}');
+    await click(role("button", "Create webhook"));
+    await find(role("heading", subName));
+    const subId = Number(new URL(page.url()).hash.split("/")[2]);
+    const read = async () => (await api("GET", "/webhooks/" + subId)).json();
+    let got = await read();
+    assert.deepEqual(got.event_types, ["ticket.*", "payment.completed"]);
+    assert.equal(got.event_type, "ticket.*");
+    assert.deepEqual(got.filter, { path: "amount_kopeks", gte: 100000 });
+    assert.deepEqual(got.headers, { "X-Tenant": "acme", "X-Api-Key": { secret: true } });
+    assert.deepEqual(got.auth, { type: "bearer" });
+    assert.equal(got.signature_scheme, "hmac");
+    assert.equal(got.public_key, null);
+    const shown = JSON.stringify(got);
+    assert.ok(!shown.includes(secretValue) && !shown.includes(tokenValue), "secret values are not returned");
+    await find("main dd", "X-Api-Key: secret (stored)");
+    await find("main dd", exactly("bearer"));
+
+    // Edit: the secret header and the token are left as they are (empty).
+    await click(role("link", "Edit"));
+    await find(role("heading", "Edit " + subName));
+    assert.deepEqual(JSON.parse(await (await find(filterField)).evaluate((e) => e.value)), got.filter);
+    const rows = await page.$$eval("#f-headers .row", (rs) => rs.map((r) => {
+      const [n, v] = r.querySelectorAll("input[type=text], input[type=password]");
+      return { name: n.value, value: v.value, readonly: v.readOnly };
+    }));
+    const secretRow = rows.findIndex((r) => r.name === "X-Api-Key") + 1;
+    const plainRow = rows.findIndex((r) => r.name === "X-Tenant") + 1;
+    assert.deepEqual(rows[secretRow - 1], { name: "X-Api-Key", value: "stored", readonly: true });
+    assert.deepEqual(rows[plainRow - 1], { name: "X-Tenant", value: "acme", readonly: false });
+    assert.equal(await (await find(field("Bearer token"))).evaluate((e) => e.value), "");
+    await click(role("checkbox", "payment.completed"));
+    await click(role("checkbox", "user.created"));
+    await fill(field(`Header ${plainRow} value`), "acme-2");
+    await click(role("button", "Save changes"));
+    await find("#toast", exactly("Saved."));
+    await find(role("heading", subName));
+    got = await read();
+    assert.deepEqual(got.event_types, ["ticket.*", "user.created"]);
+    assert.deepEqual(got.headers, { "X-Tenant": "acme-2", "X-Api-Key": { secret: true } });
+    assert.deepEqual(got.auth, { type: "bearer" });
+    // the kept secret header and token are sent: a test ping carries them
+    const before = received.length;
+    await click(role("button", "Send test ping"));
+    await find("main .ping", "Test ping delivered");
+    const ping = received.slice(before).find((r) => r.headers["x-webhook-event"] === "webhook.test");
+    assert.ok(ping, "the receiver got the test ping");
+    assert.equal(ping.headers["x-api-key"], secretValue);
+    assert.equal(ping.headers["x-tenant"], "acme-2");
+    assert.equal(ping.headers.authorization, "Bearer " + tokenValue);
+
+    // ed25519: a signing key is generated, its public key shown read-only
+    await click(role("link", "Edit"));
+    await choose(field("Signature scheme"), "ed25519");
+    await click(role("button", "Save changes"));
+    await find("#toast", exactly("Saved."));
+    const key = await find(field("Public key"));
+    const publicKey = await key.evaluate((e) => e.value);
+    assert.equal(await key.evaluate((e) => e.readOnly), true);
+    assert.match(publicKey, /^whpk_/);
+    got = await read();
+    assert.equal(got.signature_scheme, "ed25519");
+    assert.equal(got.public_key, publicKey);
+    assert.deepEqual(got.headers, { "X-Tenant": "acme-2", "X-Api-Key": { secret: true } });
+    await shot("13-webhook-ed25519");
+
+    // the list by the event types a webhook receives
+    await click(role("link", "Webhooks"));
+    const table = role("table", "Webhooks");
+    await choose(field("Receives events of type"), "ticket.created");
+    await click(role("button", "Apply filters"));
+    await find(`${table} ${role("link", subName)}`);
+    assert.deepEqual(await page.$$eval("main table tbody tr", (trs) => trs.length), 1);
+    await choose(field("Receives events of type"), "payment.completed");
+    await click(role("button", "Apply filters"));
+    await find("main p.empty", exactly("No webhooks match."));
+    assert.equal((await api("DELETE", "/webhooks/" + subId)).status, 204);
   });
 
   await step("delete with a confirmation", async () => {
