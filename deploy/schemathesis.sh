@@ -39,6 +39,10 @@ export DELIVERY_ALLOW_PRIVATE_TARGETS=true
 export RUST_LOG="${RUST_LOG:-info}"
 
 "$bin" migrate 2>>"$work/registry.log" || die "webhook-registry migrate failed"
+# A key file of this run's own for the secrets at rest.
+export SECRETS_KEY_FILE="$work/secrets.key"
+"$bin" secrets new-key --file "$SECRETS_KEY_FILE" >/dev/null 2>>"$work/registry.log" ||
+    die "webhook-registry secrets new-key failed"
 token="$("$bin" token create --name schemathesis 2>>"$work/registry.log")" ||
     die "webhook-registry token create failed"
 

@@ -45,6 +45,12 @@ const REFUSED: &[(&str, &str)] = &[
     ("tracestate", "a trace context header"),
 ];
 
+/// The names [`check_custom_header`] refuses, lowercase (what the API's
+/// schema states).
+pub fn refused_header_names() -> impl Iterator<Item = &'static str> {
+    REFUSED.iter().map(|(n, _)| *n)
+}
+
 /// Checks one custom header and returns it ready to send, the value marked
 /// sensitive (never printed by `Debug` of a header map). The error is a
 /// sentence naming the header (never the value).

@@ -22,7 +22,7 @@ pub use auth::{Auth, EXPIRY_MARGIN, OAuth2Client};
 pub use ed25519::{
     Ed25519Key, KeyError, standard_signature_ed25519, verify_standard_signature_ed25519,
 };
-pub use headers::check_custom_header;
+pub use headers::{check_custom_header, refused_header_names};
 pub use proxy::{ProxyUrl, ProxyUrlError};
 /// The header types of [`Outbound::headers`].
 pub use reqwest::header::{HeaderName, HeaderValue};

@@ -317,19 +317,17 @@ impl FromBody for WebhookIn {
             .map(|v| subscription::filter(&mut f, v));
         let headers = f
             .structured(&subscription::HEADERS)
-            .map(|v| subscription::headers(&mut f, v));
+            .map(|v| subscription::headers(&mut f, v, true));
         let auth = f
             .structured(&subscription::AUTH)
-            .map(|v| subscription::auth(&mut f, v, rules.allow_private_targets));
+            .map(|v| subscription::auth(&mut f, v, rules.allow_private_targets, true));
         let signature_scheme = f
             .choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS)
             .unwrap_or(SignatureScheme::Hmac);
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
-        if let Some(t) = &event_type
-            && event_types.is_none()
-        {
+        if let Some(t) = &event_type {
             check_event_type(&mut f, t);
         }
         let patterns = match (event_types, event_type) {
@@ -458,8 +456,8 @@ impl FromBody for WebhookPatch {
         Field::Plain(IS_ACTIVE),
         Field::Plain(BODY_FORMAT),
         Field::Structured(subscription::FILTER),
-        Field::Structured(subscription::HEADERS),
-        Field::Structured(subscription::AUTH),
+        Field::Structured(subscription::HEADERS_PATCH),
+        Field::Structured(subscription::AUTH_PATCH),
         Field::Plain(SIGNATURE_SCHEME),
     ];
 
@@ -481,11 +479,11 @@ impl FromBody for WebhookPatch {
             .structured(&subscription::FILTER)
             .and_then(|v| subscription::filter(&mut f, v));
         let headers = f
-            .structured(&subscription::HEADERS)
-            .and_then(|v| subscription::headers(&mut f, v));
+            .structured(&subscription::HEADERS_PATCH)
+            .and_then(|v| subscription::headers(&mut f, v, false));
         let auth = f
-            .structured(&subscription::AUTH)
-            .and_then(|v| subscription::auth(&mut f, v, rules.allow_private_targets));
+            .structured(&subscription::AUTH_PATCH)
+            .and_then(|v| subscription::auth(&mut f, v, rules.allow_private_targets, false));
         let signature_scheme = f.choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS);
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);

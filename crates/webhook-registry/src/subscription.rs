@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use storage::secrets::Keyring;
 use storage::subscription::{StoredAuth, StoredHeader, purpose};
 
-use crate::error::{FieldError, LocItem};
+use crate::error::{ApiError, FieldError, LocItem};
 use crate::extract::{Fields, Presence, Structured};
 
 /// Most patterns one webhook takes.
@@ -33,15 +33,29 @@ pub const FILTER: Structured = Structured {
     presence: Presence::Optional,
     schema: filter_schema,
 };
+/// `headers` of a new webhook: a secret value must be given.
 pub const HEADERS: Structured = Structured {
     name: "headers",
     presence: Presence::Optional,
-    schema: headers_schema,
+    schema: new_headers_schema,
 };
+/// `headers` of a PATCH: `{"secret": true}` keeps a stored value.
+pub const HEADERS_PATCH: Structured = Structured {
+    name: "headers",
+    presence: Presence::Optional,
+    schema: patch_headers_schema,
+};
+/// `auth` of a new webhook: the credential must be given.
 pub const AUTH: Structured = Structured {
     name: "auth",
     presence: Presence::Optional,
-    schema: auth_schema,
+    schema: new_auth_schema,
+};
+/// `auth` of a PATCH: a credential left out keeps the stored one.
+pub const AUTH_PATCH: Structured = Structured {
+    name: "auth",
+    presence: Presence::Optional,
+    schema: patch_auth_schema,
 };
 
 fn loc(path: &[LocItem]) -> Vec<LocItem> {
@@ -142,8 +156,55 @@ pub fn event_types(f: &mut Fields, v: Value) -> Option<Vec<String>> {
 
 fn filter_schema() -> Value {
     json!({
-        "type": "object",
-        "description": "Only events whose payload passes this filter are delivered (docs/contract.md, \"Payload filters\"); `{}` for every event. E.g. `{\"and\": [{\"path\": \"type\", \"eq\": \"deposit\"}, {\"path\": \"amount_kopeks\", \"gte\": 100000}]}`.",
+        "description": "Only events whose payload passes this filter are delivered (docs/contract.md, \"Payload filters\"); `{}` for every event.",
+        "anyOf": [
+            {"$ref": "#/components/schemas/Filter"},
+            {"type": "object", "maxProperties": 0},
+        ],
+    })
+}
+
+/// The filter language as a JSON Schema (the `Filter` component of the
+/// OpenAPI document): its forms, operators, operands and path shape.
+/// Nesting and the count of conditions have limits it does not state
+/// (8 levels, 64 in all).
+pub fn filter_component() -> Value {
+    let this = json!({"$ref": "#/components/schemas/Filter"});
+    let list = json!({"type": "array", "minItems": 1, "maxItems": 32, "items": this});
+    let scalar = json!({"anyOf": [
+        {"type": "string", "pattern": "^[^\\u0000]*$"},
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]});
+    let path =
+        json!({"type": "string", "pattern": "^[^.\\u0000]{1,64}(\\.[^.\\u0000]{1,64}){0,9}$"});
+    let condition = |op: &str, operand: Value| {
+        json!({
+            "type": "object",
+            "properties": {"path": path, op: operand},
+            "required": ["path", op],
+            "additionalProperties": false,
+        })
+    };
+    let mut forms = vec![
+        json!({"type": "object", "properties": {"and": list}, "required": ["and"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"or": list}, "required": ["or"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"not": this}, "required": ["not"], "additionalProperties": false}),
+        condition("eq", scalar.clone()),
+        condition("ne", scalar.clone()),
+        condition(
+            "in",
+            json!({"type": "array", "minItems": 1, "maxItems": 100, "items": scalar}),
+        ),
+        condition("exists", json!({"type": "boolean"})),
+    ];
+    for op in ["gt", "gte", "lt", "lte"] {
+        forms.push(condition(op, json!({"type": "number"})));
+    }
+    json!({
+        "description": "A payload filter (docs/contract.md, \"Payload filters\").",
+        "oneOf": forms,
     })
 }
 
@@ -151,6 +212,14 @@ fn filter_schema() -> Value {
 pub fn filter(f: &mut Fields, v: Value) -> Option<Option<Filter>> {
     if v.as_object().is_some_and(Map::is_empty) {
         return Some(None);
+    }
+    // PostgreSQL's jsonb cannot hold NUL characters.
+    if v.to_string().contains("\\u0000") {
+        f.errors.push(error_at(
+            &[name("filter")],
+            "must not contain NUL characters",
+        ));
+        return None;
     }
     match Filter::parse(&v) {
         Ok(filter) => Some(Some(filter)),
@@ -178,39 +247,74 @@ pub enum HeaderIn {
     Secret { name: String, value: Option<String> },
 }
 
-impl HeaderIn {
-    fn name(&self) -> &str {
-        match self {
-            Self::Plain { name, .. } | Self::Secret { name, .. } => name,
-        }
-    }
+/// A header name the API takes: a token (RFC 9110) that is none of the
+/// refused names, in any case (a lookahead of case-insensitive classes,
+/// which ECMA-262 and Python's `re` read alike).
+fn header_name_pattern() -> String {
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphabetic() {
+                    format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase())
+                } else if c == '-' {
+                    "\\-".to_owned()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    };
+    let refused: Vec<String> = webhook_client::refused_header_names()
+        .map(any_case)
+        .collect();
+    format!(
+        "^(?!(?:{})$)[!#$%&'*+.^_`|~0-9A-Za-z-]+$",
+        refused.join("|")
+    )
 }
 
-fn headers_schema() -> Value {
+/// Header values: no control characters but tab, no DEL.
+const HEADER_VALUE_PATTERN: &str = "^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$";
+
+fn headers_schema(value_required: bool) -> Value {
+    let value =
+        json!({"type": "string", "maxLength": MAX_HEADER_VALUE, "pattern": HEADER_VALUE_PATTERN});
+    let marked = if value_required {
+        json!({
+            "type": "object",
+            "properties": {"value": value, "secret": {"type": "boolean"}},
+            "required": ["value"],
+            "additionalProperties": false,
+        })
+    } else {
+        json!({
+            "type": "object",
+            "properties": {"value": value, "secret": {"type": "boolean"}},
+            "additionalProperties": false,
+            // Without a value it is a secret kept as stored.
+            "anyOf": [{"required": ["value"]}, {"required": ["secret"], "properties": {"secret": {"const": true}}}],
+        })
+    };
     json!({
         "type": "object",
-        "description": "Custom request headers, `{name: value}`; a value may be `{\"value\": \"…\", \"secret\": true}` to keep it write-only (shown back as `{\"secret\": true}`; sending that back keeps the stored value). `{}` removes them all. Not allowed: hop-by-hop headers, Host, Content-Length, Content-Type, Authorization when `auth` is set, and the delivery's own headers.",
+        "description": "Custom request headers, `{name: value}`; a value may be `{\"value\": \"…\", \"secret\": true}` to keep it write-only (shown back as `{\"secret\": true}`; sending that back keeps the stored value). `{}` removes them all. Not allowed: hop-by-hop headers, Host, Content-Length, Content-Type, Expect, User-Agent and the delivery's own headers. With `auth` set, its Authorization is sent, not a custom one.",
         "maxProperties": MAX_HEADERS,
-        "propertyNames": {"minLength": 1, "maxLength": MAX_HEADER_NAME, "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"},
-        "additionalProperties": {
-            "anyOf": [
-                {"type": "string", "maxLength": MAX_HEADER_VALUE, "pattern": "^[\\t -~\\u0080-\\uffff]*$"},
-                {
-                    "type": "object",
-                    "properties": {
-                        "value": {"type": "string", "maxLength": MAX_HEADER_VALUE, "pattern": "^[\\t -~\\u0080-\\uffff]*$"},
-                        "secret": {"type": "boolean"},
-                    },
-                    "additionalProperties": false,
-                },
-            ],
-        },
+        "propertyNames": {"minLength": 1, "maxLength": MAX_HEADER_NAME, "pattern": header_name_pattern()},
+        "additionalProperties": {"anyOf": [value, marked]},
     })
+}
+
+fn new_headers_schema() -> Value {
+    headers_schema(true)
+}
+
+fn patch_headers_schema() -> Value {
+    headers_schema(false)
 }
 
 /// `headers`: at most 20, each name and value acceptable to
 /// [`webhook_client::check_custom_header`].
-pub fn headers(f: &mut Fields, v: Value) -> Option<Vec<HeaderIn>> {
+pub fn headers(f: &mut Fields, v: Value, value_required: bool) -> Option<Vec<HeaderIn>> {
     let Value::Object(map) = v else {
         f.errors.push(
             FieldError::new(
@@ -256,10 +360,19 @@ pub fn headers(f: &mut Fields, v: Value) -> Option<Vec<HeaderIn>> {
                             value: Some(v),
                         })
                     }
-                    (Some(Value::Bool(true)), None, None) => Some(HeaderIn::Secret {
-                        name: key.clone(),
-                        value: None,
-                    }),
+                    (Some(Value::Bool(true)), None, None) if !value_required => {
+                        Some(HeaderIn::Secret {
+                            name: key.clone(),
+                            value: None,
+                        })
+                    }
+                    (Some(Value::Bool(true)), None, None) => {
+                        f.errors.push(FieldError {
+                            loc: loc(&[here[0].clone(), here[1].clone(), name("value")]),
+                            ..FieldError::missing(&[])
+                        });
+                        None
+                    }
                     (Some(Value::Bool(false)) | None, Some(Value::String(v)), None) => {
                         Some(HeaderIn::Plain {
                             name: key.clone(),
@@ -310,14 +423,6 @@ pub fn headers(f: &mut Fields, v: Value) -> Option<Vec<HeaderIn>> {
             ok = false;
             continue;
         }
-        if out.iter().any(|h| h.name().eq_ignore_ascii_case(&key)) {
-            f.errors.push(error_at(
-                &here,
-                "a header is given twice (names are case-insensitive)",
-            ));
-            ok = false;
-            continue;
-        }
         out.push(header);
     }
     ok.then_some(out)
@@ -329,8 +434,7 @@ pub fn seal_headers(
     keys: &Keyring,
     given: Vec<HeaderIn>,
     stored: &[StoredHeader],
-) -> Result<Vec<StoredHeader>, Vec<FieldError>> {
-    let mut errors = Vec::new();
+) -> Result<Vec<StoredHeader>, ApiError> {
     let mut out = Vec::with_capacity(given.len());
     for h in given {
         match h {
@@ -350,10 +454,7 @@ pub fn seal_headers(
                 }),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot seal a header value");
-                    errors.push(error_at(
-                        &[LocItem::from("headers"), LocItem::Name(name)],
-                        "cannot be stored now",
-                    ));
+                    return Err(ApiError::Internal);
                 }
             },
             HeaderIn::Secret { name, value: None } => {
@@ -366,19 +467,16 @@ pub fn seal_headers(
                         value: None,
                         sealed: s.sealed.clone(),
                     }),
-                    None => errors.push(error_at(
-                        &[LocItem::from("headers"), LocItem::Name(name)],
-                        "no stored value to keep: give the secret header's value",
-                    )),
+                    None => {
+                        return Err(ApiError::Conflict(format!(
+                            "headers.{name}: no stored secret value to keep; give its value"
+                        )));
+                    }
                 }
             }
         }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    Ok(out)
 }
 
 /// The headers as the API shows them: secret values as `{"secret": true}`.
@@ -419,23 +517,45 @@ pub enum AuthIn {
     },
 }
 
-fn auth_schema() -> Value {
+fn auth_schema(credential_required: bool) -> Value {
     let text = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max, "pattern": "^[^\\u0000]*$"});
+    // Left out or `null`: the same (kept on a PATCH).
+    let optional = |max: usize| json!({"anyOf": [text(max), {"type": "null"}]});
+    let credential = if credential_required {
+        text(MAX_CREDENTIAL)
+    } else {
+        optional(MAX_CREDENTIAL)
+    };
+    let with = |required: &[&str], credential: &str| -> Value {
+        let mut all: Vec<&str> = required.to_vec();
+        if credential_required {
+            all.push(credential);
+        }
+        json!(all)
+    };
     json!({
-        "description": "How deliveries authenticate to the receiver. Credentials are write-only: they are shown back without them, and a request that leaves one out keeps the stored one of the same type. `{\"type\": \"none\"}` removes it.",
+        "description": "How deliveries authenticate to the receiver. Credentials are write-only: they are shown back without them, and a PATCH that leaves one out keeps the stored one of the same type. `{\"type\": \"none\"}` removes it.",
         "oneOf": [
             {"type": "object", "properties": {"type": {"const": "none"}}, "required": ["type"], "additionalProperties": false},
-            {"type": "object", "properties": {"type": {"const": "basic"}, "username": text(MAX_CREDENTIAL), "password": text(MAX_CREDENTIAL)}, "required": ["type", "username"], "additionalProperties": false},
-            {"type": "object", "properties": {"type": {"const": "bearer"}, "token": text(MAX_CREDENTIAL)}, "required": ["type"], "additionalProperties": false},
+            {"type": "object", "properties": {"type": {"const": "basic"}, "username": text(MAX_CREDENTIAL), "password": credential}, "required": with(&["type", "username"], "password"), "additionalProperties": false},
+            {"type": "object", "properties": {"type": {"const": "bearer"}, "token": credential}, "required": with(&["type"], "token"), "additionalProperties": false},
             {"type": "object", "properties": {
                 "type": {"const": "oauth2"},
                 "token_url": {"type": "string", "maxLength": 2048, "pattern": crate::model::url_pattern()},
                 "client_id": text(MAX_CREDENTIAL),
-                "client_secret": text(MAX_CREDENTIAL),
-                "scope": text(1000),
-            }, "required": ["type", "token_url", "client_id"], "additionalProperties": false},
+                "client_secret": credential,
+                "scope": optional(1000),
+            }, "required": with(&["type", "token_url", "client_id"], "client_secret"), "additionalProperties": false},
         ],
     })
+}
+
+fn new_auth_schema() -> Value {
+    auth_schema(true)
+}
+
+fn patch_auth_schema() -> Value {
+    auth_schema(false)
 }
 
 /// Reads the string `key` of an auth object: `Some(None)` when absent and
@@ -476,7 +596,12 @@ fn auth_text(
 
 /// `auth`: one of the four forms; the OAuth2 token URL passes the same
 /// checks as a webhook URL.
-pub fn auth(f: &mut Fields, v: Value, allow_private: bool) -> Option<AuthIn> {
+pub fn auth(
+    f: &mut Fields,
+    v: Value,
+    allow_private: bool,
+    credential_required: bool,
+) -> Option<AuthIn> {
     let Value::Object(mut o) = v else {
         f.errors
             .push(error_at(&[name("auth")], "an object with a `type`"));
@@ -487,7 +612,14 @@ pub fn auth(f: &mut Fields, v: Value, allow_private: bool) -> Option<AuthIn> {
         Some("none") => Some(AuthIn::None),
         Some("basic") => {
             let username = auth_text(f, &mut o, "username", MAX_CREDENTIAL, true, false);
-            let password = auth_text(f, &mut o, "password", MAX_CREDENTIAL, false, true);
+            let password = auth_text(
+                f,
+                &mut o,
+                "password",
+                MAX_CREDENTIAL,
+                credential_required,
+                true,
+            );
             match (username, password) {
                 (Some(Some(username)), Some(password)) => {
                     Some(AuthIn::Basic { username, password })
@@ -495,12 +627,26 @@ pub fn auth(f: &mut Fields, v: Value, allow_private: bool) -> Option<AuthIn> {
                 _ => None,
             }
         }
-        Some("bearer") => auth_text(f, &mut o, "token", MAX_CREDENTIAL, false, true)
-            .map(|token| AuthIn::Bearer { token }),
+        Some("bearer") => auth_text(
+            f,
+            &mut o,
+            "token",
+            MAX_CREDENTIAL,
+            credential_required,
+            true,
+        )
+        .map(|token| AuthIn::Bearer { token }),
         Some("oauth2") => {
             let token_url = auth_text(f, &mut o, "token_url", 2048, true, false);
             let client_id = auth_text(f, &mut o, "client_id", MAX_CREDENTIAL, true, false);
-            let client_secret = auth_text(f, &mut o, "client_secret", MAX_CREDENTIAL, false, true);
+            let client_secret = auth_text(
+                f,
+                &mut o,
+                "client_secret",
+                MAX_CREDENTIAL,
+                credential_required,
+                true,
+            );
             let scope = auth_text(f, &mut o, "scope", 1000, false, false);
             let url_ok = match &token_url {
                 Some(Some(u)) => {
@@ -554,7 +700,7 @@ pub fn seal_auth(
     keys: &Keyring,
     given: AuthIn,
     stored: Option<&StoredAuth>,
-) -> Result<Option<StoredAuth>, Vec<FieldError>> {
+) -> Result<Option<StoredAuth>, ApiError> {
     let (auth, credential, key) = match given {
         AuthIn::None => return Ok(None),
         AuthIn::Basic { username, password } => (
@@ -591,15 +737,15 @@ pub fn seal_auth(
     let sealed = match credential {
         Some(plain) => keys.seal(purpose::AUTH, &plain).map_err(|e| {
             tracing::error!(error = %e, "cannot seal a credential");
-            vec![error_at(&[name("auth"), name(key)], "cannot be stored now")]
+            ApiError::Internal
         })?,
         None => match stored.filter(|s| s.kind() == auth.kind()) {
             Some(s) => s.credential().to_owned(),
             None => {
-                return Err(vec![FieldError {
-                    loc: loc(&[name("auth"), name(key)]),
-                    ..FieldError::missing(&[])
-                }]);
+                return Err(ApiError::Conflict(format!(
+                    "auth.{key}: no stored {} credential to keep; give it",
+                    auth.kind()
+                )));
             }
         },
     };
@@ -620,22 +766,4 @@ pub fn auth_out(stored: Option<&StoredAuth>) -> Option<Value> {
             json!({"type": "oauth2", "token_url": token_url, "client_id": client_id, "scope": scope})
         }
     })
-}
-
-/// A custom `Authorization` header and `auth` together are refused: which
-/// one would be sent is not obvious.
-pub fn check_authorization_header(
-    headers: &[StoredHeader],
-    auth: Option<&StoredAuth>,
-) -> Result<(), Vec<FieldError>> {
-    match headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-    {
-        Some(h) if auth.is_some() => Err(vec![error_at(
-            &[name("headers"), LocItem::Name(h.name.clone())],
-            "an Authorization header cannot be given together with `auth`",
-        )]),
-        _ => Ok(()),
-    }
 }

@@ -171,3 +171,17 @@ async fn a_server_list_with_a_dead_first_entry_connects_through_the_next() {
         tail(&out)
     );
 }
+
+#[test]
+fn without_a_key_file_the_worker_refuses_to_start_and_says_why() {
+    let out = Command::new(env!("CARGO_BIN_EXE_delivery-worker"))
+        .env_clear()
+        .env("DATABASE_URL", "postgres://x@127.0.0.1:1/none")
+        .env("WORKER_BIND", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started without a key file");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("SECRETS_KEY_FILE is not set"), "{said}");
+}

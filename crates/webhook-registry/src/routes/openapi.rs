@@ -6,6 +6,7 @@ use proto_events::EventType;
 use serde_json::{Map, Value, json};
 use storage::jobs::{JobKind, JobStatus};
 use storage::models::{BodyFormat, DeliveryStatus};
+use storage::subscription::SignatureScheme;
 use strum::VariantArray;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -229,6 +230,7 @@ fn refine(doc: &mut Value) {
         "is_active",
         json!({"anyOf": [lax_bool_schema(), {"type": "null"}]}),
     );
+    subscriptions(doc);
     let formats = json!(BodyFormat::VARIANTS);
     for schema in ["WebhookIn", "WebhookOut"] {
         set(
@@ -336,6 +338,68 @@ fn refine(doc: &mut Value) {
         "required",
         json!(false),
     );
+}
+
+/// What the subscription fields' own rules cannot state field by field:
+/// the filter language as a component, the signature schemes, the
+/// `matching` parameter, that a new webhook names `event_type` or
+/// `event_types`, and that an `ed25519` webhook's secret is a signing key.
+fn subscriptions(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    set(
+        doc,
+        schemas,
+        "Filter",
+        crate::subscription::filter_component(),
+    );
+    let schemes = json!(SignatureScheme::VARIANTS);
+    for schema in ["WebhookIn", "WebhookOut"] {
+        set(
+            doc,
+            &format!("{schemas}/{schema}/properties/signature_scheme"),
+            "enum",
+            schemes.clone(),
+        );
+    }
+    let mut or_null: Vec<Value> = SignatureScheme::VARIANTS.iter().map(|f| json!(f)).collect();
+    or_null.push(Value::Null);
+    set(
+        doc,
+        &format!("{schemas}/WebhookPatch/properties/signature_scheme"),
+        "enum",
+        Value::Array(or_null),
+    );
+    set(
+        doc,
+        &format!("{schemas}/WebhookIn"),
+        "anyOf",
+        json!([
+            {"required": ["event_type"], "properties": {"event_type": {"type": "string"}}},
+            {"required": ["event_types"], "properties": {"event_types": {"type": "array"}}},
+        ]),
+    );
+    let signing_key = json!({
+        "if": {"required": ["signature_scheme"], "properties": {"signature_scheme": {"const": "ed25519"}}},
+        "then": {"properties": {"secret": {"anyOf": [
+            {"type": "null"},
+            {"type": "string", "maxLength": 0},
+            {"type": "string", "pattern": "^whsk_[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"},
+        ]}}},
+    });
+    for schema in ["WebhookIn", "WebhookPatch"] {
+        if let Some(Value::Object(obj)) = doc.pointer_mut(&format!("{schemas}/{schema}"))
+            && let Value::Object(rule) = signing_key.clone()
+        {
+            obj.extend(rule);
+        }
+    }
+    if let Some(Value::Array(params)) = doc.pointer_mut("/paths/~1webhooks/get/parameters") {
+        for p in params.iter_mut() {
+            if p["name"] == "matching" {
+                p["schema"] = json!({"type": "string", "enum": EventType::names()});
+            }
+        }
+    }
 }
 
 /// This OpenAPI document.

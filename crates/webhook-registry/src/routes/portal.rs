@@ -297,7 +297,9 @@ mod tests {
 
     #[test]
     fn the_portal_stays_small() {
-        assert!(total_bytes() < 64 * 1024, "{} bytes", total_bytes());
+        // 64 KiB until the subscription editor (patterns, filter, headers,
+        // auth, signing scheme) took it to 68 KB.
+        assert!(total_bytes() < 80 * 1024, "{} bytes", total_bytes());
     }
 
     #[test]

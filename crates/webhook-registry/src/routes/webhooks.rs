@@ -50,7 +50,7 @@ pub async fn create(
     state: web::Data<AppState>,
     JsonBody(input): JsonBody<WebhookIn>,
 ) -> Result<HttpResponse, ApiError> {
-    let new = new_webhook(&state.keys, input).map_err(ApiError::Validation)?;
+    let new = new_webhook(&state.keys, input)?;
     let mut conn = state.conn().await?;
     let row = db::insert_webhook(&mut conn, new).await?;
     tracing::info!(webhook_id = row.id, event_type = %row.event_type, "webhook created");
@@ -59,31 +59,25 @@ pub async fn create(
 }
 
 /// A secret sealed for the `secret` column.
-fn seal_secret(keys: &Keyring, secret: &str) -> Result<String, Vec<FieldError>> {
+fn seal_secret(keys: &Keyring, secret: &str) -> Result<String, ApiError> {
     keys.seal(purpose::SECRET, secret).map_err(|e| {
         tracing::error!(error = %e, "cannot seal a webhook secret");
-        vec![FieldError::value_error(
-            &["body", "secret"],
-            "cannot be stored now",
-        )]
+        ApiError::Internal
     })
 }
 
 /// A new ed25519 signing key (`whsk_…`).
-fn new_signing_key() -> Result<String, Vec<FieldError>> {
+fn new_signing_key() -> Result<String, ApiError> {
     Ed25519Key::generate()
         .map(|k| k.secret_text())
         .map_err(|e| {
             tracing::error!(error = %e, "cannot make a signing key");
-            vec![FieldError::value_error(
-                &["body", "signature_scheme"],
-                "cannot make a signing key now",
-            )]
+            ApiError::Internal
         })
 }
 
 /// The row of a new webhook, its secrets sealed.
-fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, Vec<FieldError>> {
+fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, ApiError> {
     let secret = match (input.signature_scheme, input.secret) {
         (SignatureScheme::Ed25519, None) => Some(new_signing_key()?),
         (_, secret) => secret,
@@ -95,7 +89,6 @@ fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, Vec<Field
         .map(|a| subscription::seal_auth(keys, a, None))
         .transpose()?
         .flatten();
-    subscription::check_authorization_header(&headers, auth.as_ref())?;
     let (event_type, event_types) = pattern_columns(&input.event_types);
     Ok(NewWebhook {
         name: input.name,
@@ -119,7 +112,7 @@ fn changes_for(
     keys: &Keyring,
     patch: WebhookPatch,
     current: &Webhook,
-) -> Result<WebhookChanges, Vec<FieldError>> {
+) -> Result<WebhookChanges, ApiError> {
     let mut changes = WebhookChanges {
         name: patch.name,
         url: patch.url,
@@ -149,34 +142,27 @@ fn changes_for(
     if let Some(filter) = patch.filter {
         changes.payload_filter = Some(filter.map(|f| f.to_value()));
     }
-    let stored_headers = headers_of(current.headers.as_ref());
-    let headers = match patch.headers {
-        Some(given) => {
-            let sealed = subscription::seal_headers(keys, given, &stored_headers)?;
-            changes.headers = Some(headers_column(&sealed));
-            sealed
-        }
-        None => stored_headers,
-    };
-    let stored_auth = auth_of(current.auth.as_ref());
-    let auth = match patch.auth {
-        Some(given) => {
-            let sealed = subscription::seal_auth(keys, given, stored_auth.as_ref())?;
-            changes.auth = Some(auth_column(sealed.as_ref()));
-            sealed
-        }
-        None => stored_auth,
-    };
-    subscription::check_authorization_header(&headers, auth.as_ref())?;
+    if let Some(given) = patch.headers {
+        let stored = headers_of(current.headers.as_ref());
+        let sealed = subscription::seal_headers(keys, given, &stored)?;
+        changes.headers = Some(headers_column(&sealed));
+    }
+    if let Some(given) = patch.auth {
+        let stored = auth_of(current.auth.as_ref());
+        let sealed = subscription::seal_auth(keys, given, stored.as_ref())?;
+        changes.auth = Some(auth_column(sealed.as_ref()));
+    }
     let scheme = patch.signature_scheme.unwrap_or(current.signature_scheme);
     let scheme_changed = scheme != current.signature_scheme;
     let secret = match (patch.secret, scheme) {
         (Some(Some(s)), SignatureScheme::Ed25519) if Ed25519Key::from_secret_text(&s).is_err() => {
-            return Err(vec![FieldError::value_error(
-                &["body", "secret"],
-                "an ed25519 webhook's secret is a signing key, whsk_ and the base64 of 32 bytes; \
-                 leave it out to have one generated",
-            )]);
+            // A body that says ed25519 was checked with the body: here the
+            // stored scheme is ed25519, and this secret does not fit it.
+            return Err(ApiError::Conflict(
+                "secret: this webhook signs with ed25519; its secret is a signing key, whsk_ \
+                 and the base64 of 32 bytes (leave it out, or rotate, to have one generated)"
+                    .to_owned(),
+            ));
         }
         (Some(secret), _) => Some(secret),
         (None, SignatureScheme::Ed25519) if scheme_changed => Some(Some(new_signing_key()?)),
@@ -390,8 +376,7 @@ pub async fn update(
         changes_for(&state.keys, patch, current)
     })
     .await?
-    .ok_or_else(ApiError::webhook_not_found)?
-    .map_err(ApiError::Validation)?;
+    .ok_or_else(ApiError::webhook_not_found)??;
     tracing::info!(webhook_id = id, "webhook updated");
     state.notifier.notify(id, Op::Updated);
     Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys)))
@@ -706,19 +691,17 @@ pub async fn rotate(
     // webhook, and the private key is never shown.
     let (secret, generated) = match (input.secret, scheme) {
         (Some(s), SignatureScheme::Ed25519) if Ed25519Key::from_secret_text(&s).is_err() => {
-            return Err(ApiError::Validation(vec![FieldError::value_error(
-                &["body", "secret"],
-                "an ed25519 webhook's secret is a signing key, whsk_ and the base64 of 32 bytes; \
-                 leave it out to have one generated",
-            )]));
+            return Err(ApiError::Conflict(
+                "secret: this webhook signs with ed25519; its secret is a signing key, whsk_ \
+                 and the base64 of 32 bytes (leave it out to have one generated)"
+                    .to_owned(),
+            ));
         }
         (Some(s), _) => (s, false),
-        (None, SignatureScheme::Ed25519) => {
-            (new_signing_key().map_err(ApiError::Validation)?, false)
-        }
+        (None, SignatureScheme::Ed25519) => (new_signing_key()?, false),
         (None, SignatureScheme::Hmac) => (generate_secret(), true),
     };
-    let sealed = seal_secret(&state.keys, &secret).map_err(ApiError::Validation)?;
+    let sealed = seal_secret(&state.keys, &secret)?;
     let grace = match input.grace_period_seconds {
         Some(s) => chrono::Duration::seconds(s),
         None => chrono::Duration::from_std(state.rotation_grace)

@@ -232,3 +232,26 @@ async fn requests_the_http_layer_refuses_are_not_logged_as_server_errors() {
     let errors: Vec<&str> = out.lines().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "logged at ERROR: {errors:#?}");
 }
+
+#[test]
+fn without_a_key_file_the_registry_refuses_to_start_and_says_why() {
+    for args in [
+        &[][..],
+        &["import-bot", "--from", "postgres://x@127.0.0.1:1/bot"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_webhook-registry"))
+            .env_clear()
+            .env("DATABASE_URL", "postgres://x@127.0.0.1:1/none")
+            .env("REGISTRY_BIND", format!("127.0.0.1:{}", free_port()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started without a key file");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            said.contains("SECRETS_KEY_FILE is not set") && said.contains("secrets new-key"),
+            "{args:?}: {said}"
+        );
+    }
+}
