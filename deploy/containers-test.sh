@@ -2,7 +2,9 @@
 # The containers, for real (run by `deploy/test.sh --containers`):
 #   1. the stand-in base images (deploy/standins.sh), made when missing;
 #   2. the image, from the real deploy/Dockerfile (bedolaga-events:local);
-#   3. docker-compose.yml: every health check healthy; a webhook created
+#   3. docker-compose.yml: every health check healthy; the one-shot
+#      `secrets-key` made the key file and the webhook secret is stored
+#      sealed; a webhook created
 #      through the API gets an event published by eventctl (in a container)
 #      and a WebSocket client gets it too; with three delivery workers, one
 #      killed (SIGKILL) while 1,000 events are published, every event has
@@ -137,6 +139,11 @@ hook="$(api POST "$REG/webhooks" \
     '{"name":"containers test","url":"http://receiver:8080/hook","event_type":"user.created","secret":"ct-secret-1"}')"
 hook_id="$(echo "$hook" | json 'd["id"]')"
 log "webhook $hook_id created through the API"
+[ "$(dc ps -a --format '{{.State}} {{.ExitCode}}' secrets-key)" = "exited 0" ] ||
+    die "the one-shot secrets-key did not complete: $(dc ps -a --format '{{.State}} {{.ExitCode}}' secrets-key)"
+[ "$(stack_sql "SELECT secret LIKE 'sealed:v1:%' FROM webhooks WHERE id = $hook_id")" = t ] ||
+    die "the webhook's secret is not stored sealed"
+log "its secret is stored sealed (the key file from the volume keys)"
 sleep 2 # the workers pick the new webhook up from the database's notification
 
 first_id="$(python3 -c 'import uuid; print(uuid.uuid4())')"
@@ -228,6 +235,8 @@ api GET "$EDGE/webhooks" >/dev/null || die "/webhooks with the token through the
 hook="$(api POST "$EDGE/webhooks" \
     '{"name":"beside the bot","url":"http://bot:8080/hook","event_type":"user.created","secret":"ct-secret-2","body_format":"bot"}')"
 beside_hook="$(echo "$hook" | json 'd["id"]')"
+[ "$(bot_sql bedolaga_events "SELECT secret LIKE 'sealed:v1:%' FROM webhooks WHERE id = $beside_hook")" = t ] ||
+    die "the webhook's secret is not stored sealed beside the bot"
 curl -fsS "$EDGE/bedolaga-events/" | grep 'src="portal/app.js"' >/dev/null || die "no portal at /bedolaga-events/"
 curl -fsS -o /dev/null "$EDGE/bedolaga-events/portal/app.js" || die "the portal's script does not load through the edge"
 curl -fsS -o /dev/null "$EDGE/bedolaga-events/readyz" || die "/bedolaga-events/readyz is not ready"

@@ -789,7 +789,8 @@ free_port() {
 }
 
 # scratch_begin NAME: sets SCRATCH_DB, SCRATCH_PREFIX, SCRATCH_WORK and
-# exports DATABASE_URL, NATS_URL and NATS_PREFIX for the services.
+# exports DATABASE_URL, NATS_URL, NATS_PREFIX and SECRETS_KEY_FILE for the
+# services.
 scratch_begin() {
     local id
     id="$(python3 -c 'import uuid; print(uuid.uuid4().hex)')"
@@ -804,6 +805,12 @@ scratch_begin() {
     export DATABASE_URL
     export NATS_URL="nats://$NATS_HOST:$NATS_PORT"
     export NATS_PREFIX="$SCRATCH_PREFIX"
+    # A key file of the run's own for the registry and the worker (one key,
+    # the format of `webhook-registry secrets new-key`), gone with the rest.
+    SECRETS_KEY_FILE="$SCRATCH_WORK/secrets.key"
+    (umask 077 && python3 -c 'import base64, os; print("scratch", base64.b64encode(os.urandom(32)).decode())' \
+        >"$SECRETS_KEY_FILE") || die "could not write $SECRETS_KEY_FILE"
+    export SECRETS_KEY_FILE
     unset WEB_API_DEFAULT_TOKEN WEB_API_TOKEN_HMAC_SECRET WEB_API_TOKEN_HASH_ALGORITHM BOT_DATABASE_URL
 }
 

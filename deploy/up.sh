@@ -3,7 +3,9 @@
 #   PostgreSQL + NATS JetStream (installed and started when missing), a
 #   PostgreSQL role and database bedolaga_events of the project's own (the
 #   role's password generated into .local/postgres/; the server's
-#   configuration is not touched), release build, migrations, then
+#   configuration is not touched), release build, the key file that seals
+#   webhook secrets in the database (.local/secrets.key, made once, unless
+#   SECRETS_KEY_FILE names one), migrations, then
 #   webhook-registry, gateway and delivery-worker in the background, and
 #   outbox-relay too when OUTBOX_DATABASE_URL is set (the bot's database;
 #   its event_outbox table is created there when missing).
@@ -85,6 +87,23 @@ BIN_DIR="$(cargo_target_dir)/release"
 for b in webhook-registry gateway delivery-worker outbox-relay eventctl; do
     [ -x "$BIN_DIR/$b" ] || die "binary $BIN_DIR/$b missing after the build"
 done
+
+# ---- the key file of secrets at rest -----------------------------------------
+# The registry and the worker refuse to start without one. Made once and
+# kept: the webhook secrets in the database open only with it.
+if [ -z "${SECRETS_KEY_FILE:-}" ]; then
+    SECRETS_KEY_FILE="$LOCAL_DIR/secrets.key"
+    mkdir -p "$LOCAL_DIR"
+    log "webhook-registry secrets new-key --if-missing --file ${SECRETS_KEY_FILE#"$BEDOLAGA_REPO_ROOT/"}"
+    key_id="$("$BIN_DIR/webhook-registry" secrets new-key --if-missing --file "$SECRETS_KEY_FILE")" ||
+        die "webhook-registry secrets new-key --file $SECRETS_KEY_FILE failed"
+    key_note="SECRETS_KEY_FILE=.local/secrets.key (local dev default set by up.sh, newest key $key_id; the webhook secrets in the database open only with it; export SECRETS_KEY_FILE to use your own)"
+else
+    [ -r "$SECRETS_KEY_FILE" ] || die "SECRETS_KEY_FILE=$SECRETS_KEY_FILE is not a readable file"
+    key_note="SECRETS_KEY_FILE=$SECRETS_KEY_FILE (from your environment)"
+fi
+# Read by the registry and the worker (the gateway and the relay take no key).
+export SECRETS_KEY_FILE
 
 # ---- (re)start -------------------------------------------------------------
 for s in "${SERVICES[@]}" outbox-relay; do
@@ -184,6 +203,7 @@ $(if [ -n "${OUTBOX_DATABASE_URL:-}" ]; then echo "  Outbox relay metrics       
   API token                    $token   (saved in .local/token)
   DATABASE_URL                 $db_line
   $private_note
+  $key_note
 
   Logs: .local/logs/<service>.log    Stop: deploy/down.sh
 

@@ -96,6 +96,7 @@ last="$work/rendered/deploy/k8s/overlays/production.yaml"
 if [ -n "$last" ]; then
     must_refuse schema "$last" '0,/containerPort: \([0-9]*\)/s//containerPort: "port-\1"/' || status=1
     must_refuse rules "$last" '0,/readOnlyRootFilesystem: true/s//readOnlyRootFilesystem: false/' || status=1
+    must_refuse key-file "$last" '0,/value: \/keys\/secrets.key/s//value: \/tmp\/secrets.key/' || status=1
     if grep -q '^kind: ScaledObject' "$last"; then
         must_refuse crd "$last" 's/minReplicaCount: \([0-9]*\)/minReplicaCount: "\1"/' || status=1
     fi

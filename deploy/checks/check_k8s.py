@@ -12,7 +12,9 @@ Checks, for one `kubectl kustomize` output:
   and a PodDisruptionBudget selects it;
 - Services, the Ingress, PDBs and autoscalers point at things that exist;
 - secrets (database URLs, tokens, keys, credentials) come from Secrets only,
-  never from a ConfigMap or a literal, and no Secret is part of the files.
+  never from a ConfigMap or a literal, and no Secret is part of the files;
+  a secret's file (a `*_FILE` setting, e.g. SECRETS_KEY_FILE) is a literal
+  path into a read-only mount of a Secret volume of that container.
 Objects of custom resources (CRDs) are written to --crd-json for their own
 schema check (crds.mjs). Exit status 1 with one line per problem.
 """
@@ -99,7 +101,14 @@ def container_env(c, configmaps):
     return env
 
 
-def check_secrets(where, c, configmaps, r):
+def secret_mounts(c, spec):
+    """The mount paths of the container's read-only Secret volumes."""
+    secret_volumes = {v.get("name") for v in spec.get("volumes", []) if "secret" in v}
+    return [m["mountPath"].rstrip("/") for m in c.get("volumeMounts", [])
+            if m.get("name") in secret_volumes and m.get("readOnly") is True]
+
+
+def check_secrets(where, c, spec, configmaps, r):
     for src in c.get("envFrom", []):
         if "configMapRef" in src:
             name = src["configMapRef"].get("name")
@@ -109,8 +118,14 @@ def check_secrets(where, c, configmaps, r):
             for key, value in configmaps[name].get("data", {}).items():
                 if SECRET_NAME.search(key) or URL_WITH_PASSWORD.search(str(value)):
                     r.add(where, f"{key} comes from ConfigMap {name}; secrets belong in a Secret")
+    mounts = secret_mounts(c, spec)
     for e in c.get("env", []):
         name = e.get("name", "")
+        if "value" in e and name.endswith("_FILE") and SECRET_NAME.search(name):
+            path = str(e["value"])
+            if not any(path.startswith(m + "/") for m in mounts):
+                r.add(where, f"{name} is {path}, not a file of a read-only Secret volume mount")
+            continue
         if "value" in e and (SECRET_NAME.search(name) or URL_WITH_PASSWORD.search(str(e["value"]))):
             r.add(where, f"{name} is a literal value; secrets belong in a Secret")
         if "configMapKeyRef" in e.get("valueFrom", {}) and SECRET_NAME.search(name):
@@ -168,7 +183,7 @@ def check(objs, r):
         check_security(where, spec, r)
         for c in spec.get("containers", []):
             cw = f"{where} container {c.get('name')}"
-            check_secrets(cw, c, configmaps, r)
+            check_secrets(cw, c, spec, configmaps, r)
             if kind == "Deployment":
                 check_probes(cw, c, configmaps, r)
         if kind == "Deployment":
