@@ -64,11 +64,6 @@ export DELIVERY_ALLOW_PRIVATE_TARGETS=true
 export RUST_LOG="${RUST_LOG:-info}"
 unset DELIVERY_RETRY_SCHEDULE
 
-# Webhook secrets are stored sealed: the registry and the worker share a key
-# file of this run's own.
-export SECRETS_KEY_FILE="$work/secrets.key"
-"$bin/webhook-registry" secrets new-key --file "$SECRETS_KEY_FILE" >/dev/null 2>>"$work/registry.log" ||
-    die "webhook-registry secrets new-key failed"
 "$bin/webhook-registry" migrate 2>>"$work/registry.log" || die "webhook-registry migrate failed"
 token="$("$bin/webhook-registry" token create --name portal-test 2>>"$work/registry.log")" ||
     die "webhook-registry token create failed"

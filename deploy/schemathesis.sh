@@ -39,10 +39,6 @@ export DELIVERY_ALLOW_PRIVATE_TARGETS=true
 export RUST_LOG="${RUST_LOG:-info}"
 
 "$bin" migrate 2>>"$work/registry.log" || die "webhook-registry migrate failed"
-# A key file of this run's own for the secrets at rest.
-export SECRETS_KEY_FILE="$work/secrets.key"
-"$bin" secrets new-key --file "$SECRETS_KEY_FILE" >/dev/null 2>>"$work/registry.log" ||
-    die "webhook-registry secrets new-key failed"
 token="$("$bin" token create --name schemathesis 2>>"$work/registry.log")" ||
     die "webhook-registry token create failed"
 
@@ -61,6 +57,8 @@ status=0
 # job, which stays readable as `cancelled` (docs/webhook-registry.md), and the
 # check wants a 404 after any DELETE; that a deleted webhook answers 404 is
 # the API tests' (webhooks::delete_is_204_and_takes_the_deliveries).
+# Its settings (deploy/schemathesis.toml), found in the directory it runs in.
+cp "$BEDOLAGA_REPO_ROOT/deploy/schemathesis.toml" "$work/schemathesis.toml"
 (cd "$work" && timeout --kill-after=10 "$TIMEOUT" "$st" run "$base/openapi.json" \
     --checks all \
     --exclude-checks use_after_free \

@@ -164,13 +164,18 @@ fn filter_schema() -> Value {
     })
 }
 
-/// The filter language as a JSON Schema (the `Filter` component of the
-/// OpenAPI document): its forms, operators, operands and path shape.
-/// Nesting and the count of conditions have limits it does not state
-/// (8 levels, 64 in all).
-pub fn filter_component() -> Value {
-    let this = json!({"$ref": "#/components/schemas/Filter"});
-    let list = json!({"type": "array", "minItems": 1, "maxItems": 32, "items": this});
+/// The filter language as JSON Schemas, one component per level of
+/// nesting (`Filter`, `Filter2` … `Filter8`: the operators of a level hold
+/// filters of the next, and the last level holds conditions only), so the
+/// document states the depth limit as the server applies it.
+pub fn filter_components() -> Vec<(String, Value)> {
+    let name = |level: usize| {
+        if level == 1 {
+            "Filter".to_owned()
+        } else {
+            format!("Filter{level}")
+        }
+    };
     let scalar = json!({"anyOf": [
         {"type": "string", "pattern": "^[^\\u0000]*$"},
         {"type": "number"},
@@ -187,10 +192,7 @@ pub fn filter_component() -> Value {
             "additionalProperties": false,
         })
     };
-    let mut forms = vec![
-        json!({"type": "object", "properties": {"and": list}, "required": ["and"], "additionalProperties": false}),
-        json!({"type": "object", "properties": {"or": list}, "required": ["or"], "additionalProperties": false}),
-        json!({"type": "object", "properties": {"not": this}, "required": ["not"], "additionalProperties": false}),
+    let mut conditions = vec![
         condition("eq", scalar.clone()),
         condition("ne", scalar.clone()),
         condition(
@@ -200,12 +202,27 @@ pub fn filter_component() -> Value {
         condition("exists", json!({"type": "boolean"})),
     ];
     for op in ["gt", "gte", "lt", "lte"] {
-        forms.push(condition(op, json!({"type": "number"})));
+        conditions.push(condition(op, json!({"type": "number"})));
     }
-    json!({
-        "description": "A payload filter (docs/contract.md, \"Payload filters\").",
-        "oneOf": forms,
-    })
+    let depth = proto_events::filter::MAX_DEPTH;
+    (1..=depth)
+        .map(|level| {
+            let mut forms = conditions.clone();
+            if level < depth {
+                let next = json!({"$ref": format!("#/components/schemas/{}", name(level + 1))});
+                let list = json!({"type": "array", "minItems": 1, "maxItems": proto_events::filter::MAX_ITEMS, "items": next});
+                forms.push(json!({"type": "object", "properties": {"and": list}, "required": ["and"], "additionalProperties": false}));
+                forms.push(json!({"type": "object", "properties": {"or": list}, "required": ["or"], "additionalProperties": false}));
+                forms.push(json!({"type": "object", "properties": {"not": next}, "required": ["not"], "additionalProperties": false}));
+            }
+            let description = if level == 1 {
+                "A payload filter (docs/contract.md, \"Payload filters\")."
+            } else {
+                "A filter nested in another."
+            };
+            (name(level), json!({"description": description, "oneOf": forms}))
+        })
+        .collect()
 }
 
 /// `filter`: `{}` is none (`Some(None)`), anything else a [`Filter`].

@@ -359,6 +359,7 @@ pub async fn get(
         (status = 200, description = "The updated webhook", body = WebhookOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
         (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 409, description = "The request does not fit what is stored (a secret header or credential to keep that is not there; a secret that is not a signing key for an ed25519 webhook)", body = ErrorOut),
         (status = 413, description = "Body too large", body = ErrorOut),
         (status = 422, description = "Validation error", body = HttpValidationError),
     ),
@@ -671,6 +672,7 @@ pub fn generate_secret() -> String {
         (status = 200, description = "Rotated; a generated secret is returned this once", body = RotateOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
         (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 409, description = "A secret that is not a signing key for an ed25519 webhook", body = ErrorOut),
         (status = 422, description = "Validation error", body = HttpValidationError),
     ),
     security(("bearer" = []), ("api_key" = []))
