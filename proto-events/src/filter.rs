@@ -45,9 +45,10 @@
 //!   price; `01` is the same index as `1`); on an object it is an ordinary
 //!   key. There is no escaping: a key that itself contains a dot cannot be
 //!   reached.
-//! - **Limits**: filters nest at most 8 levels deep (a bare condition is
-//!   level 1, a condition inside `and` is level 2) and hold at most 64
-//!   conditions and operators (`and`, `or`, `not`) in total.
+//! - **Limits**: filters nest at most 32 levels deep (a bare condition is
+//!   level 1, a condition inside `and` is level 2) and hold at most 4,096
+//!   conditions and operators (`and`, `or`, `not`) in total, more than the
+//!   registry's request body can carry.
 //! - **Strictness**: unknown keys, extra keys, two forms in one object and
 //!   operands of the wrong type are refused, each with the location of the
 //!   offending part inside the filter ([`FilterError::path`]), such as
@@ -69,8 +70,9 @@ use std::fmt;
 
 use serde_json::{Map, Number, Value};
 
-/// How deep filters nest; a bare condition is level 1.
-pub const MAX_DEPTH: usize = 8;
+/// How deep filters nest; a bare condition is level 1. Deeper than any
+/// filter a person writes, and far inside serde_json's own limit.
+pub const MAX_DEPTH: usize = 32;
 /// Conditions and operators (`and`, `or`, `not`) in one filter: more than
 /// the registry's request body (64 KiB by default) can hold, so in practice
 /// the body limit bounds a filter's size, and the API's schema, which can
@@ -1172,7 +1174,7 @@ mod tests {
         filter(nested_not(MAX_DEPTH - 1));
         let e = error(nested_not(MAX_DEPTH));
         assert_eq!(e.path, vec![FilterPathItem::Key("not".into()); MAX_DEPTH]);
-        assert_eq!(e.message, "filters nest at most 8 levels deep");
+        assert_eq!(e.message, "filters nest at most 32 levels deep");
 
         // Conditions and operators: and[32 × or[32 × and[k conditions]]]
         // holds 1 + 32 × (1 + 32 × (1 + k)): 3105 for k = 2 is taken, 4129

@@ -164,18 +164,13 @@ fn filter_schema() -> Value {
     })
 }
 
-/// The filter language as JSON Schemas, one component per level of
-/// nesting (`Filter`, `Filter2` … `Filter8`: the operators of a level hold
-/// filters of the next, and the last level holds conditions only), so the
-/// document states the depth limit as the server applies it.
-pub fn filter_components() -> Vec<(String, Value)> {
-    let name = |level: usize| {
-        if level == 1 {
-            "Filter".to_owned()
-        } else {
-            format!("Filter{level}")
-        }
-    };
+/// The filter language as a JSON Schema (the `Filter` component of the
+/// OpenAPI document): its forms, operators, operands and path shape. Its
+/// limits on nesting (32 levels) and size (the body's) are not stated; one
+/// recursive component keeps the document small enough to generate from.
+pub fn filter_component() -> Value {
+    let this = json!({"$ref": "#/components/schemas/Filter"});
+    let list = json!({"type": "array", "minItems": 1, "maxItems": proto_events::filter::MAX_ITEMS, "items": this});
     let scalar = json!({"anyOf": [
         {"type": "string", "pattern": "^[^\\u0000]*$"},
         {"type": "number"},
@@ -192,7 +187,10 @@ pub fn filter_components() -> Vec<(String, Value)> {
             "additionalProperties": false,
         })
     };
-    let mut conditions = vec![
+    let mut forms = vec![
+        json!({"type": "object", "properties": {"and": list}, "required": ["and"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"or": list}, "required": ["or"], "additionalProperties": false}),
+        json!({"type": "object", "properties": {"not": this}, "required": ["not"], "additionalProperties": false}),
         condition("eq", scalar.clone()),
         condition("ne", scalar.clone()),
         condition(
@@ -202,27 +200,12 @@ pub fn filter_components() -> Vec<(String, Value)> {
         condition("exists", json!({"type": "boolean"})),
     ];
     for op in ["gt", "gte", "lt", "lte"] {
-        conditions.push(condition(op, json!({"type": "number"})));
+        forms.push(condition(op, json!({"type": "number"})));
     }
-    let depth = proto_events::filter::MAX_DEPTH;
-    (1..=depth)
-        .map(|level| {
-            let mut forms = conditions.clone();
-            if level < depth {
-                let next = json!({"$ref": format!("#/components/schemas/{}", name(level + 1))});
-                let list = json!({"type": "array", "minItems": 1, "maxItems": proto_events::filter::MAX_ITEMS, "items": next});
-                forms.push(json!({"type": "object", "properties": {"and": list}, "required": ["and"], "additionalProperties": false}));
-                forms.push(json!({"type": "object", "properties": {"or": list}, "required": ["or"], "additionalProperties": false}));
-                forms.push(json!({"type": "object", "properties": {"not": next}, "required": ["not"], "additionalProperties": false}));
-            }
-            let description = if level == 1 {
-                "A payload filter (docs/contract.md, \"Payload filters\")."
-            } else {
-                "A filter nested in another."
-            };
-            (name(level), json!({"description": description, "oneOf": forms}))
-        })
-        .collect()
+    json!({
+        "description": "A payload filter (docs/contract.md, \"Payload filters\").",
+        "oneOf": forms,
+    })
 }
 
 /// `filter`: `{}` is none (`Some(None)`), anything else a [`Filter`].

@@ -346,9 +346,12 @@ fn refine(doc: &mut Value) {
 /// `event_types`, and that an `ed25519` webhook's secret is a signing key.
 fn subscriptions(doc: &mut Value) {
     let schemas = "/components/schemas";
-    for (name, schema) in crate::subscription::filter_components() {
-        set(doc, schemas, &name, schema);
-    }
+    set(
+        doc,
+        schemas,
+        "Filter",
+        crate::subscription::filter_component(),
+    );
     let schemes = json!(SignatureScheme::VARIANTS);
     for schema in ["WebhookIn", "WebhookOut"] {
         set(
