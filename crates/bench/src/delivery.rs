@@ -355,7 +355,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         use diesel_async::RunQueryDsl;
         use storage::schema::webhooks::dsl as w;
         let mut conn = pool.get().await?;
-        let sub = Subscription::of(&args)?;
+        let sub = Subscription::of(args)?;
         for i in 0..args.webhooks {
             let id: i32 = diesel::insert_into(w::webhooks)
                 .values((
