@@ -10,6 +10,7 @@ BEDOLAGA_REQUIRE_RELAY set (deploy/test.sh) a missing binary fails."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -123,7 +124,13 @@ def services(empty_database: str, prefix: str):
     """Registry, worker and gateway on their own database and the test's
     NATS prefix, a token, and a `*` webhook to a local receiver."""
     bins = binaries()
+    # Webhook secrets are stored sealed: the registry and the worker share a
+    # key file of this test's own.
+    key_file = os.path.join(tempfile.mkdtemp(prefix="bedolaga-keys-"), "secrets.key")
+    with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write("test " + base64.b64encode(os.urandom(32)).decode() + "\n")
     common = {
+        "SECRETS_KEY_FILE": key_file,
         "DATABASE_URL": empty_database,
         "NATS_URL": NATS_URL,
         "NATS_PREFIX": prefix,
@@ -187,6 +194,7 @@ def services(empty_database: str, prefix: str):
             "ws_url": f"ws://127.0.0.1:{gateway.port}/ws",
             "services": started,
             "registry_bin": bins["webhook-registry"],
+            "key_file": key_file,
             "database": empty_database,
             "worker": worker,
         }
@@ -244,7 +252,12 @@ def import_bot_webhook(bot_db: str, services: Dict[str, Any]) -> int:
     run(create())
     out = subprocess.run(
         [services["registry_bin"], "import-bot", "--from", bot_db],
-        env={"PATH": os.environ.get("PATH", ""), "DATABASE_URL": services["database"], "RUST_LOG": "warn"},
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "SECRETS_KEY_FILE": services["key_file"],
+            "DATABASE_URL": services["database"],
+            "RUST_LOG": "warn",
+        },
         capture_output=True,
         timeout=60,
     )

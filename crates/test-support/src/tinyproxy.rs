@@ -79,14 +79,12 @@ impl TinyProxy {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        // The readiness probe is logged as a connection: wait for that line,
-        // so later counts of connections start from a settled log.
-        while proxy.connections() == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy logged no connection: {}",
-                proxy.log()
-            );
+        // The readiness probe is usually logged as a connection: wait a
+        // little for that line, so later counts of connections start from
+        // a settled log (a busy tinyproxy may drop the closed probe
+        // without a line, which is fine too).
+        let settle = Instant::now() + Duration::from_secs(3);
+        while proxy.connections() == 0 && Instant::now() < settle {
             std::thread::sleep(Duration::from_millis(10));
         }
         proxy
