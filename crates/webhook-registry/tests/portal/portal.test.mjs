@@ -147,7 +147,7 @@ try {
       console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline code"}`));
   });
   page.on("console", (m) => {
-    if (m.type() === "error" && !/status of (401|422) /.test(m.text())) problems.push("console: " + m.text());
+    if (m.type() === "error" && !/status of (401|408|422) /.test(m.text())) problems.push("console: " + m.text());
   });
   page.on("response", (r) => {
     // 408: the server's answer on a connection that sent no request within
