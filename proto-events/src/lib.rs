@@ -21,6 +21,7 @@ pub mod bot_json;
 pub mod canonical;
 mod catalogue;
 mod change;
+mod cursor;
 pub mod deadletter;
 mod envelope;
 pub mod filter;
@@ -34,6 +35,7 @@ mod redact;
 
 pub use catalogue::{EventType, UnknownEventType};
 pub use change::{ChangeOp, WebhookChange};
+pub use cursor::{Cursor, InvalidCursor};
 pub use envelope::{Envelope, EnvelopeError, new_event_id};
 pub use filter::{Filter, FilterError, FilterPathItem};
 pub use namespace::{
