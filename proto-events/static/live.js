@@ -1,8 +1,9 @@
-// The live event view: a client of the gateway's /ws (docs/gateway.md,
-// "Protocol") with its controls. One file, served by the gateway for its
-// console (/live.js) and by the webhook-registry for the portal
-// (/portal/live.js), so both behave the same: type filters, pause, resume
-// with since/epoch after a reconnect (also after a pause), "catching up".
+// The live event view: a client of the gateway's /ws, or of its /sse
+// (docs/contract.md, "WebSocket" and "Server-Sent Events"), with its
+// controls. One file, served by the gateway for its console (/live.js) and
+// by the webhook-registry for the portal (/portal/live.js), so both behave
+// the same: type filters, pause, resume with since/epoch after a reconnect
+// (also after a pause; over SSE with the event's id), "catching up".
 //
 //   const live = mountLive(container, { url: () => "ws://host/ws", token: () => "…" });
 //   live.connect(); live.pause(); live.resume(); live.disconnect();
@@ -21,8 +22,9 @@ function el(tag, attrs, ...children) {
 }
 
 // Builds the view inside `root`. Options: url() gives the gateway's /ws URL
-// (no query), token() the API token, types the event types to offer,
-// onRunning(bool) is told when the stream starts or stops wanting a socket.
+// (no query; /sse is found beside it), token() the API token, types the
+// event types to offer, onRunning(bool) is told when the stream starts or
+// stops wanting a socket.
 export function mountLive(root, opts) {
   const types = opts.types || EVENT_TYPES;
   const all = el("input", { type: "checkbox", id: "all" });
@@ -37,6 +39,8 @@ export function mountLive(root, opts) {
   const pauseBtn = el("button", { type: "button", id: "pause", text: "Pause" });
   pauseBtn.disabled = true;
   const clearBtn = el("button", { type: "button", id: "clear", text: "Clear" });
+  const transport = el("select", { id: "transport", "aria-label": "Transport" },
+    el("option", { value: "ws", text: "WebSocket" }), el("option", { value: "sse", text: "Server-Sent Events" }));
   const status = el("b", { id: "status", "data-state": "idle", text: "not connected" });
   const lastSeq = el("b", { id: "last-seq", text: "–" });
   const count = el("b", { id: "count", text: "0" });
@@ -47,7 +51,7 @@ export function mountLive(root, opts) {
   const banner = el("div", { id: "banner", class: "live-banner", role: "alert" });
   banner.hidden = true;
   const log = el("ol", { id: "log", class: "live-log", reversed: "", "aria-label": "Live events" });
-  root.append(filters, el("div", { class: "live-actions" }, pauseBtn, clearBtn), bar, banner, log);
+  root.append(filters, el("div", { class: "live-actions" }, pauseBtn, clearBtn, transport), bar, banner, log);
 
   const s = { ws: null, lastSeq: null, epoch: null, want: false, paused: false, retry: 0,
     timer: null, pinger: null, count: 0, connects: 0 };
@@ -66,9 +70,15 @@ export function mountLive(root, opts) {
   }
   const info = (text) => row("info", [["", new Date().toLocaleTimeString() + "  " + text]]);
 
+  const sse = () => transport.value === "sse";
   function url() {
-    let u = opts.url() + "?token=" + encodeURIComponent(opts.token());
-    if (s.lastSeq !== null) {
+    const base = opts.url();
+    let u = (sse() ? base.replace(/^ws/, "http").replace(/\/ws$/, "/sse") : base) +
+      "?token=" + encodeURIComponent(opts.token());
+    if (s.lastSeq !== null && sse() && s.epoch) {
+      // a new EventSource cannot send Last-Event-ID itself
+      u += "&last_event_id=" + encodeURIComponent(s.epoch + ":" + s.lastSeq);
+    } else if (s.lastSeq !== null) {
       u += "&since=" + s.lastSeq;
       if (s.epoch) u += "&epoch=" + encodeURIComponent(s.epoch);
     }
@@ -104,6 +114,10 @@ export function mountLive(root, opts) {
         s.epoch = msg.epoch || null;
         break;
       case "error": info("server: " + msg.message); break;
+      case "close": // SSE: the server ends the stream (a WebSocket's close frame)
+        info("closed " + msg.code + " " + msg.reason);
+        if (msg.code === 1008) { showBanner("The token was refused: " + msg.reason); stop("refused"); }
+        break;
       default:
         if (typeof msg.seq === "number") {
           s.lastSeq = msg.seq;
@@ -118,6 +132,42 @@ export function mountLive(root, opts) {
     }
   }
 
+  // Over SSE the browser reconnects by itself (sending Last-Event-ID);
+  // only a refused request (EventSource CLOSED) is retried from here.
+  function connectSse(resuming) {
+    let es;
+    try { es = new EventSource(url()); } catch (e) {
+      setStatus("cannot connect: " + e.message, "error"); s.want = false; running(false); return;
+    }
+    s.ws = es;
+    running(true);
+    es.onopen = () => {
+      s.connects += 1;
+      connects.textContent = s.connects;
+      info(resuming || s.lastSeq !== null ? "connected, resuming after seq " + s.lastSeq : "connected");
+    };
+    es.onmessage = onMessage;
+    for (const name of ["connection", "subscribed", "resumed", "catching_up", "caught_up",
+      "resync_required", "server_error", "close"]) es.addEventListener(name, onMessage);
+    es.onerror = () => {
+      if (s.ws !== es) return;
+      if (es.readyState === EventSource.CONNECTING) {
+        setStatus("reconnecting (since " + s.lastSeq + ")…", "connecting");
+        return;
+      }
+      s.ws = null;
+      setStatus("closed", "closed");
+      info("the event stream was refused or failed");
+      if (s.want) {
+        const delay = Math.min(15000, 500 * 2 ** s.retry);
+        s.retry += 1;
+        s.timer = setTimeout(connect, delay);
+      } else {
+        running(false);
+      }
+    };
+  }
+
   function connect() {
     clearTimeout(s.timer);
     s.want = true;
@@ -125,6 +175,7 @@ export function mountLive(root, opts) {
     pauseBtn.textContent = "Pause";
     const resuming = s.lastSeq !== null;
     setStatus(resuming ? "reconnecting (since " + s.lastSeq + ")…" : "connecting…", "connecting");
+    if (sse()) { connectSse(resuming); return; }
     let ws;
     try { ws = new WebSocket(url()); } catch (e) {
       setStatus("cannot connect: " + e.message, "error"); s.want = false; running(false); return;
@@ -164,7 +215,23 @@ export function mountLive(root, opts) {
     s.want = false;
     clearTimeout(s.timer);
     const ws = s.ws;
-    if (ws) ws.close(1000, reason); else running(false);
+    if (ws instanceof WebSocket) { ws.close(1000, reason); return; }
+    if (ws) {
+      // an EventSource closes at once and says nothing
+      ws.close();
+      s.ws = null;
+      setStatus(s.paused ? "paused" : "closed", s.paused ? "idle" : "closed");
+      info("closed: " + reason);
+    }
+    running(false);
+  }
+
+  function reopen() {
+    if (!s.ws) return;
+    const old = s.ws;
+    s.ws = null;
+    old.close();
+    connect();
   }
 
   // Pausing closes the socket and keeps the last sequence: resuming
@@ -185,13 +252,16 @@ export function mountLive(root, opts) {
     } else if (e.target.classList.contains("type") && !e.target.checked) {
       all.checked = false;
     }
-    if (s.ws && s.ws.readyState === WebSocket.OPEN) {
+    if (s.ws instanceof WebSocket && s.ws.readyState === WebSocket.OPEN) {
       s.ws.send(JSON.stringify({ type: "subscribe", events: patterns() }));
+    } else if (s.ws) {
+      reopen(); // an SSE filter is in its URL
     }
   });
+  transport.addEventListener("change", () => { if (s.ws) reopen(); });
 
   return Object.assign(s, {
-    connect() { showBanner(""); if (s.ws) { const old = s.ws; s.ws = null; old.close(1000); } connect(); },
+    connect() { showBanner(""); if (s.ws) { const old = s.ws; s.ws = null; old.close(); } connect(); },
     disconnect() { s.paused = false; pauseBtn.textContent = "Pause"; stop("closed from the page"); },
     pause,
     resume: connect,

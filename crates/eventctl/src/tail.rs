@@ -1,11 +1,13 @@
 //! `eventctl tail`: live events as one JSON line each, from NATS or
-//! through a gateway's WebSocket, and `eventctl deadletters`.
+//! through a gateway's WebSocket or Server-Sent Events (`--sse`), and
+//! `eventctl deadletters`.
 //!
 //! Every line is the gateway's event frame:
 //! `{"type","payload","timestamp","id","seq","epoch"}` (`epoch` names the
 //! stream `seq` belongs to). Through a gateway, a dropped connection is
 //! reopened with `since=<last seq>&epoch=<epoch>`, so nothing is missed
-//! while the gateway restarts (as long as the stream still holds it).
+//! while the gateway restarts (as long as the stream still holds it); over
+//! SSE the same is done with `Last-Event-ID`, as a browser does.
 
 use std::time::Duration;
 
@@ -35,6 +37,11 @@ pub struct TailArgs {
     /// Read through a gateway (`ws://127.0.0.1:8081/ws`) instead of NATS.
     #[arg(long, value_name = "URL")]
     pub via_gateway: Option<String>,
+    /// Through the gateway, read its Server-Sent Events (`/sse`, over plain
+    /// HTTP) instead of the WebSocket; a `ws://…/ws` URL is read as
+    /// `http://…/sse`.
+    #[arg(long, requires = "via_gateway")]
+    pub sse: bool,
     /// The API token for the gateway.
     #[arg(long, env = "EVENTCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -66,7 +73,11 @@ pub async fn tail(
                 .token
                 .clone()
                 .context("--via-gateway needs --token (or EVENTCTL_TOKEN)")?;
-            tail_gateway(url, &token, &args, sink, stop).await
+            if args.sse {
+                tail_sse(url, &token, &args, sink, stop).await
+            } else {
+                tail_gateway(url, &token, &args, sink, stop).await
+            }
         }
         None => tail_nats(nats, ns, &args, filter, sink, stop).await,
     }
@@ -257,6 +268,135 @@ async fn tail_gateway(
     }
 }
 
+/// The `/sse` URL of a gateway given as its WebSocket or SSE URL.
+fn sse_url(base: &str) -> anyhow::Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(base).with_context(|| format!("bad gateway URL {base}"))?;
+    let scheme = match url.scheme() {
+        "ws" | "http" => "http",
+        "wss" | "https" => "https",
+        other => bail!("bad gateway URL {base}: scheme {other}"),
+    };
+    url.set_scheme(scheme)
+        .map_err(|()| anyhow::anyhow!("bad gateway URL {base}"))?;
+    if matches!(url.path(), "" | "/" | "/ws") {
+        url.set_path("/sse");
+    }
+    Ok(url)
+}
+
+/// One event of an SSE body: its `event:` name, `id:` and joined `data:`.
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    event: Option<String>,
+    id: Option<String>,
+    data: String,
+}
+
+/// Takes every complete event (up to a blank line) off the front of
+/// `buf`; comments and events without data are skipped.
+fn sse_events(buf: &mut String) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.find("\n\n") {
+        let block: String = buf.drain(..end + 2).collect();
+        let mut ev = SseEvent::default();
+        let mut data = Vec::new();
+        for line in block.lines() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => data.push(value),
+                "id" => ev.id = Some(value.to_owned()),
+                "event" => ev.event = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        if !data.is_empty() {
+            ev.data = data.join("\n");
+            out.push(ev);
+        }
+    }
+    out
+}
+
+async fn tail_sse(
+    base: &str,
+    token: &str,
+    args: &TailArgs,
+    sink: Sink<'_>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let base = sse_url(base)?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
+    let mut last_id: Option<String> = None;
+    let mut printed = 0u64;
+    let mut failures = 0u32;
+    loop {
+        // the first request resumes after --since; later ones after the
+        // last event printed
+        let since = if last_id.is_none() { args.since } else { None };
+        let url = gateway_url(base.as_str(), token, &args.types, since, None)?;
+        let mut req = http.get(url).header("Accept", "text/event-stream");
+        if let Some(id) = &last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let sent = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            r = tokio::time::timeout(Duration::from_secs(10), req.send()) => r,
+        };
+        let why = match sent {
+            Ok(Ok(resp)) if resp.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                bail!("the gateway refused the token")
+            }
+            Ok(Ok(resp)) if !resp.status().is_success() => format!("status {}", resp.status()),
+            Ok(Ok(mut resp)) => {
+                failures = 0;
+                tracing::info!(last_event_id = ?last_id, "connected to the gateway's event stream");
+                let mut buf = String::new();
+                loop {
+                    let chunk = tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        c = resp.chunk() => c,
+                    };
+                    let chunk = match chunk {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break "the stream ended".to_owned(),
+                        Err(e) => break e.to_string(),
+                    };
+                    buf.push_str(&String::from_utf8_lossy(&chunk));
+                    for ev in sse_events(&mut buf) {
+                        let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
+                        match ev.event.as_deref() {
+                            None => {
+                                last_id = ev.id;
+                                sink(&ev.data)?;
+                                printed += 1;
+                                if args.max.is_some_and(|m| printed >= m) {
+                                    return Ok(());
+                                }
+                            }
+                            Some("close") if v["code"] == 1008 => {
+                                bail!("the gateway refused the token: {}", v["reason"]);
+                            }
+                            Some(_) => control(&v, &mut None),
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_owned(),
+        };
+        failures += 1;
+        let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+        tracing::warn!(reason = %why, last_event_id = ?last_id, retry_in = ?wait, "gateway event stream lost; resuming");
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
 /// Control messages go to the log, not to the output.
 fn control(v: &Value, epoch: &mut Option<String>) {
     match v["type"].as_str() {
@@ -303,5 +443,34 @@ mod tests {
         );
         let u = gateway_url("ws://h/ws", "t", &[], None, None).unwrap();
         assert_eq!(u.as_str(), "ws://h/ws?token=t");
+    }
+
+    #[test]
+    fn sse_urls_and_events() {
+        assert_eq!(sse_url("ws://h:1/ws").unwrap().as_str(), "http://h:1/sse");
+        assert_eq!(sse_url("wss://h/").unwrap().as_str(), "https://h/sse");
+        assert_eq!(
+            sse_url("http://h/gw/sse").unwrap().as_str(),
+            "http://h/gw/sse"
+        );
+        assert!(sse_url("ftp://h").is_err());
+        let mut buf = "retry: 1000\n\n: ping\n\nevent: resumed\ndata: {}\n\nid: 1:2\ndata: {\"a\":\ndata: 1}\n\nid: 1:3\nda".to_owned();
+        let evs = sse_events(&mut buf);
+        assert_eq!(
+            evs,
+            vec![
+                SseEvent {
+                    event: Some("resumed".into()),
+                    id: None,
+                    data: "{}".into()
+                },
+                SseEvent {
+                    event: None,
+                    id: Some("1:2".into()),
+                    data: "{\"a\":\n1}".into()
+                },
+            ]
+        );
+        assert_eq!(buf, "id: 1:3\nda");
     }
 }

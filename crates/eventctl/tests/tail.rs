@@ -50,6 +50,7 @@ fn args() -> TailArgs {
         types: Vec::new(),
         since: None,
         via_gateway: None,
+        sse: false,
         token: None,
         max: None,
     }
@@ -159,6 +160,15 @@ async fn start_gateway(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_via_gateway_resumes_across_a_gateway_restart_with_nothing_missed() {
+    tail_across_a_gateway_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_over_sse_resumes_by_last_event_id_across_a_gateway_restart() {
+    tail_across_a_gateway_restart(true).await;
+}
+
+async fn tail_across_a_gateway_restart(sse: bool) {
     let (ns, publisher) = backing().await;
     let db = TestDb::new().await.unwrap();
     let token = {
@@ -193,6 +203,7 @@ async fn tail_via_gateway_resumes_across_a_gateway_restart_with_nothing_missed()
         TailArgs {
             since: Some(0),
             via_gateway: Some(format!("ws://{addr}/ws")),
+            sse,
             token: Some(token.clone()),
             ..args()
         },

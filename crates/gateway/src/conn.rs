@@ -1,6 +1,9 @@
-//! One WebSocket connection after the handshake: a task that owns the TCP
-//! socket and `select!`s over close requests, its queue in the hub, a
-//! replay from the stream, client frames, writability and one timer.
+//! One WebSocket or SSE connection after the handshake: a task that owns
+//! the TCP socket and `select!`s over close requests, its queue in the hub,
+//! a replay from the stream, client frames, writability and one timer. The
+//! two transports differ only in how messages are framed (see
+//! [`Transport`]), in what the client may send (nothing on SSE: its bytes
+//! are read and dropped) and in how a close is said.
 //!
 //! Frames go out with vectored writes straight from the shared event
 //! buffers (no copy per client). While the task is parked with nothing to
@@ -27,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::hub::{Client, Close, Signal, Take};
 use crate::metrics::{CloseKind, Metrics};
-use crate::protocol::{self, ClientMessage, EventFrame};
+use crate::protocol::{self, ClientMessage, EventFrame, Transport};
 use crate::replay;
 use crate::state::AppState;
 use crate::wire::{self, Inbound, WireError, code};
@@ -46,10 +49,14 @@ const OUT_HIGH: usize = 64 * 1024;
 const IOV: usize = 64;
 /// Most bytes read from a socket per wake-up.
 const READ_CHUNK: usize = 8 * 1024;
+/// An SSE client is never timed out for silence (it has nothing to say).
+const SSE_SILENCE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// What the connection URL asked for besides the token.
 pub struct Start {
-    pub since: Option<Result<u64, std::num::ParseIntError>>,
+    /// Resume after this sequence, or why the position asked for is not
+    /// one.
+    pub since: Option<Result<u64, String>>,
     pub epoch: Option<String>,
     pub events: Option<Result<(PatternSet, Vec<String>), String>>,
 }
@@ -63,17 +70,21 @@ enum Out {
 }
 
 impl Out {
-    fn len(&self) -> usize {
+    fn len(&self, transport: Transport) -> usize {
+        self.bytes(transport).len()
+    }
+
+    fn bytes(&self, transport: Transport) -> &[u8] {
         match self {
-            Out::Event(f) => f.wire().len(),
-            Out::Frame(b) => b.len(),
+            Out::Event(f) => f.bytes(transport),
+            Out::Frame(b) => b,
         }
     }
 }
 
 /// Frames waiting for the socket.
-#[derive(Default)]
 struct Outbox {
+    transport: Transport,
     items: VecDeque<Out>,
     /// Bytes of the front item already written.
     offset: usize,
@@ -83,17 +94,28 @@ struct Outbox {
 }
 
 impl Outbox {
+    fn new(transport: Transport) -> Self {
+        Self {
+            transport,
+            items: VecDeque::new(),
+            offset: 0,
+            bytes: 0,
+            events_written: 0,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
 
     fn push(&mut self, item: Out) {
-        self.bytes += item.len();
+        self.bytes += item.len(self.transport);
         self.items.push_back(item);
     }
 
-    fn text(&mut self, text: &str) {
-        self.push(Out::Frame(wire::frame(wire::OP_TEXT, text.as_bytes())));
+    /// Queues one message (not an event) whose `type` is `kind`.
+    fn message(&mut self, kind: &str, json: &str) {
+        self.push(Out::Frame(self.transport.message(kind, json)));
     }
 
     /// Drops everything not started yet (a partly written frame must be
@@ -101,7 +123,7 @@ impl Outbox {
     fn discard_unstarted(&mut self) {
         let keep = usize::from(self.offset > 0).min(self.items.len());
         self.items.truncate(keep);
-        self.bytes = self.items.iter().map(Out::len).sum();
+        self.bytes = self.items.iter().map(|o| o.len(self.transport)).sum();
         if self.items.capacity() > 64 {
             self.items.shrink_to(8);
         }
@@ -113,10 +135,7 @@ impl Outbox {
         let mut iov = [IoSlice::new(&[]); IOV];
         let k = self.items.len().min(IOV);
         for (i, item) in self.items.iter().take(k).enumerate() {
-            let bytes = match item {
-                Out::Event(f) => f.wire(),
-                Out::Frame(b) => &b[..],
-            };
+            let bytes = item.bytes(self.transport);
             // the front item may be partly written already
             let skip = if i == 0 { self.offset } else { 0 };
             iov[i] = IoSlice::new(&bytes[skip..]);
@@ -134,7 +153,7 @@ impl Outbox {
             let Some(front) = self.items.front() else {
                 return;
             };
-            let len = front.len();
+            let len = front.len(self.transport);
             let left = len - self.offset;
             if n >= left {
                 n -= left;
@@ -229,10 +248,16 @@ fn poll_feed(feed: &mut Option<Box<Feed>>, cx: &mut Context<'_>) -> Poll<FeedIte
     }
 }
 
-/// An upgraded connection whose token is not checked yet.
+/// An upgraded connection (or an SSE request) whose token is not checked
+/// yet. A WebSocket has had its `101` already; an SSE request gets its
+/// `200` (or an HTTP error) here.
 pub struct Accepted {
     pub state: Arc<AppState>,
     pub tcp: TcpStream,
+    pub transport: Transport,
+    /// The response head to send once the token is accepted (SSE's
+    /// `200`; empty for a WebSocket, whose `101` is sent).
+    pub head: Bytes,
     /// Bytes that came after the handshake request.
     pub read: BytesMut,
     pub token: Option<String>,
@@ -270,27 +295,31 @@ impl Accepted {
         let Self {
             state,
             tcp,
+            transport,
+            head,
             read,
             token,
             ip,
             start,
         } = self;
         let mut decoder = wire::Decoder::new(state.settings.max_frame_bytes);
-        decoder.buffer().extend_from_slice(&read);
+        if transport == Transport::WebSocket {
+            decoder.buffer().extend_from_slice(&read);
+        }
         drop(read);
         let mut conn = Conn {
             state: state.clone(),
             tcp: Arc::new(tcp),
             decoder,
-            out: Outbox::default(),
+            out: Outbox::new(transport),
             feed: None,
         };
         let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-            Box::pin(conn.finish(Stop::Close(Close::new(
+            Box::pin(conn.refuse(Close::new(
                 code::AGAIN,
                 "Try again later: too many connections",
                 CloseKind::TooManyConnections,
-            ))))
+            )))
             .await;
             return;
         };
@@ -303,17 +332,23 @@ impl Accepted {
         let principal = match Box::pin(authenticate(&state, token, ip.as_deref())).await {
             Ok(p) => p,
             Err(close) => {
-                Box::pin(conn.finish(Stop::Close(close))).await;
+                Box::pin(conn.refuse(close)).await;
                 return;
             }
         };
+        if !head.is_empty() {
+            conn.out.push(Out::Frame(head));
+        }
         let filter = match &start.events {
             Some(Ok((set, _))) => Some(*set),
             _ => None,
         };
-        let client = state
-            .hub
-            .register_local(principal.token_id, filter, Some(conn.tcp.clone()));
+        let client = state.hub.register_local(
+            principal.token_id,
+            filter,
+            Some(conn.tcp.clone()),
+            transport,
+        );
         let reg = Registered {
             state: state.clone(),
             client: client.clone(),
@@ -386,9 +421,16 @@ impl Conn {
             return stop;
         }
         let settings = &self.state.settings;
+        let sse = self.out.transport == Transport::Sse;
+        // An SSE client cannot answer a ping: a dead one is found by the
+        // write timeout and the socket's TCP_USER_TIMEOUT instead.
         let (ping_interval, pong_timeout, write_timeout) = (
             settings.ping_interval,
-            settings.pong_timeout,
+            if sse {
+                SSE_SILENCE
+            } else {
+                settings.pong_timeout
+            },
             settings.write_timeout,
         );
         // One timer for every deadline: the next ping, the moment the
@@ -482,7 +524,11 @@ impl Conn {
                     } else {
                         if now >= next_ping {
                             next_ping = now + ping_interval;
-                            self.out.push(Out::Frame(wire::frame(wire::OP_PING, b"")));
+                            self.out.push(Out::Frame(if sse {
+                                Bytes::from_static(crate::sse::HEARTBEAT)
+                            } else {
+                                wire::frame(wire::OP_PING, b"")
+                            }));
                         }
                         Ok(())
                     }
@@ -521,28 +567,46 @@ impl Conn {
     /// What a connection does first: the welcome message, the answer to
     /// `events=` and the replay of `since=`.
     async fn open(&mut self, client: &Arc<Client>, start: Start) -> Result<(), Stop> {
-        self.out.text(protocol::WELCOME);
+        match self.out.transport {
+            Transport::WebSocket => self.out.message("connection", protocol::WELCOME),
+            Transport::Sse => {
+                self.out
+                    .push(Out::Frame(Bytes::from_static(crate::sse::RETRY)));
+                self.out.message("connection", protocol::SSE_WELCOME);
+            }
+        }
         match &start.events {
-            Some(Ok((_, events))) => self.reply(&protocol::subscribed_message(events)),
-            Some(Err(e)) => self.reply(&protocol::error_message(e)),
+            Some(Ok((_, events))) => {
+                self.reply("subscribed", &protocol::subscribed_message(events));
+            }
+            Some(Err(e)) => self.reply("error", &protocol::error_message(e)),
             None => {}
         }
         match start.since {
             Some(Ok(since)) => self.begin_resume(client, since, start.epoch).await,
-            Some(Err(_)) => {
-                self.reply(&protocol::error_message(
-                    "'since' must be a non-negative integer",
-                ));
+            Some(Err(why)) => {
+                if self.out.transport == Transport::Sse {
+                    // The browser sends the same Last-Event-ID again on
+                    // every reconnect: it must be told to start over.
+                    let epoch = self.state.hub.epoch();
+                    let first_seq = replay::first_seq(&self.state.js, &self.state.ns)
+                        .await
+                        .unwrap_or_default();
+                    self.resync(client, 0, first_seq, &epoch, &why);
+                } else {
+                    self.reply("error", &protocol::error_message(&why));
+                }
                 Ok(())
             }
             None => Ok(()),
         }
     }
 
-    /// Queues one text message of this connection.
-    fn reply(&mut self, text: &str) {
+    /// Queues one message (not an event) of this connection whose `type`
+    /// is `kind`.
+    fn reply(&mut self, kind: &str, json: &str) {
         self.state.metrics.messages_sent.inc();
-        self.out.text(text);
+        self.out.message(kind, json);
     }
 
     /// Queues one event.
@@ -583,6 +647,11 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(_) => return Err(Stop::Gone),
         };
+        if self.out.transport == Transport::Sse {
+            // nothing an SSE client sends after its request means anything
+            self.decoder.buffer().clear();
+            return Ok(n);
+        }
         loop {
             let msg = match self.decoder.decode() {
                 Ok(Some(m)) => m,
@@ -609,15 +678,17 @@ impl Conn {
 
     async fn on_text(&mut self, client: &Arc<Client>, text: &str) -> Result<(), Stop> {
         match protocol::parse_client(text) {
-            ClientMessage::Ping => self.reply(protocol::PONG),
+            ClientMessage::Ping => self.reply("pong", protocol::PONG),
             ClientMessage::Subscribe { set, events } => {
                 client.set_filter(set);
-                self.reply(&protocol::subscribed_message(&events));
+                self.reply("subscribed", &protocol::subscribed_message(&events));
             }
             ClientMessage::Resume { since, epoch } => {
                 return Box::pin(self.begin_resume(client, since, epoch)).await;
             }
-            ClientMessage::Unknown(message) => self.reply(&protocol::error_message(&message)),
+            ClientMessage::Unknown(message) => {
+                self.reply("error", &protocol::error_message(&message));
+            }
             ClientMessage::Invalid => {
                 tracing::debug!(client = client.id, "ignoring a message that is not JSON");
             }
@@ -628,7 +699,10 @@ impl Conn {
     fn resync(&mut self, client: &Client, since: u64, first_seq: u64, epoch: &str, why: &str) {
         self.state.metrics.resyncs.inc();
         client.resume_after(0);
-        self.reply(&protocol::resync_message(since, first_seq, epoch, why));
+        self.reply(
+            "resync_required",
+            &protocol::resync_message(since, first_seq, epoch, why),
+        );
     }
 
     async fn begin_resume(
@@ -651,7 +725,10 @@ impl Conn {
         match started {
             Ok(replay::Start::UpToDate { epoch }) => {
                 client.resume_after(since);
-                self.reply(&protocol::resumed_message(since, 0, since, &epoch));
+                self.reply(
+                    "resumed",
+                    &protocol::resumed_message(since, 0, since, &epoch),
+                );
             }
             Ok(replay::Start::Resync {
                 first_seq,
@@ -721,7 +798,7 @@ impl Conn {
                 state.metrics.catchups_started.inc();
                 state.metrics.catchup_clients.inc();
                 tracing::debug!(client = client.id, since, behind, "client catching up");
-                self.reply(&protocol::catching_up_message(since, behind));
+                self.reply("catching_up", &protocol::catching_up_message(since, behind));
                 self.feed = Some(Box::new(Feed {
                     kind: FeedKind::CatchUp {
                         _slot: CatchupSlot {
@@ -835,14 +912,20 @@ impl Conn {
                 return Ok(());
             }
             let (since, sent, epoch) = (f.since, f.sent, f.epoch.clone());
-            let text = if catching_up {
+            let (kind, text) = if catching_up {
                 self.state.metrics.catchups_finished.inc();
-                protocol::caught_up_message(since, sent, last, &epoch)
+                (
+                    "caught_up",
+                    protocol::caught_up_message(since, sent, last, &epoch),
+                )
             } else {
-                protocol::resumed_message(since, sent, last, &epoch)
+                (
+                    "resumed",
+                    protocol::resumed_message(since, sent, last, &epoch),
+                )
             };
             self.feed = None;
-            self.reply(&text);
+            self.reply(kind, &text);
         }
         Ok(())
     }
@@ -896,12 +979,30 @@ impl Conn {
         }
     }
 
+    /// Refuses a connection before it was accepted: a close frame after
+    /// the WebSocket's `101`, an HTTP error instead of SSE's `200`.
+    async fn refuse(mut self, close: Close) {
+        match self.out.transport {
+            Transport::WebSocket => self.finish(Stop::Close(close)).await,
+            Transport::Sse => {
+                self.state.metrics.closed(close.kind);
+                let (status, extra) = crate::sse::refusal_status(close.kind);
+                self.close_with(crate::sse::http_error(status, extra, &close.reason))
+                    .await;
+            }
+        }
+    }
+
     async fn finish(mut self, stop: Stop) {
         let metrics = self.state.metrics.clone();
         match stop {
             Stop::Close(c) => {
                 metrics.closed(c.kind);
-                self.close_with(wire::close_frame(c.code, &c.reason)).await;
+                let last = match self.out.transport {
+                    Transport::WebSocket => wire::close_frame(c.code, &c.reason),
+                    Transport::Sse => crate::sse::close_event(c.code, &c.reason),
+                };
+                self.close_with(last).await;
             }
             Stop::Fail(e) => {
                 let (kind, reason) = match &e {
@@ -950,16 +1051,17 @@ mod tests {
             seq,
             EventType::UserCreated,
             &"e".repeat(len),
+            "",
             None,
         ))
     }
 
     #[test]
     fn outbox_accounting_and_partial_writes() {
-        let mut o = Outbox::default();
+        let mut o = Outbox::new(Transport::WebSocket);
         o.push(Out::Event(ev(1, 10)));
         o.push(Out::Event(ev(2, 200)));
-        o.text("hi");
+        o.message("x", "hi");
         assert_eq!(o.bytes, (2 + 10) + (4 + 200) + (2 + 2));
         o.advance(5);
         assert_eq!(o.offset, 5);

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::metrics::{CloseKind, Metrics};
-use crate::protocol::EventFrame;
+use crate::protocol::{EventFrame, Transport};
 use crate::wire::code;
 
 /// Most frames in one direct write.
@@ -116,6 +116,8 @@ struct ClientState {
     /// writes live frames into the socket itself. Never set while a close
     /// is pending, a replay runs or frames are queued.
     direct: bool,
+    /// How the connection frames events (beside `direct`, in its padding).
+    transport: Transport,
     filter: PatternSet,
     /// Live events at or below this sequence are not queued: a replay
     /// already sent them (the fan-out consumer may lag behind the replay).
@@ -130,9 +132,10 @@ struct ClientState {
 }
 
 impl ClientState {
-    fn new(filter: PatternSet) -> Self {
+    fn new(filter: PatternSet, transport: Transport) -> Self {
         Self {
             direct: false,
+            transport,
             filter,
             min_seq: 0,
             queue: VecDeque::new(),
@@ -187,14 +190,14 @@ impl DirectSent<'_> {
 /// leaves tokio's cache saying "writable"; the connection task's first
 /// write then meets `EAGAIN` and waits for the socket's next edge, so no
 /// wake-up is lost.
-fn write_frames(tcp: &TcpStream, frames: &[&Arc<EventFrame>]) -> usize {
+fn write_frames(tcp: &TcpStream, frames: &[&Arc<EventFrame>], transport: Transport) -> usize {
     let socket = socket2::SockRef::from(tcp);
     let written = match frames {
-        [one] => socket.send(one.wire()),
+        [one] => socket.send(one.bytes(transport)),
         many => {
             let mut iov = [IoSlice::new(&[]); DIRECT_MAX];
             for (slice, f) in iov.iter_mut().zip(many) {
-                *slice = IoSlice::new(f.wire());
+                *slice = IoSlice::new(f.bytes(transport));
             }
             socket.send_vectored(&iov[..many.len().min(DIRECT_MAX)])
         }
@@ -281,9 +284,9 @@ impl Client {
                 if k == 0 {
                     continue;
                 }
-                let mut left = write_frames(tcp, &picked[..k]);
+                let mut left = write_frames(tcp, &picked[..k], st.transport);
                 for f in &picked[..k] {
-                    let len = f.wire().len();
+                    let len = f.bytes(st.transport).len();
                     if st.queue.is_empty() && left >= len {
                         left -= len;
                         direct.sent(f);
@@ -557,6 +560,8 @@ pub struct Hub {
     epoch: RwLock<Arc<str>>,
     live: AtomicBool,
     closing: AtomicBool,
+    /// Woken after every dispatched event (long-polls wait on it).
+    dispatched: Notify,
 }
 
 impl Hub {
@@ -572,7 +577,15 @@ impl Hub {
             epoch: RwLock::new(Arc::from("")),
             live: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            dispatched: Notify::new(),
         }
+    }
+
+    /// Completes after the next dispatched event. Create it (and `enable`
+    /// it) before checking [`Hub::last_seq`] so that no event slips
+    /// between the check and the wait.
+    pub fn next_dispatch(&self) -> tokio::sync::futures::Notified<'_> {
+        self.dispatched.notified()
     }
 
     /// Adds a client to this thread's shard, starting the shard's task on
@@ -583,6 +596,7 @@ impl Hub {
         token_id: i32,
         filter: Option<PatternSet>,
         socket: Option<Arc<TcpStream>>,
+        transport: Transport,
     ) -> Arc<Client> {
         let shard = LOCAL_SHARDS.with(|cell| {
             let mut shards = cell.borrow_mut();
@@ -600,7 +614,10 @@ impl Hub {
             token_id,
             shard: shard.clone(),
             socket,
-            state: Mutex::new(ClientState::new(filter.unwrap_or(PatternSet::all()))),
+            state: Mutex::new(ClientState::new(
+                filter.unwrap_or(PatternSet::all()),
+                transport,
+            )),
             wake: Notify::new(),
             kill: Notify::new(),
         });
@@ -641,6 +658,7 @@ impl Hub {
             }
         }
         self.last_seq.fetch_max(seq, Ordering::SeqCst);
+        self.dispatched.notify_waiters();
         self.metrics.events_received.inc();
     }
 
@@ -732,7 +750,7 @@ mod tests {
     use crate::wire;
 
     fn frame(seq: u64, t: EventType, len: usize) -> EventFrame {
-        EventFrame::new(seq, t, &"x".repeat(len), None)
+        EventFrame::new(seq, t, &"x".repeat(len), "", None)
     }
 
     fn hub(messages: usize, bytes: usize) -> Hub {
@@ -767,7 +785,7 @@ mod tests {
     fn a_live_event_reads_one_cache_line_of_a_client() {
         on_worker(async {
             let h = hub(10, 1000);
-            let c = h.register_local(1, None, None);
+            let c = h.register_local(1, None, None, Transport::WebSocket);
             let base = std::ptr::from_ref::<Client>(&c).addr();
             assert_eq!(base % 64, 0);
             assert_eq!(std::mem::offset_of!(Client, socket), 0);
@@ -785,8 +803,8 @@ mod tests {
     fn filters_and_queues() {
         on_worker(async {
             let h = hub(10, 1000);
-            let a = h.register_local(1, None, None);
-            let b = h.register_local(2, None, None);
+            let a = h.register_local(1, None, None, Transport::WebSocket);
+            let b = h.register_local(2, None, None, Transport::WebSocket);
             b.set_filter(PatternSet::parse(["ticket.*"]).unwrap());
             h.dispatch(frame(1, EventType::UserCreated, 10));
             h.dispatch(frame(2, EventType::TicketCreated, 10));
@@ -808,7 +826,7 @@ mod tests {
     fn an_overflow_asks_for_a_catch_up_instead_of_a_close() {
         on_worker(async {
             let h = hub(3, 1000);
-            let a = h.register_local(1, None, None);
+            let a = h.register_local(1, None, None, Transport::WebSocket);
             let mut out = VecDeque::new();
             h.dispatch(frame(1, EventType::UserCreated, 10));
             settle().await;
@@ -832,7 +850,7 @@ mod tests {
             assert_eq!(seqs(&out), vec![7]);
             // byte limit
             let h = hub(100, 25);
-            let b = h.register_local(1, None, None);
+            let b = h.register_local(1, None, None, Transport::WebSocket);
             h.dispatch(frame(1, EventType::UserCreated, 10));
             h.dispatch(frame(2, EventType::UserCreated, 10));
             settle().await;
@@ -847,7 +865,7 @@ mod tests {
     fn an_overflow_during_a_replay_extends_it() {
         on_worker(async {
             let h = hub(2, 1000);
-            let a = h.register_local(1, None, None);
+            let a = h.register_local(1, None, None, Transport::WebSocket);
             a.pause();
             for seq in 10..=14 {
                 h.dispatch(frame(seq, EventType::UserCreated, 10));
@@ -869,7 +887,7 @@ mod tests {
     fn pause_and_hand_over_drops_what_the_replay_covered() {
         on_worker(async {
             let h = hub(100, 10_000);
-            let a = h.register_local(1, None, None);
+            let a = h.register_local(1, None, None, Transport::WebSocket);
             a.pause();
             for seq in 5..=9 {
                 h.dispatch(frame(seq, EventType::UserCreated, 10));
@@ -892,14 +910,14 @@ mod tests {
     fn revoked_and_shutdown() {
         on_worker(async {
             let h = hub(10, 1000);
-            let a = h.register_local(1, None, None);
-            let b = h.register_local(2, None, None);
+            let a = h.register_local(1, None, None, Transport::WebSocket);
+            let b = h.register_local(2, None, None, Transport::WebSocket);
             assert_eq!(h.close_revoked(&[2]), 1);
             assert_eq!(a.take_close().unwrap().kind, CloseKind::Revoked);
             assert!(b.take_close().is_none());
             h.close_all();
             assert_eq!(b.take_close().unwrap().code, 1001);
-            let c = h.register_local(3, None, None);
+            let c = h.register_local(3, None, None, Transport::WebSocket);
             assert_eq!(c.take_close().unwrap().kind, CloseKind::Shutdown);
         });
     }
@@ -944,7 +962,7 @@ mod tests {
         on_worker(async {
             let h = hub(10_000, 100_000_000);
             let (server, peer) = socket_pair().await;
-            let a = h.register_local(1, None, Some(server.clone()));
+            let a = h.register_local(1, None, Some(server.clone()), Transport::WebSocket);
             a.begin_direct();
             let small: Vec<EventFrame> = (1..=3)
                 .map(|seq| frame(seq, EventType::UserCreated, 100))

@@ -1,4 +1,5 @@
-//! The WebSocket messages (docs/contract.md, "WebSocket").
+//! The messages of `/ws` and `/sse` (docs/contract.md, "WebSocket" and
+//! "Server-Sent Events"): the same JSON over either transport.
 
 use bytes::Bytes;
 use proto_events::{Envelope, EventType, PatternSet};
@@ -11,6 +12,9 @@ use crate::wire;
 /// seed.
 pub const WELCOME: &str =
     r#"{"type":"connection","status":"connected","message":"WebSocket connection established"}"#;
+/// The first message of an SSE stream (`event: connection`).
+pub const SSE_WELCOME: &str =
+    r#"{"type":"connection","status":"connected","message":"SSE stream established"}"#;
 
 /// The answer to a client `{"type":"ping"}`.
 pub const PONG: &str = r#"{"type":"pong"}"#;
@@ -19,17 +23,77 @@ pub const PONG: &str = r#"{"type":"pong"}"#;
 pub const NO_TOKEN: &str = "Unauthorized: No token provided";
 pub const INVALID_TOKEN: &str = "Unauthorized: Invalid token";
 
-/// One event as clients receive it, serialised and framed once and shared.
+/// How a connection carries messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `GET /ws`: WebSocket frames.
+    WebSocket,
+    /// `GET /sse`: a `text/event-stream` body.
+    Sse,
+}
+
+impl Transport {
+    /// One message of this connection (not an event) as sent: a text frame,
+    /// or an SSE event named `kind` (the message's `type`), except that
+    /// `error` is named `server_error`: an `EventSource` reports its own
+    /// connection failures as `error`.
+    pub fn message(self, kind: &str, json: &str) -> Bytes {
+        match self {
+            Self::WebSocket => wire::frame(wire::OP_TEXT, json.as_bytes()),
+            Self::Sse => {
+                let name = if kind == "error" {
+                    "server_error"
+                } else {
+                    kind
+                };
+                sse_event(Some(name), None, json)
+            }
+        }
+    }
+}
+
+/// One SSE event: `event:` (when named), `id:` (when given), the JSON as
+/// `data:` lines and the blank line that ends it. JSON has no line breaks
+/// except as whitespace between tokens (the publisher's own layout of a
+/// payload); each line becomes its own `data:` line, which the client
+/// joins back with `\n`.
+pub fn sse_event(kind: Option<&str>, id: Option<&str>, json: &str) -> Bytes {
+    let mut out = Vec::with_capacity(json.len() + 48);
+    if let Some(kind) = kind {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(kind.as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'\n');
+    }
+    for line in json.split(['\n', '\r']).filter(|l| !l.is_empty()) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+    out.into()
+}
+
+/// One event as clients receive it, serialised and framed once per
+/// transport and shared.
 #[derive(Debug, Clone)]
 pub struct EventFrame {
     /// The JetStream stream sequence.
     pub seq: u64,
     pub event_type: EventType,
     /// The whole WebSocket text frame (header and JSON), written as is into
-    /// every client's socket.
+    /// every WebSocket client's socket.
     wire: Bytes,
     /// Bytes of the header at the start of `wire`.
     head: usize,
+    /// The same JSON as an SSE event whose `id:` is the event's cursor,
+    /// written as is into every SSE client's socket. Built with the frame:
+    /// one more copy of the JSON per event, none per client.
+    sse: Bytes,
     /// When the event was published (its envelope timestamp), for the
     /// event→send latency histogram.
     pub published: Option<std::time::SystemTime>,
@@ -40,21 +104,32 @@ impl EventFrame {
         seq: u64,
         event_type: EventType,
         json: &str,
+        epoch: &str,
         published: Option<std::time::SystemTime>,
     ) -> Self {
         let wire = wire::frame(wire::OP_TEXT, json.as_bytes());
+        let id = proto_events::Cursor::new(epoch, seq).to_string();
         Self {
             seq,
             event_type,
             head: wire.len() - json.len(),
             wire,
+            sse: sse_event(None, Some(&id), json),
             published,
         }
     }
 
-    /// The frame as sent: header and JSON.
+    /// The WebSocket frame as sent: header and JSON.
     pub fn wire(&self) -> &[u8] {
         &self.wire
+    }
+
+    /// The event as sent over `transport`.
+    pub fn bytes(&self, transport: Transport) -> &[u8] {
+        match transport {
+            Transport::WebSocket => &self.wire,
+            Transport::Sse => &self.sse,
+        }
     }
 
     /// The JSON text the frame carries.
@@ -99,6 +174,17 @@ pub enum FrameError {
 /// are passed through as the publisher wrote them (key order included).
 /// `epoch` names the stream the sequence belongs to.
 pub fn event_frame(body: &[u8], seq: u64, epoch: &str) -> Result<EventFrame, FrameError> {
+    let (event_type, text, published) = event_text(body, seq, epoch)?;
+    Ok(EventFrame::new(seq, event_type, &text, epoch, published))
+}
+
+/// The client message of [`event_frame`] alone (for `/poll` pages), with
+/// the event's type and publication time.
+pub fn event_text(
+    body: &[u8],
+    seq: u64,
+    epoch: &str,
+) -> Result<(EventType, String, Option<std::time::SystemTime>), FrameError> {
     let env = Envelope::parse(body)?;
     let raw: RawEnvelope<'_> = serde_json::from_slice(body)?;
     let text = serde_json::to_string(&Outbound {
@@ -112,7 +198,7 @@ pub fn event_frame(body: &[u8], seq: u64, epoch: &str) -> Result<EventFrame, Fra
     let published = chrono::DateTime::parse_from_rfc3339(&env.timestamp)
         .ok()
         .map(std::time::SystemTime::from);
-    Ok(EventFrame::new(seq, env.event_type, &text, published))
+    Ok((env.event_type, text, published))
 }
 
 #[derive(Serialize)]

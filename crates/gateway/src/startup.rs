@@ -2,12 +2,14 @@
 //! the token re-check loop and shutdown.
 
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::HttpService;
 use actix_service::{
-    IntoServiceFactory as _, ServiceFactoryExt as _, fn_factory, fn_service, map_config,
+    IntoServiceFactory as _, Service as _, ServiceFactory as _, ServiceFactoryExt as _, fn_factory,
+    fn_service, map_config,
 };
 use actix_web::dev::AppConfig;
 use actix_web::{App, HttpResponse, web};
@@ -102,7 +104,9 @@ impl Application {
         let factory_state = state.clone();
         // actix-web's routes for plain HTTP; a request that asks for an
         // upgrade gets the connection itself (`ws::upgrade`), so a
-        // WebSocket is one task that owns its socket.
+        // WebSocket is one task that owns its socket. A connection whose
+        // first request is `GET /sse` never reaches actix (`sse::is_sse`):
+        // it is served the same way.
         let builder = actix_server::Server::build();
         // On a graceful stop actix-http closes idle keep-alive connections
         // (a scraper's `/metrics`) at once instead of when they time out.
@@ -113,16 +117,22 @@ impl Application {
                 let ops = ops.clone();
                 let data = web::Data::from(factory_state.clone());
                 let ws_state = factory_state.clone();
+                let sse_state = factory_state.clone();
                 let app = App::new()
                     .app_data(data)
                     .configure(|cfg| routes(cfg, ops))
                     .into_factory()
                     .map_err(|e: actix_web::Error| e.error_response());
-                HttpService::build()
+                let http = HttpService::build()
                     .graceful_shutdown_signal(move || {
                         let signal = signal.clone();
                         async move { signal.notified().await }
                     })
+                    // One request per connection: a `GET /sse` must arrive
+                    // first on its connection to be taken (`sse::is_sse`).
+                    // The gateway's other answers are small and rare
+                    // (pages, probes, metrics, long-polls).
+                    .keep_alive(actix_http::KeepAlive::Disabled)
                     .client_request_timeout(Duration::from_secs(5))
                     .client_disconnect_timeout(Duration::from_secs(1))
                     .on_connect_ext(move |io: &actix_web::rt::net::TcpStream, _| {
@@ -137,7 +147,26 @@ impl Application {
                         }
                     }))
                     .finish(map_config(app, |()| AppConfig::default()))
-                    .tcp()
+                    .tcp();
+                fn_factory(move || {
+                    let http = http.new_service(());
+                    let state = sse_state.clone();
+                    async move {
+                        let http = Rc::new(http.await?);
+                        Ok::<_, ()>(fn_service(move |tcp: actix_web::rt::net::TcpStream| {
+                            let (http, state) = (http.clone(), state.clone());
+                            async move {
+                                if crate::sse::is_sse(&tcp).await {
+                                    tune_socket(&tcp, send_buffer, user_timeout);
+                                    crate::sse::serve(state, tcp).await;
+                                    Ok(())
+                                } else {
+                                    http.call(tcp).await
+                                }
+                            }
+                        }))
+                    }
+                })
             })?
             .disable_signals()
             .shutdown_timeout(config.shutdown_grace.as_secs().max(1))
@@ -274,7 +303,25 @@ pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
     cfg.route("/", web::get().to(console))
         .route("/console.js", web::get().to(console_js))
         .route("/live.js", web::get().to(live_js))
-        .route("/ws", web::get().to(not_an_upgrade));
+        .route("/ws", web::get().to(not_an_upgrade))
+        .route("/sse", web::get().to(sse_again))
+        .route("/poll", web::get().to(crate::poll::poll));
+}
+
+/// `GET /sse` that reached actix (its first bytes came too slowly to be
+/// recognised): asked again on a new connection (actix keeps none open),
+/// which the SSE server takes (`sse::is_sse`). Browsers and `curl -L`
+/// follow this.
+async fn sse_again(req: actix_web::HttpRequest) -> HttpResponse {
+    let target = match req.uri().query() {
+        Some(q) => format!("/sse?{q}"),
+        None => "/sse".to_owned(),
+    };
+    HttpResponse::TemporaryRedirect()
+        .insert_header(("Location", target))
+        .insert_header(("Connection", "close"))
+        .insert_header(("Cache-Control", "no-store"))
+        .finish()
 }
 
 /// `GET /ws` without the WebSocket upgrade headers.

@@ -17,14 +17,17 @@ use tokio::net::TcpStream;
 use crate::conn::{self, Start};
 use crate::state::AppState;
 
-/// What the query string asked for. A parameter given twice counts once,
-/// the first time (`token`, `api_key`, `since`; an empty token counts as
-/// absent); every `events` list is combined.
+/// What the query string of `/ws` or `/sse` asked for. A parameter given
+/// twice counts once, the first time (`token`, `api_key`, `since`; an
+/// empty token counts as absent); every `events` list is combined.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct WsQuery {
-    token: Option<String>,
-    api_key: Option<String>,
+    pub(crate) token: Option<String>,
+    pub(crate) api_key: Option<String>,
     since: Option<String>,
+    /// `/sse`: the cursor to resume after when no `Last-Event-ID` header
+    /// says (a page that opens a new `EventSource` cannot set that header).
+    last_event_id: Option<String>,
     /// The initial filter, comma-separated (`ticket.*,user.created`); it
     /// applies to a `since` replay too.
     events: Option<Vec<String>>,
@@ -41,6 +44,7 @@ impl WsQuery {
                 "api_key" if q.api_key.is_none() => q.api_key = non_empty(),
                 "since" if q.since.is_none() => q.since = Some(v.trim().to_owned()),
                 "epoch" if q.epoch.is_none() => q.epoch = Some(v.trim().to_owned()),
+                "last_event_id" if q.last_event_id.is_none() => q.last_event_id = non_empty(),
                 "events" => q.events.get_or_insert_with(Vec::new).extend(
                     v.split(',')
                         .map(str::trim)
@@ -54,18 +58,46 @@ impl WsQuery {
     }
 
     fn start(self) -> Start {
-        let since = self.since.as_deref().map(str::parse::<u64>);
-        let events = self.events.map(|items| {
+        let since = self.since.as_deref().map(|s| {
+            s.parse::<u64>()
+                .map_err(|_| "'since' must be a non-negative integer".to_owned())
+        });
+        self.start_at(since, self.epoch.clone())
+    }
+
+    /// How an SSE stream starts: after the cursor of `Last-Event-ID` (the
+    /// header, else the `last_event_id` parameter), else after `since` (of
+    /// `epoch`) as on `/ws`.
+    pub(crate) fn sse_start(self, last_event_id: Option<&str>) -> Start {
+        match last_event_id.or(self.last_event_id.as_deref()) {
+            Some(id) => {
+                let (since, epoch) = match id.parse::<proto_events::Cursor>() {
+                    Ok(c) => (Ok(c.seq), Some(c.epoch)),
+                    Err(e) => (Err(format!("Last-Event-ID {:?}: {e}", truncate(id))), None),
+                };
+                self.start_at(Some(since), epoch)
+            }
+            None => self.start(),
+        }
+    }
+
+    fn start_at(&self, since: Option<Result<u64, String>>, epoch: Option<String>) -> Start {
+        let events = self.events.clone().map(|items| {
             proto_events::PatternSet::parse(items.iter().map(String::as_str))
                 .map(|set| (set, items))
                 .map_err(|e| e.to_string())
         });
         Start {
             since,
-            epoch: self.epoch,
+            epoch,
             events,
         }
     }
+}
+
+/// At most 40 characters of what a client sent, for a message.
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
 }
 
 /// The token from `?token=`, `?api_key=`, `Authorization: Bearer` or
@@ -85,7 +117,7 @@ fn find_token(headers: &HeaderMap, q: &WsQuery) -> Option<String> {
 }
 
 /// Whether a browser page from this `Origin` may connect.
-fn origin_allowed(allowed: &[String], origin: Option<&header::HeaderValue>) -> bool {
+pub(crate) fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     if allowed.is_empty() {
         return true;
     }
@@ -93,25 +125,15 @@ fn origin_allowed(allowed: &[String], origin: Option<&header::HeaderValue>) -> b
         // Not a browser: it could send any Origin anyway; the token decides.
         return true;
     };
-    let origin = origin
-        .to_str()
-        .unwrap_or("")
-        .trim()
-        .trim_end_matches('/')
-        .to_ascii_lowercase();
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
     allowed.contains(&origin)
 }
 
 /// Writes a whole HTTP answer with a JSON body and ends the connection.
 async fn respond(mut tcp: TcpStream, status: &str, extra_headers: &str, detail: &str) {
-    let body = serde_json::json!({ "detail": detail }).to_string();
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra_headers}\r\n",
-        body.len()
-    );
+    let answer = crate::sse::http_error(status, extra_headers, detail);
     let write = async {
-        tcp.write_all(head.as_bytes()).await?;
-        tcp.write_all(body.as_bytes()).await?;
+        tcp.write_all(&answer).await?;
         tcp.shutdown().await
     };
     let _ = tokio::time::timeout(conn::CLOSE_TIMEOUT, write).await;
@@ -141,10 +163,13 @@ pub async fn upgrade(
         Box::pin(respond(tcp, "404 Not Found", "", "Not Found")).await;
         return Ok(());
     }
-    if !origin_allowed(
-        &state.settings.origins,
-        req.head().headers().get(header::ORIGIN),
-    ) {
+    // an unreadable Origin is no allowed one
+    let origin = req
+        .head()
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""));
+    if !origin_allowed(&state.settings.origins, origin) {
         Box::pin(respond(tcp, "403 Forbidden", "", "Origin not allowed")).await;
         return Ok(());
     }
@@ -185,6 +210,8 @@ pub async fn upgrade(
     let accepted = conn::Accepted {
         state: state.clone(),
         tcp,
+        transport: crate::protocol::Transport::WebSocket,
+        head: bytes::Bytes::new(),
         read: read_buf,
         token,
         ip,
@@ -244,18 +271,9 @@ mod tests {
     #[test]
     fn origins() {
         let allowed = vec!["https://admin.example.com".to_owned()];
-        assert!(origin_allowed(
-            &[],
-            Some(&HeaderValue::from_static("https://x"))
-        ));
+        assert!(origin_allowed(&[], Some("https://x")));
         assert!(origin_allowed(&allowed, None));
-        assert!(origin_allowed(
-            &allowed,
-            Some(&HeaderValue::from_static("https://Admin.example.com"))
-        ));
-        assert!(!origin_allowed(
-            &allowed,
-            Some(&HeaderValue::from_static("https://evil.example.com"))
-        ));
+        assert!(origin_allowed(&allowed, Some("https://Admin.example.com")));
+        assert!(!origin_allowed(&allowed, Some("https://evil.example.com")));
     }
 }

@@ -14,3 +14,4 @@ mod protocol;
 mod raw;
 mod resume;
 mod shutdown;
+mod sse;
