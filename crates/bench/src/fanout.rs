@@ -87,6 +87,9 @@ pub enum Peer {
     /// `bench fanout-floor`: one `send(2)` per event per client
     /// and nothing else, the kernel's share of any fan-out server.
     Floor,
+    /// The same gateway's `/sse` (Server-Sent Events over HTTP), beside
+    /// its WebSocket.
+    Sse,
 }
 
 /// Shared counters of all client tasks.
@@ -165,6 +168,96 @@ fn cpu_secs(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Counts one received event that carries its send time.
+fn received(text: &str, origin: Instant, stats: &Stats, local: &mut Vec<u32>) {
+    if let Some(sent) = sent_ns(text) {
+        let lat = now_ns().saturating_sub(sent) / 1000;
+        local.push(u32::try_from(lat).unwrap_or(u32::MAX));
+        stats.delivered.fetch_add(1, Ordering::Relaxed);
+        let at = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.last_delivery_us.fetch_max(at, Ordering::Relaxed);
+    }
+}
+
+/// One SSE client: a `GET` of the `http://…/sse?…` URL over a plain
+/// socket; every event block (up to a blank line) is one message.
+async fn sse_client(
+    origin: Instant,
+    url: String,
+    stats: Arc<Stats>,
+    permits: Arc<Semaphore>,
+    ready: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let open = async {
+        let u = reqwest::Url::parse(&url).ok()?;
+        let addr = format!("{}:{}", u.host_str()?, u.port_or_known_default()?);
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let target = match u.query() {
+            Some(q) => format!("{}?{q}", u.path()),
+            None => u.path().to_owned(),
+        };
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            u.host_str()?
+        );
+        tcp.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::with_capacity(4096);
+        // the head, and the first message (`connection`) proving the token
+        loop {
+            if tcp.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+            let text = String::from_utf8_lossy(&buf);
+            if !text.starts_with("HTTP/1.1 200") && text.contains("\r\n") {
+                return None;
+            }
+            if let Some(i) = text.find("\"type\":\"connection\"")
+                && let Some(end) = text[i..].find("\n\n")
+            {
+                buf.drain(..i + end + 2);
+                return Some((tcp, buf));
+            }
+        }
+    };
+    let connected = {
+        let _permit = permits.acquire().await;
+        tokio::time::timeout(Duration::from_secs(30), open)
+            .await
+            .ok()
+            .flatten()
+    };
+    let Some((mut tcp, mut buf)) = connected else {
+        stats.failed.fetch_add(1, Ordering::SeqCst);
+        ready.notify_one();
+        return;
+    };
+    stats.connected.fetch_add(1, Ordering::SeqCst);
+    ready.notify_one();
+    let mut local = Vec::new();
+    loop {
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            if let Ok(text) = std::str::from_utf8(&buf[..end]) {
+                received(text, origin, &stats, &mut local);
+            }
+            buf.drain(..end + 2);
+        }
+        let read = tokio::select! {
+            () = stop.cancelled() => break,
+            r = tcp.read_buf(&mut buf) => r,
+        };
+        match read {
+            Ok(0) | Err(_) => {
+                stats.closed.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    stats.latencies.lock().extend_from_slice(&local);
+}
+
 async fn client(
     origin: Instant,
     url: String,
@@ -211,15 +304,7 @@ async fn client(
             next = ws.next() => next,
         };
         match next {
-            Some(Ok(Message::Text(t))) => {
-                if let Some(sent) = sent_ns(&t) {
-                    let lat = now_ns().saturating_sub(sent) / 1000;
-                    local.push(u32::try_from(lat).unwrap_or(u32::MAX));
-                    stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    let at = u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX);
-                    stats.last_delivery_us.fetch_max(at, Ordering::Relaxed);
-                }
-            }
+            Some(Ok(Message::Text(t))) => received(&t, origin, &stats, &mut local),
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.map_or(1005, |f| u16::from(f.code));
                 *stats.close_codes.lock().entry(code).or_default() += 1;
@@ -379,6 +464,8 @@ struct Target {
     pids: Vec<u32>,
     /// Whether the server greets with the seed's welcome message.
     welcome: bool,
+    /// Clients read Server-Sent Events (an `http://` URL), not a WebSocket.
+    sse: bool,
     sink: Sink,
 }
 
@@ -417,15 +504,26 @@ async fn measure(target: &Target, args: &Args) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for _ in 0..args.clients {
-        tasks.push(tokio::spawn(client(
-            started,
+        let (url, stats, permits, ready, stop) = (
             target.url.clone(),
             stats.clone(),
             permits.clone(),
             ready.clone(),
             stop.clone(),
-            target.welcome,
-        )));
+        );
+        tasks.push(if target.sse {
+            tokio::spawn(sse_client(started, url, stats, permits, ready, stop))
+        } else {
+            tokio::spawn(client(
+                started,
+                url,
+                stats,
+                permits,
+                ready,
+                stop,
+                target.welcome,
+            ))
+        });
     }
     while stats.connected.load(Ordering::SeqCst) + stats.failed.load(Ordering::SeqCst)
         < args.clients
@@ -621,13 +719,37 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
         url: format!("{}{sep}token={}", args.url, args.token),
         pids: args.gateway_pid.into_iter().collect(),
         welcome: true,
+        sse: false,
         sink: Sink::Nats {
             nats: Box::new(nats.clone()),
-            ns,
+            ns: ns.clone(),
         },
     }];
+    if args.peer.contains(&Peer::Sse) {
+        let mut url = reqwest::Url::parse(&args.url)?;
+        let scheme = if url.scheme() == "wss" {
+            "https"
+        } else {
+            "http"
+        };
+        url.set_scheme(scheme)
+            .map_err(|()| anyhow::anyhow!("--url {}: not a ws:// URL", args.url))?;
+        url.set_path("/sse");
+        targets.push(Target {
+            name: "gateway-sse",
+            url: format!("{url}{sep}token={}", args.token),
+            pids: args.gateway_pid.into_iter().collect(),
+            welcome: true,
+            sse: true,
+            sink: Sink::Nats {
+                nats: Box::new(nats.clone()),
+                ns,
+            },
+        });
+    }
     for peer in &args.peer {
         let (name, sub, publish, pids) = match peer {
+            Peer::Sse => continue,
             Peer::Nchan => (
                 "nchan",
                 &args.peer_sub_url,
@@ -646,6 +768,7 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
             url: sub.clone(),
             pids: pids.clone(),
             welcome: false,
+            sse: false,
             sink: Sink::Http {
                 url: publish.clone(),
             },
@@ -671,6 +794,22 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
         _ => "n/a".to_owned(),
     };
     let gateway = report("gateway");
+    if let (Some(g), Some(e)) = (gateway, report("gateway-sse")) {
+        println!("gateway SSE / gateway WebSocket, same run:");
+        println!(
+            "  CPU per delivered message {} (goal ≤ 1.20)",
+            ratio(e.us_per_message, g.us_per_message)
+        );
+        println!(
+            "  memory per idle connection {} ({} KiB vs {} KiB)",
+            ratio(e.kib_per_idle, g.kib_per_idle),
+            e.kib_per_idle
+                .map_or("n/a".to_owned(), |k| format!("{k:.1}")),
+            g.kib_per_idle
+                .map_or("n/a".to_owned(), |k| format!("{k:.1}"))
+        );
+        println!("  p99 {:.2} ms vs {:.2} ms", e.p99, g.p99);
+    }
     if let (Some(g), Some(p)) = (gateway, report("nchan")) {
         println!("gateway / nchan, same run:");
         println!(
@@ -716,6 +855,10 @@ impl Args {
     fn url_display(&self, t: &Target) -> String {
         if t.name == "gateway" {
             self.url.clone()
+        } else if t.name == "gateway-sse" {
+            t.url.split_once("token=").map_or(t.url.clone(), |(u, _)| {
+                u.trim_end_matches(['?', '&']).to_owned()
+            })
         } else {
             t.url.clone()
         }

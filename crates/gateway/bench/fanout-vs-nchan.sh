@@ -7,7 +7,9 @@
 #
 #   crates/gateway/bench/fanout-vs-nchan.sh [CLIENTS] [RATE] [DURATION]
 #
-# Extra `bench fanout` arguments can be given in BENCH_ARGS.
+# Extra `bench fanout` arguments can be given in BENCH_ARGS. PEERS picks
+# the columns beside the gateway's WebSocket (default `nchan,floor`; `sse`
+# adds the gateway's own /sse under the same load: PEERS=sse,nchan,floor).
 set -euo pipefail
 
 clients=${1:-5000}
@@ -77,4 +79,4 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "date: $(date -u +%FT%TZ)"
 "$bin/bench" fanout --token "$token" --clients "$clients" --rate "$rate" \
     --duration "$duration" --gateway-pid "$gw_pid" \
-    --peer nchan,floor --peer-pids "$nginx_pids" --floor-pids "$floor_pid" ${BENCH_ARGS:-}
+    --peer "${PEERS:-nchan,floor}" --peer-pids "$nginx_pids" --floor-pids "$floor_pid" ${BENCH_ARGS:-}

@@ -38,7 +38,28 @@ struct Sse {
 
 impl Sse {
     async fn open(app: &TestApp, target: &str, headers: &[(&str, &str)]) -> Self {
-        let mut tcp = TcpStream::connect(app.addr).await.expect("connect");
+        let tcp = TcpStream::connect(app.addr).await.expect("connect");
+        Self::open_on(tcp, app, target, headers).await
+    }
+
+    /// Opens the stream over a socket with a tiny receive buffer (a reader
+    /// that falls behind at once when it pauses).
+    async fn open_small_buffer(app: &TestApp, target: &str) -> Self {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        sock.connect(&app.addr.into()).expect("connect");
+        sock.set_nonblocking(true).expect("nonblocking");
+        let tcp = TcpStream::from_std(sock.into()).expect("tokio stream");
+        Self::open_on(tcp, app, target, &[]).await
+    }
+
+    async fn open_on(
+        mut tcp: TcpStream,
+        app: &TestApp,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Self {
         let mut req = format!(
             "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
             app.addr
@@ -308,6 +329,57 @@ async fn refusals_are_http_errors_and_a_revoked_token_ends_the_stream() {
         s.next().await.is_none(),
         "the stream ends after the close event"
     );
+    app.stop().await;
+    b.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sse_reader_is_caught_up_from_the_stream_without_a_gap() {
+    let b = Backing::new().await;
+    let mut cfg = b.config();
+    cfg.client_queue_messages = 64;
+    cfg.client_queue_bytes = 64 * 1024;
+    cfg.socket_send_buffer = 16 * 1024;
+    let app = TestApp::spawn(cfg).await;
+    let mut s = Sse::open_small_buffer(&app, &sse_target(&b.token, "")).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.next_some().await.event.as_deref(), Some("connection"));
+    let total = 3_000u64;
+    let publisher = b.publisher.clone();
+    let publishing = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for chunk in 0..total / 50 {
+            let sends = (0..50).map(|k| {
+                publisher.publish_value(
+                    "ticket.message_added",
+                    json!({"ticket_id": 1, "message_id": chunk * 50 + k, "user_id": 1,
+                        "is_from_admin": false, "message_text": "x".repeat(300),
+                        "has_media": false, "status": "open"}),
+                )
+            });
+            for r in futures::future::join_all(sends).await {
+                seqs.push(r.expect("publish").sequence);
+            }
+        }
+        seqs.sort_unstable();
+        seqs
+    });
+    let mut seqs = Vec::new();
+    let mut kinds = Vec::new();
+    while (seqs.len() as u64) < total {
+        let e = s.next_some().await;
+        match e.event {
+            None => seqs.push(e.json()["seq"].as_u64().unwrap()),
+            Some(kind) => kinds.push(kind),
+        }
+        if seqs.len() % 200 == 0 && seqs.len() < 2_000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let published = publishing.await.unwrap();
+    assert_eq!(seqs, published, "every event once, in order");
+    assert!(kinds.contains(&"catching_up".to_owned()), "{kinds:?}");
+    assert!(!kinds.contains(&"resync_required".to_owned()), "{kinds:?}");
     app.stop().await;
     b.cleanup().await;
 }

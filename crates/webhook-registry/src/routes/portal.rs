@@ -101,10 +101,22 @@ impl Portal {
         let gateway = url::Url::parse(&config.gateway_url)?;
         // The origin only: a CSP source cannot hold every character a path may.
         let gateway_origin = gateway.origin().ascii_serialization();
+        // The live view reads the gateway's /ws, or its /sse beside it over
+        // HTTP(S) on the same host and port.
+        let mut sse = gateway.clone();
+        let scheme = if gateway.scheme() == "wss" {
+            "https"
+        } else {
+            "http"
+        };
+        let sse_origin = match sse.set_scheme(scheme) {
+            Ok(()) => format!(" {}", sse.origin().ascii_serialization()),
+            Err(()) => String::new(),
+        };
         let csp = format!(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
-             connect-src 'self' {gateway_origin}; base-uri 'none'; form-action 'none'; \
-             frame-ancestors 'none'"
+             connect-src 'self' {gateway_origin}{sse_origin}; base-uri 'none'; \
+             form-action 'none'; frame-ancestors 'none'"
         );
         let index = INDEX_HTML.replace("{{GATEWAY_URL}}", &attr(gateway.as_str()));
         let mut targets = Vec::new();
@@ -261,7 +273,7 @@ mod tests {
         assert!(
             portal
                 .csp
-                .contains("connect-src 'self' ws://127.0.0.1:8081;")
+                .contains("connect-src 'self' ws://127.0.0.1:8081 http://127.0.0.1:8081;")
         );
         for (name, _, body) in ASSETS {
             for line in body.lines() {

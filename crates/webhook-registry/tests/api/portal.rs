@@ -21,7 +21,7 @@ async fn the_portal_is_served_with_a_strict_policy() {
     assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
     let csp = h["content-security-policy"].to_str().unwrap();
     assert!(csp.starts_with("default-src 'none'; script-src 'self'; style-src 'self';"));
-    assert!(csp.contains("connect-src 'self' ws://127.0.0.1:8081;"));
+    assert!(csp.contains("connect-src 'self' ws://127.0.0.1:8081 http://127.0.0.1:8081;"));
     assert!(!csp.contains("unsafe"));
     let page = res.text().await.unwrap();
     assert!(page.contains("<meta name=\"gateway-url\" content=\"ws://127.0.0.1:8081/ws\">"));

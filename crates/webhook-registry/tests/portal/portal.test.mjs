@@ -14,6 +14,7 @@
 import { createRequire } from "node:module";
 import { execFileSync } from "node:child_process";
 import http from "node:http";
+import net from "node:net";
 import path from "node:path";
 import assert from "node:assert/strict";
 
@@ -360,6 +361,57 @@ try {
     await find(`${log} li`, `"title":"${live}-missed"`);
     await find(`${log} li`, "1 missed event(s) replayed");
     await shot("07-events");
+  });
+
+  await step("the gateway console over SSE: a cut connection resumes by Last-Event-ID, nothing lost or repeated", async () => {
+    // The browser reaches the gateway through a proxy whose connections the
+    // step cuts mid-stream; the EventSource reconnects by itself.
+    const [gwHost, gwPort] = env("GATEWAY_BIND").split(":");
+    const sockets = new Set();
+    const proxy = net.createServer((c) => {
+      const up = net.connect(Number(gwPort), gwHost);
+      for (const s of [c, up]) {
+        sockets.add(s);
+        s.on("error", () => {});
+        s.on("close", () => { c.destroy(); up.destroy(); sockets.delete(s); });
+      }
+      c.pipe(up);
+      up.pipe(c);
+    });
+    await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+    const portalPage = page;
+    page = await browser.newPage();
+    page.setDefaultTimeout(WAIT);
+    page.on("pageerror", (e) => problems.push("console page error: " + (e.message || e)));
+    try {
+      await page.goto(`http://127.0.0.1:${proxy.address().port}/`);
+      await choose(field("Transport"), "sse");
+      await fill("#token", TOKEN);
+      await click(role("button", "Connect"));
+      await find("#status", exactly("connected"));
+      const tag = marker + "-sse";
+      const send = (i) => publish("ticket.created",
+        { ticket_id: 100 + i, user_id: 7, title: `${tag}-${i}`, status: "open", priority: "low", has_media: false });
+      for (let i = 0; i < 3; i++) send(i);
+      await find("#log li", `"title":"${tag}-2"`);
+      assert.equal(await page.$eval("#connects", (e) => e.textContent), "1");
+      // cut every connection; events keep coming while the browser is away
+      for (const s of sockets) s.destroy();
+      for (let i = 3; i < 6; i++) send(i);
+      await find("#connects", exactly("2"));
+      for (let i = 6; i < 8; i++) send(i);
+      await find("#log li", `"title":"${tag}-7"`);
+      const rows = await page.$$eval("#log li.event", (lis) => lis.map((li) => li.textContent));
+      for (let i = 0; i < 8; i++) {
+        const n = rows.filter((t) => t.includes(`"title":"${tag}-${i}"`)).length;
+        assert.equal(n, 1, `event ${i} shown ${n} times`);
+      }
+      await shot("07b-console-sse");
+    } finally {
+      await page.close().catch(() => {});
+      page = portalPage;
+      proxy.close();
+    }
   });
 
   await step("usable on a 390 px phone screen", async () => {
