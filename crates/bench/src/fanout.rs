@@ -26,6 +26,13 @@ pub struct Args {
     /// The gateway's WebSocket URL.
     #[arg(long, env = "GATEWAY_WS_URL", default_value = "ws://127.0.0.1:8081/ws")]
     pub url: String,
+    /// How the gateway's clients read: `ws` (its `/ws`), or `sse` (its
+    /// `/sse` beside it) alone, e.g. to measure the memory of idle SSE
+    /// connections on a fresh gateway (`--peer sse` runs both, the
+    /// WebSocket first, so the SSE run's memory then reuses what the
+    /// WebSocket run freed).
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
     /// An API token the gateway accepts (`webhook-registry token create`).
     #[arg(long, env = "BENCH_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -76,6 +83,13 @@ pub struct Args {
     /// The floor server's process id, for RSS and CPU.
     #[arg(long, value_delimiter = ',')]
     pub floor_pids: Vec<u32>,
+}
+
+/// How the gateway's clients read the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Ws,
+    Sse,
 }
 
 /// A server to compare the gateway with.
@@ -714,18 +728,21 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
     // Fail early when NATS is not there.
     nats.connect("bench-fanout", FirstConnect::FailFast).await?;
     let sep = if args.url.contains('?') { '&' } else { '?' };
-    let mut targets = vec![Target {
-        name: "gateway",
-        url: format!("{}{sep}token={}", args.url, args.token),
-        pids: args.gateway_pid.into_iter().collect(),
-        welcome: true,
-        sse: false,
-        sink: Sink::Nats {
-            nats: Box::new(nats.clone()),
-            ns: ns.clone(),
-        },
-    }];
-    if args.peer.contains(&Peer::Sse) {
+    let mut targets = Vec::new();
+    if args.transport == Transport::Ws {
+        targets.push(Target {
+            name: "gateway",
+            url: format!("{}{sep}token={}", args.url, args.token),
+            pids: args.gateway_pid.into_iter().collect(),
+            welcome: true,
+            sse: false,
+            sink: Sink::Nats {
+                nats: Box::new(nats.clone()),
+                ns: ns.clone(),
+            },
+        });
+    }
+    if args.peer.contains(&Peer::Sse) || args.transport == Transport::Sse {
         let mut url = reqwest::Url::parse(&args.url)?;
         let scheme = if url.scheme() == "wss" {
             "https"
