@@ -120,10 +120,8 @@ async fn record_once(
         .bind::<Array<Text>, _>(&events)
         .load(c)
         .await?;
-        let mut last: HashMap<String, i32> = found
-            .into_iter()
-            .map(|m| (m.event_id, m.attempt))
-            .collect();
+        let mut last: HashMap<String, i32> =
+            found.into_iter().map(|m| (m.event_id, m.attempt)).collect();
         let rows: Vec<NewRow> = reads
             .iter()
             .map(|r| {

@@ -669,20 +669,38 @@ async fn pull_positions_never_go_back_and_reads_count_as_deliveries() {
     .await
     .unwrap();
     assert!(hook.pull_cursor().is_none());
-    assert!(pull::acknowledge(&mut conn, hook.id, "7", 10).await.unwrap());
+    assert!(
+        pull::acknowledge(&mut conn, hook.id, "7", 10)
+            .await
+            .unwrap()
+    );
     assert!(!pull::acknowledge(&mut conn, hook.id, "7", 4).await.unwrap());
-    assert!(!pull::acknowledge(&mut conn, hook.id, "7", 10).await.unwrap());
-    assert!(pull::acknowledge(&mut conn, hook.id, "7", 11).await.unwrap());
+    assert!(
+        !pull::acknowledge(&mut conn, hook.id, "7", 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        pull::acknowledge(&mut conn, hook.id, "7", 11)
+            .await
+            .unwrap()
+    );
     // a recreated stream: its epoch replaces the old one
     assert!(pull::acknowledge(&mut conn, hook.id, "8", 1).await.unwrap());
-    let row = webhooks::get_webhook(&mut conn, hook.id).await.unwrap().unwrap();
+    let row = webhooks::get_webhook(&mut conn, hook.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.pull_cursor().unwrap().to_string(), "8:1");
     // a push webhook has no position
     let push = webhook(&mut conn, "push", "*").await;
     assert!(!pull::acknowledge(&mut conn, push.id, "8", 1).await.unwrap());
     // a pull webhook has no URL, a push one must have one
     let bad = diesel_async::RunQueryDsl::execute(
-        diesel::sql_query(format!("UPDATE webhooks SET url = NULL WHERE id = {}", push.id)),
+        diesel::sql_query(format!(
+            "UPDATE webhooks SET url = NULL WHERE id = {}",
+            push.id
+        )),
         &mut conn,
     )
     .await;
@@ -703,7 +721,10 @@ async fn pull_positions_never_go_back_and_reads_count_as_deliveries() {
         .await
         .unwrap();
     assert_eq!(again, [2, 1]);
-    let row = webhooks::get_webhook(&mut conn, hook.id).await.unwrap().unwrap();
+    let row = webhooks::get_webhook(&mut conn, hook.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((row.success_count, row.failure_count), (4, 0));
     assert!(row.last_triggered_at.is_some());
     let (items, total) = webhooks::list_deliveries(&mut conn, hook.id, None, None, 50, 0)

@@ -41,8 +41,10 @@ impl Owner {
         assert_eq!(status, 200, "pull: {page}");
         let events = page["events"].as_array().expect("events");
         for e in events {
-            self.read.push(e["event_id"].as_str().expect("event_id").to_owned());
-            self.attempts.push(e["attempt_number"].as_i64().expect("attempt"));
+            self.read
+                .push(e["event_id"].as_str().expect("event_id").to_owned());
+            self.attempts
+                .push(e["attempt_number"].as_i64().expect("attempt"));
         }
         assert_eq!(page["skipped"], false, "nothing expired: {page}");
         self.cursor = Some(page["next"].as_str().expect("next").to_owned());
@@ -62,12 +64,18 @@ async fn publish(p: &Publisher, from: i64, n: i64) -> Vec<String> {
     let mut wanted = Vec::new();
     for i in from..from + n {
         let (t, payload) = match i % 3 {
-            0 => (EventType::UserCreated, json!({"user_id": i, "username": "u"})),
+            0 => (
+                EventType::UserCreated,
+                json!({"user_id": i, "username": "u"}),
+            ),
             1 => (
                 EventType::PaymentCompleted,
                 json!({"user_id": 100_000 + i, "type": "deposit", "amount_kopeks": i}),
             ),
-            _ => (EventType::TicketCreated, json!({"ticket_id": i, "user_id": i})),
+            _ => (
+                EventType::TicketCreated,
+                json!({"ticket_id": i, "user_id": i}),
+            ),
         };
         let Value::Object(map) = payload else {
             unreachable!("payloads are objects")

@@ -20,7 +20,10 @@ async fn publisher(app: &TestApp) -> Publisher {
 }
 
 async fn publish(p: &Publisher, event_type: &str, payload: Value) -> String {
-    p.publish_value(event_type, payload).await.expect("published").id
+    p.publish_value(event_type, payload)
+        .await
+        .expect("published")
+        .id
 }
 
 async fn pull_webhook(app: &TestApp, body: Value) -> i64 {
@@ -128,9 +131,7 @@ async fn a_pull_webhook_has_no_url_and_nothing_is_sent_to_it() {
         .create_webhook("push", "https://example.com/h", "*")
         .await;
     assert_eq!(push["mode"], "push");
-    let (status, _) = app
-        .get(&format!("/webhooks/{}/pull", push["id"]))
-        .await;
+    let (status, _) = app.get(&format!("/webhooks/{}/pull", push["id"])).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, _) = app.get("/webhooks/999999/pull").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -158,7 +159,7 @@ async fn the_owner_reads_matching_events_and_acknowledges_with_the_next_cursor()
     // the first page: only what came after the webhook, filtered
     let (status, page) = app.get(&format!("/webhooks/{id}/pull?limit=1")).await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert_eq!(ids(&page), [first.clone()]);
+    assert_eq!(ids(&page), [first.as_str()]);
     let e = &page["events"][0];
     assert_eq!(e["event_type"], "user.created");
     assert_eq!(e["payload"], json!({"user_id": 1, "b": 2, "a": 1}));
@@ -176,23 +177,22 @@ async fn the_owner_reads_matching_events_and_acknowledges_with_the_next_cursor()
 
     // the next cursor acknowledges the first page
     let next = page["next"].as_str().unwrap();
-    let (_, page2) = app
-        .get(&format!("/webhooks/{id}/pull?cursor={next}"))
-        .await;
-    assert_eq!(ids(&page2), [second.clone()]);
+    let (_, page2) = app.get(&format!("/webhooks/{id}/pull?cursor={next}")).await;
+    assert_eq!(ids(&page2), [second.as_str()]);
     assert_eq!(page2["acknowledged"], next);
     let (_, w) = app.get(&format!("/webhooks/{id}")).await;
     assert_eq!(w["pull_cursor"], next);
 
     // an older cursor does not move the position back
     let (_, page3) = app
-        .get(&format!("/webhooks/{id}/pull?cursor={}", page2["next"].as_str().unwrap()))
+        .get(&format!(
+            "/webhooks/{id}/pull?cursor={}",
+            page2["next"].as_str().unwrap()
+        ))
         .await;
     assert!(ids(&page3).is_empty());
     let end = page3["next"].as_str().unwrap().to_owned();
-    let (_, back) = app
-        .get(&format!("/webhooks/{id}/pull?cursor={next}"))
-        .await;
+    let (_, back) = app.get(&format!("/webhooks/{id}/pull?cursor={next}")).await;
     assert_eq!(back["acknowledged"], page2["next"]);
     let (_, empty) = app.get(&format!("/webhooks/{id}/pull?cursor={end}")).await;
     assert!(ids(&empty).is_empty());
@@ -228,7 +228,10 @@ async fn cursors_that_name_no_position_are_refused() {
         .get(&format!("/webhooks/{id}/pull?cursor=1:{seq}"))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
-    assert!(e["detail"].as_str().unwrap().contains("another stream"), "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("another stream"),
+        "{e}"
+    );
     assert_eq!(e["restart"], format!("{epoch}:0"));
     let (status, e) = app
         .get(&format!("/webhooks/{id}/pull?cursor={epoch}:99999"))
