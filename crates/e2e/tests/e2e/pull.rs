@@ -130,6 +130,7 @@ async fn a_pull_webhooks_owner_reads_every_matching_event_once_across_restarts()
 
     // A read that waits for events when the registry stops: it is
     // answered, and what it holds is read like any page.
+    let asked = std::time::Instant::now();
     let waiting = {
         let url = d.registry.url(&owner.path(id, 30));
         let token = d.token.clone();
@@ -147,15 +148,22 @@ async fn a_pull_webhooks_owner_reads_every_matching_event_once_across_restarts()
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // The registry restarts while events are published; the worker is
-    // replaced.
+    // The registry restarts (the waiting read is answered as it stops)
+    // while events are published; the worker is replaced.
     d.kill_workers();
-    let (_, more) = tokio::join!(d.restart_registry(), publish(&p, 66, 30));
+    let (_, more) = tokio::join!(d.restart_registry(), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        publish(&p, 66, 30).await
+    });
     wanted.extend(more);
     let (status, page) = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the waiting read was answered")
         .unwrap();
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "the waiting read ended with the registry, not after its 30 s"
+    );
     owner.take(status, &page);
     d.start_worker().await;
     wanted.extend(publish(&p, 96, 30).await);
