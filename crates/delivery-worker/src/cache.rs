@@ -300,7 +300,11 @@ impl WebhookCache {
                     continue;
                 }
             };
-            let target = match Target::open(w.id, &w.sending(), keys) {
+            // A pull webhook's owner reads its events; nothing is POSTed.
+            let Some(sending) = w.sending() else {
+                continue;
+            };
+            let target = match Target::open(w.id, &sending, keys) {
                 Ok(t) => Arc::new(t.with_filter(filter)),
                 Err(e) => {
                     tracing::error!(webhook_id = w.id, error = %e, "skipping webhook: it cannot be delivered to as stored");

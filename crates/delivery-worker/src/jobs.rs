@@ -217,7 +217,11 @@ async fn load_hook(
         .map(proto_events::filter::Filter::parse)
         .transpose()
         .map_err(|e| StorageError::Secrets(format!("its filter is not valid: {}", e.message)))?;
-    let target = Target::open(webhook_id, &w.sending(), keys)
+    // A pull webhook is never sent to (the registry refuses its jobs).
+    let Some(sending) = w.sending() else {
+        return Ok(None);
+    };
+    let target = Target::open(webhook_id, &sending, keys)
         .map_err(|e| StorageError::Secrets(e.to_string()))?
         .with_filter(filter);
     Ok(Some(Hook {

@@ -320,6 +320,23 @@ impl Deployment {
         hook
     }
 
+    /// Stops the registry (SIGTERM) and starts it again on the same
+    /// address; waits until it is ready.
+    pub async fn restart_registry(&mut self) {
+        let status = self.registry.terminate(READY).await;
+        assert!(status.success(), "the registry stopped cleanly: {status}");
+        let addr = self.registry.addr;
+        self.registry = Service::start_on(
+            "registry",
+            "webhook-registry",
+            "REGISTRY_BIND",
+            addr,
+            &self.settings.registry_env(),
+            &self.dir,
+        );
+        self.registry.wait_ready(READY).await;
+    }
+
     /// Stops every worker (SIGKILL).
     pub fn kill_workers(&mut self) {
         for w in &mut self.workers {

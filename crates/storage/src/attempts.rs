@@ -631,6 +631,7 @@ impl Claimed {
 const CLAIM: &str = "WITH due AS ( \
        SELECT d.id, d.created_at FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
        WHERE d.status = 'pending' AND d.next_retry_at <= now() AND w.is_active \
+         AND w.url IS NOT NULL \
        ORDER BY d.next_retry_at LIMIT $1 \
        FOR UPDATE OF d SKIP LOCKED \
      ) \

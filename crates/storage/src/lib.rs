@@ -13,6 +13,7 @@ mod key_file;
 mod migrate;
 pub mod models;
 mod pool;
+pub mod pull;
 pub mod schema;
 pub mod secrets;
 pub mod subscription;

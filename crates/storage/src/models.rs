@@ -13,7 +13,8 @@ use crate::schema::{web_api_tokens, webhook_deliveries, webhooks};
 pub struct Webhook {
     pub id: i32,
     pub name: String,
-    pub url: String,
+    /// Where deliveries are POSTed; `None` for a pull webhook.
+    pub url: Option<String>,
     pub secret: Option<String>,
     pub event_type: String,
     pub is_active: bool,
@@ -37,6 +38,22 @@ pub struct Webhook {
     /// Receiver auth ([`crate::subscription::StoredAuth`]).
     pub auth: Option<Value>,
     pub signature_scheme: crate::subscription::SignatureScheme,
+    pub mode: WebhookMode,
+    /// The acknowledged pull position (`proto_events::Cursor`): its epoch
+    /// and sequence, `None` until the owner first acknowledges.
+    pub pull_epoch: Option<String>,
+    pub pull_seq: Option<i64>,
+}
+
+crate::text_enum::text_enum! {
+    /// How a webhook's events reach its owner (docs/contract.md, "Pull
+    /// webhooks").
+    pub enum WebhookMode {
+        /// The delivery worker POSTs each event to the webhook's URL.
+        Push,
+        /// The owner reads its events with `GET /webhooks/{id}/pull`.
+        Pull,
+    }
 }
 
 crate::text_enum::text_enum! {
@@ -52,6 +69,17 @@ crate::text_enum::text_enum! {
 }
 
 impl Webhook {
+    /// Whether its owner reads its events (no deliveries are POSTed).
+    pub fn is_pull(&self) -> bool {
+        self.mode == WebhookMode::Pull
+    }
+
+    /// The acknowledged pull position, if any.
+    pub fn pull_cursor(&self) -> Option<proto_events::Cursor> {
+        let seq = u64::try_from(self.pull_seq?).ok()?;
+        Some(proto_events::Cursor::new(self.pull_epoch.clone()?, seq))
+    }
+
     /// Its patterns, `event_type` first.
     pub fn patterns(&self) -> Vec<&str> {
         crate::subscription::patterns(&self.event_type, self.event_types.as_deref())

@@ -30,7 +30,7 @@ diesel::table! {
         id -> Int4,
         #[max_length = 255]
         name -> Varchar,
-        url -> Text,
+        url -> Nullable<Text>,
         secret -> Nullable<Text>,
         #[max_length = 50]
         event_type -> Varchar,
@@ -53,6 +53,10 @@ diesel::table! {
         auth -> Nullable<Jsonb>,
         #[max_length = 20]
         signature_scheme -> Varchar,
+        #[max_length = 20]
+        mode -> Varchar,
+        pull_epoch -> Nullable<Text>,
+        pull_seq -> Nullable<Int8>,
     }
 }
 

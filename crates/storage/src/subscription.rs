@@ -234,10 +234,11 @@ impl Sending {
 }
 
 impl crate::models::Webhook {
-    /// How requests to it are made.
-    pub fn sending(&self) -> Sending {
-        Sending {
-            url: self.url.clone(),
+    /// How requests to it are made; `None` for a pull webhook, which has
+    /// no URL and is never sent to.
+    pub fn sending(&self) -> Option<Sending> {
+        Some(Sending {
+            url: self.url.clone()?,
             body_format: self.body_format,
             signature_scheme: self.signature_scheme,
             secret: self.secret.clone(),
@@ -245,6 +246,6 @@ impl crate::models::Webhook {
             previous_secret_expires_at: self.previous_secret_expires_at,
             headers: self.headers.clone(),
             auth: self.auth.clone(),
-        }
+        })
     }
 }

@@ -22,7 +22,8 @@ use serde_json::Value;
 #[diesel(table_name = w)]
 pub struct NewWebhook {
     pub name: String,
-    pub url: String,
+    /// `None` for a pull webhook.
+    pub url: Option<String>,
     /// Sealed (`crate::secrets`).
     pub secret: Option<String>,
     pub event_type: String,
@@ -34,6 +35,7 @@ pub struct NewWebhook {
     pub headers: Option<Value>,
     pub auth: Option<Value>,
     pub signature_scheme: SignatureScheme,
+    pub mode: crate::models::WebhookMode,
 }
 
 /// The columns a PATCH may change (`None` = unchanged, `Some(None)` = NULL).
@@ -552,11 +554,12 @@ pub async fn queue_retry(
     .await
 }
 
-/// Every active webhook, by id.
+/// Every active push webhook (those the worker POSTs to), by id.
 pub async fn active(pool: &DbPool) -> Result<Vec<Webhook>, StorageError> {
     let mut conn = pool.get().await?;
     Ok(w::table
         .filter(w::is_active.eq(true))
+        .filter(w::mode.eq(crate::models::WebhookMode::Push))
         .select(Webhook::as_select())
         .order(w::id.asc())
         .load(&mut conn)

@@ -23,7 +23,7 @@ async fn webhook(conn: &mut Connection, name: &str, event_type: &str) -> Webhook
         conn,
         NewWebhook {
             name: name.to_owned(),
-            url: format!("http://127.0.0.1:9/{name}"),
+            url: Some(format!("http://127.0.0.1:9/{name}")),
             secret: Some(format!("secret-{name}")),
             event_type: event_type.to_owned(),
             is_active: true,
@@ -34,6 +34,7 @@ async fn webhook(conn: &mut Connection, name: &str, event_type: &str) -> Webhook
             headers: None,
             auth: None,
             signature_scheme: storage::subscription::SignatureScheme::Hmac,
+            mode: storage::models::WebhookMode::Push,
         },
     )
     .await
@@ -638,4 +639,99 @@ async fn a_connection_outside_the_pool_is_refused_with_an_unavailable_error() {
         .await
         .unwrap();
     assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn pull_positions_never_go_back_and_reads_count_as_deliveries() {
+    use storage::models::WebhookMode;
+    use storage::pull::{self, Read};
+    let db = TestDb::new().await.unwrap();
+    let pool = db.pool().unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let hook = webhooks::insert_webhook(
+        &mut conn,
+        NewWebhook {
+            name: "pull".to_owned(),
+            url: None,
+            secret: None,
+            event_type: "*".to_owned(),
+            is_active: true,
+            description: None,
+            body_format: BodyFormat::Canonical,
+            event_types: None,
+            payload_filter: None,
+            headers: None,
+            auth: None,
+            signature_scheme: storage::subscription::SignatureScheme::Hmac,
+            mode: WebhookMode::Pull,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(hook.pull_cursor().is_none());
+    assert!(
+        pull::acknowledge(&mut conn, hook.id, "7", 10)
+            .await
+            .unwrap()
+    );
+    assert!(!pull::acknowledge(&mut conn, hook.id, "7", 4).await.unwrap());
+    assert!(
+        !pull::acknowledge(&mut conn, hook.id, "7", 10)
+            .await
+            .unwrap()
+    );
+    assert!(
+        pull::acknowledge(&mut conn, hook.id, "7", 11)
+            .await
+            .unwrap()
+    );
+    // a recreated stream: its epoch replaces the old one
+    assert!(pull::acknowledge(&mut conn, hook.id, "8", 1).await.unwrap());
+    let row = webhooks::get_webhook(&mut conn, hook.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.pull_cursor().unwrap().to_string(), "8:1");
+    // a push webhook has no position
+    let push = webhook(&mut conn, "push", "*").await;
+    assert!(!pull::acknowledge(&mut conn, push.id, "8", 1).await.unwrap());
+    // a pull webhook has no URL, a push one must have one
+    let bad = diesel_async::RunQueryDsl::execute(
+        diesel::sql_query(format!(
+            "UPDATE webhooks SET url = NULL WHERE id = {}",
+            push.id
+        )),
+        &mut conn,
+    )
+    .await;
+    assert!(bad.is_err());
+
+    let read = |id: &str| Read {
+        event_id: id.to_owned(),
+        event_type: "user.created".to_owned(),
+        payload: "{\"user_id\": 1}".into(),
+        traceparent: None,
+    };
+    let now = Utc::now();
+    let first = pull::record_reads(&pool, hook.id, &[read("e1"), read("e2")], now)
+        .await
+        .unwrap();
+    assert_eq!(first, [1, 1]);
+    let again = pull::record_reads(&pool, hook.id, &[read("e2"), read("e3")], now)
+        .await
+        .unwrap();
+    assert_eq!(again, [2, 1]);
+    let row = webhooks::get_webhook(&mut conn, hook.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((row.success_count, row.failure_count), (4, 0));
+    assert!(row.last_triggered_at.is_some());
+    let (items, total) = webhooks::list_deliveries(&mut conn, hook.id, None, None, 50, 0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, 4);
+    assert!(items.iter().all(|d| d.status == DeliveryStatus::Success));
+    assert_counts_match_rows(&mut conn).await;
 }

@@ -96,7 +96,11 @@ export async function deliveriesPage(root, { id, params }) {
       el("div", { class: "title" }, el("h1", { text: w.name }),
         el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" })),
       el("dl", { class: "facts" },
-        el("dt", { text: "URL" }), el("dd", { class: "url", text: w.url }),
+        el("dt", { text: "Mode" }), el("dd", { text: w.mode === "pull"
+          ? "pull: the owner reads events with GET /webhooks/" + w.id + "/pull" : "push: events are POSTed to the URL" }),
+        w.mode === "pull"
+          ? [el("dt", { text: "Pull cursor" }), el("dd", {}, w.pull_cursor ? el("code", { text: w.pull_cursor }) : "none acknowledged yet")]
+          : [el("dt", { text: "URL" }), el("dd", { class: "url", text: w.url })],
         el("dt", { text: "Event types" }), el("dd", {}, w.event_types.map((t, i) => [i ? ", " : null, el("code", { text: t })])),
         el("dt", { text: "Payload filter" }), el("dd", {}, w.filter ? el("code", { text: JSON.stringify(w.filter) }) : "none (every event)"),
         el("dt", { text: "Custom headers" }), el("dd", {}, headerList(w.headers)),
@@ -116,7 +120,7 @@ export async function deliveriesPage(root, { id, params }) {
       el("div", { class: "actions" },
         el("a", { class: "button", href: `#/webhooks/${w.id}/edit`, text: "Edit" }),
         el("button", { type: "button", text: w.is_active ? "Disable" : "Enable", onclick: toggle }),
-        el("button", { type: "button", text: "Send test ping", onclick: ping }),
+        w.mode === "pull" ? null : el("button", { type: "button", text: "Send test ping", onclick: ping }),
         el("button", { type: "button", text: "Rotate secret", onclick: rotate }),
         el("button", { type: "button", class: "danger", text: "Delete webhook", onclick: remove })));
   }

@@ -69,7 +69,7 @@ export async function webhooksPage(root, { params }) {
     const heads = ["Name", "URL", "Event types", "Active", "Success rate", "Last triggered", "Failing since / disabled reason"];
     const rows = page.items.map((w) => el("tr", {}, [
       el("a", { href: "#/webhooks/" + w.id, text: w.name }),
-      w.url,
+      w.mode === "pull" ? "pull (no URL)" : w.url,
       codes(w.event_types),
       el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" }),
       rate(w),
@@ -250,12 +250,23 @@ export async function webhookForm(root, { id }) {
     el("option", { value: "canonical", text: "canonical: keys sorted, ASCII (default)" }),
     el("option", { value: "bot", text: "bot: the bot's own bytes (key order, raw UTF-8)" }));
   format.value = w ? w.body_format : "canonical";
+  // The mode is chosen once: a pull webhook has no URL.
+  const mode = el("select", {},
+    el("option", { value: "push", text: "push: events are POSTed to the URL (default)" }),
+    el("option", { value: "pull", text: "pull: no URL; the owner reads events with GET /webhooks/{id}/pull" }));
+  mode.value = w ? w.mode || "push" : "push";
+  mode.disabled = !!w;
   const activeBox = el("input", { type: "checkbox" });
   if (w) activeBox.checked = w.is_active;
   const general = el("p", { class: "error", role: "alert" });
+  const urlField = field("url", "URL", url, "Where the signed POSTs go (http or https).");
+  const showMode = () => { urlField.hidden = mode.value === "pull"; };
+  mode.addEventListener("change", showMode);
+  showMode();
   const form = el("form", { class: "edit", novalidate: true, "aria-label": w ? "Edit webhook" : "New webhook" },
     field("name", "Name", name),
-    field("url", "URL", url, "Where the signed POSTs go (http or https)."),
+    field("mode", "Mode", mode, w ? "Fixed when the webhook is created." : "Pull webhooks keep their events in the stream until the owner reads them."),
+    urlField,
     patterns.box,
     field("description", "Description", desc),
     field("filter", "Payload filter (JSON, optional)", filter,
@@ -278,7 +289,10 @@ export async function webhookForm(root, { id }) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     general.textContent = "";
-    const body = { name: name.value, url: url.value, event_types: patterns.value() };
+    const body = { name: name.value, event_types: patterns.value() };
+    if (mode.value === "pull") {
+      if (!w) body.mode = "pull";
+    } else body.url = url.value;
     // On an edit an empty description clears it (null would keep it).
     if (desc.value || w) body.description = desc.value;
     // On an edit an empty filter, no headers and auth "none" remove them.

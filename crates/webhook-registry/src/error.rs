@@ -104,6 +104,10 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A pull cursor that does not name a position of the stream: 409 with
+    /// the cursor to read on from (`restart`).
+    #[error("{detail}")]
+    StaleCursor { detail: String, restart: String },
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("{0}")]
@@ -125,6 +129,15 @@ impl ApiError {
     pub fn webhook_not_found() -> Self {
         ApiError::NotFound("Webhook not found")
     }
+
+    /// Sending to a pull webhook (a test, a retry, a job): nothing is ever
+    /// sent to one.
+    pub fn pull_only() -> Self {
+        ApiError::Conflict(
+            "This is a pull webhook: nothing is sent to it; its owner reads its events with GET /webhooks/{id}/pull"
+                .to_owned(),
+        )
+    }
 }
 
 impl ResponseError for ApiError {
@@ -134,7 +147,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::StaleCursor { .. } => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -161,6 +174,9 @@ impl ResponseError for ApiError {
                 "detail": format!("Request body too large (limit {limit} bytes)")
             })),
             ApiError::Internal => resp.json(json!({ "detail": "Internal server error" })),
+            ApiError::StaleCursor { detail, restart } => {
+                resp.json(json!({ "detail": detail, "restart": restart }))
+            }
             other => resp.json(json!({ "detail": other.to_string() })),
         }
     }

@@ -16,6 +16,7 @@ pub mod head_guard;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod pull;
 pub mod routes;
 pub mod startup;
 pub mod state;

@@ -10,7 +10,7 @@ use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
 use storage::jobs::{JobKind, JobStatus};
-use storage::models::{BodyFormat, Delivery, DeliveryStatus, Webhook};
+use storage::models::{BodyFormat, Delivery, DeliveryStatus, Webhook, WebhookMode};
 use storage::secrets::Keyring;
 use storage::subscription::SignatureScheme;
 use webhook_client::Ed25519Key;
@@ -79,6 +79,11 @@ pub const IS_ACTIVE: Plain = Plain {
 };
 pub const BODY_FORMAT: Plain = Plain {
     name: "body_format",
+    presence: Presence::Optional,
+};
+/// `mode`: `push` (the default) or `pull`.
+pub const MODE: Plain = Plain {
+    name: "mode",
     presence: Presence::Optional,
 };
 
@@ -241,8 +246,9 @@ pub fn check_event_type(fields: &mut Fields, event_type: &str) -> bool {
 pub struct WebhookIn {
     pub name: String,
     /// Absolute http(s) URL; internal addresses are refused unless allowed.
+    /// Required for a `push` webhook; a `pull` webhook has none.
     #[schema(example = "https://example.com/webhook")]
-    pub url: String,
+    pub url: Option<String>,
     /// One event type, a family pattern (`ticket.*`) or `*`; give this or
     /// `event_types` (which decides when both are given).
     #[schema(example = "user.created")]
@@ -272,6 +278,10 @@ pub struct WebhookIn {
     /// `hmac` (the default) or `ed25519`.
     #[schema(value_type = Option<String>, example = "hmac")]
     pub signature_scheme: SignatureScheme,
+    /// `push` (the default: events are POSTed to `url`) or `pull` (no
+    /// `url`; the owner reads them with `GET /webhooks/{id}/pull`).
+    #[schema(value_type = Option<String>, example = "push")]
+    pub mode: WebhookMode,
 }
 
 pub const SIGNATURE_SCHEME: Plain = Plain {
@@ -282,12 +292,14 @@ pub const SIGNATURE_SCHEME: Plain = Plain {
 impl WebhookIn {
     /// Given when `event_types` is not.
     const EVENT_TYPE: Text = optional(EVENT_TYPE);
+    /// Required for a push webhook (checked with the mode).
+    const URL: Text = optional(URL);
 }
 
 impl FromBody for WebhookIn {
     const FIELDS: &'static [Field] = &[
         Field::Text(NAME),
-        Field::Text(URL),
+        Field::Text(Self::URL),
         Field::Text(Self::EVENT_TYPE),
         Field::Structured(subscription::EVENT_TYPES),
         Field::Text(SECRET),
@@ -297,12 +309,19 @@ impl FromBody for WebhookIn {
         Field::Structured(subscription::HEADERS),
         Field::Structured(subscription::AUTH),
         Field::Plain(SIGNATURE_SCHEME),
+        Field::Plain(MODE),
     ];
 
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
         let mut f = Fields::of(body, true)?;
         let name = f.text(&NAME);
-        let url = f.text(&URL);
+        // Read before the others so that a push webhook's missing `url`
+        // is reported as it always was.
+        let mode = f.choice(&MODE, WebhookMode::VARIANTS);
+        let url = match mode {
+            Some(WebhookMode::Pull) => f.text(&Self::URL),
+            _ => f.text(&URL),
+        };
         let event_type = f.text(&Self::EVENT_TYPE);
         let event_types = f
             .structured(&subscription::EVENT_TYPES)
@@ -324,9 +343,20 @@ impl FromBody for WebhookIn {
         let signature_scheme = f
             .choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS)
             .unwrap_or(SignatureScheme::Hmac);
-        if let Some(u) = &url {
-            check_url(&mut f, u, rules.allow_private_targets);
+        match (mode, &url) {
+            (Some(WebhookMode::Pull), Some(u)) => f.errors.push(
+                FieldError::value_error(
+                    &["body", "url"],
+                    "a pull webhook has no URL: its owner reads its events with GET /webhooks/{id}/pull; leave url out",
+                )
+                .input(Value::String(u.clone())),
+            ),
+            (_, Some(u)) => {
+                check_url(&mut f, u, rules.allow_private_targets);
+            }
+            (_, None) => {}
         }
+        let mode = mode.unwrap_or(WebhookMode::Push);
         if let Some(t) = &event_type {
             check_event_type(&mut f, t);
         }
@@ -345,10 +375,8 @@ impl FromBody for WebhookIn {
         if let Some(s) = &secret {
             check_secret(&mut f, signature_scheme, s);
         }
-        match (name, url, patterns, filter, headers, auth) {
-            (Some(name), Some(url), Some(patterns), filter, headers, auth)
-                if f.errors.is_empty() =>
-            {
+        match (name, patterns, filter, headers, auth) {
+            (Some(name), Some(patterns), filter, headers, auth) if f.errors.is_empty() => {
                 Ok(WebhookIn {
                     name,
                     url,
@@ -361,6 +389,7 @@ impl FromBody for WebhookIn {
                     headers: headers.flatten().unwrap_or_default(),
                     auth: auth.flatten(),
                     signature_scheme,
+                    mode,
                 })
             }
             _ => {
@@ -437,6 +466,11 @@ pub struct WebhookPatch {
     /// change to `ed25519` without a `secret` generates a signing key.
     #[schema(value_type = Option<String>, nullable)]
     pub signature_scheme: Option<SignatureScheme>,
+    /// `push` or `pull`: the mode is fixed when the webhook is created, so
+    /// only the stored one is accepted (a client may send back what it
+    /// read); another is a 409.
+    #[schema(value_type = Option<String>, nullable)]
+    pub mode: Option<WebhookMode>,
 }
 
 impl WebhookPatch {
@@ -459,6 +493,7 @@ impl FromBody for WebhookPatch {
         Field::Structured(subscription::HEADERS_PATCH),
         Field::Structured(subscription::AUTH_PATCH),
         Field::Plain(SIGNATURE_SCHEME),
+        Field::Plain(MODE),
     ];
 
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
@@ -485,6 +520,7 @@ impl FromBody for WebhookPatch {
             .structured(&subscription::AUTH_PATCH)
             .and_then(|v| subscription::auth(&mut f, v, rules.allow_private_targets, false));
         let signature_scheme = f.choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS);
+        let mode = f.choice(&MODE, WebhookMode::VARIANTS);
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
@@ -509,6 +545,7 @@ impl FromBody for WebhookPatch {
             headers,
             auth,
             signature_scheme,
+            mode,
         })
     }
 }
@@ -577,7 +614,8 @@ pub mod rfc3339 {
 pub struct WebhookOut {
     pub id: i32,
     pub name: String,
-    pub url: String,
+    /// `null` for a pull webhook.
+    pub url: Option<String>,
     pub event_type: String,
     pub is_active: bool,
     pub description: Option<String>,
@@ -615,6 +653,13 @@ pub struct WebhookOut {
     /// An `ed25519` webhook's public key (`whpk_…`), for receivers to
     /// verify `v1a` signatures with; `null` otherwise.
     pub public_key: Option<String>,
+    /// `push` (events are POSTed to `url`) or `pull` (read with
+    /// `GET /webhooks/{id}/pull`).
+    #[schema(value_type = String, example = "push")]
+    pub mode: WebhookMode,
+    /// A pull webhook's acknowledged position (`<epoch>:<sequence>`),
+    /// `null` before the first acknowledgement and for a push webhook.
+    pub pull_cursor: Option<String>,
 }
 
 impl WebhookOut {
@@ -631,6 +676,7 @@ impl WebhookOut {
             _ => None,
         };
         let event_types = w.patterns().into_iter().map(str::to_owned).collect();
+        let pull_cursor = w.pull_cursor().map(|c| c.to_string());
         let headers =
             subscription::headers_out(&storage::subscription::headers_of(w.headers.as_ref()));
         let auth = subscription::auth_out(storage::subscription::auth_of(w.auth.as_ref()).as_ref());
@@ -655,6 +701,8 @@ impl WebhookOut {
             auth,
             signature_scheme: w.signature_scheme,
             public_key,
+            mode: w.mode,
+            pull_cursor,
         }
     }
 }

@@ -48,6 +48,7 @@ pub struct Application {
     ready: Arc<AtomicBool>,
     notices: mpsc::Receiver<(i32, Op)>,
     keys: storage::secrets::Keyring,
+    stopping: CancellationToken,
 }
 
 impl Application {
@@ -70,6 +71,7 @@ impl Application {
             .await?;
         let (notifier, notices) = Notifier::new();
         let ready = Arc::new(AtomicBool::new(false));
+        let stopping = CancellationToken::new();
 
         let metrics = Arc::new(MetricsRegistry::new());
         let http_metrics = HttpMetrics::register(&metrics);
@@ -96,6 +98,9 @@ impl Application {
             rotation_grace: config.secret_rotation_grace,
             job_default_rate_per_s: config.job_default_rate_per_s,
             trust_forwarded_for: config.trust_forwarded_for,
+            js: async_nats::jetstream::new(nats.clone()),
+            ns: ns.clone(),
+            stopping: stopping.clone(),
         });
         let rules = web::Data::new(BodyRules {
             limit: config.max_body_bytes,
@@ -167,6 +172,7 @@ impl Application {
             ready,
             notices,
             keys,
+            stopping,
         })
     }
 
@@ -192,6 +198,7 @@ impl Application {
             ready,
             notices,
             keys,
+            stopping,
             ..
         } = self;
         let background = shutdown.child_token();
@@ -239,6 +246,7 @@ impl Application {
             res = &mut server => res.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
             () = shutdown.cancelled() => {
                 tracing::info!("stopping: finishing requests in flight");
+                stopping.cancel();
                 handle.stop(true).await;
                 server.await.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into))
             }

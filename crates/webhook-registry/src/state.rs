@@ -26,6 +26,12 @@ pub struct AppState {
     /// `rate_per_s` of jobs whose request names none.
     pub job_default_rate_per_s: i32,
     pub trust_forwarded_for: bool,
+    /// Reads the events stream for pull webhooks.
+    pub js: async_nats::jetstream::Context,
+    pub ns: proto_events::Namespace,
+    /// Cancelled when the service stops: requests waiting for events
+    /// (`GET /webhooks/{id}/pull?wait=`) answer at once.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {

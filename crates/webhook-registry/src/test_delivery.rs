@@ -28,6 +28,9 @@ pub async fn send(
     webhook: &Webhook,
     traceparent: Option<String>,
 ) -> Result<(Delivery, Duration), ApiError> {
+    let Some(url) = webhook.url.as_deref() else {
+        return Err(ApiError::pull_only());
+    };
     let now = Utc::now();
     let event_id = proto_events::new_event_id();
     let payload = json!({
@@ -57,7 +60,7 @@ pub async fn send(
         .sender
         .send_event(
             Event {
-                url: &webhook.url,
+                url,
                 webhook_id: webhook.id,
                 event_type: TEST_EVENT,
                 event_id: &event_id,
@@ -113,7 +116,11 @@ impl Request {
             tracing::error!(webhook_id = webhook.id, error = %e, "the webhook cannot be delivered to as stored");
             ApiError::Internal
         };
-        let opened = webhook.sending().open(keys).map_err(|e| unusable(&e))?;
+        let opened = webhook
+            .sending()
+            .ok_or_else(ApiError::pull_only)?
+            .open(keys)
+            .map_err(|e| unusable(&e))?;
         let mut secrets: Vec<String> = opened.secret.into_iter().collect();
         secrets.extend(
             opened

@@ -483,3 +483,39 @@ async fn a_bot_format_webhook_gets_the_bots_bytes_and_its_retry_sends_them_again
     assert_eq!(rows[0].body, None, "canonical rows keep no body");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn pull_webhooks_are_never_delivered_to() {
+    let app = spawn_app(|_| {}).await;
+    let rx = Receiver::start(Reply::ok()).await;
+    let push = insert_webhook(&app.pool, &rx.url("/push"), "*", None, true).await;
+    let pull = insert_webhook(&app.pool, &rx.url("/pull"), "*", None, true).await;
+    exec(
+        &app.pool,
+        &format!("UPDATE webhooks SET mode = 'pull', url = NULL WHERE id = {pull}"),
+    )
+    .await;
+    // A pending row of a pull webhook (never written by the services) is
+    // not claimed either.
+    exec(
+        &app.pool,
+        &format!(
+            "INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
+             attempt_number, next_retry_at, event_id) \
+             VALUES ({pull}, 'user.created', '{{}}', 'pending', 2, now(), 'e-pull')"
+        ),
+    )
+    .await;
+    app.notify_changed().await;
+    app.publish(EventType::UserCreated, json!({"user_id": 1}))
+        .await;
+    let rows = settled_rows(&app.pool, push, 1).await;
+    assert_eq!(rows[0].status.as_str(), "success");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pulled = deliveries(&app.pool, pull).await;
+    assert_eq!(pulled.len(), 1, "only the pending row: {pulled:?}");
+    assert_eq!(pulled[0].status.as_str(), "pending");
+    assert!(rx.on("/pull").is_empty());
+    assert_eq!(rx.on("/push").len(), 1);
+    app.cleanup().await;
+}

@@ -14,4 +14,5 @@ mod checks;
 mod cluster;
 mod faults;
 mod pauses;
+mod pull;
 mod subscriptions;

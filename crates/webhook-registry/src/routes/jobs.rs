@@ -39,7 +39,10 @@ enum JobStarted {
     Unauthorized(ErrorOut),
     #[response(status = 404, description = "No such webhook")]
     NoWebhook(ErrorOut),
-    #[response(status = 409, description = "The webhook is disabled")]
+    #[response(
+        status = 409,
+        description = "The webhook is disabled, or a pull webhook (nothing is sent to it)"
+    )]
     Disabled(ErrorOut),
     #[response(status = 413, description = "Body too large")]
     TooLarge(ErrorOut),
@@ -54,6 +57,9 @@ async fn start(state: &AppState, new: NewJob) -> Result<HttpResponse, ApiError> 
     let webhook = db::get_webhook(&mut conn, id)
         .await?
         .ok_or_else(ApiError::webhook_not_found)?;
+    if webhook.is_pull() {
+        return Err(ApiError::pull_only());
+    }
     if !webhook.is_active {
         return Err(ApiError::Conflict(
             "Webhook is disabled; enable it before starting a job".to_owned(),

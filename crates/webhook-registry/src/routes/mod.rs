@@ -4,6 +4,7 @@ pub mod events;
 pub mod jobs;
 pub mod openapi;
 pub mod portal;
+pub mod pull;
 pub mod webhooks;
 
 use actix_web::http::{Method, header};
@@ -109,6 +110,7 @@ pub fn operations() -> Vec<Operation> {
         op::<webhooks::__path_update, _, _>(webhooks::update),
         op::<webhooks::__path_delete, _, _>(webhooks::delete),
         op::<webhooks::__path_deliveries, _, _>(webhooks::deliveries),
+        op::<pull::__path_pull, _, _>(pull::pull),
         op::<jobs::__path_bulk_retry, _, _>(jobs::bulk_retry),
         op::<jobs::__path_recover, _, _>(jobs::recover),
         op::<jobs::__path_replay, _, _>(jobs::replay),
@@ -236,6 +238,7 @@ mod tests {
             /webhooks/stats GET token
             /webhooks/{webhook_id} GET, PATCH, DELETE token
             /webhooks/{webhook_id}/deliveries GET token
+            /webhooks/{webhook_id}/pull GET token
             /webhooks/{webhook_id}/deliveries/retry POST token
             /webhooks/{webhook_id}/recover POST token
             /webhooks/{webhook_id}/replay POST token

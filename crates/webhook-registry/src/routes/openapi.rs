@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use proto_events::EventType;
 use serde_json::{Map, Value, json};
 use storage::jobs::{JobKind, JobStatus};
-use storage::models::{BodyFormat, DeliveryStatus};
+use storage::models::{BodyFormat, DeliveryStatus, WebhookMode};
 use storage::subscription::SignatureScheme;
 use strum::VariantArray;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -20,6 +20,7 @@ use crate::model::{
 };
 use crate::model::{INT_PARAMS, url_pattern};
 use crate::routes::portal::{ServiceReadiness, ServicesReadiness};
+use crate::routes::pull::{PullEventOut, PullPage};
 
 struct SecuritySchemes;
 
@@ -48,7 +49,8 @@ impl Modify for SecuritySchemes {
         WebhookIn, WebhookPatch, WebhookOut, WebhookPage, DeliveryOut, DeliveryPage, StatsOut,
         RotateIn, RotateOut, TestOut, RetryOut, EventTypeOut, EventCatalogueOut, ErrorOut,
         HttpValidationError, FieldError, LocItem, HourlyOut, HourBucketOut, ServiceReadiness,
-        ServicesReadiness, RecoverIn, ReplayIn, BulkRetryIn, JobOut, JobPage,
+        ServicesReadiness, RecoverIn, ReplayIn, BulkRetryIn, JobOut, JobPage, PullPage,
+        PullEventOut,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -231,6 +233,7 @@ fn refine(doc: &mut Value) {
         json!({"anyOf": [lax_bool_schema(), {"type": "null"}]}),
     );
     subscriptions(doc);
+    modes(doc);
     let formats = json!(BodyFormat::VARIANTS);
     for schema in ["WebhookIn", "WebhookOut"] {
         set(
@@ -397,6 +400,56 @@ fn subscriptions(doc: &mut Value) {
         for p in params.iter_mut() {
             if p["name"] == "matching" {
                 p["schema"] = json!({"type": "string", "enum": EventType::names()});
+            }
+        }
+    }
+}
+
+/// The webhook's mode: a `pull` webhook has no `url` (refused when
+/// given), a `push` one (the default) must have one; the pull endpoint's
+/// parameters, whose `limit` is not the lists' one.
+fn modes(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    let modes = json!(WebhookMode::VARIANTS);
+    for schema in ["WebhookIn", "WebhookOut"] {
+        set(
+            doc,
+            &format!("{schemas}/{schema}/properties/mode"),
+            "enum",
+            modes.clone(),
+        );
+    }
+    let mut or_null: Vec<Value> = WebhookMode::VARIANTS.iter().map(|m| json!(m)).collect();
+    or_null.push(Value::Null);
+    set(
+        doc,
+        &format!("{schemas}/WebhookPatch/properties/mode"),
+        "enum",
+        Value::Array(or_null),
+    );
+    set(
+        doc,
+        &format!("{schemas}/WebhookIn"),
+        "allOf",
+        json!([{
+            "if": {"required": ["mode"], "properties": {"mode": {"const": "pull"}}},
+            "then": {"properties": {"url": {"type": "null"}}},
+            "else": {"required": ["url"], "properties": {"url": {"type": "string"}}},
+        }]),
+    );
+    if let Some(Value::Array(params)) =
+        doc.pointer_mut("/paths/~1webhooks~1{webhook_id}~1pull/get/parameters")
+    {
+        for p in params.iter_mut() {
+            if p["name"] == "cursor" {
+                p["schema"]["pattern"] = json!(crate::routes::pull::CURSOR_PATTERN);
+            }
+            for rule in [crate::routes::pull::PULL_LIMIT, crate::routes::pull::WAIT] {
+                if p["name"] == rule.name {
+                    p["schema"]["minimum"] = json!(rule.min);
+                    p["schema"]["maximum"] = json!(rule.max);
+                    p["schema"]["default"] = json!(rule.default);
+                }
             }
         }
     }

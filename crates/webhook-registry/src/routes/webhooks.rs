@@ -103,6 +103,7 @@ fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, ApiError>
         headers: headers_column(&headers),
         auth: auth_column(auth.as_ref()),
         signature_scheme: input.signature_scheme,
+        mode: input.mode,
     })
 }
 
@@ -113,6 +114,19 @@ fn changes_for(
     patch: WebhookPatch,
     current: &Webhook,
 ) -> Result<WebhookChanges, ApiError> {
+    // The mode is fixed at creation: a pull webhook has no URL and a
+    // position in the stream, a push webhook a URL and retries.
+    if patch.mode.is_some_and(|m| m != current.mode) {
+        return Err(ApiError::Conflict(format!(
+            "mode: this webhook is a {} webhook and stays one; create a new webhook for the other mode",
+            current.mode
+        )));
+    }
+    if current.is_pull() && patch.url.is_some() {
+        return Err(ApiError::Conflict(
+            "url: a pull webhook has no URL (its mode cannot be changed)".to_owned(),
+        ));
+    }
     let mut changes = WebhookChanges {
         name: patch.name,
         url: patch.url,
@@ -571,6 +585,7 @@ pub async fn hourly(
         (status = 200, description = "The attempt's outcome (also when the receiver failed)", body = TestOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
         (status = 404, description = "No such webhook", body = ErrorOut),
+        (status = 409, description = "A pull webhook: nothing is sent to it", body = ErrorOut),
         (status = 422, description = "Id is not an integer", body = HttpValidationError),
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -614,6 +629,7 @@ pub async fn test(
         (status = 202, description = "Queued", body = RetryOut),
         (status = 401, description = "Missing or invalid token", body = ErrorOut),
         (status = 404, description = "No such webhook or delivery", body = ErrorOut),
+        (status = 409, description = "A pull webhook: nothing is sent to it", body = ErrorOut),
         (status = 422, description = "Id is not an integer", body = HttpValidationError),
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -631,6 +647,11 @@ pub async fn retry(
         ApiError::NotFound("Delivery not found"),
     )?;
     let mut conn = state.conn().await?;
+    if let Some(w) = db::get_webhook(&mut conn, id).await?
+        && w.is_pull()
+    {
+        return Err(ApiError::pull_only());
+    }
     match db::queue_retry(&mut conn, id, delivery_id).await? {
         Retry::WebhookMissing => Err(ApiError::webhook_not_found()),
         Retry::DeliveryMissing => Err(ApiError::NotFound("Delivery not found")),

@@ -350,7 +350,10 @@ async fn import_bot_copies_tokens_webhooks_and_history() {
         support.description.as_deref(),
         Some("Тикеты в CRM — с подписью")
     );
-    assert_eq!(support.url, "https://receiver.example.com/hook?x=1");
+    assert_eq!(
+        support.url.as_deref(),
+        Some("https://receiver.example.com/hook?x=1")
+    );
     assert_eq!((support.failure_count, support.success_count), (3, 7));
     assert_eq!(support.body_format, BodyFormat::Bot);
     assert!(support.is_active && support.disabled_reason.is_none());

@@ -13,6 +13,7 @@ mod history;
 mod jobs;
 mod portal;
 mod process;
+mod pull;
 mod resilience;
 mod subscriptions;
 mod validation;

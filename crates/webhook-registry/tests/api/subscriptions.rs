@@ -444,7 +444,7 @@ async fn rows_in_clear_are_sealed_at_start_and_a_new_key_reseals_everything() {
         .await
         .unwrap();
     assert!(both.is_sealed_with_newest(row.secret.as_deref().unwrap()));
-    let opened = row.sending().open(&both).unwrap();
+    let opened = row.sending().unwrap().open(&both).unwrap();
     assert_eq!(opened.secret.as_deref(), Some("legacy-secret-4"));
     assert_eq!(
         opened.headers,

@@ -7,7 +7,7 @@ use storage::testing::{diesel, diesel_async};
 
 use crate::helpers::spawn_app;
 
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 22] = [
     "id",
     "name",
     "url",
@@ -29,6 +29,9 @@ const FIELDS: [&str; 20] = [
     "auth",
     "signature_scheme",
     "public_key",
+    // Pull webhooks.
+    "mode",
+    "pull_cursor",
 ];
 
 fn keys(v: &Value) -> Vec<String> {
