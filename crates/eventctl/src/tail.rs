@@ -259,12 +259,21 @@ async fn tail_gateway(
             Err(_) => "connect timed out".to_owned(),
         };
         failures += 1;
-        let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-        tracing::warn!(reason = %why, since = ?since, retry_in = ?wait, "gateway connection lost; resuming");
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+        tracing::warn!(reason = %why, since = ?since, "gateway connection lost; resuming");
+        if !back_off(failures, &stop).await {
+            return Ok(());
         }
+    }
+}
+
+/// Waits before the next attempt, longer after each failure in a row
+/// (200 ms each, at most 5 s); false when stopped meanwhile.
+async fn back_off(failures: u32, stop: &CancellationToken) -> bool {
+    let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+    tracing::info!(retry_in = ?wait, "reconnecting");
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep(wait) => true,
     }
 }
 
@@ -388,11 +397,9 @@ async fn tail_sse(
             Err(_) => "connect timed out".to_owned(),
         };
         failures += 1;
-        let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
-        tracing::warn!(reason = %why, last_event_id = ?last_id, retry_in = ?wait, "gateway event stream lost; resuming");
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(wait) => {}
+        tracing::warn!(reason = %why, last_event_id = ?last_id, "gateway event stream lost; resuming");
+        if !back_off(failures, &stop).await {
+            return Ok(());
         }
     }
 }

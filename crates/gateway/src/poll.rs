@@ -54,12 +54,7 @@ impl Query {
                 "after" if q.after.is_none() && !v.is_empty() => q.after = Some(v),
                 "limit" if q.limit.is_none() => q.limit = Some(v),
                 "wait" if q.wait.is_none() => q.wait = Some(v),
-                "events" => q.events.get_or_insert_with(Vec::new).extend(
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned),
-                ),
+                "events" => crate::ws::push_patterns(&mut q.events, &v),
                 _ => {}
             }
         }

@@ -45,12 +45,7 @@ impl WsQuery {
                 "since" if q.since.is_none() => q.since = Some(v.trim().to_owned()),
                 "epoch" if q.epoch.is_none() => q.epoch = Some(v.trim().to_owned()),
                 "last_event_id" if q.last_event_id.is_none() => q.last_event_id = non_empty(),
-                "events" => q.events.get_or_insert_with(Vec::new).extend(
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned),
-                ),
+                "events" => push_patterns(&mut q.events, &v),
                 _ => {}
             }
         }
@@ -93,6 +88,18 @@ impl WsQuery {
             events,
         }
     }
+}
+
+/// Adds the patterns of one comma-separated `events` parameter to the
+/// list (which then exists, even when the parameter is empty).
+pub(crate) fn push_patterns(list: &mut Option<Vec<String>>, value: &str) {
+    list.get_or_insert_with(Vec::new).extend(
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+    );
 }
 
 /// At most 40 characters of what a client sent, for a message.
