@@ -303,6 +303,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, ops: Ops) {
     cfg.route("/", web::get().to(console))
         .route("/console.js", web::get().to(console_js))
         .route("/live.js", web::get().to(live_js))
+        .route("/favicon.ico", web::get().to(no_icon))
         .route("/ws", web::get().to(not_an_upgrade))
         .route("/sse", web::get().to(sse_again))
         .route("/poll", web::get().to(crate::poll::poll));
@@ -335,7 +336,7 @@ async fn console() -> HttpResponse {
         .insert_header(("Cache-Control", "no-store"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self'; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         ))
         .insert_header(("Referrer-Policy", "no-referrer"))
         .body(crate::CONSOLE_HTML)
@@ -347,6 +348,14 @@ fn script(body: &'static str) -> HttpResponse {
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .body(body)
+}
+
+/// The console has no icon: an empty answer, so that a browser's own
+/// request for one is neither a 404 nor blocked by the page's policy.
+async fn no_icon() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header(("Cache-Control", "max-age=86400"))
+        .finish()
 }
 
 async fn console_js() -> HttpResponse {

@@ -30,6 +30,10 @@ async fn console_page_is_served() {
         .unwrap()
         .to_owned();
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-eval"));
+    // a browser's own request for an icon is answered, not refused
+    let icon = app.http.get(app.url("/favicon.ico")).send().await.unwrap();
+    assert_eq!(icon.status(), 204);
+    assert!(csp.contains("img-src 'self'"));
     let body = res.text().await.unwrap();
     assert!(body.contains("src=\"/console.js\""));
     assert!(!body.contains("src=\"http"), "no external assets");
