@@ -155,6 +155,13 @@ pub async fn drop_partition(
         ))
         .execute(c)
         .await?;
+        // The audit's events of the same day go with their deliveries.
+        diesel::sql_query(format!(
+            "DROP TABLE IF EXISTS delivery_events_p{}",
+            partition.day.format("%Y%m%d")
+        ))
+        .execute(c)
+        .await?;
         Ok(Dropped {
             rows: rows.n - moved_pending,
             bytes: bytes.n,

@@ -2,6 +2,7 @@
 //! the migrations in `migrations/`, row types, the pool, and API tokens.
 
 pub mod attempts;
+pub mod audit;
 pub mod bot;
 pub mod counts;
 mod deadline;

@@ -43,6 +43,53 @@ pub struct Webhook {
     /// and sequence, `None` until the owner first acknowledges.
     pub pull_epoch: Option<String>,
     pub pull_seq: Option<i64>,
+    /// At most this many requests per second, across every replica
+    /// (`None`: unlimited).
+    pub rate_limit_per_s: Option<f64>,
+    /// Requests allowed at once above the rate (`None`: the rate, rounded up).
+    pub rate_burst: Option<i32>,
+    /// One event at a time, in stream order.
+    pub ordered: bool,
+    /// When `ordered` was switched on: events published since are ordered.
+    pub ordered_since: Option<DateTime<Utc>>,
+    /// Consecutive failures that open the circuit (`None`: the worker's setting).
+    pub circuit_threshold: Option<i32>,
+    /// Seconds the circuit stays open before a probe (`None`: the worker's setting).
+    pub circuit_cooldown_s: Option<i32>,
+}
+
+/// A webhook's circuit (`webhook_circuit`; no row: closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Circuit {
+    pub state: CircuitState,
+    /// When it entered its state (`None`: closed since creation).
+    pub since: Option<DateTime<Utc>>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: i32,
+}
+
+impl Default for Circuit {
+    fn default() -> Self {
+        Self {
+            state: CircuitState::Closed,
+            since: None,
+            consecutive_failures: 0,
+        }
+    }
+}
+
+crate::text_enum::text_enum! {
+    /// A webhook's circuit breaker (docs/contract.md, "Circuit breaker").
+    pub enum CircuitState {
+        /// Deliveries are attempted.
+        Closed,
+        /// Too many consecutive failures: nothing is attempted until the
+        /// cooldown ends.
+        Open,
+        /// The cooldown ended: one probe attempt is in flight.
+        #[strum(serialize = "half_open")]
+        HalfOpen,
+    }
 }
 
 crate::text_enum::text_enum! {
@@ -153,6 +200,8 @@ pub struct Delivery {
     /// The exact bytes sent when they are not the canonical body of
     /// `payload` (a `bot` body format); a retry sends them again.
     pub body: Option<String>,
+    /// Why a pending row waits unattempted (`Held`), `None` otherwise.
+    pub held: Option<String>,
 }
 
 /// A new `webhook_deliveries` row.

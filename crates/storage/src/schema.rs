@@ -57,6 +57,12 @@ diesel::table! {
         mode -> Varchar,
         pull_epoch -> Nullable<Text>,
         pull_seq -> Nullable<Int8>,
+        rate_limit_per_s -> Nullable<Float8>,
+        rate_burst -> Nullable<Int4>,
+        ordered -> Bool,
+        ordered_since -> Nullable<Timestamptz>,
+        circuit_threshold -> Nullable<Int4>,
+        circuit_cooldown_s -> Nullable<Int4>,
     }
 }
 
@@ -81,6 +87,42 @@ diesel::table! {
         #[max_length = 128]
         traceparent -> Nullable<Varchar>,
         body -> Nullable<Text>,
+        #[max_length = 20]
+        held -> Nullable<Varchar>,
+    }
+}
+
+diesel::table! {
+    webhook_circuit (webhook_id) {
+        webhook_id -> Int4,
+        #[max_length = 20]
+        state -> Varchar,
+        since -> Timestamptz,
+        consecutive_failures -> Int4,
+    }
+}
+
+diesel::table! {
+    webhook_rate (webhook_id) {
+        webhook_id -> Int4,
+        tat -> Timestamptz,
+        tail -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    /// Partitioned by `processed_at`; no primary key (an event processed
+    /// twice has two rows), so the one named here is only diesel's.
+    delivery_events (event_id, processed_at) {
+        #[max_length = 64]
+        event_id -> Varchar,
+        #[max_length = 50]
+        event_type -> Varchar,
+        stream_seq -> Int8,
+        published_at -> Timestamptz,
+        processed_at -> Timestamptz,
+        matched -> Array<Int4>,
+        filtered -> Array<Int4>,
     }
 }
 
@@ -136,6 +178,8 @@ diesel::table! {
 
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_jobs -> webhooks (webhook_id));
+diesel::joinable!(webhook_rate -> webhooks (webhook_id));
+diesel::joinable!(webhook_circuit -> webhooks (webhook_id));
 diesel::joinable!(webhook_delivery_counts -> webhooks (webhook_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -144,5 +188,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_deliveries,
     webhook_delivery_counts,
     delivery_day_counts,
-    webhook_jobs
+    webhook_jobs,
+    webhook_rate,
+    webhook_circuit,
+    delivery_events
 );

@@ -37,7 +37,8 @@ async fn migrate_creates_the_three_tables_and_is_idempotent() {
     let tables: Vec<Name> = diesel::sql_query(
         "SELECT table_name::text AS name FROM information_schema.tables
          WHERE table_schema = 'public' AND table_name NOT LIKE '__diesel%'
-           AND table_name NOT LIKE 'webhook\\_deliveries\\_p%' ORDER BY 1",
+           AND table_name NOT LIKE 'webhook\\_deliveries\\_p%'
+           AND table_name NOT LIKE 'delivery\\_events\\_p%' ORDER BY 1",
     )
     .load(&mut conn)
     .await
@@ -47,10 +48,13 @@ async fn migrate_creates_the_three_tables_and_is_idempotent() {
         tables,
         [
             "delivery_day_counts",
+            "delivery_events",
             "web_api_tokens",
+            "webhook_circuit",
             "webhook_deliveries",
             "webhook_delivery_counts",
             "webhook_jobs",
+            "webhook_rate",
             "webhooks"
         ]
     );
