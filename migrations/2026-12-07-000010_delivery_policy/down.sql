@@ -22,6 +22,7 @@ $$;
 DROP INDEX ix_webhook_deliveries_final_failures;
 DROP TABLE delivery_events;
 ALTER TABLE webhook_deliveries DROP COLUMN held;
+DROP FUNCTION webhook_rate_take;
 DROP TABLE webhook_rate;
 DROP TABLE webhook_circuit;
 ALTER TABLE webhooks DROP CONSTRAINT webhooks_circuit;

@@ -44,6 +44,45 @@ CREATE TABLE webhook_rate (
     tail       TIMESTAMPTZ NOT NULL
 );
 
+-- Takes one request of a rate-limited webhook from the shared limiter:
+-- period = 1 / rate (seconds), burst, horizon (seconds). go: the request may
+-- be sent after wait_s seconds (the limiter's slot for it, never more than
+-- horizon away). Otherwise the delivery is held: due is when it should be
+-- tried again, each held delivery queued one period after the one before.
+-- One call is one transaction on the webhook's row, so every replica sees
+-- the same limiter and no window of any length holds more than
+-- burst + length × rate requests.
+CREATE FUNCTION webhook_rate_take(wid INTEGER, period DOUBLE PRECISION, burst INTEGER,
+    horizon DOUBLE PRECISION, OUT go BOOLEAN, OUT wait_s DOUBLE PRECISION, OUT due TIMESTAMPTZ)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t INTERVAL := make_interval(secs => period);
+    h INTERVAL := make_interval(secs => horizon);
+    r webhook_rate%ROWTYPE;
+    now_ts TIMESTAMPTZ;
+    base TIMESTAMPTZ;
+    slot TIMESTAMPTZ;
+BEGIN
+    INSERT INTO webhook_rate (webhook_id, tat, tail)
+        VALUES (wid, '-infinity', '-infinity') ON CONFLICT DO NOTHING;
+    SELECT * INTO r FROM webhook_rate WHERE webhook_id = wid FOR UPDATE;
+    now_ts := clock_timestamp();
+    base := GREATEST(r.tat, now_ts);
+    slot := base - (burst - 1) * t;
+    IF slot <= now_ts + h THEN
+        go := true;
+        wait_s := GREATEST(EXTRACT(EPOCH FROM slot - now_ts)::double precision, 0);
+        due := GREATEST(slot, now_ts);
+        UPDATE webhook_rate SET tat = base + t WHERE webhook_id = wid;
+    ELSE
+        go := false;
+        wait_s := 0;
+        due := GREATEST(r.tail, slot - h, now_ts) + t;
+        UPDATE webhook_rate SET tail = due WHERE webhook_id = wid;
+    END IF;
+END
+$$;
+
 -- Why a pending row waits without having been attempted: 'rate_limit',
 -- 'circuit' or 'busy' (NULL: a scheduled retry, or a manual one).
 ALTER TABLE webhook_deliveries ADD COLUMN held varchar(20);

@@ -1,4 +1,5 @@
-//! The six event types the bot emits, with their JSON Schemas.
+//! The event types: the six the bot emits and the reserved `operator.`
+//! family the platform emits about itself, with their JSON Schemas.
 
 use std::fmt;
 use std::str::FromStr;
@@ -13,7 +14,17 @@ pub enum EventType {
     TicketCreated,
     TicketStatusChanged,
     TicketMessageAdded,
+    OperatorWebhookDisabled,
+    OperatorWebhookFailing,
+    OperatorWebhookRecovered,
+    OperatorWebhookCircuitOpened,
+    OperatorWebhookCircuitClosed,
+    OperatorJobFinished,
 }
+
+/// The family of the platform's own events (docs/contract.md, "Operator
+/// events"): `*` does not select it, a pattern must name it.
+pub const OPERATOR_FAMILY: &str = "operator.";
 
 /// The error for a type name that is not in the catalogue.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +33,23 @@ pub struct UnknownEventType(pub String);
 
 impl EventType {
     /// Every type, in catalogue order.
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 12] = [
+        EventType::UserCreated,
+        EventType::PaymentCompleted,
+        EventType::TransactionCreated,
+        EventType::TicketCreated,
+        EventType::TicketStatusChanged,
+        EventType::TicketMessageAdded,
+        EventType::OperatorWebhookDisabled,
+        EventType::OperatorWebhookFailing,
+        EventType::OperatorWebhookRecovered,
+        EventType::OperatorWebhookCircuitOpened,
+        EventType::OperatorWebhookCircuitClosed,
+        EventType::OperatorJobFinished,
+    ];
+
+    /// The types the bot emits (every type outside the operator family).
+    pub const BOT: [EventType; 6] = [
         EventType::UserCreated,
         EventType::PaymentCompleted,
         EventType::TransactionCreated,
@@ -30,6 +57,19 @@ impl EventType {
         EventType::TicketStatusChanged,
         EventType::TicketMessageAdded,
     ];
+
+    /// Whether it is one of the platform's own events (`operator.…`).
+    pub const fn is_operator(self) -> bool {
+        matches!(
+            self,
+            EventType::OperatorWebhookDisabled
+                | EventType::OperatorWebhookFailing
+                | EventType::OperatorWebhookRecovered
+                | EventType::OperatorWebhookCircuitOpened
+                | EventType::OperatorWebhookCircuitClosed
+                | EventType::OperatorJobFinished
+        )
+    }
 
     /// The wire name, e.g. `ticket.status_changed`.
     pub const fn as_str(self) -> &'static str {
@@ -40,6 +80,12 @@ impl EventType {
             EventType::TicketCreated => "ticket.created",
             EventType::TicketStatusChanged => "ticket.status_changed",
             EventType::TicketMessageAdded => "ticket.message_added",
+            EventType::OperatorWebhookDisabled => "operator.webhook.disabled",
+            EventType::OperatorWebhookFailing => "operator.webhook.failing",
+            EventType::OperatorWebhookRecovered => "operator.webhook.recovered",
+            EventType::OperatorWebhookCircuitOpened => "operator.webhook.circuit_opened",
+            EventType::OperatorWebhookCircuitClosed => "operator.webhook.circuit_closed",
+            EventType::OperatorJobFinished => "operator.job.finished",
         }
     }
 
@@ -59,6 +105,20 @@ impl EventType {
             EventType::TicketMessageAdded => {
                 "A message was added to a support ticket (by the user or an admin)."
             }
+            EventType::OperatorWebhookDisabled => {
+                "A webhook was disabled by the platform (410 Gone, or failing for too long)."
+            }
+            EventType::OperatorWebhookFailing => {
+                "A webhook's deliveries started failing (its first failure after a success)."
+            }
+            EventType::OperatorWebhookRecovered => "A failing webhook's deliveries succeed again.",
+            EventType::OperatorWebhookCircuitOpened => {
+                "A webhook's circuit opened: no attempts until its cooldown ends."
+            }
+            EventType::OperatorWebhookCircuitClosed => {
+                "A webhook's circuit closed after a successful probe; its backlog drains."
+            }
+            EventType::OperatorJobFinished => "A replay, recover or bulk retry job finished.",
         }
     }
 
@@ -74,6 +134,22 @@ impl EventType {
                 include_str!("../schemas/ticket.status_changed.json")
             }
             EventType::TicketMessageAdded => include_str!("../schemas/ticket.message_added.json"),
+            EventType::OperatorWebhookDisabled => {
+                include_str!("../schemas/operator.webhook.disabled.json")
+            }
+            EventType::OperatorWebhookFailing => {
+                include_str!("../schemas/operator.webhook.failing.json")
+            }
+            EventType::OperatorWebhookRecovered => {
+                include_str!("../schemas/operator.webhook.recovered.json")
+            }
+            EventType::OperatorWebhookCircuitOpened => {
+                include_str!("../schemas/operator.webhook.circuit_opened.json")
+            }
+            EventType::OperatorWebhookCircuitClosed => {
+                include_str!("../schemas/operator.webhook.circuit_closed.json")
+            }
+            EventType::OperatorJobFinished => include_str!("../schemas/operator.job.finished.json"),
         }
     }
 }

@@ -33,7 +33,7 @@ pub mod payload;
 mod publisher;
 mod redact;
 
-pub use catalogue::{EventType, UnknownEventType};
+pub use catalogue::{EventType, OPERATOR_FAMILY, UnknownEventType};
 pub use change::{ChangeOp, WebhookChange};
 pub use cursor::{Cursor, InvalidCursor};
 pub use envelope::{Envelope, EnvelopeError, new_event_id};

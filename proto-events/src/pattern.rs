@@ -1,5 +1,6 @@
 //! Event-type patterns: an exact type (`user.created`), every type of one
-//! family (`ticket.*`) or everything (`*`). Webhooks and WebSocket
+//! family (`ticket.*`) or every event of the bot (`*`; the reserved
+//! `operator.` family is selected only by naming it). Webhooks and WebSocket
 //! subscriptions use the same rules, through this one matcher.
 
 use std::fmt;
@@ -51,7 +52,9 @@ impl Pattern {
     /// Whether an event of this type matches.
     pub fn matches(&self, event_type: EventType) -> bool {
         match self {
-            Pattern::All => true,
+            // The operator family must be named: `*` keeps meaning "every
+            // event of the bot".
+            Pattern::All => !event_type.is_operator(),
             Pattern::Family(family) => event_type.as_str().starts_with(family.as_str()),
             Pattern::Exact(t) => *t == event_type,
         }
@@ -81,11 +84,9 @@ pub struct PatternSet {
 }
 
 impl PatternSet {
-    /// Every type.
-    pub const fn all() -> Self {
-        Self {
-            mask: (1 << EventType::ALL.len()) - 1,
-        }
+    /// What `*` selects: every type outside the operator family.
+    pub fn all() -> Self {
+        Self::from_patterns(&[Pattern::All])
     }
 
     /// No type.
@@ -128,6 +129,23 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use EventType::*;
+
+    #[test]
+    fn the_operator_family_must_be_named() {
+        let all = Pattern::parse("*").unwrap();
+        let operator = Pattern::parse("operator.*").unwrap();
+        for t in EventType::ALL {
+            assert_eq!(all.matches(t), !t.is_operator(), "{t}");
+            assert_eq!(operator.matches(t), t.is_operator(), "{t}");
+        }
+        assert!(!PatternSet::all().matches(OperatorWebhookDisabled));
+        assert!(
+            PatternSet::parse(["operator.webhook.circuit_opened"])
+                .unwrap()
+                .matches(OperatorWebhookCircuitOpened)
+        );
+        assert!(Pattern::parse("operator.webhook.*").is_err());
+    }
 
     #[test]
     fn matching() {

@@ -100,6 +100,79 @@ pub struct TicketMessageAdded {
     pub extra: Extra,
 }
 
+/// `operator.webhook.disabled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDisabled {
+    pub webhook_id: i64,
+    pub webhook_name: String,
+    pub reason: String,
+    pub disabled_at: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `operator.webhook.failing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookFailing {
+    pub webhook_id: i64,
+    pub webhook_name: String,
+    pub failing_since: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `operator.webhook.recovered`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecovered {
+    pub webhook_id: i64,
+    pub webhook_name: String,
+    pub failing_since: String,
+    pub recovered_at: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `operator.webhook.circuit_opened`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitOpened {
+    pub webhook_id: i64,
+    pub webhook_name: String,
+    pub consecutive_failures: i64,
+    pub opened_at: String,
+    pub cooldown_s: i64,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `operator.webhook.circuit_closed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitClosed {
+    pub webhook_id: i64,
+    pub webhook_name: String,
+    pub closed_at: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// `operator.job.finished`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobFinished {
+    pub job_id: i64,
+    pub webhook_id: i64,
+    pub kind: String,
+    pub status: String,
+    #[serde(default)]
+    pub total: Option<i64>,
+    pub done: i64,
+    pub failed: i64,
+    pub unavailable: i64,
+    #[serde(default)]
+    pub error: Option<String>,
+    pub finished_at: String,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
 /// A payload of any catalogue type.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
@@ -109,6 +182,12 @@ pub enum Payload {
     TicketCreated(TicketCreated),
     TicketStatusChanged(TicketStatusChanged),
     TicketMessageAdded(TicketMessageAdded),
+    OperatorWebhookDisabled(WebhookDisabled),
+    OperatorWebhookFailing(WebhookFailing),
+    OperatorWebhookRecovered(WebhookRecovered),
+    OperatorWebhookCircuitOpened(CircuitOpened),
+    OperatorWebhookCircuitClosed(CircuitClosed),
+    OperatorJobFinished(JobFinished),
 }
 
 impl Payload {
@@ -121,6 +200,12 @@ impl Payload {
             Payload::TicketCreated(_) => EventType::TicketCreated,
             Payload::TicketStatusChanged(_) => EventType::TicketStatusChanged,
             Payload::TicketMessageAdded(_) => EventType::TicketMessageAdded,
+            Payload::OperatorWebhookDisabled(_) => EventType::OperatorWebhookDisabled,
+            Payload::OperatorWebhookFailing(_) => EventType::OperatorWebhookFailing,
+            Payload::OperatorWebhookRecovered(_) => EventType::OperatorWebhookRecovered,
+            Payload::OperatorWebhookCircuitOpened(_) => EventType::OperatorWebhookCircuitOpened,
+            Payload::OperatorWebhookCircuitClosed(_) => EventType::OperatorWebhookCircuitClosed,
+            Payload::OperatorJobFinished(_) => EventType::OperatorJobFinished,
         }
     }
 
@@ -141,6 +226,24 @@ impl Payload {
             EventType::TicketMessageAdded => {
                 Payload::TicketMessageAdded(serde_json::from_value(value)?)
             }
+            EventType::OperatorWebhookDisabled => {
+                Payload::OperatorWebhookDisabled(serde_json::from_value(value)?)
+            }
+            EventType::OperatorWebhookFailing => {
+                Payload::OperatorWebhookFailing(serde_json::from_value(value)?)
+            }
+            EventType::OperatorWebhookRecovered => {
+                Payload::OperatorWebhookRecovered(serde_json::from_value(value)?)
+            }
+            EventType::OperatorWebhookCircuitOpened => {
+                Payload::OperatorWebhookCircuitOpened(serde_json::from_value(value)?)
+            }
+            EventType::OperatorWebhookCircuitClosed => {
+                Payload::OperatorWebhookCircuitClosed(serde_json::from_value(value)?)
+            }
+            EventType::OperatorJobFinished => {
+                Payload::OperatorJobFinished(serde_json::from_value(value)?)
+            }
         })
     }
 
@@ -154,6 +257,12 @@ impl Payload {
             Payload::TicketCreated(p) => serde_json::to_value(p),
             Payload::TicketStatusChanged(p) => serde_json::to_value(p),
             Payload::TicketMessageAdded(p) => serde_json::to_value(p),
+            Payload::OperatorWebhookDisabled(p) => serde_json::to_value(p),
+            Payload::OperatorWebhookFailing(p) => serde_json::to_value(p),
+            Payload::OperatorWebhookRecovered(p) => serde_json::to_value(p),
+            Payload::OperatorWebhookCircuitOpened(p) => serde_json::to_value(p),
+            Payload::OperatorWebhookCircuitClosed(p) => serde_json::to_value(p),
+            Payload::OperatorJobFinished(p) => serde_json::to_value(p),
         }
     }
 }

@@ -30,6 +30,23 @@ fn samples(t: EventType) -> Vec<Value> {
         EventType::TicketMessageAdded => vec![json!({
             "ticket_id": 7, "message_id": 70, "user_id": 2, "is_from_admin": true,
             "message_text": "Здравствуйте! Проверьте настройки.", "has_media": false, "status": "answered"})],
+        EventType::OperatorWebhookDisabled => vec![json!({
+            "webhook_id": 3, "webhook_name": "crm", "reason": "receiver answered 410 Gone",
+            "disabled_at": "2026-12-07T10:00:00Z"})],
+        EventType::OperatorWebhookFailing => vec![json!({
+            "webhook_id": 3, "webhook_name": "crm", "failing_since": "2026-12-07T10:00:00Z"})],
+        EventType::OperatorWebhookRecovered => vec![json!({
+            "webhook_id": 3, "webhook_name": "crm", "failing_since": "2026-12-07T10:00:00Z",
+            "recovered_at": "2026-12-07T11:00:00Z"})],
+        EventType::OperatorWebhookCircuitOpened => vec![json!({
+            "webhook_id": 3, "webhook_name": "crm", "consecutive_failures": 5,
+            "opened_at": "2026-12-07T10:00:00Z", "cooldown_s": 60})],
+        EventType::OperatorWebhookCircuitClosed => vec![json!({
+            "webhook_id": 3, "webhook_name": "crm", "closed_at": "2026-12-07T10:01:00Z"})],
+        EventType::OperatorJobFinished => vec![json!({
+            "job_id": 9, "webhook_id": 3, "kind": "replay", "status": "finished", "total": 10,
+            "done": 10, "failed": 0, "unavailable": 0, "error": null,
+            "finished_at": "2026-12-07T10:02:00Z"})],
     }
 }
 

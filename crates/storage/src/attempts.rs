@@ -60,6 +60,21 @@ pub struct NewRow {
     pub event_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub traceparent: Option<Arc<str>>,
+    /// Why a pending row waits unattempted ([`Held`]).
+    pub held: Option<Held>,
+}
+
+crate::text_enum::text_enum! {
+    /// Why a pending row waits without having been attempted.
+    pub enum Held {
+        /// The webhook's rate limit: it drains at the limit.
+        #[strum(serialize = "rate_limit")]
+        RateLimit,
+        /// The webhook's circuit is open.
+        Circuit,
+        /// Every slot of the webhook (or of the worker) was busy.
+        Busy,
+    }
 }
 
 /// The new row of a claimed pending row: the outcome of its attempt, or
@@ -73,6 +88,8 @@ pub struct ClaimedUpdate {
     pub error_message: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub next_retry_at: Option<DateTime<Utc>>,
+    /// Given back unattempted: why ([`Held`]).
+    pub held: Option<Held>,
 }
 
 /// What a batch did to one webhook.
@@ -86,6 +103,8 @@ pub struct WebhookBump {
     pub last_ok: bool,
     /// The first failure after the batch's last success, if any.
     pub failing_since: Option<DateTime<Utc>>,
+    /// The failures after the batch's last success.
+    pub trailing_failures: i64,
     /// A receiver answered 410 Gone.
     pub gone: bool,
     /// Whether the attempts speak of the receiver's health: they move
@@ -105,6 +124,7 @@ impl WebhookBump {
             last_at: at,
             last_ok: success,
             failing_since: None,
+            trailing_failures: 0,
             gone: false,
             health: false,
         }
@@ -116,6 +136,37 @@ impl WebhookBump {
 pub struct Disabled {
     pub webhook_id: i32,
     pub reason: String,
+}
+
+/// A change of a webhook's health a batch made (the operator events of
+/// docs/contract.md, "Operator events").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub webhook_id: i32,
+    pub name: String,
+    /// When the attempt that made it ended.
+    pub at: DateTime<Utc>,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Disabled {
+        reason: String,
+    },
+    /// Its first failure after a success.
+    Failing {
+        since: DateTime<Utc>,
+    },
+    /// A success after failures since `failing_since`.
+    Recovered {
+        failing_since: DateTime<Utc>,
+    },
+    CircuitOpened {
+        failures: i32,
+        cooldown_s: i32,
+    },
+    CircuitClosed,
 }
 
 /// Inserts `rows` (those of webhooks that still exist) and returns what
@@ -142,20 +193,21 @@ pub async fn insert_rows(
     let created_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
     let traceparent: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     let body: Vec<Option<&str>> = rows.iter().map(|r| r.body.as_deref()).collect();
+    let held: Vec<Option<&str>> = rows.iter().map(|r| r.held.map(Held::as_str)).collect();
     Ok(diesel::sql_query(
         "WITH ins AS ( \
            INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
              response_status, response_body, error_message, attempt_number, delivered_at, \
-             next_retry_at, event_id, created_at, traceparent, body) \
+             next_retry_at, event_id, created_at, traceparent, body, held) \
            SELECT v.webhook_id, v.event_type, v.payload::jsonb, v.status, v.response_status, \
              v.response_body, v.error_message, v.attempt_number, v.delivered_at, \
-             v.next_retry_at, v.event_id, v.created_at, v.traceparent, v.body \
+             v.next_retry_at, v.event_id, v.created_at, v.traceparent, v.body, v.held \
            FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], \
              $7::text[], $8::int4[], $9::timestamptz[], $10::timestamptz[], $11::text[], \
-             $12::timestamptz[], $13::text[], $14::text[]) \
+             $12::timestamptz[], $13::text[], $14::text[], $15::text[]) \
              AS v(webhook_id, event_type, payload, status, response_status, response_body, \
                error_message, attempt_number, delivered_at, next_retry_at, event_id, \
-               created_at, traceparent, body) \
+               created_at, traceparent, body, held) \
            WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = v.webhook_id) \
            RETURNING webhook_id, created_at, status \
          ) \
@@ -177,6 +229,7 @@ pub async fn insert_rows(
     .bind::<Array<Timestamptz>, _>(&created_at)
     .bind::<Array<Nullable<Text>>, _>(&traceparent)
     .bind::<Array<Nullable<Text>>, _>(&body)
+    .bind::<Array<Nullable<Text>>, _>(&held)
     .load(conn)
     .await?)
 }
@@ -213,17 +266,18 @@ pub async fn update_claimed(
     let delivered_at: Vec<Option<DateTime<Utc>>> = updates.iter().map(|u| u.delivered_at).collect();
     let next_retry_at: Vec<Option<DateTime<Utc>>> =
         updates.iter().map(|u| u.next_retry_at).collect();
+    let held: Vec<Option<&str>> = updates.iter().map(|u| u.held.map(Held::as_str)).collect();
     // `created_at` names the partition, so each row is found in one index.
     let changed: Vec<Updated> = diesel::sql_query(
         "WITH upd AS ( \
            UPDATE webhook_deliveries d SET status = v.status, \
              response_status = v.response_status, response_body = v.response_body, \
              error_message = v.error_message, delivered_at = v.delivered_at, \
-             next_retry_at = v.next_retry_at \
+             next_retry_at = v.next_retry_at, held = v.held \
            FROM unnest($1::int8[], $2::timestamptz[], $3::text[], $4::int4[], $5::text[], \
-             $6::text[], $7::timestamptz[], $8::timestamptz[]) \
+             $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[]) \
              AS v(id, created_at, status, response_status, response_body, error_message, \
-               delivered_at, next_retry_at) \
+               delivered_at, next_retry_at, held) \
            WHERE d.id = v.id AND d.created_at = v.created_at AND d.status = 'pending' \
            RETURNING d.id, d.webhook_id, d.created_at, d.status \
          ) \
@@ -239,6 +293,7 @@ pub async fn update_claimed(
     .bind::<Array<Nullable<Text>>, _>(&error)
     .bind::<Array<Nullable<Timestamptz>>, _>(&delivered_at)
     .bind::<Array<Nullable<Timestamptz>>, _>(&next_retry_at)
+    .bind::<Array<Nullable<Text>>, _>(&held)
     .load(conn)
     .await?;
     let mut deltas = Vec::with_capacity(changed.len() * 2);
@@ -262,11 +317,21 @@ pub async fn update_claimed(
 }
 
 #[derive(diesel::QueryableByName)]
-struct DisabledRow {
+struct MovedRow {
     #[diesel(sql_type = Int4)]
     id: i32,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Timestamptz)]
+    last_at: DateTime<Utc>,
+    #[diesel(sql_type = Bool)]
+    disabled: bool,
     #[diesel(sql_type = Nullable<Text>)]
     disabled_reason: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    old_failing: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    new_failing: Option<DateTime<Utc>>,
 }
 
 /// `failing_since` after the batch, as an SQL expression over `w` and `v`.
@@ -281,7 +346,7 @@ fn bump_statement() -> String {
         format!("COALESCE(v.health AND {fs} < now() - make_interval(secs => $8), false)");
     format!(
         "WITH old AS ( \
-           SELECT id, is_active FROM webhooks WHERE id = ANY($1::int4[]) \
+           SELECT id, is_active, failing_since FROM webhooks WHERE id = ANY($1::int4[]) \
          ), wh AS ( \
            UPDATE webhooks w SET \
              success_count = w.success_count + v.ok, \
@@ -302,22 +367,27 @@ fn bump_statement() -> String {
              $6::timestamptz[], $7::bool[], $10::bool[]) \
              AS v(id, ok, bad, last_at, ok_last, fail_since, gone, health) \
            WHERE w.id = v.id \
-           RETURNING w.id, w.is_active, w.disabled_reason \
+           RETURNING w.id, w.name, w.is_active, w.disabled_reason, w.failing_since, v.last_at \
          ) \
-         SELECT wh.id, wh.disabled_reason FROM wh JOIN old ON old.id = wh.id \
-         WHERE old.is_active AND NOT wh.is_active"
+         SELECT wh.id, wh.name::text AS name, wh.last_at, \
+           (old.is_active AND NOT wh.is_active) AS disabled, wh.disabled_reason, \
+           old.failing_since AS old_failing, wh.failing_since AS new_failing \
+         FROM wh JOIN old ON old.id = wh.id \
+         WHERE (old.is_active AND NOT wh.is_active) \
+           OR ((old.failing_since IS NULL) <> (wh.failing_since IS NULL))"
     )
 }
 
 /// Adds the batch's attempts to the webhooks' counters and statistics and
 /// disables webhooks that answered 410 or have failed for longer than
 /// `disable_after` (`None`: disables none). `bumps` must be sorted by
-/// webhook id (the lock order).
+/// webhook id (the lock order). Returns the webhooks disabled, and those
+/// that started failing or recovered.
 pub async fn bump_webhooks(
     conn: &mut AsyncPgConnection,
     bumps: &[WebhookBump],
     disable_after: Option<Duration>,
-) -> Result<Vec<Disabled>, StorageError> {
+) -> Result<Vec<Moved>, StorageError> {
     if bumps.is_empty() {
         return Ok(Vec::new());
     }
@@ -331,7 +401,7 @@ pub async fn bump_webhooks(
     let failing_since: Vec<Option<DateTime<Utc>>> = bumps.iter().map(|b| b.failing_since).collect();
     let gone: Vec<bool> = bumps.iter().map(|b| b.gone).collect();
     let health: Vec<bool> = bumps.iter().map(|b| b.health).collect();
-    let rows: Vec<DisabledRow> = diesel::sql_query(sql.as_str())
+    let rows: Vec<MovedRow> = diesel::sql_query(sql.as_str())
         .bind::<Array<Int4>, _>(&id)
         .bind::<Array<BigInt>, _>(&ok)
         .bind::<Array<BigInt>, _>(&bad)
@@ -344,11 +414,151 @@ pub async fn bump_webhooks(
         .bind::<Array<Bool>, _>(&health)
         .load(conn)
         .await?;
+    let mut moved = Vec::new();
+    for r in rows {
+        let change = match (r.old_failing, r.new_failing) {
+            (None, Some(since)) => Some(Change::Failing { since }),
+            (Some(failing_since), None) => Some(Change::Recovered { failing_since }),
+            _ => None,
+        };
+        let mv = |change| Moved {
+            webhook_id: r.id,
+            name: r.name.clone(),
+            at: r.last_at,
+            change,
+        };
+        moved.extend(change.map(mv));
+        if r.disabled {
+            moved.push(mv(Change::Disabled {
+                reason: r.disabled_reason.clone().unwrap_or_default(),
+            }));
+        }
+    }
+    Ok(moved)
+}
+
+/// The webhooks among `moved` that were disabled.
+pub fn disabled(moved: &[Moved]) -> Vec<Disabled> {
+    moved
+        .iter()
+        .filter_map(|m| match &m.change {
+            Change::Disabled { reason } => Some(Disabled {
+                webhook_id: m.webhook_id,
+                reason: reason.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The circuit breaker's settings (docs/contract.md, "Delivery policy"):
+/// a webhook's own override wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitSettings {
+    /// Consecutive failures that open it.
+    pub threshold: i32,
+    /// How long it stays open before a probe.
+    pub cooldown: Duration,
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        Self {
+            threshold: 5,
+            cooldown: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Moves the circuits of the bumped webhooks (health attempts only), after
+/// [`bump_webhooks`] locked their rows in the same transaction: counts the
+/// failures since the last success, opens a circuit at its threshold (or
+/// when its probe failed), closes it on a success. A webhook whose circuit
+/// is closed with no failures keeps no row (nothing is written for it).
+async fn move_circuits(
+    conn: &mut AsyncPgConnection,
+    bumps: &[WebhookBump],
+    settings: CircuitSettings,
+) -> Result<Vec<Moved>, StorageError> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Int4)]
+        id: i32,
+        #[diesel(sql_type = Text)]
+        name: String,
+        #[diesel(sql_type = Text)]
+        state: String,
+        #[diesel(sql_type = Int4)]
+        n: i32,
+        #[diesel(sql_type = Timestamptz)]
+        last_at: DateTime<Utc>,
+        #[diesel(sql_type = Int4)]
+        cooldown: i32,
+    }
+    let bumps: Vec<&WebhookBump> = bumps.iter().filter(|b| b.health).collect();
+    if bumps.is_empty() {
+        return Ok(Vec::new());
+    }
+    let id: Vec<i32> = bumps.iter().map(|b| b.webhook_id).collect();
+    let ok: Vec<i64> = bumps.iter().map(|b| b.successes).collect();
+    let trail: Vec<i64> = bumps.iter().map(|b| b.trailing_failures).collect();
+    let last_ok: Vec<bool> = bumps.iter().map(|b| b.last_ok).collect();
+    let last_at: Vec<DateTime<Utc>> = bumps.iter().map(|b| b.last_at).collect();
+    let cooldown = i32::try_from(settings.cooldown.as_secs()).unwrap_or(i32::MAX);
+    let rows: Vec<Row> = diesel::sql_query(
+        "WITH v AS ( \
+           SELECT * FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::bool[], $5::timestamptz[]) \
+             AS v(id, ok, trail, last_ok, last_at) \
+         ), old AS ( \
+           SELECT v.*, w.name, COALESCE(c.state, 'closed') AS old_state, c.since AS old_since, \
+             COALESCE(c.consecutive_failures, 0) AS old_n, \
+             COALESCE(w.circuit_threshold, $6) AS threshold, \
+             COALESCE(w.circuit_cooldown_s, $7) AS cooldown \
+           FROM v JOIN webhooks w ON w.id = v.id \
+           LEFT JOIN webhook_circuit c ON c.webhook_id = v.id \
+         ), new AS ( \
+           SELECT old.*, k.n, CASE \
+               WHEN last_ok THEN 'closed' \
+               WHEN old_state = 'half_open' THEN 'open' \
+               WHEN k.n >= threshold THEN 'open' \
+               ELSE old_state END AS state \
+           FROM old, LATERAL (SELECT LEAST(CASE WHEN ok > 0 THEN trail \
+             ELSE old_n + trail END, 2147483647)::int4 AS n) k \
+         ), up AS ( \
+           INSERT INTO webhook_circuit (webhook_id, state, since, consecutive_failures) \
+           SELECT id, state, CASE WHEN state <> old_state THEN last_at \
+             ELSE COALESCE(old_since, last_at) END, n \
+           FROM new WHERE state <> old_state OR n <> old_n \
+           ON CONFLICT (webhook_id) DO UPDATE SET state = EXCLUDED.state, \
+             since = EXCLUDED.since, consecutive_failures = EXCLUDED.consecutive_failures \
+         ) \
+         SELECT id, name::text AS name, state, n, last_at, cooldown FROM new \
+         WHERE (state = 'open' AND old_state = 'closed') \
+            OR (state = 'closed' AND old_state <> 'closed')",
+    )
+    .bind::<Array<Int4>, _>(&id)
+    .bind::<Array<BigInt>, _>(&ok)
+    .bind::<Array<BigInt>, _>(&trail)
+    .bind::<Array<Bool>, _>(&last_ok)
+    .bind::<Array<Timestamptz>, _>(&last_at)
+    .bind::<Int4, _>(settings.threshold)
+    .bind::<Int4, _>(cooldown)
+    .load(conn)
+    .await?;
     Ok(rows
         .into_iter()
-        .map(|r| Disabled {
+        .map(|r| Moved {
             webhook_id: r.id,
-            reason: r.disabled_reason.unwrap_or_default(),
+            name: r.name,
+            at: r.last_at,
+            change: if r.state == "open" {
+                Change::CircuitOpened {
+                    failures: r.n,
+                    cooldown_s: r.cooldown,
+                }
+            } else {
+                Change::CircuitClosed
+            },
         })
         .collect())
 }
@@ -366,6 +576,8 @@ pub struct Batch {
     pub superseded: Vec<(i32, String)>,
     /// Every attempt, for the webhooks' counters.
     pub attempts: Vec<AttemptSummary>,
+    /// The events processed, for the audit.
+    pub events: Vec<crate::audit::SeenEvent>,
 }
 
 /// One attempt as the webhook's counters see it.
@@ -381,17 +593,26 @@ pub struct AttemptSummary {
     pub claimed: Option<i64>,
 }
 
+/// How a batch moves the webhooks' health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// Failing without a success for this long disables a webhook.
+    pub disable_after: Duration,
+    pub circuit: CircuitSettings,
+}
+
 /// Writes a batch inside the caller's transaction, in the lock order (the
 /// module docs; the caller took the success locks): the rows and their
-/// counters, then the webhooks, bumped by the attempts that counted.
-/// Returns the webhooks disabled and how many claimed successes found
-/// their row no longer pending (superseded by a stream delivery:
-/// duplicates, not counted).
+/// counters, then the webhooks, bumped by the attempts that counted, then
+/// their circuits. Returns the webhooks' health changes and how many
+/// claimed successes found their row no longer pending (superseded by a
+/// stream delivery: duplicates, not counted).
 pub async fn write_batch(
     c: &mut AsyncPgConnection,
     batch: &Batch,
-    disable_after: Duration,
-) -> Result<(Vec<Disabled>, u64), StorageError> {
+    health: HealthSettings,
+) -> Result<(Vec<Moved>, u64), StorageError> {
+    crate::audit::insert_events(c, &batch.events).await?;
     let mut deltas = CountDeltas::default();
     deltas.extend(insert_rows(c, &batch.inserts).await?);
     let (updated, ids) = update_claimed(c, &batch.updates).await?;
@@ -412,8 +633,10 @@ pub async fn write_batch(
         })
         .copied()
         .collect();
-    let disabled = bump_webhooks(c, &fold_attempts(counted), Some(disable_after)).await?;
-    Ok((disabled, missed))
+    let bumps = fold_attempts(counted);
+    let mut moved = bump_webhooks(c, &bumps, Some(health.disable_after)).await?;
+    moved.extend(move_circuits(c, &bumps, health.circuit).await?);
+    Ok((moved, missed))
 }
 
 /// Folds the attempts into one bump per webhook, in id order (the lock
@@ -437,6 +660,7 @@ pub fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
                 last_at: at,
                 last_ok: ok,
                 failing_since: None,
+                trailing_failures: 0,
                 gone: false,
                 health: true,
             });
@@ -445,8 +669,10 @@ pub fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
         if ok {
             b.successes += 1;
             b.failing_since = None;
+            b.trailing_failures = 0;
         } else {
             b.failures += 1;
+            b.trailing_failures += 1;
             if b.failing_since.is_none() {
                 b.failing_since = Some(at);
             }
@@ -462,7 +688,8 @@ pub fn fold_attempts(mut attempts: Vec<AttemptSummary>) -> Vec<WebhookBump> {
 /// refused as duplicates.
 #[derive(Debug, Default)]
 pub struct Written {
-    pub disabled: Vec<Disabled>,
+    /// The webhooks' health changes (disabled, failing, recovered, circuits).
+    pub moved: Vec<Moved>,
     pub refused: u64,
 }
 
@@ -475,11 +702,11 @@ pub struct Written {
 pub async fn record(
     pool: &DbPool,
     keys: &[(i32, &str)],
-    disable_after: Duration,
+    health: HealthSettings,
     to_batch: impl Fn(HashMap<(i32, String), Recorded>) -> (Batch, u64) + Sync,
 ) -> Result<Written, StorageError> {
     let mut conn = pool.get().await?;
-    match record_once(&mut conn, keys, disable_after, &to_batch).await {
+    match record_once(&mut conn, keys, health, &to_batch).await {
         Err(StorageError::Query(e)) if crate::history::is_missing_partition(&e) => {
             let today = Utc::now().date_naive();
             let created = crate::history::ensure_partitions(
@@ -492,7 +719,7 @@ pub async fn record(
                 created,
                 "delivery rows found no partition; created partitions"
             );
-            record_once(&mut conn, keys, disable_after, &to_batch).await
+            record_once(&mut conn, keys, health, &to_batch).await
         }
         other => other,
     }
@@ -501,15 +728,15 @@ pub async fn record(
 async fn record_once(
     conn: &mut AsyncPgConnection,
     keys: &[(i32, &str)],
-    disable_after: Duration,
+    health: HealthSettings,
     to_batch: &(impl Fn(HashMap<(i32, String), Recorded>) -> (Batch, u64) + Sync),
 ) -> Result<Written, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
         let recorded = crate::deliveries::lock_successes(c, keys).await?;
         let (batch, refused) = to_batch(recorded);
-        let (disabled, missed) = write_batch(c, &batch, disable_after).await?;
+        let (moved, missed) = write_batch(c, &batch, health).await?;
         Ok(Written {
-            disabled,
+            moved,
             refused: refused + missed,
         })
     })
@@ -630,8 +857,13 @@ impl Claimed {
 
 const CLAIM: &str = "WITH due AS ( \
        SELECT d.id, d.created_at FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+       LEFT JOIN webhook_circuit c ON c.webhook_id = d.webhook_id \
        WHERE d.status = 'pending' AND d.next_retry_at <= now() AND w.is_active \
          AND w.url IS NOT NULL \
+         AND (c.state IS NULL OR c.state = 'closed' \
+           OR (c.state = 'open' \
+             AND c.since + make_interval(secs => COALESCE(w.circuit_cooldown_s, $3)) <= now()) \
+           OR (c.state = 'half_open' AND c.since + make_interval(secs => $2) <= now())) \
        ORDER BY d.next_retry_at LIMIT $1 \
        FOR UPDATE OF d SKIP LOCKED \
      ) \
@@ -642,16 +874,21 @@ const CLAIM: &str = "WITH due AS ( \
        d.event_id, w.url, w.secret, w.previous_secret, w.previous_secret_expires_at, \
        d.traceparent, d.body, w.body_format, w.signature_scheme, w.headers, w.auth";
 
-/// Claims up to `limit` due pending rows of active webhooks for `lease`.
+/// Claims up to `limit` due pending rows of active webhooks for `lease`,
+/// leaving those of webhooks whose circuit is open (its cooldown, the
+/// webhook's or `cooldown`, not over) or half-open (a probe in flight for
+/// less than `lease`).
 pub async fn claim_due(
     pool: &DbPool,
     limit: i64,
     lease: Duration,
+    cooldown: Duration,
 ) -> Result<Vec<Claimed>, StorageError> {
     let mut conn = pool.get().await?;
     Ok(diesel::sql_query(CLAIM)
         .bind::<BigInt, _>(limit)
         .bind::<Double, _>(lease.as_secs_f64())
+        .bind::<Double, _>(cooldown.as_secs_f64())
         .load(&mut conn)
         .await?)
 }

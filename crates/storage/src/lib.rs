@@ -13,6 +13,7 @@ pub mod jobs;
 mod key_file;
 mod migrate;
 pub mod models;
+pub mod policy;
 mod pool;
 pub mod pull;
 pub mod schema;

@@ -143,6 +143,7 @@ async fn record_once(
                     event_id: Some(r.event_id.clone()),
                     created_at: at,
                     traceparent: r.traceparent.clone(),
+                    held: None,
                 }
             })
             .collect();

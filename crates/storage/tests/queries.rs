@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use diesel_async::RunQueryDsl;
 use storage::attempts::{
-    AttemptSummary, Batch, ClaimedUpdate, NewRow, RowRef, WebhookBump, bump_webhooks, claim_due,
-    queue_size, record,
+    AttemptSummary, Batch, CircuitSettings, ClaimedUpdate, HealthSettings, NewRow, RowRef,
+    WebhookBump, bump_webhooks, claim_due, queue_size, record,
 };
 use storage::jobs::{JobKind, RowsToResend};
 use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
@@ -58,6 +58,14 @@ fn row(webhook_id: i32, event: &str, status: DeliveryStatus, attempt: i32) -> Ne
         event_id: Some(event.to_owned()),
         created_at: now,
         traceparent: None,
+        held: None,
+    }
+}
+
+fn health() -> HealthSettings {
+    HealthSettings {
+        disable_after: Duration::from_secs(3600),
+        circuit: CircuitSettings::default(),
     }
 }
 
@@ -73,7 +81,7 @@ fn attempt(webhook_id: i32, success: bool, at: DateTime<Utc>) -> AttemptSummary 
 
 /// Records `batch` as the worker does (no keys to check).
 async fn write(pool: &DbPool, batch: Batch) -> storage::attempts::Written {
-    record(pool, &[], Duration::from_secs(3600), |_| (batch.clone(), 0))
+    record(pool, &[], health(), |_| (batch.clone(), 0))
         .await
         .unwrap()
 }
@@ -202,7 +210,7 @@ async fn a_batch_writes_rows_counters_and_webhook_statistics() {
         },
     )
     .await;
-    assert!(written.disabled.is_empty());
+    assert!(storage::attempts::disabled(&written.moved).is_empty());
     assert_counts_match_rows(&mut conn).await;
     let after = get(&mut conn, w.id).await;
     assert_eq!((after.success_count, after.failure_count), (1, 1));
@@ -216,12 +224,14 @@ async fn a_batch_writes_rows_counters_and_webhook_statistics() {
     );
 
     // The poller claims the due row under a lease; claimed again it is not.
-    let claimed = claim_due(&pool, 10, Duration::from_secs(60)).await.unwrap();
+    let claimed = claim_due(&pool, 10, Duration::from_secs(60), Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempt_number, 2);
     assert_eq!(claimed[0].secret, w.secret);
     assert!(
-        claim_due(&pool, 10, Duration::from_secs(60))
+        claim_due(&pool, 10, Duration::from_secs(60), Duration::from_secs(60))
             .await
             .unwrap()
             .is_empty()
@@ -243,6 +253,7 @@ async fn a_batch_writes_rows_counters_and_webhook_statistics() {
                 error_message: None,
                 delivered_at: Some(t1),
                 next_retry_at: None,
+                held: None,
             }],
             attempts: vec![AttemptSummary {
                 claimed: Some(claimed.id),
@@ -271,6 +282,7 @@ async fn a_batch_writes_rows_counters_and_webhook_statistics() {
                 error_message: None,
                 delivered_at: None,
                 next_retry_at: None,
+                held: None,
             }],
             attempts: vec![AttemptSummary {
                 claimed: Some(claimed.id),
@@ -301,7 +313,9 @@ async fn pending_rows_are_removed_by_key_and_by_claim() {
     )
     .await;
     assert_eq!(queue_size(&pool).await.unwrap().1, 2);
-    let claimed = claim_due(&pool, 1, Duration::from_secs(60)).await.unwrap();
+    let claimed = claim_due(&pool, 1, Duration::from_secs(60), Duration::from_secs(60))
+        .await
+        .unwrap();
     let gone = RowRef {
         id: claimed[0].id,
         created_at: claimed[0].created_at,
@@ -343,6 +357,7 @@ async fn the_bump_disables_on_410_and_after_failing_too_long() {
         last_at: now,
         last_ok: false,
         failing_since: Some(failing_since),
+        trailing_failures: 1,
         gone,
         health: true,
     };
@@ -357,7 +372,7 @@ async fn the_bump_disables_on_410_and_after_failing_too_long() {
     )
     .await
     .unwrap();
-    let reasons: HashMap<i32, String> = disabled
+    let reasons: HashMap<i32, String> = storage::attempts::disabled(&disabled)
         .into_iter()
         .map(|d| (d.webhook_id, d.reason))
         .collect();
