@@ -126,7 +126,7 @@ fn take_string(obj: &mut Map<String, Value>, field: &'static str) -> Result<Stri
 }
 
 /// RFC 3339 in UTC with microseconds and a `Z`.
-pub(crate) fn format_timestamp(t: DateTime<Utc>) -> String {
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 

@@ -36,7 +36,7 @@ mod redact;
 pub use catalogue::{EventType, OPERATOR_FAMILY, UnknownEventType};
 pub use change::{ChangeOp, WebhookChange};
 pub use cursor::{Cursor, InvalidCursor};
-pub use envelope::{Envelope, EnvelopeError, new_event_id};
+pub use envelope::{Envelope, EnvelopeError, format_timestamp, new_event_id};
 pub use filter::{Filter, FilterError, FilterPathItem};
 pub use namespace::{
     DEFAULT_MAX_AGE, DEFAULT_STREAM, InvalidPrefix, Namespace, StreamDifference, StreamSettings,

@@ -12,7 +12,8 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use proto_events::filter::Filter;
 use proto_events::{EventType, Namespace, PatternSet, WebhookChange};
-use storage::models::BodyFormat;
+use storage::models::{BodyFormat, CircuitState};
+use storage::policy::RateLimit;
 use storage::secrets::Keyring;
 use storage::subscription::{Sending, SignatureScheme, StoredAuth};
 use storage::{DbPool, StorageError};
@@ -36,6 +37,32 @@ pub struct Target {
     pub auth: Option<Auth>,
     /// Only events whose payload passes it are delivered.
     pub filter: Option<Filter>,
+    /// Its delivery policy (docs/contract.md, "Delivery policy").
+    pub policy: Policy,
+}
+
+/// How a webhook's deliveries are paced, as the cache last read it.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub name: String,
+    pub rate: Option<RateLimit>,
+    /// Ordered since then: events published from then on go through the
+    /// webhook's own consumer (`ordered`), one at a time.
+    pub ordered_since: Option<DateTime<Utc>>,
+    /// Its circuit's state: anything but closed asks the database first.
+    pub circuit: Option<CircuitState>,
+}
+
+impl Policy {
+    /// Whether an event published at `published` is delivered in order.
+    pub fn orders(&self, published: DateTime<Utc>) -> bool {
+        self.ordered_since.is_some_and(|since| published >= since)
+    }
+
+    /// Whether deliveries go without asking the database first.
+    pub fn is_free(&self) -> bool {
+        self.rate.is_none() && self.circuit.is_none_or(|c| c == CircuitState::Closed)
+    }
 }
 
 /// What a target signs with: the current key, then the previous one until
@@ -94,6 +121,7 @@ impl Target {
             headers: Vec::new(),
             auth: None,
             filter: None,
+            policy: Policy::default(),
         }
     }
 
@@ -133,7 +161,13 @@ impl Target {
             headers,
             auth: opened.auth.map(auth_of),
             filter: None,
+            policy: Policy::default(),
         })
+    }
+
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The same target with its bodies written in `format`.
@@ -222,6 +256,10 @@ impl std::fmt::Debug for Target {
 #[derive(Default)]
 struct Snapshot {
     by_type: [Vec<Arc<Target>>; EventType::ALL.len()],
+    /// The ordered webhooks, with their patterns.
+    ordered: Vec<(Arc<Target>, Vec<String>)>,
+    /// Closed, open and half-open circuits.
+    circuit_counts: [i64; 3],
     count: usize,
 }
 
@@ -254,6 +292,11 @@ impl WebhookCache {
     }
 
     /// Number of active webhooks known.
+    /// The ordered webhooks and their patterns.
+    pub fn ordered(&self) -> Vec<(Arc<Target>, Vec<String>)> {
+        self.snapshot.load().ordered.clone()
+    }
+
     pub fn len(&self) -> usize {
         self.snapshot.load().count
     }
@@ -284,6 +327,8 @@ impl WebhookCache {
     /// and logged.
     pub async fn refresh(&self, pool: &DbPool, keys: &Keyring) -> Result<usize, StorageError> {
         let rows = storage::webhooks::active(pool).await?;
+        let circuits = storage::policy::circuits(pool).await?;
+        let mut circuit_counts = [0i64; 3];
         let mut snap = Snapshot::default();
         for w in rows {
             let patterns = match PatternSet::parse(w.patterns()) {
@@ -304,8 +349,14 @@ impl WebhookCache {
             let Some(sending) = w.sending() else {
                 continue;
             };
+            let policy = Policy {
+                name: w.name.clone(),
+                rate: RateLimit::of(w.rate_limit_per_s, w.rate_burst),
+                ordered_since: w.ordered_since.filter(|_| w.ordered),
+                circuit: circuits.get(&w.id).map(|c| c.state),
+            };
             let target = match Target::open(w.id, &sending, keys) {
-                Ok(t) => Arc::new(t.with_filter(filter)),
+                Ok(t) => Arc::new(t.with_filter(filter).with_policy(policy)),
                 Err(e) => {
                     tracing::error!(webhook_id = w.id, error = %e, "skipping webhook: it cannot be delivered to as stored");
                     continue;
@@ -316,9 +367,19 @@ impl WebhookCache {
                     snap.by_type[t as usize].push(target.clone());
                 }
             }
+            match target.policy.circuit {
+                None | Some(CircuitState::Closed) => circuit_counts[0] += 1,
+                Some(CircuitState::Open) => circuit_counts[1] += 1,
+                Some(CircuitState::HalfOpen) => circuit_counts[2] += 1,
+            }
+            if target.policy.ordered_since.is_some() {
+                let patterns = w.patterns().into_iter().map(str::to_owned).collect();
+                snap.ordered.push((target.clone(), patterns));
+            }
             snap.count += 1;
         }
         let count = snap.count;
+        snap.circuit_counts = circuit_counts;
         self.snapshot.store(Arc::new(snap));
         self.loaded.send_replace(true);
         Ok(count)
@@ -379,6 +440,8 @@ impl WebhookCache {
                     metrics
                         .webhooks_cached
                         .set(i64::try_from(n).unwrap_or(i64::MAX));
+                    let [closed, open, half_open] = self.snapshot.load().circuit_counts;
+                    metrics.set_circuits(closed, open, half_open);
                     tracing::debug!(active_webhooks = n, "webhook cache loaded");
                 }
                 Err(e) => {

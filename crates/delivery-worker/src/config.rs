@@ -44,6 +44,14 @@ pub struct Config {
     /// Disable a webhook that has failed without a single success this long.
     #[arg(long, env = "DELIVERY_DISABLE_AFTER", default_value = "5d", value_parser = humantime::parse_duration)]
     pub disable_after: Duration,
+    /// Consecutive failed attempts that open a webhook's circuit (a
+    /// webhook's `circuit_threshold` overrides it).
+    #[arg(long, env = "DELIVERY_CIRCUIT_THRESHOLD", default_value_t = 5)]
+    pub circuit_threshold: u32,
+    /// How long an open circuit waits before its probe (a webhook's
+    /// `circuit_cooldown_s` overrides it).
+    #[arg(long, env = "DELIVERY_CIRCUIT_COOLDOWN", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub circuit_cooldown: Duration,
     /// Durable consumer name shared by every replica.
     #[arg(long, env = "DELIVERY_CONSUMER", default_value = "delivery-worker")]
     pub consumer: String,
@@ -131,9 +139,19 @@ pub enum ConfigError {
     AckWait,
     #[error("DELIVERY_JOB_LEASE must be at least 3s")]
     JobLease,
+    #[error("DELIVERY_CIRCUIT_COOLDOWN must be 1s to 7d")]
+    Cooldown,
 }
 
 impl Config {
+    /// The circuit breaker's settings.
+    pub fn circuit(&self) -> storage::attempts::CircuitSettings {
+        storage::attempts::CircuitSettings {
+            threshold: i32::try_from(self.circuit_threshold).unwrap_or(i32::MAX),
+            cooldown: self.circuit_cooldown,
+        }
+    }
+
     /// Defaults for everything, as `--help` lists them (for tests).
     pub fn defaults() -> Self {
         <Self as clap::Parser>::parse_from(["delivery-worker"])
@@ -154,6 +172,11 @@ impl Config {
         if self.job_lease < Duration::from_secs(3) {
             return Err(ConfigError::JobLease);
         }
+        if self.circuit_cooldown < Duration::from_secs(1)
+            || self.circuit_cooldown > Duration::from_secs(7 * 86_400)
+        {
+            return Err(ConfigError::Cooldown);
+        }
         for (name, v) in [
             ("DELIVERY_MAX_IN_FLIGHT", self.max_in_flight),
             ("DELIVERY_MAX_PER_WEBHOOK", self.max_per_webhook),
@@ -164,6 +187,10 @@ impl Config {
             ("DATABASE_POOL_SIZE", self.database.database_pool_size),
             ("DELIVERY_MAX_JOBS", self.max_jobs),
             ("DELIVERY_JOB_CONCURRENCY", self.job_concurrency),
+            (
+                "DELIVERY_CIRCUIT_THRESHOLD",
+                usize::try_from(self.circuit_threshold).unwrap_or(1),
+            ),
         ] {
             if v == 0 {
                 return Err(ConfigError::Zero(name));

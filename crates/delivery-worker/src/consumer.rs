@@ -36,6 +36,8 @@ use tracing::Instrument;
 
 use crate::cache::{Target, WebhookCache};
 use crate::deliver::{Body, Deliverer, Job};
+use crate::recorder::Record;
+use storage::audit::SeenEvent;
 
 /// What the consumer needs.
 pub struct ConsumerCtx {
@@ -380,12 +382,46 @@ async fn process(
         Err(e) => return dead_letter(ctx, msg, &e.to_string()).await,
     };
     ctx.deliverer.metrics.events.inc();
+    let info = msg.info().ok();
+    let published = info.as_ref().map_or_else(chrono::Utc::now, |i| {
+        crate::jobs::from_nats_time(i.published)
+    });
     let mut targets = ctx.cache.matching(event.event_type);
+    // An operator event is never delivered to the webhook it is about.
+    if let Some(about) = operator_subject(&event) {
+        targets.retain(|t| i64::from(t.id) != about);
+    }
     // A webhook whose filter refuses the event has nothing to do with it:
-    // no attempt and no row.
-    targets.retain(|t| t.takes(&event.payload));
+    // no attempt and no row; the audit names it.
+    let (mut targets, refused): (Vec<_>, Vec<_>) =
+        targets.into_iter().partition(|t| t.takes(&event.payload));
+    let seen = SeenEvent {
+        event_id: event.id.clone(),
+        event_type: event.event_type.as_str().to_owned(),
+        stream_seq: info
+            .as_ref()
+            .map_or(0, |i| i64::try_from(i.stream_sequence).unwrap_or(i64::MAX)),
+        published_at: published,
+        processed_at: chrono::Utc::now(),
+        matched: targets.iter().map(|t| t.id).collect(),
+        filtered: refused.iter().map(|t| t.id).collect(),
+    };
+    // An ordered webhook's own consumer delivers what was published since
+    // it became ordered (`crate::ordered`).
+    targets.retain(|t| !t.policy.orders(published));
     if targets.is_empty() {
-        return Verdict::Ack;
+        return match ctx
+            .deliverer
+            .recorder
+            .submit(vec![Record::Seen(seen)])
+            .await
+        {
+            Ok(()) => Verdict::Ack,
+            Err(e) => {
+                tracing::warn!(error = %e, event_id = %event.id, "event will be redelivered");
+                Verdict::Retry(Duration::from_secs(5))
+            }
+        };
     }
     // A message that may have been handed out again (a replica died, a
     // write failed, the server lost its delivery state: see `Reconnects`;
@@ -404,10 +440,9 @@ async fn process(
     }
     let held_too_long = taken.elapsed() >= ctx.ack_wait || pause.is_some();
     let redelivered = held_too_long
-        || msg
-            .info()
-            .map(|i| i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published))
-            .unwrap_or(false);
+        || info.as_ref().is_some_and(|i| {
+            i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published)
+        });
     if redelivered {
         match storage::deliveries::recorded_webhooks(&ctx.pool, &event.id).await {
             Ok(done) => {
@@ -463,23 +498,36 @@ async fn process(
         attempt_number: 1,
         traceparent: traceparent.as_deref(),
         from_stream: true,
+        ordered: false,
     });
     // Each delivery is recorded as soon as it ends (a slow receiver does not
     // hold back the rows of the others); the event is acked once all are.
-    let deliver_and_record = |target| {
+    // The audit's record of the event goes with the first one.
+    let deliver_and_record = |target, seen: Option<SeenEvent>| {
         let job = job(target);
         async move {
             let record = ctx.deliverer.deliver(job).await;
-            ctx.deliverer.recorder.submit(vec![record]).await
+            let mut records = vec![record];
+            records.extend(seen.map(Record::Seen));
+            ctx.deliverer.recorder.submit(records).await
         }
     };
+    let mut seen = Some(seen);
     let results = if let [target] = targets.as_slice() {
         // The common case, without a heap-allocated set of futures.
-        vec![deliver_and_record(&**target).instrument(span).await]
+        vec![
+            deliver_and_record(&**target, seen.take())
+                .instrument(span)
+                .await,
+        ]
     } else {
-        futures::future::join_all(targets.iter().map(|t| deliver_and_record(&**t)))
-            .instrument(span)
-            .await
+        futures::future::join_all(
+            targets
+                .iter()
+                .map(|t| deliver_and_record(&**t, seen.take())),
+        )
+        .instrument(span)
+        .await
     };
     match results.into_iter().find_map(Result::err) {
         None => Verdict::Ack,
@@ -488,6 +536,14 @@ async fn process(
             Verdict::Retry(Duration::from_secs(5))
         }
     }
+}
+
+/// The webhook an operator event is about (its payload's `webhook_id`).
+pub fn operator_subject(event: &Envelope) -> Option<i64> {
+    if !event.event_type.is_operator() {
+        return None;
+    }
+    event.payload.get("webhook_id")?.as_i64()
 }
 
 /// Names the closure's argument type, so that its body may read the target.

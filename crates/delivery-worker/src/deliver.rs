@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use storage::attempts::{CircuitSettings, Held};
 use storage::models::BodyFormat;
+use storage::models::CircuitState;
+use storage::policy::{CircuitTake, RateTake, take_circuit, take_rate};
 use tokio::sync::Semaphore;
 use webhook_client::{AttemptOutcome, Event, Verdict, WebhookSender};
 
@@ -15,6 +18,16 @@ use crate::metrics::Metrics;
 use crate::policy::RetryPolicy;
 use crate::recorder::{Attempted, EventCopy, Record, Recorder};
 use storage::attempts::RowRef;
+
+impl Hold {
+    /// Every slot was busy: due in about a second.
+    fn busy() -> Self {
+        Self {
+            due: Utc::now() + crate::policy::jitter(Duration::from_secs(1)),
+            why: Held::Busy,
+        }
+    }
+}
 
 /// What is delivered: one event (or one stored payload) to one webhook.
 pub struct Job<'a> {
@@ -28,6 +41,8 @@ pub struct Job<'a> {
     pub traceparent: Option<&'a str>,
     /// A first delivery from the event stream (see `recorder`).
     pub from_stream: bool,
+    /// From an ordered webhook's consumer (see `recorder`).
+    pub ordered: bool,
 }
 
 impl Job<'_> {
@@ -42,6 +57,7 @@ impl Job<'_> {
             attempt_number: self.attempt_number,
             traceparent: self.traceparent.map(Arc::from),
             from_stream: self.from_stream,
+            ordered: self.ordered,
         }
     }
 }
@@ -133,6 +149,22 @@ pub struct Deliverer {
     pub recorder: Recorder,
     /// Open the secrets of webhooks read for retries and jobs.
     pub keys: storage::secrets::Keyring,
+    /// The shared rate limiters and circuits.
+    pub pool: storage::DbPool,
+    pub circuit: CircuitSettings,
+    /// How long a probe may be in flight before another replica may send one.
+    pub probe_lease: Duration,
+}
+
+/// How far ahead a rate-limited delivery takes its slot and waits for it
+/// (beyond, it is held as a pending row).
+pub const RATE_HORIZON: Duration = Duration::from_secs(1);
+
+/// A delivery the webhook's policy holds: try again at `due`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub due: DateTime<Utc>,
+    pub why: Held,
 }
 
 impl Deliverer {
@@ -140,11 +172,15 @@ impl Deliverer {
     /// returns the row change to record.
     pub async fn deliver(&self, job: Job<'_>) -> Record {
         let webhook_id = job.target.id;
+        if let Some(hold) = self.admit(job.target).await {
+            tracing::debug!(webhook_id, ?hold, "delivery held by the webhook's policy");
+            return self.park(job, hold);
+        }
         let gate = match self.gates.acquire(webhook_id, self.queue_wait).await {
             Ok(p) => p,
             Err(busy) => {
                 tracing::debug!(webhook_id, ?busy, "webhook busy; delivery queued for later");
-                return self.park(job);
+                return self.park(job, Hold::busy());
             }
         };
         // The global limit is waited for no longer than the webhook's: when
@@ -164,7 +200,7 @@ impl Deliverer {
                     webhook_id,
                     "all delivery slots busy; delivery queued for later"
                 );
-                return self.park(job);
+                return self.park(job, Hold::busy());
             }
         };
         self.metrics.in_flight.inc();
@@ -175,18 +211,104 @@ impl Deliverer {
         self.to_record(job, outcome)
     }
 
-    /// A delivery not attempted now: a pending row due in about a second
-    /// (a claimed retry row is given back the same way).
-    fn park(&self, job: Job<'_>) -> Record {
+    /// Whether the webhook's policy lets a delivery go now: its circuit
+    /// (open: held until the cooldown ends, unless this delivery wins the
+    /// probe) and its rate limit (a slot within [`RATE_HORIZON`] is waited
+    /// for here; a later one holds the delivery). A webhook without either
+    /// asks nothing of the database.
+    pub async fn admit(&self, target: &Target) -> Option<Hold> {
+        if target.policy.is_free() {
+            return None;
+        }
+        let retry_soon = |why| Hold {
+            due: Utc::now() + chrono::Duration::seconds(1),
+            why,
+        };
+        if target
+            .policy
+            .circuit
+            .is_some_and(|c| c != CircuitState::Closed)
+        {
+            let take = take_circuit(
+                &self.pool,
+                target.id,
+                self.circuit.cooldown,
+                self.probe_lease,
+            );
+            match take.await {
+                Ok(CircuitTake::Closed) => {}
+                Ok(CircuitTake::Probe) => {
+                    tracing::info!(
+                        webhook_id = target.id,
+                        "circuit half-open: sending the probe"
+                    );
+                }
+                // Open: due when the cooldown ends. A probe in flight: due
+                // in a second; the retry queue leaves the row alone until
+                // the probe's outcome closes or reopens the circuit.
+                Ok(CircuitTake::Hold { until }) => {
+                    return Some(Hold {
+                        due: until.max(Utc::now() + chrono::Duration::seconds(1)),
+                        why: Held::Circuit,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(webhook_id = target.id, error = %e, "cannot read the webhook's circuit; holding the delivery");
+                    return Some(retry_soon(Held::Circuit));
+                }
+            }
+        }
+        if let Some(limit) = target.policy.rate {
+            match take_rate(&self.pool, target.id, limit, RATE_HORIZON).await {
+                Ok(RateTake::Go(wait)) => {
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                Ok(RateTake::Hold { due }) => {
+                    self.metrics.rate_limited.inc();
+                    return Some(Hold {
+                        due,
+                        why: Held::RateLimit,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(webhook_id = target.id, error = %e, "cannot take from the webhook's rate limit; holding the delivery");
+                    return Some(retry_soon(Held::RateLimit));
+                }
+            }
+        }
+        None
+    }
+
+    /// A delivery not attempted now: a pending row due at `hold.due` (a
+    /// claimed retry row is given back the same way).
+    fn park(&self, job: Job<'_>, hold: Hold) -> Record {
         self.metrics.queued.inc();
-        let due = Utc::now() + crate::policy::jitter(Duration::from_secs(1));
+        let Hold { due, why } = hold;
         match job.row {
-            Some(row) => Record::Deferred { row, due },
+            Some(row) => Record::Deferred {
+                row,
+                due,
+                held: why,
+            },
             None => Record::Queued {
                 copy: job.into_copy(),
                 due,
+                held: why,
             },
         }
+    }
+
+    /// Attempts the delivery now (no per-webhook gate: for a caller that
+    /// sends one at a time, after [`Deliverer::admit`]) and returns its record.
+    pub async fn send_now(&self, job: Job<'_>) -> Record {
+        let global = self.global.clone().acquire_owned().await;
+        self.metrics.in_flight.inc();
+        let outcome = self.attempt(&job).await;
+        self.metrics.in_flight.dec();
+        drop(global);
+        self.to_record(job, outcome)
     }
 
     async fn attempt(&self, job: &Job<'_>) -> AttemptOutcome {

@@ -69,6 +69,7 @@ pub struct JobCtx {
     pub deliverer: Arc<Deliverer>,
     pub metrics: Metrics,
     pub cfg: JobsConfig,
+    pub operator: crate::operator::OperatorEvents,
 }
 
 /// Claims and runs jobs until `stop`; then lets the running ones finish
@@ -146,7 +147,7 @@ enum JobError {
 }
 
 async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
-    let (id, owner) = (job.id, ctx.cfg.owner.clone());
+    let (id, owner, webhook_id) = (job.id, ctx.cfg.owner.clone(), job.webhook_id);
     let job_kind = job.kind.as_str();
     let ended = match drive(ctx, job, stop).await {
         Ok(e) => e,
@@ -179,6 +180,12 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
             Ended::Lost => "stopped",
         },
     );
+    if matches!(
+        (&ended, &result),
+        (Ended::Completed | Ended::Failed(_), Ok(true))
+    ) {
+        announce_end(ctx, webhook_id, id).await;
+    }
     match (&ended, result) {
         (Ended::Completed, Ok(true)) => tracing::info!(job_id = id, "job completed"),
         (Ended::Failed(reason), Ok(true)) => {
@@ -190,6 +197,21 @@ async fn run_job(ctx: &JobCtx, job: Job, stop: &CancellationToken) {
         (_, Ok(_)) => {}
         // The lease runs out and another claim resumes it.
         (_, Err(e)) => tracing::warn!(job_id = id, error = %e, "cannot store the job's end"),
+    }
+}
+
+/// Publishes `operator.job.finished` for a job that just ended.
+async fn announce_end(ctx: &JobCtx, webhook_id: i32, job_id: i64) {
+    let read = async {
+        let mut conn = ctx.pool.get().await.map_err(StorageError::from)?;
+        jobs::get(&mut conn, webhook_id, job_id).await
+    };
+    match read.await {
+        Ok(Some(job)) => ctx.operator.job_finished(&job),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "cannot read the finished job; no operator event")
+        }
     }
 }
 
@@ -441,6 +463,7 @@ async fn deliver_item(
             attempt_number: item.attempt_number,
             traceparent: item.traceparent.as_deref(),
             from_stream: false,
+            ordered: false,
         })
         .await;
     drop(permit);
@@ -651,7 +674,7 @@ fn to_nats_time(t: DateTime<Utc>) -> Result<time::OffsetDateTime, JobError> {
     .map_err(|e| JobError::Other(format!("time out of range: {e}")))
 }
 
-fn from_nats_time(t: time::OffsetDateTime) -> DateTime<Utc> {
+pub(crate) fn from_nats_time(t: time::OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX))
 }
 

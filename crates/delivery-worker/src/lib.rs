@@ -15,6 +15,8 @@ pub mod consumer;
 pub mod deliver;
 pub mod jobs;
 pub mod metrics;
+pub mod operator;
+pub mod ordered;
 pub mod policy;
 pub mod recorder;
 pub mod retries;
@@ -54,6 +56,7 @@ pub struct Application {
     client: async_nats::Client,
     cache: WebhookCache,
     deliverer: Arc<Deliverer>,
+    operator: operator::OperatorEvents,
     recorder_task: tokio::task::JoinHandle<()>,
     consumer_ready: Arc<AtomicBool>,
     metrics: Metrics,
@@ -86,14 +89,37 @@ impl Application {
             tracing::info!(%proxy, "deliveries go through an HTTP proxy");
         }
         let cache = WebhookCache::new();
-        let on_disabled: recorder::DisabledHook = {
+        let operator = operator::OperatorEvents::new(
+            async_nats::jetstream::new(client.clone()),
+            ns.clone(),
+            metrics.clone(),
+        );
+        // A webhook disabled, or whose circuit moved, is announced to every
+        // replica (each reloads its cache) and to the operator.
+        let on_moved: recorder::MovedHook = {
             let client = client.clone();
             let subject = ns.webhooks_changed_subject();
             let cache = cache.clone();
-            Arc::new(move |disabled: &[storage::attempts::Disabled]| {
+            let operator = operator.clone();
+            Arc::new(move |moved: &[storage::attempts::Moved]| {
+                operator.moved(moved);
+                let changed: std::collections::BTreeSet<i32> = moved
+                    .iter()
+                    .filter(|m| {
+                        !matches!(
+                            m.change,
+                            storage::attempts::Change::Failing { .. }
+                                | storage::attempts::Change::Recovered { .. }
+                        )
+                    })
+                    .map(|m| m.webhook_id)
+                    .collect();
+                if changed.is_empty() {
+                    return;
+                }
                 cache.request_reload();
-                for d in disabled {
-                    let body = WebhookChange::new(d.webhook_id, ChangeOp::Updated).to_payload();
+                for id in changed {
+                    let body = WebhookChange::new(id, ChangeOp::Updated).to_payload();
                     let (client, subject) = (client.clone(), subject.clone());
                     tokio::spawn(async move {
                         let _ = client.publish(subject, body).await;
@@ -106,11 +132,14 @@ impl Application {
             RecorderConfig {
                 max_rows: config.record_batch,
                 linger: config.record_linger,
-                disable_after: config.disable_after,
+                health: storage::attempts::HealthSettings {
+                    disable_after: config.disable_after,
+                    circuit: config.circuit(),
+                },
                 concurrency: 2,
             },
             metrics.clone(),
-            on_disabled,
+            on_moved,
         );
         let deliverer = Arc::new(Deliverer {
             sender,
@@ -121,6 +150,9 @@ impl Application {
             metrics: metrics.clone(),
             recorder,
             keys: keys.clone(),
+            pool: pool.clone(),
+            circuit: config.circuit(),
+            probe_lease: config.total_timeout + Duration::from_secs(30),
         });
 
         let consumer_ready = Arc::new(AtomicBool::new(false));
@@ -139,6 +171,7 @@ impl Application {
             client,
             cache,
             deliverer,
+            operator,
             recorder_task,
             consumer_ready,
             metrics,
@@ -166,6 +199,7 @@ impl Application {
             client,
             cache,
             deliverer,
+            operator,
             recorder_task,
             consumer_ready,
             metrics,
@@ -209,6 +243,7 @@ impl Application {
                 concurrency: config.job_concurrency,
                 owner: replica_name(),
             },
+            operator,
         });
         let ctx = Arc::new(ConsumerCtx {
             js,
@@ -226,6 +261,15 @@ impl Application {
             hard_stop: hard_stop.clone(),
             reconnects: consumer::Reconnects::default(),
             pauses: pauses.clone(),
+        });
+        let ordered_ctx = Arc::new(ordered::OrderedCtx {
+            js: ctx.js.clone(),
+            ns: ctx.ns.clone(),
+            pool: pool.clone(),
+            cache: cache.clone(),
+            deliverer: deliverer.clone(),
+            name: config.consumer.clone(),
+            ack_wait: config.ack_wait,
         });
         let intake = {
             let (ctx, shutdown, pool, deliverer, tracker, hard_stop) = (
@@ -260,7 +304,8 @@ impl Application {
                 tokio::join!(
                     consumer::run(ctx, shutdown.clone()),
                     poller,
-                    jobs::run(job_ctx, shutdown)
+                    jobs::run(job_ctx, shutdown.clone()),
+                    ordered::run(ordered_ctx, shutdown)
                 );
             })
         };

@@ -49,6 +49,12 @@ pub struct Metrics {
     job_items: Family<JobLabels, Counter>,
     /// Jobs running on this replica.
     pub jobs_running: Gauge,
+    /// Deliveries held by their webhook's rate limit.
+    pub rate_limited: Counter,
+    /// Webhooks by circuit state, as this replica's cache last read them.
+    circuits: Family<Labels, Gauge>,
+    /// Operator events published, by outcome.
+    operator_events: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -84,6 +90,9 @@ impl Metrics {
             jobs_ended: Family::default(),
             job_items: Family::default(),
             jobs_running: Gauge::default(),
+            rate_limited: Counter::default(),
+            circuits: Family::default(),
+            operator_events: Family::default(),
         };
         let r = &m.registry;
         r.register(
@@ -116,6 +125,21 @@ impl Metrics {
             "delivery_queued",
             "Deliveries queued in the database because their webhook was busy",
             m.queued.clone(),
+        );
+        r.register(
+            "delivery_rate_limited",
+            "Deliveries held because their webhook's rate limit was reached",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "delivery_circuits",
+            "Active webhooks by circuit state (closed, open, half_open)",
+            m.circuits.clone(),
+        );
+        r.register(
+            "delivery_operator_events",
+            "Operator events published, by outcome (published, failed)",
+            m.operator_events.clone(),
         );
         r.register(
             "delivery_webhooks_disabled",
@@ -214,6 +238,19 @@ impl Metrics {
     }
 
     /// Counts a claimed job.
+    /// Sets the count of webhooks per circuit state.
+    pub fn set_circuits(&self, closed: i64, open: i64, half_open: i64) {
+        for (state, n) in [("closed", closed), ("open", open), ("half_open", half_open)] {
+            self.circuits.get_or_create(&[("state", state)]).set(n);
+        }
+    }
+
+    pub fn operator_event(&self, outcome: &'static str) {
+        self.operator_events
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
     pub fn job_claimed(&self, kind: &'static str) {
         self.jobs_claimed.get_or_create(&[("kind", kind)]).inc();
     }

@@ -32,7 +32,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use webhook_client::Verdict;
 
 use crate::metrics::Metrics;
-use storage::attempts::{AttemptSummary, Batch, ClaimedUpdate, Disabled, NewRow, RowRef, Written};
+use storage::attempts::{
+    AttemptSummary, Batch, ClaimedUpdate, HealthSettings, Held, Moved, NewRow, RowRef, Written,
+};
+use storage::audit::SeenEvent;
 
 /// The copy of an event one webhook gets: what every record of it keeps.
 #[derive(Debug, Clone)]
@@ -50,6 +53,10 @@ pub struct EventCopy {
     /// From the event stream: a first attempt, or one parked from it (its
     /// message may have been handed to another replica too).
     pub from_stream: bool,
+    /// From an ordered webhook's consumer: a failure is retried by
+    /// redelivering the message (its row keeps `next_retry_at`), not by a
+    /// pending row.
+    pub ordered: bool,
 }
 
 /// A finished attempt.
@@ -73,16 +80,21 @@ pub struct Attempted {
 #[derive(Debug, Clone)]
 pub enum Record {
     Attempted(Attempted),
-    /// A delivery not attempted yet (its webhook was busy): a pending row due at `due`.
+    /// A delivery not attempted yet (its webhook was busy, or its policy
+    /// held it): a pending row due at `due`.
     Queued {
         copy: EventCopy,
         due: DateTime<Utc>,
+        held: Held,
     },
     /// A claimed pending row given back unattempted, due again at `due`.
     Deferred {
         row: RowRef,
         due: DateTime<Utc>,
+        held: Held,
     },
+    /// An event processed, for the audit.
+    Seen(SeenEvent),
 }
 
 /// The rows could not be written.
@@ -104,7 +116,7 @@ struct Submission {
 pub struct RecorderConfig {
     pub max_rows: usize,
     pub linger: Duration,
-    pub disable_after: Duration,
+    pub health: HealthSettings,
     pub concurrency: usize,
 }
 
@@ -115,8 +127,9 @@ pub struct Recorder {
     failing: Arc<AtomicBool>,
 }
 
-/// Webhooks the recorder disabled in a batch.
-pub type DisabledHook = Arc<dyn Fn(&[Disabled]) + Send + Sync>;
+/// The webhooks' health changes a batch made (disabled, failing,
+/// recovered, circuits opened or closed).
+pub type MovedHook = Arc<dyn Fn(&[Moved]) + Send + Sync>;
 
 impl Recorder {
     /// Starts the recorder task; returns the handle and the task.
@@ -124,7 +137,7 @@ impl Recorder {
         pool: DbPool,
         cfg: RecorderConfig,
         metrics: Metrics,
-        on_disabled: DisabledHook,
+        on_disabled: MovedHook,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(4096);
         let failing = Arc::new(AtomicBool::new(false));
@@ -163,7 +176,7 @@ async fn run(
     pool: DbPool,
     cfg: RecorderConfig,
     metrics: Metrics,
-    on_disabled: DisabledHook,
+    on_disabled: MovedHook,
     failing: Arc<AtomicBool>,
 ) {
     let flushes = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
@@ -222,7 +235,7 @@ async fn flush(
     pool: &DbPool,
     cfg: &RecorderConfig,
     metrics: &Metrics,
-    on_disabled: &DisabledHook,
+    on_disabled: &MovedHook,
     failing: &AtomicBool,
 ) {
     let records: Vec<&Record> = batch.iter().flat_map(|s| s.records.iter()).collect();
@@ -231,11 +244,11 @@ async fn flush(
     for attempt in 0..4u32 {
         let started = std::time::Instant::now();
         let keys = success_keys(&records);
-        let write = storage::attempts::record(pool, &keys, cfg.disable_after, |recorded| {
+        let write = storage::attempts::record(pool, &keys, cfg.health, |recorded| {
             to_batch(records.iter().copied(), recorded)
         });
         match write.await {
-            Ok(Written { disabled, refused }) => {
+            Ok(Written { moved, refused }) => {
                 if refused > 0 {
                     metrics.duplicates_refused.inc_by(refused);
                     tracing::warn!(
@@ -251,7 +264,7 @@ async fn flush(
                     ms = started.elapsed().as_secs_f64() * 1000.0,
                     "delivery rows written"
                 );
-                result = Ok(disabled);
+                result = Ok(moved);
                 break;
             }
             Err(e) => {
@@ -263,16 +276,17 @@ async fn flush(
         }
     }
     let result = match result {
-        Ok(disabled) => {
+        Ok(moved) => {
             metrics.record_batches.inc();
-            if !disabled.is_empty() {
+            if !moved.is_empty() {
+                let disabled = storage::attempts::disabled(&moved);
                 for d in &disabled {
                     tracing::warn!(webhook_id = d.webhook_id, reason = %d.reason, "webhook disabled");
                 }
                 metrics
                     .disabled
                     .inc_by(u64::try_from(disabled.len()).unwrap_or(0));
-                on_disabled(&disabled);
+                on_disabled(&moved);
             }
             Ok(())
         }
@@ -387,6 +401,7 @@ fn to_batch<'a>(
                         event_id: c.event_id.clone(),
                         created_at: a.at,
                         traceparent: c.traceparent.clone(),
+                        held: None,
                     }),
                     Some(row) => batch.updates.push(ClaimedUpdate {
                         row,
@@ -396,9 +411,12 @@ fn to_batch<'a>(
                         error_message: a.error_message.clone(),
                         delivered_at,
                         next_retry_at,
+                        held: None,
                     }),
                 }
-                if let Some(due) = next_retry_at {
+                if let Some(due) = next_retry_at
+                    && !c.ordered
+                {
                     batch
                         .inserts
                         .push(pending_row(c, c.attempt_number + 1, a.at, due));
@@ -411,7 +429,8 @@ fn to_batch<'a>(
                     claimed: a.row.map(|r| r.id),
                 });
             }
-            Record::Queued { copy, due } => {
+            Record::Seen(event) => batch.events.push(event.clone()),
+            Record::Queued { copy, due, held } => {
                 let key = copy.event_id.as_ref().map(|e| (copy.webhook_id, e.clone()));
                 if copy.from_stream
                     && let Some(k) = key
@@ -424,11 +443,11 @@ fn to_batch<'a>(
                     }
                     entry.pending = true;
                 }
-                batch
-                    .inserts
-                    .push(pending_row(copy, copy.attempt_number, Utc::now(), *due))
+                let mut row = pending_row(copy, copy.attempt_number, Utc::now(), *due);
+                row.held = Some(*held);
+                batch.inserts.push(row)
             }
-            Record::Deferred { row, due } => batch.updates.push(ClaimedUpdate {
+            Record::Deferred { row, due, held } => batch.updates.push(ClaimedUpdate {
                 row: *row,
                 status: DeliveryStatus::Pending,
                 response_status: None,
@@ -436,6 +455,7 @@ fn to_batch<'a>(
                 error_message: None,
                 delivered_at: None,
                 next_retry_at: Some(*due),
+                held: Some(*held),
             }),
         }
     }
@@ -464,6 +484,7 @@ fn pending_row(
         event_id: copy.event_id.clone(),
         created_at,
         traceparent: copy.traceparent.clone(),
+        held: None,
     }
 }
 
@@ -481,6 +502,7 @@ mod tests {
             attempt_number: 1,
             traceparent: None,
             from_stream,
+            ordered: false,
         }
     }
 
@@ -506,6 +528,7 @@ mod tests {
         Record::Queued {
             copy: copy(event, true),
             due: Utc::now(),
+            held: Held::Busy,
         }
     }
 

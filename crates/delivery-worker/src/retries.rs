@@ -45,7 +45,14 @@ pub async fn run_poller(
         let room = deliverer.global.available_permits().min(cfg.batch);
         let mut claimed_all = false;
         if room > 0 {
-            match claim_due(&pool, i64::try_from(room).unwrap_or(1), cfg.lease).await {
+            match claim_due(
+                &pool,
+                i64::try_from(room).unwrap_or(1),
+                cfg.lease,
+                deliverer.circuit.cooldown,
+            )
+            .await
+            {
                 Ok(rows) => {
                     claimed_all = rows.len() == room;
                     if !rows.is_empty() {
@@ -109,11 +116,12 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         attempt_number: row.attempt_number,
         traceparent: traceparent.as_deref(),
         from_stream: false,
+        ordered: false,
     });
     let record = tokio::select! {
         r = delivery.instrument(span) => r,
         // Shutting down: give the row back to any replica now.
-        _ = hard_stop.cancelled() => Record::Deferred { row: id, due: Utc::now() },
+        _ = hard_stop.cancelled() => Record::Deferred { row: id, due: Utc::now(), held: storage::attempts::Held::Busy },
     };
     if let Err(e) = deliverer.recorder.submit(vec![record]).await {
         // The lease runs out and the row is attempted again.

@@ -78,7 +78,7 @@ pub async fn publish(nats: &NatsArgs, ns: Namespace, args: PublishArgs) -> anyho
 /// Publishes `count` generated events at `rate` per second.
 pub async fn simulate(nats: &NatsArgs, ns: Namespace, args: SimulateArgs) -> anyhow::Result<()> {
     let types: Vec<EventType> = if args.types.is_empty() {
-        EventType::ALL.to_vec()
+        EventType::BOT.to_vec()
     } else {
         args.types
             .iter()
@@ -139,5 +139,19 @@ pub fn sample_payload(t: EventType, n: i64) -> Value {
             "message_text": "Здравствуйте! Проверьте, пожалуйста, настройки ✅", "has_media": false,
             "status": "answered",
         }),
+        // The platform's own events, shaped as the worker writes them.
+        EventType::OperatorJobFinished => json!({
+            "job_id": n, "webhook_id": 1, "kind": "replay", "status": "completed", "total": 10,
+            "done": 10, "failed": 0, "unavailable": 0, "error": null,
+            "finished_at": chrono::Utc::now().to_rfc3339(),
+        }),
+        _ => {
+            let now = chrono::Utc::now().to_rfc3339();
+            json!({
+                "webhook_id": n, "webhook_name": format!("webhook {n}"), "reason": "sample",
+                "disabled_at": now, "failing_since": now, "recovered_at": now,
+                "consecutive_failures": 5, "opened_at": now, "cooldown_s": 60, "closed_at": now,
+            })
+        }
     }
 }

@@ -129,3 +129,31 @@ pub async fn recorded_webhooks(pool: &DbPool, event_id: &str) -> Result<Vec<i32>
         .load(&mut conn)
         .await?)
 }
+
+/// What is recorded of one event for one webhook: whether it succeeded,
+/// and how many attempts failed (an ordered webhook's next attempt number
+/// is one more).
+pub async fn attempts_of(
+    pool: &DbPool,
+    webhook_id: i32,
+    event_id: &str,
+) -> Result<(bool, i32), StorageError> {
+    #[derive(diesel::QueryableByName)]
+    struct Attempts {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        succeeded: bool,
+        #[diesel(sql_type = Int4)]
+        failed: i32,
+    }
+    let mut conn = pool.get().await?;
+    let a: Attempts = diesel::sql_query(
+        "SELECT COALESCE(bool_or(status = 'success'), false) AS succeeded, \
+           (count(*) FILTER (WHERE status = 'failed'))::int4 AS failed \
+         FROM webhook_deliveries WHERE event_id = $1 AND webhook_id = $2",
+    )
+    .bind::<Text, _>(event_id)
+    .bind::<Int4, _>(webhook_id)
+    .get_result(&mut conn)
+    .await?;
+    Ok((a.succeeded, a.failed))
+}

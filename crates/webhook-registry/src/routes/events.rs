@@ -63,6 +63,29 @@ pub fn example(t: EventType) -> Value {
             "message_text": "Здравствуйте! Проверьте настройки, пожалуйста ✅", "has_media": false,
             "status": "answered",
         }),
+        EventType::OperatorWebhookDisabled => json!({
+            "webhook_id": 3, "webhook_name": "CRM", "reason": "receiver answered 410 Gone",
+            "disabled_at": "2026-12-07T10:00:00Z",
+        }),
+        EventType::OperatorWebhookFailing => json!({
+            "webhook_id": 3, "webhook_name": "CRM", "failing_since": "2026-12-07T10:00:00Z",
+        }),
+        EventType::OperatorWebhookRecovered => json!({
+            "webhook_id": 3, "webhook_name": "CRM", "failing_since": "2026-12-07T10:00:00Z",
+            "recovered_at": "2026-12-07T10:20:00Z",
+        }),
+        EventType::OperatorWebhookCircuitOpened => json!({
+            "webhook_id": 3, "webhook_name": "CRM", "consecutive_failures": 5,
+            "opened_at": "2026-12-07T10:05:00Z", "cooldown_s": 60,
+        }),
+        EventType::OperatorWebhookCircuitClosed => json!({
+            "webhook_id": 3, "webhook_name": "CRM", "closed_at": "2026-12-07T10:20:00Z",
+        }),
+        EventType::OperatorJobFinished => json!({
+            "job_id": 12, "webhook_id": 3, "kind": "replay", "status": "completed", "total": 240,
+            "done": 240, "failed": 0, "unavailable": 0, "error": null,
+            "finished_at": "2026-12-07T10:30:00Z",
+        }),
     }
 }
 
