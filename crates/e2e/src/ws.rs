@@ -97,7 +97,11 @@ impl Drop for ResumingClient {
 async fn run(url: String, token: String, seen: Arc<Mutex<Seen>>, mut stop: watch::Receiver<bool>) {
     let mut since: Option<(u64, String)> = None;
     loop {
-        let mut target = format!("{url}?token={token}");
+        // A query in `url` (e.g. `events=operator.*`) is kept after the token.
+        let mut target = match url.split_once('?') {
+            Some((base, query)) => format!("{base}?token={token}&{query}"),
+            None => format!("{url}?token={token}"),
+        };
         if let Some((seq, epoch)) = &since {
             target.push_str(&format!("&since={seq}&epoch={epoch}"));
         }

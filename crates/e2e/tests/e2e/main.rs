@@ -14,5 +14,6 @@ mod checks;
 mod cluster;
 mod faults;
 mod pauses;
+mod policy;
 mod pull;
 mod subscriptions;
