@@ -2,6 +2,7 @@
 //! against a fresh, migrated database and a unique NATS prefix.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod auth;
 mod bot;
 mod cli;
@@ -13,6 +14,7 @@ mod history;
 mod jobs;
 mod portal;
 mod process;
+mod policy;
 mod pull;
 mod resilience;
 mod subscriptions;
