@@ -563,3 +563,119 @@ pub fn standing(webhook: Option<&WebhookBrief>, filtered: bool, rows: &[&Attempt
         next_attempt_at: next,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn row(status: DeliveryStatus, attempt: i32) -> Attempt {
+        Attempt {
+            id: i64::from(attempt),
+            webhook_id: 1,
+            event_id: Some("e".to_owned()),
+            attempt_number: attempt,
+            status,
+            response_status: (status == DeliveryStatus::Failed).then_some(500),
+            error_message: None,
+            created_at: Utc::now(),
+            delivered_at: None,
+            next_retry_at: None,
+            held: None,
+        }
+    }
+
+    fn state(active: bool, filtered: bool, rows: &[Attempt]) -> AuditState {
+        let w = WebhookBrief {
+            id: 1,
+            name: "w".to_owned(),
+            is_active: active,
+        };
+        let rows: Vec<&Attempt> = rows.iter().collect();
+        standing(Some(&w), filtered, &rows).state
+    }
+
+    #[test]
+    fn states_from_rows() {
+        use AuditState as S;
+        use DeliveryStatus::{Failed, Pending, Success};
+        let due = Some(Utc::now());
+        let retried = Attempt {
+            next_retry_at: due,
+            ..row(Failed, 1)
+        };
+        let held = |why: &str| Attempt {
+            held: Some(why.to_owned()),
+            next_retry_at: due,
+            ..row(Pending, 1)
+        };
+        assert_eq!(standing(None, false, &[]).state, S::Deleted);
+        assert_eq!(state(true, true, &[]), S::FilteredOut);
+        assert_eq!(state(true, false, &[]), S::Queued);
+        assert_eq!(state(false, false, &[]), S::Disabled);
+        assert_eq!(state(true, false, &[retried.clone(), row(Success, 2)]), S::Succeeded);
+        assert_eq!(state(false, false, &[row(Success, 1)]), S::Succeeded);
+        assert_eq!(state(true, false, &[retried.clone(), row(Pending, 2)]), S::Retrying);
+        assert_eq!(state(true, false, &[retried.clone()]), S::Retrying);
+        assert_eq!(state(true, false, &[held("rate_limit")]), S::RateLimited);
+        assert_eq!(state(true, false, &[held("circuit")]), S::CircuitOpen);
+        assert_eq!(state(true, false, &[held("busy")]), S::Queued);
+        assert_eq!(state(true, false, &[row(Pending, 1)]), S::Queued);
+        assert_eq!(state(false, false, &[held("rate_limit")]), S::Disabled);
+        assert_eq!(state(true, false, &[retried.clone(), row(Failed, 2)]), S::Exhausted);
+        assert_eq!(state(false, false, &[row(Failed, 1)]), S::Exhausted);
+        let gone = Attempt {
+            response_status: Some(410),
+            ..row(Failed, 1)
+        };
+        assert_eq!(state(false, false, &[gone]), S::Failed);
+        let refused = Attempt {
+            response_status: None,
+            error_message: Some("destination refused: loopback".to_owned()),
+            ..row(Failed, 1)
+        };
+        assert_eq!(state(true, false, &[refused]), S::Failed);
+        let rows = [held("rate_limit")];
+        let refs: Vec<&Attempt> = rows.iter().collect();
+        let w = WebhookBrief {
+            id: 1,
+            name: "w".to_owned(),
+            is_active: true,
+        };
+        assert_eq!(standing(Some(&w), false, &refs).next_attempt_at, due);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let c = EventCursor {
+            processed_at: DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap(),
+            event_id: "0194b3c2-7c1e-7a3f-9e4b-2f1d8c6a5b40 ✅".to_owned(),
+        };
+        assert_eq!(EventCursor::decode(&c.encode()), Some(c));
+        for bad in ["", "1.", ".YQ", "x.YQ", "-1.YQ", "1.YQ==", "1.a b"] {
+            assert_eq!(EventCursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rows_of_one_event_merge_at_its_first_processing() {
+        let t = Utc::now();
+        let ev = |id: &str, secs: i64, matched: Vec<i32>| AuditEvent {
+            event_id: id.to_owned(),
+            event_type: "user.created".to_owned(),
+            stream_seq: 1,
+            published_at: t,
+            processed_at: t + chrono::TimeDelta::seconds(secs),
+            matched,
+            filtered: Vec::new(),
+        };
+        let page = vec![ev("b", 30, vec![2]), ev("a", 20, vec![1]), ev("b", 10, vec![1])];
+        let all = page.clone();
+        let (events, keys) = merge_rows(page, all);
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(events[1].matched, [1, 2]);
+        assert_eq!(events[1].processed_at, t + chrono::TimeDelta::seconds(10));
+        assert_eq!(keys.len(), 2);
+    }
+}
