@@ -8,8 +8,8 @@ use diesel::sql_types::{Array, Int8, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::StorageError;
-use crate::schema::delivery_events as e;
 use crate::models::{Circuit, CircuitState, DeliveryStatus};
+use crate::schema::delivery_events as e;
 
 /// One processed event: written by the worker in the transaction that
 /// records its first deliveries (or alone, when it matched nothing).
@@ -290,8 +290,18 @@ async fn other_rows(
     rows: &[AuditEvent],
 ) -> Result<Vec<AuditEvent>, StorageError> {
     let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-    let from = rows.iter().map(|r| r.processed_at).min().unwrap_or_default() - REPROCESS_WINDOW;
-    let to = rows.iter().map(|r| r.processed_at).max().unwrap_or_default() + REPROCESS_WINDOW;
+    let from = rows
+        .iter()
+        .map(|r| r.processed_at)
+        .min()
+        .unwrap_or_default()
+        - REPROCESS_WINDOW;
+    let to = rows
+        .iter()
+        .map(|r| r.processed_at)
+        .max()
+        .unwrap_or_default()
+        + REPROCESS_WINDOW;
     Ok(e::table
         .filter(e::event_id.eq_any(ids))
         .filter(e::processed_at.ge(from))
@@ -311,10 +321,10 @@ fn merge_rows(rows: Vec<AuditEvent>, all: Vec<AuditEvent>) -> (Vec<AuditEvent>, 
     for row in rows {
         let key = (row.processed_at, row.stream_seq);
         let same: Vec<&AuditEvent> = all.iter().filter(|o| o.event_id == row.event_id).collect();
-        if same
-            .iter()
-            .any(|o| (o.processed_at, o.stream_seq) < key)
-            || events.iter().any(|e: &AuditEvent| e.event_id == row.event_id)
+        if same.iter().any(|o| (o.processed_at, o.stream_seq) < key)
+            || events
+                .iter()
+                .any(|e: &AuditEvent| e.event_id == row.event_id)
         {
             continue;
         }
@@ -440,10 +450,7 @@ pub async fn circuits(
 
 /// The circuit of webhook `id` (closed when it has no row).
 pub async fn circuit(conn: &mut AsyncPgConnection, id: i32) -> Result<Circuit, StorageError> {
-    Ok(circuits(conn, &[id])
-        .await?
-        .remove(&id)
-        .unwrap_or_default())
+    Ok(circuits(conn, &[id]).await?.remove(&id).unwrap_or_default())
 }
 
 // ----------------------------------------------------------------- states
@@ -613,16 +620,25 @@ mod tests {
         assert_eq!(state(true, true, &[]), S::FilteredOut);
         assert_eq!(state(true, false, &[]), S::Queued);
         assert_eq!(state(false, false, &[]), S::Disabled);
-        assert_eq!(state(true, false, &[retried.clone(), row(Success, 2)]), S::Succeeded);
+        assert_eq!(
+            state(true, false, &[retried.clone(), row(Success, 2)]),
+            S::Succeeded
+        );
         assert_eq!(state(false, false, &[row(Success, 1)]), S::Succeeded);
-        assert_eq!(state(true, false, &[retried.clone(), row(Pending, 2)]), S::Retrying);
+        assert_eq!(
+            state(true, false, &[retried.clone(), row(Pending, 2)]),
+            S::Retrying
+        );
         assert_eq!(state(true, false, &[retried.clone()]), S::Retrying);
         assert_eq!(state(true, false, &[held("rate_limit")]), S::RateLimited);
         assert_eq!(state(true, false, &[held("circuit")]), S::CircuitOpen);
         assert_eq!(state(true, false, &[held("busy")]), S::Queued);
         assert_eq!(state(true, false, &[row(Pending, 1)]), S::Queued);
         assert_eq!(state(false, false, &[held("rate_limit")]), S::Disabled);
-        assert_eq!(state(true, false, &[retried.clone(), row(Failed, 2)]), S::Exhausted);
+        assert_eq!(
+            state(true, false, &[retried.clone(), row(Failed, 2)]),
+            S::Exhausted
+        );
         assert_eq!(state(false, false, &[row(Failed, 1)]), S::Exhausted);
         let gone = Attempt {
             response_status: Some(410),
@@ -669,7 +685,11 @@ mod tests {
             matched,
             filtered: Vec::new(),
         };
-        let page = vec![ev("b", 30, vec![2]), ev("a", 20, vec![1]), ev("b", 10, vec![1])];
+        let page = vec![
+            ev("b", 30, vec![2]),
+            ev("a", 20, vec![1]),
+            ev("b", 10, vec![1]),
+        ];
         let all = page.clone();
         let (events, keys) = merge_rows(page, all);
         let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();

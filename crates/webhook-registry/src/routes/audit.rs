@@ -411,7 +411,9 @@ async fn from_stream(state: &AppState, event: &AuditEvent) -> Result<Value, Stri
             return Err("no delivery holds it and the events stream cannot be read now".to_owned());
         }
         Err(_) => {
-            return Err("no delivery holds it and the events stream did not answer in time".to_owned());
+            return Err(
+                "no delivery holds it and the events stream did not answer in time".to_owned(),
+            );
         }
     };
     match proto_events::Envelope::parse(&msg.payload) {

@@ -19,7 +19,9 @@ use crate::model::{
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
 use crate::model::{CircuitOut, INT_PARAMS, url_pattern};
-use crate::routes::audit::{AttemptOut, AuditEventOut, AuditPage, AuditSummaryOut, AuditWebhookOut};
+use crate::routes::audit::{
+    AttemptOut, AuditEventOut, AuditPage, AuditSummaryOut, AuditWebhookOut,
+};
 use crate::routes::portal::{ServiceReadiness, ServicesReadiness};
 use crate::routes::pull::{PullEventOut, PullPage};
 

@@ -55,6 +55,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../portal/events.js"),
     ),
     (
+        "audit.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../portal/audit.js"),
+    ),
+    (
         "overview.js",
         "text/javascript; charset=utf-8",
         include_str!("../../portal/overview.js"),

@@ -130,17 +130,41 @@ async fn every_state_of_an_event() {
     prepare(&app).await;
     let mut ids = Vec::new();
     for name in [
-        "ok", "retry", "rate", "circuit", "busy", "waiting", "exhausted", "gone", "refused",
-        "off", "filtered", "deleted",
+        "ok",
+        "retry",
+        "rate",
+        "circuit",
+        "busy",
+        "waiting",
+        "exhausted",
+        "gone",
+        "refused",
+        "off",
+        "filtered",
+        "deleted",
     ] {
         ids.push(hook(&app, name).await);
     }
-    let [ok, retry, rate, circuit, busy, waiting, exhausted, gone, refused, off, filtered, deleted] =
-        ids[..]
+    let [
+        ok,
+        retry,
+        rate,
+        circuit,
+        busy,
+        waiting,
+        exhausted,
+        gone,
+        refused,
+        off,
+        filtered,
+        deleted,
+    ] = ids[..]
     else {
         unreachable!()
     };
-    let (status, _) = app.patch(&format!("/webhooks/{off}"), json!({"is_active": false})).await;
+    let (status, _) = app
+        .patch(&format!("/webhooks/{off}"), json!({"is_active": false}))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let later = Utc::now() + TimeDelta::minutes(5);
     let e = "0194b3c2-7c1e-7a3f-9e4b-000000000001";
@@ -151,8 +175,12 @@ async fn every_state_of_an_event() {
             Row::new(ok, e, "success", 2),
             Row::new(retry, e, "failed", 1).retry_at(later),
             Row::new(retry, e, "pending", 2).retry_at(later),
-            Row::new(rate, e, "pending", 1).retry_at(later).held("rate_limit"),
-            Row::new(circuit, e, "pending", 1).retry_at(later).held("circuit"),
+            Row::new(rate, e, "pending", 1)
+                .retry_at(later)
+                .held("rate_limit"),
+            Row::new(circuit, e, "pending", 1)
+                .retry_at(later)
+                .held("circuit"),
             Row::new(busy, e, "pending", 1).retry_at(later).held("busy"),
             Row::new(exhausted, e, "failed", 1).retry_at(later),
             Row::new(exhausted, e, "failed", 2),
@@ -180,7 +208,9 @@ async fn every_state_of_an_event() {
     let (status, _) = app.delete(&format!("/webhooks/{deleted}")).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let mut event = seen(e, "user.created", 42, Utc::now() - TimeDelta::seconds(1));
-    event.matched = vec![ok, retry, rate, circuit, busy, waiting, exhausted, gone, refused, off, deleted];
+    event.matched = vec![
+        ok, retry, rate, circuit, busy, waiting, exhausted, gone, refused, off, deleted,
+    ];
     event.filtered = vec![filtered];
     insert(&app, &[event]).await;
 
@@ -260,7 +290,10 @@ async fn an_event_processed_twice_is_shown_once_with_both_lists() {
     again.matched = vec![a, b];
     insert(&app, &[first, again]).await;
     let (_, got) = app.get("/events/twice").await;
-    assert_eq!(states(&got), [("a".into(), "queued".into()), ("b".into(), "queued".into())]);
+    assert_eq!(
+        states(&got),
+        [("a".into(), "queued".into()), ("b".into(), "queued".into())]
+    );
     let (_, page) = app.get("/events").await;
     let items = page["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{page}");
@@ -273,7 +306,9 @@ async fn the_payload_comes_from_the_stream_or_says_why_not() {
     let app = spawn_app().await;
     prepare(&app).await;
     let f = hook(&app, "f").await;
-    let client = async_nats::connect(&app.config.nats.nats_url).await.unwrap();
+    let client = async_nats::connect(&app.config.nats.nats_url)
+        .await
+        .unwrap();
     let p = Publisher::new(client, app.ns.clone());
     p.ensure_stream().await.unwrap();
     let published = p
@@ -281,7 +316,12 @@ async fn the_payload_comes_from_the_stream_or_says_why_not() {
         .await
         .unwrap();
     let now = Utc::now();
-    let mut kept = seen(&published.id, "user.created", published.sequence as i64, now);
+    let mut kept = seen(
+        &published.id,
+        "user.created",
+        published.sequence as i64,
+        now,
+    );
     kept.filtered = vec![f];
     let mut lost = seen("lost", "user.created", 999_999, now);
     lost.filtered = vec![f];
@@ -296,7 +336,10 @@ async fn the_payload_comes_from_the_stream_or_says_why_not() {
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["payload"], Value::Null);
     assert!(
-        got["payload_unavailable"].as_str().unwrap().contains("999999"),
+        got["payload_unavailable"]
+            .as_str()
+            .unwrap()
+            .contains("999999"),
         "{got}"
     );
 }
@@ -313,7 +356,12 @@ async fn an_unknown_event_is_404_and_the_audit_needs_a_token() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{path}");
     }
     // The catalogue stays open.
-    let resp = app.client.get(app.url("/events/types")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/events/types"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
@@ -354,8 +402,17 @@ async fn the_list_pages_newest_first_with_filters() {
     let base = Utc::now() - TimeDelta::minutes(30);
     let mut events = Vec::new();
     for i in 0..11 {
-        let t = if i % 2 == 0 { "user.created" } else { "ticket.created" };
-        let mut e = seen(&format!("ev-{i:02}"), t, i + 1, base + TimeDelta::seconds(i * 10));
+        let t = if i % 2 == 0 {
+            "user.created"
+        } else {
+            "ticket.created"
+        };
+        let mut e = seen(
+            &format!("ev-{i:02}"),
+            t,
+            i + 1,
+            base + TimeDelta::seconds(i * 10),
+        );
         e.matched = vec![a];
         events.push(e);
     }
@@ -382,7 +439,9 @@ async fn the_list_pages_newest_first_with_filters() {
     assert_eq!(flat, newest_first, "no gap, no duplicate, newest first");
 
     // By type.
-    let flat = all_pages(&app, "type=ticket.created&limit=2").await.concat();
+    let flat = all_pages(&app, "type=ticket.created&limit=2")
+        .await
+        .concat();
     let want: Vec<String> = newest_first
         .iter()
         .filter(|id| id[3..].parse::<i64>().unwrap() % 2 == 1)
@@ -391,8 +450,10 @@ async fn the_list_pages_newest_first_with_filters() {
     assert_eq!(flat, want);
 
     // By time: since inclusive, until exclusive.
-    let since = (base + TimeDelta::seconds(20)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let until = (base + TimeDelta::seconds(60)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let since =
+        (base + TimeDelta::seconds(20)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let until =
+        (base + TimeDelta::seconds(60)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let (status, page) = app
         .get(&format!("/events?since={since}&until={until}"))
         .await;
@@ -422,13 +483,20 @@ async fn bad_list_parameters_are_422() {
         ("state=lost", "state"),
         ("since=yesterday", "since"),
         ("until=2026-13-01T00:00:00Z", "until"),
-        ("since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z", "until"),
+        (
+            "since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z",
+            "until",
+        ),
         ("limit=0", "limit"),
         ("limit=201", "limit"),
         ("cursor=nope", "cursor"),
     ] {
         let (status, body) = app.get(&format!("/events?{query}")).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
-        assert_eq!(body["detail"][0]["loc"], json!(["query", loc]), "{query}: {body}");
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["query", loc]),
+            "{query}: {body}"
+        );
     }
 }

@@ -91,7 +91,10 @@ async fn patch_sets_clears_and_keeps_policy_fields() {
         .patch(&path, json!({"rate_limit_per_s": 5, "rate_burst": 20}))
         .await;
     assert_eq!(status, StatusCode::OK, "{w}");
-    assert_eq!((w["rate_limit_per_s"].as_f64(), w["rate_burst"].as_i64()), (Some(5.0), Some(20)));
+    assert_eq!(
+        (w["rate_limit_per_s"].as_f64(), w["rate_burst"].as_i64()),
+        (Some(5.0), Some(20))
+    );
 
     // Absent: unchanged.
     let (_, w) = app.patch(&path, json!({"name": "b"})).await;
@@ -125,11 +128,23 @@ async fn patch_sets_clears_and_keeps_policy_fields() {
 
     // Circuit overrides, and back to the worker's settings.
     let (_, w) = app
-        .patch(&path, json!({"circuit_threshold": 1, "circuit_cooldown_s": 604800}))
+        .patch(
+            &path,
+            json!({"circuit_threshold": 1, "circuit_cooldown_s": 604800}),
+        )
         .await;
-    assert_eq!((w["circuit_threshold"].as_i64(), w["circuit_cooldown_s"].as_i64()), (Some(1), Some(604800)));
+    assert_eq!(
+        (
+            w["circuit_threshold"].as_i64(),
+            w["circuit_cooldown_s"].as_i64()
+        ),
+        (Some(1), Some(604800))
+    );
     let (_, w) = app
-        .patch(&path, json!({"circuit_threshold": null, "circuit_cooldown_s": null}))
+        .patch(
+            &path,
+            json!({"circuit_threshold": null, "circuit_cooldown_s": null}),
+        )
         .await;
     assert_eq!(w["circuit_threshold"], Value::Null);
     assert_eq!(w["circuit_cooldown_s"], Value::Null);
@@ -147,17 +162,53 @@ async fn bad_policy_values_are_422_with_the_field_named() {
         b
     };
     for (extra, loc, kind) in [
-        (json!({"rate_limit_per_s": 0}), "body.rate_limit_per_s", "greater_than"),
-        (json!({"rate_limit_per_s": -1.5}), "body.rate_limit_per_s", "greater_than"),
-        (json!({"rate_limit_per_s": 100000.5}), "body.rate_limit_per_s", "less_than_equal"),
-        (json!({"rate_limit_per_s": "fast"}), "body.rate_limit_per_s", "float_type"),
-        (json!({"rate_limit_per_s": 1, "rate_burst": 0}), "body.rate_burst", "greater_than_equal"),
-        (json!({"rate_limit_per_s": 1, "rate_burst": 1.5}), "body.rate_burst", "int_type"),
+        (
+            json!({"rate_limit_per_s": 0}),
+            "body.rate_limit_per_s",
+            "greater_than",
+        ),
+        (
+            json!({"rate_limit_per_s": -1.5}),
+            "body.rate_limit_per_s",
+            "greater_than",
+        ),
+        (
+            json!({"rate_limit_per_s": 100000.5}),
+            "body.rate_limit_per_s",
+            "less_than_equal",
+        ),
+        (
+            json!({"rate_limit_per_s": "fast"}),
+            "body.rate_limit_per_s",
+            "float_type",
+        ),
+        (
+            json!({"rate_limit_per_s": 1, "rate_burst": 0}),
+            "body.rate_burst",
+            "greater_than_equal",
+        ),
+        (
+            json!({"rate_limit_per_s": 1, "rate_burst": 1.5}),
+            "body.rate_burst",
+            "int_type",
+        ),
         (json!({"rate_burst": 5}), "body.rate_burst", "value_error"),
         (json!({"ordered": "maybe"}), "body.ordered", "bool_parsing"),
-        (json!({"circuit_threshold": 0}), "body.circuit_threshold", "greater_than_equal"),
-        (json!({"circuit_threshold": 1000001}), "body.circuit_threshold", "less_than_equal"),
-        (json!({"circuit_cooldown_s": 604801}), "body.circuit_cooldown_s", "less_than_equal"),
+        (
+            json!({"circuit_threshold": 0}),
+            "body.circuit_threshold",
+            "greater_than_equal",
+        ),
+        (
+            json!({"circuit_threshold": 1000001}),
+            "body.circuit_threshold",
+            "less_than_equal",
+        ),
+        (
+            json!({"circuit_cooldown_s": 604801}),
+            "body.circuit_cooldown_s",
+            "less_than_equal",
+        ),
     ] {
         let (status, body) = app.post("/webhooks", with(extra.clone())).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{extra}: {body}");
@@ -181,7 +232,10 @@ async fn bad_policy_values_are_422_with_the_field_named() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(locs(&body), ["body.rate_burst"]);
     let (status, body) = app
-        .patch(&format!("/webhooks/{}", w["id"]), json!({"circuit_cooldown_s": 0}))
+        .patch(
+            &format!("/webhooks/{}", w["id"]),
+            json!({"circuit_cooldown_s": 0}),
+        )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(locs(&body), ["body.circuit_cooldown_s"]);
@@ -198,7 +252,12 @@ async fn a_pull_webhook_takes_no_policy() {
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(locs(&body), ["body.rate_limit_per_s", "body.ordered"]);
-    assert!(body["detail"][0]["msg"].as_str().unwrap().contains("pull webhook"));
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("pull webhook")
+    );
 
     // Without a policy (null, false: what it reads back) it is fine.
     let (status, w) = app
@@ -213,7 +272,13 @@ async fn a_pull_webhook_takes_no_policy() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = app.patch(&path, json!({"circuit_threshold": 2})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("circuit_threshold"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("circuit_threshold"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -239,7 +304,9 @@ async fn the_circuit_is_read_from_the_workers_table() {
     let of = |wid: &Value| items.iter().find(|i| i["id"] == *wid).unwrap()["circuit"].clone();
     assert_eq!(of(&w["id"]), open);
     assert_eq!(of(&other["id"])["state"], "closed");
-    let (_, patched) = app.patch(&format!("/webhooks/{id}"), json!({"name": "c"})).await;
+    let (_, patched) = app
+        .patch(&format!("/webhooks/{id}"), json!({"name": "c"}))
+        .await;
     assert_eq!(patched["circuit"], open);
     storage::testing::diesel::sql_query(
         "UPDATE webhook_circuit SET state = 'half_open' WHERE webhook_id = $1",
