@@ -629,7 +629,10 @@ mod tests {
             state(true, false, &[retried.clone(), row(Pending, 2)]),
             S::Retrying
         );
-        assert_eq!(state(true, false, &[retried.clone()]), S::Retrying);
+        assert_eq!(
+            state(true, false, std::slice::from_ref(&retried)),
+            S::Retrying
+        );
         assert_eq!(state(true, false, &[held("rate_limit")]), S::RateLimited);
         assert_eq!(state(true, false, &[held("circuit")]), S::CircuitOpen);
         assert_eq!(state(true, false, &[held("busy")]), S::Queued);
