@@ -36,6 +36,22 @@ pub struct NewWebhook {
     pub auth: Option<Value>,
     pub signature_scheme: SignatureScheme,
     pub mode: crate::models::WebhookMode,
+    #[diesel(embed)]
+    pub policy: DeliveryPolicy,
+}
+
+/// A push webhook's delivery settings (docs/contract.md, "Delivery
+/// policy"): `None` is unlimited, or the worker's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Insertable)]
+#[diesel(table_name = w)]
+pub struct DeliveryPolicy {
+    pub rate_limit_per_s: Option<f64>,
+    pub rate_burst: Option<i32>,
+    pub ordered: bool,
+    /// Set with `ordered` (the time it was switched on), `None` without.
+    pub ordered_since: Option<DateTime<Utc>>,
+    pub circuit_threshold: Option<i32>,
+    pub circuit_cooldown_s: Option<i32>,
 }
 
 /// The columns a PATCH may change (`None` = unchanged, `Some(None)` = NULL).
@@ -59,6 +75,12 @@ pub struct WebhookChanges {
     pub previous_secret: Option<Option<String>>,
     pub previous_secret_expires_at: Option<Option<DateTime<Utc>>>,
     pub body_format: Option<BodyFormat>,
+    pub rate_limit_per_s: Option<Option<f64>>,
+    pub rate_burst: Option<Option<i32>>,
+    pub ordered: Option<bool>,
+    pub ordered_since: Option<Option<DateTime<Utc>>>,
+    pub circuit_threshold: Option<Option<i32>>,
+    pub circuit_cooldown_s: Option<Option<i32>>,
 }
 
 pub async fn insert_webhook(

@@ -35,6 +35,7 @@ async fn webhook(conn: &mut Connection, name: &str, event_type: &str) -> Webhook
             auth: None,
             signature_scheme: storage::subscription::SignatureScheme::Hmac,
             mode: storage::models::WebhookMode::Push,
+            policy: Default::default(),
         },
     )
     .await
@@ -679,6 +680,7 @@ async fn pull_positions_never_go_back_and_reads_count_as_deliveries() {
             auth: None,
             signature_scheme: storage::subscription::SignatureScheme::Hmac,
             mode: WebhookMode::Pull,
+            policy: Default::default(),
         },
     )
     .await

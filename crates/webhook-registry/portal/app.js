@@ -1,10 +1,12 @@
 // The portal's shell: sign-in, navigation, and the hash router
-// (#/overview, #/webhooks, #/webhooks/new, #/webhooks/<id>, #/webhooks/<id>/edit, #/events).
+// (#/overview, #/webhooks, #/webhooks/new, #/webhooks/<id>, #/webhooks/<id>/edit, #/events,
+// #/audit, #/audit/<event id>).
 import { api, token, setUnauthorizedHandler, el } from "./ui.js";
 import { webhooksPage, webhookForm } from "./webhooks.js";
 import { deliveriesPage } from "./deliveries.js";
 import { eventsPage } from "./events.js";
 import { overviewPage } from "./overview.js";
+import { auditPage, auditEvent } from "./audit.js";
 
 const $ = (id) => document.getElementById(id);
 const view = $("view");
@@ -54,6 +56,8 @@ const routes = [
   [/^#\/webhooks\/(\d+)\/edit$/, () => webhookForm],
   [/^#\/webhooks\/(\d+)(\?.*)?$/, () => deliveriesPage],
   [/^#\/events$/, () => eventsPage],
+  [/^#\/audit(\?.*)?$/, () => auditPage],
+  [/^#\/audit\/([^?]+)$/, () => auditEvent],
 ];
 
 async function route() {
@@ -70,6 +74,11 @@ async function route() {
   const container = el("div", { class: "page" });
   view.replaceChildren(container);
   const params = new URLSearchParams((hash.split("?")[1]) || "");
+  // An event id in the path (#/audit/<id>) is no number: it goes as a
+  // parameter.
+  if (m[1] && hash.startsWith("#/audit/")) {
+    try { params.set("event", decodeURIComponent(m[1])); } catch { params.set("event", m[1]); }
+  }
   try {
     cleanup = (await found[1]()(container, { id: m[1] && /^\d+$/.test(m[1]) ? Number(m[1]) : null, params })) || null;
   } catch (ex) {

@@ -2,7 +2,7 @@
 // secret, delete), its recover/replay/retry jobs, the hourly chart of the
 // last 24 hours, and its deliveries newest first, the attempts of one
 // event grouped.
-import { api, el, fmtTime, pretty, rate, toast, confirmDialog, copy, errorBox } from "./ui.js";
+import { api, el, fmtTime, pretty, rate, toast, confirmDialog, copy, errorBox, circuitBadge, policyText } from "./ui.js";
 import { jobsSection } from "./jobs.js";
 
 const PAGE = 50;
@@ -94,7 +94,8 @@ export async function deliveriesPage(root, { id, params }) {
   function header() {
     head.replaceChildren(
       el("div", { class: "title" }, el("h1", { text: w.name }),
-        el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" })),
+        el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" }),
+        circuitBadge(w)),
       el("dl", { class: "facts" },
         el("dt", { text: "Mode" }), el("dd", { text: w.mode === "pull"
           ? "pull: the owner reads events with GET /webhooks/" + w.id + "/pull" : "push: events are POSTed to the URL" }),
@@ -106,6 +107,7 @@ export async function deliveriesPage(root, { id, params }) {
         el("dt", { text: "Custom headers" }), el("dd", {}, headerList(w.headers)),
         el("dt", { text: "Receiver auth" }), el("dd", { text: authText(w.auth) }),
         el("dt", { text: "Body format" }), el("dd", { text: w.body_format }),
+        w.mode === "pull" ? null : [el("dt", { text: "Delivery policy" }), el("dd", { text: policyText(w) })],
         el("dt", { text: "Signature scheme" }), el("dd", { text: w.signature_scheme }),
         w.public_key ? [el("dt", {}, el("label", { for: "public-key", text: "Public key" })),
           el("dd", { class: "key-box" }, el("input", { id: "public-key", type: "text", readonly: true, value: w.public_key, class: "secret" }),

@@ -145,3 +145,25 @@ export async function copy(text) {
 export function errorBox(e) {
   return el("p", { class: "error", role: "alert", text: e instanceof Error ? e.message : String(e) });
 }
+
+// The circuit breaker's badge: nothing while closed; open or half-open
+// with since when.
+export function circuitBadge(w) {
+  const c = w.circuit;
+  if (!c || c.state === "closed") return null;
+  const text = (c.state === "open" ? "circuit open" : "circuit half-open") +
+    (c.since ? " since " + fmtTime(c.since) : "");
+  return el("span", { class: "badge " + (c.state === "open" ? "bad" : "wait"), text,
+    title: c.consecutive_failures + " consecutive failures" });
+}
+
+// A webhook's delivery policy in words.
+export function policyText(w) {
+  const parts = [];
+  parts.push(w.rate_limit_per_s === null ? "no rate limit"
+    : `at most ${w.rate_limit_per_s}/s` + (w.rate_burst === null ? "" : `, bursts of ${w.rate_burst}`));
+  if (w.ordered) parts.push("ordered since " + fmtTime(w.ordered_since));
+  parts.push("circuit opens after " + (w.circuit_threshold ?? "the worker's default of") + " failures, cooldown " +
+    (w.circuit_cooldown_s === null ? "the worker's default" : w.circuit_cooldown_s + " s"));
+  return parts.join("; ");
+}

@@ -1,7 +1,7 @@
 // Webhooks: the filtered, paged table, and the create and edit forms
 // (patterns, payload filter, custom headers, receiver auth, signature
 // scheme).
-import { api, el, field, group, fmtTime, pretty, rate, showFieldErrors, toast, errorBox } from "./ui.js";
+import { api, el, field, group, fmtTime, pretty, rate, showFieldErrors, toast, errorBox, circuitBadge } from "./ui.js";
 
 const PAGE = 20;
 let catalogue = null;
@@ -71,7 +71,8 @@ export async function webhooksPage(root, { params }) {
       el("a", { href: "#/webhooks/" + w.id, text: w.name }),
       w.mode === "pull" ? "pull (no URL)" : w.url,
       codes(w.event_types),
-      el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" }),
+      [el("span", { class: "badge " + (w.is_active ? "ok" : "off"), text: w.is_active ? "active" : "inactive" }),
+        circuitBadge(w) ? [" ", circuitBadge(w)] : null],
       rate(w),
       fmtTime(w.last_triggered_at),
       w.disabled_reason || (w.failing_since ? "failing since " + fmtTime(w.failing_since) : ""),
@@ -256,11 +257,28 @@ export async function webhookForm(root, { id }) {
     el("option", { value: "pull", text: "pull: no URL; the owner reads events with GET /webhooks/{id}/pull" }));
   mode.value = w ? w.mode || "push" : "push";
   mode.disabled = !!w;
+  // Delivery policy (push only): empty means unlimited, or the worker's
+  // setting.
+  const num = (name, attrs) => el("input", { type: "number", inputmode: "decimal", ...attrs,
+    value: w && w[name] !== null && w[name] !== undefined ? w[name] : "" });
+  const rateIn = num("rate_limit_per_s", { min: "0", step: "any", placeholder: "unlimited" });
+  const burstIn = num("rate_burst", { min: "1", step: "1", placeholder: "the rate, rounded up" });
+  const orderedBox = el("input", { type: "checkbox", id: "f-ordered" });
+  orderedBox.checked = !!(w && w.ordered);
+  const thresholdIn = num("circuit_threshold", { min: "1", step: "1", placeholder: "worker default (5)" });
+  const cooldownIn = num("circuit_cooldown_s", { min: "1", step: "1", placeholder: "worker default (60)" });
+  const policy = el("fieldset", { class: "field group" }, el("legend", { text: "Delivery policy" }),
+    field("rate_limit_per_s", "Rate limit (requests per second)", rateIn, "Across every worker replica; deliveries over it wait, they do not fail. Empty: unlimited."),
+    field("rate_burst", "Burst", burstIn, "Requests allowed at once above the rate; needs a rate limit."),
+    el("div", { class: "field check" }, orderedBox, el("label", { for: "f-ordered", text: "Ordered delivery (one at a time, in stream order)" }),
+      el("p", { class: "field-error", id: "err-ordered", role: "alert" })),
+    field("circuit_threshold", "Circuit breaker: failures to open", thresholdIn, "Consecutive failed attempts; empty: the worker's setting."),
+    field("circuit_cooldown_s", "Circuit breaker: cooldown (seconds)", cooldownIn, "How long an open circuit waits before one probe; empty: the worker's setting."));
   const activeBox = el("input", { type: "checkbox" });
   if (w) activeBox.checked = w.is_active;
   const general = el("p", { class: "error", role: "alert" });
   const urlField = field("url", "URL", url, "Where the signed POSTs go (http or https).");
-  const showMode = () => { urlField.hidden = mode.value === "pull"; };
+  const showMode = () => { urlField.hidden = mode.value === "pull"; policy.hidden = mode.value === "pull"; };
   mode.addEventListener("change", showMode);
   showMode();
   const form = el("form", { class: "edit", novalidate: true, "aria-label": w ? "Edit webhook" : "New webhook" },
@@ -281,6 +299,7 @@ export async function webhookForm(root, { id }) {
       (w ? "Replaces the secret at once; use Rotate secret for a grace period. " : "hmac: signs every delivery (HMAC-SHA256). ") +
       "ed25519: a signing key, whsk_…"),
     field("body_format", "Body format", format, "How the POSTed JSON is written; signatures cover the bytes sent."),
+    policy,
     w ? el("div", { class: "field check" }, activeBox, el("label", { for: "f-is_active", text: "Active" })) : null,
     general,
     el("div", { class: "actions" }, el("button", { type: "submit", text: w ? "Save changes" : "Create webhook" }),
@@ -312,6 +331,16 @@ export async function webhookForm(root, { id }) {
     body.body_format = format.value;
     if (secret.value) body.secret = secret.value;
     if (w) body.is_active = activeBox.checked;
+    if (mode.value !== "pull") {
+      // Empty: unlimited, or the worker's setting (null clears on an edit).
+      const numOr = (input) => (input.value.trim() === "" ? null : Number(input.value));
+      for (const [k, input] of [["rate_limit_per_s", rateIn], ["rate_burst", burstIn],
+        ["circuit_threshold", thresholdIn], ["circuit_cooldown_s", cooldownIn]]) {
+        const v = numOr(input);
+        if (v !== null || w) body[k] = v;
+      }
+      if (orderedBox.checked || (w && w.ordered)) body.ordered = orderedBox.checked;
+    }
     try {
       const saved = await api(w ? "PATCH" : "POST", w ? "/webhooks/" + w.id : "/webhooks", body);
       toast(w ? "Saved." : "Webhook created.");

@@ -85,6 +85,15 @@ pub struct Integer {
     pub max: i64,
 }
 
+/// A number field above `above` (exclusive) and at most `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Number {
+    pub name: &'static str,
+    pub presence: Presence,
+    pub above: f64,
+    pub max: f64,
+}
+
 /// A field whose type says the rest: a date-time, a lax boolean or one of
 /// an enum's values.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +117,7 @@ pub struct Structured {
 pub enum Field {
     Text(Text),
     Integer(Integer),
+    Number(Number),
     Plain(Plain),
     Structured(Structured),
 }
@@ -117,6 +127,7 @@ impl Field {
         match self {
             Self::Text(t) => t.name,
             Self::Integer(i) => i.name,
+            Self::Number(n) => n.name,
             Self::Plain(p) => p.name,
             Self::Structured(s) => s.name,
         }
@@ -126,6 +137,7 @@ impl Field {
         match self {
             Self::Text(t) => t.presence,
             Self::Integer(i) => i.presence,
+            Self::Number(n) => n.presence,
             Self::Plain(p) => p.presence,
             Self::Structured(s) => s.presence,
         }
@@ -424,6 +436,44 @@ impl Fields {
         }
     }
 
+    /// A finite number above `above` and at most `max` (a numeric string
+    /// too, as pydantic's lax mode reads it).
+    fn float(&mut self, name: &str, above: f64, max: f64) -> Given<f64> {
+        let loc = ["body", name];
+        match self.take(name) {
+            Given::Absent => Given::Absent,
+            Given::Null => Given::Null,
+            Given::Value(v) => {
+                let parsed = match &v {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.trim().parse::<f64>().ok(),
+                    _ => None,
+                };
+                let error = match parsed {
+                    None => FieldError::new(&loc, "float_type", "Input should be a valid number"),
+                    Some(x) if !x.is_finite() => {
+                        FieldError::new(&loc, "finite_number", "Input should be a finite number")
+                    }
+                    Some(x) if x <= above => FieldError::new(
+                        &loc,
+                        "greater_than",
+                        format!("Input should be greater than {above}"),
+                    )
+                    .ctx(json!({ "gt": above })),
+                    Some(x) if x > max => FieldError::new(
+                        &loc,
+                        "less_than_equal",
+                        format!("Input should be less than or equal to {max}"),
+                    )
+                    .ctx(json!({ "le": max })),
+                    Some(x) => return Given::Value(x),
+                };
+                self.errors.push(error.input(v));
+                Given::Absent
+            }
+        }
+    }
+
     /// An RFC 3339 date-time with a UTC offset (`2026-12-01T10:00:00Z`).
     fn datetime(&mut self, name: &str) -> Given<chrono::DateTime<chrono::Utc>> {
         let loc = ["body", name];
@@ -521,6 +571,40 @@ impl Fields {
         self.present(rule.name, rule.presence, given, "int_type", || {
             "Input should be a valid integer".to_owned()
         })
+    }
+
+    /// The number field `rule`: its value, `Some(None)` for an explicit
+    /// `null` when the rule takes one, `None` when absent (or refused).
+    pub fn number(&mut self, rule: &Number) -> Option<Option<f64>> {
+        let given = self.float(rule.name, rule.above, rule.max);
+        self.nullable(rule.name, rule.presence, given, "float_type", || {
+            "Input should be a valid number".to_owned()
+        })
+    }
+
+    /// The integer field `rule`, telling `null` from absent as
+    /// [`Fields::number`] does.
+    pub fn int_or_null(&mut self, rule: &Integer) -> Option<Option<i64>> {
+        let given = self.integer(rule.name, rule.min, rule.max);
+        self.nullable(rule.name, rule.presence, given, "int_type", || {
+            "Input should be a valid integer".to_owned()
+        })
+    }
+
+    /// [`Fields::present`] for a field whose `null` means something (no
+    /// limit, the default): `Some(None)` for it.
+    fn nullable<T>(
+        &mut self,
+        name: &str,
+        presence: Presence,
+        given: Given<T>,
+        kind: &str,
+        msg: impl FnOnce() -> String,
+    ) -> Option<Option<T>> {
+        match given {
+            Given::Null if presence == Presence::Optional => Some(None),
+            other => self.present(name, presence, other, kind, msg).map(Some),
+        }
     }
 
     /// The date-time field `rule`.
@@ -804,6 +888,48 @@ impl Query {
             );
         }
         c
+    }
+
+    /// An optional RFC 3339 date-time with an offset.
+    pub fn time(&mut self, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let v = self.values.get(name)?;
+        match chrono::DateTime::parse_from_rfc3339(v.trim()) {
+            Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+            Err(e) => {
+                self.errors.push(
+                    FieldError::new(
+                        &["query", name],
+                        "datetime_from_date_parsing",
+                        format!("Input should be a valid datetime or date, {e}"),
+                    )
+                    .input(Value::String(v.clone()))
+                    .ctx(json!({ "error": e.to_string() })),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional cursor of the event audit (`next_cursor` of an events
+    /// page).
+    pub fn event_cursor(&mut self, name: &str) -> Option<storage::audit::EventCursor> {
+        let v = self.values.get(name)?;
+        let c = storage::audit::EventCursor::decode(v);
+        if c.is_none() {
+            self.errors.push(
+                FieldError::value_error(
+                    &["query", name],
+                    "not a cursor: pass the next_cursor of a previous page",
+                )
+                .input(Value::String(v.clone())),
+            );
+        }
+        c
+    }
+
+    /// A problem found after reading (one parameter against another).
+    pub fn refuse(&mut self, error: FieldError) {
+        self.errors.push(error);
     }
 
     /// Reads `T` from a query string; every problem in one 422.

@@ -10,7 +10,9 @@ use regex::Regex;
 use serde::Serialize;
 use serde_json::Value;
 use storage::jobs::{JobKind, JobStatus};
-use storage::models::{BodyFormat, Delivery, DeliveryStatus, Webhook, WebhookMode};
+use storage::models::{
+    BodyFormat, Circuit, CircuitState, Delivery, DeliveryStatus, Webhook, WebhookMode,
+};
 use storage::secrets::Keyring;
 use storage::subscription::SignatureScheme;
 use webhook_client::Ed25519Key;
@@ -21,7 +23,7 @@ use utoipa::ToSchema;
 
 use crate::error::FieldError;
 use crate::extract::{
-    BodyRules, Field, Fields, FromBody, IntParam, Integer, Plain, Presence, Shape, Text,
+    BodyRules, Field, Fields, FromBody, IntParam, Integer, Number, Plain, Presence, Shape, Text,
 };
 
 // The API's fields, each rule said once: the request types read their
@@ -86,6 +88,123 @@ pub const MODE: Plain = Plain {
     name: "mode",
     presence: Presence::Optional,
 };
+
+/// `rate_limit_per_s`: requests per second to the webhook, across every
+/// worker replica (the column's CHECK).
+pub const RATE_LIMIT_PER_S: Number = Number {
+    name: "rate_limit_per_s",
+    presence: Presence::Optional,
+    above: 0.0,
+    max: 100_000.0,
+};
+/// `rate_burst`: requests allowed at once above the rate; only with a rate.
+pub const RATE_BURST: Integer = Integer {
+    name: "rate_burst",
+    presence: Presence::Optional,
+    min: 1,
+    max: 100_000,
+};
+/// `ordered`: one delivery at a time, in stream order.
+pub const ORDERED: Plain = Plain {
+    name: "ordered",
+    presence: Presence::Optional,
+};
+/// `circuit_threshold`: consecutive failures that open the circuit.
+pub const CIRCUIT_THRESHOLD: Integer = Integer {
+    name: "circuit_threshold",
+    presence: Presence::Optional,
+    min: 1,
+    max: 1_000_000,
+};
+/// `circuit_cooldown_s`: seconds the circuit stays open (at most a week).
+pub const CIRCUIT_COOLDOWN_S: Integer = Integer {
+    name: "circuit_cooldown_s",
+    presence: Presence::Optional,
+    min: 1,
+    max: 604_800,
+};
+
+/// The delivery policy fields of a body as given: `None` absent,
+/// `Some(None)` given as `null` (unlimited, or the worker's setting).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PolicyIn {
+    pub rate_limit_per_s: Option<Option<f64>>,
+    pub rate_burst: Option<Option<i32>>,
+    pub ordered: Option<bool>,
+    pub circuit_threshold: Option<Option<i32>>,
+    pub circuit_cooldown_s: Option<Option<i32>>,
+}
+
+/// The body fields of [`PolicyIn`], in order.
+const POLICY_FIELDS: [Field; 5] = [
+    Field::Number(RATE_LIMIT_PER_S),
+    Field::Integer(RATE_BURST),
+    Field::Plain(ORDERED),
+    Field::Integer(CIRCUIT_THRESHOLD),
+    Field::Integer(CIRCUIT_COOLDOWN_S),
+];
+
+impl PolicyIn {
+    fn read(f: &mut Fields) -> Self {
+        let int = |f: &mut Fields, rule: &Integer| {
+            f.int_or_null(rule)
+                .map(|v| v.and_then(|n| i32::try_from(n).ok()))
+        };
+        Self {
+            rate_limit_per_s: f.number(&RATE_LIMIT_PER_S),
+            rate_burst: int(f, &RATE_BURST),
+            ordered: f.flag(&ORDERED),
+            circuit_threshold: int(f, &CIRCUIT_THRESHOLD),
+            circuit_cooldown_s: int(f, &CIRCUIT_COOLDOWN_S),
+        }
+    }
+
+    /// The fields that ask a pull webhook for something it does not have
+    /// (they shape POSTs); the values a webhook reads back without a
+    /// policy (`null`, `false`) ask for nothing.
+    pub fn push_only(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if matches!(self.rate_limit_per_s, Some(Some(_))) {
+            names.push(RATE_LIMIT_PER_S.name);
+        }
+        if matches!(self.rate_burst, Some(Some(_))) {
+            names.push(RATE_BURST.name);
+        }
+        if self.ordered == Some(true) {
+            names.push(ORDERED.name);
+        }
+        if matches!(self.circuit_threshold, Some(Some(_))) {
+            names.push(CIRCUIT_THRESHOLD.name);
+        }
+        if matches!(self.circuit_cooldown_s, Some(Some(_))) {
+            names.push(CIRCUIT_COOLDOWN_S.name);
+        }
+        names
+    }
+}
+
+/// The 422 entries of `names` on a pull webhook.
+pub fn pull_policy_errors(names: &[&str]) -> Vec<FieldError> {
+    names
+        .iter()
+        .map(|name| {
+            FieldError::value_error(
+                &["body", name],
+                "a pull webhook has no delivery policy: rate limit, ordered delivery and the \
+                 circuit breaker shape POSTs, and nothing is POSTed to a pull webhook",
+            )
+        })
+        .collect()
+}
+
+/// The 422 entry of a burst without a rate.
+pub fn burst_without_rate() -> FieldError {
+    FieldError::value_error(
+        &["body", "rate_burst"],
+        "rate_burst needs a rate limit: give rate_limit_per_s too (a burst without a rate \
+         means nothing)",
+    )
+}
 
 /// Page size of every list: 50 unless asked, at most 200 (docs/contract.md,
 /// "REST API").
@@ -282,6 +401,26 @@ pub struct WebhookIn {
     /// `url`; the owner reads them with `GET /webhooks/{id}/pull`).
     #[schema(value_type = Option<String>, example = "push")]
     pub mode: WebhookMode,
+    /// At most this many requests per second (fractions allowed), across
+    /// every worker replica; `null` or absent: unlimited. Push only.
+    #[schema(nullable, example = 10.0)]
+    pub rate_limit_per_s: Option<f64>,
+    /// Requests allowed at once above the rate; `null`: the rate rounded
+    /// up. Only with `rate_limit_per_s`.
+    #[schema(nullable)]
+    pub rate_burst: Option<i32>,
+    /// One delivery at a time, in stream order (a failing event holds the
+    /// later ones). Push only.
+    #[schema(value_type = Option<bool>)]
+    pub ordered: bool,
+    /// Consecutive failures that open the circuit; `null`: the worker's
+    /// setting (`DELIVERY_CIRCUIT_THRESHOLD`, 5). Push only.
+    #[schema(nullable)]
+    pub circuit_threshold: Option<i32>,
+    /// Seconds the circuit stays open before a probe; `null`: the worker's
+    /// setting (`DELIVERY_CIRCUIT_COOLDOWN`, 60 s). Push only.
+    #[schema(nullable)]
+    pub circuit_cooldown_s: Option<i32>,
 }
 
 pub const SIGNATURE_SCHEME: Plain = Plain {
@@ -310,6 +449,11 @@ impl FromBody for WebhookIn {
         Field::Structured(subscription::AUTH),
         Field::Plain(SIGNATURE_SCHEME),
         Field::Plain(MODE),
+        POLICY_FIELDS[0],
+        POLICY_FIELDS[1],
+        POLICY_FIELDS[2],
+        POLICY_FIELDS[3],
+        POLICY_FIELDS[4],
     ];
 
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
@@ -343,6 +487,15 @@ impl FromBody for WebhookIn {
         let signature_scheme = f
             .choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS)
             .unwrap_or(SignatureScheme::Hmac);
+        let policy = PolicyIn::read(&mut f);
+        if mode == Some(WebhookMode::Pull) {
+            f.errors.extend(pull_policy_errors(&policy.push_only()));
+        }
+        let rate_limit_per_s = policy.rate_limit_per_s.flatten();
+        let rate_burst = policy.rate_burst.flatten();
+        if rate_burst.is_some() && rate_limit_per_s.is_none() && !f.has_error("rate_limit_per_s") {
+            f.errors.push(burst_without_rate());
+        }
         match (mode, &url) {
             (Some(WebhookMode::Pull), Some(u)) => f.errors.push(
                 FieldError::value_error(
@@ -390,6 +543,11 @@ impl FromBody for WebhookIn {
                     auth: auth.flatten(),
                     signature_scheme,
                     mode,
+                    rate_limit_per_s,
+                    rate_burst,
+                    ordered: policy.ordered.unwrap_or(false),
+                    circuit_threshold: policy.circuit_threshold.flatten(),
+                    circuit_cooldown_s: policy.circuit_cooldown_s.flatten(),
                 })
             }
             _ => {
@@ -471,9 +629,37 @@ pub struct WebhookPatch {
     /// read); another is a 409.
     #[schema(value_type = Option<String>, nullable)]
     pub mode: Option<WebhookMode>,
+    /// A new rate limit; `null` removes it (and the burst). Push only.
+    #[schema(value_type = Option<f64>, nullable)]
+    pub rate_limit_per_s: Option<Option<f64>>,
+    /// A new burst; `null`: the rate rounded up. Needs a rate (given or
+    /// stored).
+    #[schema(value_type = Option<i32>, nullable)]
+    pub rate_burst: Option<Option<i32>>,
+    /// Switching it on starts ordered delivery now (`ordered_since`);
+    /// `null` leaves it as it is. Push only.
+    #[schema(value_type = Option<bool>, nullable)]
+    pub ordered: Option<bool>,
+    /// `null`: the worker's setting. Push only.
+    #[schema(value_type = Option<i32>, nullable)]
+    pub circuit_threshold: Option<Option<i32>>,
+    /// `null`: the worker's setting. Push only.
+    #[schema(value_type = Option<i32>, nullable)]
+    pub circuit_cooldown_s: Option<Option<i32>>,
 }
 
 impl WebhookPatch {
+    /// Its delivery policy fields.
+    pub fn policy(&self) -> PolicyIn {
+        PolicyIn {
+            rate_limit_per_s: self.rate_limit_per_s,
+            rate_burst: self.rate_burst,
+            ordered: self.ordered,
+            circuit_threshold: self.circuit_threshold,
+            circuit_cooldown_s: self.circuit_cooldown_s,
+        }
+    }
+
     const NAME: Text = optional(NAME);
     const URL: Text = optional(URL);
     const EVENT_TYPE: Text = optional(EVENT_TYPE);
@@ -494,6 +680,11 @@ impl FromBody for WebhookPatch {
         Field::Structured(subscription::AUTH_PATCH),
         Field::Plain(SIGNATURE_SCHEME),
         Field::Plain(MODE),
+        POLICY_FIELDS[0],
+        POLICY_FIELDS[1],
+        POLICY_FIELDS[2],
+        POLICY_FIELDS[3],
+        POLICY_FIELDS[4],
     ];
 
     fn from_body(body: Option<Value>, rules: &BodyRules) -> Result<Self, Vec<FieldError>> {
@@ -521,6 +712,7 @@ impl FromBody for WebhookPatch {
             .and_then(|v| subscription::auth(&mut f, v, rules.allow_private_targets, false));
         let signature_scheme = f.choice(&SIGNATURE_SCHEME, SignatureScheme::VARIANTS);
         let mode = f.choice(&MODE, WebhookMode::VARIANTS);
+        let policy = PolicyIn::read(&mut f);
         if let Some(u) = &url {
             check_url(&mut f, u, rules.allow_private_targets);
         }
@@ -546,6 +738,11 @@ impl FromBody for WebhookPatch {
             auth,
             signature_scheme,
             mode,
+            rate_limit_per_s: policy.rate_limit_per_s,
+            rate_burst: policy.rate_burst,
+            ordered: policy.ordered,
+            circuit_threshold: policy.circuit_threshold,
+            circuit_cooldown_s: policy.circuit_cooldown_s,
         })
     }
 }
@@ -660,12 +857,56 @@ pub struct WebhookOut {
     /// A pull webhook's acknowledged position (`<epoch>:<sequence>`),
     /// `null` before the first acknowledgement and for a push webhook.
     pub pull_cursor: Option<String>,
+    /// Requests per second at most, across every worker replica; `null`:
+    /// unlimited.
+    pub rate_limit_per_s: Option<f64>,
+    /// Requests allowed at once above the rate; `null`: the rate rounded up.
+    pub rate_burst: Option<i32>,
+    /// One delivery at a time, in stream order.
+    pub ordered: bool,
+    /// When ordered delivery was switched on (events published since are
+    /// ordered); `null` when it is off.
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub ordered_since: Option<DateTime<Utc>>,
+    /// Consecutive failures that open the circuit; `null`: the worker's
+    /// setting.
+    pub circuit_threshold: Option<i32>,
+    /// Seconds the circuit stays open before a probe; `null`: the worker's
+    /// setting.
+    pub circuit_cooldown_s: Option<i32>,
+    /// The circuit breaker as the delivery worker left it.
+    pub circuit: CircuitOut,
+}
+
+/// A webhook's circuit breaker.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CircuitOut {
+    /// `closed` (deliveries are attempted), `open` (none until the
+    /// cooldown ends) or `half_open` (one probe in flight).
+    #[schema(value_type = String, example = "closed")]
+    pub state: CircuitState,
+    /// Since when it is in that state; `null`: closed since the webhook was
+    /// created.
+    #[serde(serialize_with = "rfc3339::ser_opt")]
+    pub since: Option<DateTime<Utc>>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: i32,
+}
+
+impl From<Circuit> for CircuitOut {
+    fn from(c: Circuit) -> Self {
+        Self {
+            state: c.state,
+            since: c.since,
+            consecutive_failures: c.consecutive_failures,
+        }
+    }
 }
 
 impl WebhookOut {
-    /// The webhook as shown; `keys` open an `ed25519` signing key to show
-    /// its public key.
-    pub fn new(w: Webhook, keys: &Keyring) -> Self {
+    /// The webhook as shown, with its `circuit`; `keys` open an `ed25519`
+    /// signing key to show its public key.
+    pub fn new(w: Webhook, keys: &Keyring, circuit: Circuit) -> Self {
         let public_key = match (w.signature_scheme, &w.secret) {
             (SignatureScheme::Ed25519, Some(stored)) => {
                 storage::subscription::open(keys, storage::subscription::purpose::SECRET, stored)
@@ -703,6 +944,13 @@ impl WebhookOut {
             public_key,
             mode: w.mode,
             pull_cursor,
+            rate_limit_per_s: w.rate_limit_per_s,
+            rate_burst: w.rate_burst,
+            ordered: w.ordered,
+            ordered_since: w.ordered_since,
+            circuit_threshold: w.circuit_threshold,
+            circuit_cooldown_s: w.circuit_cooldown_s,
+            circuit: circuit.into(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The route table.
 
+pub mod audit;
 pub mod events;
 pub mod jobs;
 pub mod openapi;
@@ -125,6 +126,8 @@ pub fn operations() -> Vec<Operation> {
         op::<webhooks::__path_rotate, _, _>(webhooks::rotate),
         op::<portal::__path_readiness, _, _>(portal::readiness),
         op::<events::__path_types, _, _>(events::types),
+        op::<audit::__path_list, _, _>(audit::list),
+        op::<audit::__path_get, _, _>(audit::get),
         op::<openapi::__path_serve, _, _>(openapi::serve),
     ]
 }
@@ -252,6 +255,8 @@ mod tests {
             /webhooks/{webhook_id}/rotate-secret POST token
             /services/readiness GET token
             /events/types GET open
+            /events GET token
+            /events/{event_id} GET token
             /openapi.json GET open";
         let want: Vec<&str> = want.lines().map(str::trim).collect();
         assert_eq!(got, want);

@@ -18,7 +18,10 @@ use crate::model::{
     HourlyOut, JobOut, JobPage, RecoverIn, ReplayIn, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{INT_PARAMS, url_pattern};
+use crate::model::{CircuitOut, INT_PARAMS, url_pattern};
+use crate::routes::audit::{
+    AttemptOut, AuditEventOut, AuditPage, AuditSummaryOut, AuditWebhookOut,
+};
 use crate::routes::portal::{ServiceReadiness, ServicesReadiness};
 use crate::routes::pull::{PullEventOut, PullPage};
 
@@ -50,7 +53,8 @@ impl Modify for SecuritySchemes {
         RotateIn, RotateOut, TestOut, RetryOut, EventTypeOut, EventCatalogueOut, ErrorOut,
         HttpValidationError, FieldError, LocItem, HourlyOut, HourBucketOut, ServiceReadiness,
         ServicesReadiness, RecoverIn, ReplayIn, BulkRetryIn, JobOut, JobPage, PullPage,
-        PullEventOut,
+        PullEventOut, CircuitOut, AuditPage, AuditSummaryOut, AuditEventOut, AuditWebhookOut,
+        AttemptOut,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -58,6 +62,7 @@ impl Modify for SecuritySchemes {
         (name = "deliveries", description = "Delivery history and manual retries"),
         (name = "jobs", description = "Recover, replay and bulk retry, run in the background by the delivery worker"),
         (name = "events", description = "The event catalogue"),
+        (name = "audit", description = "What happened to each processed event, per webhook"),
         (name = "meta", description = "This document and the services' readiness"),
     )
 )]
@@ -161,6 +166,10 @@ fn describe<T: FromBody + ToSchema>(doc: &mut Value) {
                 schema.insert("minimum".to_owned(), json!(i.min));
                 schema.insert("maximum".to_owned(), json!(i.max));
             }
+            Field::Number(n) => {
+                schema.insert("exclusiveMinimum".to_owned(), json!(n.above));
+                schema.insert("maximum".to_owned(), json!(n.max));
+            }
             Field::Plain(_) => {}
             Field::Structured(s) => {
                 // The parser's own schema; `null` leaves an optional one
@@ -234,6 +243,8 @@ fn refine(doc: &mut Value) {
     );
     subscriptions(doc);
     modes(doc);
+    policy(doc);
+    audit(doc);
     let formats = json!(BodyFormat::VARIANTS);
     for schema in ["WebhookIn", "WebhookOut"] {
         set(
@@ -450,6 +461,74 @@ fn modes(doc: &mut Value) {
                     p["schema"]["maximum"] = json!(rule.max);
                     p["schema"]["default"] = json!(rule.default);
                 }
+            }
+        }
+    }
+}
+
+/// The delivery policy: `ordered` is a lax boolean (`null` leaves it
+/// unchanged); a burst needs a rate; the circuit's states.
+fn policy(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    for schema in ["WebhookIn", "WebhookPatch"] {
+        set(
+            doc,
+            &format!("{schemas}/{schema}/properties"),
+            "ordered",
+            json!({"anyOf": [lax_bool_schema(), {"type": "null"}]}),
+        );
+    }
+    if let Some(Value::Array(all)) = doc.pointer_mut(&format!("{schemas}/WebhookIn/allOf")) {
+        all.push(json!({
+            "if": {"required": ["rate_burst"], "properties": {"rate_burst": {"type": "integer"}}},
+            "then": {"required": ["rate_limit_per_s"], "properties": {"rate_limit_per_s": {"type": "number"}}},
+        }));
+        // A pull webhook has no delivery policy.
+        all.push(json!({
+            "if": {"required": ["mode"], "properties": {"mode": {"const": "pull"}}},
+            "then": {"properties": {
+                "rate_limit_per_s": {"type": "null"},
+                "rate_burst": {"type": "null"},
+                "ordered": {"anyOf": [{"type": "null"}, {"enum": [false, 0, "false", "0", "no", "off", "f", "n"]}]},
+                "circuit_threshold": {"type": "null"},
+                "circuit_cooldown_s": {"type": "null"},
+            }},
+        }));
+    }
+    set(
+        doc,
+        &format!("{schemas}/CircuitOut/properties/state"),
+        "enum",
+        json!(storage::models::CircuitState::VARIANTS),
+    );
+}
+
+/// The audit's states and its list's parameters.
+fn audit(doc: &mut Value) {
+    let schemas = "/components/schemas";
+    let states = json!(storage::audit::AuditState::VARIANTS);
+    set(
+        doc,
+        &format!("{schemas}/AuditWebhookOut/properties/state"),
+        "enum",
+        states.clone(),
+    );
+    set(
+        doc,
+        &format!("{schemas}/AttemptOut/properties/status"),
+        "enum",
+        json!(DeliveryStatus::VARIANTS),
+    );
+    if let Some(Value::Array(params)) = doc.pointer_mut("/paths/~1events/get/parameters") {
+        for p in params.iter_mut() {
+            match p["name"].as_str() {
+                Some("type") => p["schema"] = json!({"type": "string", "enum": EventType::names()}),
+                Some("state") => p["schema"]["enum"] = states.clone(),
+                Some("since" | "until") => p["schema"]["format"] = json!("date-time"),
+                Some("cursor") => {
+                    p["schema"]["pattern"] = json!(storage::audit::EventCursor::PATTERN);
+                }
+                _ => {}
             }
         }
     }

@@ -55,6 +55,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../portal/events.js"),
     ),
     (
+        "audit.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../portal/audit.js"),
+    ),
+    (
         "overview.js",
         "text/javascript; charset=utf-8",
         include_str!("../../portal/overview.js"),
@@ -310,8 +315,9 @@ mod tests {
     #[test]
     fn the_portal_stays_small() {
         // 64 KiB until the subscription editor (patterns, filter, headers,
-        // auth, signing scheme) took it to 68 KB.
-        assert!(total_bytes() < 80 * 1024, "{} bytes", total_bytes());
+        // auth, signing scheme) took it to 68 KB; 80 KiB until the delivery
+        // policy editor and the audit pages took it to 83 KB.
+        assert!(total_bytes() < 96 * 1024, "{} bytes", total_bytes());
     }
 
     #[test]

@@ -13,16 +13,17 @@ use crate::model::{
     DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{HOURS, LIMIT, OFFSET};
+use crate::model::{HOURS, LIMIT, OFFSET, PolicyIn, burst_without_rate};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
-use storage::models::Webhook;
+use storage::audit;
+use storage::models::{Circuit, Webhook};
 use storage::secrets::Keyring;
 use storage::subscription::{
     SignatureScheme, auth_column, auth_of, headers_column, headers_of, pattern_columns, purpose,
 };
-use storage::webhooks::{self as db, NewWebhook, Retry, WebhookChanges};
+use storage::webhooks::{self as db, DeliveryPolicy, NewWebhook, Retry, WebhookChanges};
 use webhook_client::Ed25519Key;
 
 use crate::error::FieldError;
@@ -55,7 +56,8 @@ pub async fn create(
     let row = db::insert_webhook(&mut conn, new).await?;
     tracing::info!(webhook_id = row.id, event_type = %row.event_type, "webhook created");
     state.notifier.notify(row.id, Op::Created);
-    Ok(HttpResponse::Created().json(WebhookOut::new(row, &state.keys)))
+    // A new webhook has no circuit row: closed.
+    Ok(HttpResponse::Created().json(WebhookOut::new(row, &state.keys, Circuit::default())))
 }
 
 /// A secret sealed for the `secret` column.
@@ -104,7 +106,56 @@ fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, ApiError>
         auth: auth_column(auth.as_ref()),
         signature_scheme: input.signature_scheme,
         mode: input.mode,
+        policy: DeliveryPolicy {
+            rate_limit_per_s: input.rate_limit_per_s,
+            rate_burst: input.rate_burst,
+            ordered: input.ordered,
+            ordered_since: input.ordered.then(Utc::now),
+            circuit_threshold: input.circuit_threshold,
+            circuit_cooldown_s: input.circuit_cooldown_s,
+        },
     })
+}
+
+/// The policy columns a PATCH changes: a pull webhook has none (a 409,
+/// like its URL); clearing the rate clears its burst; a burst needs a rate,
+/// given or stored (a 422); switching `ordered` on starts it now.
+fn policy_changes(
+    policy: PolicyIn,
+    current: &Webhook,
+    changes: &mut WebhookChanges,
+) -> Result<(), ApiError> {
+    let push_only = policy.push_only();
+    if current.is_pull() && !push_only.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "{}: a pull webhook has no delivery policy (nothing is POSTed to it)",
+            push_only.join(", ")
+        )));
+    }
+    changes.rate_limit_per_s = policy.rate_limit_per_s;
+    changes.rate_burst = match (policy.rate_limit_per_s, policy.rate_burst) {
+        (Some(None), None) => Some(None),
+        (_, burst) => burst,
+    };
+    let rate = policy.rate_limit_per_s.unwrap_or(current.rate_limit_per_s);
+    let burst = changes.rate_burst.unwrap_or(current.rate_burst);
+    if burst.is_some() && rate.is_none() {
+        return Err(ApiError::one(burst_without_rate()));
+    }
+    match policy.ordered {
+        Some(true) if !current.ordered => {
+            changes.ordered = Some(true);
+            changes.ordered_since = Some(Some(Utc::now()));
+        }
+        Some(false) if current.ordered => {
+            changes.ordered = Some(false);
+            changes.ordered_since = Some(None);
+        }
+        _ => {}
+    }
+    changes.circuit_threshold = policy.circuit_threshold;
+    changes.circuit_cooldown_s = policy.circuit_cooldown_s;
+    Ok(())
 }
 
 /// What a PATCH changes of `current`: its fields checked against what is
@@ -127,6 +178,7 @@ fn changes_for(
             "url: a pull webhook has no URL (its mode cannot be changed)".to_owned(),
         ));
     }
+    let policy = patch.policy();
     let mut changes = WebhookChanges {
         name: patch.name,
         url: patch.url,
@@ -198,6 +250,7 @@ fn changes_for(
         changes.disabled_reason = Some(None);
         changes.failing_since = Some(None);
     }
+    policy_changes(policy, current, &mut changes)?;
     Ok(changes)
 }
 
@@ -267,10 +320,15 @@ pub async fn list(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
         offset,
     )
     .await?;
+    let ids: Vec<i32> = items.iter().map(|w| w.id).collect();
+    let mut circuits = audit::circuits(&mut conn, &ids).await?;
     let page = WebhookPage {
         items: items
             .into_iter()
-            .map(|w| WebhookOut::new(w, &state.keys))
+            .map(|w| {
+                let circuit = circuits.remove(&w.id).unwrap_or_default();
+                WebhookOut::new(w, &state.keys, circuit)
+            })
             .collect(),
         total,
         limit,
@@ -361,7 +419,8 @@ pub async fn get(
     let row = db::get_webhook(&mut conn, id)
         .await?
         .ok_or_else(ApiError::webhook_not_found)?;
-    Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys)))
+    let circuit = audit::circuit(&mut conn, id).await?;
+    Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys, circuit)))
 }
 
 /// Change some fields of a webhook.
@@ -394,7 +453,8 @@ pub async fn update(
     .ok_or_else(ApiError::webhook_not_found)??;
     tracing::info!(webhook_id = id, "webhook updated");
     state.notifier.notify(id, Op::Updated);
-    Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys)))
+    let circuit = audit::circuit(&mut conn, id).await?;
+    Ok(HttpResponse::Ok().json(WebhookOut::new(row, &state.keys, circuit)))
 }
 
 /// Delete a webhook and its deliveries.
@@ -737,8 +797,9 @@ pub async fn rotate(
     tracing::info!(webhook_id = id, generated, "webhook secret rotated");
     state.notifier.notify(id, Op::Rotated);
     let previous_secret_expires_at = row.previous_secret_expires_at;
+    let circuit = audit::circuit(&mut conn, id).await?;
     Ok(HttpResponse::Ok().json(RotateOut {
-        webhook: WebhookOut::new(row, &state.keys),
+        webhook: WebhookOut::new(row, &state.keys, circuit),
         secret: generated.then_some(secret),
         previous_secret_expires_at,
     }))

@@ -2,6 +2,7 @@
 //! against a fresh, migrated database and a unique NATS prefix.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit;
 mod auth;
 mod bot;
 mod cli;
@@ -11,6 +12,7 @@ mod framing;
 mod helpers;
 mod history;
 mod jobs;
+mod policy;
 mod portal;
 mod process;
 mod pull;

@@ -7,7 +7,7 @@ use storage::testing::{diesel, diesel_async};
 
 use crate::helpers::spawn_app;
 
-const FIELDS: [&str; 22] = [
+const FIELDS: [&str; 29] = [
     "id",
     "name",
     "url",
@@ -32,6 +32,14 @@ const FIELDS: [&str; 22] = [
     // Pull webhooks.
     "mode",
     "pull_cursor",
+    // Delivery policy.
+    "rate_limit_per_s",
+    "rate_burst",
+    "ordered",
+    "ordered_since",
+    "circuit_threshold",
+    "circuit_cooldown_s",
+    "circuit",
 ];
 
 fn keys(v: &Value) -> Vec<String> {

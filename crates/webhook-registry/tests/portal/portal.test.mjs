@@ -42,6 +42,13 @@ const receiver = http.createServer((req, res) => {
 await new Promise((r) => receiver.listen(0, "127.0.0.1", r));
 const hookUrl = `http://127.0.0.1:${receiver.address().port}/hook`;
 
+// SQL on the services' database: what the delivery worker would have
+// written (the audit's processed events, a circuit it opened).
+function sql(statement) {
+  execFileSync("psql", [env("DATABASE_URL"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", statement],
+    { stdio: ["ignore", "ignore", "inherit"] });
+}
+
 function publish(type, payload) {
   execFileSync(env("EVENTCTL"), ["publish", "--type", type, "--payload", JSON.stringify(payload)],
     { stdio: ["ignore", "ignore", "inherit"], env: { ...process.env, RUST_LOG: "warn" } });
@@ -542,6 +549,62 @@ try {
     await click(role("button", "Apply filters"));
     await find("main p.empty", exactly("No webhooks match."));
     assert.equal((await api("DELETE", "/webhooks/" + subId)).status, 204);
+  });
+
+  await step("delivery policy through the form; the circuit badge; the audit of an event", async () => {
+    await page.evaluate((h) => { location.hash = h; }, `#/webhooks/${hookId}/edit`);
+    await fill(field("Rate limit (requests per second)"), "5");
+    await fill(field("Burst"), "10");
+    await click(field("Ordered delivery (one at a time, in stream order)"));
+    await fill(field("Circuit breaker: failures to open"), "3");
+    await fill(field("Circuit breaker: cooldown (seconds)"), "120");
+    await click(role("button", "Save changes"));
+    await find("main dd", "at most 5/s, bursts of 10");
+    const saved = await (await api("GET", "/webhooks/" + hookId)).json();
+    assert.deepEqual([saved.rate_limit_per_s, saved.rate_burst, saved.ordered, saved.circuit_threshold, saved.circuit_cooldown_s],
+      [5, 10, true, 3, 120]);
+    assert.ok(saved.ordered_since);
+    // A burst without a rate: the API's message beside the field.
+    await click(role("link", "Edit"));
+    await fill(field("Rate limit (requests per second)"), "");
+    await click(role("button", "Save changes"));
+    await find("#err-rate_burst", "rate_limit_per_s");
+    await fill(field("Burst"), "");
+    await click(role("button", "Save changes"));
+    await find("main dd", "no rate limit");
+
+    sql(`INSERT INTO webhook_circuit (webhook_id, state, since, consecutive_failures) VALUES (${hookId}, 'open', now(), 4)`);
+    await page.evaluate((h) => { location.hash = h; }, "#/webhooks");
+    await find("main table .badge", "circuit open since");
+    await page.evaluate((h) => { location.hash = h; }, `#/webhooks/${hookId}`);
+    await find("main .title .badge", "circuit open since");
+    await shot("14-webhook-circuit-open");
+
+    const delivered = "audit-" + marker, refused = "audit-filtered-" + marker;
+    sql(`INSERT INTO delivery_events (event_id, event_type, stream_seq, published_at, processed_at, matched, filtered) VALUES
+      ('${delivered}', 'user.created', 1000001, now() - interval '2 seconds', now() - interval '1 second', ARRAY[${hookId}], '{}'),
+      ('${refused}', 'ticket.created', 1000002, now() - interval '1 second', now(), '{}', ARRAY[${hookId}]);
+      INSERT INTO webhook_deliveries (webhook_id, event_type, payload, response_status, status, attempt_number, event_id, delivered_at)
+      VALUES (${hookId}, 'user.created', '{"user_id": 77}', 200, 'success', 1, '${delivered}', now())`);
+    await click(role("link", "Audit"));
+    await find(role("heading", "Delivery audit"));
+    await find(`${role("table", "Events")} ${role("link", refused)}`);
+    await choose(field("Event type"), "user.created");
+    await click(role("button", "Apply filters"));
+    await find(`${role("table", "Events")} ${role("link", delivered)}`);
+    assert.equal(await page.$$eval(`main table a[href="#/audit/${refused}"]`, (a) => a.length), 0);
+    await find("main table .badge", "succeeded 1");
+    await shot("15-audit");
+    await click(role("link", delivered));
+    await find(role("heading", "Event " + delivered));
+    await find("main .badge", exactly("succeeded"));
+    await find("main li.attempt span", exactly("HTTP 200"));
+    await find("main pre", '"user_id": 77');
+    await shot("16-audit-event");
+    await page.evaluate((h) => { location.hash = h; }, "#/audit/" + refused);
+    await find("main .badge", exactly("filtered_out"));
+    await find("main p.empty", "Not available");
+    sql(`DELETE FROM webhook_circuit WHERE webhook_id = ${hookId}`);
   });
 
   await step("delete with a confirmation", async () => {
