@@ -62,7 +62,9 @@ struct Running {
 /// the consumer of a webhook that is no longer ordered.
 pub async fn run(ctx: Arc<OrderedCtx>, stop: CancellationToken) {
     let mut running: HashMap<i32, Running> = HashMap::new();
-    let mut sweep = tokio::time::interval(Duration::from_secs(30));
+    let sweep_every = Duration::from_secs(30);
+    let mut sweep =
+        tokio::time::interval_at(tokio::time::Instant::now() + sweep_every, sweep_every);
     loop {
         let wanted: HashMap<i32, (DateTime<Utc>, Vec<String>)> = ctx
             .cache
@@ -110,7 +112,13 @@ pub async fn run(ctx: Arc<OrderedCtx>, stop: CancellationToken) {
         }
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = sweep.tick() => sweep_consumers(&ctx, &running).await,
+            _ = sweep.tick() => {
+                // A NATS request may wait for its timeout: never past a stop.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sweep_consumers(&ctx, &running) => {}
+                }
+            }
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -122,9 +130,12 @@ pub async fn run(ctx: Arc<OrderedCtx>, stop: CancellationToken) {
 
 async fn drop_consumer(ctx: &OrderedCtx, webhook_id: i32) {
     let name = ctx.consumer_name(webhook_id);
-    if let Ok(stream) = ctx.js.get_stream(ctx.ns.stream()).await
-        && stream.delete_consumer(&name).await.is_ok()
-    {
+    let drop = async {
+        let stream = ctx.js.get_stream(ctx.ns.stream()).await.ok()?;
+        stream.delete_consumer(&name).await.ok()
+    };
+    // Bounded: NATS may be away; the sweep removes it later.
+    if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), drop).await {
         tracing::info!(webhook_id, consumer = %name, "ordered consumer removed");
     }
 }

@@ -91,6 +91,9 @@ impl Settings {
             // Ten quick retries ride out a receiver or database outage of
             // several seconds.
             ("DELIVERY_RETRY_SCHEDULE", "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s"),
+            // Fault tests fail receivers on purpose; the circuit breaker
+            // would hold their retries (the policy test sets its own).
+            ("DELIVERY_CIRCUIT_THRESHOLD", "1000000"),
             ("DELIVERY_ACK_WAIT", "3s"),
             ("DELIVERY_RETRY_POLL", "200ms"),
             ("DELIVERY_TIMEOUT", "3s"),

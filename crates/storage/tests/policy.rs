@@ -35,6 +35,7 @@ async fn setup() -> (TestDb, DbPool, i32) {
             auth: None,
             signature_scheme: storage::subscription::SignatureScheme::Hmac,
             mode: storage::models::WebhookMode::Push,
+            policy: Default::default(),
         },
     )
     .await
