@@ -96,6 +96,13 @@ pub struct Args {
     /// Receiver auth on every webhook (its credential sealed).
     #[arg(long, value_enum, default_value_t = BenchAuth::None)]
     pub auth: BenchAuth,
+    /// Three more webhooks that take every event and build backlogs while
+    /// the measured ones run: one limited to 2 requests/s, one ordered
+    /// whose receiver fails (its first event holds the rest), one whose
+    /// receiver fails until its circuit opens. Only the measured webhooks
+    /// are counted.
+    #[arg(long, default_value_t = false)]
+    pub policy_backlogs: bool,
 }
 
 /// The receiver auth of the benchmark's webhooks.
@@ -260,6 +267,44 @@ pub(crate) async fn start_receiver(
     Ok((addr, rx))
 }
 
+/// The `--policy-backlogs` webhooks: rate-limited (to a receiver that
+/// answers), ordered and circuit-breaking (to one that fails).
+async fn insert_policy_backlogs(
+    pool: &storage::DbPool,
+    run_id: &str,
+    secret: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<Vec<i32>> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use storage::schema::webhooks::dsl as w;
+    let mut conn = pool.get().await?;
+    let mut ids = Vec::new();
+    for (name, path, rate, ordered) in [
+        ("limited", "/ok/limited", Some(2.0), false),
+        ("ordered", "/fail/ordered", None, true),
+        ("circuit", "/fail/circuit", None, false),
+    ] {
+        let id: i32 = diesel::insert_into(w::webhooks)
+            .values((
+                w::name.eq(format!("bench-{run_id}-{name}")),
+                w::url.eq(format!("http://{addr}{path}")),
+                w::event_type.eq("*"),
+                w::secret.eq(secret),
+                w::is_active.eq(true),
+                w::description.eq("bench delivery backlog (deleted at the end)"),
+                w::rate_limit_per_s.eq(rate),
+                w::ordered.eq(ordered),
+                w::ordered_since.eq(ordered.then(chrono::Utc::now)),
+            ))
+            .returning(w::id)
+            .get_result(&mut conn)
+            .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 async fn count_rows(pool: &storage::DbPool, ids: &[i32]) -> anyhow::Result<(i64, i64)> {
     use diesel::prelude::*;
     use diesel_async::RunQueryDsl;
@@ -350,6 +395,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
     // Register the webhooks.
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let mut ids = Vec::new();
+    let mut ids_policy: Vec<i32> = Vec::new();
     {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
@@ -374,6 +420,23 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
                 .await?;
             ids.push(id);
         }
+    }
+    if args.policy_backlogs {
+        let failing = test_support::Receiver::start_lean("127.0.0.1:0", |req| {
+            if req.path().starts_with("/ok") {
+                test_support::Reply::ok()
+            } else {
+                test_support::Reply::status(500)
+            }
+        })
+        .await?;
+        let failing_addr = failing.addr;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            drop(failing);
+        });
+        ids_policy = insert_policy_backlogs(&pool, &run_id, &secret, failing_addr).await?;
     }
     let worker = match args.worker {
         WorkerMode::InProcess => {
@@ -587,7 +650,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         use diesel_async::RunQueryDsl;
         use storage::schema::webhooks::dsl as w;
         let mut conn = pool.get().await?;
-        diesel::delete(w::webhooks.filter(w::id.eq_any(&ids)))
+        diesel::delete(w::webhooks.filter(w::id.eq_any(ids.iter().chain(&ids_policy))))
             .execute(&mut conn)
             .await?;
         drop(conn);

@@ -54,6 +54,16 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy of a webhook as stored, with its circuit's state.
+    pub fn of(w: &storage::models::Webhook, circuit: Option<CircuitState>) -> Self {
+        Self {
+            name: w.name.clone(),
+            rate: RateLimit::of(w.rate_limit_per_s, w.rate_burst),
+            ordered_since: w.ordered_since.filter(|_| w.ordered),
+            circuit,
+        }
+    }
+
     /// Whether an event published at `published` is delivered in order.
     pub fn orders(&self, published: DateTime<Utc>) -> bool {
         self.ordered_since.is_some_and(|since| published >= since)
@@ -258,6 +268,9 @@ struct Snapshot {
     by_type: [Vec<Arc<Target>>; EventType::ALL.len()],
     /// The ordered webhooks, with their patterns.
     ordered: Vec<(Arc<Target>, Vec<String>)>,
+    /// Every active webhook's policy, for deliveries whose target was
+    /// read from a row (retries, jobs).
+    policies: HashMap<i32, Policy>,
     /// Closed, open and half-open circuits.
     circuit_counts: [i64; 3],
     count: usize,
@@ -292,6 +305,16 @@ impl WebhookCache {
     }
 
     /// Number of active webhooks known.
+    /// The delivery policy of an active webhook (default when unknown).
+    pub fn policy(&self, webhook_id: i32) -> Policy {
+        self.snapshot
+            .load()
+            .policies
+            .get(&webhook_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The ordered webhooks and their patterns.
     pub fn ordered(&self) -> Vec<(Arc<Target>, Vec<String>)> {
         self.snapshot.load().ordered.clone()
@@ -349,12 +372,7 @@ impl WebhookCache {
             let Some(sending) = w.sending() else {
                 continue;
             };
-            let policy = Policy {
-                name: w.name.clone(),
-                rate: RateLimit::of(w.rate_limit_per_s, w.rate_burst),
-                ordered_since: w.ordered_since.filter(|_| w.ordered),
-                circuit: circuits.get(&w.id).map(|c| c.state),
-            };
+            let policy = Policy::of(&w, circuits.get(&w.id).map(|c| c.state));
             let target = match Target::open(w.id, &sending, keys) {
                 Ok(t) => Arc::new(t.with_filter(filter).with_policy(policy)),
                 Err(e) => {
@@ -372,6 +390,7 @@ impl WebhookCache {
                 Some(CircuitState::Open) => circuit_counts[1] += 1,
                 Some(CircuitState::HalfOpen) => circuit_counts[2] += 1,
             }
+            snap.policies.insert(w.id, target.policy.clone());
             if target.policy.ordered_since.is_some() {
                 let patterns = w.patterns().into_iter().map(str::to_owned).collect();
                 snap.ordered.push((target.clone(), patterns));

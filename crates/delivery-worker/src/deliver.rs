@@ -151,6 +151,8 @@ pub struct Deliverer {
     pub keys: storage::secrets::Keyring,
     /// The shared rate limiters and circuits.
     pub pool: storage::DbPool,
+    /// The webhooks' policies, for targets read from rows.
+    pub cache: crate::cache::WebhookCache,
     pub circuit: CircuitSettings,
     /// How long a probe may be in flight before another replica may send one.
     pub probe_lease: Duration,
@@ -246,9 +248,10 @@ impl Deliverer {
                 // Open: due when the cooldown ends. A probe in flight: due
                 // in a second; the retry queue leaves the row alone until
                 // the probe's outcome closes or reopens the circuit.
-                Ok(CircuitTake::Hold { until }) => {
+                Ok(CircuitTake::Hold { until, probing }) => {
+                    let soon = Utc::now() + chrono::Duration::seconds(1);
                     return Some(Hold {
-                        due: until.max(Utc::now() + chrono::Duration::seconds(1)),
+                        due: if probing { soon } else { until.max(soon) },
                         why: Held::Circuit,
                     });
                 }
@@ -259,13 +262,9 @@ impl Deliverer {
             }
         }
         if let Some(limit) = target.policy.rate {
-            match take_rate(&self.pool, target.id, limit, RATE_HORIZON).await {
-                Ok(RateTake::Go(wait)) => {
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                Ok(RateTake::Hold { due }) => {
+            match self.take_slot(target.id, limit).await {
+                Ok(None) => {}
+                Ok(Some(due)) => {
                     self.metrics.rate_limited.inc();
                     return Some(Hold {
                         due,
@@ -279,6 +278,39 @@ impl Deliverer {
             }
         }
         None
+    }
+
+    /// Takes a slot of the shared rate limit and waits for it: `None` to
+    /// send now, or when to try again. A wait that ends late (this process
+    /// was not scheduled in time) gives its slot up and takes another:
+    /// sent late, it would arrive next to the following slot's request and
+    /// crowd the receiver's window. Two late wake-ups in a row hold the
+    /// delivery.
+    async fn take_slot(
+        &self,
+        webhook_id: i32,
+        limit: storage::policy::RateLimit,
+    ) -> Result<Option<DateTime<Utc>>, storage::StorageError> {
+        let late = Duration::from_secs_f64(0.5 / limit.per_s)
+            .clamp(Duration::from_millis(5), Duration::from_millis(100));
+        for _ in 0..2 {
+            match take_rate(&self.pool, webhook_id, limit, RATE_HORIZON).await? {
+                RateTake::Go(wait) if wait.is_zero() => return Ok(None),
+                RateTake::Go(wait) => {
+                    let slot = tokio::time::Instant::now() + wait;
+                    tokio::time::sleep_until(slot).await;
+                    if slot.elapsed() <= late {
+                        return Ok(None);
+                    }
+                    tracing::debug!(
+                        webhook_id,
+                        "woke up late for a rate-limit slot; taking another"
+                    );
+                }
+                RateTake::Hold { due } => return Ok(Some(due)),
+            }
+        }
+        Ok(Some(Utc::now() + chrono::Duration::milliseconds(200)))
     }
 
     /// A delivery not attempted now: a pending row due at `hold.due` (a

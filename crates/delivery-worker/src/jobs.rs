@@ -243,9 +243,15 @@ async fn load_hook(
     let Some(sending) = w.sending() else {
         return Ok(None);
     };
+    // A job's deliveries keep to the webhook's rate limit and circuit (the
+    // job's own pace aside); they are not ordered.
+    let circuit = storage::policy::circuit(pool, webhook_id).await?;
+    let mut policy = crate::cache::Policy::of(&w, Some(circuit.state));
+    policy.ordered_since = None;
     let target = Target::open(webhook_id, &sending, keys)
         .map_err(|e| StorageError::Secrets(e.to_string()))?
-        .with_filter(filter);
+        .with_filter(filter)
+        .with_policy(policy);
     Ok(Some(Hook {
         target,
         patterns: w.patterns().into_iter().map(str::to_owned).collect(),

@@ -151,6 +151,7 @@ impl Application {
             recorder,
             keys: keys.clone(),
             pool: pool.clone(),
+            cache: cache.clone(),
             circuit: config.circuit(),
             probe_lease: config.total_timeout + Duration::from_secs(30),
         });

@@ -84,7 +84,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         created_at: row.created_at,
     };
     let target = match Target::open(row.webhook_id, &row.sending(), &deliverer.keys) {
-        Ok(t) => t,
+        Ok(t) => t.with_policy(deliverer.cache.policy(row.webhook_id)),
         Err(e) => {
             // Left pending: it is claimed again after its lease, and sent
             // once the key file opens the webhook's secrets again.

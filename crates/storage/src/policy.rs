@@ -127,8 +127,9 @@ pub enum CircuitTake {
     Closed,
     /// This delivery is the probe (the circuit is now half-open).
     Probe,
-    /// Hold the delivery: open until `until`, or a probe is in flight.
-    Hold { until: DateTime<Utc> },
+    /// Hold the delivery: open until `until`; or a probe is in flight
+    /// (`probing`), whose outcome is known at the latest by `until`.
+    Hold { until: DateTime<Utc>, probing: bool },
 }
 
 /// Asks the circuit of `webhook_id` whether a delivery may go. An open
@@ -182,7 +183,10 @@ pub async fn take_circuit(
         None => CircuitTake::Closed,
         Some(t) if t.state == "closed" => CircuitTake::Closed,
         Some(t) if t.probe => CircuitTake::Probe,
-        Some(t) => CircuitTake::Hold { until: t.until },
+        Some(t) => CircuitTake::Hold {
+            until: t.until,
+            probing: t.state == "half_open",
+        },
     })
 }
 
