@@ -13,7 +13,7 @@ use crate::model::{
     DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{HOURS, LIMIT, OFFSET, PolicyIn, burst_without_rate};
+use crate::model::{HOURS, LIMIT, OFFSET, PolicyIn};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
@@ -119,7 +119,7 @@ fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, ApiError>
 
 /// The policy columns a PATCH changes: a pull webhook has none (a 409,
 /// like its URL); clearing the rate clears its burst; a burst needs a rate,
-/// given or stored (a 422); switching `ordered` on starts it now.
+/// given or stored (a 409); switching `ordered` on starts it now.
 fn policy_changes(
     policy: PolicyIn,
     current: &Webhook,
@@ -139,8 +139,14 @@ fn policy_changes(
     };
     let rate = policy.rate_limit_per_s.unwrap_or(current.rate_limit_per_s);
     let burst = changes.rate_burst.unwrap_or(current.rate_burst);
+    // The request alone is valid: it is the webhook as stored (no rate)
+    // that a burst does not fit, so a 409 like a URL on a pull webhook.
     if burst.is_some() && rate.is_none() {
-        return Err(ApiError::one(burst_without_rate()));
+        return Err(ApiError::Conflict(
+            "rate_burst: this webhook has no rate limit; give rate_limit_per_s too (a burst \
+             without a rate means nothing)"
+                .to_owned(),
+        ));
     }
     match policy.ordered {
         Some(true) if !current.ordered => {

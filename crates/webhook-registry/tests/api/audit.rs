@@ -477,16 +477,18 @@ async fn the_list_pages_newest_first_with_filters() {
 #[tokio::test]
 async fn bad_list_parameters_are_422() {
     let app = spawn_app().await;
+    // An empty range is no error: an empty page.
+    let (status, page) = app
+        .get("/events?since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["items"], json!([]));
     for (query, loc) in [
         ("type=user.deleted", "type"),
         ("type=ticket.*", "type"),
         ("state=lost", "state"),
         ("since=yesterday", "since"),
         ("until=2026-13-01T00:00:00Z", "until"),
-        (
-            "since=2026-12-02T00:00:00Z&until=2026-12-01T00:00:00Z",
-            "until",
-        ),
         ("limit=0", "limit"),
         ("limit=201", "limit"),
         ("cursor=nope", "cursor"),
