@@ -156,6 +156,10 @@ pub struct Deliverer {
     pub circuit: CircuitSettings,
     /// How long a probe may be in flight before another replica may send one.
     pub probe_lease: Duration,
+    /// What this replica last heard of a webhook's open circuit or
+    /// saturated rate limit: until when deliveries are held anyway
+    /// ([`Deliverer::held_anyway`]).
+    pub hints: parking_lot::Mutex<std::collections::HashMap<(i32, Held), DateTime<Utc>>>,
 }
 
 /// How far ahead a rate-limited delivery takes its slot and waits for it
@@ -222,6 +226,9 @@ impl Deliverer {
         if target.policy.is_free() {
             return None;
         }
+        if let Some(hold) = self.held_anyway(target) {
+            return Some(hold);
+        }
         let retry_soon = |why| Hold {
             due: Utc::now() + chrono::Duration::seconds(1),
             why,
@@ -250,6 +257,9 @@ impl Deliverer {
                 // the probe's outcome closes or reopens the circuit.
                 Ok(CircuitTake::Hold { until, probing }) => {
                     let soon = Utc::now() + chrono::Duration::seconds(1);
+                    if !probing {
+                        self.hints.lock().insert((target.id, Held::Circuit), until);
+                    }
                     return Some(Hold {
                         due: if probing { soon } else { until.max(soon) },
                         why: Held::Circuit,
@@ -265,6 +275,7 @@ impl Deliverer {
             match self.take_slot(target.id, limit).await {
                 Ok(None) => {}
                 Ok(Some(due)) => {
+                    self.hints.lock().insert((target.id, Held::RateLimit), due);
                     self.metrics.rate_limited.inc();
                     return Some(Hold {
                         due,
@@ -276,6 +287,45 @@ impl Deliverer {
                     return Some(retry_soon(Held::RateLimit));
                 }
             }
+        }
+        None
+    }
+
+    /// A delivery held without asking the database: the webhook's circuit
+    /// was open until later than a second from now, or its rate limit's
+    /// queue reached more than two seconds ahead, when this replica last
+    /// asked. Every held delivery would otherwise cost a round trip (and
+    /// the limiter's row lock) per event. A rate-held delivery is queued
+    /// one period after the last one this replica queued; when its time
+    /// comes it takes from the shared limiter like any other.
+    fn held_anyway(&self, target: &Target) -> Option<Hold> {
+        let now = Utc::now();
+        let mut hints = self.hints.lock();
+        if target.policy.circuit == Some(CircuitState::Open)
+            && let Some(until) = hints.get(&(target.id, Held::Circuit)).copied()
+        {
+            if until > now + chrono::Duration::seconds(1) {
+                return Some(Hold {
+                    due: until,
+                    why: Held::Circuit,
+                });
+            }
+            hints.remove(&(target.id, Held::Circuit));
+        }
+        if let Some(limit) = target.policy.rate
+            && let Some(tail) = hints.get_mut(&(target.id, Held::RateLimit))
+        {
+            let ahead = chrono::Duration::from_std(RATE_HORIZON * 2).unwrap_or_default();
+            if *tail > now + ahead {
+                let period = chrono::Duration::microseconds((1e6 / limit.per_s) as i64);
+                *tail += period;
+                self.metrics.rate_limited.inc();
+                return Some(Hold {
+                    due: *tail,
+                    why: Held::RateLimit,
+                });
+            }
+            hints.remove(&(target.id, Held::RateLimit));
         }
         None
     }

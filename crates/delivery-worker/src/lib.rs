@@ -154,6 +154,7 @@ impl Application {
             cache: cache.clone(),
             circuit: config.circuit(),
             probe_lease: config.total_timeout + Duration::from_secs(30),
+            hints: Default::default(),
         });
 
         let consumer_ready = Arc::new(AtomicBool::new(false));

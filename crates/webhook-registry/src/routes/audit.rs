@@ -243,7 +243,6 @@ impl FromQuery for ListParams {
     }
 }
 
-
 /// The events the delivery worker processed, newest first.
 #[utoipa::path(
     get, path = "/events", tag = "audit",
