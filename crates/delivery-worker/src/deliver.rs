@@ -178,7 +178,7 @@ impl Deliverer {
     /// returns the row change to record.
     pub async fn deliver(&self, job: Job<'_>) -> Record {
         let webhook_id = job.target.id;
-        if let Some(hold) = self.admit(job.target).await {
+        if let Some(hold) = self.admit(job.target, job.row.is_none()).await {
             tracing::debug!(webhook_id, ?hold, "delivery held by the webhook's policy");
             return self.park(job, hold);
         }
@@ -217,16 +217,20 @@ impl Deliverer {
         self.to_record(job, outcome)
     }
 
-    /// Whether the webhook's policy lets a delivery go now: its circuit
+    /// Whether the webhook's policy lets a delivery go now (`fresh`: a
+    /// delivery not yet held, which may be held from what this replica
+    /// already knows, [`Deliverer::held_anyway`]): its circuit
     /// (open: held until the cooldown ends, unless this delivery wins the
     /// probe) and its rate limit (a slot within [`RATE_HORIZON`] is waited
     /// for here; a later one holds the delivery). A webhook without either
     /// asks nothing of the database.
-    pub async fn admit(&self, target: &Target) -> Option<Hold> {
+    pub async fn admit(&self, target: &Target, fresh: bool) -> Option<Hold> {
         if target.policy.is_free() {
             return None;
         }
-        if let Some(hold) = self.held_anyway(target) {
+        // A held row whose time has come asks the database: held again
+        // from the hint, it would never go.
+        if fresh && let Some(hold) = self.held_anyway(target) {
             return Some(hold);
         }
         let retry_soon = |why| Hold {

@@ -259,6 +259,11 @@ async fn run_one(
             };
             match next {
                 Some(Ok(msg)) => handle(&ctx, webhook_id, set, &msg, &stop).await,
+                // While another replica holds the one message in flight
+                // the server may send nothing, heartbeats included.
+                Some(Err(e)) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                    tracing::debug!(webhook_id, error = %e, "no heartbeat from the ordered consumer");
+                }
                 Some(Err(e)) => {
                     tracing::warn!(webhook_id, error = %e, "error while pulling ordered events");
                     if matches!(
@@ -350,7 +355,7 @@ async fn deliver(
     }
     // Held by the circuit or the rate limit: wait here, holding the later
     // events behind this one.
-    while let Some(hold) = ctx.deliverer.admit(&target).await {
+    while let Some(hold) = ctx.deliverer.admit(&target, false).await {
         let wait = (hold.due - Utc::now())
             .to_std()
             .unwrap_or_default()

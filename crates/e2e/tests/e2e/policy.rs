@@ -25,6 +25,10 @@ use crate::checks::shared_nats_url;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
+/// How long a held row claimed by the killed worker stays leased to it
+/// (DELIVERY_TIMEOUT 3s + DELIVERY_QUEUE_WAIT 2s + 60 s), and some.
+const LEASED: Duration = Duration::from_secs(100);
+
 /// Users published: 14 seconds of the limited webhook's 10 requests/s.
 const USERS: i64 = 150;
 
@@ -240,9 +244,7 @@ async fn rate_limits_order_and_circuits_hold_across_two_workers() {
     // Rate limit at the receiver: every user once, never more than the
     // burst (10) + window × rate in any window, as the contract says: no
     // 10-second window holds more than 110 requests.
-    let got = rx
-        .wait_for_path("/limited", USERS as usize, Duration::from_secs(60))
-        .await;
+    let got = rx.wait_for_path("/limited", USERS as usize, LEASED).await;
     let mut ids: Vec<i64> = got
         .iter()
         .filter_map(|r| json_of(r)["user_id"].as_i64())
