@@ -227,7 +227,7 @@ async fn rate_limits_order_and_circuits_hold_across_two_workers() {
     .await;
     // The backlog drains: every payment delivered.
     eventually(
-        WITHIN,
+        LEASED,
         "every payment reaches the recovered receiver",
         || async {
             let ok: HashSet<i64> = rx
