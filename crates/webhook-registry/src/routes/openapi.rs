@@ -478,6 +478,17 @@ fn policy(doc: &mut Value) {
             json!({"anyOf": [lax_bool_schema(), {"type": "null"}]}),
         );
     }
+    // A PATCH that gives a burst and clears the rate in one body contradicts
+    // itself (a 422); a burst alone meets the stored rate (a 409 without one).
+    set(
+        doc,
+        &format!("{schemas}/WebhookPatch"),
+        "allOf",
+        json!([{
+            "if": {"required": ["rate_burst"], "properties": {"rate_burst": {"type": "integer"}}},
+            "then": {"properties": {"rate_limit_per_s": {"type": "number"}}},
+        }]),
+    );
     if let Some(Value::Array(all)) = doc.pointer_mut(&format!("{schemas}/WebhookIn/allOf")) {
         all.push(json!({
             "if": {"required": ["rate_burst"], "properties": {"rate_burst": {"type": "integer"}}},

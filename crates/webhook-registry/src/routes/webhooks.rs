@@ -13,7 +13,7 @@ use crate::model::{
     DeliveryOut, DeliveryPage, HourBucketOut, HourlyOut, RetryOut, RotateIn, RotateOut, StatsOut,
     TestOut, WebhookIn, WebhookOut, WebhookPage, WebhookPatch,
 };
-use crate::model::{HOURS, LIMIT, OFFSET, PolicyIn};
+use crate::model::{HOURS, LIMIT, OFFSET, PolicyIn, burst_without_rate};
 use crate::notify::Op;
 use crate::state::AppState;
 use crate::test_delivery;
@@ -118,8 +118,9 @@ fn new_webhook(keys: &Keyring, input: WebhookIn) -> Result<NewWebhook, ApiError>
 }
 
 /// The policy columns a PATCH changes: a pull webhook has none (a 409,
-/// like its URL); clearing the rate clears its burst; a burst needs a rate,
-/// given or stored (a 409); switching `ordered` on starts it now.
+/// like its URL); clearing the rate clears its burst; a burst needs a rate:
+/// one cleared in the same body is a 422, none stored a 409; switching
+/// `ordered` on starts it now.
 fn policy_changes(
     policy: PolicyIn,
     current: &Webhook,
@@ -131,6 +132,10 @@ fn policy_changes(
             "{}: a pull webhook has no delivery policy (nothing is POSTed to it)",
             push_only.join(", ")
         )));
+    }
+    // A burst with the rate cleared in the same body contradicts itself.
+    if matches!(policy.rate_burst, Some(Some(_))) && policy.rate_limit_per_s == Some(None) {
+        return Err(ApiError::one(burst_without_rate()));
     }
     changes.rate_limit_per_s = policy.rate_limit_per_s;
     changes.rate_burst = match (policy.rate_limit_per_s, policy.rate_burst) {

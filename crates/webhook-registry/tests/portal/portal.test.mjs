@@ -573,7 +573,9 @@ try {
     await click(role("button", "Save changes"));
     await find("main dd", "no rate limit");
 
-    sql(`INSERT INTO webhook_circuit (webhook_id, state, since, consecutive_failures) VALUES (${hookId}, 'open', now(), 4)`);
+    // The suite's worker has a row for it already when an attempt failed.
+    sql(`INSERT INTO webhook_circuit (webhook_id, state, since, consecutive_failures) VALUES (${hookId}, 'open', now(), 4)
+         ON CONFLICT (webhook_id) DO UPDATE SET state = 'open', since = now(), consecutive_failures = 4`);
     await page.evaluate((h) => { location.hash = h; }, "#/webhooks");
     await find("main table .badge", "circuit open since");
     await page.evaluate((h) => { location.hash = h; }, `#/webhooks/${hookId}`);
