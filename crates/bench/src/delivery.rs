@@ -514,6 +514,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
 
     // Publish.
     let cpu_start = (cpu_seconds(None), worker.cpu());
+    let shared_start = (cpu_of_named("postgres"), cpu_of_named("nats-server"));
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
     let mut publish_errors = 0u64;
@@ -616,6 +617,7 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         latency.max_ms()
     );
     let cpu_end = (cpu_seconds(None), worker.cpu());
+    let shared_end = (cpu_of_named("postgres"), cpu_of_named("nats-server"));
     let per_delivery = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if received > 0 => {
             format!(
@@ -635,6 +637,11 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         },
         per_delivery(cpu_start.0, cpu_end.0),
         per_delivery(cpu_start.1, cpu_end.1)
+    );
+    println!(
+        "cpu        PostgreSQL (every postgres process) {}, NATS (every nats-server) {}",
+        per_delivery(Some(shared_start.0), Some(shared_end.0)),
+        per_delivery(Some(shared_start.1), Some(shared_end.1))
     );
     let missing = expected.saturating_sub(seen.ids.len() as u64);
     println!(
@@ -675,14 +682,40 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
 /// CPU seconds (user + system) used so far by a process (`None`: this one),
 /// from `/proc` (Linux; `None` elsewhere). Assumes the usual 100 ticks/s.
 pub(crate) fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    stat_ticks(pid, false)
+}
+
+/// `/proc/<pid>/stat`'s user + system ticks in seconds, with those of its
+/// exited and reaped children when `children`.
+fn stat_ticks(pid: Option<u32>, children: bool) -> Option<f64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
     };
     let stat = std::fs::read_to_string(path).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let last = if children { 14 } else { 12 };
+    let mut ticks = 0u64;
+    for i in 11..=last {
+        ticks += fields.get(i)?.parse::<u64>().ok()?;
+    }
     Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds so far of every process named `comm`, with their exited
+/// children's (PostgreSQL's backends come and go: one that ended counts in
+/// the postmaster that reaped it).
+pub(crate) fn cpu_of_named(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .filter_map(|pid| stat_ticks(Some(pid), true))
+        .sum()
 }
 
 /// The worker under test.

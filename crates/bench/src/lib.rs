@@ -1,8 +1,10 @@
-//! The `bench` command: benchmarks of the running system (webhook delivery,
+//! The `bench` command: benchmarks of the running system (end-to-end
+//! latency, webhook delivery,
 //! WebSocket fan-out and its floor, delivery history, replay under load,
 //! the outbox relay). BENCHMARKS.md records what they measured.
 
 pub mod delivery;
+pub mod e2e;
 pub mod fanout;
 pub mod floor;
 pub mod history;
@@ -34,6 +36,9 @@ pub struct Cli {
 pub enum Benchmark {
     /// Webhook delivery throughput and latency through the delivery worker.
     Delivery(delivery::Args),
+    /// From the bot's commit (or a direct publish) to the webhook receiver
+    /// and the WebSocket client, per hop.
+    E2e(e2e::Args),
     /// WebSocket fan-out through the gateway.
     Fanout(fanout::Args),
     /// The least work a WebSocket fan-out server can do (one send per
@@ -74,6 +79,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let ns = cli.nats.namespace()?;
     match cli.benchmark {
         Benchmark::Delivery(args) => delivery::run(&cli.nats, ns, args).await,
+        Benchmark::E2e(args) => e2e::run(&cli.nats, args).await,
         Benchmark::Fanout(args) => fanout::run(&cli.nats, ns, args).await,
         Benchmark::FanoutFloor(args) => {
             tokio::task::spawn_blocking(move || floor::run(args)).await?
