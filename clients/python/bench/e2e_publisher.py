@@ -15,8 +15,9 @@ publishes). The payload carries ``bench_seq``. For each event one line
 ``seq t0 t1 t2`` goes to ``--out``: wall-clock nanoseconds
 (``time.time_ns()``, the clock ``bench e2e`` reads too) just before the
 caller's COMMIT is sent, when it returned and when ``emit`` returned. The
-last line is ``cpu SECONDS``: the user + system CPU of the publishing
-processes. Operation errors go to stderr and make the exit status 1.
+last line is ``cpu SECONDS``: the user + system CPU the publishing
+processes spent publishing (from their first operation to their last,
+without the interpreter's start). Operation errors go to stderr and make the exit status 1.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ async def produce(args, index: int, step: int) -> Tuple[List[Stamp], List[str], 
     try:
         await emitter.connect(args.nats_url, args.prefix)
         Session = async_sessionmaker(engine, expire_on_commit=False)
+        before = resource.getrusage(resource.RUSAGE_SELF)
 
         async def op(seq: int) -> None:
             async with slots:
@@ -83,11 +85,12 @@ async def produce(args, index: int, step: int) -> Tuple[List[Stamp], List[str], 
                 await asyncio.sleep(wait)
             tasks.append(asyncio.create_task(op(args.first_seq + index + step * k)))
         await asyncio.gather(*tasks)
+        after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         await emitter.close()
         await engine.dispose()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return stamps, errors, usage.ru_utime + usage.ru_stime
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return stamps, errors, cpu
 
 
 def produce_in_process(args, index: int, step: int):
@@ -119,8 +122,7 @@ async def main() -> int:
         parts = await asyncio.gather(
             *(loop.run_in_executor(pool, produce_in_process, args, i, n) for i in range(n))
         )
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = own.ru_utime + own.ru_stime + sum(p[2] for p in parts)
+    cpu = sum(p[2] for p in parts)
     errors = [e for p in parts for e in p[1]]
     with open(args.out, "w") as out:
         for stamps, _, _ in parts:

@@ -395,7 +395,6 @@ async fn bench(
                 PublisherKind::Outbox => outbox_run(args, nats, ns, bot_url, rate, first).await?,
                 PublisherKind::Direct => (direct_run(&publisher, args, rate, first).await?, None),
             };
-            let published_for = started.elapsed();
             let seqs: Vec<u64> = sent.iter().map(|s| s.seq).collect();
             // Every event at both ends, or 10 s after the last publish.
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -406,7 +405,7 @@ async fn bench(
             }
             let cpu_after = cpu_now(&processes);
             let report = Report::of(*kind, rate, &sent, &on_nats, &received, &on_ws)?;
-            report.print(published_for);
+            report.print();
             print_cpu(
                 &cpu_before,
                 &cpu_after,
@@ -547,6 +546,8 @@ struct Report {
     kind: PublisherKind,
     rate: u32,
     published: usize,
+    /// From the first event's start to the last's.
+    span: Duration,
     missing_rx: usize,
     missing_ws: usize,
     repeats_rx: u64,
@@ -615,10 +616,13 @@ impl Report {
             hop(&|s| Some(us(s.start, ws.get(s.seq)?)))?,
         ));
         let missing = |a: &Arrivals| sent.iter().filter(|s| a.get(s.seq).is_none()).count();
+        let starts = sent.iter().map(|s| s.start);
+        let span = starts.clone().max().unwrap_or(0) - starts.min().unwrap_or(0);
         Ok(Self {
             kind,
             rate,
             published: sent.len(),
+            span: Duration::from_nanos(span),
             missing_rx: missing(rx),
             missing_ws: missing(ws),
             repeats_rx: rx.repeats.load(std::sync::atomic::Ordering::Relaxed),
@@ -626,14 +630,15 @@ impl Report {
         })
     }
 
-    fn print(&self, published_for: Duration) {
+    fn print(&self) {
+        let span = self.span.as_secs_f64().max(1e-9);
         println!(
-            "\n{:?} at {}/s: {} events published in {:.1} s ({:.0}/s); missing at the receiver {}, at the WebSocket {}; repeated POSTs so far {}",
+            "\n{:?} at {}/s: {} events published over {:.1} s ({:.0}/s); missing at the receiver {}, at the WebSocket {}; repeated POSTs so far {}",
             self.kind,
             self.rate,
             self.published,
-            published_for.as_secs_f64(),
-            self.published as f64 / published_for.as_secs_f64().max(1e-9),
+            span,
+            self.published.saturating_sub(1) as f64 / span,
             self.missing_rx,
             self.missing_ws,
             self.repeats_rx,
