@@ -48,6 +48,9 @@ use crate::PostgresArgs;
 use crate::delivery::{cpu_of_named, cpu_seconds, wait_ready};
 use crate::stats::Latencies;
 
+/// The pause before a run's first CPU reading and its last.
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// Who publishes the events of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PublisherKind {
@@ -389,6 +392,9 @@ async fn bench(
         for &rate in &args.rates {
             let first = next_seq;
             next_seq += 10_000_000;
+            // PostgreSQL's backends count when the postmaster reaps them:
+            // let the previous run's connections end before this run counts.
+            tokio::time::sleep(SETTLE).await;
             let cpu_before = cpu_now(&processes);
             let started = Instant::now();
             let (sent, python_cpu) = match kind {
@@ -403,6 +409,8 @@ async fn bench(
             {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // This run's closed connections reaped, so they count here.
+            tokio::time::sleep(SETTLE).await;
             let cpu_after = cpu_now(&processes);
             let report = Report::of(*kind, rate, &sent, &on_nats, &received, &on_ws)?;
             report.print();
