@@ -38,7 +38,6 @@ perf script -i "$out/perf.data" -F pid 2>/dev/null | awk '
     { n[($1 in name) ? name[$1] : "other"]++; total++ }
     END { for (k in n) printf "%6.1f %%  %s\n", 100 * n[k] / total, k }
 ' "$out/ps.txt" - | sort -rn | head -12 || true
-worker_pid="$(awk '$2 == "delivery-worker" { print $1 }' "$out/ps.txt" | head -1)"
 show() {
     echo
     echo "== top functions of $1 (share of its own samples) =="
@@ -46,7 +45,7 @@ show() {
     perf report -i "$out/perf.data" --no-children "$@" --sort dso,sym \
         --percentage relative --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -"${TOP:-25}" || true
 }
-if [ -n "$worker_pid" ]; then show "the delivery worker" --pid "$worker_pid"; fi
+show "the delivery worker" --comms delivery-worker
 show "PostgreSQL" --comms postgres
 show "nats-server" --comms nats-server
 show "the bench (publisher and receiver)" --pid "$pid"
