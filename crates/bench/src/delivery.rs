@@ -740,19 +740,20 @@ impl Worker {
             Worker::InProcess(handle) => {
                 let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
             }
-            Worker::Child(mut child) => {
-                if let Some(pid) = child.id() {
-                    let _ = test_support::terminate(pid);
-                }
-                if tokio::time::timeout(Duration::from_secs(30), child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
-            }
+            Worker::Child(child) => stop_child(child, Duration::from_secs(30)).await,
             Worker::External => {}
         }
+    }
+}
+
+/// Stops a service started as a child: SIGTERM, then SIGKILL when it has
+/// not exited within `grace`.
+pub(crate) async fn stop_child(mut child: tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = test_support::terminate(pid);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
     }
 }
 

@@ -45,7 +45,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::PostgresArgs;
-use crate::delivery::{cpu_of_named, cpu_seconds, wait_ready};
+use crate::delivery::{cpu_of_named, cpu_seconds, stop_child, wait_ready};
 use crate::stats::Latencies;
 
 /// The pause before a run's first CPU reading and its last.
@@ -428,16 +428,8 @@ async fn bench(
     }
     stop.cancel();
     drop(receiver);
-    for mut child in [worker, gateway, relay] {
-        if let Some(pid) = child.id() {
-            let _ = test_support::terminate(pid);
-        }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.kill().await;
-        }
+    for child in [worker, gateway, relay] {
+        stop_child(child, Duration::from_secs(10)).await;
     }
     anyhow::ensure!(
         failures.is_empty(),
@@ -576,9 +568,15 @@ impl Report {
             |f: &dyn Fn(&Sent) -> Option<u64>| Latencies::of_micros(sent.iter().filter_map(f));
         let nats_at = |s: &Sent| on_nats.get(s.seq);
         let mut hops = Vec::new();
-        let origin = match kind {
-            PublisherKind::Outbox => "commit",
-            PublisherKind::Direct => "publish",
+        let end_to_end = match kind {
+            PublisherKind::Outbox => [
+                "END TO END commit → receiver",
+                "END TO END commit → WebSocket",
+            ],
+            PublisherKind::Direct => [
+                "END TO END publish → receiver",
+                "END TO END publish → WebSocket",
+            ],
         };
         if kind == PublisherKind::Outbox {
             hops.push((
@@ -607,22 +605,8 @@ impl Report {
             "gateway: on NATS → WebSocket frame",
             hop(&|s| Some(us(nats_at(s)?, ws.get(s.seq)?)))?,
         ));
-        hops.push((
-            if origin == "commit" {
-                "END TO END commit → receiver"
-            } else {
-                "END TO END publish → receiver"
-            },
-            hop(&|s| Some(us(s.start, rx.get(s.seq)?)))?,
-        ));
-        hops.push((
-            if origin == "commit" {
-                "END TO END commit → WebSocket"
-            } else {
-                "END TO END publish → WebSocket"
-            },
-            hop(&|s| Some(us(s.start, ws.get(s.seq)?)))?,
-        ));
+        hops.push((end_to_end[0], hop(&|s| Some(us(s.start, rx.get(s.seq)?)))?));
+        hops.push((end_to_end[1], hop(&|s| Some(us(s.start, ws.get(s.seq)?)))?));
         let missing = |a: &Arrivals| sent.iter().filter(|s| a.get(s.seq).is_none()).count();
         let starts = sent.iter().map(|s| s.start);
         let span = starts.clone().max().unwrap_or(0) - starts.min().unwrap_or(0);
