@@ -194,7 +194,7 @@ pub async fn insert_rows(
     let traceparent: Vec<Option<&str>> = rows.iter().map(|r| r.traceparent.as_deref()).collect();
     let body: Vec<Option<&str>> = rows.iter().map(|r| r.body.as_deref()).collect();
     let held: Vec<Option<&str>> = rows.iter().map(|r| r.held.map(Held::as_str)).collect();
-    Ok(diesel::sql_query(
+    Ok(crate::prepared::query(
         "WITH ins AS ( \
            INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
              response_status, response_body, error_message, attempt_number, delivered_at, \
@@ -268,7 +268,7 @@ pub async fn update_claimed(
         updates.iter().map(|u| u.next_retry_at).collect();
     let held: Vec<Option<&str>> = updates.iter().map(|u| u.held.map(Held::as_str)).collect();
     // `created_at` names the partition, so each row is found in one index.
-    let changed: Vec<Updated> = diesel::sql_query(
+    let changed: Vec<Updated> = crate::prepared::query(
         "WITH upd AS ( \
            UPDATE webhook_deliveries d SET status = v.status, \
              response_status = v.response_status, response_body = v.response_body, \
@@ -401,7 +401,7 @@ pub async fn bump_webhooks(
     let failing_since: Vec<Option<DateTime<Utc>>> = bumps.iter().map(|b| b.failing_since).collect();
     let gone: Vec<bool> = bumps.iter().map(|b| b.gone).collect();
     let health: Vec<bool> = bumps.iter().map(|b| b.health).collect();
-    let rows: Vec<MovedRow> = diesel::sql_query(sql.as_str())
+    let rows: Vec<MovedRow> = crate::prepared::query(sql.as_str())
         .bind::<Array<Int4>, _>(&id)
         .bind::<Array<BigInt>, _>(&ok)
         .bind::<Array<BigInt>, _>(&bad)
@@ -505,7 +505,7 @@ async fn move_circuits(
     let last_ok: Vec<bool> = bumps.iter().map(|b| b.last_ok).collect();
     let last_at: Vec<DateTime<Utc>> = bumps.iter().map(|b| b.last_at).collect();
     let cooldown = i32::try_from(settings.cooldown.as_secs()).unwrap_or(i32::MAX);
-    let rows: Vec<Row> = diesel::sql_query(
+    let rows: Vec<Row> = crate::prepared::query(
         "WITH v AS ( \
            SELECT * FROM unnest($1::int4[], $2::int8[], $3::int8[], $4::bool[], $5::timestamptz[]) \
              AS v(id, ok, trail, last_ok, last_at) \
@@ -754,7 +754,7 @@ pub async fn delete_pending(
     }
     let webhook: Vec<i32> = keys.iter().map(|k| k.0).collect();
     let event: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
-    Ok(diesel::sql_query(
+    Ok(crate::prepared::query(
         "WITH del AS ( \
            DELETE FROM webhook_deliveries d \
            USING unnest($1::int4[], $2::text[]) AS v(w, e) \
@@ -782,7 +782,7 @@ pub async fn delete_claimed(
     }
     let id: Vec<i64> = rows.iter().map(|r| r.id).collect();
     let created_at: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
-    let gone: Vec<CountDelta> = diesel::sql_query(
+    let gone: Vec<CountDelta> = crate::prepared::query(
         "WITH del AS ( \
            DELETE FROM webhook_deliveries d \
            USING unnest($1::int8[], $2::timestamptz[]) AS v(id, created_at) \

@@ -48,7 +48,7 @@ pub async fn insert_events(
     // text ('{1,2}') and is cast back.
     let matched: Vec<String> = events.iter().map(|e| int_array(&e.matched)).collect();
     let filtered: Vec<String> = events.iter().map(|e| int_array(&e.filtered)).collect();
-    diesel::sql_query(
+    crate::prepared::query(
         "INSERT INTO delivery_events (event_id, event_type, stream_seq, published_at, \
            processed_at, matched, filtered) \
          SELECT v.id, v.t, v.seq, v.published, v.processed, v.matched::int4[], v.filtered::int4[] \

@@ -75,7 +75,7 @@ pub async fn apply(conn: &mut AsyncPgConnection, deltas: &CountDeltas) -> Result
         status.push(s.as_str());
         n.push(*v);
     }
-    diesel::sql_query(
+    crate::prepared::query(
         "WITH v AS ( \
            SELECT * FROM unnest($1::int4[], $2::date[], $3::text[], $4::int8[]) \
              AS v(webhook_id, day, status, n) \

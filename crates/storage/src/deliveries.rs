@@ -55,7 +55,7 @@ pub async fn lock_successes(
     }
     let webhook: Vec<i32> = keys.iter().map(|k| k.0).collect();
     let event: Vec<&str> = keys.iter().map(|k| k.1).collect();
-    diesel::sql_query(
+    crate::prepared::query(
         "SELECT count(pg_advisory_xact_lock(s.k))::int8 AS n FROM ( \
            SELECT DISTINCT hashtextextended(v.w::text || '/' || v.e, $3) AS k \
            FROM unnest($1::int4[], $2::text[]) AS v(w, e) ORDER BY 1 \
@@ -66,7 +66,7 @@ pub async fn lock_successes(
     .bind::<BigInt, _>(SUCCESS_LOCK_SEED)
     .execute(conn)
     .await?;
-    let found: Vec<Success> = diesel::sql_query(
+    let found: Vec<Success> = crate::prepared::query(
         "SELECT d.webhook_id, d.event_id::text AS event_id, \
            max(COALESCE(d.delivered_at, d.created_at)) FILTER (WHERE d.status = 'success') \
              AS delivered_at, \

@@ -15,6 +15,7 @@ mod migrate;
 pub mod models;
 pub mod policy;
 mod pool;
+pub mod prepared;
 pub mod pull;
 pub mod schema;
 pub mod secrets;

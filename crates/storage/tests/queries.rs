@@ -752,3 +752,75 @@ async fn pull_positions_never_go_back_and_reads_count_as_deliveries() {
     assert!(items.iter().all(|d| d.status == DeliveryStatus::Success));
     assert_counts_match_rows(&mut conn).await;
 }
+
+#[tokio::test]
+async fn the_recorder_statements_are_prepared_once_per_connection() {
+    let db = TestDb::new().await.unwrap();
+    // One connection: every statement runs on it.
+    let cfg = storage::PoolConfig {
+        max_size: 1,
+        fast_recycle: true,
+        ..Default::default()
+    };
+    let pool = storage::build_pool(&db.url, &cfg).unwrap();
+    let mut conn = storage::connect(&db.url).await.unwrap();
+    let w = webhook(&mut conn, "w", "*").await;
+    let prepared = |pool: DbPool| async move {
+        #[derive(diesel::QueryableByName)]
+        struct Named {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            statement: String,
+        }
+        let mut c = pool.get().await.unwrap();
+        let rows: Vec<Named> = diesel::sql_query("SELECT statement FROM pg_prepared_statements")
+            .load(&mut c)
+            .await
+            .unwrap();
+        rows.into_iter().map(|r| r.statement).collect::<Vec<_>>()
+    };
+    let batch = |event: &str| Batch {
+        inserts: vec![row(w.id, event, DeliveryStatus::Success, 1)],
+        attempts: vec![attempt(w.id, true, Utc::now())],
+        events: vec![storage::audit::SeenEvent {
+            event_id: event.to_owned(),
+            event_type: "user.created".to_owned(),
+            stream_seq: 1,
+            published_at: Utc::now(),
+            processed_at: Utc::now(),
+            matched: vec![w.id],
+            filtered: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    let keys = |event: &'static str| vec![(w.id, event)];
+    for event in ["e1", "e2", "e3"] {
+        let b = batch(event);
+        record(&pool, &keys(event), health(), |_| (b.clone(), 0))
+            .await
+            .unwrap();
+    }
+    let after_three = prepared(pool.clone()).await;
+    let b = batch("e4");
+    record(&pool, &keys("e4"), health(), |_| (b.clone(), 0))
+        .await
+        .unwrap();
+    let after_four = prepared(pool.clone()).await;
+    for table in [
+        "INSERT INTO webhook_deliveries",
+        "INSERT INTO delivery_events",
+        "FROM webhook_deliveries d",
+        "pg_advisory_xact_lock",
+        "INSERT INTO webhook_delivery_counts",
+        "UPDATE webhooks w",
+        "INSERT INTO webhook_circuit",
+    ] {
+        let n = after_four.iter().filter(|s| s.contains(table)).count();
+        assert_eq!(n, 1, "{table} prepared once: {after_four:#?}");
+    }
+    assert_eq!(
+        after_three.len(),
+        after_four.len(),
+        "nothing prepared again"
+    );
+    assert_counts_match_rows(&mut conn).await;
+}
