@@ -45,7 +45,9 @@ show() {
     perf report -i "$out/perf.data" --no-children "$@" --sort dso,sym \
         --percentage relative --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -"${TOP:-25}" || true
 }
-show "the delivery worker" --comms delivery-worker
+# By pid: the worker's runtime threads have names of their own.
+worker="$(awk '$2 == "delivery-worker" { print $1 }' "$out/ps.txt" | paste -sd, -)"
+show "the delivery worker" --pid "${worker:-0}"
 show "PostgreSQL" --comms postgres
 show "nats-server" --comms nats-server
 show "the bench (publisher and receiver)" --pid "$pid"
