@@ -66,15 +66,21 @@ pub async fn lock_successes(
     .bind::<BigInt, _>(SUCCESS_LOCK_SEED)
     .execute(conn)
     .await?;
+    // One index lookup per key, whatever the statistics say: the statement
+    // is prepared once, and a join the planner may turn into a hash join
+    // would keep a plan made while today's partition was small (a scan of
+    // the whole partition per batch once it is not).
     let found: Vec<Success> = crate::prepared::query(
-        "SELECT d.webhook_id, d.event_id::text AS event_id, \
-           max(COALESCE(d.delivered_at, d.created_at)) FILTER (WHERE d.status = 'success') \
-             AS delivered_at, \
-           bool_or(d.status = 'pending') AS pending \
-         FROM webhook_deliveries d \
-         JOIN (SELECT DISTINCT w, e FROM unnest($1::int4[], $2::text[]) AS v(w, e)) v \
-           ON d.event_id = v.e AND d.webhook_id = v.w \
-         WHERE d.status IN ('success', 'pending') GROUP BY 1, 2",
+        "SELECT v.w AS webhook_id, v.e AS event_id, s.delivered_at, s.pending \
+         FROM (SELECT DISTINCT w, e FROM unnest($1::int4[], $2::text[]) AS v(w, e)) v \
+         CROSS JOIN LATERAL ( \
+           SELECT max(COALESCE(d.delivered_at, d.created_at)) \
+               FILTER (WHERE d.status = 'success') AS delivered_at, \
+             COALESCE(bool_or(d.status = 'pending'), false) AS pending \
+           FROM webhook_deliveries d \
+           WHERE d.event_id = v.e AND d.webhook_id = v.w AND d.status IN ('success', 'pending') \
+         ) s \
+         WHERE s.delivered_at IS NOT NULL OR s.pending",
     )
     .bind::<Array<Int4>, _>(&webhook)
     .bind::<Array<Text>, _>(&event)
