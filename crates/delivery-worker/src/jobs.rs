@@ -470,6 +470,8 @@ async fn deliver_item(
             traceparent: item.traceparent.as_deref(),
             from_stream: false,
             ordered: false,
+            // A job sends events again, some of them older than any bound.
+            since: None,
         })
         .await;
     drop(permit);

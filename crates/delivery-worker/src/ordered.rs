@@ -385,6 +385,9 @@ async fn deliver(
             traceparent,
             from_stream: true,
             ordered: true,
+            since: msg.info().ok().map(|i| {
+                crate::jobs::from_nats_time(i.published) - storage::deliveries::SINCE_MARGIN
+            }),
         })
         .await;
     let next = match &record {

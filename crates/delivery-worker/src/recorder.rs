@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use storage::deliveries::Recorded;
+use storage::deliveries::{Recorded, SuccessKey};
 use storage::models::DeliveryStatus;
 use storage::{DbPool, StorageError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -57,6 +57,9 @@ pub struct EventCopy {
     /// redelivering the message (its row keeps `next_retry_at`), not by a
     /// pending row.
     pub ordered: bool,
+    /// No earlier row of this event and webhook was written before this
+    /// (`storage::deliveries::SuccessKey::since`).
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// A finished attempt.
@@ -301,16 +304,19 @@ async fn flush(
 }
 
 /// The (webhook, event) keys whose successes the batch must check.
-fn success_keys<'a>(records: &[&'a Record]) -> Vec<(i32, &'a str)> {
+fn success_keys<'a>(records: &[&'a Record]) -> Vec<SuccessKey<'a>> {
+    let key = |copy: &'a EventCopy| {
+        Some(SuccessKey {
+            webhook_id: copy.webhook_id,
+            event_id: copy.event_id.as_deref()?,
+            since: copy.since,
+        })
+    };
     records
         .iter()
         .filter_map(|r| match r {
-            Record::Attempted(Attempted { copy, .. }) => {
-                Some((copy.webhook_id, copy.event_id.as_deref()?))
-            }
-            Record::Queued { copy, .. } if copy.from_stream => {
-                Some((copy.webhook_id, copy.event_id.as_deref()?))
-            }
+            Record::Attempted(Attempted { copy, .. }) => key(copy),
+            Record::Queued { copy, .. } if copy.from_stream => key(copy),
             _ => None,
         })
         .collect()
@@ -503,6 +509,7 @@ mod tests {
             traceparent: None,
             from_stream,
             ordered: false,
+            since: None,
         }
     }
 

@@ -117,6 +117,8 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         traceparent: traceparent.as_deref(),
         from_stream: false,
         ordered: false,
+        // The event's time is not kept with the row: every partition.
+        since: None,
     });
     let record = tokio::select! {
         r = delivery.instrument(span) => r,

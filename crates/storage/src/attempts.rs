@@ -701,7 +701,7 @@ pub struct Written {
 /// around today and writes again.
 pub async fn record(
     pool: &DbPool,
-    keys: &[(i32, &str)],
+    keys: &[crate::deliveries::SuccessKey<'_>],
     health: HealthSettings,
     to_batch: impl Fn(HashMap<(i32, String), Recorded>) -> (Batch, u64) + Sync,
 ) -> Result<Written, StorageError> {
@@ -727,7 +727,7 @@ pub async fn record(
 
 async fn record_once(
     conn: &mut AsyncPgConnection,
-    keys: &[(i32, &str)],
+    keys: &[crate::deliveries::SuccessKey<'_>],
     health: HealthSettings,
     to_batch: &(impl Fn(HashMap<(i32, String), Recorded>) -> (Batch, u64) + Sync),
 ) -> Result<Written, StorageError> {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Array, BigInt, Int4, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Int4, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::counts::{self, CountDeltas};
@@ -48,13 +48,14 @@ pub async fn insert(
 /// that writes the rows.
 pub async fn lock_successes(
     conn: &mut AsyncPgConnection,
-    keys: &[(i32, &str)],
+    keys: &[SuccessKey<'_>],
 ) -> Result<HashMap<(i32, String), Recorded>, StorageError> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
-    let webhook: Vec<i32> = keys.iter().map(|k| k.0).collect();
-    let event: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let webhook: Vec<i32> = keys.iter().map(|k| k.webhook_id).collect();
+    let event: Vec<&str> = keys.iter().map(|k| k.event_id).collect();
+    let since: Vec<Option<DateTime<Utc>>> = keys.iter().map(|k| k.since).collect();
     crate::prepared::query(
         "SELECT count(pg_advisory_xact_lock(s.k))::int8 AS n FROM ( \
            SELECT DISTINCT hashtextextended(v.w::text || '/' || v.e, $3) AS k \
@@ -66,24 +67,34 @@ pub async fn lock_successes(
     .bind::<BigInt, _>(SUCCESS_LOCK_SEED)
     .execute(conn)
     .await?;
-    // One index lookup per key, whatever the statistics say: the statement
-    // is prepared once, and a join the planner may turn into a hash join
-    // would keep a plan made while today's partition was small (a scan of
-    // the whole partition per batch once it is not).
+    // One lookup per key in the (event_id, webhook_id) index of each
+    // partition its rows can be in, whatever the statistics say. The
+    // statement is prepared once: a join the planner may turn into a hash
+    // join would keep a plan made while today's partition was small (a scan
+    // of the whole partition per batch once it is not). The lower bound on
+    // `created_at` lets the executor skip the older partitions key by key;
+    // the status is tested in the aggregate, not in the WHERE clause, so
+    // that no (webhook_id, status, …) index looks better to the planner on
+    // a partition without statistics (one scan of all the webhook's rows
+    // per key).
     let found: Vec<Success> = crate::prepared::query(
         "SELECT v.w AS webhook_id, v.e AS event_id, s.delivered_at, s.pending \
-         FROM (SELECT DISTINCT w, e FROM unnest($1::int4[], $2::text[]) AS v(w, e)) v \
+         FROM (SELECT w, e, min(COALESCE(since, '-infinity')) AS since \
+               FROM unnest($1::int4[], $2::text[], $3::timestamptz[]) AS v(w, e, since) \
+               GROUP BY w, e) v \
          CROSS JOIN LATERAL ( \
            SELECT max(COALESCE(d.delivered_at, d.created_at)) \
                FILTER (WHERE d.status = 'success') AS delivered_at, \
              COALESCE(bool_or(d.status = 'pending'), false) AS pending \
            FROM webhook_deliveries d \
-           WHERE d.event_id = v.e AND d.webhook_id = v.w AND d.status IN ('success', 'pending') \
+           WHERE d.event_id = v.e AND d.webhook_id = v.w \
+             AND d.created_at >= v.since \
          ) s \
          WHERE s.delivered_at IS NOT NULL OR s.pending",
     )
     .bind::<Array<Int4>, _>(&webhook)
     .bind::<Array<Text>, _>(&event)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&since)
     .load(conn)
     .await?;
     Ok(found
@@ -97,6 +108,35 @@ pub async fn lock_successes(
         })
         .collect())
 }
+
+/// A (webhook, event) key of [`lock_successes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuccessKey<'a> {
+    pub webhook_id: i32,
+    pub event_id: &'a str,
+    /// No row of the key was written before this time (a stream delivery:
+    /// the event's time in the stream less [`SINCE_MARGIN`]), so older
+    /// partitions are not read. `None`: every partition is.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl<'a> SuccessKey<'a> {
+    /// A key whose rows may be in any partition.
+    pub fn any_time(webhook_id: i32, event_id: &'a str) -> Self {
+        Self {
+            webhook_id,
+            event_id,
+            since: None,
+        }
+    }
+}
+
+/// How much earlier than the event's time in the stream a [`SuccessKey`]
+/// still looks: rows are stamped with the writing replica's clock, the
+/// stream's time is the NATS server's. A day costs one more partition read
+/// per key (yesterday's) and leaves room for any clock a replica could run
+/// with.
+pub const SINCE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// What [`lock_successes`] found for one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -104,9 +104,9 @@ async fn record_once(
     at: DateTime<Utc>,
 ) -> Result<Vec<i32>, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
-        let keys: Vec<(i32, &str)> = reads
+        let keys: Vec<crate::deliveries::SuccessKey<'_>> = reads
             .iter()
-            .map(|r| (webhook_id, r.event_id.as_str()))
+            .map(|r| crate::deliveries::SuccessKey::any_time(webhook_id, r.event_id.as_str()))
             .collect();
         // The worker's lock order: success locks, counters, webhook row.
         crate::deliveries::lock_successes(c, &keys).await?;

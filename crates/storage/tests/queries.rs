@@ -12,6 +12,7 @@ use storage::attempts::{
     AttemptSummary, Batch, CircuitSettings, ClaimedUpdate, HealthSettings, NewRow, RowRef,
     WebhookBump, bump_webhooks, claim_due, queue_size, record,
 };
+use storage::deliveries::{Recorded, SuccessKey, lock_successes};
 use storage::jobs::{JobKind, RowsToResend};
 use storage::models::{BodyFormat, Delivery, DeliveryStatus, NewDelivery, Webhook};
 use storage::testing::{TestDb, assert_counts_match_rows};
@@ -792,7 +793,7 @@ async fn the_recorder_statements_are_prepared_once_per_connection() {
         }],
         ..Default::default()
     };
-    let keys = |event: &'static str| vec![(w.id, event)];
+    let keys = |event: &'static str| vec![SuccessKey::any_time(w.id, event)];
     for event in ["e1", "e2", "e3"] {
         let b = batch(event);
         record(&pool, &keys(event), health(), |_| (b.clone(), 0))
@@ -823,4 +824,85 @@ async fn the_recorder_statements_are_prepared_once_per_connection() {
         "nothing prepared again"
     );
     assert_counts_match_rows(&mut conn).await;
+}
+
+/// What `lock_successes` finds for `keys`, in a transaction of its own.
+async fn successes(url: &str, keys: &[SuccessKey<'_>]) -> HashMap<(i32, String), Recorded> {
+    use diesel_async::AsyncConnection;
+    let mut conn = storage::connect(url).await.unwrap();
+    conn.transaction::<_, storage::StorageError, _>(async |c| lock_successes(c, keys).await)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn successes_are_looked_for_from_each_keys_lower_bound_on() {
+    let (db, pool, mut conn) = fresh().await;
+    let w = webhook(&mut conn, "w", "*").await;
+    let today = Utc::now().date_naive();
+    storage::history::ensure_partitions(&mut conn, today - chrono::Duration::days(3), today)
+        .await
+        .unwrap();
+    // A success two days ago, and a pending attempt now.
+    let two_days_ago = Utc::now() - chrono::Duration::days(2);
+    let mut old = row(w.id, "old", DeliveryStatus::Success, 1);
+    old.created_at = two_days_ago;
+    old.delivered_at = Some(two_days_ago);
+    write(
+        &pool,
+        Batch {
+            inserts: vec![old, row(w.id, "new", DeliveryStatus::Pending, 2)],
+            ..Default::default()
+        },
+    )
+    .await;
+    let keys = |since| {
+        [
+            SuccessKey {
+                webhook_id: w.id,
+                event_id: "old",
+                since,
+            },
+            SuccessKey {
+                webhook_id: w.id,
+                event_id: "new",
+                since,
+            },
+            SuccessKey::any_time(w.id, "never"),
+        ]
+    };
+    let old_key = (w.id, "old".to_owned());
+    let new_key = (w.id, "new".to_owned());
+    let found = successes(&db.url, &keys(None)).await;
+    let old_success = found[&old_key].last_success.unwrap();
+    assert!((old_success - two_days_ago).num_milliseconds().abs() < 1);
+    assert_eq!(
+        found[&new_key],
+        Recorded {
+            last_success: None,
+            pending: true
+        }
+    );
+    assert_eq!(found.len(), 2, "a key without rows is not in the answer");
+    // From three days ago on, the same; from yesterday on, the old success
+    // is out of reach (its partition is not read).
+    let three_days_ago = Some(two_days_ago - chrono::Duration::days(1));
+    assert_eq!(successes(&db.url, &keys(three_days_ago)).await, found);
+    let recent = successes(&db.url, &keys(Some(Utc::now() - chrono::Duration::days(1)))).await;
+    assert!(!recent.contains_key(&old_key));
+    assert!(recent[&new_key].pending);
+    // One key twice, once without a bound: every partition is read.
+    let twice = [
+        SuccessKey {
+            webhook_id: w.id,
+            event_id: "old",
+            since: Some(Utc::now()),
+        },
+        SuccessKey::any_time(w.id, "old"),
+    ];
+    assert!(
+        successes(&db.url, &twice).await[&old_key]
+            .last_success
+            .is_some()
+    );
 }
