@@ -103,6 +103,16 @@ pub struct Args {
     /// are counted.
     #[arg(long, default_value_t = false)]
     pub policy_backlogs: bool,
+    /// Days of delivery history before the run: a partition for each of
+    /// the last N days, each with `--history-rows` rows (of a disabled
+    /// webhook, not counted), analysed, as a deployment that keeps its
+    /// history has them. 0: a fresh database (today's partition and the
+    /// week ahead only).
+    #[arg(long, default_value_t = 0)]
+    pub history_days: u32,
+    /// Rows in each day of `--history-days`.
+    #[arg(long, default_value_t = 20_000)]
+    pub history_rows: u32,
 }
 
 /// The receiver auth of the benchmark's webhooks.
@@ -267,6 +277,54 @@ pub(crate) async fn start_receiver(
     Ok((addr, rx))
 }
 
+/// `--history-days`: past partitions with rows of a disabled webhook, then
+/// ANALYZE, so the success check meets the partitions a deployment keeps.
+async fn insert_history(
+    pool: &storage::DbPool,
+    run_id: &str,
+    days: u32,
+    rows: u32,
+) -> anyhow::Result<()> {
+    use diesel::sql_types::{Int4, Text};
+    use diesel_async::RunQueryDsl;
+    let started = Instant::now();
+    let mut conn = pool.get().await?;
+    let today = chrono::Utc::now().date_naive();
+    storage::history::ensure_partitions(
+        &mut conn,
+        // A row's time is up to a day before its day's (below).
+        today - chrono::Duration::days(i64::from(days) + 1),
+        today - chrono::Duration::days(1),
+    )
+    .await?;
+    diesel::sql_query(
+        "WITH w AS ( \
+           INSERT INTO webhooks (name, url, event_type, secret, is_active, description) \
+           VALUES ('bench-' || $1 || '-history', 'http://127.0.0.1:9/', '*', 'history', false, \
+             'bench delivery history (deleted with the database)') RETURNING id \
+         ) \
+         INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
+           response_status, attempt_number, delivered_at, event_id, created_at) \
+         SELECT w.id, 'ticket.message_added', '{\"ticket_id\": 1}', 'success', 200, 1, t, \
+           'history-' || d || '-' || n, t \
+         FROM w, generate_series(1, $2) d, generate_series(1, $3) n, \
+           LATERAL (SELECT now() - make_interval(days => d, secs => n % 86000) AS t) at",
+    )
+    .bind::<Text, _>(run_id)
+    .bind::<Int4, _>(i32::try_from(days)?)
+    .bind::<Int4, _>(i32::try_from(rows)?)
+    .execute(&mut conn)
+    .await?;
+    diesel::sql_query("ANALYZE webhook_deliveries")
+        .execute(&mut conn)
+        .await?;
+    println!(
+        "history    {days} past days × {rows} rows written and analysed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// The `--policy-backlogs` webhooks: rate-limited (to a receiver that
 /// answers), ordered and circuit-breaking (to one that fails).
 async fn insert_policy_backlogs(
@@ -420,6 +478,9 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
                 .await?;
             ids.push(id);
         }
+    }
+    if args.history_days > 0 {
+        insert_history(&pool, &run_id, args.history_days, args.history_rows).await?;
     }
     if args.policy_backlogs {
         let failing = test_support::Receiver::start_lean("127.0.0.1:0", |req| {
