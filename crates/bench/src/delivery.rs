@@ -297,24 +297,36 @@ async fn insert_history(
         today - chrono::Duration::days(1),
     )
     .await?;
-    diesel::sql_query(
-        "WITH w AS ( \
-           INSERT INTO webhooks (name, url, event_type, secret, is_active, description) \
-           VALUES ('bench-' || $1 || '-history', 'http://127.0.0.1:9/', '*', 'history', false, \
-             'bench delivery history (deleted with the database)') RETURNING id \
-         ) \
-         INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
-           response_status, attempt_number, delivered_at, event_id, created_at) \
-         SELECT w.id, 'ticket.message_added', '{\"ticket_id\": 1}', 'success', 200, 1, t, \
-           'history-' || d || '-' || n, t \
-         FROM w, generate_series(1, $2) d, generate_series(1, $3) n, \
-           LATERAL (SELECT now() - make_interval(days => d, secs => n % 86000) AS t) at",
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = Int4)]
+        id: i32,
+    }
+    let webhook = diesel::sql_query(
+        "INSERT INTO webhooks (name, url, event_type, secret, is_active, description) \
+         VALUES ('bench-' || $1 || '-history', 'http://127.0.0.1:9/', '*', 'history', false, \
+           'bench delivery history (deleted with the database)') RETURNING id",
     )
     .bind::<Text, _>(run_id)
-    .bind::<Int4, _>(i32::try_from(days)?)
-    .bind::<Int4, _>(i32::try_from(rows)?)
-    .execute(&mut conn)
-    .await?;
+    .get_result::<Id>(&mut conn)
+    .await?
+    .id;
+    // A day a statement: each stays within the pool's statement timeout.
+    for day in 1..=i32::try_from(days)? {
+        diesel::sql_query(
+            "INSERT INTO webhook_deliveries (webhook_id, event_type, payload, status, \
+               response_status, attempt_number, delivered_at, event_id, created_at) \
+             SELECT $1, 'ticket.message_added', '{\"ticket_id\": 1}', 'success', 200, 1, t, \
+               'history-' || $2 || '-' || n, t \
+             FROM generate_series(1, $3) n, \
+               LATERAL (SELECT now() - make_interval(days => $2, secs => n % 86000) AS t) at",
+        )
+        .bind::<Int4, _>(webhook)
+        .bind::<Int4, _>(day)
+        .bind::<Int4, _>(i32::try_from(rows)?)
+        .execute(&mut conn)
+        .await?;
+    }
     diesel::sql_query("ANALYZE webhook_deliveries")
         .execute(&mut conn)
         .await?;
