@@ -499,7 +499,7 @@ async fn process(
         traceparent: traceparent.as_deref(),
         from_stream: true,
         ordered: false,
-        since: Some(published - storage::deliveries::SINCE_MARGIN),
+        stream_time: Some(published),
     });
     // Each delivery is recorded as soon as it ends (a slow receiver does not
     // hold back the rows of the others); the event is acked once all are.

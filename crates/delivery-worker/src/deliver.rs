@@ -43,9 +43,9 @@ pub struct Job<'a> {
     pub from_stream: bool,
     /// From an ordered webhook's consumer (see `recorder`).
     pub ordered: bool,
-    /// No earlier row of this event and webhook was written before this
-    /// (`storage::deliveries::SuccessKey::since`).
-    pub since: Option<DateTime<Utc>>,
+    /// When the event was stored in the stream, for a delivery from it
+    /// (`storage::deliveries::SuccessKey::stream_time`).
+    pub stream_time: Option<DateTime<Utc>>,
 }
 
 impl Job<'_> {
@@ -61,7 +61,7 @@ impl Job<'_> {
             traceparent: self.traceparent.map(Arc::from),
             from_stream: self.from_stream,
             ordered: self.ordered,
-            since: self.since,
+            stream_time: self.stream_time,
         }
     }
 }

@@ -471,7 +471,7 @@ async fn deliver_item(
             from_stream: false,
             ordered: false,
             // A job sends events again, some of them older than any bound.
-            since: None,
+            stream_time: None,
         })
         .await;
     drop(permit);

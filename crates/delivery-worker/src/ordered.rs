@@ -385,9 +385,10 @@ async fn deliver(
             traceparent,
             from_stream: true,
             ordered: true,
-            since: msg.info().ok().map(|i| {
-                crate::jobs::from_nats_time(i.published) - storage::deliveries::SINCE_MARGIN
-            }),
+            stream_time: msg
+                .info()
+                .ok()
+                .map(|i| crate::jobs::from_nats_time(i.published)),
         })
         .await;
     let next = match &record {

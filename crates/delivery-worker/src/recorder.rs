@@ -57,9 +57,9 @@ pub struct EventCopy {
     /// redelivering the message (its row keeps `next_retry_at`), not by a
     /// pending row.
     pub ordered: bool,
-    /// No earlier row of this event and webhook was written before this
-    /// (`storage::deliveries::SuccessKey::since`).
-    pub since: Option<DateTime<Utc>>,
+    /// When the event was stored in the stream, for a delivery from it
+    /// (`storage::deliveries::SuccessKey::stream_time`).
+    pub stream_time: Option<DateTime<Utc>>,
 }
 
 /// A finished attempt.
@@ -309,7 +309,7 @@ fn success_keys<'a>(records: &[&'a Record]) -> Vec<SuccessKey<'a>> {
         Some(SuccessKey {
             webhook_id: copy.webhook_id,
             event_id: copy.event_id.as_deref()?,
-            since: copy.since,
+            stream_time: copy.stream_time,
         })
     };
     records
@@ -509,7 +509,7 @@ mod tests {
             traceparent: None,
             from_stream,
             ordered: false,
-            since: None,
+            stream_time: None,
         }
     }
 

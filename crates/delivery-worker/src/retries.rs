@@ -118,7 +118,7 @@ async fn run_one(deliverer: &Deliverer, row: Claimed, hard_stop: &CancellationTo
         from_stream: false,
         ordered: false,
         // The event's time is not kept with the row: every partition.
-        since: None,
+        stream_time: None,
     });
     let record = tokio::select! {
         r = delivery.instrument(span) => r,

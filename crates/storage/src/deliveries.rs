@@ -55,7 +55,10 @@ pub async fn lock_successes(
     }
     let webhook: Vec<i32> = keys.iter().map(|k| k.webhook_id).collect();
     let event: Vec<&str> = keys.iter().map(|k| k.event_id).collect();
-    let since: Vec<Option<DateTime<Utc>>> = keys.iter().map(|k| k.since).collect();
+    let since: Vec<Option<DateTime<Utc>>> = keys
+        .iter()
+        .map(|k| k.stream_time.map(|t| t - SINCE_MARGIN))
+        .collect();
     crate::prepared::query(
         "SELECT count(pg_advisory_xact_lock(s.k))::int8 AS n FROM ( \
            SELECT DISTINCT hashtextextended(v.w::text || '/' || v.e, $3) AS k \
@@ -114,10 +117,10 @@ pub async fn lock_successes(
 pub struct SuccessKey<'a> {
     pub webhook_id: i32,
     pub event_id: &'a str,
-    /// No row of the key was written before this time (a stream delivery:
-    /// the event's time in the stream less [`SINCE_MARGIN`]), so older
-    /// partitions are not read. `None`: every partition is.
-    pub since: Option<DateTime<Utc>>,
+    /// When the event was stored in the stream (a delivery from the
+    /// stream): no row of the key is older, so the partitions before this
+    /// less [`SINCE_MARGIN`] are not read. `None`: every partition is.
+    pub stream_time: Option<DateTime<Utc>>,
 }
 
 impl<'a> SuccessKey<'a> {
@@ -126,17 +129,17 @@ impl<'a> SuccessKey<'a> {
         Self {
             webhook_id,
             event_id,
-            since: None,
+            stream_time: None,
         }
     }
 }
 
-/// How much earlier than the event's time in the stream a [`SuccessKey`]
-/// still looks: rows are stamped with the writing replica's clock, the
+/// How much earlier than [`SuccessKey::stream_time`] the lookup still
+/// looks: rows are stamped with the writing replica's clock, the
 /// stream's time is the NATS server's. A day costs one more partition read
 /// per key (yesterday's) and leaves room for any clock a replica could run
 /// with.
-pub const SINCE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
+const SINCE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// What [`lock_successes`] found for one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -856,17 +856,17 @@ async fn successes_are_looked_for_from_each_keys_lower_bound_on() {
         },
     )
     .await;
-    let keys = |since| {
+    let keys = |stream_time| {
         [
             SuccessKey {
                 webhook_id: w.id,
                 event_id: "old",
-                since,
+                stream_time,
             },
             SuccessKey {
                 webhook_id: w.id,
                 event_id: "new",
-                since,
+                stream_time,
             },
             SuccessKey::any_time(w.id, "never"),
         ]
@@ -884,11 +884,11 @@ async fn successes_are_looked_for_from_each_keys_lower_bound_on() {
         }
     );
     assert_eq!(found.len(), 2, "a key without rows is not in the answer");
-    // From three days ago on, the same; from yesterday on, the old success
-    // is out of reach (its partition is not read).
-    let three_days_ago = Some(two_days_ago - chrono::Duration::days(1));
-    assert_eq!(successes(&db.url, &keys(three_days_ago)).await, found);
-    let recent = successes(&db.url, &keys(Some(Utc::now() - chrono::Duration::days(1)))).await;
+    // An event stored two days ago is looked for from three days ago on:
+    // the same; one stored now, from yesterday on: the old success is out
+    // of reach (its partition is not read).
+    assert_eq!(successes(&db.url, &keys(Some(two_days_ago))).await, found);
+    let recent = successes(&db.url, &keys(Some(Utc::now()))).await;
     assert!(!recent.contains_key(&old_key));
     assert!(recent[&new_key].pending);
     // One key twice, once without a bound: every partition is read.
@@ -896,7 +896,7 @@ async fn successes_are_looked_for_from_each_keys_lower_bound_on() {
         SuccessKey {
             webhook_id: w.id,
             event_id: "old",
-            since: Some(Utc::now()),
+            stream_time: Some(Utc::now()),
         },
         SuccessKey::any_time(w.id, "old"),
     ];
