@@ -113,6 +113,14 @@ pub struct Args {
     /// Rows in each day of `--history-days`.
     #[arg(long, default_value_t = 20_000)]
     pub history_rows: u32,
+    /// Publish every event first and start the worker only then: it drains
+    /// a stored backlog, and the rate and the CPU per delivery count the
+    /// drain alone (from the worker's start to the last row), not the
+    /// publishing. Publish→receive latency is then the time an event
+    /// waited in the backlog and is not reported. Not with `--worker
+    /// external`.
+    #[arg(long, default_value_t = false)]
+    pub backlog: bool,
 }
 
 /// The receiver auth of the benchmark's webhooks.
@@ -425,6 +433,10 @@ pub async fn run(nats: &NatsArgs, ns: Namespace, args: Args) -> anyhow::Result<(
         args.events > 0 && args.webhooks > 0,
         "--events and --webhooks must be positive"
     );
+    anyhow::ensure!(
+        !(args.backlog && args.worker == WorkerMode::External),
+        "--backlog starts the worker after publishing: not with --worker external"
+    );
     // A temporary database, dropped at the end; or the external worker's.
     let (temporary, ns) = match args.worker {
         WorkerMode::InProcess | WorkerMode::Spawn => {
@@ -511,7 +523,211 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
         });
         ids_policy = insert_policy_backlogs(&pool, &run_id, &secret, failing_addr).await?;
     }
-    let worker = match args.worker {
+    let expected = args.events * u64::from(args.webhooks);
+    println!(
+        "bench delivery: {} events × {} webhook(s) = {expected} deliveries, rate {}, worker {:?}",
+        args.events,
+        args.webhooks,
+        if args.rate > 0.0 {
+            format!("{}/s", args.rate)
+        } else {
+            "max".to_owned()
+        },
+        args.worker
+    );
+
+    // Publish, with the worker running (or before it starts: `--backlog`).
+    let (worker, window) = if args.backlog {
+        let (published_in, publish_errors) = publish(args, &publisher).await;
+        let cpu = Cpu::now(true);
+        let started = Instant::now();
+        let worker = start_worker(nats, ns, db_url, args, &client, &ids, &stop).await?;
+        (
+            worker,
+            Window {
+                started,
+                cpu,
+                published_in,
+                publish_errors,
+            },
+        )
+    } else {
+        let worker = start_worker(nats, ns, db_url, args, &client, &ids, &stop).await?;
+        let cpu = Cpu::now(false);
+        let started = Instant::now();
+        let (published_in, publish_errors) = publish(args, &publisher).await;
+        (
+            worker,
+            Window {
+                started,
+                cpu,
+                published_in,
+                publish_errors,
+            },
+        )
+    };
+    let Window {
+        started,
+        cpu: cpu_start,
+        published_in,
+        publish_errors,
+    } = window;
+    let worker_start = if cpu_start.worker_fresh {
+        Some(0.0)
+    } else {
+        worker.cpu()
+    };
+
+    // Wait for every delivery, then for every row.
+    let idle = Duration::from_secs(args.idle_timeout);
+    let mut last = (0u64, Instant::now());
+    loop {
+        let n = rx.received.load(Ordering::Relaxed);
+        if n >= expected {
+            break;
+        }
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > idle {
+            println!(
+                "receiver idle for {}s at {n}/{expected}; giving up",
+                args.idle_timeout
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut last = (0i64, Instant::now());
+    let (recorded, failed_rows, recorded_at) = loop {
+        let (ok, failed) = count_rows(&pool, &ids).await?;
+        if ok + failed >= i64::try_from(expected).unwrap_or(i64::MAX) {
+            break (ok, failed, started.elapsed());
+        }
+        if ok + failed != last.0 {
+            last = (ok + failed, Instant::now());
+        } else if last.1.elapsed() > idle {
+            println!(
+                "rows idle for {}s at {ok}/{expected}; giving up",
+                args.idle_timeout
+            );
+            break (ok, failed, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let seen = std::mem::take(&mut *rx.seen.lock());
+    let received = rx.received.load(Ordering::Relaxed);
+    let received_in = seen
+        .last_receive
+        .map(|t| t.duration_since(started))
+        .unwrap_or_default();
+    let latency = Latencies::of_micros(seen.latencies_us.iter().copied())?;
+    let secs = |d: Duration| d.as_secs_f64().max(1e-9);
+    println!(
+        "published  {} events in {:.2}s ({:.0}/s), {publish_errors} publish errors",
+        args.events,
+        published_in.as_secs_f64(),
+        args.events as f64 / secs(published_in)
+    );
+    let from = if args.backlog {
+        "worker start"
+    } else {
+        "first publish"
+    };
+    println!(
+        "received   {received} deliveries in {:.2}s: {:.0} deliveries/s ({from} → last receive)",
+        received_in.as_secs_f64(),
+        received as f64 / secs(received_in)
+    );
+    println!(
+        "recorded   {recorded} success rows, {failed_rows} failed rows in {:.2}s: {:.0} recorded deliveries/s",
+        recorded_at.as_secs_f64(),
+        recorded as f64 / secs(recorded_at)
+    );
+    if args.backlog {
+        println!("latency    n/a: every event waited in the backlog (--backlog)");
+    } else {
+        println!(
+            "latency    publish→receive p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            latency.percentile_ms(50.0),
+            latency.percentile_ms(99.0),
+            latency.max_ms()
+        );
+    }
+    let cpu_end = Cpu::now(false);
+    let worker_end = worker.cpu();
+    let per_delivery = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if received > 0 => {
+            format!(
+                "{:.1}s ({:.0} µs/delivery)",
+                b - a,
+                (b - a) * 1e6 / received as f64
+            )
+        }
+        _ => "n/a".to_owned(),
+    };
+    println!(
+        "cpu        this process (publisher + receivers{}) {}, worker process {}",
+        if args.worker == WorkerMode::InProcess {
+            " + worker"
+        } else {
+            ""
+        },
+        per_delivery(cpu_start.this, cpu_end.this),
+        per_delivery(worker_start, worker_end)
+    );
+    println!(
+        "cpu        PostgreSQL (every postgres process) {}, NATS (every nats-server) {}",
+        per_delivery(Some(cpu_start.postgres), Some(cpu_end.postgres)),
+        per_delivery(Some(cpu_start.nats), Some(cpu_end.nats))
+    );
+    let missing = expected.saturating_sub(seen.ids.len() as u64);
+    println!(
+        "errors     {} bad signatures, {} duplicates, {} unreadable bodies, {missing} missing, {failed_rows} failed attempts",
+        seen.bad_signatures, seen.duplicates, seen.unreadable
+    );
+
+    // Clean up.
+    stop.cancel();
+    worker.stop().await;
+    if args.worker == WorkerMode::External {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use storage::schema::webhooks::dsl as w;
+        let mut conn = pool.get().await?;
+        diesel::delete(w::webhooks.filter(w::id.eq_any(ids.iter().chain(&ids_policy))))
+            .execute(&mut conn)
+            .await?;
+        drop(conn);
+    }
+    if args.worker == WorkerMode::External {
+        let _ = client
+            .publish(
+                ns.webhooks_changed_subject(),
+                WebhookChange::new(ids.first().copied().unwrap_or_default(), ChangeOp::Deleted)
+                    .to_payload(),
+            )
+            .await;
+        let _ = client.flush().await;
+    }
+    anyhow::ensure!(
+        seen.bad_signatures == 0 && missing == 0 && failed_rows == 0,
+        "the benchmark saw errors"
+    );
+    Ok(())
+}
+
+/// Starts the worker under test (`--worker`) and waits until it is ready.
+async fn start_worker(
+    nats: &NatsArgs,
+    ns: &Namespace,
+    db_url: &str,
+    args: &Args,
+    client: &async_nats::Client,
+    ids: &[i32],
+    stop: &CancellationToken,
+) -> anyhow::Result<Worker> {
+    Ok(match args.worker {
         WorkerMode::InProcess => {
             let mut cfg = in_process_config(nats, ns, db_url)?;
             cfg.max_in_flight = args.max_in_flight;
@@ -570,24 +786,13 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
             tokio::time::sleep(Duration::from_secs(1)).await;
             Worker::External
         }
-    };
+    })
+}
 
-    let expected = args.events * u64::from(args.webhooks);
-    println!(
-        "bench delivery: {} events × {} webhook(s) = {expected} deliveries, rate {}, worker {:?}",
-        args.events,
-        args.webhooks,
-        if args.rate > 0.0 {
-            format!("{}/s", args.rate)
-        } else {
-            "max".to_owned()
-        },
-        args.worker
-    );
-
-    // Publish.
-    let cpu_start = (cpu_seconds(None), worker.cpu());
-    let shared_start = (cpu_of_named("postgres"), cpu_of_named("nats-server"));
+/// Publishes `--events` events at `--rate` (or as fast as JetStream
+/// acknowledges) and waits for every ack: how long it took, and the
+/// publishes that failed.
+async fn publish(args: &Args, publisher: &Publisher) -> (Duration, u64) {
     let started = Instant::now();
     let mut acks = FuturesUnordered::new();
     let mut publish_errors = 0u64;
@@ -620,136 +825,37 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
             publish_errors += 1;
         }
     }
-    let published_in = started.elapsed();
+    (started.elapsed(), publish_errors)
+}
 
-    // Wait for every delivery, then for every row.
-    let idle = Duration::from_secs(args.idle_timeout);
-    let mut last = (0u64, Instant::now());
-    loop {
-        let n = rx.received.load(Ordering::Relaxed);
-        if n >= expected {
-            break;
-        }
-        if n != last.0 {
-            last = (n, Instant::now());
-        } else if last.1.elapsed() > idle {
-            println!(
-                "receiver idle for {}s at {n}/{expected}; giving up",
-                args.idle_timeout
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut last = (0i64, Instant::now());
-    let (recorded, failed_rows, recorded_at) = loop {
-        let (ok, failed) = count_rows(&pool, &ids).await?;
-        if ok + failed >= i64::try_from(expected).unwrap_or(i64::MAX) {
-            break (ok, failed, started.elapsed());
-        }
-        if ok + failed != last.0 {
-            last = (ok + failed, Instant::now());
-        } else if last.1.elapsed() > idle {
-            println!(
-                "rows idle for {}s at {ok}/{expected}; giving up",
-                args.idle_timeout
-            );
-            break (ok, failed, started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+/// CPU seconds so far: this process, every `postgres` and every
+/// `nats-server` process.
+struct Cpu {
+    this: Option<f64>,
+    postgres: f64,
+    nats: f64,
+    /// Read before the worker process started (`--backlog`): all of its
+    /// CPU falls in the window.
+    worker_fresh: bool,
+}
 
-    let seen = std::mem::take(&mut *rx.seen.lock());
-    let received = rx.received.load(Ordering::Relaxed);
-    let received_in = seen
-        .last_receive
-        .map(|t| t.duration_since(started))
-        .unwrap_or_default();
-    let latency = Latencies::of_micros(seen.latencies_us.iter().copied())?;
-    let secs = |d: Duration| d.as_secs_f64().max(1e-9);
-    println!(
-        "published  {} events in {:.2}s ({:.0}/s), {publish_errors} publish errors",
-        args.events,
-        published_in.as_secs_f64(),
-        args.events as f64 / secs(published_in)
-    );
-    println!(
-        "received   {received} deliveries in {:.2}s: {:.0} deliveries/s (first publish → last receive)",
-        received_in.as_secs_f64(),
-        received as f64 / secs(received_in)
-    );
-    println!(
-        "recorded   {recorded} success rows, {failed_rows} failed rows in {:.2}s: {:.0} recorded deliveries/s",
-        recorded_at.as_secs_f64(),
-        recorded as f64 / secs(recorded_at)
-    );
-    println!(
-        "latency    publish→receive p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        latency.percentile_ms(50.0),
-        latency.percentile_ms(99.0),
-        latency.max_ms()
-    );
-    let cpu_end = (cpu_seconds(None), worker.cpu());
-    let shared_end = (cpu_of_named("postgres"), cpu_of_named("nats-server"));
-    let per_delivery = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if received > 0 => {
-            format!(
-                "{:.1}s ({:.0} µs/delivery)",
-                b - a,
-                (b - a) * 1e6 / received as f64
-            )
+impl Cpu {
+    fn now(worker_fresh: bool) -> Self {
+        Self {
+            this: cpu_seconds(None),
+            postgres: cpu_of_named("postgres"),
+            nats: cpu_of_named("nats-server"),
+            worker_fresh,
         }
-        _ => "n/a".to_owned(),
-    };
-    println!(
-        "cpu        this process (publisher + receivers{}) {}, worker process {}",
-        if args.worker == WorkerMode::InProcess {
-            " + worker"
-        } else {
-            ""
-        },
-        per_delivery(cpu_start.0, cpu_end.0),
-        per_delivery(cpu_start.1, cpu_end.1)
-    );
-    println!(
-        "cpu        PostgreSQL (every postgres process) {}, NATS (every nats-server) {}",
-        per_delivery(Some(shared_start.0), Some(shared_end.0)),
-        per_delivery(Some(shared_start.1), Some(shared_end.1))
-    );
-    let missing = expected.saturating_sub(seen.ids.len() as u64);
-    println!(
-        "errors     {} bad signatures, {} duplicates, {} unreadable bodies, {missing} missing, {failed_rows} failed attempts",
-        seen.bad_signatures, seen.duplicates, seen.unreadable
-    );
+    }
+}
 
-    // Clean up.
-    stop.cancel();
-    worker.stop().await;
-    if args.worker == WorkerMode::External {
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        use storage::schema::webhooks::dsl as w;
-        let mut conn = pool.get().await?;
-        diesel::delete(w::webhooks.filter(w::id.eq_any(ids.iter().chain(&ids_policy))))
-            .execute(&mut conn)
-            .await?;
-        drop(conn);
-    }
-    if args.worker == WorkerMode::External {
-        let _ = client
-            .publish(
-                ns.webhooks_changed_subject(),
-                WebhookChange::new(ids.first().copied().unwrap_or_default(), ChangeOp::Deleted)
-                    .to_payload(),
-            )
-            .await;
-        let _ = client.flush().await;
-    }
-    anyhow::ensure!(
-        seen.bad_signatures == 0 && missing == 0 && failed_rows == 0,
-        "the benchmark saw errors"
-    );
-    Ok(())
+/// The measured window: from `started` to the last row.
+struct Window {
+    started: Instant,
+    cpu: Cpu,
+    published_in: Duration,
+    publish_errors: u64,
 }
 
 /// CPU seconds (user + system) used so far by a process (`None`: this one),

@@ -92,6 +92,9 @@ pub struct Config {
     /// How long the recorder gathers rows before writing them.
     #[arg(long, env = "DELIVERY_RECORD_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
     pub record_linger: Duration,
+    /// Batches the recorder writes at a time (each on its own connection).
+    #[arg(long, env = "DELIVERY_RECORD_FLUSHES", default_value_t = 2)]
+    pub record_flushes: usize,
     /// TCP connect timeout of a webhook POST.
     #[arg(long, env = "DELIVERY_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -184,6 +187,7 @@ impl Config {
             ("DELIVERY_BATCH_SIZE", self.batch_size),
             ("DELIVERY_RETRY_BATCH", self.retry_batch),
             ("DELIVERY_RECORD_BATCH", self.record_batch),
+            ("DELIVERY_RECORD_FLUSHES", self.record_flushes),
             ("DATABASE_POOL_SIZE", self.database.database_pool_size),
             ("DELIVERY_MAX_JOBS", self.max_jobs),
             ("DELIVERY_JOB_CONCURRENCY", self.job_concurrency),

@@ -145,7 +145,7 @@ impl Application {
                     disable_after: config.disable_after,
                     circuit: config.circuit(),
                 },
-                concurrency: 2,
+                concurrency: config.record_flushes,
             },
             metrics.clone(),
             on_moved,
