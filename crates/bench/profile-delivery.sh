@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the CPU of `bench delivery` goes, by process and by function: runs
 #   bench delivery ARGS...            (default: --events 100000)
-# and, from 2 s after it starts, records every process of the machine with
+# and, from PERF_DELAY (2) s after it starts, records every process of the machine with
 # perf (499 samples/s per core, no call graphs) for PERF_SECONDS (8); then
 # prints each process's share of the samples and the TOP (25) functions of
 # the delivery worker, PostgreSQL, nats-server and the bench process
@@ -19,7 +19,7 @@ out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 RUST_LOG=warn "$bench" delivery "$@" >"$out/bench.txt" 2>&1 &
 pid=$!
-sleep 2
+sleep "${PERF_DELAY:-2}"
 perf record -a -F 499 -o "$out/perf.data" -- sleep "${PERF_SECONDS:-8}" >/dev/null 2>&1 &
 perf_pid=$!
 sleep 1
