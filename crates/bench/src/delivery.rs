@@ -537,41 +537,18 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
     );
 
     // Publish, with the worker running (or before it starts: `--backlog`).
-    let (worker, window) = if args.backlog {
-        let (published_in, publish_errors) = publish(args, &publisher).await;
-        let cpu = Cpu::now(true);
-        let started = Instant::now();
+    // The window (`started`, `cpu_start`) opens before the worker starts or
+    // before the first publish.
+    let (worker, started, cpu_start, (published_in, publish_errors)) = if args.backlog {
+        let published = publish(args, &publisher).await;
+        let (cpu, started) = (Cpu::now(true), Instant::now());
         let worker = start_worker(nats, ns, db_url, args, &client, &ids, &stop).await?;
-        (
-            worker,
-            Window {
-                started,
-                cpu,
-                published_in,
-                publish_errors,
-            },
-        )
+        (worker, started, cpu, published)
     } else {
         let worker = start_worker(nats, ns, db_url, args, &client, &ids, &stop).await?;
-        let cpu = Cpu::now(false);
-        let started = Instant::now();
-        let (published_in, publish_errors) = publish(args, &publisher).await;
-        (
-            worker,
-            Window {
-                started,
-                cpu,
-                published_in,
-                publish_errors,
-            },
-        )
+        let (cpu, started) = (Cpu::now(false), Instant::now());
+        (worker, started, cpu, publish(args, &publisher).await)
     };
-    let Window {
-        started,
-        cpu: cpu_start,
-        published_in,
-        publish_errors,
-    } = window;
     let worker_start = if cpu_start.worker_fresh {
         Some(0.0)
     } else {
@@ -848,14 +825,6 @@ impl Cpu {
             worker_fresh,
         }
     }
-}
-
-/// The measured window: from `started` to the last row.
-struct Window {
-    started: Instant,
-    cpu: Cpu,
-    published_in: Duration,
-    publish_errors: u64,
 }
 
 /// CPU seconds (user + system) used so far by a process (`None`: this one),
