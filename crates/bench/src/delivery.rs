@@ -668,13 +668,10 @@ async fn bench(nats: &NatsArgs, ns: &Namespace, db_url: &str, args: &Args) -> an
     stop.cancel();
     worker.stop().await;
     if args.worker == WorkerMode::External {
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        use storage::schema::webhooks::dsl as w;
         let mut conn = pool.get().await?;
-        diesel::delete(w::webhooks.filter(w::id.eq_any(ids.iter().chain(&ids_policy))))
-            .execute(&mut conn)
-            .await?;
+        for &id in ids.iter().chain(&ids_policy) {
+            storage::webhooks::delete_webhook(&mut conn, id).await?;
+        }
         drop(conn);
     }
     if args.worker == WorkerMode::External {

@@ -10,8 +10,11 @@
 //! key order:
 //! 1. the success locks of its (webhook, event) keys
 //!    ([`crate::deliveries::lock_successes`]);
-//! 2. the counter rows of `webhook_delivery_counts` ([`counts::apply`]);
-//! 3. the `webhooks` rows ([`bump_webhooks`]).
+//! 2. a key-share lock on the `webhooks` rows its new rows belong to
+//!    ([`lock_webhooks`]: a webhook is not deleted under them);
+//! 3. the counter rows of `webhook_delivery_counts` ([`counts::apply`]);
+//! 4. the `webhooks` rows ([`bump_webhooks`]; a key-share lock does not
+//!    stand in the way of these updates).
 //!
 //! Concurrent batches, test attempts and manual retries then wait for each
 //! other but never deadlock. A writer that must serialise on a webhook
@@ -169,8 +172,34 @@ pub enum Change {
     CircuitClosed,
 }
 
-/// Inserts `rows` (those of webhooks that still exist) and returns what
-/// they add to the counters.
+/// Takes a key-share lock on the rows of the webhooks `ids` that exist and
+/// returns those ids. Until the transaction ends, none of them can be
+/// deleted ([`crate::webhooks::delete_webhook`] locks the row for update
+/// first), so rows written for them meanwhile are deleted with them: what
+/// a foreign key would check row by row, once per webhook.
+pub async fn lock_webhooks(
+    conn: &mut AsyncPgConnection,
+    ids: &[i32],
+) -> Result<Vec<i32>, StorageError> {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = Int4)]
+        id: i32,
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let locked: Vec<Id> = crate::prepared::query(
+        "SELECT id FROM webhooks WHERE id = ANY($1::int4[]) ORDER BY id FOR KEY SHARE",
+    )
+    .bind::<Array<Int4>, _>(ids)
+    .load(conn)
+    .await?;
+    Ok(locked.into_iter().map(|r| r.id).collect())
+}
+
+/// Inserts `rows` (those of webhooks that still exist, key-share locked
+/// first: [`lock_webhooks`]) and returns what they add to the counters.
 pub async fn insert_rows(
     conn: &mut AsyncPgConnection,
     rows: &[NewRow],
@@ -178,6 +207,10 @@ pub async fn insert_rows(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let mut webhooks: Vec<i32> = rows.iter().map(|r| r.webhook_id).collect();
+    webhooks.sort_unstable();
+    webhooks.dedup();
+    let live = lock_webhooks(conn, &webhooks).await?;
     let webhook: Vec<i32> = rows.iter().map(|r| r.webhook_id).collect();
     let event_type: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
     let payload: Vec<&str> = rows.iter().map(|r| &*r.payload).collect();
@@ -208,7 +241,7 @@ pub async fn insert_rows(
              AS v(webhook_id, event_type, payload, status, response_status, response_body, \
                error_message, attempt_number, delivered_at, next_retry_at, event_id, \
                created_at, traceparent, body, held) \
-           WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = v.webhook_id) \
+           WHERE v.webhook_id = ANY($16::int4[]) \
            RETURNING webhook_id, created_at, status \
          ) \
          SELECT webhook_id, (created_at AT TIME ZONE 'UTC')::date AS day, status::text AS status, \
@@ -230,6 +263,7 @@ pub async fn insert_rows(
     .bind::<Array<Nullable<Text>>, _>(&traceparent)
     .bind::<Array<Nullable<Text>>, _>(&body)
     .bind::<Array<Nullable<Text>>, _>(&held)
+    .bind::<Array<Int4>, _>(&live)
     .load(conn)
     .await?)
 }

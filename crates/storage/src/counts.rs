@@ -102,8 +102,8 @@ pub async fn apply(conn: &mut AsyncPgConnection, deltas: &CountDeltas) -> Result
 }
 
 /// Takes a webhook's rows out of the per-day totals; call it in the
-/// transaction that deletes the webhook (its own counter rows and its
-/// deliveries go with it by `ON DELETE CASCADE`).
+/// transaction that deletes the webhook and its deliveries (its own
+/// counter rows go with it by `ON DELETE CASCADE`).
 pub async fn forget_webhook(
     conn: &mut AsyncPgConnection,
     webhook_id: i32,

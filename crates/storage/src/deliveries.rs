@@ -13,27 +13,39 @@ use crate::models::{Delivery, NewDelivery};
 use crate::schema::webhook_deliveries;
 use crate::{DbPool, StorageError};
 
-/// Inserts one delivery row and counts it; call it inside the caller's
-/// transaction when more is written with it.
+/// Inserts one delivery row and counts it, in one transaction (a savepoint
+/// of the caller's, when more is written with it). A webhook deleted
+/// meanwhile gets no row: `NotFound`.
 pub async fn insert(
     conn: &mut AsyncPgConnection,
     new: NewDelivery,
 ) -> Result<Delivery, StorageError> {
     use diesel::SelectableHelper;
-    let row = diesel::insert_into(webhook_deliveries::table)
-        .values(new)
-        .returning(Delivery::as_returning())
-        .get_result(conn)
-        .await?;
-    let mut deltas = CountDeltas::default();
-    deltas.add(
-        row.webhook_id,
-        counts::day_of(row.created_at),
-        row.status.as_str(),
-        1,
-    );
-    counts::apply(conn, &deltas).await?;
-    Ok(row)
+    use diesel_async::AsyncConnection;
+    conn.transaction::<_, StorageError, _>(async |c| {
+        // The key-share lock keeps the webhook until the transaction ends.
+        if crate::attempts::lock_webhooks(c, &[new.webhook_id])
+            .await?
+            .is_empty()
+        {
+            return Err(StorageError::Query(diesel::result::Error::NotFound));
+        }
+        let row = diesel::insert_into(webhook_deliveries::table)
+            .values(new)
+            .returning(Delivery::as_returning())
+            .get_result(c)
+            .await?;
+        let mut deltas = CountDeltas::default();
+        deltas.add(
+            row.webhook_id,
+            counts::day_of(row.created_at),
+            row.status.as_str(),
+            1,
+        );
+        counts::apply(c, &deltas).await?;
+        Ok(row)
+    })
+    .await
 }
 
 /// What is recorded for these (webhook, event) keys: for each key with a
@@ -57,8 +69,9 @@ pub async fn lock_successes(
     let event: Vec<&str> = keys.iter().map(|k| k.event_id).collect();
     let since: Vec<Option<DateTime<Utc>>> = keys
         .iter()
-        .map(|k| k.stream_time.map(|t| t - SINCE_MARGIN))
+        .map(|k| k.stream_time.map(|t| t - CLOCK_MARGIN))
         .collect();
+    let until = Utc::now() + CLOCK_MARGIN;
     crate::prepared::query(
         "SELECT count(pg_advisory_xact_lock(s.k))::int8 AS n FROM ( \
            SELECT DISTINCT hashtextextended(v.w::text || '/' || v.e, $3) AS k \
@@ -75,7 +88,9 @@ pub async fn lock_successes(
     // statement is prepared once: a join the planner may turn into a hash
     // join would keep a plan made while today's partition was small (a scan
     // of the whole partition per batch once it is not). The lower bound on
-    // `created_at` lets the executor skip the older partitions key by key;
+    // `created_at` lets the executor skip the older partitions key by key,
+    // the upper one the partitions created ahead for the coming days (each
+    // an index probe per key otherwise, a week of them by default);
     // the status is tested in the aggregate, not in the WHERE clause, so
     // that no (webhook_id, status, …) index looks better to the planner on
     // a partition without statistics (one scan of all the webhook's rows
@@ -91,13 +106,14 @@ pub async fn lock_successes(
              COALESCE(bool_or(d.status = 'pending'), false) AS pending \
            FROM webhook_deliveries d \
            WHERE d.event_id = v.e AND d.webhook_id = v.w \
-             AND d.created_at >= v.since \
+             AND d.created_at >= v.since AND d.created_at < $4 \
          ) s \
          WHERE s.delivered_at IS NOT NULL OR s.pending",
     )
     .bind::<Array<Int4>, _>(&webhook)
     .bind::<Array<Text>, _>(&event)
     .bind::<Array<Nullable<Timestamptz>>, _>(&since)
+    .bind::<Timestamptz, _>(until)
     .load(conn)
     .await?;
     Ok(found
@@ -119,7 +135,7 @@ pub struct SuccessKey<'a> {
     pub event_id: &'a str,
     /// When the event was stored in the stream (a delivery from the
     /// stream): no row of the key is older, so the partitions before this
-    /// less [`SINCE_MARGIN`] are not read. `None`: every partition is.
+    /// less [`CLOCK_MARGIN`] are not read. `None`: every past partition is.
     pub stream_time: Option<DateTime<Utc>>,
 }
 
@@ -134,12 +150,12 @@ impl<'a> SuccessKey<'a> {
     }
 }
 
-/// How much earlier than [`SuccessKey::stream_time`] the lookup still
-/// looks: rows are stamped with the writing replica's clock, the
-/// stream's time is the NATS server's. A day costs one more partition read
-/// per key (yesterday's) and leaves room for any clock a replica could run
-/// with.
-const SINCE_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
+/// How much earlier than [`SuccessKey::stream_time`], and later than this
+/// replica's clock, the lookup still looks: rows are stamped with the
+/// writing replica's clock, the stream's time is the NATS server's. A day
+/// costs two more partition reads per key (yesterday's and tomorrow's) and
+/// leaves room for any clock a replica could run with.
+const CLOCK_MARGIN: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// What [`lock_successes`] found for one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -237,12 +237,13 @@ pub async fn update_webhook_with<E: Send>(
     .await
 }
 
-/// Deletes a webhook (its deliveries and their counters go by
-/// `ON DELETE CASCADE`) and takes its rows out of the per-day totals.
+/// Deletes a webhook, its deliveries (its counters go by `ON DELETE
+/// CASCADE`), and takes its rows out of the per-day totals.
 pub async fn delete_webhook(conn: &mut AsyncPgConnection, id: i32) -> Result<bool, StorageError> {
     conn.transaction::<_, StorageError, _>(async |c| {
         // Writers of its rows hold a key-share lock on the webhook row until
-        // they commit; this waits for them, and later ones find it gone.
+        // they commit (`attempts::lock_webhooks`); this waits for them, so
+        // their rows are there to delete, and later ones find it gone.
         let found: Option<i32> = w::table
             .find(id)
             .select(w::id)
@@ -254,6 +255,12 @@ pub async fn delete_webhook(conn: &mut AsyncPgConnection, id: i32) -> Result<boo
             return Ok(false);
         }
         crate::counts::forget_webhook(c, id).await?;
+        diesel::delete(
+            crate::schema::webhook_deliveries::table
+                .filter(crate::schema::webhook_deliveries::webhook_id.eq(id)),
+        )
+        .execute(c)
+        .await?;
         let n = diesel::delete(w::table.find(id)).execute(c).await?;
         Ok(n == 1)
     })

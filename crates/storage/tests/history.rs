@@ -342,8 +342,11 @@ async fn deleting_a_webhook_keeps_the_totals_exact() {
             .unwrap(),
         1
     );
-    storage::counts::forget_webhook(&mut conn, 1).await.unwrap();
-    exec(&mut conn, "DELETE FROM webhooks WHERE id = 1").await;
+    assert!(
+        storage::webhooks::delete_webhook(&mut conn, 1)
+            .await
+            .unwrap()
+    );
     assert_counts_match_rows(&mut conn).await;
     let t = storage::counts::totals(&mut conn).await.unwrap();
     assert_eq!((t.total, t.success, t.failed), (1, 1, 0));

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use diesel_async::RunQueryDsl;
 use storage::attempts::{
     AttemptSummary, Batch, CircuitSettings, ClaimedUpdate, HealthSettings, NewRow, RowRef,
-    WebhookBump, bump_webhooks, claim_due, queue_size, record,
+    WebhookBump, bump_webhooks, claim_due, insert_rows, queue_size, record,
 };
 use storage::deliveries::{Recorded, SuccessKey, lock_successes};
 use storage::jobs::{JobKind, RowsToResend};
@@ -826,6 +826,63 @@ async fn the_recorder_statements_are_prepared_once_per_connection() {
     assert_counts_match_rows(&mut conn).await;
 }
 
+/// The rows of a webhook in `webhook_deliveries`.
+async fn rows_of(pool: &DbPool, webhook_id: i32) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query("SELECT count(*) AS n FROM webhook_deliveries WHERE webhook_id = $1")
+        .bind::<diesel::sql_types::Int4, _>(webhook_id)
+        .get_result::<N>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+/// A batch writing rows of a webhook holds off its deletion until it
+/// commits, and the deletion then takes those rows too; a batch after the
+/// deletion writes none (the guard that replaced the foreign key).
+#[tokio::test]
+async fn a_webhook_deleted_while_a_batch_writes_its_rows_takes_them() {
+    use diesel_async::AsyncConnection;
+    let (db, pool, mut conn) = fresh().await;
+    let w = webhook(&mut conn, "w", "*").await;
+    let mut writer = storage::connect(&db.url).await.unwrap();
+    let (inserted, on_inserted) = tokio::sync::oneshot::channel();
+    let (commit, on_commit) = tokio::sync::oneshot::channel::<()>();
+    let batch = tokio::spawn(async move {
+        writer
+            .transaction::<_, storage::StorageError, _>(async |c| {
+                let rows = [row(w.id, "e1", DeliveryStatus::Success, 1)];
+                let counted = insert_rows(c, &rows).await?;
+                let _ = inserted.send(counted.len());
+                let _ = on_commit.await;
+                Ok(())
+            })
+            .await
+    });
+    assert_eq!(on_inserted.await.unwrap(), 1);
+    let deleting = tokio::spawn(async move { webhooks::delete_webhook(&mut conn, w.id).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!deleting.is_finished(), "the deletion waits for the batch");
+    commit.send(()).unwrap();
+    batch.await.unwrap().unwrap();
+    assert!(deleting.await.unwrap().unwrap());
+    assert_eq!(rows_of(&pool, w.id).await, 0, "the batch's row went too");
+    let mut late = storage::connect(&db.url).await.unwrap();
+    let rows = [row(w.id, "e2", DeliveryStatus::Success, 1)];
+    assert!(insert_rows(&mut late, &rows).await.unwrap().is_empty());
+    assert_eq!(
+        rows_of(&pool, w.id).await,
+        0,
+        "no row for a deleted webhook"
+    );
+    assert_counts_match_rows(&mut late).await;
+}
+
 /// What `lock_successes` finds for `keys`, in a transaction of its own.
 async fn successes(url: &str, keys: &[SuccessKey<'_>]) -> HashMap<(i32, String), Recorded> {
     use diesel_async::AsyncConnection;
@@ -840,18 +897,27 @@ async fn successes_are_looked_for_from_each_keys_lower_bound_on() {
     let (db, pool, mut conn) = fresh().await;
     let w = webhook(&mut conn, "w", "*").await;
     let today = Utc::now().date_naive();
-    storage::history::ensure_partitions(&mut conn, today - chrono::Duration::days(3), today)
-        .await
-        .unwrap();
-    // A success two days ago, and a pending attempt now.
+    storage::history::ensure_partitions(
+        &mut conn,
+        today - chrono::Duration::days(3),
+        today + chrono::Duration::days(1),
+    )
+    .await
+    .unwrap();
+    // A success two days ago, a pending attempt now, and a success stamped
+    // by a replica whose clock runs an hour fast.
     let two_days_ago = Utc::now() - chrono::Duration::days(2);
     let mut old = row(w.id, "old", DeliveryStatus::Success, 1);
     old.created_at = two_days_ago;
     old.delivered_at = Some(two_days_ago);
+    let ahead = Utc::now() + chrono::Duration::hours(1);
+    let mut fast = row(w.id, "fast", DeliveryStatus::Success, 3);
+    fast.created_at = ahead;
+    fast.delivered_at = Some(ahead);
     write(
         &pool,
         Batch {
-            inserts: vec![old, row(w.id, "new", DeliveryStatus::Pending, 2)],
+            inserts: vec![old, row(w.id, "new", DeliveryStatus::Pending, 2), fast],
             ..Default::default()
         },
     )
@@ -891,6 +957,19 @@ async fn successes_are_looked_for_from_each_keys_lower_bound_on() {
     let recent = successes(&db.url, &keys(Some(Utc::now()))).await;
     assert!(!recent.contains_key(&old_key));
     assert!(recent[&new_key].pending);
+    // Rows stamped ahead of this clock, within the margin, are still read.
+    let fast_key = SuccessKey {
+        webhook_id: w.id,
+        event_id: "fast",
+        stream_time: Some(Utc::now()),
+    };
+    for key in [fast_key, SuccessKey::any_time(w.id, "fast")] {
+        assert!(
+            successes(&db.url, &[key]).await[&(w.id, "fast".to_owned())]
+                .last_success
+                .is_some()
+        );
+    }
     // One key twice, once without a bound: every partition is read.
     let twice = [
         SuccessKey {

@@ -105,10 +105,16 @@ async fn deleting_a_webhook_deletes_its_deliveries() {
         .await
         .unwrap();
     assert_eq!(n, 1);
-    diesel::delete(webhooks::table)
-        .execute(&mut conn)
+    let id: i32 = webhooks::table
+        .select(webhooks::id)
+        .first(&mut conn)
         .await
         .unwrap();
+    assert!(
+        storage::webhooks::delete_webhook(&mut conn, id)
+            .await
+            .unwrap()
+    );
     let n: i64 = webhook_deliveries::table
         .count()
         .get_result(&mut conn)
