@@ -379,7 +379,11 @@ async fn process(
 ) -> Verdict {
     let event = match Envelope::parse(&msg.payload) {
         Ok(e) => e,
-        Err(e) => return dead_letter(ctx, msg, &e.to_string()).await,
+        // The rare paths' futures are boxed (here and below): held inline,
+        // they would make every message's task as large as theirs (a
+        // database query's, a publish's), all of it moved into the task
+        // when it is spawned.
+        Err(e) => return Box::pin(dead_letter(ctx, msg, &e.to_string())).await,
     };
     ctx.deliverer.metrics.events.inc();
     let info = msg.info().ok();
@@ -444,7 +448,7 @@ async fn process(
             i.delivered > 1 || ctx.reconnects.may_repeat(&ctx.js.client(), i.published)
         });
     if redelivered {
-        match storage::deliveries::recorded_webhooks(&ctx.pool, &event.id).await {
+        match Box::pin(storage::deliveries::recorded_webhooks(&ctx.pool, &event.id)).await {
             Ok(done) => {
                 let before = targets.len();
                 targets.retain(|t| !done.contains(&t.id));

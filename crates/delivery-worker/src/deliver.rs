@@ -182,7 +182,15 @@ impl Deliverer {
     /// returns the row change to record.
     pub async fn deliver(&self, job: Job<'_>) -> Record {
         let webhook_id = job.target.id;
-        if let Some(hold) = self.admit(job.target, job.row.is_none()).await {
+        // Boxed: its database calls (a webhook with a policy only) would
+        // otherwise make every delivery's future, waiting or not, as large
+        // as theirs.
+        let admitted = if job.target.policy.is_free() {
+            None
+        } else {
+            Box::pin(self.admit(job.target, job.row.is_none())).await
+        };
+        if let Some(hold) = admitted {
             tracing::debug!(webhook_id, ?hold, "delivery held by the webhook's policy");
             return self.park(job, hold);
         }
@@ -214,7 +222,11 @@ impl Deliverer {
             }
         };
         self.metrics.in_flight.inc();
-        let outcome = self.attempt(&job).await;
+        // Boxed: the request's future is the largest part of a delivery's,
+        // needed only while it is sent; inline, every message's task would
+        // carry its size (twice: an awaited future is built, then moved)
+        // from its spawn on, waiting or not.
+        let outcome = Box::pin(self.attempt(&job)).await;
         self.metrics.in_flight.dec();
         drop(global);
         drop(gate);
