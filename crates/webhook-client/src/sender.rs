@@ -207,6 +207,11 @@ impl WebhookSender {
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.total_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // reqwest's default policy resends requests an HTTP/2 or HTTP/3
+            // server refused unprocessed; this client speaks HTTP/1.1 only,
+            // where it never resends, yet it copies every request (headers,
+            // extensions) before sending it, in case (BENCHMARKS.md, issue 29).
+            .retry(reqwest::retry::never().max_retries_per_request(0))
             .user_agent(USER_AGENT)
             .pool_max_idle_per_host(cfg.pool_idle_per_host)
             .http1_title_case_headers()
