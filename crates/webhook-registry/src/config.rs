@@ -226,7 +226,7 @@ pub struct Config {
     pub delivery_retention: storage::history::Retention,
 
     /// Days of delivery-history partitions created ahead of today.
-    #[arg(long, env = "DELIVERY_PARTITIONS_AHEAD", default_value_t = 7, global = true,
+    #[arg(long, env = "DELIVERY_PARTITIONS_AHEAD", default_value_t = 2, global = true,
           value_parser = clap::value_parser!(u32).range(1..=366))]
     pub partitions_ahead: u32,
 
@@ -379,7 +379,7 @@ impl Config {
             gateway_ready_url: None,
             worker_ready_url: "http://127.0.0.1:8082/readyz".to_owned(),
             delivery_retention: storage::history::Retention(Some(Duration::from_secs(30 * 86_400))),
-            partitions_ahead: 7,
+            partitions_ahead: 2,
             maintenance_every: Duration::from_secs(3600),
             log: LogArgs {
                 log_format: telemetry::LogFormat::Text,
