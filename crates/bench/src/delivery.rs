@@ -107,7 +107,7 @@ pub struct Args {
     /// the last N days, each with `--history-rows` rows (of a disabled
     /// webhook, not counted), analysed, as a deployment that keeps its
     /// history has them. 0: a fresh database (today's partition and the
-    /// week ahead only).
+    /// two days ahead only).
     #[arg(long, default_value_t = 0)]
     pub history_days: u32,
     /// Rows in each day of `--history-days`.

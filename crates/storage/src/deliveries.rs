@@ -152,8 +152,9 @@ impl<'a> SuccessKey<'a> {
 /// per key (yesterday's) and leaves room for any clock a replica could run
 /// with.
 ///
-/// There is no upper bound, though each partition created ahead (a week
-/// by default) is probed per key, empty. One was tried (`created_at <`
+/// There is no upper bound, though each partition created ahead
+/// (`DELIVERY_PARTITIONS_AHEAD`, two days by default) is probed per key,
+/// empty. One was tried (`created_at <`
 /// this clock plus the margin): on a fresh database, whose partitions have
 /// no statistics, the lookup then ran into the statement timeout in some
 /// batches of most `bench delivery` runs (its plan there was not looked
